@@ -1,0 +1,19 @@
+/* cli: the `moert` subcommands.  Each cli_<command> parses its own arguments, calls the
+ * libraries, prints results to stdout and returns a moert_status; main() prints any error
+ * message to stderr and turns the status into the exit code (moert_exit_code). */
+#ifndef MOERT_CLI_H
+#define MOERT_CLI_H
+
+#include "err.h"
+
+#define MOERT_VERSION "0.1.0"
+
+typedef int (*cli_fn)(int argc, char **argv, moert_err *err);
+
+typedef struct cli_command {
+    const char *name;
+    cli_fn fn;
+    const char *summary;
+} cli_command;
+
+#endif

@@ -1,0 +1,44 @@
+/* moert: argument dispatch only.  Subcommands live in runtime/cli_*.c. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const cli_command commands[] = {
+    {NULL, NULL, NULL},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "moert %s: static, deterministic Qwen3-MoE inference\n\nusage: moert COMMAND [ARGS]\n\n",
+            MOERT_VERSION);
+    for (const cli_command *c = commands; c->name; c++)
+        fprintf(f, "  %-12s %s\n", c->name, c->summary);
+    fprintf(f, "\nmoert COMMAND --help for a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("moert %s\n", MOERT_VERSION);
+        return 0;
+    }
+    for (const cli_command *c = commands; c->name; c++) {
+        if (strcmp(argv[1], c->name) != 0)
+            continue;
+        moert_err err = {0};
+        int st = c->fn(argc - 1, argv + 1, &err);
+        if (st != MOERT_OK && err.msg[0])
+            fprintf(stderr, "moert %s: %s\n", c->name, err.msg);
+        else if (st != MOERT_OK)
+            fprintf(stderr, "moert %s: failed (%s)\n", c->name, err_name(st));
+        return moert_exit_code(st);
+    }
+    fprintf(stderr, "moert: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

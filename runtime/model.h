@@ -1,0 +1,65 @@
+/* model: binds the tensors of an st_set to the Qwen3-MoE topology, by the names the hub
+ * writes (model.layers.N.mlp.experts.E.gate_proj.weight, ...) and checks every shape.
+ * Missing tensors, unexpected tensors and shape mismatches are reported by name (all of
+ * them, not just the first, up to the message size).  Weights stay in the read-only
+ * mapping; nothing is copied.
+ *
+ * Linear weights follow PyTorch: [out_features, in_features], row-major, so each output
+ * row is a contiguous dot-product operand.
+ */
+#ifndef MOERT_MODEL_H
+#define MOERT_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "err.h"
+#include "st.h"
+
+typedef struct model_tensor {
+    const char *name;    /* owned by the st_set */
+    st_dtype dtype;      /* F32, BF16 or F16 */
+    int64_t rows;        /* out_features; 1 for vectors */
+    int64_t cols;        /* in_features; length for vectors */
+    const void *data;
+    uint64_t nbytes;
+} model_tensor;
+
+typedef struct model_layer {
+    model_tensor attn_norm;      /* input_layernorm            [H] */
+    model_tensor q, k, v, o;     /* self_attn.{q,k,v,o}_proj   [nh*hd,H] [nkv*hd,H] x2 [H,nh*hd] */
+    model_tensor q_norm, k_norm; /* self_attn.{q,k}_norm       [hd] */
+    model_tensor ffn_norm;       /* post_attention_layernorm   [H] */
+    bool sparse;                 /* routed experts (else dense MLP) */
+    model_tensor router;         /* mlp.gate                   [E,H] */
+    model_tensor *gate, *up;     /* mlp.experts.e.{gate,up}_proj [I,H], E entries */
+    model_tensor *down;          /* mlp.experts.e.down_proj      [H,I], E entries */
+    model_tensor mlp_gate, mlp_up, mlp_down; /* dense: mlp.{gate,up,down}_proj */
+} model_layer;
+
+typedef struct model_weights {
+    cfg_topology topo;
+    model_tensor embed;          /* model.embed_tokens.weight [V,H] */
+    model_tensor final_norm;     /* model.norm.weight          [H] */
+    model_tensor lm_head;        /* lm_head.weight [V,H], or embed when tied */
+    model_layer *layers;         /* num_hidden_layers entries */
+    model_tensor *expert_table;  /* backing store for the layers' gate/up/down arrays */
+    uint64_t bytes_by_dtype[ST_DTYPE_COUNT]; /* bound tensors, tied lm_head counted once */
+    uint64_t total_bytes;
+    const st_set *set;           /* borrowed */
+} model_weights;
+
+/* Binds and checks; on error *out is left empty (safe to model_unbind). */
+int model_bind(const cfg_topology *topo, const st_set *set, model_weights *out, moert_err *err);
+void model_unbind(model_weights *w);
+
+/* XXH3-64 over the bytes of every bound tensor in st_set name order, with each tensor's
+ * name, dtype and shape mixed in: identifies the weights a trace was recorded with. */
+uint64_t model_fingerprint(const model_weights *w);
+
+/* Bytes of weights one decode token reads (attention, router, the top-k experts' FFNs or
+ * the dense MLP, norms, one embedding row, the LM head): the roofline numerator. */
+uint64_t model_active_bytes_per_token(const model_weights *w);
+
+#endif

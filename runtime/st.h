@@ -1,0 +1,93 @@
+/* st: safetensors files.  Reading maps a single file or a sharded set
+ * (model.safetensors.index.json) read-only with mmap and validates each header as strictly
+ * as the reference implementation; writing streams tensors into a new file atomically
+ * (temp file, fsync, rename) so that a reader never sees half a file.
+ *
+ * Format: u64 little-endian N, then N bytes of JSON {name: {dtype, shape, data_offsets},
+ * "__metadata__": {str: str}}, then the data section.  Offsets are relative to the data
+ * section, tensors must tile it exactly (contiguous, non-overlapping, no gaps), and
+ * end - begin == product(shape) * dtype size.
+ */
+#ifndef MOERT_ST_H
+#define MOERT_ST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+#define ST_MAX_DIMS 8
+#define ST_HEADER_MAX (100u * 1024u * 1024u) /* reference implementation's bound */
+
+typedef enum st_dtype {
+    ST_BOOL, ST_U8, ST_I8, ST_I16, ST_U16, ST_F16, ST_BF16, ST_I32, ST_U32, ST_F32, ST_F64,
+    ST_I64, ST_U64, ST_DTYPE_COUNT
+} st_dtype;
+
+const char *st_dtype_name(st_dtype d); /* "F32", "BF16", ... as in the header */
+int st_dtype_from_name(const char *name); /* -1 when unknown */
+size_t st_dtype_size(st_dtype d);
+
+typedef struct st_tensor {
+    const char *name;            /* owned by the st_set */
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    uint64_t nbytes;
+    const void *data;            /* points into the read-only mapping */
+    int file_index;              /* which shard */
+} st_tensor;
+
+typedef struct st_set st_set;    /* opaque: mappings, tensors sorted by name, metadata */
+
+/* Opens `path`: a .safetensors file, a *.safetensors.index.json, or a directory holding
+ * model.safetensors or model.safetensors.index.json.  Every file is validated before
+ * MOERT_OK is returned; errors name the file and byte offset or tensor. */
+int st_open(const char *path, st_set **out, moert_err *err);
+
+/* Wraps a safetensors image already in memory (e.g. synthesized weights).  The set takes
+ * ownership of `image` and releases it with munmap(image, len) in st_close. */
+int st_open_image(void *image, size_t len, const char *label, st_set **out, moert_err *err);
+
+void st_close(st_set *set);
+
+size_t st_count(const st_set *set);
+const st_tensor *st_at(const st_set *set, size_t i);     /* sorted by name */
+const st_tensor *st_find(const st_set *set, const char *name); /* NULL when absent */
+
+/* __metadata__ value of the first file holding `key`, or NULL. */
+const char *st_metadata(const st_set *set, const char *key);
+
+/* Number of files and the path of file i (label for images). */
+size_t st_file_count(const st_set *set);
+const char *st_file_path(const st_set *set, size_t i);
+
+/* ---- writing ---------------------------------------------------------------------- */
+
+typedef struct st_writer st_writer;
+
+typedef struct st_write_spec {
+    const char *name;
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+} st_write_spec;
+
+/* Starts `path` (written as path.tmp.PID, renamed on finish).  The header is built from
+ * `specs` in the order given; metadata is n_meta key/value pairs (may be 0). */
+int st_writer_open(const char *path, const st_write_spec *specs, size_t n_specs,
+                   const char *const *meta_keys, const char *const *meta_values, size_t n_meta,
+                   st_writer **out, moert_err *err);
+
+/* Appends bytes of the tensors in spec order; calls may split or join tensors freely, the
+ * total must equal the sum of the specs' sizes by st_writer_finish. */
+int st_writer_write(st_writer *w, const void *data, size_t len, moert_err *err);
+
+/* Checks the byte count, fsyncs, renames into place.  Frees w in every case. */
+int st_writer_finish(st_writer *w, moert_err *err);
+
+/* Removes the temp file and frees w (on any error path). */
+void st_writer_abort(st_writer *w);
+
+#endif

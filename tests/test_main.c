@@ -1,0 +1,45 @@
+/* CUnit runner: every tests/test_<name>.c defines `void suite_<name>(void)` that adds its
+ * suite; the Makefile lists them in suites.inc.  `test_runner [SUITE ...]` runs a subset. */
+#include <CUnit/Basic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util.h"
+
+#define SUITE(name) void suite_##name(void);
+#include "suites.inc"
+#undef SUITE
+
+typedef struct {
+    const char *name;
+    void (*add)(void);
+} suite_entry;
+
+static const suite_entry all_suites[] = {
+#define SUITE(name) {#name, suite_##name},
+#include "suites.inc"
+#undef SUITE
+};
+
+int main(int argc, char **argv)
+{
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 2;
+    size_t n = sizeof all_suites / sizeof all_suites[0];
+    for (size_t i = 0; i < n; i++) {
+        int wanted = argc < 2;
+        for (int a = 1; a < argc; a++)
+            if (strcmp(argv[a], all_suites[i].name) == 0)
+                wanted = 1;
+        if (wanted)
+            all_suites[i].add();
+    }
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+    unsigned tests = CU_get_number_of_tests_run();
+    CU_cleanup_registry();
+    test_print_skips();
+    printf("\n%u tests run, %s\n", tests, failed ? "FAILURES" : "all passed");
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,97 @@
+#include "util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MAX_SKIPS 256
+static char skips[MAX_SKIPS][320];
+static int n_skips;
+
+const char *test_shared_reference(void)
+{
+    static char dir[1024];
+    const char *env = getenv("MOERT_SHARED_REFERENCE");
+    snprintf(dir, sizeof dir, "%s", env && *env ? env : "../shared/reference");
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return NULL;
+    return dir;
+}
+
+const char *test_path(char *buf, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, cap, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+void test_skip(const char *test, const char *reason)
+{
+    printf("\n    SKIP %s: %s\n", test, reason);
+    if (n_skips < MAX_SKIPS)
+        snprintf(skips[n_skips++], sizeof skips[0], "%s: %s", test, reason);
+}
+
+void test_print_skips(void)
+{
+    if (!n_skips)
+        return;
+    printf("\n%d test(s) SKIPPED (nothing asserted):\n", n_skips);
+    for (int i = 0; i < n_skips; i++)
+        printf("  SKIP %s\n", skips[i]);
+}
+
+bool test_sanitized(void)
+{
+    const char *v = getenv("MOERT_TEST_SANITIZED");
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+static void slurp(const char *path, char *buf, size_t cap)
+{
+    if (!buf || !cap)
+        return;
+    buf[0] = '\0';
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return;
+    size_t n = fread(buf, 1, cap - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+}
+
+const char *test_tmpdir(void)
+{
+    static char dir[256];
+    if (!dir[0]) {
+        mkdir("build", 0755);
+        mkdir("build/test-tmp", 0755);
+        snprintf(dir, sizeof dir, "build/test-tmp/%ld", (long)getpid());
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0) { /* best effort */ }
+        mkdir(dir, 0755);
+    }
+    return dir;
+}
+
+int test_run_cmd(const char *cmd, char *out, size_t out_cap, char *errbuf, size_t err_cap)
+{
+    char o[512], e[512], full[8192];
+    snprintf(o, sizeof o, "%s/cmd.out", test_tmpdir());
+    snprintf(e, sizeof e, "%s/cmd.err", test_tmpdir());
+    snprintf(full, sizeof full, "( %s ) >'%s' 2>'%s'", cmd, o, e);
+    int st = system(full);
+    slurp(o, out, out_cap);
+    slurp(e, errbuf, err_cap);
+    if (st == -1 || !WIFEXITED(st))
+        return -1;
+    return WEXITSTATUS(st);
+}

@@ -1,0 +1,36 @@
+/* Shared test helpers: where fixtures live, and honest skipping.
+ *
+ * A test that needs something absent (../shared on a fresh clone) calls TEST_SKIP with the
+ * reason and returns: it asserts nothing, and the runner lists every skip at the end, so a
+ * skip is never mistaken for a pass. */
+#ifndef MOERT_TEST_UTIL_H
+#define MOERT_TEST_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Directory of the HF reference checkpoints (../shared/reference relative to the repo root,
+ * or $MOERT_SHARED_REFERENCE); NULL when absent. */
+const char *test_shared_reference(void);
+
+/* Repo-relative path joined into buf (tests run from the repo root). */
+const char *test_path(char *buf, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Records a skip with its reason (printed by test_print_skips). */
+void test_skip(const char *test, const char *reason);
+void test_print_skips(void);
+#define TEST_SKIP(reason) test_skip(__func__, (reason))
+
+/* True when the suite runs under ASan/UBSan (MOERT_TEST_SANITIZED=1): heavy tests shrink. */
+bool test_sanitized(void);
+
+/* Runs `cmd` through /bin/sh, capturing stdout and stderr (each truncated to cap-1 bytes,
+ * NUL-terminated; either may be NULL).  Returns the exit status, or -1 when it could not
+ * run or was killed by a signal. */
+int test_run_cmd(const char *cmd, char *out, size_t out_cap, char *errbuf, size_t err_cap);
+
+/* A fresh empty directory under build/test-tmp/ for this process. */
+const char *test_tmpdir(void);
+
+#endif
