@@ -17,7 +17,7 @@ DEPS_STAMP := build/.deps-ok
 WARN     := -Wall -Wextra -Werror -Wno-format-truncation -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 # -ffp-contract=off: the compiler must never fuse a*b+c on its own; kernels choose FMA
 # explicitly so that every path (scalar, AVX2, any thread count) rounds identically.
-BASEFLAGS := -std=c11 -D_GNU_SOURCE -fopenmp -ffp-contract=off -fno-math-errno $(WARN) -MMD -MP
+BASEFLAGS := -std=c11 -D_GNU_SOURCE -fopenmp -ffp-contract=off $(WARN) -MMD -MP
 ifeq ($(V),asan)
   OPT := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 else

@@ -1,0 +1,293 @@
+/* ops: portable scalar kernels (the reference for the canonical order) and the dispatch to
+ * the AVX2 family.  See ops.h for the order every reduction follows. */
+#include "ops.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "ops_impl.h"
+
+/* ---- dispatch -------------------------------------------------------------------- */
+
+static int simd_state = -1; /* -1: not decided yet; 0: scalar; 1: AVX2 */
+
+bool ops_simd_available(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+#else
+    return false;
+#endif
+}
+
+void ops_use_simd(bool on)
+{
+    simd_state = on && ops_simd_available();
+}
+
+bool ops_simd_enabled(void)
+{
+    if (simd_state < 0)
+        simd_state = ops_simd_available();
+    return simd_state == 1;
+}
+
+size_t ops_dtype_size(ops_dtype t)
+{
+    return t == OPS_F32 ? 4 : 2;
+}
+
+/* ---- conversions ----------------------------------------------------------------- */
+
+float ops_bf16_to_f32(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+float ops_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0x1f) {
+        /* inf, or nan with its payload and the quiet bit set, as F16C's vcvtph2ps does */
+        bits = sign | 0x7f800000u | (man << 13) | (man ? 0x00400000u : 0u);
+    } else if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise; exact in f32 */
+            int e = -1;
+            do {
+                e++;
+                man <<= 1;
+            } while (!(man & 0x400u));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
+        }
+    } else {
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline float load_elem(const void *base, ops_dtype t, int64_t i)
+{
+    switch (t) {
+    case OPS_BF16: return ops_bf16_to_f32(((const uint16_t *)base)[i]);
+    case OPS_F16: return ops_f16_to_f32(((const uint16_t *)base)[i]);
+    default: return ((const float *)base)[i];
+    }
+}
+
+static void scalar_to_f32(float *dst, const void *src, ops_dtype t, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = load_elem(src, t, i);
+}
+
+void ops_to_f32(float *dst, const void *src, ops_dtype t, int64_t n)
+{
+    if (ops_simd_enabled())
+        ops_avx2_to_f32(dst, src, t, n);
+    else
+        scalar_to_f32(dst, src, t, n);
+}
+
+/* ---- dot and matmul -------------------------------------------------------------- */
+
+static float scalar_dot(const float *a, const void *b, ops_dtype bt, int64_t k)
+{
+    float lane[8] = {0};
+    int64_t kk = 0;
+    for (; kk + 8 <= k; kk += 8)
+        for (int j = 0; j < 8; j++)
+            lane[j] = fmaf(a[kk + j], load_elem(b, bt, kk + j), lane[j]);
+    if (kk < k) /* zero-padded tail: the same fused adds of 0*0 the SIMD path performs */
+        for (int j = 0; j < 8; j++) {
+            float av = kk + j < k ? a[kk + j] : 0.0f;
+            float bv = kk + j < k ? load_elem(b, bt, kk + j) : 0.0f;
+            lane[j] = fmaf(av, bv, lane[j]);
+        }
+    return ops_lanes_sum(lane);
+}
+
+float ops_dot(const float *a, const void *b, ops_dtype bt, int64_t k)
+{
+    return ops_simd_enabled() ? ops_avx2_dot(a, b, bt, k) : scalar_dot(a, b, bt, k);
+}
+
+size_t ops_matmul_panel_floats(int64_t k)
+{
+    int64_t k8 = (k + 7) / 8 * 8;
+    return (size_t)(OPS_PANEL_ROWS * k8);
+}
+
+void ops_matmul(float *out, int64_t ldo, const float *const *x_rows, int64_t m,
+                const void *w, ops_dtype wt, int64_t k, int64_t n0, int64_t n1, float *panel)
+{
+    if (ops_simd_enabled()) {
+        ops_avx2_matmul(out, ldo, x_rows, m, w, wt, k, n0, n1, panel);
+        return;
+    }
+    size_t es = ops_dtype_size(wt);
+    for (int64_t n = n0; n < n1; n++) {
+        const void *wrow = (const uint8_t *)w + (size_t)n * (size_t)k * es;
+        for (int64_t r = 0; r < m; r++)
+            out[r * ldo + n] = scalar_dot(x_rows[r], wrow, wt, k);
+    }
+}
+
+/* ---- norms, rope ----------------------------------------------------------------- */
+
+void ops_rmsnorm(float *out, const float *x, const void *w, ops_dtype wt, int64_t n, float eps)
+{
+    float sumsq = ops_dot(x, x, OPS_F32, n);
+    float r = 1.0f / sqrtf(sumsq / (float)n + eps);
+    for (int64_t i = 0; i < n; i++)
+        out[i] = load_elem(w, wt, i) * (x[i] * r);
+}
+
+void ops_rope(float *x, const float *cos_row, const float *sin_row, int64_t hd)
+{
+    int64_t half = hd / 2;
+    for (int64_t i = 0; i < half; i++) {
+        float a = x[i], b = x[i + half], c = cos_row[i], s = sin_row[i];
+        x[i] = a * c - b * s;
+        x[i + half] = b * c + a * s;
+    }
+}
+
+void ops_rope_table(float *cos_tab, float *sin_tab, int64_t n_pos, int64_t hd, double theta)
+{
+    int64_t half = hd / 2;
+    for (int64_t i = 0; i < half; i++) {
+        /* HF: inv_freq = 1 / base ** (arange(0, dim, 2).float() / dim), in float32 */
+        float expo = (float)(2 * i) / (float)hd;
+        float inv_freq = 1.0f / powf((float)theta, expo);
+        for (int64_t p = 0; p < n_pos; p++) {
+            float angle = (float)p * inv_freq; /* HF: freqs in float32 */
+            cos_tab[p * half + i] = (float)cos((double)angle);
+            sin_tab[p * half + i] = (float)sin((double)angle);
+        }
+    }
+}
+
+/* ---- attention ------------------------------------------------------------------- */
+
+/* Softmax over s[0..n) in place: max, exp(s - max), sequential sum, division. */
+static void softmax_inplace(float *s, int64_t n)
+{
+    float mx = s[0];
+    for (int64_t j = 1; j < n; j++)
+        mx = s[j] > mx ? s[j] : mx;
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    for (int64_t j = 0; j < n; j++)
+        s[j] = s[j] / sum;
+}
+
+void ops_softmax(float *x, int64_t n)
+{
+    softmax_inplace(x, n);
+}
+
+void ops_attention_head(float *out, const float *q, const float *k_cache, const float *v_cache,
+                        int64_t kv_stride, int64_t pos, int64_t hd, float scale, float *scores)
+{
+    if (ops_simd_enabled()) {
+        ops_avx2_attention_head(out, q, k_cache, v_cache, kv_stride, pos, hd, scale, scores);
+        return;
+    }
+    int64_t n = pos + 1;
+    for (int64_t j = 0; j < n; j++)
+        scores[j] = scalar_dot(q, k_cache + j * kv_stride, OPS_F32, hd) * scale;
+    softmax_inplace(scores, n);
+    for (int64_t d = 0; d < hd; d++)
+        out[d] = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        const float *v = v_cache + j * kv_stride;
+        for (int64_t d = 0; d < hd; d++)
+            out[d] = fmaf(scores[j], v[d], out[d]);
+    }
+}
+
+/* ---- FFN pieces ------------------------------------------------------------------ */
+
+void ops_swiglu(float *out, const float *gate, const float *up, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+void ops_add(float *x, const float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] += y[i];
+}
+
+void ops_weighted_sum(float *out, const float *const *rows, const float *w, int64_t n_rows,
+                      int64_t n)
+{
+    if (ops_simd_enabled()) {
+        ops_avx2_weighted_sum(out, rows, w, n_rows, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        float acc = w[0] * rows[0][i];
+        for (int64_t j = 1; j < n_rows; j++)
+            acc = fmaf(w[j], rows[j][i], acc);
+        out[i] = acc;
+    }
+}
+
+void ops_topk_route(const float *logits, int64_t e, int64_t k, bool normalize, int32_t *idx,
+                    float *weight, float *probs)
+{
+    memcpy(probs, logits, (size_t)e * sizeof *probs);
+    softmax_inplace(probs, e);
+    /* Selection by repeated scan: e is small (<= a few hundred) and k <= e.  Strictly
+     * greater wins, so among equal probabilities the lower expert index comes first. */
+    for (int64_t j = 0; j < k; j++) {
+        int64_t best = -1;
+        for (int64_t i = 0; i < e; i++) {
+            bool taken = false;
+            for (int64_t t = 0; t < j; t++)
+                if (idx[t] == (int32_t)i) {
+                    taken = true;
+                    break;
+                }
+            if (!taken && (best < 0 || probs[i] > probs[best]))
+                best = i;
+        }
+        idx[j] = (int32_t)best;
+        weight[j] = probs[best];
+    }
+    if (normalize) {
+        float sum = 0.0f;
+        for (int64_t j = 0; j < k; j++)
+            sum += weight[j];
+        for (int64_t j = 0; j < k; j++)
+            weight[j] = weight[j] / sum;
+    }
+}
+
+int64_t ops_argmax(const float *x, int64_t n)
+{
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}

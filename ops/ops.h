@@ -1,0 +1,97 @@
+/* ops: the CPU kernels of the Qwen3-MoE forward pass.  Plain functions over pointers and
+ * sizes: they know nothing about configs, files, threads or the schedule.  The caller
+ * (the CPU backend) splits work between threads by output ranges; a kernel never reduces
+ * across a range it was not given.
+ *
+ * Determinism by construction.  Every reduction has ONE order, fixed by the data's shape
+ * and never by thread count, batch size, prefill chunking or instruction set:
+ *   dot(a, b, K): lane j (0..7) accumulates a[k]*b[k] with a fused multiply-add over
+ *   k = j, j+8, j+16, ... in increasing k (a tail is zero-padded to a multiple of 8);
+ *   the 8 lanes are then summed as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
+ * The AVX2 kernels and the portable scalar kernels follow this order exactly, so they give
+ * bit-identical results (a test proves it); a decode step (one row) and a prefill row use
+ * the same per-element arithmetic.  Sums over sequences (softmax denominators, attention's
+ * weighted sum of V, the top-k combine) run sequentially in index order.
+ */
+#ifndef MOERT_OPS_H
+#define MOERT_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum ops_dtype { OPS_F32 = 0, OPS_BF16 = 1, OPS_F16 = 2 } ops_dtype;
+
+size_t ops_dtype_size(ops_dtype t);
+
+/* Selects the kernel family: true = AVX2/FMA/F16C when the CPU has them (default), false =
+ * the portable scalar kernels.  Results are identical either way. */
+void ops_use_simd(bool on);
+bool ops_simd_available(void);
+bool ops_simd_enabled(void);
+
+/* Element conversions (exact: bf16 and f16 widen to f32 without rounding). */
+float ops_bf16_to_f32(uint16_t h);
+float ops_f16_to_f32(uint16_t h);
+/* Converts n elements of type t starting at src into dst. */
+void ops_to_f32(float *dst, const void *src, ops_dtype t, int64_t n);
+
+/* dot(a, b, K) in the canonical order above, b of type bt. */
+float ops_dot(const float *a, const void *b, ops_dtype bt, int64_t k);
+
+/* Matrix product against a row-major weight matrix w [N, K] (PyTorch Linear layout):
+ *   out[m * ldo + n] = dot(x_rows[m], w[n], K)   for m in [0, M), n in [n0, n1).
+ * x_rows[m] points at row m of the input (rows may be scattered: MoE gathers tokens this
+ * way without copying).  `panel` is caller scratch of ops_matmul_panel_floats(K) floats
+ * (64-byte aligned) used to widen a block of weight rows once for all M rows. */
+void ops_matmul(float *out, int64_t ldo, const float *const *x_rows, int64_t m,
+                const void *w, ops_dtype wt, int64_t k, int64_t n0, int64_t n1, float *panel);
+size_t ops_matmul_panel_floats(int64_t k);
+#define OPS_PANEL_ROWS 16 /* weight rows widened per panel */
+
+/* RMSNorm of one row: out = w * (x * 1/sqrt(mean(x^2) + eps)); w of type wt, n elements.
+ * out may alias x. */
+void ops_rmsnorm(float *out, const float *x, const void *w, ops_dtype wt, int64_t n, float eps);
+
+/* Rotary embedding, Qwen3's rotate-half form, on one head vector of length hd:
+ *   x[i]      = x[i] * cos[i] - x[i+hd/2] * sin[i]
+ *   x[i+hd/2] = x[i+hd/2] * cos[i] + x[i] * sin[i]        for i < hd/2.
+ * cos/sin hold hd/2 values for the position. */
+void ops_rope(float *x, const float *cos_row, const float *sin_row, int64_t hd);
+
+/* RoPE tables for positions [0, n_pos): cos[p*hd/2 + i], sin[...] with
+ * inv_freq[i] = 1 / theta^(2i/hd) computed in float and the angle p * inv_freq[i] in float,
+ * as HF does, then cos/sin evaluated in double and rounded to float. */
+void ops_rope_table(float *cos_tab, float *sin_tab, int64_t n_pos, int64_t hd, double theta);
+
+/* Causal attention for one query head at position `pos` (keys 0..pos inclusive):
+ *   s[j] = dot(q, k_j) * scale; p = softmax(s); out = sum_j p[j] * v_j (sequential in j).
+ * Key/value rows are at k_cache + j*kv_stride and v_cache + j*kv_stride (f32).
+ * `scores` is scratch of at least pos+1 floats. */
+void ops_attention_head(float *out, const float *q, const float *k_cache, const float *v_cache,
+                        int64_t kv_stride, int64_t pos, int64_t hd, float scale, float *scores);
+
+/* out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).  out may alias gate. */
+void ops_swiglu(float *out, const float *gate, const float *up, int64_t n);
+
+/* x[i] += y[i] */
+void ops_add(float *x, const float *y, int64_t n);
+
+/* out[i] = sum_j w[j] * rows[j][i], j = 0..n_rows-1 in order (first term w[0]*rows[0][i],
+ * then fused multiply-adds). */
+void ops_weighted_sum(float *out, const float *const *rows, const float *w, int64_t n_rows,
+                      int64_t n);
+
+/* In-place softmax of n values (max-subtracted, sequential sum, division). */
+void ops_softmax(float *x, int64_t n);
+
+/* Router: probs = softmax(logits[E]) then the k largest (ties -> lower expert index), in
+ * descending order, into idx[k] and weight[k]; when normalize, weights are divided by their
+ * sequential sum.  `probs` is scratch of E floats. */
+void ops_topk_route(const float *logits, int64_t e, int64_t k, bool normalize, int32_t *idx,
+                    float *weight, float *probs);
+
+/* Index of the largest value (lowest index among ties). */
+int64_t ops_argmax(const float *x, int64_t n);
+
+#endif
