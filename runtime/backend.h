@@ -1,0 +1,69 @@
+/* backend: the one interface through which the executor runs a schedule, whatever the
+ * device.  A backend gets the schedule, the arena plan (one offset per buffer) and the
+ * bound weights at init and nothing else; it owns its arena (host or device) and its copy
+ * or view of the weights.  The schedule and the planner never ask which backend runs.
+ *
+ * Per step the executor calls begin_step, then run for every op in order, then end_step.
+ * A backend may replay a recorded step instead of running ops one by one (a HIP graph for
+ * decode): begin_step then sets *ops_done.
+ */
+#ifndef MOERT_BACKEND_H
+#define MOERT_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "err.h"
+#include "model.h"
+#include "sched.h"
+
+typedef struct exec_step {
+    int64_t index;      /* 0-based step number of the run (prefill chunks, then decode) */
+    int64_t pos0;       /* position of the first row */
+    int64_t n_rows;     /* 1 .. sched.max_rows */
+    bool decode;        /* a single-token generation step */
+} exec_step;
+
+typedef struct backend_init {
+    const sched *s;
+    const uint64_t *offsets;   /* per buffer, from the arena plan */
+    uint64_t arena_bytes;
+    const model_weights *w;
+    int32_t threads;           /* CPU worker threads (>= 1) */
+    void *trace;               /* the trace_rt capture context (may be NULL) */
+} backend_init;
+
+typedef struct backend backend;
+
+typedef struct backend_vtable {
+    const char *name;
+    int (*init)(backend *b, const backend_init *in, moert_err *err);
+    /* Host -> backend arena bytes (e.g. the step's token ids). */
+    int (*write)(backend *b, int32_t buf, uint64_t offset, const void *src, uint64_t n,
+                 moert_err *err);
+    int (*begin_step)(backend *b, const exec_step *st, bool *ops_done, moert_err *err);
+    int (*run)(backend *b, const sched_op *op, const exec_step *st, moert_err *err);
+    int (*end_step)(backend *b, const exec_step *st, moert_err *err);
+    /* Backend arena -> host bytes; completes all work issued before it. */
+    int (*read)(backend *b, int32_t buf, uint64_t offset, void *dst, uint64_t n, moert_err *err);
+    /* Host address of a buffer in a host-visible arena (CPU: the arena itself; HIP: the host
+     * mirror that read() fills), so the host can sample from logits without a copy. */
+    void *(*host_ptr)(backend *b, int32_t buf);
+    void (*shutdown)(backend *b);
+} backend_vtable;
+
+struct backend {
+    const backend_vtable *vt;
+    void *ctx;
+};
+
+extern const backend_vtable backend_cpu_vtable;
+
+/* The bound tensor a schedule weight role names for `layer`.  SCHED_W_EXPERTS: index =
+ * expert * 3 + part; SCHED_W_MLP: index = part; part 0 gate, 1 up, 2 down.  NULL when the
+ * role does not apply to the layer. */
+const model_tensor *backend_weight(const model_weights *w, sched_weight role, int32_t layer,
+                                   int32_t index);
+
+#endif

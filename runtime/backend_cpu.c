@@ -1,0 +1,418 @@
+/* backend_cpu: runs schedule ops on the host arena with OpenMP threads.
+ *
+ * Work is split between threads by OUTPUT ranges only (weight-row blocks, (row, head)
+ * pairs, (expert, block) items); every output element is computed whole by one thread with
+ * the kernels' canonical order, so results are identical for every thread count and
+ * schedule.  Nothing here allocates after init.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../arena/arena.h"
+#include "../ops/ops.h"
+#include "backend.h"
+#include "trace.h"
+
+typedef struct cpu_ctx {
+    const sched *s;
+    const model_weights *w;
+    arena mem;
+    uint8_t **ptr;        /* per buffer: base + offset */
+    int32_t threads;
+    float attn_scale;
+    trace_rt *trace;
+} cpu_ctx;
+
+#define BLOCK OPS_PANEL_ROWS
+
+static ops_dtype ops_type(st_dtype t)
+{
+    return t == ST_BF16 ? OPS_BF16 : t == ST_F16 ? OPS_F16 : OPS_F32;
+}
+
+static inline float *fbuf(cpu_ctx *c, int32_t id)
+{
+    return (float *)c->ptr[id];
+}
+
+static inline float *thread_panel(cpu_ctx *c, int tid)
+{
+    return fbuf(c, c->s->known.panel) + (size_t)tid * (size_t)c->s->panel_floats;
+}
+
+static int cpu_init(backend *b, const backend_init *in, moert_err *err)
+{
+    cpu_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return err_set(err, MOERT_ENOMEM, "cpu backend: out of memory");
+    c->s = in->s;
+    c->w = in->w;
+    c->threads = in->threads;
+    c->trace = in->trace;
+    c->attn_scale = (float)(1.0 / sqrt((double)in->s->topo.head_dim));
+    c->ptr = calloc((size_t)in->s->n_bufs, sizeof *c->ptr);
+    if (!c->ptr) {
+        free(c);
+        return err_set(err, MOERT_ENOMEM, "cpu backend: out of memory");
+    }
+    int st = arena_init(&c->mem, in->arena_bytes, err);
+    if (st) {
+        free(c->ptr);
+        free(c);
+        return st;
+    }
+    for (int32_t i = 0; i < in->s->n_bufs; i++)
+        c->ptr[i] = c->mem.base + in->offsets[i];
+    omp_set_dynamic(0);
+    /* Start the worker team now so that its creation is part of init, not of token 1. */
+#pragma omp parallel num_threads(c->threads)
+    {
+        (void)omp_get_thread_num();
+    }
+    b->ctx = c;
+    return MOERT_OK;
+}
+
+static void cpu_shutdown(backend *b)
+{
+    cpu_ctx *c = b->ctx;
+    if (!c)
+        return;
+    arena_free(&c->mem);
+    free(c->ptr);
+    free(c);
+    b->ctx = NULL;
+}
+
+static int cpu_write(backend *b, int32_t buf, uint64_t offset, const void *src, uint64_t n,
+                     moert_err *err)
+{
+    cpu_ctx *c = b->ctx;
+    if (buf < 0 || buf >= c->s->n_bufs || offset + n > c->s->bufs[buf].bytes)
+        return err_set(err, MOERT_EINTERNAL, "cpu backend: write outside buffer %d", buf);
+    memcpy(c->ptr[buf] + offset, src, n);
+    return MOERT_OK;
+}
+
+static int cpu_read(backend *b, int32_t buf, uint64_t offset, void *dst, uint64_t n,
+                    moert_err *err)
+{
+    cpu_ctx *c = b->ctx;
+    if (buf < 0 || buf >= c->s->n_bufs || offset + n > c->s->bufs[buf].bytes)
+        return err_set(err, MOERT_EINTERNAL, "cpu backend: read outside buffer %d", buf);
+    memcpy(dst, c->ptr[buf] + offset, n);
+    return MOERT_OK;
+}
+
+static void *cpu_host_ptr(backend *b, int32_t buf)
+{
+    cpu_ctx *c = b->ctx;
+    return c->ptr[buf];
+}
+
+static int cpu_begin_step(backend *b, const exec_step *st, bool *ops_done, moert_err *err)
+{
+    (void)b;
+    (void)st;
+    (void)err;
+    *ops_done = false;
+    return MOERT_OK;
+}
+
+static int cpu_end_step(backend *b, const exec_step *st, moert_err *err)
+{
+    (void)b;
+    (void)st;
+    (void)err;
+    return MOERT_OK;
+}
+
+/* ---- ops -------------------------------------------------------------------------- */
+
+static void run_embed(cpu_ctx *c, const sched_op *op, const exec_step *st)
+{
+    const int32_t *tok = (const int32_t *)c->ptr[op->in[0]];
+    float *x = fbuf(c, op->out[0]);
+    const model_tensor *e = &c->w->embed;
+    int64_t H = op->n;
+    size_t row_bytes = (size_t)H * st_dtype_size(e->dtype);
+    for (int64_t r = 0; r < st->n_rows; r++)
+        ops_to_f32(x + r * H, (const uint8_t *)e->data + (size_t)tok[r] * row_bytes,
+                   ops_type(e->dtype), H);
+}
+
+static void run_rmsnorm(cpu_ctx *c, const sched_op *op, const exec_step *st)
+{
+    const model_tensor *w = backend_weight(c->w, op->w[0], op->layer, 0);
+    const float *x = fbuf(c, op->in[0]);
+    float *out = fbuf(c, op->out[0]);
+    int64_t H = op->n;
+    float eps = (float)c->s->topo.rms_norm_eps;
+#pragma omp parallel for num_threads(c->threads) schedule(static) if (st->n_rows > 1)
+    for (int64_t r = 0; r < st->n_rows; r++)
+        ops_rmsnorm(out + r * H, x + r * H, w->data, ops_type(w->dtype), H, eps);
+}
+
+/* out[rows, sum of segment widths] = x rows . segments; blocks of BLOCK output features. */
+static void matmul_segments(cpu_ctx *c, const float *const *rows, int64_t m, float *out,
+                            int64_t ldo, const model_tensor *const *seg, int n_seg, int64_t k)
+{
+    int64_t seg_begin[4] = {0}, seg_blocks[4] = {0}, total_blocks = 0;
+    for (int i = 0; i < n_seg; i++) {
+        seg_begin[i + 1] = seg_begin[i] + seg[i]->rows;
+        seg_blocks[i] = (seg[i]->rows + BLOCK - 1) / BLOCK;
+        total_blocks += seg_blocks[i];
+    }
+#pragma omp parallel for num_threads(c->threads) schedule(static)
+    for (int64_t blk = 0; blk < total_blocks; blk++) {
+        int i = 0;
+        int64_t local = blk;
+        while (local >= seg_blocks[i]) {
+            local -= seg_blocks[i];
+            i++;
+        }
+        int64_t n0 = local * BLOCK, n1 = n0 + BLOCK < seg[i]->rows ? n0 + BLOCK : seg[i]->rows;
+        ops_matmul(out + seg_begin[i], ldo, rows, m, seg[i]->data, ops_type(seg[i]->dtype), k, n0,
+                   n1, thread_panel(c, omp_get_thread_num()));
+    }
+}
+
+static const float **row_pointers(cpu_ctx *c, const float *base, int64_t n, int64_t stride,
+                                  int which)
+{
+    const float **p = (const float **)c->ptr[c->s->known.rowptrs] +
+                      (size_t)which * (size_t)(c->s->max_rows * (c->s->topo.num_experts_per_tok > 1
+                                                                     ? c->s->topo.num_experts_per_tok
+                                                                     : 1));
+    for (int64_t r = 0; r < n; r++)
+        p[r] = base + r * stride;
+    return p;
+}
+
+static void run_matmul(cpu_ctx *c, const sched_op *op, const exec_step *st)
+{
+    const model_tensor *seg[3];
+    int n_seg = 0;
+    for (int i = 0; i < 3 && op->w[i] != SCHED_W_NONE; i++)
+        seg[n_seg++] = backend_weight(c->w, op->w[i], op->layer, 0);
+    const float **rows = row_pointers(c, fbuf(c, op->in[0]), st->n_rows, op->k, 0);
+    matmul_segments(c, rows, st->n_rows, fbuf(c, op->out[0]), op->n, seg, n_seg, op->k);
+}
+
+static void run_qk_norm_rope(cpu_ctx *c, const sched_op *op, const exec_step *st)
+{
+    const sched *s = c->s;
+    const model_tensor *qn = backend_weight(c->w, SCHED_W_Q_NORM, op->layer, 0);
+    const model_tensor *kn = backend_weight(c->w, SCHED_W_K_NORM, op->layer, 0);
+    const float *cos_tab = fbuf(c, op->in[0]), *sin_tab = fbuf(c, op->in[1]);
+    float *qkv = fbuf(c, op->out[0]);
+    int64_t hd = s->topo.head_dim, nh = s->topo.num_attention_heads;
+    int64_t nkv = s->topo.num_key_value_heads, half = hd / 2;
+    float eps = (float)s->topo.rms_norm_eps;
+#pragma omp parallel for num_threads(c->threads) schedule(static) if (st->n_rows > 1)
+    for (int64_t r = 0; r < st->n_rows; r++) {
+        int64_t pos = st->pos0 + r;
+        float *row = qkv + r * s->qkv_dim;
+        for (int64_t h = 0; h < nh + nkv; h++) {
+            float *v = row + h * hd; /* q heads, then k heads */
+            const model_tensor *nw = h < nh ? qn : kn;
+            ops_rmsnorm(v, v, nw->data, ops_type(nw->dtype), hd, eps);
+            ops_rope(v, cos_tab + pos * half, sin_tab + pos * half, hd);
+        }
+    }
+}
+
+static void run_kv_store(cpu_ctx *c, const sched_op *op, const exec_step *st)
+{
+    const sched *s = c->s;
+    const float *qkv = fbuf(c, op->in[0]);
+    float *kc = fbuf(c, op->out[0]), *vc = fbuf(c, op->out[1]);
+    for (int64_t r = 0; r < st->n_rows; r++) {
+        int64_t pos = st->pos0 + r;
+        const float *row = qkv + r * s->qkv_dim;
+        memcpy(kc + pos * s->kv_dim, row + s->q_dim, (size_t)s->kv_dim * sizeof(float));
+        memcpy(vc + pos * s->kv_dim, row + s->q_dim + s->kv_dim, (size_t)s->kv_dim * sizeof(float));
+    }
+}
+
+static void run_attention(cpu_ctx *c, const sched_op *op, const exec_step *st)
+{
+    const sched *s = c->s;
+    const float *qkv = fbuf(c, op->in[0]), *kc = fbuf(c, op->in[1]), *vc = fbuf(c, op->in[2]);
+    float *out = fbuf(c, op->out[0]);
+    float *scores = fbuf(c, op->scratch[0]);
+    int64_t hd = s->topo.head_dim, nh = s->topo.num_attention_heads;
+    int64_t group = nh / s->topo.num_key_value_heads;
+    int64_t items = st->n_rows * nh;
+#pragma omp parallel for num_threads(c->threads) schedule(static)
+    for (int64_t it = 0; it < items; it++) {
+        int64_t r = it / nh, h = it % nh, g = h / group;
+        float *sc = scores + (size_t)omp_get_thread_num() * (size_t)s->max_seq;
+        ops_attention_head(out + r * s->q_dim + h * hd, qkv + r * s->qkv_dim + h * hd,
+                           kc + g * hd, vc + g * hd, s->kv_dim, st->pos0 + r, hd, c->attn_scale,
+                           sc);
+    }
+}
+
+static void run_add(cpu_ctx *c, const sched_op *op, const exec_step *st)
+{
+    ops_add(fbuf(c, op->out[0]), fbuf(c, op->in[0]), st->n_rows * op->n);
+}
+
+static void run_route(cpu_ctx *c, const sched_op *op, const exec_step *st)
+{
+    const float *logits = fbuf(c, op->in[0]);
+    float *w = fbuf(c, op->out[0]), *probs = fbuf(c, op->scratch[0]);
+    int32_t *ids = (int32_t *)c->ptr[op->out[1]];
+    int64_t K = op->n, E = op->k;
+    bool norm = c->s->topo.norm_topk_prob;
+    for (int64_t r = 0; r < st->n_rows; r++)
+        ops_topk_route(logits + r * E, E, K, norm, ids + r * K, w + r * K, probs + r * E);
+}
+
+/* Routed experts.  Assignments (token t, slot j) are grouped by expert so each expert is
+ * one matrix product over its tokens; the combine then walks each token's slots in top-k
+ * order.  Work items are (expert, output block): any thread may take any item. */
+static void run_moe(cpu_ctx *c, const sched_op *op, const exec_step *st)
+{
+    const sched *s = c->s;
+    int64_t E = s->topo.num_experts, K = s->topo.num_experts_per_tok;
+    int64_t H = s->topo.hidden_size, I = s->topo.moe_intermediate_size, R = st->n_rows;
+    const float *xn = fbuf(c, op->in[0]), *tw = fbuf(c, op->in[1]);
+    const int32_t *ids = (const int32_t *)c->ptr[op->in[2]];
+    float *out = fbuf(c, op->out[0]);
+    int32_t *offs = (int32_t *)c->ptr[op->scratch[0]];
+    int32_t *cursor = offs + E + 1, *order = cursor + E, *inv = order + s->max_rows * K;
+    float *gate = fbuf(c, op->scratch[1]), *up = fbuf(c, op->scratch[2]);
+    float *down = fbuf(c, op->scratch[3]);
+    const model_layer *L = &c->w->layers[op->layer];
+
+    memset(offs, 0, (size_t)(E + 1) * sizeof *offs);
+    for (int64_t a = 0; a < R * K; a++)
+        offs[ids[a] + 1]++;
+    for (int64_t e = 0; e < E; e++) {
+        offs[e + 1] += offs[e];
+        cursor[e] = offs[e];
+    }
+    for (int64_t a = 0; a < R * K; a++) { /* token order within each expert */
+        int32_t p = cursor[ids[a]]++;
+        order[p] = (int32_t)a;
+        inv[a] = p;
+    }
+    const float **xrows = (const float **)c->ptr[s->known.rowptrs];
+    const float **hrows = xrows + s->max_rows * K;
+    for (int64_t p = 0; p < R * K; p++) {
+        xrows[p] = xn + (order[p] / K) * H;
+        hrows[p] = gate + p * I;
+    }
+
+    int64_t iblocks = (I + BLOCK - 1) / BLOCK, hblocks = (H + BLOCK - 1) / BLOCK;
+#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 1)
+    for (int64_t item = 0; item < E * iblocks; item++) {
+        int64_t e = item / iblocks, n0 = (item % iblocks) * BLOCK;
+        int64_t n1 = n0 + BLOCK < I ? n0 + BLOCK : I, m = offs[e + 1] - offs[e];
+        if (m == 0)
+            continue;
+        float *panel = thread_panel(c, omp_get_thread_num());
+        const model_tensor *g = &L->gate[e], *u = &L->up[e];
+        ops_matmul(gate + offs[e] * I, I, xrows + offs[e], m, g->data, ops_type(g->dtype), H, n0,
+                   n1, panel);
+        ops_matmul(up + offs[e] * I, I, xrows + offs[e], m, u->data, ops_type(u->dtype), H, n0,
+                   n1, panel);
+        for (int64_t r = offs[e]; r < offs[e + 1]; r++)
+            ops_swiglu(gate + r * I + n0, gate + r * I + n0, up + r * I + n0, n1 - n0);
+    }
+#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 1)
+    for (int64_t item = 0; item < E * hblocks; item++) {
+        int64_t e = item / hblocks, n0 = (item % hblocks) * BLOCK;
+        int64_t n1 = n0 + BLOCK < H ? n0 + BLOCK : H, m = offs[e + 1] - offs[e];
+        if (m == 0)
+            continue;
+        const model_tensor *d = &L->down[e];
+        ops_matmul(down + offs[e] * H, H, hrows + offs[e], m, d->data, ops_type(d->dtype), I, n0,
+                   n1, thread_panel(c, omp_get_thread_num()));
+    }
+    const float **slot_base = hrows + s->max_rows * K;
+#pragma omp parallel for num_threads(c->threads) schedule(static) if (R > 1)
+    for (int64_t t = 0; t < R; t++) {
+        const float **slots = slot_base + (size_t)omp_get_thread_num() * (size_t)K;
+        for (int64_t j = 0; j < K; j++)
+            slots[j] = down + (int64_t)inv[t * K + j] * H;
+        ops_weighted_sum(out + t * H, slots, tw + t * K, K, H);
+    }
+}
+
+static void run_mlp(cpu_ctx *c, const sched_op *op, const exec_step *st)
+{
+    const sched *s = c->s;
+    int64_t H = s->topo.hidden_size, I = s->topo.intermediate_size, R = st->n_rows;
+    const model_tensor *g = backend_weight(c->w, SCHED_W_MLP, op->layer, 0);
+    const model_tensor *u = backend_weight(c->w, SCHED_W_MLP, op->layer, 1);
+    const model_tensor *d = backend_weight(c->w, SCHED_W_MLP, op->layer, 2);
+    float *gate = fbuf(c, op->scratch[0]), *up = fbuf(c, op->scratch[1]);
+    const float **xrows = row_pointers(c, fbuf(c, op->in[0]), R, H, 0);
+    const float **hrows = row_pointers(c, gate, R, I, 1);
+    int64_t iblocks = (I + BLOCK - 1) / BLOCK;
+#pragma omp parallel for num_threads(c->threads) schedule(static)
+    for (int64_t blk = 0; blk < iblocks; blk++) {
+        int64_t n0 = blk * BLOCK, n1 = n0 + BLOCK < I ? n0 + BLOCK : I;
+        float *panel = thread_panel(c, omp_get_thread_num());
+        ops_matmul(gate, I, xrows, R, g->data, ops_type(g->dtype), H, n0, n1, panel);
+        ops_matmul(up, I, xrows, R, u->data, ops_type(u->dtype), H, n0, n1, panel);
+        for (int64_t r = 0; r < R; r++)
+            ops_swiglu(gate + r * I + n0, gate + r * I + n0, up + r * I + n0, n1 - n0);
+    }
+    const model_tensor *segs[1] = {d};
+    matmul_segments(c, hrows, R, fbuf(c, op->out[0]), H, segs, 1, I);
+}
+
+static void run_logits(cpu_ctx *c, const sched_op *op, const exec_step *st)
+{
+    const sched *s = c->s;
+    int64_t H = s->topo.hidden_size;
+    const float *fn = fbuf(c, op->in[0]);
+    int64_t first = s->logit_rows == 1 ? st->n_rows - 1 : 0;
+    const float **rows = row_pointers(c, fn + first * H, st->n_rows - first, H, 0);
+    const model_tensor *segs[1] = {&c->w->lm_head};
+    matmul_segments(c, rows, st->n_rows - first, fbuf(c, op->out[0]), s->topo.vocab_size, segs, 1,
+                    H);
+}
+
+static int cpu_run(backend *b, const sched_op *op, const exec_step *st, moert_err *err)
+{
+    cpu_ctx *c = b->ctx;
+    switch (op->kind) {
+    case SCHED_EMBED: run_embed(c, op, st); break;
+    case SCHED_RMSNORM: run_rmsnorm(c, op, st); break;
+    case SCHED_MATMUL: run_matmul(c, op, st); break;
+    case SCHED_QK_NORM_ROPE: run_qk_norm_rope(c, op, st); break;
+    case SCHED_KV_STORE: run_kv_store(c, op, st); break;
+    case SCHED_ATTENTION: run_attention(c, op, st); break;
+    case SCHED_ADD: run_add(c, op, st); break;
+    case SCHED_ROUTE: run_route(c, op, st); break;
+    case SCHED_MOE: run_moe(c, op, st); break;
+    case SCHED_MLP: run_mlp(c, op, st); break;
+    case SCHED_LOGITS: run_logits(c, op, st); break;
+    case SCHED_TRACE:
+        return trace_capture_host(c->trace, op, st, (const void *)c->ptr[op->in[0]],
+                                  op->in[1] >= 0 ? (const void *)c->ptr[op->in[1]] : NULL,
+                                  c->ptr[op->out[0]], err);
+    default:
+        return err_set(err, MOERT_EINTERNAL, "cpu backend: unknown op kind %d", (int)op->kind);
+    }
+    return MOERT_OK;
+}
+
+const backend_vtable backend_cpu_vtable = {
+    .name = "cpu",
+    .init = cpu_init,
+    .write = cpu_write,
+    .begin_step = cpu_begin_step,
+    .run = cpu_run,
+    .end_step = cpu_end_step,
+    .read = cpu_read,
+    .host_ptr = cpu_host_ptr,
+    .shutdown = cpu_shutdown,
+};

@@ -1,0 +1,82 @@
+/* sess: one loaded model ready to run — the whole init path in one place.
+ *
+ * sess_open: weights (mmap'd safetensors, or a synthetic image) -> bound and checked
+ * against the topology -> static schedule (with trace rings when traced) -> arena plan,
+ * proven non-overlapping -> backend with one arena.  After sess_open returns, generating
+ * allocates nothing: prefill, decode and sampling only touch the arena.
+ */
+#ifndef MOERT_SESSION_H
+#define MOERT_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../arena/arena.h"
+#include "backend.h"
+#include "config.h"
+#include "err.h"
+#include "model.h"
+#include "sched.h"
+#include "st.h"
+#include "trace.h"
+
+typedef struct sess_rng {
+    uint64_t s[4]; /* xoshiro256** state, seeded by SplitMix64 from the seed */
+} sess_rng;
+
+typedef struct sess_stats {
+    int64_t prompt_tokens, generated_tokens;
+    double prefill_seconds, decode_seconds;
+    double init_seconds;
+} sess_stats;
+
+typedef struct sess {
+    cfg_config cfg;
+    st_set *weights_set;
+    model_weights weights;
+    sched schedule;
+    uint64_t *offsets;
+    arena_stats plan_stats;
+    backend be;
+    trace_rt *trace;
+    int32_t threads;
+    int64_t pos;              /* next position to fill */
+    int64_t step_index;       /* steps run so far (prefill chunks + decode steps) */
+    int64_t gen_step;         /* 0 during the prompt, then 1, 2, ... */
+    sess_rng rng;
+    sess_stats stats;
+} sess;
+
+enum {
+    SESS_NO_TRACE = 1u << 0, /* ignore the config's trace plan */
+};
+
+/* Loads weights and builds everything.  cfg is copied.  On error nothing is left open. */
+int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err);
+void sess_close(sess *s);
+
+/* Forgets the sequence: the next prefill starts at position 0. The RNG is reseeded. */
+void sess_reset(sess *s);
+
+/* Runs the prompt in chunks of at most the configured prefill chunk.  Checks ids and that
+ * the sequence fits max_seq_len.  Afterwards sess_logits() holds the last row's logits. */
+int sess_prefill(sess *s, const int32_t *ids, int64_t n, moert_err *err);
+
+/* One decode step feeding `id` at the next position. */
+int sess_decode(sess *s, int32_t id, moert_err *err);
+
+/* Logits of the last processed token (vocab_size floats, host memory, arena-backed). */
+const float *sess_logits(sess *s);
+
+/* Picks the next token from sess_logits() with the configured sampling (greedy when
+ * temperature is 0); uses only arena scratch and the session's RNG. */
+int32_t sess_sample(sess *s);
+
+/* Prompt + n_new generated tokens; calls on_token (may be NULL) after each new token; stops
+ * early when on_token returns false.  Generated ids go to out_ids (cap >= n_new). */
+typedef bool (*sess_token_fn)(void *ctx, int32_t id);
+int sess_generate(sess *s, const int32_t *prompt, int64_t n_prompt, int64_t n_new,
+                  int32_t *out_ids, int64_t *n_out, sess_token_fn on_token, void *ctx,
+                  moert_err *err);
+
+#endif

@@ -1,0 +1,209 @@
+/* trace: ring capture (see trace.h).  The file side lives in trace_file.c. */
+#include "trace.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+struct trace_rt {
+    cfg_trace_plan plan;
+    trace_slot_info *slots;
+    size_t n_slots, cap_slots;
+    int64_t gen_step;
+    bool holds_last;
+};
+
+static uint64_t record_bytes(const cfg_trace_plan *plan, cfg_stage stage, int64_t width)
+{
+    uint64_t b = sizeof(trace_record);
+    if (plan->mode == CFG_TRACE_TENSOR) {
+        b += (uint64_t)width * sizeof(float);
+        if (stage == CFG_STAGE_MOE_ROUTER)
+            b += (uint64_t)width * sizeof(int32_t);
+    }
+    return (b + 15) / 16 * 16;
+}
+
+int trace_rt_create(const cfg_trace_plan *plan, trace_rt **out, moert_err *err)
+{
+    trace_rt *t = calloc(1, sizeof *t);
+    if (!t)
+        return err_set(err, MOERT_ENOMEM, "trace: out of memory");
+    t->plan = *plan;
+    *out = t;
+    return MOERT_OK;
+}
+
+void trace_rt_free(trace_rt *t)
+{
+    if (!t)
+        return;
+    free(t->slots);
+    free(t);
+}
+
+static uint64_t hook_ring_bytes(void *ctx, cfg_stage stage, int32_t layer, int64_t width)
+{
+    trace_rt *t = ctx;
+    (void)layer;
+    return TRACE_RING_HEADER + (uint64_t)t->plan.capacity * record_bytes(&t->plan, stage, width);
+}
+
+sched_trace_hooks trace_rt_hooks(trace_rt *t, const cfg_trace_plan *plan)
+{
+    sched_trace_hooks h = {.plan = plan, .ring_bytes = hook_ring_bytes, .ctx = t};
+    return h;
+}
+
+int trace_rt_bind(trace_rt *t, const sched *s, moert_err *err)
+{
+    t->n_slots = 0;
+    for (int32_t i = 0; i < s->n_ops; i++) {
+        const sched_op *op = &s->ops[i];
+        if (op->kind != SCHED_TRACE)
+            continue;
+        if (t->n_slots == t->cap_slots) {
+            size_t nc = t->cap_slots ? t->cap_slots * 2 : 64;
+            trace_slot_info *p = realloc(t->slots, nc * sizeof *p);
+            if (!p)
+                return err_set(err, MOERT_ENOMEM, "trace: out of memory");
+            t->slots = p;
+            t->cap_slots = nc;
+        }
+        if ((size_t)op->trace_index != t->n_slots)
+            return err_set(err, MOERT_EINTERNAL, "trace: TRACE ops out of order");
+        trace_slot_info *si = &t->slots[t->n_slots++];
+        si->stage = (cfg_stage)op->stage;
+        si->layer = op->layer;
+        si->width = op->n;
+        si->has_ids = op->stage == CFG_STAGE_MOE_ROUTER;
+        si->record_bytes = record_bytes(&t->plan, si->stage, op->n);
+        si->ring_buf = op->out[0];
+    }
+    return MOERT_OK;
+}
+
+size_t trace_rt_count(const trace_rt *t)
+{
+    return t->n_slots;
+}
+
+const trace_slot_info *trace_rt_slot(const trace_rt *t, size_t i)
+{
+    return &t->slots[i];
+}
+
+const cfg_trace_plan *trace_rt_plan(const trace_rt *t)
+{
+    return &t->plan;
+}
+
+void trace_rt_set_step(trace_rt *t, int64_t gen_step, bool holds_last_prompt_pos)
+{
+    t->gen_step = gen_step;
+    t->holds_last = holds_last_prompt_pos;
+}
+
+void trace_rt_rows(const trace_rt *t, const exec_step *st, int64_t *row0, int64_t *row1)
+{
+    *row1 = st->n_rows;
+    if (t->plan.positions == CFG_TRACE_ALL)
+        *row0 = 0;
+    else if (st->decode || t->holds_last)
+        *row0 = st->n_rows - 1;
+    else
+        *row0 = st->n_rows; /* a prefill chunk before the last: nothing */
+}
+
+void trace_row_stats(const float *row, int64_t n, double stats[TRACE_N_STATS])
+{
+    double sum = 0, sumsq = 0, mn = INFINITY, mx = -INFINITY;
+    int64_t nan = 0, inf = 0, finite = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float v = row[i];
+        if (isnan(v)) {
+            nan++;
+        } else if (isinf(v)) {
+            inf++;
+        } else {
+            double d = v;
+            finite++;
+            sum += d;
+            sumsq += d * d;
+            mn = d < mn ? d : mn;
+            mx = d > mx ? d : mx;
+        }
+    }
+    double mean = finite ? sum / (double)finite : NAN, var = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (isfinite(row[i])) {
+            double d = (double)row[i] - mean;
+            var += d * d;
+        }
+    stats[TRACE_STAT_COUNT] = (double)n;
+    stats[TRACE_STAT_L2] = sqrt(sumsq);
+    stats[TRACE_STAT_MEAN] = mean;
+    stats[TRACE_STAT_STD] = finite ? sqrt(var / (double)finite) : NAN;
+    stats[TRACE_STAT_MIN] = finite ? mn : NAN;
+    stats[TRACE_STAT_MAX] = finite ? mx : NAN;
+    stats[TRACE_STAT_NAN] = (double)nan;
+    stats[TRACE_STAT_INF] = (double)inf;
+}
+
+uint64_t trace_row_hash(const void *row, uint64_t bytes, const void *row2, uint64_t bytes2)
+{
+    XXH3_state_t st;
+    XXH3_64bits_reset(&st);
+    XXH3_64bits_update(&st, row, bytes);
+    if (row2)
+        XXH3_64bits_update(&st, row2, bytes2);
+    return XXH3_64bits_digest(&st);
+}
+
+int trace_capture_host(trace_rt *t, const sched_op *op, const exec_step *st, const void *src,
+                       const void *src2, void *ring, moert_err *err)
+{
+    if (!t || op->trace_index < 0 || (size_t)op->trace_index >= t->n_slots)
+        return err_set(err, MOERT_EINTERNAL, "trace: capture without a bound trace context");
+    const trace_slot_info *si = &t->slots[op->trace_index];
+    trace_ring_header *hdr = ring;
+    uint8_t *slots = (uint8_t *)ring + TRACE_RING_HEADER;
+    uint64_t cap = (uint64_t)t->plan.capacity;
+    int64_t row0, row1;
+    trace_rt_rows(t, st, &row0, &row1);
+    /* The logits buffer holds only the last row unless every position is traced. */
+    int64_t src_shift = (si->stage == CFG_STAGE_LOGITS && t->plan.positions == CFG_TRACE_LAST)
+                            ? st->n_rows - 1
+                            : 0;
+    for (int64_t r = row0; r < row1; r++) {
+        const float *row = (const float *)src + (r - src_shift) * si->width;
+        const int32_t *ids = si->has_ids ? (const int32_t *)src2 + (r - src_shift) * si->width : NULL;
+        hdr->written++;
+        uint64_t slot;
+        if (hdr->stored < cap) {
+            slot = hdr->next;
+            hdr->stored++;
+        } else if (t->plan.on_full == CFG_TRACE_OVERWRITE) {
+            slot = hdr->next;
+            hdr->drops++;
+        } else {
+            hdr->drops++;
+            continue;
+        }
+        hdr->next = (slot + 1) % cap;
+        trace_record *rec = (trace_record *)(slots + slot * si->record_bytes);
+        rec->step = t->gen_step;
+        rec->pos = st->pos0 + r;
+        rec->pad = 0;
+        uint64_t vb = (uint64_t)si->width * sizeof(float);
+        rec->hash = trace_row_hash(row, vb, ids, ids ? vb : 0);
+        trace_row_stats(row, si->width, rec->stats);
+        if (t->plan.mode == CFG_TRACE_TENSOR) {
+            memcpy(rec + 1, row, vb);
+            if (ids)
+                memcpy((uint8_t *)(rec + 1) + vb, ids, vb);
+        }
+    }
+    return MOERT_OK;
+}
