@@ -34,13 +34,20 @@ typedef struct arena_stats {
 
 /* Assigns offsets[i] for every request.  Deterministic: the same requests give the same
  * plan.  Tries several placement orders (largest first, longest-lived first, ...) and
- * keeps the smallest arena; every candidate is checked with arena_check. */
+ * keeps the smallest arena; every plan it keeps is proved with arena_check.  Fails with
+ * MOERT_EUSAGE naming the request for size 0, a non-power-of-two alignment, a lifetime
+ * with first < 0 or first > last (non-persistent only), or sizes summing past 2^62.
+ * offsets[] is written only on success; stats (may be NULL) gets arena_bytes (the max end
+ * rounded up to 64), lower_bound_bytes, naive_bytes and persistent_bytes.  Scratch is
+ * malloc'd and freed before returning (init-time only). */
 int arena_plan(const arena_request *reqs, size_t n, uint64_t *offsets, arena_stats *stats,
                moert_err *err);
 
 /* Proves that no two buffers alive at the same op overlap, that every offset honours its
  * alignment and that every buffer ends within arena_bytes.  The first violation found is
- * described in err (both buffers' indices, ranges and lifetimes). */
+ * described in err (both buffers' indices, ranges and lifetimes) with MOERT_ECHECK;
+ * a malformed request (size 0, bad alignment or lifetime) gives MOERT_EUSAGE.  Shares no
+ * code with the planner; costs O(n log n + pairs of buffers sharing bytes). */
 int arena_check(const arena_request *reqs, size_t n, const uint64_t *offsets,
                 uint64_t arena_bytes, moert_err *err);
 
@@ -53,7 +60,11 @@ typedef struct arena {
     uint64_t bytes;
 } arena;
 
+/* Maps `bytes` (rounded up to the page size) of anonymous private memory into a; a->bytes
+ * is `bytes`.  bytes == 0 is valid and leaves a->base NULL.  On failure a is empty and err
+ * holds MOERT_ENOMEM "arena: cannot map N bytes: <strerror>". */
 int arena_init(arena *a, uint64_t bytes, moert_err *err);
+/* Unmaps and empties a; safe on an empty arena, twice, or NULL. */
 void arena_free(arena *a);
 
 #endif
