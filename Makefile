@@ -31,7 +31,7 @@ LDLIBS   += $(STATIC_LIBS) -lm -lpthread
 
 LIB_SRC  := $(wildcard runtime/*.c arena/*.c ops/*.c)
 LIB_SRC  := $(filter-out runtime/main.c,$(LIB_SRC))
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/contract_default.o
 # The allocation counter interposes malloc; it cannot share a process with ASan.
 TEST_SRC := $(wildcard tests/*.c)
 ifeq ($(V),asan)
@@ -53,6 +53,15 @@ deps:
 
 $(BUILD)/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# The default trace contract is compiled in, so a bare model directory can be traced.
+$(BUILD)/gen/contract_default.c: contracts/qwen3moe-trace-v1.yaml
+	@mkdir -p $(dir $@)
+	@{ printf 'extern const char ctr_default_yaml[];\nconst char ctr_default_yaml[] =\n'; \
+	   sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $<; printf ';\n'; } > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/gen/%.o: $(BUILD)/gen/%.c
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libmoert.a: $(LIB_OBJ)

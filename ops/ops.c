@@ -291,3 +291,20 @@ int64_t ops_argmax(const float *x, int64_t n)
             best = i;
     return best;
 }
+
+uint64_t ops_touch_read(const void *p, size_t bytes)
+{
+    if (ops_simd_enabled())
+        return ops_avx2_touch_read(p, bytes);
+    const uint8_t *b = p;
+    uint64_t acc = 0;
+    size_t i = 0;
+    for (; i + 8 <= bytes; i += 8) {
+        uint64_t v;
+        memcpy(&v, b + i, 8);
+        acc ^= v;
+    }
+    for (; i < bytes; i++)
+        acc ^= b[i];
+    return acc;
+}

@@ -91,6 +91,11 @@ void ops_softmax(float *x, int64_t n);
 void ops_topk_route(const float *logits, int64_t e, int64_t k, bool normalize, int32_t *idx,
                     float *weight, float *probs);
 
+/* Reads every byte of [p, p + bytes) with wide loads and returns a checksum (so the reads
+ * cannot be optimised away): the memory-bandwidth probe of `moert bench`, and the way to
+ * fault weights in before timing. */
+uint64_t ops_touch_read(const void *p, size_t bytes);
+
 /* Index of the largest value (lowest index among ties). */
 int64_t ops_argmax(const float *x, int64_t n);
 

@@ -252,3 +252,23 @@ AVX2 void ops_avx2_weighted_sum(float *out, const float *const *rows, const floa
         out[i] = acc;
     }
 }
+
+AVX2 uint64_t ops_avx2_touch_read(const void *p, size_t bytes)
+{
+    const uint8_t *b = p;
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 128 <= bytes; i += 128) {
+        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256((const __m256i *)(b + i)));
+        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256((const __m256i *)(b + i + 32)));
+        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256((const __m256i *)(b + i + 64)));
+        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256((const __m256i *)(b + i + 96)));
+    }
+    __m256i x = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    uint64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, x);
+    uint64_t acc = lanes[0] ^ lanes[1] ^ lanes[2] ^ lanes[3];
+    for (; i < bytes; i++)
+        acc ^= b[i];
+    return acc;
+}

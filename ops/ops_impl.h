@@ -13,6 +13,7 @@ void ops_avx2_attention_head(float *out, const float *q, const float *k_cache,
                              float scale, float *scores);
 void ops_avx2_weighted_sum(float *out, const float *const *rows, const float *w, int64_t n_rows,
                            int64_t n);
+uint64_t ops_avx2_touch_read(const void *p, size_t bytes);
 void ops_avx2_to_f32(float *dst, const void *src, ops_dtype t, int64_t n);
 
 /* The canonical 8-lane combine, shared by both families. */

@@ -51,6 +51,10 @@ typedef struct backend_vtable {
      * mirror that read() fills), so the host can sample from logits without a copy. */
     void *(*host_ptr)(backend *b, int32_t buf);
     void (*shutdown)(backend *b);
+    /* Optional (NULL when not applicable): the device's name, and its measured
+     * device-to-device copy bandwidth in GB/s counting bytes read plus written. */
+    const char *(*device_name)(backend *b);
+    double (*copy_bandwidth_gbs)(backend *b, moert_err *err);
 } backend_vtable;
 
 struct backend {
@@ -59,6 +63,9 @@ struct backend {
 };
 
 extern const backend_vtable backend_cpu_vtable;
+
+/* The HIP backend, or NULL when this binary was built without it. */
+const backend_vtable *backend_hip_vtable(void);
 
 /* The bound tensor a schedule weight role names for `layer`.  SCHED_W_EXPERTS: index =
  * expert * 3 + part; SCHED_W_MLP: index = part; part 0 gate, 1 up, 2 down.  NULL when the

@@ -102,7 +102,8 @@ static int cpu_read(backend *b, int32_t buf, uint64_t offset, void *dst, uint64_
     cpu_ctx *c = b->ctx;
     if (buf < 0 || buf >= c->s->n_bufs || offset + n > c->s->bufs[buf].bytes)
         return err_set(err, MOERT_EINTERNAL, "cpu backend: read outside buffer %d", buf);
-    memcpy(dst, c->ptr[buf] + offset, n);
+    if (dst != c->ptr[buf] + offset) /* reading into the arena itself: nothing to copy */
+        memcpy(dst, c->ptr[buf] + offset, n);
     return MOERT_OK;
 }
 

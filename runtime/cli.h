@@ -16,4 +16,13 @@ typedef struct cli_command {
     const char *summary;
 } cli_command;
 
+/* The subcommands (runtime/cli_*.c).  argv[0] is the command name. */
+int cli_run(int argc, char **argv, moert_err *err);
+int cli_plan(int argc, char **argv, moert_err *err);
+int cli_bench(int argc, char **argv, moert_err *err);
+int cli_synth(int argc, char **argv, moert_err *err);
+int cli_validate(int argc, char **argv, moert_err *err);
+int cli_replay(int argc, char **argv, moert_err *err);
+int cli_diff(int argc, char **argv, moert_err *err);
+
 #endif

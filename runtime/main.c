@@ -5,6 +5,10 @@
 #include "cli.h"
 
 static const cli_command commands[] = {
+    {"run", cli_run, "load a config or model directory, prefill, generate"},
+    {"plan", cli_plan, "print the resolved topology, static schedule and arena plan"},
+    {"bench", cli_bench, "prefill / decode speed against the memory roofline"},
+    {"synth", cli_synth, "write a seeded random checkpoint for a topology"},
     {NULL, NULL, NULL},
 };
 

@@ -14,6 +14,7 @@
 #include "../arena/arena.h"
 #include "backend.h"
 #include "config.h"
+#include "contract.h"
 #include "err.h"
 #include "model.h"
 #include "sched.h"
@@ -39,6 +40,7 @@ typedef struct sess {
     arena_stats plan_stats;
     backend be;
     trace_rt *trace;
+    ctr_contract contract;    /* loaded and resolved when tracing */
     int32_t threads;
     int64_t pos;              /* next position to fill */
     int64_t step_index;       /* steps run so far (prefill chunks + decode steps) */

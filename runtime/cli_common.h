@@ -1,0 +1,38 @@
+/* cli_common: what the run-like commands share: loading CONFIG|MODEL_DIR and applying the
+ * command-line overrides (--threads, --prefill-chunk, ...), with checks, before anything
+ * starts.  Part of the CLI layer: it may format messages but never prints. */
+#ifndef MOERT_CLI_COMMON_H
+#define MOERT_CLI_COMMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "err.h"
+
+typedef struct cli_overrides {
+    const char *threads, *prefill_chunk, *max_seq_len, *backend, *weights;
+    const char *seed, *temp, *top_k, *top_p;
+    const char *trace_file, *trace_mode, *trace_positions, *contract;
+} cli_overrides;
+
+/* If argv[*i] is one of the shared override flags, stores its value, advances *i past it
+ * and returns 1; returns 0 when it is not one; returns -1 (err set) when the value is
+ * missing. */
+int cli_take_override(int argc, char **argv, int *i, cli_overrides *o, moert_err *err);
+
+/* Loads path (YAML or model directory) and applies the overrides, checking each value. */
+int cli_load_config(const char *path, const cli_overrides *o, unsigned cfg_flags, cfg_config *cfg,
+                    moert_err *err);
+
+/* Strict number parsing for flags: the whole string must be a number in [lo, hi]. */
+int cli_parse_i64(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out,
+                  moert_err *err);
+int cli_parse_f64(const char *flag, const char *s, double lo, double hi, double *out,
+                  moert_err *err);
+
+/* Parses "1,2,3" (commas and/or whitespace) into ids; *n set; cap is the array size. */
+int cli_parse_ids(const char *flag, const char *s, int32_t *ids, int64_t cap, int64_t *n,
+                  moert_err *err);
+
+#endif

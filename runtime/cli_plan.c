@@ -1,0 +1,304 @@
+/* moert plan: the resolved topology, the static schedule and the arena plan, without
+ * running anything (and without weights, when they are absent). */
+#include <jansson.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "../arena/arena.h"
+#include "cli.h"
+#include "cli_common.h"
+#include "model.h"
+#include "sched.h"
+#include "st.h"
+#include "trace.h"
+
+static const char plan_usage[] =
+    "usage: moert plan CONFIG|MODEL_DIR [--json] [--threads N] [--prefill-chunk K]\n"
+    "                  [--max-seq-len N] [--trace FILE --trace-mode M --trace-positions P]\n";
+
+/* Parameters the topology implies, by tensor family. */
+static uint64_t param_count(const cfg_topology *t)
+{
+    uint64_t H = (uint64_t)t->hidden_size, V = (uint64_t)t->vocab_size, hd = (uint64_t)t->head_dim;
+    uint64_t q = (uint64_t)t->num_attention_heads * hd, kv = (uint64_t)t->num_key_value_heads * hd;
+    uint64_t n = V * H * (t->tie_word_embeddings ? 1 : 2) + H;
+    for (int64_t l = 0; l < t->num_hidden_layers; l++) {
+        n += 2 * H + q * H + 2 * kv * H + H * q + 2 * hd;
+        if (cfg_layer_is_sparse(t, l))
+            n += (uint64_t)t->num_experts * H +
+                 (uint64_t)t->num_experts * 3 * (uint64_t)t->moe_intermediate_size * H;
+        else
+            n += 3 * (uint64_t)t->intermediate_size * H;
+    }
+    return n;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void op_text(const sched *s, const sched_op *op, char *buf, size_t cap)
+{
+    size_t len = 0;
+    len += (size_t)snprintf(buf + len, cap - len, "%-13s", sched_kind_name(op->kind));
+    if (op->layer >= 0)
+        len += (size_t)snprintf(buf + len, cap - len, " l%-3d", op->layer);
+    else
+        len += (size_t)snprintf(buf + len, cap - len, "     ");
+    for (int i = 0; i < 3 && len < cap; i++)
+        if (op->in[i] >= 0)
+            len += (size_t)snprintf(buf + len, cap - len, " %s", s->bufs[op->in[i]].name);
+    if (len < cap)
+        len += (size_t)snprintf(buf + len, cap - len, " ->");
+    for (int i = 0; i < 2 && len < cap; i++)
+        if (op->out[i] >= 0)
+            len += (size_t)snprintf(buf + len, cap - len, " %s", s->bufs[op->out[i]].name);
+    for (int i = 0; i < 3 && len < cap; i++)
+        if (op->w[i] != SCHED_W_NONE)
+            len += (size_t)snprintf(buf + len, cap - len, "%s%s", i ? "," : "  [w: ",
+                                    sched_weight_name(op->w[i]));
+    if (op->w[0] != SCHED_W_NONE && len < cap)
+        snprintf(buf + len, cap - len, "]");
+}
+
+int cli_plan(int argc, char **argv, moert_err *err)
+{
+    cli_overrides ov = {0};
+    const char *path = NULL;
+    bool json = false;
+    for (int i = 1; i < argc;) {
+        int t = cli_take_override(argc, argv, &i, &ov, err);
+        if (t < 0)
+            return MOERT_EUSAGE;
+        if (t > 0)
+            continue;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(plan_usage, stdout);
+            return MOERT_OK;
+        } else if (!strcmp(argv[i], "--json")) {
+            json = true;
+        } else if (argv[i][0] == '-') {
+            return err_set(err, MOERT_EUSAGE, "unknown option %s\n%s", argv[i], plan_usage);
+        } else if (!path) {
+            path = argv[i];
+        } else {
+            return err_set(err, MOERT_EUSAGE, "unexpected argument '%s'\n%s", argv[i], plan_usage);
+        }
+        i++;
+    }
+    if (!path)
+        return err_set(err, MOERT_EUSAGE, "missing CONFIG or MODEL_DIR\n%s", plan_usage);
+    cfg_config *cfg = malloc(sizeof *cfg);
+    if (!cfg)
+        return err_set(err, MOERT_ENOMEM, "out of memory");
+    sched s = {0};
+    uint64_t *offsets = NULL;
+    arena_request *req = NULL;
+    trace_rt *tr = NULL;
+    st_set *set = NULL;
+    model_weights mw = {0};
+    int st = cli_load_config(path, &ov, CFG_ALLOW_MISSING_WEIGHTS, cfg, err);
+    if (st)
+        goto done;
+    int32_t threads = cfg->rt.threads > 0 ? cfg->rt.threads : omp_get_num_procs();
+    double t0 = now_seconds();
+    sched_trace_hooks hooks = {0};
+    if (cfg->trace.enabled) {
+        if ((st = trace_rt_create(&cfg->trace, &tr, err)))
+            goto done;
+        hooks = trace_rt_hooks(tr, &cfg->trace);
+    }
+    if ((st = sched_build(&cfg->topo, cfg->rt.prefill_chunk, cfg->rt.max_seq_len, threads,
+                          tr ? &hooks : NULL, &s, err)))
+        goto done;
+    req = calloc((size_t)s.n_bufs, sizeof *req);
+    offsets = calloc((size_t)s.n_bufs, sizeof *offsets);
+    if (!req || !offsets) {
+        st = err_set(err, MOERT_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (int32_t i = 0; i < s.n_bufs; i++)
+        req[i] = (arena_request){s.bufs[i].bytes ? s.bufs[i].bytes : 1, ARENA_MIN_ALIGN,
+                                 s.bufs[i].first, s.bufs[i].last, s.bufs[i].persistent};
+    arena_stats as;
+    if ((st = arena_plan(req, (size_t)s.n_bufs, offsets, &as, err)))
+        goto done;
+    if ((st = arena_check(req, (size_t)s.n_bufs, offsets, as.arena_bytes, err)))
+        goto done;
+    double plan_seconds = now_seconds() - t0;
+
+    /* Weight bytes: measured from the files when present, else implied by the topology. */
+    uint64_t params = param_count(&cfg->topo);
+    bool present = false;
+    uint64_t by_dtype[ST_DTYPE_COUNT] = {0}, wtotal = 0;
+    struct stat sb;
+    if (cfg->weights.synth) {
+        st_dtype dt = cfg->weights.synth_dtype == CFG_DTYPE_F32 ? ST_F32
+                      : cfg->weights.synth_dtype == CFG_DTYPE_F16 ? ST_F16
+                                                                  : ST_BF16;
+        by_dtype[dt] = params * st_dtype_size(dt);
+        wtotal = by_dtype[dt];
+        present = true;
+    } else if (stat(cfg->weights.path, &sb) == 0) {
+        if ((st = st_open(cfg->weights.path, &set, err)) ||
+            (st = model_bind(&cfg->topo, set, &mw, err)))
+            goto done;
+        memcpy(by_dtype, mw.bytes_by_dtype, sizeof by_dtype);
+        wtotal = mw.total_bytes;
+        present = true;
+    }
+    double ratio = as.lower_bound_bytes ? (double)as.arena_bytes / (double)as.lower_bound_bytes : 1.0;
+
+    if (json) {
+        json_t *o = json_object();
+        const cfg_topology *t = &cfg->topo;
+        json_t *topo = json_pack("{sI sI sI sI sI sI sI sI sI sI sI sb sb sf sf}",
+                                 "vocab_size", (json_int_t)t->vocab_size,
+                                 "hidden_size", (json_int_t)t->hidden_size,
+                                 "num_hidden_layers", (json_int_t)t->num_hidden_layers,
+                                 "num_attention_heads", (json_int_t)t->num_attention_heads,
+                                 "num_key_value_heads", (json_int_t)t->num_key_value_heads,
+                                 "head_dim", (json_int_t)t->head_dim,
+                                 "num_experts", (json_int_t)t->num_experts,
+                                 "num_experts_per_tok", (json_int_t)t->num_experts_per_tok,
+                                 "moe_intermediate_size", (json_int_t)t->moe_intermediate_size,
+                                 "intermediate_size", (json_int_t)t->intermediate_size,
+                                 "decoder_sparse_step", (json_int_t)t->decoder_sparse_step,
+                                 "norm_topk_prob", (int)t->norm_topk_prob,
+                                 "tie_word_embeddings", (int)t->tie_word_embeddings,
+                                 "rope_theta", t->rope_theta, "rms_norm_eps", t->rms_norm_eps);
+        json_t *mlp = json_array();
+        for (int32_t i = 0; i < t->n_mlp_only_layers; i++)
+            json_array_append_new(mlp, json_integer(t->mlp_only_layers[i]));
+        json_object_set_new(topo, "mlp_only_layers", mlp);
+        json_object_set_new(o, "topology", topo);
+        json_object_set_new(o, "runtime", json_pack("{sI sI si}", "max_seq_len",
+                                                    (json_int_t)cfg->rt.max_seq_len, "prefill_chunk",
+                                                    (json_int_t)cfg->rt.prefill_chunk, "threads",
+                                                    threads));
+        json_t *ops = json_array();
+        for (int32_t i = 0; i < s.n_ops; i++) {
+            const sched_op *op = &s.ops[i];
+            json_t *jo = json_pack("{si ss si}", "index", i, "kind", sched_kind_name(op->kind),
+                                   "layer", op->layer);
+            json_t *ins = json_array(), *outs = json_array(), *ws = json_array();
+            for (int k = 0; k < 3; k++)
+                if (op->in[k] >= 0)
+                    json_array_append_new(ins, json_string(s.bufs[op->in[k]].name));
+            for (int k = 0; k < 2; k++)
+                if (op->out[k] >= 0)
+                    json_array_append_new(outs, json_string(s.bufs[op->out[k]].name));
+            for (int k = 0; k < 3; k++)
+                if (op->w[k] != SCHED_W_NONE)
+                    json_array_append_new(ws, json_string(sched_weight_name(op->w[k])));
+            json_object_set_new(jo, "inputs", ins);
+            json_object_set_new(jo, "outputs", outs);
+            json_object_set_new(jo, "weights", ws);
+            if (op->stage >= 0)
+                json_object_set_new(jo, "stage", json_string(cfg_stage_name((cfg_stage)op->stage)));
+            json_array_append_new(ops, jo);
+        }
+        json_t *sj = json_object();
+        json_object_set_new(sj, "prefill_chunk_rows", json_integer(s.max_rows));
+        json_object_set_new(sj, "ops", ops);
+        json_object_set_new(sj, "decode", json_string("the same ops over the same buffers with 1 row"));
+        json_object_set_new(o, "schedule", sj);
+        json_t *bufs = json_array();
+        for (int32_t i = 0; i < s.n_bufs; i++) {
+            const sched_buffer *b = &s.bufs[i];
+            json_array_append_new(bufs, json_pack("{ss sI sI si si sb}", "name", b->name, "offset",
+                                                  (json_int_t)offsets[i], "bytes",
+                                                  (json_int_t)b->bytes, "first_op", b->first,
+                                                  "last_op", b->last, "persistent",
+                                                  (int)b->persistent));
+        }
+        json_object_set_new(o, "buffers", bufs);
+        json_object_set_new(o, "arena_bytes", json_integer((json_int_t)as.arena_bytes));
+        json_object_set_new(o, "lower_bound_bytes", json_integer((json_int_t)as.lower_bound_bytes));
+        json_object_set_new(o, "naive_bytes", json_integer((json_int_t)as.naive_bytes));
+        json_object_set_new(o, "persistent_bytes", json_integer((json_int_t)as.persistent_bytes));
+        json_object_set_new(o, "arena_over_lower_bound", json_real(ratio));
+        json_object_set_new(o, "plan_seconds", json_real(plan_seconds));
+        json_t *wj = json_object(), *bd = json_object();
+        for (int d = 0; d < ST_DTYPE_COUNT; d++)
+            if (by_dtype[d])
+                json_object_set_new(bd, st_dtype_name((st_dtype)d), json_integer((json_int_t)by_dtype[d]));
+        json_object_set_new(wj, "present", json_boolean(present));
+        json_object_set_new(wj, "parameters", json_integer((json_int_t)params));
+        json_object_set_new(wj, "bytes_by_dtype", bd);
+        json_object_set_new(wj, "total_bytes", json_integer((json_int_t)wtotal));
+        if (!present)
+            json_object_set_new(wj, "bf16_bytes_if_present", json_integer((json_int_t)(params * 2)));
+        json_object_set_new(o, "weights", wj);
+        char *txt = json_dumps(o, JSON_INDENT(1));
+        if (txt)
+            puts(txt);
+        free(txt);
+        json_decref(o);
+    } else {
+        const cfg_topology *t = &cfg->topo;
+        printf("topology: vocab %lld, hidden %lld, %lld layers, %lld heads / %lld kv heads x %lld, "
+               "%lld experts top-%lld (moe_intermediate %lld), intermediate %lld, dense layers:",
+               (long long)t->vocab_size, (long long)t->hidden_size, (long long)t->num_hidden_layers,
+               (long long)t->num_attention_heads, (long long)t->num_key_value_heads,
+               (long long)t->head_dim, (long long)t->num_experts, (long long)t->num_experts_per_tok,
+               (long long)t->moe_intermediate_size, (long long)t->intermediate_size);
+        int dense = 0;
+        for (int64_t l = 0; l < t->num_hidden_layers; l++)
+            if (!cfg_layer_is_sparse(t, l))
+                printf(" %lld", (long long)l), dense++;
+        printf("%s\nruntime: max_seq_len %lld, prefill chunk %lld rows, %d threads\n\n",
+               dense ? "" : " none", (long long)cfg->rt.max_seq_len,
+               (long long)cfg->rt.prefill_chunk, threads);
+        printf("schedule: %d ops per step (a prefill chunk runs them over up to %lld rows, a decode "
+               "step over 1 row)\n",
+               s.n_ops, (long long)s.max_rows);
+        char line[512];
+        for (int32_t i = 0; i < s.n_ops; i++) {
+            op_text(&s, &s.ops[i], line, sizeof line);
+            printf("  %4d  %s\n", i, line);
+        }
+        printf("\nmemory plan: %d buffers\n  %-28s %14s %14s  %s\n", s.n_bufs, "buffer", "offset",
+               "bytes", "lifetime");
+        for (int32_t i = 0; i < s.n_bufs; i++) {
+            const sched_buffer *b = &s.bufs[i];
+            if (b->persistent)
+                printf("  %-28s %14llu %14llu  persistent\n", b->name,
+                       (unsigned long long)offsets[i], (unsigned long long)b->bytes);
+            else
+                printf("  %-28s %14llu %14llu  ops %d..%d\n", b->name, (unsigned long long)offsets[i],
+                       (unsigned long long)b->bytes, b->first, b->last);
+        }
+        printf("\narena: %llu bytes (%.1f MiB); lower bound %llu; naive sum %llu; arena / lower "
+               "bound = %.4f; persistent %llu; planned in %.3f s\n",
+               (unsigned long long)as.arena_bytes, (double)as.arena_bytes / 1048576.0,
+               (unsigned long long)as.lower_bound_bytes, (unsigned long long)as.naive_bytes, ratio,
+               (unsigned long long)as.persistent_bytes, plan_seconds);
+        printf("weights: %llu parameters", (unsigned long long)params);
+        if (present) {
+            for (int d = 0; d < ST_DTYPE_COUNT; d++)
+                if (by_dtype[d])
+                    printf("; %s %llu bytes", st_dtype_name((st_dtype)d),
+                           (unsigned long long)by_dtype[d]);
+            printf("\n");
+        } else {
+            printf(" (files not present: %llu bytes if bf16)\n", (unsigned long long)(params * 2));
+        }
+    }
+done:
+    model_unbind(&mw);
+    st_close(set);
+    trace_rt_free(tr);
+    free(req);
+    free(offsets);
+    sched_free(&s);
+    free(cfg);
+    return st;
+}

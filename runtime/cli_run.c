@@ -1,0 +1,241 @@
+/* moert run: load, prefill, decode, print; optionally trace. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "cli_common.h"
+#include "session.h"
+#include "tok.h"
+#include "trace_file.h"
+
+static const char run_usage[] =
+    "usage: moert run CONFIG|MODEL_DIR (--tokens IDS | --prompt TEXT) [options]\n"
+    "  --tokens 1,2,3        prompt as token ids\n"
+    "  --prompt TEXT         prompt as text (needs the config's tokenizer)\n"
+    "  --chat                wrap the prompt in Qwen3's chat format; stop at <|im_end|>\n"
+    "  -n N                  tokens to generate (default 16)\n"
+    "  --json                print one JSON object instead of text\n"
+    "  --threads N  --prefill-chunk K  --max-seq-len N  --backend cpu|hip  --weights PATH\n"
+    "  --seed S  --temp T  --top-k K  --top-p P    sampling (temp 0 = greedy)\n"
+    "  --trace FILE  --trace-mode stats|tensor  --trace-positions last|all  --contract FILE\n";
+
+typedef struct run_out {
+    tok_tokenizer *tok;
+    tok_stream stream;
+    bool print_text, print_ids, json;
+    int32_t stop1, stop2;
+    int64_t n_printed;
+} run_out;
+
+static bool on_token(void *ctx, int32_t id)
+{
+    run_out *o = ctx;
+    if (id == o->stop1 || id == o->stop2)
+        return false;
+    if (o->print_text) {
+        char buf[512];
+        size_t len = 0;
+        moert_err e = {0};
+        if (tok_stream_push(o->tok, &o->stream, id, buf, sizeof buf, &len, &e) == MOERT_OK) {
+            fwrite(buf, 1, len, stdout);
+            fflush(stdout);
+        }
+    } else if (o->print_ids) {
+        printf(o->n_printed ? ",%d" : "%d", id);
+        fflush(stdout);
+    }
+    o->n_printed++;
+    return true;
+}
+
+static json_t *ids_json(const int32_t *ids, int64_t n)
+{
+    json_t *a = json_array();
+    for (int64_t i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(ids[i]));
+    return a;
+}
+
+static int encode_prompt(tok_tokenizer *tok, const char *text, bool chat, int32_t *ids,
+                         int64_t cap, int64_t *n, moert_err *err)
+{
+    char *wrapped = NULL;
+    if (chat) {
+        size_t len = strlen(text) + 64;
+        wrapped = malloc(len);
+        if (!wrapped)
+            return err_set(err, MOERT_ENOMEM, "out of memory");
+        snprintf(wrapped, len, "<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n", text);
+        text = wrapped;
+    }
+    size_t got = 0;
+    int st = tok_encode(tok, text, strlen(text), ids, (size_t)cap, &got, err);
+    if (st == MOERT_EUSAGE)
+        st = err_set(err, MOERT_EUSAGE, "--prompt: %zu tokens exceed max_seq_len %lld", got,
+                     (long long)cap);
+    free(wrapped);
+    *n = (int64_t)got;
+    if (!st && got == 0)
+        st = err_set(err, MOERT_EUSAGE, "--prompt: the text encodes to no tokens");
+    return st;
+}
+
+int cli_run(int argc, char **argv, moert_err *err)
+{
+    cli_overrides ov = {0};
+    const char *path = NULL, *tokens = NULL, *prompt = NULL;
+    bool chat = false, json = false;
+    int64_t n_new = 16;
+    for (int i = 1; i < argc;) {
+        int t = cli_take_override(argc, argv, &i, &ov, err);
+        if (t < 0)
+            return MOERT_EUSAGE;
+        if (t > 0)
+            continue;
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(run_usage, stdout);
+            return MOERT_OK;
+        } else if (!strcmp(a, "--tokens") || !strcmp(a, "--prompt") || !strcmp(a, "-n")) {
+            if (i + 1 >= argc)
+                return err_set(err, MOERT_EUSAGE, "%s needs a value", a);
+            if (!strcmp(a, "--tokens"))
+                tokens = argv[i + 1];
+            else if (!strcmp(a, "--prompt"))
+                prompt = argv[i + 1];
+            else if (cli_parse_i64("-n", argv[i + 1], 0, 1 << 24, &n_new, err))
+                return MOERT_EUSAGE;
+            i += 2;
+        } else if (!strcmp(a, "--chat")) {
+            chat = true;
+            i++;
+        } else if (!strcmp(a, "--json")) {
+            json = true;
+            i++;
+        } else if (a[0] == '-') {
+            return err_set(err, MOERT_EUSAGE, "unknown option %s\n%s", a, run_usage);
+        } else if (!path) {
+            path = a;
+            i++;
+        } else {
+            return err_set(err, MOERT_EUSAGE, "unexpected argument '%s'\n%s", a, run_usage);
+        }
+    }
+    if (!path)
+        return err_set(err, MOERT_EUSAGE, "missing CONFIG or MODEL_DIR\n%s", run_usage);
+    if (!tokens == !prompt)
+        return err_set(err, MOERT_EUSAGE, "give exactly one of --tokens or --prompt\n%s", run_usage);
+    if (chat && !prompt)
+        return err_set(err, MOERT_EUSAGE, "--chat needs --prompt");
+
+    cfg_config *cfg = malloc(sizeof *cfg);
+    if (!cfg)
+        return err_set(err, MOERT_ENOMEM, "out of memory");
+    int st = cli_load_config(path, &ov, 0, cfg, err);
+    run_out out = {.stop1 = -1, .stop2 = -1, .json = json};
+    int32_t *prompt_ids = NULL, *gen_ids = NULL;
+    int64_t n_prompt = 0, n_gen = 0;
+    sess *s = NULL;
+    if (st)
+        goto done;
+    int64_t cap = cfg->rt.max_seq_len;
+    prompt_ids = malloc((size_t)cap * sizeof *prompt_ids);
+    gen_ids = malloc((size_t)(n_new ? n_new : 1) * sizeof *gen_ids);
+    s = calloc(1, sizeof *s);
+    if (!prompt_ids || !gen_ids || !s) {
+        st = err_set(err, MOERT_ENOMEM, "out of memory");
+        goto done;
+    }
+    if (prompt || cfg->tokenizer_path[0]) {
+        if (!cfg->tokenizer_path[0]) {
+            st = err_set(err, MOERT_EUSAGE,
+                         "--prompt needs a tokenizer: %s names none (add `tokenizer:` to the config, or put tokenizer.json in the model directory)",
+                         path);
+            goto done;
+        }
+        if ((st = tok_load(cfg->tokenizer_path, &out.tok, err)))
+            goto done;
+        tok_stream_init(&out.stream);
+    }
+    if (prompt) {
+        if ((st = encode_prompt(out.tok, prompt, chat, prompt_ids, cap, &n_prompt, err)))
+            goto done;
+    } else if ((st = cli_parse_ids("--tokens", tokens, prompt_ids, cap, &n_prompt, err))) {
+        goto done;
+    }
+    if (chat) {
+        out.stop1 = tok_special_id(out.tok, "<|im_end|>");
+        out.stop2 = tok_special_id(out.tok, "<|endoftext|>");
+    }
+    out.print_text = !json && prompt != NULL;
+    out.print_ids = !json && prompt == NULL;
+    if ((st = sess_open(s, cfg, 0, err)))
+        goto done;
+    if ((st = sess_generate(s, prompt_ids, n_prompt, n_new, gen_ids, &n_gen, on_token, &out, err)))
+        goto done;
+    if (out.print_text) {
+        char buf[16];
+        size_t len = 0;
+        tok_stream_flush(&out.stream, buf, sizeof buf, &len);
+        fwrite(buf, 1, len, stdout);
+    }
+    if (!json)
+        putchar('\n');
+    if (s->trace) {
+        trace_run_info info = {.prompt_ids = prompt_ids, .n_prompt = n_prompt,
+                               .generated_ids = gen_ids, .n_generated = n_gen};
+        if ((st = trace_file_write(s, cfg->trace.out_path, &info, err)))
+            goto done;
+    }
+    const sess_stats *ss = &s->stats;
+    int64_t decode_steps = ss->generated_tokens > 1 ? ss->generated_tokens - 1 : 0;
+    double pre_tps = ss->prefill_seconds > 0 ? (double)ss->prompt_tokens / ss->prefill_seconds : 0;
+    double dec_tps = ss->decode_seconds > 0 && decode_steps ? (double)decode_steps / ss->decode_seconds : 0;
+    fprintf(stderr,
+            "moert: prefill %lld tokens %.1f tok/s | decode %lld tokens %.1f tok/s | threads %d | "
+            "arena %llu bytes (lower bound %llu) | weights %llu bytes\n",
+            (long long)ss->prompt_tokens, pre_tps, (long long)ss->generated_tokens, dec_tps,
+            s->threads, (unsigned long long)s->plan_stats.arena_bytes,
+            (unsigned long long)s->plan_stats.lower_bound_bytes,
+            (unsigned long long)s->weights.total_bytes);
+    if (json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "prompt_ids", ids_json(prompt_ids, n_prompt));
+        json_object_set_new(o, "generated_ids", ids_json(gen_ids, n_gen));
+        if (out.tok) {
+            size_t need = 0;
+            moert_err e2 = {0};
+            tok_decode(out.tok, gen_ids, (size_t)n_gen, NULL, 0, &need, &e2);
+            char *text = malloc(need + 1);
+            if (text && tok_decode(out.tok, gen_ids, (size_t)n_gen, text, need + 1, &need, &e2) == MOERT_OK)
+                json_object_set_new(o, "text", json_stringn(text, need));
+            free(text);
+        }
+        json_object_set_new(o, "prefill_tokens_per_s", json_real(pre_tps));
+        json_object_set_new(o, "decode_tokens_per_s", json_real(dec_tps));
+        json_object_set_new(o, "prefill_seconds", json_real(ss->prefill_seconds));
+        json_object_set_new(o, "decode_seconds", json_real(ss->decode_seconds));
+        json_object_set_new(o, "init_seconds", json_real(ss->init_seconds));
+        json_object_set_new(o, "arena_bytes", json_integer((json_int_t)s->plan_stats.arena_bytes));
+        json_object_set_new(o, "weight_bytes", json_integer((json_int_t)s->weights.total_bytes));
+        json_object_set_new(o, "threads", json_integer(s->threads));
+        json_object_set_new(o, "backend", json_string(s->be.vt->name));
+        char *txt = json_dumps(o, JSON_COMPACT);
+        if (txt)
+            puts(txt);
+        free(txt);
+        json_decref(o);
+    }
+done:
+    if (s) {
+        sess_close(s);
+        free(s);
+    }
+    tok_free(out.tok);
+    free(prompt_ids);
+    free(gen_ids);
+    free(cfg);
+    return st;
+}

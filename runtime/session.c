@@ -1,0 +1,413 @@
+/* sess: init path and the per-token loop (see session.h). */
+#include "session.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../ops/ops.h"
+#include "synth.h"
+
+/* contracts/qwen3moe-trace-v1.yaml, compiled in (Makefile: build/<v>/gen/). */
+extern const char ctr_default_yaml[];
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- RNG: xoshiro256**, seeded through SplitMix64 ---------------------------------- */
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void rng_seed(sess_rng *r, uint64_t seed)
+{
+    for (int i = 0; i < 4; i++)
+        r->s[i] = splitmix64(&seed);
+}
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t rng_next(sess_rng *r)
+{
+    uint64_t *s = r->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+static double rng_uniform(sess_rng *r) /* [0, 1) with 53 random bits */
+{
+    return (double)(rng_next(r) >> 11) * 0x1.0p-53;
+}
+
+/* ---- init ---------------------------------------------------------------------------- */
+
+static const backend_vtable *pick_backend(cfg_backend b)
+{
+    return b == CFG_BACKEND_HIP ? backend_hip_vtable() : &backend_cpu_vtable;
+}
+
+static int load_weights(sess *s, moert_err *err)
+{
+    const cfg_weights *w = &s->cfg.weights;
+    if (w->synth) {
+        st_dtype dt = w->synth_dtype == CFG_DTYPE_F32 ? ST_F32
+                      : w->synth_dtype == CFG_DTYPE_F16 ? ST_F16
+                                                        : ST_BF16;
+        return synth_open_image(&s->cfg.topo, w->synth_seed, dt, &s->weights_set, err);
+    }
+    return st_open(w->path, &s->weights_set, err);
+}
+
+static int plan_arena(sess *s, moert_err *err)
+{
+    const sched *sc = &s->schedule;
+    arena_request *req = calloc((size_t)sc->n_bufs, sizeof *req);
+    s->offsets = calloc((size_t)sc->n_bufs, sizeof *s->offsets);
+    if (!req || !s->offsets) {
+        free(req);
+        return err_set(err, MOERT_ENOMEM, "arena plan: out of memory");
+    }
+    for (int32_t i = 0; i < sc->n_bufs; i++) {
+        const sched_buffer *b = &sc->bufs[i];
+        req[i].size = b->bytes ? b->bytes : 1;
+        req[i].align = ARENA_MIN_ALIGN;
+        req[i].first = b->first;
+        req[i].last = b->last;
+        req[i].persistent = b->persistent;
+    }
+    int st = arena_plan(req, (size_t)sc->n_bufs, s->offsets, &s->plan_stats, err);
+    free(req);
+    return st;
+}
+
+/* Loads the contract (the config's, or the built-in default) and refuses to start when a
+ * traced stage's shape disagrees with it. */
+static int check_trace_contract(sess *s, moert_err *err)
+{
+    int st = s->cfg.contract_path[0]
+                 ? ctr_load(s->cfg.contract_path, &s->contract, err)
+                 : ctr_load_string(ctr_default_yaml, "contracts/qwen3moe-trace-v1.yaml (built in)",
+                                   &s->contract, err);
+    if (st || (st = ctr_resolve(&s->contract, &s->cfg.topo, err)))
+        return st;
+    for (size_t i = 0; i < trace_rt_count(s->trace); i++) {
+        const trace_slot_info *si = trace_rt_slot(s->trace, i);
+        char label[64];
+        if (si->layer >= 0)
+            snprintf(label, sizeof label, "l%d.%s", si->layer, cfg_stage_name(si->stage));
+        else
+            snprintf(label, sizeof label, "%s", cfg_stage_name(si->stage));
+        int64_t shape[2] = {1, si->width};
+        const ctr_tensor *t = ctr_find(&s->contract, si->stage, "");
+        if (!t)
+            return err_set(err, MOERT_ECONFIG, "trace plan: stage %s is not in contract %s", label,
+                           s->contract.path);
+        if ((st = ctr_check_shape(t, label, 2, shape, CTR_F32, err)))
+            return err_prefix(err, "trace plan does not satisfy contract %s", s->contract.name);
+        if (si->has_ids) {
+            const ctr_tensor *ids = ctr_find(&s->contract, si->stage, "experts");
+            if (ids && (st = ctr_check_shape(ids, label, 2, shape, CTR_I32, err)))
+                return err_prefix(err, "trace plan does not satisfy contract %s", s->contract.name);
+        }
+    }
+    return MOERT_OK;
+}
+
+static int upload_rope(sess *s, moert_err *err)
+{
+    const sched *sc = &s->schedule;
+    int64_t half = sc->topo.head_dim / 2;
+    size_t n = (size_t)(sc->max_seq * half);
+    float *c = malloc(n * sizeof *c), *sn = malloc(n * sizeof *sn);
+    int st = MOERT_OK;
+    if (!c || !sn) {
+        st = err_set(err, MOERT_ENOMEM, "rope tables: out of memory");
+    } else {
+        ops_rope_table(c, sn, sc->max_seq, sc->topo.head_dim, sc->topo.rope_theta);
+        st = s->be.vt->write(&s->be, sc->known.rope_cos, 0, c, n * sizeof *c, err);
+        if (!st)
+            st = s->be.vt->write(&s->be, sc->known.rope_sin, 0, sn, n * sizeof *sn, err);
+    }
+    free(c);
+    free(sn);
+    return st;
+}
+
+int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err)
+{
+    double t0 = now_seconds();
+    memset(s, 0, sizeof *s);
+    s->cfg = *cfg;
+    if (flags & SESS_NO_TRACE)
+        s->cfg.trace.enabled = false;
+    s->threads = cfg->rt.threads > 0 ? cfg->rt.threads : omp_get_num_procs();
+    int st = load_weights(s, err);
+    if (st)
+        goto fail;
+    st = model_bind(&s->cfg.topo, s->weights_set, &s->weights, err);
+    if (st)
+        goto fail;
+    sched_trace_hooks hooks = {0};
+    if (s->cfg.trace.enabled) {
+        st = trace_rt_create(&s->cfg.trace, &s->trace, err);
+        if (st)
+            goto fail;
+        hooks = trace_rt_hooks(s->trace, trace_rt_plan(s->trace));
+    }
+    st = sched_build(&s->cfg.topo, s->cfg.rt.prefill_chunk, s->cfg.rt.max_seq_len, s->threads,
+                     s->trace ? &hooks : NULL, &s->schedule, err);
+    if (st)
+        goto fail;
+    if (s->trace && ((st = trace_rt_bind(s->trace, &s->schedule, err)) ||
+                     (st = check_trace_contract(s, err))))
+        goto fail;
+    if ((st = plan_arena(s, err)))
+        goto fail;
+    const backend_vtable *vt = pick_backend(s->cfg.rt.backend);
+    if (!vt) {
+        st = err_set(err, MOERT_ENODEV,
+                     "backend hip: this binary was built without the HIP backend (build it with "
+                     "`make hip-nvidia` or `make hip`)");
+        goto fail;
+    }
+    s->be.vt = vt;
+    backend_init bi = {.s = &s->schedule, .offsets = s->offsets,
+                       .arena_bytes = s->plan_stats.arena_bytes, .w = &s->weights,
+                       .threads = s->threads, .trace = s->trace};
+    if ((st = vt->init(&s->be, &bi, err))) {
+        s->be.vt = NULL;
+        goto fail;
+    }
+    if ((st = upload_rope(s, err)))
+        goto fail;
+    sess_reset(s);
+    s->stats.init_seconds = now_seconds() - t0;
+    return MOERT_OK;
+fail:
+    sess_close(s);
+    return st;
+}
+
+void sess_close(sess *s)
+{
+    if (s->be.vt)
+        s->be.vt->shutdown(&s->be);
+    s->be.vt = NULL;
+    free(s->offsets);
+    s->offsets = NULL;
+    sched_free(&s->schedule);
+    trace_rt_free(s->trace);
+    s->trace = NULL;
+    model_unbind(&s->weights);
+    st_close(s->weights_set);
+    s->weights_set = NULL;
+}
+
+void sess_reset(sess *s)
+{
+    s->pos = 0;
+    s->gen_step = 0;
+    rng_seed(&s->rng, s->cfg.sampling.seed);
+    double init = s->stats.init_seconds;
+    memset(&s->stats, 0, sizeof s->stats);
+    s->stats.init_seconds = init;
+}
+
+/* ---- steps --------------------------------------------------------------------------- */
+
+static int run_step(sess *s, const int32_t *ids, int64_t n, bool decode, bool holds_last,
+                    moert_err *err)
+{
+    const sched *sc = &s->schedule;
+    backend *be = &s->be;
+    exec_step st = {.index = s->step_index, .pos0 = s->pos, .n_rows = n, .decode = decode};
+    int rc = be->vt->write(be, sc->known.tokens, 0, ids, (uint64_t)n * sizeof *ids, err);
+    if (rc)
+        return rc;
+    if (s->trace)
+        trace_rt_set_step(s->trace, s->gen_step, holds_last);
+    bool done = false;
+    if ((rc = be->vt->begin_step(be, &st, &done, err)))
+        return rc;
+    for (int32_t i = 0; !done && i < sc->n_ops; i++)
+        if ((rc = be->vt->run(be, &sc->ops[i], &st, err)))
+            return rc;
+    if ((rc = be->vt->end_step(be, &st, err)))
+        return rc;
+    uint64_t lbytes = (uint64_t)sc->topo.vocab_size * sizeof(float);
+    rc = be->vt->read(be, sc->known.logits, 0, be->vt->host_ptr(be, sc->known.logits), lbytes, err);
+    s->pos += n;
+    s->step_index++;
+    return rc;
+}
+
+static int check_ids(const sess *s, const int32_t *ids, int64_t n, moert_err *err)
+{
+    int64_t V = s->cfg.topo.vocab_size;
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return err_set(err, MOERT_EUSAGE, "token %lld of the input is id %d, outside [0, %lld)",
+                           (long long)i, ids[i], (long long)V);
+    if (s->pos + n > s->cfg.rt.max_seq_len)
+        return err_set(err, MOERT_EUSAGE,
+                       "%lld tokens at position %lld exceed max_seq_len %lld (raise --max-seq-len)",
+                       (long long)n, (long long)s->pos, (long long)s->cfg.rt.max_seq_len);
+    return MOERT_OK;
+}
+
+int sess_prefill(sess *s, const int32_t *ids, int64_t n, moert_err *err)
+{
+    if (n < 1)
+        return err_set(err, MOERT_EUSAGE, "empty prompt: at least one token is needed");
+    int rc = check_ids(s, ids, n, err);
+    if (rc)
+        return rc;
+    double t0 = now_seconds();
+    int64_t chunk = s->schedule.max_rows;
+    for (int64_t i = 0; i < n; i += chunk) {
+        int64_t m = n - i < chunk ? n - i : chunk;
+        if ((rc = run_step(s, ids + i, m, false, i + m == n, err)))
+            return rc;
+    }
+    s->stats.prefill_seconds += now_seconds() - t0;
+    s->stats.prompt_tokens += n;
+    return MOERT_OK;
+}
+
+int sess_decode(sess *s, int32_t id, moert_err *err)
+{
+    int rc = check_ids(s, &id, 1, err);
+    if (rc)
+        return rc;
+    s->gen_step++;
+    return run_step(s, &id, 1, true, false, err);
+}
+
+const float *sess_logits(sess *s)
+{
+    return s->be.vt->host_ptr(&s->be, s->schedule.known.logits);
+}
+
+/* Stable LSD radix sort of (key, id) pairs by key ascending, 4 passes of 8 bits. */
+static void radix_sort(uint32_t *keys, int32_t *ids, uint32_t *keys2, int32_t *ids2, int64_t n)
+{
+    for (int shift = 0; shift < 32; shift += 8) {
+        int64_t count[257] = {0};
+        for (int64_t i = 0; i < n; i++)
+            count[((keys[i] >> shift) & 0xff) + 1]++;
+        for (int b = 0; b < 256; b++)
+            count[b + 1] += count[b];
+        for (int64_t i = 0; i < n; i++) {
+            int64_t p = count[(keys[i] >> shift) & 0xff]++;
+            keys2[p] = keys[i];
+            ids2[p] = ids[i];
+        }
+        uint32_t *tk = keys;
+        keys = keys2;
+        keys2 = tk;
+        int32_t *ti = ids;
+        ids = ids2;
+        ids2 = ti;
+    }
+    /* four passes: the sorted data is back in the original arrays */
+}
+
+int32_t sess_sample(sess *s)
+{
+    const cfg_sampling *sp = &s->cfg.sampling;
+    const float *logits = sess_logits(s);
+    int64_t V = s->cfg.topo.vocab_size;
+    if (sp->temperature <= 0.0)
+        return (int32_t)ops_argmax(logits, V);
+    const sched *sc = &s->schedule;
+    backend *be = &s->be;
+    uint32_t *keys = be->vt->host_ptr(be, sc->known.sample_keys);
+    uint32_t *keys2 = be->vt->host_ptr(be, sc->known.sample_keys2);
+    int32_t *ids = be->vt->host_ptr(be, sc->known.sample_ids);
+    int32_t *ids2 = be->vt->host_ptr(be, sc->known.sample_ids2);
+    float *probs = be->vt->host_ptr(be, sc->known.sample_probs);
+    float inv_t = (float)(1.0 / sp->temperature);
+    for (int64_t i = 0; i < V; i++) {
+        float z = logits[i] * inv_t;
+        uint32_t u;
+        memcpy(&u, &z, sizeof u);
+        u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* order-preserving */
+        keys[i] = ~u;                                    /* descending value */
+        ids[i] = (int32_t)i;
+    }
+    radix_sort(keys, ids, keys2, ids2, V); /* ties keep ascending id: the sort is stable */
+    int64_t n = sp->top_k > 0 && sp->top_k < V ? sp->top_k : V;
+    double zmax = (double)logits[ids[0]] * inv_t, total = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double p = exp((double)(logits[ids[i]] * inv_t) - zmax);
+        probs[i] = (float)p;
+        total += p;
+    }
+    if (sp->top_p < 1.0) {
+        double cum = 0;
+        int64_t m = 0;
+        while (m < n) {
+            cum += probs[m++];
+            if (cum >= sp->top_p * total)
+                break;
+        }
+        n = m;
+        total = cum;
+    }
+    double u = rng_uniform(&s->rng) * total, cum = 0;
+    for (int64_t i = 0; i < n; i++) {
+        cum += probs[i];
+        if (u < cum)
+            return ids[i];
+    }
+    return ids[n - 1];
+}
+
+int sess_generate(sess *s, const int32_t *prompt, int64_t n_prompt, int64_t n_new,
+                  int32_t *out_ids, int64_t *n_out, sess_token_fn on_token, void *ctx,
+                  moert_err *err)
+{
+    *n_out = 0;
+    if (n_new < 0)
+        return err_set(err, MOERT_EUSAGE, "-n must be >= 0");
+    if (s->pos + n_prompt + (n_new > 0 ? n_new - 1 : 0) > s->cfg.rt.max_seq_len)
+        return err_set(err, MOERT_EUSAGE,
+                       "prompt (%lld tokens) + %lld new tokens exceed max_seq_len %lld (raise --max-seq-len)",
+                       (long long)n_prompt, (long long)n_new, (long long)s->cfg.rt.max_seq_len);
+    int rc = sess_prefill(s, prompt, n_prompt, err);
+    if (rc)
+        return rc;
+    double t0 = now_seconds();
+    for (int64_t i = 0; i < n_new; i++) {
+        int32_t id = sess_sample(s);
+        out_ids[(*n_out)++] = id;
+        s->stats.generated_tokens++;
+        if (on_token && !on_token(ctx, id))
+            break;
+        if (i + 1 < n_new && (rc = sess_decode(s, id, err)))
+            return rc;
+    }
+    s->stats.decode_seconds += now_seconds() - t0;
+    return MOERT_OK;
+}

@@ -1,0 +1,74 @@
+/* trace_file: a traced run as one safetensors file, readable by numpy/torch with the stock
+ * safetensors package, and the reader behind validate / replay / diff.
+ *
+ * Tensors, for every traced (stage, layer) with n records (oldest first):
+ *   "<label>"          F32 [n, width]   the rows (tensor mode only); label = "embed",
+ *                                       "l3.moe_ffn_out", "logits", ... exactly as in HF
+ *                                       reference files, so a prefill-only (-n 0) tensor
+ *                                       trace over all positions has their names and shapes
+ *   "<label>.experts"  I32 [n, k]       moe_router only: the expert ids (tensor mode)
+ *   "<label>@stats"    F64 [n, 8]       count, l2, mean, std, min, max, nan, inf
+ *   "<label>@meta"     I64 [n, 3]       generation step, position, XXH3-64 of the row bytes
+ * __metadata__: "format" = "moert-trace", "moert_version", and "manifest": a JSON document
+ * with the resolved topology, weights source and fingerprint, backend, threads, sampling,
+ * prompt and generated ids, trace plan, contract name/version and per-ring drop counts.
+ * Written atomically (temp file, fsync, rename).
+ */
+#ifndef MOERT_TRACE_FILE_H
+#define MOERT_TRACE_FILE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "session.h"
+#include "st.h"
+
+typedef struct trace_run_info {
+    const int32_t *prompt_ids;
+    int64_t n_prompt;
+    const int32_t *generated_ids;
+    int64_t n_generated;
+} trace_run_info;
+
+/* Writes the session's rings and manifest to `path`. */
+int trace_file_write(sess *s, const char *path, const trace_run_info *info, moert_err *err);
+
+/* The label of a (stage, layer): "l3.moe_ffn_out" or "embed". */
+void trace_label(char *buf, size_t cap, cfg_stage stage, int32_t layer);
+
+/* ---- reading ------------------------------------------------------------------------ */
+
+typedef struct trace_ring_view {
+    char label[64];
+    cfg_stage stage;
+    int32_t layer;
+    int64_t n;                 /* records */
+    int64_t width;
+    const float *values;       /* [n, width] or NULL (stats mode) */
+    const int32_t *experts;    /* [n, width] or NULL */
+    const double *stats;       /* [n, 8] */
+    const int64_t *meta;       /* [n, 3] */
+    int64_t written, drops;
+} trace_ring_view;
+
+typedef struct trace_file {
+    st_set *set;
+    json_t *manifest;          /* owned */
+    trace_ring_view *rings;    /* in schedule order */
+    size_t n_rings;
+    bool tensor_mode;
+} trace_file;
+
+/* Opens and checks a trace file's structure: safetensors validity, a well-formed manifest,
+ * and for every ring of the manifest its @stats and @meta tensors with the recorded count.
+ * A stage tensor whose shape or dtype is not what the ring needs is not an error here:
+ * its pointer is left NULL and `validate` reports it from the raw tensors. */
+int trace_file_open(const char *path, trace_file *out, moert_err *err);
+void trace_file_close(trace_file *t);
+
+/* Topology recorded in a manifest. */
+int trace_manifest_topology(const json_t *manifest, cfg_topology *topo, moert_err *err);
+
+#endif
