@@ -9,6 +9,35 @@
  * Every error names file:line:column (libyaml's marks; JSON errors name file:line:column
  * too) and what was expected.  cfg_load either fills *out completely and returns MOERT_OK,
  * or returns an error and leaves *out unusable.
+ *
+ * YAML schema (configs/qwen3moe.yaml is the annotated reference; only model and weights
+ * are required, every other key defaults as cfg_defaults says):
+ *   model:     inline HF hyperparameters (cfg_topology's names; aliases num_local_experts
+ *              and rope_parameters: {rope_theta, rope_type: default}), or exactly
+ *              {hf_config: path/to/config.json}.  Required inline: vocab_size, hidden_size,
+ *              num_hidden_layers, num_attention_heads, num_key_value_heads, num_experts,
+ *              num_experts_per_tok, moe_intermediate_size, rope_theta, rms_norm_eps.
+ *              Defaults: head_dim hidden/heads, intermediate_size 0 (required > 0 when a
+ *              dense layer exists), decoder_sparse_step 1, mlp_only_layers [],
+ *              norm_topk_prob true (HF config.json: false), tie_word_embeddings false,
+ *              max_position_embeddings 0 (unknown).
+ *   weights:   a path (file or directory), or {synth: {seed: N, dtype: f32|bf16|f16}}
+ *              (seed 0 and bf16 by default).
+ *   tokenizer, contract: paths, "" = none.  runtime: {max_seq_len, prefill_chunk, threads,
+ *   backend: cpu|hip}.  sampling: {temperature, top_k, top_p, seed}.  trace: {enabled, out,
+ *   mode: stats|tensor, positions: last|all, stages: all|[names], layers: all|[indices],
+ *   capacity, on_full: overwrite|stop}.
+ * Relative paths resolve against the YAML file's directory, lexically (base/rel, no
+ * realpath); the weights, hf_config, tokenizer and contract must exist, trace.out need not.
+ * max_seq_len defaults to min(4096, max_position_embeddings when known) and an explicit one
+ * above max_position_embeddings is an error; prefill_chunk defaults to min(256,
+ * max_seq_len) and an explicit one must lie in [1, max_seq_len].  top_k <= vocab_size.
+ * trace.layers is stored sorted ascending.
+ *
+ * A HF config.json is refused (not ignored) when it asks for math moert does not do:
+ * model_type other than qwen3_moe, hidden_act other than silu, attention_bias or
+ * use_sliding_window true, rope_scaling / rope_parameters with a rope_type other than
+ * "default".  Its other unknown keys are ignored; JSON null means "HF default".
  */
 #ifndef MOERT_CONFIG_H
 #define MOERT_CONFIG_H
@@ -43,7 +72,9 @@ typedef struct cfg_topology {
     int64_t max_position_embeddings; /* informational; 0 when unknown */
 } cfg_topology;
 
-/* True when layer `layer` uses the routed-experts block (HF's rule). */
+/* True when layer `layer` uses the routed-experts block (HF's rule:
+ * layer not in mlp_only_layers && num_experts > 0 && (layer + 1) % decoder_sparse_step == 0).
+ * False for a layer outside [0, num_hidden_layers). */
 bool cfg_layer_is_sparse(const cfg_topology *topo, int64_t layer);
 
 typedef enum cfg_backend { CFG_BACKEND_CPU = 0, CFG_BACKEND_HIP = 1 } cfg_backend;
@@ -56,6 +87,7 @@ typedef struct cfg_weights {
     uint64_t synth_seed;
     cfg_dtype synth_dtype;
     char path[CFG_PATH_MAX];    /* when !synth: .safetensors file, *.index.json, or a dir */
+    bool missing;               /* only under CFG_ALLOW_MISSING_WEIGHTS: `path` does not exist */
 } cfg_weights;
 
 typedef struct cfg_runtime {
@@ -126,21 +158,40 @@ typedef struct cfg_config {
 void cfg_defaults(cfg_config *out);
 
 /* Loads `path`: a YAML config file, or a directory holding a HF config.json (+ safetensors
- * + optional tokenizer.json), in which case defaults apply for everything but topology.
+ * + optional tokenizer.json), in which case defaults apply for everything but topology:
+ * weights.path = the directory (without a trailing '/'), tokenizer_path = DIR/tokenizer.json
+ * when that file exists else "", hf_config_path = DIR/config.json, contract_path "".
  * Relative paths inside a YAML resolve against the YAML's directory.  Checks everything
- * (see cfg_check_topology) before returning MOERT_OK. */
+ * (see cfg_check_topology) before returning MOERT_OK.  Errors: MOERT_ECONFIG for anything
+ * wrong in the config or a file it names, MOERT_EIO when `path` itself cannot be read. */
 int cfg_load(const char *path, cfg_config *out, moert_err *err);
+
+/* cfg_load_ex flags. */
+#define CFG_ALLOW_MISSING_WEIGHTS (1u << 0) /* a weights *path* that does not exist is not an
+                                               error: weights.missing is set instead, so that
+                                               `moert plan` can size a model it has not got */
+
+/* cfg_load with flags (0 = cfg_load).  Only the weights path is relaxed: the topology, a
+ * hf_config, tokenizer and contract must still exist.  Unknown flag bits are EUSAGE. */
+int cfg_load_ex(const char *path, unsigned flags, cfg_config *out, moert_err *err);
 
 /* Parses YAML text held in memory; `name` is used in messages and `base_dir` resolves
  * relative paths.  Same rules as cfg_load. */
 int cfg_load_string(const char *yaml, const char *name, const char *base_dir, cfg_config *out,
                     moert_err *err);
+int cfg_load_string_ex(const char *yaml, const char *name, const char *base_dir, unsigned flags,
+                       cfg_config *out, moert_err *err);
 
-/* Fills *topo from a HF config.json (hub and transformers-5 spellings both accepted). */
+/* Fills *topo from a HF config.json (hub and transformers-5 spellings both accepted; when a
+ * file gives both spellings they must agree) and checks it (cfg_check_topology).  Syntax
+ * errors name file:line:col (jansson); other messages name the file and the key. */
 int cfg_import_hf(const char *config_json_path, cfg_topology *topo, moert_err *err);
 
-/* Semantic checks of a topology: positive sizes, heads % kv_heads == 0, top-k <= experts,
- * mlp_only_layers inside [0, layers), etc.  `where` prefixes messages (e.g. "x.yaml"). */
+/* Semantic checks of a topology: positive sizes (at most 2^31 - 1, heads * head_dim too;
+ * num_hidden_layers at most CFG_MAX_LAYERS), heads % kv_heads == 0, 1 <= top-k <= experts,
+ * mlp_only_layers inside [0, layers) and distinct, decoder_sparse_step >= 1,
+ * intermediate_size > 0 when a dense layer exists, moe_intermediate_size > 0 when a sparse
+ * one does, rope_theta > 0, 0 < rms_norm_eps < 1.  `where` prefixes messages ("x.yaml"). */
 int cfg_check_topology(const cfg_topology *topo, const char *where, moert_err *err);
 
 #endif
