@@ -4,7 +4,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
 struct trace_rt {
     cfg_trace_plan plan;
@@ -151,14 +150,26 @@ void trace_row_stats(const float *row, int64_t n, double stats[TRACE_N_STATS])
     stats[TRACE_STAT_INF] = (double)inf;
 }
 
+/* The splitmix64 finaliser: a bijective 64-bit mix. */
+static inline uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Sum over 32-bit words of mix64(index << 32 | word), finalised with the word count.
+ * Integer addition is associative, so a GPU can compute the same hash with a parallel
+ * reduction in any order; any change to any word changes its term. */
 uint64_t trace_row_hash(const void *row, uint64_t bytes, const void *row2, uint64_t bytes2)
 {
-    XXH3_state_t st;
-    XXH3_64bits_reset(&st);
-    XXH3_64bits_update(&st, row, bytes);
-    if (row2)
-        XXH3_64bits_update(&st, row2, bytes2);
-    return XXH3_64bits_digest(&st);
+    uint64_t h = 0, n = bytes / 4, n2 = row2 ? bytes2 / 4 : 0;
+    const uint32_t *w = row, *w2 = row2;
+    for (uint64_t i = 0; i < n; i++)
+        h += mix64((i << 32) | w[i]);
+    for (uint64_t i = 0; i < n2; i++)
+        h += mix64(((n + i) << 32) | w2[i]);
+    return mix64(h ^ (n + n2));
 }
 
 int trace_capture_host(trace_rt *t, const sched_op *op, const exec_step *st, const void *src,

@@ -3,9 +3,10 @@
  *
  * Plan -> rings.  Every traced (stage, layer) pair owns one ring buffer in the arena
  * (persistent, sized at init: TRACE_RING_HEADER + capacity * record bytes).  A record is
- * one position of one stage: where it came from (generation step, position), an XXH3-64
- * hash of the row's raw bytes (so bit-exactness is proven even when only stats are kept),
- * ActivationStats, and in tensor mode the row itself.  Capture writes into the next slot
+ * one position of one stage: where it came from (generation step, position), a 64-bit
+ * hash of the row's raw bytes (so bit-exactness is proven even when only stats are kept;
+ * trace_row_hash is order-free, so a GPU computes the same value), ActivationStats, and in
+ * tensor mode the row itself.  Capture writes into the next slot
  * only: no allocation, ever.  When a ring is full it overwrites the oldest record
  * (counting drops) or stops recording (counting drops), as the plan says.
  *

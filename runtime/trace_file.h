@@ -8,7 +8,7 @@
  *                                       trace over all positions has their names and shapes
  *   "<label>.experts"  I32 [n, k]       moe_router only: the expert ids (tensor mode)
  *   "<label>@stats"    F64 [n, 8]       count, l2, mean, std, min, max, nan, inf
- *   "<label>@meta"     I64 [n, 3]       generation step, position, XXH3-64 of the row bytes
+ *   "<label>@meta"     I64 [n, 3]       generation step, position, trace_row_hash of the row
  * __metadata__: "format" = "moert-trace", "moert_version", and "manifest": a JSON document
  * with the resolved topology, weights source and fingerprint, backend, threads, sampling,
  * prompt and generated ids, trace plan, contract name/version and per-ring drop counts.
