@@ -16,4 +16,8 @@ typedef struct cli_command {
     const char *summary;
 } cli_command;
 
+/* runtime/cli_tok.c */
+int cli_tokenize(int argc, char **argv, moert_err *err);
+int cli_detokenize(int argc, char **argv, moert_err *err);
+
 #endif

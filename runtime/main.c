@@ -5,6 +5,8 @@
 #include "cli.h"
 
 static const cli_command commands[] = {
+    {"tokenize", cli_tokenize, "text on stdin -> token ids (JSON array)"},
+    {"detokenize", cli_detokenize, "token ids on stdin -> text"},
     {NULL, NULL, NULL},
 };
 
