@@ -247,8 +247,8 @@ static void build_layer(builder *b, int32_t l)
 
         /* Expert activations are stored grouped by expert (rows of one expert contiguous)
          * so each expert is one matrix product over its tokens. */
-        /* offsets [E+1], cursors [E], sorted order [R*K], inverse [R*K] */
-        int32_t index = layer_buf(b, l, "moe_index", SCHED_I32, 1, (2 * E + 1) + 2 * R * K);
+        /* offsets [E+1], cursors [E], active experts [E], sorted order [R*K], inverse [R*K] */
+        int32_t index = layer_buf(b, l, "moe_index", SCHED_I32, 1, (3 * E + 1) + 2 * R * K);
         int32_t h = layer_buf(b, l, "moe_gate", SCHED_F32, R * K, I);
         int32_t up = layer_buf(b, l, "moe_up", SCHED_F32, R * K, I);
         int32_t y = layer_buf(b, l, "moe_down", SCHED_F32, R * K, H);
