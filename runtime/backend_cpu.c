@@ -301,18 +301,20 @@ static void attn_item(void *ctx, int64_t it, int tid)
 {
     const attn_job *j = ctx;
     const sched *s = j->c->s;
-    int64_t hd = s->topo.head_dim, nh = s->topo.num_attention_heads;
-    int64_t r = it / nh, h = it % nh, g = h / (nh / s->topo.num_key_value_heads);
-    ops_attention_head(j->out + r * s->q_dim + h * hd, j->qkv + r * s->qkv_dim + h * hd,
-                       j->kc + g * hd, j->vc + g * hd, s->kv_dim, j->pos0 + r, hd,
-                       j->c->attn_scale, j->scores + (size_t)tid * (size_t)s->max_seq);
+    int64_t hd = s->topo.head_dim, nkv = s->topo.num_key_value_heads;
+    int64_t group = s->topo.num_attention_heads / nkv, r = it / nkv, kvh = it % nkv;
+    float *scores = j->scores + (size_t)tid * (size_t)(group * s->max_seq);
+    ops_attention_group(j->out + r * s->q_dim + kvh * group * hd, hd,
+                        j->qkv + r * s->qkv_dim + kvh * group * hd, hd, group, j->kc + kvh * hd,
+                        j->vc + kvh * hd, s->kv_dim, j->pos0 + r, hd, j->c->attn_scale, scores);
 }
 
+/* Items are (row, KV head): the query heads sharing a KV head read it once together. */
 static void run_attention(cpu_ctx *c, const sched_op *op, const exec_step *st)
 {
     attn_job j = {c, fbuf(c, op->in[0]), fbuf(c, op->in[1]), fbuf(c, op->in[2]),
                   fbuf(c, op->out[0]), fbuf(c, op->scratch[0]), st->pos0};
-    par_for(c->threads, st->n_rows * c->s->topo.num_attention_heads, false, attn_item, &j);
+    par_for(c->threads, st->n_rows * c->s->topo.num_key_value_heads, false, attn_item, &j);
 }
 
 static void run_add(cpu_ctx *c, const sched_op *op, const exec_step *st)

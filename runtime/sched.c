@@ -181,7 +181,9 @@ static void build_layer(builder *b, int32_t l)
     op->out[1] = s->known.v_cache[l];
 
     int32_t attn = layer_buf(b, l, "attn", SCHED_F32, R, s->q_dim);
-    int32_t scores = layer_buf(b, l, "scores", SCHED_F32, s->threads, s->max_seq);
+    /* per thread: the scores of one KV head's group of query heads */
+    int64_t group = t->num_attention_heads / t->num_key_value_heads;
+    int32_t scores = layer_buf(b, l, "scores", SCHED_F32, s->threads, group * s->max_seq);
     if (!(op = add_op(b, SCHED_ATTENTION, l)))
         return;
     op->in[0] = qkv;
