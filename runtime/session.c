@@ -123,12 +123,11 @@ static int check_trace_contract(sess *s, moert_err *err)
         if (!t)
             return err_set(err, MOERT_ECONFIG, "trace plan: stage %s is not in contract %s", label,
                            s->contract.path);
-        if ((st = ctr_check_shape(t, label, 2, shape, CTR_F32, err)))
+        const ctr_tensor *ids = si->has_ids ? ctr_find(&s->contract, si->stage, "experts") : NULL;
+        if (ctr_check_shape(t, label, 2, shape, CTR_F32, err) ||
+            (ids && ctr_check_shape(ids, label, 2, shape, CTR_I32, err))) {
+            err->code = MOERT_ECONFIG; /* refuses to start: the plan, not a run, is at fault */
             return err_prefix(err, "trace plan does not satisfy contract %s", s->contract.name);
-        if (si->has_ids) {
-            const ctr_tensor *ids = ctr_find(&s->contract, si->stage, "experts");
-            if (ids && (st = ctr_check_shape(ids, label, 2, shape, CTR_I32, err)))
-                return err_prefix(err, "trace plan does not satisfy contract %s", s->contract.name);
         }
     }
     return MOERT_OK;
@@ -162,6 +161,9 @@ int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err)
     if (flags & SESS_NO_TRACE)
         s->cfg.trace.enabled = false;
     s->threads = cfg->rt.threads > 0 ? cfg->rt.threads : omp_get_num_procs();
+    /* A run never offers a ring more records than positions: larger rings are waste. */
+    if (s->cfg.trace.capacity > s->cfg.rt.max_seq_len)
+        s->cfg.trace.capacity = s->cfg.rt.max_seq_len;
     int st = load_weights(s, err);
     if (st)
         goto fail;
@@ -262,8 +264,13 @@ static int run_step(sess *s, const int32_t *ids, int64_t n, bool decode, bool ho
     }
     if ((rc = be->vt->end_step(be, &st, err)))
         return rc;
+    /* The logits buffer holds the step's last row only, or every row when all positions'
+     * logits are traced: the next token comes from the last one. */
     uint64_t lbytes = (uint64_t)sc->topo.vocab_size * sizeof(float);
-    rc = be->vt->read(be, sc->known.logits, 0, be->vt->host_ptr(be, sc->known.logits), lbytes, err);
+    s->last_logit_row = sc->logit_rows > 1 ? n - 1 : 0;
+    uint64_t off = (uint64_t)s->last_logit_row * lbytes;
+    rc = be->vt->read(be, sc->known.logits, off,
+                      (uint8_t *)be->vt->host_ptr(be, sc->known.logits) + off, lbytes, err);
     s->pos += n;
     s->step_index++;
     return rc;
@@ -313,7 +320,8 @@ int sess_decode(sess *s, int32_t id, moert_err *err)
 
 const float *sess_logits(sess *s)
 {
-    return s->be.vt->host_ptr(&s->be, s->schedule.known.logits);
+    const float *base = s->be.vt->host_ptr(&s->be, s->schedule.known.logits);
+    return base + s->last_logit_row * s->schedule.topo.vocab_size;
 }
 
 /* Stable LSD radix sort of (key, id) pairs by key ascending, 4 passes of 8 bits. */

@@ -52,6 +52,7 @@ typedef struct sess {
     int64_t pos;              /* next position to fill */
     int64_t step_index;       /* steps run so far (prefill chunks + decode steps) */
     int64_t gen_step;         /* 0 during the prompt, then 1, 2, ... */
+    int64_t last_logit_row;   /* row of the logits buffer holding the last token's logits */
     sess_rng rng;
     sess_stats stats;
     bool profile;             /* collect prof */
