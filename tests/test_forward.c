@@ -146,17 +146,14 @@ static void check_greedy(const refcase *rc)
     check_greedy_mode(rc, true);
 }
 
-/* Runs fn over every reference directory: ../shared/reference/tiny-* and the project's own
+/* Runs fn over every reference directory of the project's own fixtures,
  * tests/fixtures/hf/<name>.  Returns how many were found. */
 static int for_each_reference(void (*fn)(const refcase *))
 {
     static refcase rc;
     int found = 0;
-    const char *shared = test_shared_reference();
-    const char *roots[2] = {shared, "tests/fixtures/hf"};
-    for (int r = 0; r < 2; r++) {
-        if (!roots[r])
-            continue;
+    const char *roots[1] = {"tests/fixtures/hf"};
+    for (int r = 0; r < 1; r++) {
         DIR *d = opendir(roots[r]);
         if (!d)
             continue;
