@@ -68,3 +68,29 @@ int moert_exit_code(int code)
     default: return 3;
     }
 }
+
+void err_list_add(err_list *l, const char *fmt, ...)
+{
+    char one[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(one, sizeof one, fmt, ap);
+    va_end(ap);
+    size_t need = strlen(one) + (l->shown ? 2 : 0);
+    if (l->dropped || l->len + need >= sizeof l->text) {
+        l->dropped++;
+        return;
+    }
+    l->len += (size_t)snprintf(l->text + l->len, sizeof l->text - l->len, "%s%s",
+                               l->shown ? "; " : "", one);
+    l->shown++;
+}
+
+int err_list_finish(const err_list *l, moert_err *err, int code, const char *prefix)
+{
+    if (!l->shown && !l->dropped)
+        return MOERT_OK;
+    if (l->dropped)
+        return err_set(err, code, "%s: %s ... and %d more", prefix, l->text, l->dropped);
+    return err_set(err, code, "%s: %s", prefix, l->text);
+}

@@ -45,4 +45,17 @@ const char *err_name(int code);
  * device), 3 an internal bug. */
 int moert_exit_code(int code);
 
+/* Several problems in one message: as many as fit, then a count of the rest
+ * ("PREFIX: a; b; c ... and 12 more").  Fill with err_list_add, then err_list_finish. */
+typedef struct err_list {
+    char text[800];
+    size_t len;
+    int shown, dropped;
+} err_list;
+
+void err_list_add(err_list *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* MOERT_OK when nothing was added; otherwise sets err (with `code`) and returns code. */
+int err_list_finish(const err_list *l, moert_err *err, int code, const char *prefix);
+
 #endif

@@ -16,29 +16,6 @@
 
 #define NAME_FMT "'%.120s'"
 
-/* ---- problems: up to a message's worth, then a count ------------------------------- */
-
-typedef struct problems {
-    char text[800];
-    size_t len;
-    int shown, dropped;
-} problems;
-
-static void __attribute__((format(printf, 2, 3))) prob_add(problems *pr, const char *fmt, ...)
-{
-    char one[300];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(one, sizeof one, fmt, ap);
-    va_end(ap);
-    size_t need = strlen(one) + (pr->shown ? 2 : 0);
-    if (pr->dropped || pr->len + need >= sizeof pr->text) {
-        pr->dropped++;
-        return;
-    }
-    pr->len += (size_t)snprintf(pr->text + pr->len, sizeof pr->text - pr->len, "%s%s", pr->shown ? "; " : "", one);
-    pr->shown++;
-}
 
 /* ---- topology --------------------------------------------------------------------- */
 
@@ -191,7 +168,7 @@ typedef struct bind_ctx {
     const st_set *set;
     bool *used;
     model_weights *w;
-    problems pr;
+    err_list pr;
 } bind_ctx;
 
 static long find_index(const st_set *s, const char *name)
@@ -232,19 +209,19 @@ static int bind_visit(void *ctx, const char *name, int ndim, int64_t d0, int64_t
     fmt_dims(ws, sizeof ws, ndim, want);
     long i = find_index(c->set, name);
     if (i < 0) {
-        prob_add(&c->pr, "missing " NAME_FMT " %s", name, ws);
+        err_list_add(&c->pr, "missing " NAME_FMT " %s", name, ws);
         return MOERT_OK;
     }
     c->used[i] = true;
     const st_tensor *t = st_at(c->set, (size_t)i);
     bool ok = true;
     if (!float_dtype(t->dtype)) {
-        prob_add(&c->pr, NAME_FMT ": dtype %s, expected F32, BF16 or F16", name, st_dtype_name(t->dtype));
+        err_list_add(&c->pr, NAME_FMT ": dtype %s, expected F32, BF16 or F16", name, st_dtype_name(t->dtype));
         ok = false;
     }
     if (t->ndim != ndim || t->shape[0] != d0 || (ndim > 1 && t->shape[1] != d1)) {
         fmt_dims(hs, sizeof hs, t->ndim, t->shape);
-        prob_add(&c->pr, NAME_FMT ": shape %s, expected %s", name, hs, ws);
+        err_list_add(&c->pr, NAME_FMT ": shape %s, expected %s", name, hs, ws);
         ok = false;
     }
     if (ok && dst) {
@@ -311,11 +288,11 @@ int model_bind(const cfg_topology *topo, const st_set *set, model_weights *out, 
                         memcmp(e->shape, t->shape, sizeof e->shape) == 0 &&
                         memcmp(e->data, t->data, t->nbytes) == 0;
             if (!same)
-                prob_add(&c.pr, "'lm_head.weight' is present but differs from 'model.embed_tokens.weight' "
+                err_list_add(&c.pr, "'lm_head.weight' is present but differs from 'model.embed_tokens.weight' "
                                 "while tie_word_embeddings is true");
             continue;
         }
-        prob_add(&c.pr, "unexpected " NAME_FMT, t->name);
+        err_list_add(&c.pr, "unexpected " NAME_FMT, t->name);
     }
     if (c.pr.shown) {
         char where[300];
@@ -324,11 +301,9 @@ int model_bind(const cfg_topology *topo, const st_set *set, model_weights *out, 
             snprintf(where, sizeof where, "%.200s (+%zu more shards)", f0, st_file_count(set) - 1);
         else
             snprintf(where, sizeof where, "%.200s", f0);
-        if (c.pr.dropped)
-            st = err_set(err, MOERT_EFORMAT, "%s: weights do not match the topology: %s ... and %d more", where,
-                         c.pr.text, c.pr.dropped);
-        else
-            st = err_set(err, MOERT_EFORMAT, "%s: weights do not match the topology: %s", where, c.pr.text);
+        char prefix[400];
+        snprintf(prefix, sizeof prefix, "%s: weights do not match the topology", where);
+        st = err_list_finish(&c.pr, err, MOERT_EFORMAT, prefix);
         goto fail;
     }
     if (topo->tie_word_embeddings)

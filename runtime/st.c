@@ -461,39 +461,6 @@ static bool is_file(const char *path)
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
-/* Up to a message's worth of problems, then a count of the rest. */
-typedef struct problems {
-    char text[760];
-    size_t len;
-    int shown, dropped;
-} problems;
-
-static void __attribute__((format(printf, 2, 3))) prob_add(problems *pr, const char *fmt, ...)
-{
-    char one[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(one, sizeof one, fmt, ap);
-    va_end(ap);
-    size_t need = strlen(one) + (pr->shown ? 2 : 0);
-    if (pr->dropped || pr->len + need >= sizeof pr->text) {
-        pr->dropped++;
-        return;
-    }
-    pr->len += (size_t)snprintf(pr->text + pr->len, sizeof pr->text - pr->len, "%s%s", pr->shown ? "; " : "", one);
-    pr->shown++;
-}
-
-static int prob_finish(const problems *pr, const char *where, moert_err *err)
-{
-    if (!pr->shown)
-        return MOERT_OK;
-    if (pr->dropped)
-        return err_set(err, MOERT_EFORMAT, "%s: %d problems: %s ... and %d more", where,
-                       pr->shown + pr->dropped, pr->text, pr->dropped);
-    return err_set(err, MOERT_EFORMAT, "%s: %s", where, pr->text);
-}
-
 static int cmp_str(const void *a, const void *b)
 {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
@@ -509,13 +476,13 @@ static int finish_set(st_set *s, const char *where, moert_err *err)
 {
     if (s->n_tensors > 1)
         qsort(s->tensors, s->n_tensors, sizeof *s->tensors, cmp_tensor_name);
-    problems pr = {0};
+    err_list pr = {0};
     for (size_t i = 1; i < s->n_tensors; i++)
         if (strcmp(s->tensors[i - 1].name, s->tensors[i].name) == 0)
-            prob_add(&pr, "tensor " NAME_FMT " is in both %s and %s", s->tensors[i].name,
+            err_list_add(&pr, "tensor " NAME_FMT " is in both %s and %s", s->tensors[i].name,
                      base_name(s->files[s->tensors[i - 1].file_index].path),
                      base_name(s->files[s->tensors[i].file_index].path));
-    return prob_finish(&pr, where, err);
+    return err_list_finish(&pr, err, MOERT_EFORMAT, where);
 }
 
 static int open_index(st_set *s, const char *ipath, moert_err *err)
@@ -590,23 +557,23 @@ static int open_index(st_set *s, const char *ipath, moert_err *err)
     if ((st = finish_set(s, ipath, err)))
         goto out;
     /* The index and the shards must agree exactly, both ways. */
-    problems pr = {0};
+    err_list pr = {0};
     for (size_t i = 0; i < s->n_tensors; i++) {
         const st_tensor *t = &s->tensors[i];
         const json_t *m = json_object_get(wm, t->name);
         const char *in = base_name(s->files[t->file_index].path);
         if (!m)
-            prob_add(&pr, "shard %s holds tensor " NAME_FMT ", which the index does not list", in, t->name);
+            err_list_add(&pr, "shard %s holds tensor " NAME_FMT ", which the index does not list", in, t->name);
         else if (strcmp(json_string_value(m), in) != 0)
-            prob_add(&pr, "index maps tensor " NAME_FMT " to %s but it is in %s", t->name,
+            err_list_add(&pr, "index maps tensor " NAME_FMT " to %s but it is in %s", t->name,
                      json_string_value(m), in);
     }
     json_object_foreach((json_t *)wm, key, val) {
         if (!st_find(s, key))
-            prob_add(&pr, "index maps tensor " NAME_FMT " to %s, which does not hold it", key,
+            err_list_add(&pr, "index maps tensor " NAME_FMT " to %s, which does not hold it", key,
                      json_string_value(val));
     }
-    st = prob_finish(&pr, ipath, err);
+    st = err_list_finish(&pr, err, MOERT_EFORMAT, ipath);
 out:
     free(dir);
     free(shards);

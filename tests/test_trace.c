@@ -18,16 +18,7 @@
 #define OUTCAP 65536
 static char out[OUTCAP], errb[OUTCAP];
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return test_run_cmd(cmd, out, sizeof out, errb, sizeof errb);
-}
+#define sh(...) test_run_cmdf(out, sizeof out, errb, sizeof errb, __VA_ARGS__)
 
 static const char *tmp(const char *name)
 {

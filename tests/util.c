@@ -102,3 +102,13 @@ int test_run_cmd(const char *cmd, char *out, size_t out_cap, char *errbuf, size_
         return -1;
     return WEXITSTATUS(st);
 }
+
+int test_run_cmdf(char *out, size_t out_cap, char *errbuf, size_t err_cap, const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return test_run_cmd(cmd, out, out_cap, errbuf, err_cap);
+}

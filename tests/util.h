@@ -30,6 +30,10 @@ bool test_sanitized(void);
  * run or was killed by a signal. */
 int test_run_cmd(const char *cmd, char *out, size_t out_cap, char *errbuf, size_t err_cap);
 
+/* test_run_cmd with a printf-style command line. */
+int test_run_cmdf(char *out, size_t out_cap, char *errbuf, size_t err_cap, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
 /* A fresh empty directory under build/test-tmp/ for this process. */
 const char *test_tmpdir(void);
 
