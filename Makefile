@@ -35,7 +35,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/contract_default.o
 # The allocation counter interposes malloc; it cannot share a process with ASan.
 TEST_SRC := $(wildcard tests/*.c)
 ifeq ($(V),asan)
-  TEST_SRC := $(filter-out tests/alloc_count.c,$(TEST_SRC))
+  TEST_SRC := $(filter-out tests/alloc_count.c tests/test_alloc.c,$(TEST_SRC))
 endif
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 SUITES   := $(patsubst tests/test_%.c,%,$(filter tests/test_%.c,$(filter-out tests/test_main.c,$(TEST_SRC))))

@@ -40,6 +40,7 @@ int arena_init(arena *a, uint64_t bytes, moert_err *err)
         return err_set(err, MOERT_ENOMEM, "arena: cannot map %llu bytes: %s",
                        (unsigned long long)bytes, strerror(e));
     }
+    madvise(p, len, MADV_HUGEPAGE); /* a hint: fewer TLB misses on KV-cache sweeps */
     a->base = p;
     a->bytes = bytes;
     return MOERT_OK;

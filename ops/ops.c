@@ -104,17 +104,18 @@ void ops_to_f32(float *dst, const void *src, ops_dtype t, int64_t n)
 
 static float scalar_dot(const float *a, const void *b, ops_dtype bt, int64_t k)
 {
-    float lane[8] = {0};
-    int64_t kk = 0;
-    for (; kk + 8 <= k; kk += 8)
-        for (int j = 0; j < 8; j++)
-            lane[j] = fmaf(a[kk + j], load_elem(b, bt, kk + j), lane[j]);
-    if (kk < k) /* zero-padded tail: the same fused adds of 0*0 the SIMD path performs */
-        for (int j = 0; j < 8; j++) {
-            float av = kk + j < k ? a[kk + j] : 0.0f;
-            float bv = kk + j < k ? load_elem(b, bt, kk + j) : 0.0f;
-            lane[j] = fmaf(av, bv, lane[j]);
-        }
+    float acc[OPS_CHAINS][8] = {{0}};
+    for (int64_t base = 0; base < k; base += OPS_STEP)
+        for (int c = 0; c < OPS_CHAINS; c++)
+            for (int j = 0; j < 8; j++) {
+                int64_t i = base + 8 * c + j;
+                /* zero-padded tail: the same fused adds of 0*0 the SIMD path performs */
+                float av = i < k ? a[i] : 0.0f, bv = i < k ? load_elem(b, bt, i) : 0.0f;
+                acc[c][j] = fmaf(av, bv, acc[c][j]);
+            }
+    float lane[8];
+    for (int j = 0; j < 8; j++)
+        lane[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
     return ops_lanes_sum(lane);
 }
 
@@ -125,8 +126,8 @@ float ops_dot(const float *a, const void *b, ops_dtype bt, int64_t k)
 
 size_t ops_matmul_panel_floats(int64_t k)
 {
-    int64_t k8 = (k + 7) / 8 * 8;
-    return (size_t)(OPS_PANEL_ROWS * k8);
+    int64_t kp = (k + OPS_STEP - 1) / OPS_STEP * OPS_STEP;
+    return (size_t)(OPS_PANEL_ROWS * kp);
 }
 
 void ops_matmul(float *out, int64_t ldo, const float *const *x_rows, int64_t m,
@@ -181,37 +182,79 @@ void ops_rope_table(float *cos_tab, float *sin_tab, int64_t n_pos, int64_t hd, d
 
 /* ---- attention ------------------------------------------------------------------- */
 
-/* Softmax over s[0..n) in place: max, exp(s - max), sequential sum, division. */
-static void softmax_inplace(float *s, int64_t n)
+static float scalar_expf(float x)
+{
+    if (x != x)
+        return x;
+    if (x > OPS_EXP_HI)
+        return INFINITY;
+    if (x < OPS_EXP_LO)
+        return 0.0f;
+    float n = rintf(x * OPS_LOG2E); /* nearest, ties to even: the SIMD rounding mode */
+    float r = fmaf(n, -OPS_LN2_HI, x);
+    r = fmaf(n, -OPS_LN2_LO, r);
+    float p = OPS_EXP_P0;
+    p = fmaf(p, r, OPS_EXP_P1);
+    p = fmaf(p, r, OPS_EXP_P2);
+    p = fmaf(p, r, OPS_EXP_P3);
+    p = fmaf(p, r, OPS_EXP_P4);
+    p = fmaf(p, r, OPS_EXP_P5);
+    float y = fmaf(p, r * r, r) + 1.0f;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return y * scale;
+}
+
+float ops_expf(float x)
+{
+    return ops_simd_enabled() ? ops_avx2_expf(x) : scalar_expf(x);
+}
+
+/* Canonical sum: the canonical dot with ones (x * 1 + acc rounds as x + acc). */
+static float scalar_sum(const float *x, int64_t n)
+{
+    float acc[OPS_CHAINS][8] = {{0}};
+    for (int64_t base = 0; base < n; base += OPS_STEP)
+        for (int c = 0; c < OPS_CHAINS; c++)
+            for (int j = 0; j < 8; j++) {
+                int64_t i = base + 8 * c + j;
+                acc[c][j] = acc[c][j] + (i < n ? x[i] : 0.0f);
+            }
+    float lane[8];
+    for (int j = 0; j < 8; j++)
+        lane[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+    return ops_lanes_sum(lane);
+}
+
+static void scalar_softmax(float *s, int64_t n)
 {
     float mx = s[0];
     for (int64_t j = 1; j < n; j++)
         mx = s[j] > mx ? s[j] : mx;
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n; j++) {
-        s[j] = expf(s[j] - mx);
-        sum += s[j];
-    }
+    for (int64_t j = 0; j < n; j++)
+        s[j] = scalar_expf(s[j] - mx);
+    float sum = scalar_sum(s, n);
     for (int64_t j = 0; j < n; j++)
         s[j] = s[j] / sum;
 }
 
 void ops_softmax(float *x, int64_t n)
 {
-    softmax_inplace(x, n);
+    if (ops_simd_enabled())
+        ops_avx2_softmax(x, n);
+    else
+        scalar_softmax(x, n);
 }
 
-void ops_attention_head(float *out, const float *q, const float *k_cache, const float *v_cache,
-                        int64_t kv_stride, int64_t pos, int64_t hd, float scale, float *scores)
+static void scalar_attention_head(float *out, const float *q, const float *k_cache,
+                                  const float *v_cache, int64_t kv_stride, int64_t pos,
+                                  int64_t hd, float scale, float *scores)
 {
-    if (ops_simd_enabled()) {
-        ops_avx2_attention_head(out, q, k_cache, v_cache, kv_stride, pos, hd, scale, scores);
-        return;
-    }
     int64_t n = pos + 1;
     for (int64_t j = 0; j < n; j++)
         scores[j] = scalar_dot(q, k_cache + j * kv_stride, OPS_F32, hd) * scale;
-    softmax_inplace(scores, n);
+    scalar_softmax(scores, n);
     for (int64_t d = 0; d < hd; d++)
         out[d] = 0.0f;
     for (int64_t j = 0; j < n; j++) {
@@ -221,13 +264,37 @@ void ops_attention_head(float *out, const float *q, const float *k_cache, const 
     }
 }
 
+void ops_attention_head(float *out, const float *q, const float *k_cache, const float *v_cache,
+                        int64_t kv_stride, int64_t pos, int64_t hd, float scale, float *scores)
+{
+    ops_attention_group(out, hd, q, hd, 1, k_cache, v_cache, kv_stride, pos, hd, scale, scores);
+}
+
+void ops_attention_group(float *out, int64_t out_stride, const float *q, int64_t q_stride,
+                         int64_t g, const float *k_cache, const float *v_cache,
+                         int64_t kv_stride, int64_t pos, int64_t hd, float scale, float *scores)
+{
+    if (ops_simd_enabled()) {
+        ops_avx2_attention_group(out, out_stride, q, q_stride, g, k_cache, v_cache, kv_stride, pos,
+                                 hd, scale, scores);
+        return;
+    }
+    for (int64_t i = 0; i < g; i++)
+        scalar_attention_head(out + i * out_stride, q + i * q_stride, k_cache, v_cache, kv_stride,
+                              pos, hd, scale, scores + i * (pos + 1));
+}
+
 /* ---- FFN pieces ------------------------------------------------------------------ */
 
 void ops_swiglu(float *out, const float *gate, const float *up, int64_t n)
 {
+    if (ops_simd_enabled()) {
+        ops_avx2_swiglu(out, gate, up, n);
+        return;
+    }
     for (int64_t i = 0; i < n; i++) {
         float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        out[i] = g / (1.0f + scalar_expf(-g)) * up[i];
     }
 }
 
@@ -256,7 +323,7 @@ void ops_topk_route(const float *logits, int64_t e, int64_t k, bool normalize, i
                     float *weight, float *probs)
 {
     memcpy(probs, logits, (size_t)e * sizeof *probs);
-    softmax_inplace(probs, e);
+    ops_softmax(probs, e);
     /* Selection by repeated scan: e is small (<= a few hundred) and k <= e.  Strictly
      * greater wins, so among equal probabilities the lower expert index comes first. */
     for (int64_t j = 0; j < k; j++) {

@@ -5,13 +5,18 @@
  *
  * Determinism by construction.  Every reduction has ONE order, fixed by the data's shape
  * and never by thread count, batch size, prefill chunking or instruction set:
- *   dot(a, b, K): lane j (0..7) accumulates a[k]*b[k] with a fused multiply-add over
- *   k = j, j+8, j+16, ... in increasing k (a tail is zero-padded to a multiple of 8);
- *   the 8 lanes are then summed as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
- * The AVX2 kernels and the portable scalar kernels follow this order exactly, so they give
- * bit-identical results (a test proves it); a decode step (one row) and a prefill row use
- * the same per-element arithmetic.  Sums over sequences (softmax denominators, attention's
- * weighted sum of V, the top-k combine) run sequentially in index order.
+ *   dot(a, b, K): 32 accumulators, chain c (0..3) x lane j (0..7); accumulator (c, j)
+ *   sums a[k]*b[k] with fused multiply-adds over k = 32i + 8c + j, i = 0, 1, ... in order
+ *   (a tail is zero-padded to a multiple of 32); then v[j] = (c0[j] + c1[j]) + (c2[j] +
+ *   c3[j]) and the 8 lanes are summed as ((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7)).
+ * Four chains let one weight row stream at full memory speed (decode is bandwidth-bound)
+ * while each output keeps a single, fixed summation tree.  The AVX2 kernels and the
+ * portable scalar kernels follow this order exactly, so they give bit-identical results (a
+ * test proves it); a decode step (one row) and a prefill row use the same per-element
+ * arithmetic.  A softmax denominator is the canonical dot of the exponentials with ones;
+ * attention's weighted sum of V and the top-k combine run sequentially in index order.
+ * Exponentials use ops_expf, moert's own (a fixed polynomial evaluated the same way in
+ * both kernel families), so they do not depend on the libm or on vectorisation.
  */
 #ifndef MOERT_OPS_H
 #define MOERT_OPS_H
@@ -64,12 +69,24 @@ void ops_rope(float *x, const float *cos_row, const float *sin_row, int64_t hd);
  * as HF does, then cos/sin evaluated in double and rounded to float. */
 void ops_rope_table(float *cos_tab, float *sin_tab, int64_t n_pos, int64_t hd, double theta);
 
+/* e^x in float: Cody-Waite range reduction and a degree-6 polynomial, every step a fixed
+ * IEEE operation, so the scalar and AVX2 kernels agree bit for bit (within ~2 ulp of the
+ * true value).  Returns +inf above 88.376, 0 below -87.337, NaN for NaN. */
+float ops_expf(float x);
+
 /* Causal attention for one query head at position `pos` (keys 0..pos inclusive):
  *   s[j] = dot(q, k_j) * scale; p = softmax(s); out = sum_j p[j] * v_j (sequential in j).
  * Key/value rows are at k_cache + j*kv_stride and v_cache + j*kv_stride (f32).
  * `scores` is scratch of at least pos+1 floats. */
 void ops_attention_head(float *out, const float *q, const float *k_cache, const float *v_cache,
                         int64_t kv_stride, int64_t pos, int64_t hd, float scale, float *scores);
+
+/* Causal attention for g query heads sharing one KV head (grouped-query attention): the
+ * same results as g calls of ops_attention_head, reading the KV cache once.  Query head i
+ * is at q + i*q_stride, its output at out + i*out_stride; scores holds g*(pos+1) floats. */
+void ops_attention_group(float *out, int64_t out_stride, const float *q, int64_t q_stride,
+                         int64_t g, const float *k_cache, const float *v_cache,
+                         int64_t kv_stride, int64_t pos, int64_t hd, float scale, float *scores);
 
 /* out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).  out may alias gate. */
 void ops_swiglu(float *out, const float *gate, const float *up, int64_t n);
@@ -82,7 +99,7 @@ void ops_add(float *x, const float *y, int64_t n);
 void ops_weighted_sum(float *out, const float *const *rows, const float *w, int64_t n_rows,
                       int64_t n);
 
-/* In-place softmax of n values (max-subtracted, sequential sum, division). */
+/* In-place softmax of n values (max-subtracted, ops_expf, canonical sum, division). */
 void ops_softmax(float *x, int64_t n);
 
 /* Router: probs = softmax(logits[E]) then the k largest (ties -> lower expert index), in

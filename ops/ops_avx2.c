@@ -1,7 +1,8 @@
 /* ops: the AVX2/FMA/F16C kernel family.  Every function matches its scalar twin in ops.c
- * bit for bit: one 8-lane accumulator per output element, fused multiply-adds over k in
- * increasing order, the canonical lane combine (ops_lanes_sum).  Speed comes from working
- * on several independent outputs at once, never from reassociating one output's sum. */
+ * bit for bit: four 8-lane chains per output element over 32-element steps, fused
+ * multiply-adds in increasing k, the canonical combine ((c0+c1)+(c2+c3), then
+ * ops_lanes_sum).  Speed comes from streaming and from working on several outputs at once,
+ * never from reassociating one output's sum. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -52,74 +53,91 @@ AVX2 void ops_avx2_to_f32(float *dst, const void *src, ops_dtype t, int64_t n)
     }
 }
 
-AVX2 float ops_avx2_dot(const float *a, const void *b, ops_dtype bt, int64_t k)
+/* 8 elements at i, zero where i + lane >= k (the canonical zero padding). */
+AVX2 static inline __m256 load_part(const void *base, ops_dtype t, int64_t i, int64_t k)
 {
-    __m256 acc = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= k; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b, bt, i), acc);
-    if (i < k)
-        acc = _mm256_fmadd_ps(load_tail(a, OPS_F32, i, k - i), load_tail(b, bt, i, k - i), acc);
-    return hsum(acc);
+    if (i + 8 <= k)
+        return load8(base, t, i);
+    if (i >= k)
+        return _mm256_setzero_ps();
+    return load_tail(base, t, i, k - i);
 }
 
-/* Few input rows (decode): widen weights on the fly, 4 weight rows at a time so that each
- * loaded x vector feeds 4 independent accumulators. */
+AVX2 static inline float combine4(__m256 c0, __m256 c1, __m256 c2, __m256 c3)
+{
+    return hsum(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)));
+}
+
+AVX2 float ops_avx2_dot(const float *a, const void *b, ops_dtype bt, int64_t k)
+{
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    int64_t i = 0;
+    for (; i + OPS_STEP <= k; i += OPS_STEP) {
+        c0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b, bt, i), c0);
+        c1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load8(b, bt, i + 8), c1);
+        c2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), load8(b, bt, i + 16), c2);
+        c3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), load8(b, bt, i + 24), c3);
+    }
+    if (i < k) {
+        c0 = _mm256_fmadd_ps(load_part(a, OPS_F32, i, k), load_part(b, bt, i, k), c0);
+        c1 = _mm256_fmadd_ps(load_part(a, OPS_F32, i + 8, k), load_part(b, bt, i + 8, k), c1);
+        c2 = _mm256_fmadd_ps(load_part(a, OPS_F32, i + 16, k), load_part(b, bt, i + 16, k), c2);
+        c3 = _mm256_fmadd_ps(load_part(a, OPS_F32, i + 24, k), load_part(b, bt, i + 24, k), c3);
+    }
+    return combine4(c0, c1, c2, c3);
+}
+
+/* One or two input rows (decode): each weight row is streamed once, sequentially, with
+ * four independent chains per output; the widened weights feed both rows. */
 AVX2 static void matmul_few_rows(float *out, int64_t ldo, const float *const *x, int64_t m,
                                  const void *w, ops_dtype wt, int64_t k, int64_t n0, int64_t n1)
 {
     size_t row_bytes = (size_t)k * ops_dtype_size(wt);
     const uint8_t *wb = w;
-    int64_t n = n0;
-    for (; n + 4 <= n1; n += 4) {
-        const void *w0 = wb + (size_t)n * row_bytes, *w1 = wb + (size_t)(n + 1) * row_bytes;
-        const void *w2 = wb + (size_t)(n + 2) * row_bytes, *w3 = wb + (size_t)(n + 3) * row_bytes;
-        for (int64_t r = 0; r < m; r++) {
-            const float *xr = x[r];
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            int64_t i = 0;
-            for (; i + 8 <= k; i += 8) {
-                __m256 xv = _mm256_loadu_ps(xr + i);
-                a0 = _mm256_fmadd_ps(xv, load8(w0, wt, i), a0);
-                a1 = _mm256_fmadd_ps(xv, load8(w1, wt, i), a1);
-                a2 = _mm256_fmadd_ps(xv, load8(w2, wt, i), a2);
-                a3 = _mm256_fmadd_ps(xv, load8(w3, wt, i), a3);
-            }
-            if (i < k) {
-                __m256 xv = load_tail(xr, OPS_F32, i, k - i);
-                a0 = _mm256_fmadd_ps(xv, load_tail(w0, wt, i, k - i), a0);
-                a1 = _mm256_fmadd_ps(xv, load_tail(w1, wt, i, k - i), a1);
-                a2 = _mm256_fmadd_ps(xv, load_tail(w2, wt, i, k - i), a2);
-                a3 = _mm256_fmadd_ps(xv, load_tail(w3, wt, i, k - i), a3);
-            }
-            float *o = out + r * ldo + n;
-            o[0] = hsum(a0);
-            o[1] = hsum(a1);
-            o[2] = hsum(a2);
-            o[3] = hsum(a3);
-        }
-    }
-    for (; n < n1; n++) {
+    int64_t kfull = k / OPS_STEP * OPS_STEP;
+    for (int64_t n = n0; n < n1; n++) {
         const void *wr = wb + (size_t)n * row_bytes;
-        for (int64_t r = 0; r < m; r++)
-            out[r * ldo + n] = ops_avx2_dot(x[r], wr, wt, k);
+        if (m == 1 || kfull != k) {
+            for (int64_t r = 0; r < m; r++)
+                out[r * ldo + n] = ops_avx2_dot(x[r], wr, wt, k);
+            continue;
+        }
+        const float *x0 = x[0], *x1 = x[1];
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (int64_t i = 0; i < k; i += OPS_STEP) {
+            __m256 w0 = load8(wr, wt, i), w1 = load8(wr, wt, i + 8);
+            __m256 w2 = load8(wr, wt, i + 16), w3 = load8(wr, wt, i + 24);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i), w0, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i + 8), w1, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i + 16), w2, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i + 24), w3, a3);
+            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + i), w0, b0);
+            b1 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + i + 8), w1, b1);
+            b2 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + i + 16), w2, b2);
+            b3 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + i + 24), w3, b3);
+        }
+        out[n] = combine4(a0, a1, a2, a3);
+        out[ldo + n] = combine4(b0, b1, b2, b3);
     }
 }
 
 /* Many input rows (prefill, grouped experts): widen OPS_PANEL_ROWS weight rows once into a
- * zero-padded f32 panel, then run a 4 x 2 (rows x outputs) register tile over it. */
+ * zero-padded f32 panel, then run a 4 x 2 (rows x outputs) register tile over it, one chain
+ * at a time (each chain is its own sequential sum, so computing them one after another
+ * gives the canonical values), combining the four partials at the end. */
 AVX2 static void matmul_panel(float *out, int64_t ldo, const float *const *x, int64_t m,
                               const void *w, ops_dtype wt, int64_t k, int64_t n0, int64_t n1,
                               float *panel)
 {
-    int64_t k8 = (k + 7) / 8 * 8, kfull = k / 8 * 8;
+    int64_t kp = (k + OPS_STEP - 1) / OPS_STEP * OPS_STEP;
     size_t row_bytes = (size_t)k * ops_dtype_size(wt);
     for (int64_t nb = n0; nb < n1; nb += OPS_PANEL_ROWS) {
         int64_t nr = n1 - nb < OPS_PANEL_ROWS ? n1 - nb : OPS_PANEL_ROWS;
         for (int64_t j = 0; j < nr; j++) {
-            float *prow = panel + j * k8;
+            float *prow = panel + j * kp;
             ops_avx2_to_f32(prow, (const uint8_t *)w + (size_t)(nb + j) * row_bytes, wt, k);
-            for (int64_t i = k; i < k8; i++)
+            for (int64_t i = k; i < kp; i++)
                 prow[i] = 0.0f;
         }
         int64_t r = 0;
@@ -127,57 +145,62 @@ AVX2 static void matmul_panel(float *out, int64_t ldo, const float *const *x, in
             const float *x0 = x[r], *x1 = x[r + 1], *x2 = x[r + 2], *x3 = x[r + 3];
             int64_t j = 0;
             for (; j + 2 <= nr; j += 2) {
-                const float *p0 = panel + j * k8, *p1 = p0 + k8;
-                __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00;
-                __m256 c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-                int64_t i = 0;
-                for (; i < kfull; i += 8) {
-                    __m256 w0v = _mm256_load_ps(p0 + i), w1v = _mm256_load_ps(p1 + i);
-                    __m256 xv = _mm256_loadu_ps(x0 + i);
-                    c00 = _mm256_fmadd_ps(xv, w0v, c00);
-                    c01 = _mm256_fmadd_ps(xv, w1v, c01);
-                    xv = _mm256_loadu_ps(x1 + i);
-                    c10 = _mm256_fmadd_ps(xv, w0v, c10);
-                    c11 = _mm256_fmadd_ps(xv, w1v, c11);
-                    xv = _mm256_loadu_ps(x2 + i);
-                    c20 = _mm256_fmadd_ps(xv, w0v, c20);
-                    c21 = _mm256_fmadd_ps(xv, w1v, c21);
-                    xv = _mm256_loadu_ps(x3 + i);
-                    c30 = _mm256_fmadd_ps(xv, w0v, c30);
-                    c31 = _mm256_fmadd_ps(xv, w1v, c31);
+                const float *p0 = panel + j * kp, *p1 = p0 + kp;
+                __m256 part[OPS_CHAINS][8];
+                for (int c = 0; c < OPS_CHAINS; c++) {
+                    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00;
+                    __m256 c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+                    int64_t i = 8 * c;
+                    for (; i + 8 <= k; i += OPS_STEP) {
+                        __m256 w0v = _mm256_load_ps(p0 + i), w1v = _mm256_load_ps(p1 + i);
+                        __m256 xv = _mm256_loadu_ps(x0 + i);
+                        c00 = _mm256_fmadd_ps(xv, w0v, c00);
+                        c01 = _mm256_fmadd_ps(xv, w1v, c01);
+                        xv = _mm256_loadu_ps(x1 + i);
+                        c10 = _mm256_fmadd_ps(xv, w0v, c10);
+                        c11 = _mm256_fmadd_ps(xv, w1v, c11);
+                        xv = _mm256_loadu_ps(x2 + i);
+                        c20 = _mm256_fmadd_ps(xv, w0v, c20);
+                        c21 = _mm256_fmadd_ps(xv, w1v, c21);
+                        xv = _mm256_loadu_ps(x3 + i);
+                        c30 = _mm256_fmadd_ps(xv, w0v, c30);
+                        c31 = _mm256_fmadd_ps(xv, w1v, c31);
+                    }
+                    for (; i < kp; i += OPS_STEP) { /* the padded tail of this chain */
+                        __m256 w0v = _mm256_load_ps(p0 + i), w1v = _mm256_load_ps(p1 + i);
+                        __m256 xv = load_part(x0, OPS_F32, i, k);
+                        c00 = _mm256_fmadd_ps(xv, w0v, c00);
+                        c01 = _mm256_fmadd_ps(xv, w1v, c01);
+                        xv = load_part(x1, OPS_F32, i, k);
+                        c10 = _mm256_fmadd_ps(xv, w0v, c10);
+                        c11 = _mm256_fmadd_ps(xv, w1v, c11);
+                        xv = load_part(x2, OPS_F32, i, k);
+                        c20 = _mm256_fmadd_ps(xv, w0v, c20);
+                        c21 = _mm256_fmadd_ps(xv, w1v, c21);
+                        xv = load_part(x3, OPS_F32, i, k);
+                        c30 = _mm256_fmadd_ps(xv, w0v, c30);
+                        c31 = _mm256_fmadd_ps(xv, w1v, c31);
+                    }
+                    part[c][0] = c00;
+                    part[c][1] = c01;
+                    part[c][2] = c10;
+                    part[c][3] = c11;
+                    part[c][4] = c20;
+                    part[c][5] = c21;
+                    part[c][6] = c30;
+                    part[c][7] = c31;
                 }
-                if (i < k8) {
-                    __m256 w0v = _mm256_load_ps(p0 + i), w1v = _mm256_load_ps(p1 + i);
-                    __m256 xv = load_tail(x0, OPS_F32, i, k - i);
-                    c00 = _mm256_fmadd_ps(xv, w0v, c00);
-                    c01 = _mm256_fmadd_ps(xv, w1v, c01);
-                    xv = load_tail(x1, OPS_F32, i, k - i);
-                    c10 = _mm256_fmadd_ps(xv, w0v, c10);
-                    c11 = _mm256_fmadd_ps(xv, w1v, c11);
-                    xv = load_tail(x2, OPS_F32, i, k - i);
-                    c20 = _mm256_fmadd_ps(xv, w0v, c20);
-                    c21 = _mm256_fmadd_ps(xv, w1v, c21);
-                    xv = load_tail(x3, OPS_F32, i, k - i);
-                    c30 = _mm256_fmadd_ps(xv, w0v, c30);
-                    c31 = _mm256_fmadd_ps(xv, w1v, c31);
-                }
-                int64_t n = nb + j;
-                out[r * ldo + n] = hsum(c00);
-                out[r * ldo + n + 1] = hsum(c01);
-                out[(r + 1) * ldo + n] = hsum(c10);
-                out[(r + 1) * ldo + n + 1] = hsum(c11);
-                out[(r + 2) * ldo + n] = hsum(c20);
-                out[(r + 2) * ldo + n + 1] = hsum(c21);
-                out[(r + 3) * ldo + n] = hsum(c30);
-                out[(r + 3) * ldo + n + 1] = hsum(c31);
+                for (int o = 0; o < 8; o++)
+                    out[(r + o / 2) * ldo + nb + j + o % 2] =
+                        combine4(part[0][o], part[1][o], part[2][o], part[3][o]);
             }
             for (; j < nr; j++)
                 for (int64_t rr = r; rr < r + 4; rr++)
-                    out[rr * ldo + nb + j] = ops_avx2_dot(x[rr], panel + j * k8, OPS_F32, k);
+                    out[rr * ldo + nb + j] = ops_avx2_dot(x[rr], panel + j * kp, OPS_F32, k);
         }
         for (; r < m; r++)
             for (int64_t j = 0; j < nr; j++)
-                out[r * ldo + nb + j] = ops_avx2_dot(x[r], panel + j * k8, OPS_F32, k);
+                out[r * ldo + nb + j] = ops_avx2_dot(x[r], panel + j * kp, OPS_F32, k);
     }
 }
 
@@ -185,53 +208,187 @@ AVX2 void ops_avx2_matmul(float *out, int64_t ldo, const float *const *x_rows, i
                           const void *w, ops_dtype wt, int64_t k, int64_t n0, int64_t n1,
                           float *panel)
 {
-    if (m < 4 || panel == NULL)
+    if (m <= 2 || panel == NULL)
         matmul_few_rows(out, ldo, x_rows, m, w, wt, k, n0, n1);
     else
         matmul_panel(out, ldo, x_rows, m, w, wt, k, n0, n1, panel);
 }
 
-AVX2 void ops_avx2_attention_head(float *out, const float *q, const float *k_cache,
-                                  const float *v_cache, int64_t kv_stride, int64_t pos,
-                                  int64_t hd, float scale, float *scores)
+/* ops_expf on 8 lanes: the scalar twin's operations, lane by lane. */
+AVX2 static inline __m256 exp8(__m256 x)
+{
+    __m256 is_nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    __m256 hi = _mm256_cmp_ps(x, _mm256_set1_ps(OPS_EXP_HI), _CMP_GT_OQ);
+    __m256 lo = _mm256_cmp_ps(x, _mm256_set1_ps(OPS_EXP_LO), _CMP_LT_OQ);
+    __m256 special = _mm256_or_ps(is_nan, _mm256_or_ps(hi, lo));
+    __m256 xc = _mm256_blendv_ps(x, _mm256_setzero_ps(), special);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(OPS_LOG2E)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-OPS_LN2_HI), xc);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(-OPS_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(OPS_EXP_P0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(OPS_EXP_P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(OPS_EXP_P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(OPS_EXP_P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(OPS_EXP_P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(OPS_EXP_P5));
+    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 res = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    res = _mm256_blendv_ps(res, _mm256_set1_ps(__builtin_inff()), hi);
+    res = _mm256_blendv_ps(res, _mm256_setzero_ps(), lo);
+    return _mm256_blendv_ps(res, x, is_nan);
+}
+
+AVX2 float ops_avx2_expf(float x)
+{
+    return _mm256_cvtss_f32(exp8(_mm256_set1_ps(x)));
+}
+
+/* Canonical sum (ops.c scalar_sum): the four 8-lane chains over 32-element steps. */
+AVX2 static float sum_canonical(const float *x, int64_t n)
+{
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    int64_t i = 0;
+    for (; i + OPS_STEP <= n; i += OPS_STEP) {
+        c0 = _mm256_add_ps(c0, _mm256_loadu_ps(x + i));
+        c1 = _mm256_add_ps(c1, _mm256_loadu_ps(x + i + 8));
+        c2 = _mm256_add_ps(c2, _mm256_loadu_ps(x + i + 16));
+        c3 = _mm256_add_ps(c3, _mm256_loadu_ps(x + i + 24));
+    }
+    if (i < n) {
+        c0 = _mm256_add_ps(c0, load_part(x, OPS_F32, i, n));
+        c1 = _mm256_add_ps(c1, load_part(x, OPS_F32, i + 8, n));
+        c2 = _mm256_add_ps(c2, load_part(x, OPS_F32, i + 16, n));
+        c3 = _mm256_add_ps(c3, load_part(x, OPS_F32, i + 24, n));
+    }
+    return combine4(c0, c1, c2, c3);
+}
+
+AVX2 void ops_avx2_softmax(float *s, int64_t n)
+{
+    float mx = s[0];
+    for (int64_t j = 1; j < n; j++)
+        mx = s[j] > mx ? s[j] : mx;
+    __m256 m8 = _mm256_set1_ps(mx);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(s + j, exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), m8)));
+    for (; j < n; j++)
+        s[j] = ops_avx2_expf(s[j] - mx);
+    __m256 sum = _mm256_set1_ps(sum_canonical(s, n));
+    for (j = 0; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(s + j, _mm256_div_ps(_mm256_loadu_ps(s + j), sum));
+    for (; j < n; j++)
+        s[j] = s[j] / _mm256_cvtss_f32(sum);
+}
+
+AVX2 void ops_avx2_swiglu(float *out, const float *gate, const float *up, int64_t n)
+{
+    int64_t i = 0;
+    __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 den = _mm256_add_ps(one, exp8(_mm256_xor_ps(g, sign)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, den), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + ops_avx2_expf(-g)) * up[i];
+    }
+}
+
+/* Grouped-query attention: g query heads against one KV head.  Keys are taken in blocks
+ * that stay in L1 while every head of the group scores them; V rows are streamed once,
+ * each head's output accumulating sequentially over keys (the canonical order). */
+AVX2 void ops_avx2_attention_group(float *out, int64_t out_stride, const float *q,
+                                   int64_t q_stride, int64_t g, const float *k_cache,
+                                   const float *v_cache, int64_t kv_stride, int64_t pos,
+                                   int64_t hd, float scale, float *scores)
 {
     int64_t n = pos + 1;
-    int64_t j = 0;
-    /* four keys at a time share each loaded q vector */
-    if (hd % 8 == 0) {
-        for (; j + 4 <= n; j += 4) {
-            const float *k0 = k_cache + j * kv_stride, *k1 = k0 + kv_stride;
-            const float *k2 = k1 + kv_stride, *k3 = k2 + kv_stride;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int64_t i = 0; i < hd; i += 8) {
-                __m256 qv = _mm256_loadu_ps(q + i);
-                a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
-                a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), a1);
-                a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
-                a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
+    enum { KEY_BLOCK = 32 };
+    for (int64_t j0 = 0; j0 < n; j0 += KEY_BLOCK) {
+        int64_t j1 = j0 + KEY_BLOCK < n ? j0 + KEY_BLOCK : n;
+        for (int64_t h = 0; h < g; h++) {
+            const float *qh = q + h * q_stride;
+            float *sc = scores + h * n;
+            int64_t j = j0;
+            if (hd % OPS_STEP == 0) { /* two keys at a time share each loaded q vector */
+                for (; j + 2 <= j1; j += 2) {
+                    const float *k0 = k_cache + j * kv_stride, *k1 = k0 + kv_stride;
+                    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+                    for (int64_t i = 0; i < hd; i += OPS_STEP) {
+                        __m256 q0 = _mm256_loadu_ps(qh + i), q1 = _mm256_loadu_ps(qh + i + 8);
+                        __m256 q2 = _mm256_loadu_ps(qh + i + 16), q3 = _mm256_loadu_ps(qh + i + 24);
+                        a0 = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k0 + i), a0);
+                        a1 = _mm256_fmadd_ps(q1, _mm256_loadu_ps(k0 + i + 8), a1);
+                        a2 = _mm256_fmadd_ps(q2, _mm256_loadu_ps(k0 + i + 16), a2);
+                        a3 = _mm256_fmadd_ps(q3, _mm256_loadu_ps(k0 + i + 24), a3);
+                        b0 = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k1 + i), b0);
+                        b1 = _mm256_fmadd_ps(q1, _mm256_loadu_ps(k1 + i + 8), b1);
+                        b2 = _mm256_fmadd_ps(q2, _mm256_loadu_ps(k1 + i + 16), b2);
+                        b3 = _mm256_fmadd_ps(q3, _mm256_loadu_ps(k1 + i + 24), b3);
+                    }
+                    sc[j] = combine4(a0, a1, a2, a3) * scale;
+                    sc[j + 1] = combine4(b0, b1, b2, b3) * scale;
+                }
             }
-            scores[j] = hsum(a0) * scale;
-            scores[j + 1] = hsum(a1) * scale;
-            scores[j + 2] = hsum(a2) * scale;
-            scores[j + 3] = hsum(a3) * scale;
+            for (; j < j1; j++)
+                sc[j] = ops_avx2_dot(qh, k_cache + j * kv_stride, OPS_F32, hd) * scale;
         }
     }
-    for (; j < n; j++)
-        scores[j] = ops_avx2_dot(q, k_cache + j * kv_stride, OPS_F32, hd) * scale;
-    ops_softmax(scores, n);
-    int64_t d = 0;
-    for (; d + 8 <= hd; d += 8) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t t = 0; t < n; t++)
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(scores[t]),
-                                  _mm256_loadu_ps(v_cache + t * kv_stride + d), acc);
-        _mm256_storeu_ps(out + d, acc);
+    for (int64_t h = 0; h < g; h++) {
+        ops_avx2_softmax(scores + h * n, n);
+        float *o = out + h * out_stride;
+        for (int64_t d = 0; d < hd; d++)
+            o[d] = 0.0f;
     }
-    for (; d < hd; d++) {
-        float acc = 0.0f;
-        for (int64_t t = 0; t < n; t++)
-            acc = __builtin_fmaf(scores[t], v_cache[t * kv_stride + d], acc);
-        out[d] = acc;
+    /* out_h[d] += p_h[j] * v_j[d], sequential in j for every (h, d).  Keys in L1-sized
+     * blocks; within a block, 64 output floats of one head live in registers. */
+    int64_t hd64 = hd / 64 * 64;
+    for (int64_t j0 = 0; j0 < n; j0 += KEY_BLOCK) {
+        int64_t j1 = j0 + KEY_BLOCK < n ? j0 + KEY_BLOCK : n;
+        for (int64_t h = 0; h < g; h++) {
+            float *o = out + h * out_stride;
+            const float *p = scores + h * n;
+            for (int64_t d = 0; d < hd64; d += 64) {
+                __m256 a0 = _mm256_loadu_ps(o + d), a1 = _mm256_loadu_ps(o + d + 8);
+                __m256 a2 = _mm256_loadu_ps(o + d + 16), a3 = _mm256_loadu_ps(o + d + 24);
+                __m256 a4 = _mm256_loadu_ps(o + d + 32), a5 = _mm256_loadu_ps(o + d + 40);
+                __m256 a6 = _mm256_loadu_ps(o + d + 48), a7 = _mm256_loadu_ps(o + d + 56);
+                for (int64_t j = j0; j < j1; j++) {
+                    const float *v = v_cache + j * kv_stride + d;
+                    __m256 pj = _mm256_set1_ps(p[j]);
+                    a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v), a0);
+                    a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8), a1);
+                    a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 16), a2);
+                    a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 24), a3);
+                    a4 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 32), a4);
+                    a5 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 40), a5);
+                    a6 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 48), a6);
+                    a7 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 56), a7);
+                }
+                _mm256_storeu_ps(o + d, a0);
+                _mm256_storeu_ps(o + d + 8, a1);
+                _mm256_storeu_ps(o + d + 16, a2);
+                _mm256_storeu_ps(o + d + 24, a3);
+                _mm256_storeu_ps(o + d + 32, a4);
+                _mm256_storeu_ps(o + d + 40, a5);
+                _mm256_storeu_ps(o + d + 48, a6);
+                _mm256_storeu_ps(o + d + 56, a7);
+            }
+            for (int64_t j = j0; j < j1; j++) {
+                const float *v = v_cache + j * kv_stride;
+                __m256 pj = _mm256_set1_ps(p[j]);
+                int64_t d = hd64;
+                for (; d + 8 <= hd; d += 8)
+                    _mm256_storeu_ps(o + d, _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + d), _mm256_loadu_ps(o + d)));
+                for (; d < hd; d++)
+                    o[d] = __builtin_fmaf(p[j], v[d], o[d]);
+            }
+        }
     }
 }
 

@@ -8,13 +8,20 @@
 float ops_avx2_dot(const float *a, const void *b, ops_dtype bt, int64_t k);
 void ops_avx2_matmul(float *out, int64_t ldo, const float *const *x_rows, int64_t m,
                      const void *w, ops_dtype wt, int64_t k, int64_t n0, int64_t n1, float *panel);
-void ops_avx2_attention_head(float *out, const float *q, const float *k_cache,
-                             const float *v_cache, int64_t kv_stride, int64_t pos, int64_t hd,
-                             float scale, float *scores);
+void ops_avx2_attention_group(float *out, int64_t out_stride, const float *q, int64_t q_stride,
+                              int64_t g, const float *k_cache, const float *v_cache,
+                              int64_t kv_stride, int64_t pos, int64_t hd, float scale,
+                              float *scores);
+void ops_avx2_softmax(float *x, int64_t n);
+void ops_avx2_swiglu(float *out, const float *gate, const float *up, int64_t n);
+float ops_avx2_expf(float x);
 void ops_avx2_weighted_sum(float *out, const float *const *rows, const float *w, int64_t n_rows,
                            int64_t n);
 uint64_t ops_avx2_touch_read(const void *p, size_t bytes);
 void ops_avx2_to_f32(float *dst, const void *src, ops_dtype t, int64_t n);
+
+#define OPS_CHAINS 4
+#define OPS_STEP 32 /* elements per step of the four chains */
 
 /* The canonical 8-lane combine, shared by both families. */
 static inline float ops_lanes_sum(const float l[8])
@@ -23,5 +30,18 @@ static inline float ops_lanes_sum(const float l[8])
     float b0 = a0 + a2, b1 = a1 + a3;
     return b0 + b1;
 }
+
+/* ops_expf's constants (Cephes' single-precision exp). */
+#define OPS_EXP_HI 88.3762626647949f
+#define OPS_EXP_LO (-87.3365478515625f)
+#define OPS_LOG2E 1.44269504088896341f
+#define OPS_LN2_HI 0.693359375f
+#define OPS_LN2_LO (-2.12194440e-4f)
+#define OPS_EXP_P0 1.9875691500e-4f
+#define OPS_EXP_P1 1.3981999507e-3f
+#define OPS_EXP_P2 8.3334519073e-3f
+#define OPS_EXP_P3 4.1665795894e-2f
+#define OPS_EXP_P4 1.6666665459e-1f
+#define OPS_EXP_P5 5.0000001201e-1f
 
 #endif

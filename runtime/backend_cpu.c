@@ -27,6 +27,26 @@ typedef struct cpu_ctx {
 
 #define BLOCK OPS_PANEL_ROWS
 
+/* Runs fn(ctx, i, thread) for i in [0, n).  With one thread, or one item, no parallel
+ * region is opened at all: libgomp allocates a team for every region it runs serially. */
+typedef void (*item_fn)(void *ctx, int64_t i, int tid);
+
+static void par_for(int32_t threads, int64_t n, bool dynamic, item_fn fn, void *ctx)
+{
+    if (threads <= 1 || n <= 1) {
+        for (int64_t i = 0; i < n; i++)
+            fn(ctx, i, 0);
+    } else if (dynamic) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+        for (int64_t i = 0; i < n; i++)
+            fn(ctx, i, omp_get_thread_num());
+    } else {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t i = 0; i < n; i++)
+            fn(ctx, i, omp_get_thread_num());
+    }
+}
+
 static ops_dtype ops_type(st_dtype t)
 {
     return t == ST_BF16 ? OPS_BF16 : t == ST_F16 ? OPS_F16 : OPS_F32;
@@ -144,40 +164,64 @@ static void run_embed(cpu_ctx *c, const sched_op *op, const exec_step *st)
                    ops_type(e->dtype), H);
 }
 
-static void run_rmsnorm(cpu_ctx *c, const sched_op *op, const exec_step *st)
+typedef struct norm_job {
+    const model_tensor *w;
+    const float *x;
+    float *out;
+    int64_t n;
+    float eps;
+} norm_job;
+
+static void norm_row(void *ctx, int64_t r, int tid)
 {
-    const model_tensor *w = backend_weight(c->w, op->w[0], op->layer, 0);
-    const float *x = fbuf(c, op->in[0]);
-    float *out = fbuf(c, op->out[0]);
-    int64_t H = op->n;
-    float eps = (float)c->s->topo.rms_norm_eps;
-#pragma omp parallel for num_threads(c->threads) schedule(static) if (st->n_rows > 1)
-    for (int64_t r = 0; r < st->n_rows; r++)
-        ops_rmsnorm(out + r * H, x + r * H, w->data, ops_type(w->dtype), H, eps);
+    const norm_job *j = ctx;
+    (void)tid;
+    ops_rmsnorm(j->out + r * j->n, j->x + r * j->n, j->w->data, ops_type(j->w->dtype), j->n, j->eps);
 }
 
-/* out[rows, sum of segment widths] = x rows . segments; blocks of BLOCK output features. */
+static void run_rmsnorm(cpu_ctx *c, const sched_op *op, const exec_step *st)
+{
+    norm_job j = {backend_weight(c->w, op->w[0], op->layer, 0), fbuf(c, op->in[0]),
+                  fbuf(c, op->out[0]), op->n, (float)c->s->topo.rms_norm_eps};
+    par_for(c->threads, st->n_rows, false, norm_row, &j);
+}
+
+typedef struct mm_job {
+    cpu_ctx *c;
+    const float *const *rows;
+    int64_t m, ldo, k;
+    float *out;
+    const model_tensor *const *seg;
+    int64_t seg_begin[4], seg_blocks[4];
+} mm_job;
+
+static void mm_block(void *ctx, int64_t blk, int tid)
+{
+    const mm_job *j = ctx;
+    int i = 0;
+    while (blk >= j->seg_blocks[i]) {
+        blk -= j->seg_blocks[i];
+        i++;
+    }
+    const model_tensor *w = j->seg[i];
+    int64_t n0 = blk * BLOCK, n1 = n0 + BLOCK < w->rows ? n0 + BLOCK : w->rows;
+    ops_matmul(j->out + j->seg_begin[i], j->ldo, j->rows, j->m, w->data, ops_type(w->dtype), j->k,
+               n0, n1, thread_panel(j->c, tid));
+}
+
+/* out[rows, sum of segment widths] = x rows . segments; blocks of BLOCK output features,
+ * split statically so each thread streams one contiguous stretch of weights. */
 static void matmul_segments(cpu_ctx *c, const float *const *rows, int64_t m, float *out,
                             int64_t ldo, const model_tensor *const *seg, int n_seg, int64_t k)
 {
-    int64_t seg_begin[4] = {0}, seg_blocks[4] = {0}, total_blocks = 0;
+    mm_job j = {.c = c, .rows = rows, .m = m, .ldo = ldo, .k = k, .out = out, .seg = seg};
+    int64_t total_blocks = 0;
     for (int i = 0; i < n_seg; i++) {
-        seg_begin[i + 1] = seg_begin[i] + seg[i]->rows;
-        seg_blocks[i] = (seg[i]->rows + BLOCK - 1) / BLOCK;
-        total_blocks += seg_blocks[i];
+        j.seg_begin[i + 1] = j.seg_begin[i] + seg[i]->rows;
+        j.seg_blocks[i] = (seg[i]->rows + BLOCK - 1) / BLOCK;
+        total_blocks += j.seg_blocks[i];
     }
-#pragma omp parallel for num_threads(c->threads) schedule(static)
-    for (int64_t blk = 0; blk < total_blocks; blk++) {
-        int i = 0;
-        int64_t local = blk;
-        while (local >= seg_blocks[i]) {
-            local -= seg_blocks[i];
-            i++;
-        }
-        int64_t n0 = local * BLOCK, n1 = n0 + BLOCK < seg[i]->rows ? n0 + BLOCK : seg[i]->rows;
-        ops_matmul(out + seg_begin[i], ldo, rows, m, seg[i]->data, ops_type(seg[i]->dtype), k, n0,
-                   n1, thread_panel(c, omp_get_thread_num()));
-    }
+    par_for(c->threads, total_blocks, false, mm_block, &j);
 }
 
 static const float **row_pointers(cpu_ctx *c, const float *base, int64_t n, int64_t stride,
@@ -202,27 +246,35 @@ static void run_matmul(cpu_ctx *c, const sched_op *op, const exec_step *st)
     matmul_segments(c, rows, st->n_rows, fbuf(c, op->out[0]), op->n, seg, n_seg, op->k);
 }
 
+typedef struct rope_job {
+    const sched *s;
+    const model_tensor *qn, *kn;
+    const float *cos_tab, *sin_tab;
+    float *qkv;
+    int64_t pos0;
+} rope_job;
+
+static void rope_row(void *ctx, int64_t r, int tid)
+{
+    const rope_job *j = ctx;
+    const cfg_topology *t = &j->s->topo;
+    int64_t hd = t->head_dim, nh = t->num_attention_heads, half = hd / 2, pos = j->pos0 + r;
+    float *row = j->qkv + r * j->s->qkv_dim;
+    (void)tid;
+    for (int64_t h = 0; h < nh + t->num_key_value_heads; h++) {
+        float *v = row + h * hd; /* q heads, then k heads */
+        const model_tensor *nw = h < nh ? j->qn : j->kn;
+        ops_rmsnorm(v, v, nw->data, ops_type(nw->dtype), hd, (float)t->rms_norm_eps);
+        ops_rope(v, j->cos_tab + pos * half, j->sin_tab + pos * half, hd);
+    }
+}
+
 static void run_qk_norm_rope(cpu_ctx *c, const sched_op *op, const exec_step *st)
 {
-    const sched *s = c->s;
-    const model_tensor *qn = backend_weight(c->w, SCHED_W_Q_NORM, op->layer, 0);
-    const model_tensor *kn = backend_weight(c->w, SCHED_W_K_NORM, op->layer, 0);
-    const float *cos_tab = fbuf(c, op->in[0]), *sin_tab = fbuf(c, op->in[1]);
-    float *qkv = fbuf(c, op->out[0]);
-    int64_t hd = s->topo.head_dim, nh = s->topo.num_attention_heads;
-    int64_t nkv = s->topo.num_key_value_heads, half = hd / 2;
-    float eps = (float)s->topo.rms_norm_eps;
-#pragma omp parallel for num_threads(c->threads) schedule(static) if (st->n_rows > 1)
-    for (int64_t r = 0; r < st->n_rows; r++) {
-        int64_t pos = st->pos0 + r;
-        float *row = qkv + r * s->qkv_dim;
-        for (int64_t h = 0; h < nh + nkv; h++) {
-            float *v = row + h * hd; /* q heads, then k heads */
-            const model_tensor *nw = h < nh ? qn : kn;
-            ops_rmsnorm(v, v, nw->data, ops_type(nw->dtype), hd, eps);
-            ops_rope(v, cos_tab + pos * half, sin_tab + pos * half, hd);
-        }
-    }
+    rope_job j = {c->s, backend_weight(c->w, SCHED_W_Q_NORM, op->layer, 0),
+                  backend_weight(c->w, SCHED_W_K_NORM, op->layer, 0), fbuf(c, op->in[0]),
+                  fbuf(c, op->in[1]), fbuf(c, op->out[0]), st->pos0};
+    par_for(c->threads, st->n_rows, false, rope_row, &j);
 }
 
 static void run_kv_store(cpu_ctx *c, const sched_op *op, const exec_step *st)
@@ -238,23 +290,31 @@ static void run_kv_store(cpu_ctx *c, const sched_op *op, const exec_step *st)
     }
 }
 
+typedef struct attn_job {
+    const cpu_ctx *c;
+    const float *qkv, *kc, *vc;
+    float *out, *scores;
+    int64_t pos0;
+} attn_job;
+
+static void attn_item(void *ctx, int64_t it, int tid)
+{
+    const attn_job *j = ctx;
+    const sched *s = j->c->s;
+    int64_t hd = s->topo.head_dim, nkv = s->topo.num_key_value_heads;
+    int64_t group = s->topo.num_attention_heads / nkv, r = it / nkv, kvh = it % nkv;
+    float *scores = j->scores + (size_t)tid * (size_t)(group * s->max_seq);
+    ops_attention_group(j->out + r * s->q_dim + kvh * group * hd, hd,
+                        j->qkv + r * s->qkv_dim + kvh * group * hd, hd, group, j->kc + kvh * hd,
+                        j->vc + kvh * hd, s->kv_dim, j->pos0 + r, hd, j->c->attn_scale, scores);
+}
+
+/* Items are (row, KV head): the query heads sharing a KV head read it once together. */
 static void run_attention(cpu_ctx *c, const sched_op *op, const exec_step *st)
 {
-    const sched *s = c->s;
-    const float *qkv = fbuf(c, op->in[0]), *kc = fbuf(c, op->in[1]), *vc = fbuf(c, op->in[2]);
-    float *out = fbuf(c, op->out[0]);
-    float *scores = fbuf(c, op->scratch[0]);
-    int64_t hd = s->topo.head_dim, nh = s->topo.num_attention_heads;
-    int64_t group = nh / s->topo.num_key_value_heads;
-    int64_t items = st->n_rows * nh;
-#pragma omp parallel for num_threads(c->threads) schedule(static)
-    for (int64_t it = 0; it < items; it++) {
-        int64_t r = it / nh, h = it % nh, g = h / group;
-        float *sc = scores + (size_t)omp_get_thread_num() * (size_t)s->max_seq;
-        ops_attention_head(out + r * s->q_dim + h * hd, qkv + r * s->qkv_dim + h * hd,
-                           kc + g * hd, vc + g * hd, s->kv_dim, st->pos0 + r, hd, c->attn_scale,
-                           sc);
-    }
+    attn_job j = {c, fbuf(c, op->in[0]), fbuf(c, op->in[1]), fbuf(c, op->in[2]),
+                  fbuf(c, op->out[0]), fbuf(c, op->scratch[0]), st->pos0};
+    par_for(c->threads, st->n_rows * c->s->topo.num_key_value_heads, false, attn_item, &j);
 }
 
 static void run_add(cpu_ctx *c, const sched_op *op, const exec_step *st)
@@ -275,25 +335,70 @@ static void run_route(cpu_ctx *c, const sched_op *op, const exec_step *st)
 
 /* Routed experts.  Assignments (token t, slot j) are grouped by expert so each expert is
  * one matrix product over its tokens; the combine then walks each token's slots in top-k
- * order.  Work items are (expert, output block): any thread may take any item. */
+ * order.  Work items are (active expert, output block): any thread may take any item. */
+typedef struct moe_job {
+    cpu_ctx *c;
+    const model_layer *L;
+    const int32_t *offs, *active, *inv;
+    const float *const *xrows, *const *hrows;
+    const float *tw;
+    float *gate, *up, *down, *out;
+    const float **slot_base;
+    int64_t K, H, I, iblocks, hblocks;
+} moe_job;
+
+static void moe_gate_up(void *ctx, int64_t item, int tid)
+{
+    const moe_job *j = ctx;
+    int64_t e = j->active[item / j->iblocks], n0 = (item % j->iblocks) * BLOCK, I = j->I;
+    int64_t n1 = n0 + BLOCK < I ? n0 + BLOCK : I, o = j->offs[e], m = j->offs[e + 1] - o;
+    float *panel = thread_panel(j->c, tid);
+    const model_tensor *g = &j->L->gate[e], *u = &j->L->up[e];
+    ops_matmul(j->gate + o * I, I, j->xrows + o, m, g->data, ops_type(g->dtype), j->H, n0, n1, panel);
+    ops_matmul(j->up + o * I, I, j->xrows + o, m, u->data, ops_type(u->dtype), j->H, n0, n1, panel);
+    for (int64_t r = o; r < o + m; r++)
+        ops_swiglu(j->gate + r * I + n0, j->gate + r * I + n0, j->up + r * I + n0, n1 - n0);
+}
+
+static void moe_down(void *ctx, int64_t item, int tid)
+{
+    const moe_job *j = ctx;
+    int64_t e = j->active[item / j->hblocks], n0 = (item % j->hblocks) * BLOCK, H = j->H;
+    int64_t n1 = n0 + BLOCK < H ? n0 + BLOCK : H, o = j->offs[e], m = j->offs[e + 1] - o;
+    const model_tensor *d = &j->L->down[e];
+    ops_matmul(j->down + o * H, H, j->hrows + o, m, d->data, ops_type(d->dtype), j->I, n0, n1,
+               thread_panel(j->c, tid));
+}
+
+static void moe_combine(void *ctx, int64_t t, int tid)
+{
+    const moe_job *j = ctx;
+    const float **slots = j->slot_base + (size_t)tid * (size_t)j->K;
+    for (int64_t k = 0; k < j->K; k++)
+        slots[k] = j->down + (int64_t)j->inv[t * j->K + k] * j->H;
+    ops_weighted_sum(j->out + t * j->H, slots, j->tw + t * j->K, j->K, j->H);
+}
+
 static void run_moe(cpu_ctx *c, const sched_op *op, const exec_step *st)
 {
     const sched *s = c->s;
     int64_t E = s->topo.num_experts, K = s->topo.num_experts_per_tok;
     int64_t H = s->topo.hidden_size, I = s->topo.moe_intermediate_size, R = st->n_rows;
-    const float *xn = fbuf(c, op->in[0]), *tw = fbuf(c, op->in[1]);
+    const float *xn = fbuf(c, op->in[0]);
     const int32_t *ids = (const int32_t *)c->ptr[op->in[2]];
-    float *out = fbuf(c, op->out[0]);
+    /* index scratch: offsets [E+1], cursors [E], active experts [E], order [R*K], inverse [R*K] */
     int32_t *offs = (int32_t *)c->ptr[op->scratch[0]];
-    int32_t *cursor = offs + E + 1, *order = cursor + E, *inv = order + s->max_rows * K;
-    float *gate = fbuf(c, op->scratch[1]), *up = fbuf(c, op->scratch[2]);
-    float *down = fbuf(c, op->scratch[3]);
-    const model_layer *L = &c->w->layers[op->layer];
+    int32_t *cursor = offs + E + 1, *active = cursor + E, *order = active + E;
+    int32_t *inv = order + s->max_rows * K;
+    float *gate = fbuf(c, op->scratch[1]);
 
     memset(offs, 0, (size_t)(E + 1) * sizeof *offs);
     for (int64_t a = 0; a < R * K; a++)
         offs[ids[a] + 1]++;
+    int64_t n_active = 0;
     for (int64_t e = 0; e < E; e++) {
+        if (offs[e + 1])
+            active[n_active++] = (int32_t)e;
         offs[e + 1] += offs[e];
         cursor[e] = offs[e];
     }
@@ -308,65 +413,47 @@ static void run_moe(cpu_ctx *c, const sched_op *op, const exec_step *st)
         xrows[p] = xn + (order[p] / K) * H;
         hrows[p] = gate + p * I;
     }
+    moe_job j = {c, &c->w->layers[op->layer], offs, active, inv, xrows, hrows,
+                 fbuf(c, op->in[1]), gate, fbuf(c, op->scratch[2]), fbuf(c, op->scratch[3]),
+                 fbuf(c, op->out[0]), hrows + s->max_rows * K, K, H, I,
+                 (I + BLOCK - 1) / BLOCK, (H + BLOCK - 1) / BLOCK};
+    /* Prefill: experts carry unequal loads, so items are handed out dynamically; a decode
+     * step's items are equal and a static split keeps each thread's weights contiguous. */
+    par_for(c->threads, n_active * j.iblocks, R > 1, moe_gate_up, &j);
+    par_for(c->threads, n_active * j.hblocks, R > 1, moe_down, &j);
+    par_for(c->threads, R, false, moe_combine, &j);
+}
 
-    int64_t iblocks = (I + BLOCK - 1) / BLOCK, hblocks = (H + BLOCK - 1) / BLOCK;
-#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 1)
-    for (int64_t item = 0; item < E * iblocks; item++) {
-        int64_t e = item / iblocks, n0 = (item % iblocks) * BLOCK;
-        int64_t n1 = n0 + BLOCK < I ? n0 + BLOCK : I, m = offs[e + 1] - offs[e];
-        if (m == 0)
-            continue;
-        float *panel = thread_panel(c, omp_get_thread_num());
-        const model_tensor *g = &L->gate[e], *u = &L->up[e];
-        ops_matmul(gate + offs[e] * I, I, xrows + offs[e], m, g->data, ops_type(g->dtype), H, n0,
-                   n1, panel);
-        ops_matmul(up + offs[e] * I, I, xrows + offs[e], m, u->data, ops_type(u->dtype), H, n0,
-                   n1, panel);
-        for (int64_t r = offs[e]; r < offs[e + 1]; r++)
-            ops_swiglu(gate + r * I + n0, gate + r * I + n0, up + r * I + n0, n1 - n0);
-    }
-#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 1)
-    for (int64_t item = 0; item < E * hblocks; item++) {
-        int64_t e = item / hblocks, n0 = (item % hblocks) * BLOCK;
-        int64_t n1 = n0 + BLOCK < H ? n0 + BLOCK : H, m = offs[e + 1] - offs[e];
-        if (m == 0)
-            continue;
-        const model_tensor *d = &L->down[e];
-        ops_matmul(down + offs[e] * H, H, hrows + offs[e], m, d->data, ops_type(d->dtype), I, n0,
-                   n1, thread_panel(c, omp_get_thread_num()));
-    }
-    const float **slot_base = hrows + s->max_rows * K;
-#pragma omp parallel for num_threads(c->threads) schedule(static) if (R > 1)
-    for (int64_t t = 0; t < R; t++) {
-        const float **slots = slot_base + (size_t)omp_get_thread_num() * (size_t)K;
-        for (int64_t j = 0; j < K; j++)
-            slots[j] = down + (int64_t)inv[t * K + j] * H;
-        ops_weighted_sum(out + t * H, slots, tw + t * K, K, H);
-    }
+typedef struct mlp_job {
+    cpu_ctx *c;
+    const model_tensor *g, *u;
+    const float *const *xrows;
+    float *gate, *up;
+    int64_t R, H, I;
+} mlp_job;
+
+static void mlp_gate_up(void *ctx, int64_t blk, int tid)
+{
+    const mlp_job *j = ctx;
+    int64_t n0 = blk * BLOCK, n1 = n0 + BLOCK < j->I ? n0 + BLOCK : j->I, I = j->I;
+    float *panel = thread_panel(j->c, tid);
+    ops_matmul(j->gate, I, j->xrows, j->R, j->g->data, ops_type(j->g->dtype), j->H, n0, n1, panel);
+    ops_matmul(j->up, I, j->xrows, j->R, j->u->data, ops_type(j->u->dtype), j->H, n0, n1, panel);
+    for (int64_t r = 0; r < j->R; r++)
+        ops_swiglu(j->gate + r * I + n0, j->gate + r * I + n0, j->up + r * I + n0, n1 - n0);
 }
 
 static void run_mlp(cpu_ctx *c, const sched_op *op, const exec_step *st)
 {
     const sched *s = c->s;
     int64_t H = s->topo.hidden_size, I = s->topo.intermediate_size, R = st->n_rows;
-    const model_tensor *g = backend_weight(c->w, SCHED_W_MLP, op->layer, 0);
-    const model_tensor *u = backend_weight(c->w, SCHED_W_MLP, op->layer, 1);
-    const model_tensor *d = backend_weight(c->w, SCHED_W_MLP, op->layer, 2);
-    float *gate = fbuf(c, op->scratch[0]), *up = fbuf(c, op->scratch[1]);
-    const float **xrows = row_pointers(c, fbuf(c, op->in[0]), R, H, 0);
-    const float **hrows = row_pointers(c, gate, R, I, 1);
-    int64_t iblocks = (I + BLOCK - 1) / BLOCK;
-#pragma omp parallel for num_threads(c->threads) schedule(static)
-    for (int64_t blk = 0; blk < iblocks; blk++) {
-        int64_t n0 = blk * BLOCK, n1 = n0 + BLOCK < I ? n0 + BLOCK : I;
-        float *panel = thread_panel(c, omp_get_thread_num());
-        ops_matmul(gate, I, xrows, R, g->data, ops_type(g->dtype), H, n0, n1, panel);
-        ops_matmul(up, I, xrows, R, u->data, ops_type(u->dtype), H, n0, n1, panel);
-        for (int64_t r = 0; r < R; r++)
-            ops_swiglu(gate + r * I + n0, gate + r * I + n0, up + r * I + n0, n1 - n0);
-    }
-    const model_tensor *segs[1] = {d};
-    matmul_segments(c, hrows, R, fbuf(c, op->out[0]), H, segs, 1, I);
+    float *gate = fbuf(c, op->scratch[0]);
+    mlp_job j = {c, backend_weight(c->w, SCHED_W_MLP, op->layer, 0),
+                 backend_weight(c->w, SCHED_W_MLP, op->layer, 1),
+                 row_pointers(c, fbuf(c, op->in[0]), R, H, 0), gate, fbuf(c, op->scratch[1]), R, H, I};
+    par_for(c->threads, (I + BLOCK - 1) / BLOCK, false, mlp_gate_up, &j);
+    const model_tensor *segs[1] = {backend_weight(c->w, SCHED_W_MLP, op->layer, 2)};
+    matmul_segments(c, row_pointers(c, gate, R, I, 1), R, fbuf(c, op->out[0]), H, segs, 1, I);
 }
 
 static void run_logits(cpu_ctx *c, const sched_op *op, const exec_step *st)

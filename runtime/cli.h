@@ -24,5 +24,8 @@ int cli_synth(int argc, char **argv, moert_err *err);
 int cli_validate(int argc, char **argv, moert_err *err);
 int cli_replay(int argc, char **argv, moert_err *err);
 int cli_diff(int argc, char **argv, moert_err *err);
+/* runtime/cli_tok.c */
+int cli_tokenize(int argc, char **argv, moert_err *err);
+int cli_detokenize(int argc, char **argv, moert_err *err);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -15,7 +16,8 @@
 
 static const char bench_usage[] =
     "usage: moert bench CONFIG|MODEL_DIR [--json] [--prompt-tokens N] [--gen N]\n"
-    "                   [--trace-overhead] [--threads N] [--backend cpu|hip] [--weights PATH]\n"
+    "                   [--trace-overhead] [--profile] [--threads N] [--backend cpu|hip]\n"
+    "                   [--weights PATH]\n"
     "  prefill tok/s for an N-token prompt (default 512), decode tok/s over --gen tokens\n"
     "  (default 128, greedy), weight bytes read per decoded token, the memory-bandwidth\n"
     "  roofline (CPU: multi-threaded read of 1 GiB, best of 5; GPU: device copy) and peak\n"
@@ -28,13 +30,15 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Best-of-5 read bandwidth of `threads` threads each streaming its share of 1 GiB. */
+/* Best-of-5 read bandwidth of `threads` threads each streaming its share of 1 GiB, from
+ * memory mapped like the weights (anonymous, transparent huge pages requested). */
 static double cpu_read_bandwidth_gbs(int threads)
 {
     size_t bytes = (size_t)1 << 30;
-    uint8_t *buf = aligned_alloc(4096, bytes);
-    if (!buf)
+    uint8_t *buf = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (buf == MAP_FAILED)
         return 0;
+    madvise(buf, bytes, MADV_HUGEPAGE);
     memset(buf, 1, bytes);
     double best = 0;
     volatile uint64_t sink = 0;
@@ -53,7 +57,7 @@ static double cpu_read_bandwidth_gbs(int threads)
             best = (double)bytes / dt / 1e9;
     }
     (void)sink;
-    free(buf);
+    munmap(buf, bytes);
     return best;
 }
 
@@ -95,7 +99,7 @@ static void touch_weights(const st_set *set)
 }
 
 static int one_run(const cfg_config *cfg, const int32_t *prompt, int64_t n_prompt, int64_t n_gen,
-                   int32_t *gen, sess *s, bench_run *r, moert_err *err)
+                   int32_t *gen, sess *s, bench_run *r, bool profile, moert_err *err)
 {
     int st = sess_open(s, cfg, 0, err);
     if (st)
@@ -108,6 +112,7 @@ static int one_run(const cfg_config *cfg, const int32_t *prompt, int64_t n_promp
     if ((st = sess_generate(s, prompt, warm, 4, gen, &n_out, NULL, NULL, err)))
         goto out;
     sess_reset(s);
+    s->profile = profile;
     if ((st = sess_generate(s, prompt, n_prompt, n_gen, gen, &n_out, NULL, NULL, err)))
         goto out;
     r->prefill_s = s->stats.prefill_seconds;
@@ -126,7 +131,7 @@ int cli_bench(int argc, char **argv, moert_err *err)
 {
     cli_overrides ov = {0};
     const char *path = NULL;
-    bool json = false, trace_overhead = false;
+    bool json = false, trace_overhead = false, profile = false;
     int64_t n_prompt = 512, n_gen = 128;
     for (int i = 1; i < argc;) {
         int t = cli_take_override(argc, argv, &i, &ov, err);
@@ -140,6 +145,8 @@ int cli_bench(int argc, char **argv, moert_err *err)
             return MOERT_OK;
         } else if (!strcmp(a, "--json")) {
             json = true;
+        } else if (!strcmp(a, "--profile")) {
+            profile = true;
         } else if (!strcmp(a, "--trace-overhead")) {
             trace_overhead = true;
         } else if (!strcmp(a, "--prompt-tokens") || !strcmp(a, "--gen")) {
@@ -185,8 +192,24 @@ int cli_bench(int argc, char **argv, moert_err *err)
         prompt[i] = (int32_t)((z ^ (z >> 31)) % (uint64_t)cfg->topo.vocab_size);
     }
     bench_run plain = {0}, traced = {0};
-    if ((st = one_run(cfg, prompt, n_prompt, n_gen, gen, s, &plain, err)))
+    if ((st = one_run(cfg, prompt, n_prompt, n_gen, gen, s, &plain, profile, err)))
         goto done;
+    if (profile) {
+        for (int phase = 0; phase < 2; phase++) {
+            double total = 0;
+            for (int k = 0; k < SCHED_KIND_COUNT; k++)
+                total += s->prof.seconds[phase][k];
+            double per = phase ? (double)(plain.decode_steps ? plain.decode_steps : 1) : 1.0;
+            fprintf(stderr, "%s profile (host clock per op, %s):\n", phase ? "decode" : "prefill",
+                    phase ? "ms per step" : "ms in total");
+            for (int k = 0; k < SCHED_KIND_COUNT; k++)
+                if (s->prof.calls[phase][k])
+                    fprintf(stderr, "  %-13s %9.3f ms  %5.1f%%  (%lld calls)\n",
+                            sched_kind_name((sched_kind)k), 1e3 * s->prof.seconds[phase][k] / per,
+                            100 * s->prof.seconds[phase][k] / (total > 0 ? total : 1),
+                            (long long)s->prof.calls[phase][k]);
+        }
+    }
     uint64_t active = model_active_bytes_per_token(&s->weights);
     uint64_t weight_bytes = s->weights.total_bytes;
     int32_t threads = s->threads;
@@ -200,7 +223,7 @@ int cli_bench(int argc, char **argv, moert_err *err)
     } else {
         cpu_model_name(device, sizeof device);
         bw = cpu_read_bandwidth_gbs(threads);
-        bw_method = "read of 1 GiB by all threads, best of 5";
+        bw_method = "read of 1 GiB (huge pages, like the weights) by all threads, best of 5";
     }
     const char *backend_name = s->be.vt->name;
     sess_close(s);
@@ -211,7 +234,7 @@ int cli_bench(int argc, char **argv, moert_err *err)
         cfg->trace.stages = (1u << CFG_STAGE_COUNT) - 1;
         cfg->trace.all_layers = true;
         cfg->trace.capacity = n_gen + 1;
-        if ((st = one_run(cfg, prompt, n_prompt, n_gen, gen, s, &traced, err)))
+        if ((st = one_run(cfg, prompt, n_prompt, n_gen, gen, s, &traced, false, err)))
             goto done;
         sess_close(s);
     }

@@ -9,6 +9,11 @@ static const cli_command commands[] = {
     {"plan", cli_plan, "print the resolved topology, static schedule and arena plan"},
     {"bench", cli_bench, "prefill / decode speed against the memory roofline"},
     {"synth", cli_synth, "write a seeded random checkpoint for a topology"},
+    {"validate", cli_validate, "check a trace against a contract (exit 0 pass, 1 violations)"},
+    {"replay", cli_replay, "re-run a recorded trace and prove it bit-exact, or name the divergence"},
+    {"diff", cli_diff, "per-stage comparison of two traces or a trace and a HF reference"},
+    {"tokenize", cli_tokenize, "text on stdin -> token ids (JSON array)"},
+    {"detokenize", cli_detokenize, "token ids on stdin -> text"},
     {NULL, NULL, NULL},
 };
 

@@ -50,16 +50,35 @@ typedef struct model_weights {
     const st_set *set;           /* borrowed */
 } model_weights;
 
-/* Binds and checks; on error *out is left empty (safe to model_unbind). */
+/* One tensor a topology expects, by its hub name. */
+typedef struct model_spec {
+    char name[96];
+    int ndim;            /* 1 (vectors) or 2 (matrices) */
+    int64_t shape[2];
+} model_spec;
+
+/* Lists every tensor `topo` expects (lm_head.weight only when untied), sorted by name with
+ * strcmp (st_set order).  *out is malloc'd; the caller frees it.  Fails with MOERT_ECONFIG
+ * when the topology's sizes are unusable (non-positive, top-k > experts, ...). */
+int model_expected_tensors(const cfg_topology *topo, model_spec **out, size_t *n, moert_err *err);
+
+/* Binds and checks; on error *out is left empty (safe to model_unbind).
+ * Every tensor must be F32, BF16 or F16 (dtypes may differ between tensors).  With
+ * tie_word_embeddings, lm_head.weight is normally absent; if present it is accepted only
+ * when it equals model.embed_tokens.weight byte for byte (some exporters write both
+ * copies), and lm_head then aliases embed either way. */
 int model_bind(const cfg_topology *topo, const st_set *set, model_weights *out, moert_err *err);
 void model_unbind(model_weights *w);
 
 /* XXH3-64 over the bytes of every bound tensor in st_set name order, with each tensor's
- * name, dtype and shape mixed in: identifies the weights a trace was recorded with. */
+ * name, dtype and shape mixed in: identifies the weights a trace was recorded with.  A
+ * redundant tied lm_head.weight is not part of it, so both forms of a tied checkpoint
+ * agree.  0 for an unbound model_weights. */
 uint64_t model_fingerprint(const model_weights *w);
 
 /* Bytes of weights one decode token reads (attention, router, the top-k experts' FFNs or
- * the dense MLP, norms, one embedding row, the LM head): the roofline numerator. */
+ * the dense MLP, norms, one embedding row, the LM head): the roofline numerator.  A sparse
+ * layer counts k times the mean bytes of one expert's gate+up+down. */
 uint64_t model_active_bytes_per_token(const model_weights *w);
 
 #endif

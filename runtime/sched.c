@@ -181,7 +181,9 @@ static void build_layer(builder *b, int32_t l)
     op->out[1] = s->known.v_cache[l];
 
     int32_t attn = layer_buf(b, l, "attn", SCHED_F32, R, s->q_dim);
-    int32_t scores = layer_buf(b, l, "scores", SCHED_F32, s->threads, s->max_seq);
+    /* per thread: the scores of one KV head's group of query heads */
+    int64_t group = t->num_attention_heads / t->num_key_value_heads;
+    int32_t scores = layer_buf(b, l, "scores", SCHED_F32, s->threads, group * s->max_seq);
     if (!(op = add_op(b, SCHED_ATTENTION, l)))
         return;
     op->in[0] = qkv;
@@ -247,8 +249,8 @@ static void build_layer(builder *b, int32_t l)
 
         /* Expert activations are stored grouped by expert (rows of one expert contiguous)
          * so each expert is one matrix product over its tokens. */
-        /* offsets [E+1], cursors [E], sorted order [R*K], inverse [R*K] */
-        int32_t index = layer_buf(b, l, "moe_index", SCHED_I32, 1, (2 * E + 1) + 2 * R * K);
+        /* offsets [E+1], cursors [E], active experts [E], sorted order [R*K], inverse [R*K] */
+        int32_t index = layer_buf(b, l, "moe_index", SCHED_I32, 1, (3 * E + 1) + 2 * R * K);
         int32_t h = layer_buf(b, l, "moe_gate", SCHED_F32, R * K, I);
         int32_t up = layer_buf(b, l, "moe_up", SCHED_F32, R * K, I);
         int32_t y = layer_buf(b, l, "moe_down", SCHED_F32, R * K, H);

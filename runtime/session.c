@@ -250,9 +250,16 @@ static int run_step(sess *s, const int32_t *ids, int64_t n, bool decode, bool ho
     bool done = false;
     if ((rc = be->vt->begin_step(be, &st, &done, err)))
         return rc;
-    for (int32_t i = 0; !done && i < sc->n_ops; i++)
+    bool prof = s->profile;
+    for (int32_t i = 0; !done && i < sc->n_ops; i++) {
+        double t0 = prof ? now_seconds() : 0;
         if ((rc = be->vt->run(be, &sc->ops[i], &st, err)))
             return rc;
+        if (prof) {
+            s->prof.seconds[decode][sc->ops[i].kind] += now_seconds() - t0;
+            s->prof.calls[decode][sc->ops[i].kind]++;
+        }
+    }
     if ((rc = be->vt->end_step(be, &st, err)))
         return rc;
     uint64_t lbytes = (uint64_t)sc->topo.vocab_size * sizeof(float);

@@ -31,6 +31,13 @@ typedef struct sess_stats {
     double init_seconds;
 } sess_stats;
 
+/* Per-op-kind wall time, collected when sess.profile is set (host clock around each op;
+ * a GPU backend's ops are asynchronous, so there it measures launch cost only). */
+typedef struct sess_profile {
+    double seconds[2][SCHED_KIND_COUNT]; /* [0] prefill steps, [1] decode steps */
+    int64_t calls[2][SCHED_KIND_COUNT];
+} sess_profile;
+
 typedef struct sess {
     cfg_config cfg;
     st_set *weights_set;
@@ -47,6 +54,8 @@ typedef struct sess {
     int64_t gen_step;         /* 0 during the prompt, then 1, 2, ... */
     sess_rng rng;
     sess_stats stats;
+    bool profile;             /* collect prof */
+    sess_profile prof;
 } sess;
 
 enum {

@@ -47,7 +47,8 @@ typedef struct st_set st_set;    /* opaque: mappings, tensors sorted by name, me
 int st_open(const char *path, st_set **out, moert_err *err);
 
 /* Wraps a safetensors image already in memory (e.g. synthesized weights).  The set takes
- * ownership of `image` and releases it with munmap(image, len) in st_close. */
+ * ownership of `image` and releases it with munmap(image, len) in st_close; on error it is
+ * released before returning, so ownership passes in every case. */
 int st_open_image(void *image, size_t len, const char *label, st_set **out, moert_err *err);
 
 void st_close(st_set *set);
@@ -81,7 +82,9 @@ int st_writer_open(const char *path, const st_write_spec *specs, size_t n_specs,
                    st_writer **out, moert_err *err);
 
 /* Appends bytes of the tensors in spec order; calls may split or join tensors freely, the
- * total must equal the sum of the specs' sizes by st_writer_finish. */
+ * total must equal the sum of the specs' sizes by st_writer_finish.  Writing past that
+ * total is refused.  After an error, end with st_writer_abort (or st_writer_finish, which
+ * then fails and cleans up). */
 int st_writer_write(st_writer *w, const void *data, size_t len, moert_err *err);
 
 /* Checks the byte count, fsyncs, renames into place.  Frees w in every case. */
@@ -89,5 +92,18 @@ int st_writer_finish(st_writer *w, moert_err *err);
 
 /* Removes the temp file and frees w (on any error path). */
 void st_writer_abort(st_writer *w);
+
+/* The bytes st_writer_open puts before the data: the 8-byte little-endian length and the
+ * compact JSON header (metadata first, then tensors in spec order with offsets assigned in
+ * that order), padded with spaces to a multiple of 8 so the data section is 8-aligned.
+ * *header is malloc'd (caller frees); *data_len is the data section's size.  Used to build
+ * images in memory that are byte-identical to written files. */
+int st_header_encode(const st_write_spec *specs, size_t n_specs, const char *const *meta_keys,
+                     const char *const *meta_values, size_t n_meta, void **header,
+                     size_t *header_len, uint64_t *data_len, moert_err *err);
+
+/* Writes `len` bytes to `path` atomically: path.tmp.PID, fsync, rename, fsync of the
+ * directory; on error the temp file is removed and `path` is untouched. */
+int st_write_file_atomic(const char *path, const void *data, size_t len, moert_err *err);
 
 #endif

@@ -19,7 +19,15 @@
 
 /* Writes a HF-layout checkpoint into `out_dir` (created if missing): config.json (hub
  * spelling), model-0000K-of-0000N.safetensors shards of at most `shard_bytes` each (0 = 2
- * GiB), and model.safetensors.index.json.  Every file is written atomically. */
+ * GiB), and model.safetensors.index.json.  Every file is written atomically; config.json
+ * comes last, so a directory with one is complete.
+ *
+ * dtype must be ST_F32, ST_BF16 or ST_F16 (others: MOERT_EUSAGE).  Tensors are the ones
+ * model_expected_tensors lists, in its (name) order; a shard is closed before it would
+ * exceed shard_bytes of tensor data (a tensor larger than that gets a shard of its own).
+ * Each file carries __metadata__ {"format": "pt", "moert_synth": "seed=S dtype=D"}.
+ * Generation runs in parallel (OpenMP) in bounded chunks; its bytes never depend on the
+ * thread count. */
 int synth_write_dir(const cfg_topology *topo, uint64_t seed, st_dtype dtype,
                     uint64_t shard_bytes, const char *out_dir, moert_err *err);
 
@@ -27,5 +35,10 @@ int synth_write_dir(const cfg_topology *topo, uint64_t seed, st_dtype dtype,
  * st_set (the set owns the memory). */
 int synth_open_image(const cfg_topology *topo, uint64_t seed, st_dtype dtype, st_set **out,
                      moert_err *err);
+
+/* Round-to-nearest-even float conversions used for the weights (portable bit
+ * arithmetic, no F16C needed).  Overflow rounds to Inf; NaN stays a (quiet) NaN. */
+uint16_t synth_f32_to_bf16(float f);
+uint16_t synth_f32_to_f16(float f);
 
 #endif

@@ -26,6 +26,16 @@ int main(int argc, char **argv)
     if (CU_initialize_registry() != CUE_SUCCESS)
         return 2;
     size_t n = sizeof all_suites / sizeof all_suites[0];
+    for (int a = 1; a < argc; a++) {
+        size_t i = 0;
+        while (i < n && strcmp(argv[a], all_suites[i].name) != 0)
+            i++;
+        if (i == n) {
+            fprintf(stderr, "test_runner: no suite named '%s'\n", argv[a]);
+            CU_cleanup_registry();
+            return 2;
+        }
+    }
     for (size_t i = 0; i < n; i++) {
         int wanted = argc < 2;
         for (int a = 1; a < argc; a++)
@@ -40,6 +50,6 @@ int main(int argc, char **argv)
     unsigned tests = CU_get_number_of_tests_run();
     CU_cleanup_registry();
     test_print_skips();
-    printf("\n%u tests run, %s\n", tests, failed ? "FAILURES" : "all passed");
-    return failed ? 1 : 0;
+    printf("\n%u tests run, %s\n", tests, failed ? "FAILURES" : tests ? "all passed" : "NO TESTS");
+    return failed || !tests ? 1 : 0;
 }

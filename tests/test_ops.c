@@ -73,14 +73,24 @@ static void test_dot_hand(void)
     for (int i = 0; i < 10; i++)
         a[i] = (float)(i + 1);
     CU_ASSERT_EQUAL(ops_dot(a, a, OPS_F32, 10), 385.0f);
-    /* The canonical order is visible with values that cancel: lanes hold
-     * lane0 = 1e8 + (-1e8) = 0 ... computed per lane before the combine. */
-    float x[16] = {1e8f, 1, 0, 0, 0, 0, 0, 0, -1e8f, 1, 0, 0, 0, 0, 0, 0};
-    float ones[16];
-    for (int i = 0; i < 16; i++)
+    /* The canonical order is visible with values that cancel.  k = 0 and k = 32 land in
+     * the same accumulator (chain 0, lane 0): 1e8 - 1e8 = 0 there, and the 1 at k = 1
+     * (chain 0, lane 1) survives: result 1.  A left-to-right float sum gives 0
+     * (1e8 + 1 rounds to 1e8). */
+    float x[40] = {0}, ones[40];
+    x[0] = 1e8f;
+    x[1] = 1.0f;
+    x[32] = -1e8f;
+    for (int i = 0; i < 40; i++)
         ones[i] = 1.0f;
-    /* lane0 = 1e8 - 1e8 = 0, lane1 = 1 + 1 = 2: result 2 (a left-to-right sum gives 1) */
-    CU_ASSERT_EQUAL(ops_dot(x, ones, OPS_F32, 16), 2.0f);
+    CU_ASSERT_EQUAL(ops_dot(x, ones, OPS_F32, 40), 1.0f);
+    ops_use_simd(false);
+    CU_ASSERT_EQUAL(ops_dot(x, ones, OPS_F32, 40), 1.0f);
+    ops_use_simd(true);
+    /* k = 8 is chain 1: (c0 + c1) meets 1e8 and -1e8 in one add -> 0, plus lane 1's 1 */
+    x[32] = 0.0f;
+    x[8] = -1e8f;
+    CU_ASSERT_EQUAL(ops_dot(x, ones, OPS_F32, 40), 1.0f);
 }
 
 static void test_simd_equals_scalar(void)
@@ -89,7 +99,7 @@ static void test_simd_equals_scalar(void)
         ops_use_simd(false);
         return;
     }
-    enum { K = 203, N = 37, M = 9 };
+    enum { K = 203, N = 37, M = 9 }; /* K: 6 full steps of 32 and a tail of 11 */
     float *x = malloc(sizeof(float) * M * K), *wf = malloc(sizeof(float) * N * K);
     uint16_t *wb = malloc(sizeof(uint16_t) * N * K);
     fill(x, M * K);
@@ -122,8 +132,8 @@ static void test_simd_equals_scalar(void)
             }
         CU_ASSERT(worst < 1e-4);
     }
-    /* attention and weighted sum */
-    enum { HD = 40, POS = 13 };
+    /* attention (hd 64: the paired-key path; hd 40: the padded path) and weighted sum */
+    enum { HD = 64, POS = 13 };
     float q[HD], kc[(POS + 1) * HD], vc[(POS + 1) * HD], s1[POS + 1], s2[POS + 1], a1[HD], a2[HD];
     fill(q, HD);
     fill(kc, (POS + 1) * HD);
@@ -133,6 +143,11 @@ static void test_simd_equals_scalar(void)
     ops_use_simd(true);
     ops_attention_head(a2, q, kc, vc, HD, POS, HD, 0.3f, s2);
     CU_ASSERT(same_bits(a1, a2, HD));
+    ops_use_simd(false);
+    ops_attention_head(a1, q, kc, vc, HD, POS, 40, 0.3f, s1);
+    ops_use_simd(true);
+    ops_attention_head(a2, q, kc, vc, HD, POS, 40, 0.3f, s2);
+    CU_ASSERT(same_bits(a1, a2, 40));
     const float *vr[4] = {vc, vc + HD, vc + 2 * HD, vc + 3 * HD};
     float wts[4] = {0.4f, 0.3f, 0.2f, 0.1f};
     ops_use_simd(false);

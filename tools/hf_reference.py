@@ -164,8 +164,18 @@ def greedy(model, ids, n):
 
 
 def load(dirname):
-    model, info = AutoModelForCausalLM.from_pretrained(dirname, dtype=torch.float64,
-                                                       output_loading_info=True)
+    # The grouped-mm experts kernel has no float64 path: ask for the eager per-expert loop.
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(dirname, dtype=torch.float64,
+                                                           output_loading_info=True,
+                                                           experts_implementation="eager")
+    except (TypeError, ValueError):
+        model, info = AutoModelForCausalLM.from_pretrained(dirname, dtype=torch.float64,
+                                                           output_loading_info=True)
+    for mod in model.modules():
+        cfg = getattr(mod, "config", None)
+        if cfg is not None and hasattr(cfg, "_experts_implementation"):
+            cfg._experts_implementation = "eager"
     bad = {k: v for k, v in info.items() if v and k != "error_msgs"} if isinstance(info, dict) else {}
     if bad or (isinstance(info, dict) and info.get("error_msgs")):
         sys.exit(f"{dirname}: HF loading reported {info}")

@@ -1,0 +1,955 @@
+/* moert validate | replay | diff: the trace tools.
+ *
+ * validate: a trace against a contract: every stage's shape and dtype, and the value rules,
+ *           record by record.  Exit 0 pass, 1 violations, 2 unusable input.
+ * replay:   re-runs a recorded run from its manifest (same weights, by fingerprint) and
+ *           compares every record; prints `bit-exact` or names the first divergent
+ *           (step, layer, stage).  Exit 0 / 1 / 2.
+ * diff:     per-stage comparison of two traces, or of a trace and a HF reference file.
+ */
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "cli_common.h"
+#include "contract.h"
+#include "session.h"
+#include "trace_file.h"
+
+extern const char ctr_default_yaml[];
+
+/* ---- shared: row comparison ---------------------------------------------------------- */
+
+typedef struct cmp_acc {
+    double dot, aa, bb, dd, max_abs;
+    int64_t n, nonfinite;
+} cmp_acc;
+
+static void cmp_add(cmp_acc *c, const float *a, const float *b, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double x = a[i], y = b[i];
+        if (!isfinite(x) || !isfinite(y)) {
+            c->nonfinite++;
+            continue;
+        }
+        c->dot += x * y;
+        c->aa += x * x;
+        c->bb += y * y;
+        c->dd += (x - y) * (x - y);
+        double d = fabs(x - y);
+        c->max_abs = d > c->max_abs ? d : c->max_abs;
+    }
+    c->n += n;
+}
+
+static double cmp_cos(const cmp_acc *c)
+{
+    if (c->aa == 0 && c->bb == 0)
+        return 1.0;
+    return c->aa > 0 && c->bb > 0 ? c->dot / sqrt(c->aa * c->bb) : 0.0;
+}
+
+static double cmp_rel(const cmp_acc *c)
+{
+    return c->bb > 0 ? sqrt(c->dd / c->bb) : (c->dd > 0 ? INFINITY : 0.0);
+}
+
+static int write_file_atomic(const char *path, const char *text, moert_err *err)
+{
+    char tmp[CFG_PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return err_set(err, MOERT_EIO, "%s: cannot write", path);
+    int ok = fputs(text, f) >= 0;
+    ok = (fflush(f) == 0) && ok;
+    ok = (fsync(fileno(f)) == 0) && ok;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return err_set(err, MOERT_EIO, "%s: cannot write", path);
+    }
+    return MOERT_OK;
+}
+
+/* ---- validate ---------------------------------------------------------------------- */
+
+typedef struct vlist {
+    json_t *violations; /* [{stage, record, step, position, rule, detail}] */
+    json_t *skipped;    /* [{stage, rule, why}] */
+    int64_t checks;
+} vlist;
+
+static void violation(vlist *v, const char *label, int64_t rec, const int64_t *meta,
+                      const char *rule, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void violation(vlist *v, const char *label, int64_t rec, const int64_t *meta,
+                      const char *rule, const char *fmt, ...)
+{
+    char detail[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    json_t *o = json_object();
+    json_object_set_new(o, "stage", json_string(label));
+    json_object_set_new(o, "record", json_integer(rec));
+    if (meta && rec >= 0) {
+        json_object_set_new(o, "step", json_integer(meta[rec * 3]));
+        json_object_set_new(o, "position", json_integer(meta[rec * 3 + 1]));
+    }
+    json_object_set_new(o, "rule", json_string(rule));
+    json_object_set_new(o, "detail", json_string(detail));
+    json_array_append_new(v->violations, o);
+}
+
+static void skipped(vlist *v, const char *label, const char *rule, const char *why)
+{
+    json_array_append_new(v->skipped, json_pack("{ss ss ss}", "stage", label, "rule", rule, "why", why));
+}
+
+static ctr_dtype st_to_ctr(st_dtype d, bool *ok)
+{
+    *ok = d == ST_F32 || d == ST_I32;
+    return d == ST_I32 ? CTR_I32 : CTR_F32;
+}
+
+/* Checks one stage tensor (or, in stats mode, the manifest's declared shape). */
+static void validate_tensor(vlist *v, const trace_file *tf, const trace_ring_view *r,
+                            const ctr_tensor *ct, const char *suffix)
+{
+    char name[96];
+    snprintf(name, sizeof name, suffix[0] ? "%s.%s" : "%s", r->label, suffix);
+    moert_err e = {0};
+    v->checks++;
+    const st_tensor *t = tf->tensor_mode ? st_find(tf->set, name) : NULL;
+    if (tf->tensor_mode && !t) {
+        violation(v, name, -1, NULL, "present", "tensor mode trace lacks tensor %s", name);
+        return;
+    }
+    int64_t shape[ST_MAX_DIMS] = {r->n, r->width};
+    int ndim = 2;
+    ctr_dtype dt = ct->dtype;
+    if (t) {
+        bool ok;
+        ndim = t->ndim;
+        memcpy(shape, t->shape, sizeof shape);
+        dt = st_to_ctr(t->dtype, &ok);
+        if (!ok) {
+            violation(v, name, -1, NULL, "dtype", "dtype %s, expected %s", st_dtype_name(t->dtype),
+                      ctr_dtype_name(ct->dtype));
+            return;
+        }
+    }
+    if (ctr_check_shape(ct, name, ndim, shape, dt, &e) != MOERT_OK) {
+        violation(v, name, -1, NULL, "shape", "%s", e.msg);
+        return;
+    }
+    if (ndim == 2 && shape[0] != r->n) {
+        violation(v, name, -1, NULL, "shape", "%lld rows, but the ring holds %lld records",
+                  (long long)shape[0], (long long)r->n);
+        return;
+    }
+    uint32_t rules = ct->rules;
+    for (uint32_t bit = 1; bit <= CTR_RULE_NONNEGATIVE; bit <<= 1) {
+        if (!(rules & bit))
+            continue;
+        const char *rn = ctr_rule_name(bit);
+        if (!t) { /* stats mode: what the stats can prove */
+            if (bit == CTR_RULE_FINITE) {
+                for (int64_t i = 0; i < r->n; i++, v->checks++)
+                    if (r->stats[i * 8 + 6] != 0 || r->stats[i * 8 + 7] != 0)
+                        violation(v, name, i, r->meta, rn, "%.0f NaN and %.0f Inf values",
+                                  r->stats[i * 8 + 6], r->stats[i * 8 + 7]);
+            } else if (bit == CTR_RULE_NONNEGATIVE && !suffix[0]) {
+                for (int64_t i = 0; i < r->n; i++, v->checks++)
+                    if (r->stats[i * 8 + 4] < 0)
+                        violation(v, name, i, r->meta, rn, "minimum %.9g < 0", r->stats[i * 8 + 4]);
+            } else if (bit == CTR_RULE_SUM_TO_ONE && !suffix[0]) {
+                for (int64_t i = 0; i < r->n; i++, v->checks++) {
+                    double sum = r->stats[i * 8 + 2] * r->stats[i * 8 + 0];
+                    if (!(fabs(sum - 1.0) <= ct->sum_tolerance))
+                        violation(v, name, i, r->meta, rn, "row sums to %.9g (tolerance %g)", sum,
+                                  ct->sum_tolerance);
+                }
+            } else {
+                skipped(v, name, rn, "needs the values: record in tensor mode");
+            }
+            continue;
+        }
+        int64_t rows = shape[0], cols = shape[1];
+        for (int64_t i = 0; i < rows; i++) {
+            v->checks++;
+            if (dt == CTR_F32) {
+                const float *row = (const float *)t->data + i * cols;
+                double sum = 0;
+                int64_t bad = -1;
+                for (int64_t j = 0; j < cols; j++) {
+                    sum += row[j];
+                    if ((bit == CTR_RULE_FINITE && !isfinite(row[j])) ||
+                        (bit == CTR_RULE_NONNEGATIVE && !(row[j] >= 0)))
+                        bad = bad < 0 ? j : bad;
+                }
+                if (bad >= 0)
+                    violation(v, name, i, r->meta, rn, "value %.9g at column %lld", (double)row[bad],
+                              (long long)bad);
+                if (bit == CTR_RULE_SUM_TO_ONE && !(fabs(sum - 1.0) <= ct->sum_tolerance))
+                    violation(v, name, i, r->meta, rn, "row sums to %.9g (tolerance %g)", sum,
+                              ct->sum_tolerance);
+            } else {
+                const int32_t *row = (const int32_t *)t->data + i * cols;
+                for (int64_t j = 0; j < cols; j++) {
+                    if (bit == CTR_RULE_INDEX_RANGE && (row[j] < 0 || row[j] >= ct->index_limit)) {
+                        violation(v, name, i, r->meta, rn, "id %d at column %lld outside [0, %lld)",
+                                  row[j], (long long)j, (long long)ct->index_limit);
+                        break;
+                    }
+                    if (bit == CTR_RULE_DISTINCT) {
+                        bool dup = false;
+                        for (int64_t k = 0; k < j; k++)
+                            dup = dup || row[k] == row[j];
+                        if (dup) {
+                            violation(v, name, i, r->meta, rn, "id %d repeated at column %lld",
+                                      row[j], (long long)j);
+                            break;
+                        }
+                    }
+                    if (bit == CTR_RULE_NONNEGATIVE && row[j] < 0) {
+                        violation(v, name, i, r->meta, rn, "value %d at column %lld", row[j],
+                                  (long long)j);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+static char *junit_xml(const char *contract, const trace_file *tf, const vlist *v)
+{
+    size_t cap = 4096 + 512 * (json_array_size(v->violations) + tf->n_rings + 1);
+    char *x = malloc(cap);
+    if (!x)
+        return NULL;
+    size_t len = 0;
+#define PUT(...) len += (size_t)snprintf(x + len, len < cap ? cap - len : 0, __VA_ARGS__)
+    PUT("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    PUT("<testsuites><testsuite name=\"moert validate %s\" tests=\"%zu\" failures=\"%zu\">\n",
+        contract, tf->n_rings, json_array_size(v->violations));
+    for (size_t i = 0; i < tf->n_rings; i++) {
+        const char *label = tf->rings[i].label;
+        PUT("  <testcase classname=\"trace\" name=\"%s\">", label);
+        size_t k;
+        json_t *o;
+        json_array_foreach(v->violations, k, o)
+        {
+            const char *st = json_string_value(json_object_get(o, "stage"));
+            size_t ll = strlen(label);
+            if (strncmp(st, label, ll) != 0 || (st[ll] != '\0' && st[ll] != '.'))
+                continue;
+            char detail[600];
+            const char *d = json_string_value(json_object_get(o, "detail"));
+            size_t dl = 0; /* escape the XML specials */
+            for (const char *p = d; *p && dl + 8 < sizeof detail; p++)
+                dl += (size_t)snprintf(detail + dl, sizeof detail - dl, "%s",
+                                       *p == '<' ? "&lt;" : *p == '>' ? "&gt;" : *p == '&' ? "&amp;"
+                                                        : *p == '"' ? "&quot;" : (char[]){*p, 0});
+            PUT("<failure message=\"%s: %s\"/>", json_string_value(json_object_get(o, "rule")), detail);
+        }
+        PUT("</testcase>\n");
+    }
+    PUT("</testsuite></testsuites>\n");
+#undef PUT
+    return x;
+}
+
+int cli_validate(int argc, char **argv, moert_err *err)
+{
+    const char *contract_path = NULL, *trace_path = NULL, *junit = NULL;
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            puts("usage: moert validate CONTRACT TRACE [--json] [--junit FILE]\n"
+                 "  exit 0: every record satisfies the contract; 1: violations (listed); 2: unusable input");
+            return MOERT_OK;
+        } else if (!strcmp(argv[i], "--json")) {
+            json = true;
+        } else if (!strcmp(argv[i], "--junit")) {
+            if (++i >= argc)
+                return err_set(err, MOERT_EUSAGE, "--junit needs a file");
+            junit = argv[i];
+        } else if (argv[i][0] == '-') {
+            return err_set(err, MOERT_EUSAGE, "unknown option %s", argv[i]);
+        } else if (!contract_path) {
+            contract_path = argv[i];
+        } else if (!trace_path) {
+            trace_path = argv[i];
+        } else {
+            return err_set(err, MOERT_EUSAGE, "unexpected argument '%s'", argv[i]);
+        }
+    }
+    if (!trace_path)
+        return err_set(err, MOERT_EUSAGE, "usage: moert validate CONTRACT TRACE [--json] [--junit FILE]");
+    ctr_contract *c = malloc(sizeof *c);
+    trace_file tf = {0};
+    vlist v = {json_array(), json_array(), 0};
+    int st = c ? ctr_load(contract_path, c, err) : err_set(err, MOERT_ENOMEM, "out of memory");
+    if (st)
+        goto done;
+    if ((st = trace_file_open(trace_path, &tf, err)))
+        goto done;
+    cfg_topology topo;
+    if ((st = trace_manifest_topology(tf.manifest, &topo, err)) || (st = ctr_resolve(c, &topo, err))) {
+        err_prefix(err, "%s", trace_path);
+        goto done;
+    }
+    /* Every tensor in the file must belong to a ring. */
+    for (size_t i = 0; i < st_count(tf.set); i++) {
+        const char *name = st_at(tf.set, i)->name;
+        bool known = false;
+        for (size_t r = 0; r < tf.n_rings && !known; r++) {
+            size_t ll = strlen(tf.rings[r].label);
+            known = !strncmp(name, tf.rings[r].label, ll) &&
+                    (name[ll] == '\0' || name[ll] == '@' || !strcmp(name + ll, ".experts"));
+        }
+        if (!known)
+            violation(&v, name, -1, NULL, "known", "tensor %s belongs to no traced stage", name);
+    }
+    int64_t records = 0;
+    for (size_t r = 0; r < tf.n_rings; r++) {
+        const trace_ring_view *rv = &tf.rings[r];
+        records += rv->n;
+        bool any = false;
+        for (int k = 0; k < c->n_tensors; k++) {
+            const ctr_tensor *ct = &c->tensors[k];
+            if (ct->stage != rv->stage)
+                continue;
+            any = true;
+            validate_tensor(&v, &tf, rv, ct, ct->suffix);
+        }
+        if (!any)
+            violation(&v, rv->label, -1, NULL, "known", "stage %s is not in contract %s",
+                      cfg_stage_name(rv->stage), c->name);
+    }
+    size_t nv = json_array_size(v.violations);
+    if (json) {
+        json_t *o = json_pack("{ss si ss sb sI sI}", "contract", c->name, "version", c->version,
+                              "trace", trace_path, "passed", nv == 0, "records", (json_int_t)records,
+                              "checks", (json_int_t)v.checks);
+        json_object_set(o, "violations", v.violations);
+        json_object_set(o, "skipped", v.skipped);
+        char *txt = json_dumps(o, JSON_INDENT(1));
+        if (txt)
+            puts(txt);
+        free(txt);
+        json_decref(o);
+    } else {
+        size_t k;
+        json_t *o;
+        json_array_foreach(v.violations, k, o)
+        {
+            if (k == 50) {
+                printf("... and %zu more violations\n", nv - 50);
+                break;
+            }
+            json_t *rec = json_object_get(o, "record");
+            if (json_integer_value(rec) >= 0)
+                printf("FAIL %s record %lld (step %lld, position %lld): %s: %s\n",
+                       json_string_value(json_object_get(o, "stage")), (long long)json_integer_value(rec),
+                       (long long)json_integer_value(json_object_get(o, "step")),
+                       (long long)json_integer_value(json_object_get(o, "position")),
+                       json_string_value(json_object_get(o, "rule")),
+                       json_string_value(json_object_get(o, "detail")));
+            else
+                printf("FAIL %s: %s: %s\n", json_string_value(json_object_get(o, "stage")),
+                       json_string_value(json_object_get(o, "rule")),
+                       json_string_value(json_object_get(o, "detail")));
+        }
+        json_array_foreach(v.skipped, k, o)
+            printf("not checked %s: %s (%s)\n", json_string_value(json_object_get(o, "stage")),
+                   json_string_value(json_object_get(o, "rule")),
+                   json_string_value(json_object_get(o, "why")));
+        printf("%s: %lld records in %zu stages, %lld checks against contract %s v%d: %zu violations\n",
+               nv ? "FAIL" : "PASS", (long long)records, tf.n_rings, (long long)v.checks, c->name,
+               c->version, nv);
+    }
+    if (junit) {
+        char *x = junit_xml(c->name, &tf, &v);
+        st = x ? write_file_atomic(junit, x, err) : err_set(err, MOERT_ENOMEM, "out of memory");
+        free(x);
+        if (st)
+            goto done;
+    }
+    if (nv)
+        st = err_set(err, MOERT_ECHECK, "%zu contract violations in %s", nv, trace_path);
+done:
+    json_decref(v.violations);
+    json_decref(v.skipped);
+    trace_file_close(&tf);
+    free(c);
+    return st;
+}
+
+/* ---- replay ------------------------------------------------------------------------- */
+
+static int json_ids(const json_t *a, int32_t **out, int64_t *n, const char *what, moert_err *err)
+{
+    if (!json_is_array(a))
+        return err_set(err, MOERT_EFORMAT, "manifest: %s is not an array", what);
+    *n = (int64_t)json_array_size(a);
+    *out = malloc((size_t)(*n ? *n : 1) * sizeof **out);
+    if (!*out)
+        return err_set(err, MOERT_ENOMEM, "out of memory");
+    for (int64_t i = 0; i < *n; i++) {
+        json_t *x = json_array_get(a, (size_t)i);
+        if (!json_is_integer(x))
+            return err_set(err, MOERT_EFORMAT, "manifest: %s[%lld] is not an integer", what, (long long)i);
+        (*out)[i] = (int32_t)json_integer_value(x);
+    }
+    return MOERT_OK;
+}
+
+/* The recorded run as a config: topology, weights, limits, sampling and trace plan. */
+static int manifest_config(const json_t *m, cfg_config *cfg, moert_err *err)
+{
+    cfg_defaults(cfg);
+    int st = trace_manifest_topology(m, &cfg->topo, err);
+    if (st)
+        return st;
+    const json_t *w = json_object_get(m, "weights"), *tp = json_object_get(m, "trace");
+    const json_t *sp = json_object_get(m, "sampling");
+    const char *src = json_string_value(json_object_get(w, "source"));
+    if (!src || !json_is_object(tp) || !json_is_object(sp))
+        return err_set(err, MOERT_EFORMAT, "manifest: weights, trace or sampling missing");
+    if (!strcmp(src, "synth")) {
+        const char *dt = json_string_value(json_object_get(w, "dtype"));
+        cfg->weights.synth = true;
+        cfg->weights.synth_seed = (uint64_t)json_integer_value(json_object_get(w, "seed"));
+        cfg->weights.synth_dtype = dt && !strcmp(dt, "f32") ? CFG_DTYPE_F32
+                                   : dt && !strcmp(dt, "f16") ? CFG_DTYPE_F16
+                                                              : CFG_DTYPE_BF16;
+    } else {
+        const char *p = json_string_value(json_object_get(w, "path"));
+        if (!p)
+            return err_set(err, MOERT_EFORMAT, "manifest: weights path missing");
+        snprintf(cfg->weights.path, sizeof cfg->weights.path, "%s", p);
+    }
+    cfg->rt.prefill_chunk = json_integer_value(json_object_get(m, "prefill_chunk"));
+    cfg->rt.max_seq_len = json_integer_value(json_object_get(m, "max_seq_len"));
+    cfg->rt.threads = (int32_t)json_integer_value(json_object_get(m, "threads"));
+    const char *be = json_string_value(json_object_get(m, "backend"));
+    cfg->rt.backend = be && !strcmp(be, "hip") ? CFG_BACKEND_HIP : CFG_BACKEND_CPU;
+    cfg->sampling.temperature = json_number_value(json_object_get(sp, "temperature"));
+    cfg->sampling.top_k = (int32_t)json_integer_value(json_object_get(sp, "top_k"));
+    cfg->sampling.top_p = json_number_value(json_object_get(sp, "top_p"));
+    cfg->sampling.seed = (uint64_t)json_integer_value(json_object_get(sp, "seed"));
+    cfg_trace_plan *p = &cfg->trace;
+    const char *mode = json_string_value(json_object_get(tp, "mode"));
+    const char *pos = json_string_value(json_object_get(tp, "positions"));
+    const char *full = json_string_value(json_object_get(tp, "on_full"));
+    p->enabled = true;
+    p->mode = mode && !strcmp(mode, "tensor") ? CFG_TRACE_TENSOR : CFG_TRACE_STATS;
+    p->positions = pos && !strcmp(pos, "all") ? CFG_TRACE_ALL : CFG_TRACE_LAST;
+    p->on_full = full && !strcmp(full, "stop") ? CFG_TRACE_STOP : CFG_TRACE_OVERWRITE;
+    p->capacity = json_integer_value(json_object_get(tp, "capacity"));
+    p->stages = 0;
+    size_t i;
+    json_t *x;
+    json_array_foreach(json_object_get(tp, "stages"), i, x)
+    {
+        int s = json_is_string(x) ? cfg_stage_from_name(json_string_value(x)) : -1;
+        if (s < 0)
+            return err_set(err, MOERT_EFORMAT, "manifest: unknown trace stage");
+        p->stages |= 1u << s;
+    }
+    const json_t *layers = json_object_get(tp, "layers");
+    p->all_layers = json_is_string(layers);
+    p->n_layers = 0;
+    if (json_is_array(layers))
+        json_array_foreach(layers, i, x) if (p->n_layers < CFG_MAX_LAYERS)
+            p->layers[p->n_layers++] = (int32_t)json_integer_value(x);
+    if (cfg->rt.prefill_chunk < 1 || cfg->rt.max_seq_len < cfg->rt.prefill_chunk || p->capacity < 1 ||
+        !p->stages)
+        return err_set(err, MOERT_EFORMAT, "manifest: runtime limits or trace plan out of range");
+    return MOERT_OK;
+}
+
+typedef struct divergence {
+    bool found;
+    size_t ring;
+    int64_t record, step, pos;
+    double cos, max_abs, rel;
+    bool have_values;
+} divergence;
+
+/* First record (by generation step, then schedule order, then position) where the replay
+ * differs from the recording beyond `tol` (0 = bit for bit, by record hash). */
+static int compare_traces(const trace_file *rec, const trace_file *rep, double tol, divergence *d,
+                          int64_t *n_records, moert_err *err)
+{
+    memset(d, 0, sizeof *d);
+    *n_records = 0;
+    if (rec->n_rings != rep->n_rings)
+        return err_set(err, MOERT_EFORMAT, "recorded trace has %zu stages, the replay %zu",
+                       rec->n_rings, rep->n_rings);
+    for (size_t r = 0; r < rec->n_rings; r++) {
+        const trace_ring_view *a = &rec->rings[r], *b = &rep->rings[r];
+        if (strcmp(a->label, b->label) || a->width != b->width)
+            return err_set(err, MOERT_EFORMAT, "stage %zu: recorded %s, replayed %s", r, a->label,
+                           b->label);
+        int64_t n = a->n < b->n ? a->n : b->n;
+        *n_records += a->n;
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t *ma = a->meta + j * 3, *mb = b->meta + j * 3;
+            bool same = ma[2] == mb[2];
+            double cs = 1, mx = 0, rl = 0;
+            bool vals = a->values && b->values;
+            if (vals) {
+                cmp_acc c = {0};
+                cmp_add(&c, b->values + j * b->width, a->values + j * a->width, a->width);
+                cs = cmp_cos(&c);
+                mx = c.max_abs;
+                rl = cmp_rel(&c);
+                if (a->experts && b->experts &&
+                    memcmp(a->experts + j * a->width, b->experts + j * b->width,
+                           (size_t)a->width * sizeof(int32_t)))
+                    mx = INFINITY; /* different experts chosen: never within tolerance */
+            } else {
+                const double *sa = a->stats + j * 8, *sb = b->stats + j * 8;
+                double l2 = fabs(sa[1]) > 0 ? fabs(sa[1]) : 1;
+                rl = fabs(sa[1] - sb[1]) / l2;
+                mx = fabs(sa[2] - sb[2]) > fabs(sa[5] - sb[5]) ? fabs(sa[2] - sb[2]) : fabs(sa[5] - sb[5]);
+            }
+            bool within = same || (tol > 0 && (vals ? mx <= tol : rl <= tol && mx <= tol));
+            if (ma[0] != mb[0] || ma[1] != mb[1])
+                within = false;
+            if (within)
+                continue;
+            bool earlier = !d->found || ma[0] < d->step ||
+                           (ma[0] == d->step && (r < d->ring || (r == d->ring && ma[1] < d->pos)));
+            if (earlier)
+                *d = (divergence){true, r, j, ma[0], ma[1], cs, mx, rl, vals};
+            break;
+        }
+        if (a->n != b->n && !d->found)
+            *d = (divergence){true, r, n, n < a->n ? a->meta[n * 3] : b->meta[n * 3],
+                              n < a->n ? a->meta[n * 3 + 1] : b->meta[n * 3 + 1], 0, INFINITY, INFINITY, false};
+    }
+    return MOERT_OK;
+}
+
+int cli_replay(int argc, char **argv, moert_err *err)
+{
+    cli_overrides ov = {0};
+    const char *path = NULL;
+    double tol = 0;
+    bool force = false, json = false;
+    for (int i = 1; i < argc;) {
+        int t = cli_take_override(argc, argv, &i, &ov, err);
+        if (t < 0)
+            return MOERT_EUSAGE;
+        if (t > 0)
+            continue;
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            puts("usage: moert replay TRACE [--tolerance X] [--backend cpu|hip] [--threads N]\n"
+                 "                    [--prefill-chunk K] [--weights PATH [--force]] [--json]\n"
+                 "  re-runs the recorded run and compares every record: `bit-exact` (exit 0), or the\n"
+                 "  first divergent (step, layer, stage) with cosine and max abs error (exit 1).\n"
+                 "  --force replays even when the weights' fingerprint differs from the recording.");
+            return MOERT_OK;
+        } else if (!strcmp(a, "--tolerance")) {
+            if (i + 1 >= argc || cli_parse_f64("--tolerance", argv[i + 1], 0, 1e30, &tol, err))
+                return err->code ? err->code : err_set(err, MOERT_EUSAGE, "--tolerance needs a value");
+            i++;
+        } else if (!strcmp(a, "--force")) {
+            force = true;
+        } else if (!strcmp(a, "--json")) {
+            json = true;
+        } else if (a[0] == '-') {
+            return err_set(err, MOERT_EUSAGE, "unknown option %s", a);
+        } else if (!path) {
+            path = a;
+        } else {
+            return err_set(err, MOERT_EUSAGE, "unexpected argument '%s'", a);
+        }
+        i++;
+    }
+    if (!path)
+        return err_set(err, MOERT_EUSAGE, "usage: moert replay TRACE [--tolerance X] [--backend B] [--threads N]");
+    if (ov.trace_file || ov.trace_mode || ov.trace_positions || ov.seed || ov.temp || ov.top_k || ov.top_p)
+        return err_set(err, MOERT_EUSAGE, "replay takes the trace plan and sampling from the recording");
+    trace_file rec = {0}, rep = {0};
+    cfg_config *cfg = malloc(sizeof *cfg);
+    sess *s = calloc(1, sizeof *s);
+    int32_t *prompt = NULL, *gen = NULL;
+    int64_t n_prompt = 0, n_gen = 0;
+    char tmp[64] = "";
+    int st = (!cfg || !s) ? err_set(err, MOERT_ENOMEM, "out of memory") : MOERT_OK;
+    if (st || (st = trace_file_open(path, &rec, err)))
+        goto done;
+    if ((st = manifest_config(rec.manifest, cfg, err)) ||
+        (st = json_ids(json_object_get(rec.manifest, "prompt_ids"), &prompt, &n_prompt, "prompt_ids", err)) ||
+        (st = json_ids(json_object_get(rec.manifest, "generated_ids"), &gen, &n_gen, "generated_ids", err))) {
+        err_prefix(err, "%s", path);
+        goto done;
+    }
+    /* Command-line overrides: backend, threads, chunking, weights. */
+    if (ov.threads && (st = cli_parse_i64("--threads", ov.threads, 1, 1024, &(int64_t){0}, err)))
+        goto done;
+    if (ov.threads)
+        cfg->rt.threads = atoi(ov.threads);
+    if (ov.prefill_chunk) {
+        int64_t k;
+        if ((st = cli_parse_i64("--prefill-chunk", ov.prefill_chunk, 1, cfg->rt.max_seq_len, &k, err)))
+            goto done;
+        cfg->rt.prefill_chunk = k;
+    }
+    if (ov.backend) {
+        if (strcmp(ov.backend, "cpu") && strcmp(ov.backend, "hip")) {
+            st = err_set(err, MOERT_EUSAGE, "--backend: expected cpu or hip, got '%s'", ov.backend);
+            goto done;
+        }
+        cfg->rt.backend = !strcmp(ov.backend, "hip") ? CFG_BACKEND_HIP : CFG_BACKEND_CPU;
+    }
+    if (ov.weights) {
+        cfg->weights.synth = false;
+        snprintf(cfg->weights.path, sizeof cfg->weights.path, "%s", ov.weights);
+    }
+    snprintf(tmp, sizeof tmp, "/tmp/moert-replay-%ld.trace", (long)getpid());
+    snprintf(cfg->trace.out_path, sizeof cfg->trace.out_path, "%s", tmp);
+    if ((st = sess_open(s, cfg, 0, err)))
+        goto done;
+    const char *want = json_string_value(json_object_get(json_object_get(rec.manifest, "weights"), "fingerprint"));
+    char have[32];
+    snprintf(have, sizeof have, "%016" PRIx64, model_fingerprint(&s->weights));
+    if (!want || strcmp(want, have) != 0) {
+        if (!force) {
+            st = err_set(err, MOERT_EUSAGE,
+                         "%s: the weights differ from the recorded run (fingerprint %s, recorded %s); "
+                         "pass --force to replay against these weights anyway",
+                         path, have, want ? want : "none");
+            goto done;
+        }
+        fprintf(stderr, "moert replay: weights fingerprint %s differs from the recorded %s (--force)\n",
+                have, want ? want : "none");
+    }
+    /* Teacher-forced: the recorded tokens are fed back, so every step stays comparable. */
+    int64_t token_mismatch = -1;
+    int32_t sampled_at = 0;
+    if ((st = sess_prefill(s, prompt, n_prompt, err)))
+        goto done;
+    for (int64_t i = 0; i < n_gen; i++) {
+        int32_t id = sess_sample(s);
+        if (id != gen[i] && token_mismatch < 0) {
+            token_mismatch = i;
+            sampled_at = id;
+        }
+        if (i + 1 < n_gen && (st = sess_decode(s, gen[i], err)))
+            goto done;
+    }
+    trace_run_info info = {prompt, n_prompt, gen, n_gen};
+    if ((st = trace_file_write(s, tmp, &info, err)) || (st = trace_file_open(tmp, &rep, err)))
+        goto done;
+    divergence d;
+    int64_t n_records = 0;
+    if ((st = compare_traces(&rec, &rep, tol, &d, &n_records, err)))
+        goto done;
+    bool exact = !d.found && token_mismatch < 0;
+    if (json) {
+        json_t *o = json_pack("{ss sb sI sI}", "trace", path, "match", exact, "records",
+                              (json_int_t)n_records, "generated_tokens", (json_int_t)n_gen);
+        json_object_set_new(o, "tolerance", json_real(tol));
+        if (d.found) {
+            const trace_ring_view *rv = &rec.rings[d.ring];
+            json_object_set_new(o, "first_divergence",
+                                json_pack("{sI si ss ss sI sf sf sb}", "step", (json_int_t)d.step,
+                                          "layer", rv->layer, "stage", cfg_stage_name(rv->stage),
+                                          "label", rv->label, "position", (json_int_t)d.pos,
+                                          "cosine", d.cos, "max_abs_error", isfinite(d.max_abs) ? d.max_abs : -1.0,
+                                          "values", (int)d.have_values));
+        }
+        if (token_mismatch >= 0)
+            json_object_set_new(o, "token_mismatch",
+                                json_pack("{sI si si}", "index", (json_int_t)token_mismatch, "sampled",
+                                          sampled_at, "recorded", gen[token_mismatch]));
+        char *txt = json_dumps(o, JSON_INDENT(1));
+        if (txt)
+            puts(txt);
+        free(txt);
+        json_decref(o);
+    } else if (exact) {
+        if (tol > 0)
+            printf("match within tolerance %g: %lld records, %lld generated tokens\n", tol,
+                   (long long)n_records, (long long)n_gen);
+        else
+            printf("bit-exact: %lld records in %zu stages, %lld generated tokens identical\n",
+                   (long long)n_records, rec.n_rings, (long long)n_gen);
+    } else {
+        if (d.found) {
+            const trace_ring_view *rv = &rec.rings[d.ring];
+            printf("first divergence: step %lld, layer %s%d, stage %s (%s, position %lld)",
+                   (long long)d.step, rv->layer >= 0 ? "" : "-", rv->layer >= 0 ? rv->layer : 1,
+                   cfg_stage_name(rv->stage), rv->label, (long long)d.pos);
+            if (d.have_values)
+                printf(": cosine %.9f, max abs error %.6g\n", d.cos, d.max_abs);
+            else
+                printf(": stats differ (relative L2 difference %.3g; record in tensor mode for cosine)\n",
+                       d.rel);
+        }
+        if (token_mismatch >= 0)
+            printf("generated token %lld: replay samples %d, the recording has %d\n",
+                   (long long)token_mismatch, sampled_at, gen[token_mismatch]);
+    }
+    if (!exact)
+        st = err_set(err, MOERT_ECHECK, "replay of %s diverged", path);
+done:
+    if (tmp[0])
+        unlink(tmp);
+    if (s) {
+        sess_close(s);
+        free(s);
+    }
+    trace_file_close(&rec);
+    trace_file_close(&rep);
+    free(prompt);
+    free(gen);
+    free(cfg);
+    return st;
+}
+
+/* ---- diff --------------------------------------------------------------------------- */
+
+/* One side of a diff: a moert trace (rows carry (step, position)) or a plain reference
+ * file whose row i is position i. */
+typedef struct diff_side {
+    trace_file tf;
+    st_set *plain;
+    bool is_trace;
+} diff_side;
+
+static int diff_open(const char *path, diff_side *d, moert_err *err)
+{
+    memset(d, 0, sizeof *d);
+    st_set *set = NULL;
+    int st = st_open(path, &set, err);
+    if (st)
+        return st;
+    const char *fmt = st_metadata(set, "format");
+    if (fmt && !strcmp(fmt, "moert-trace")) {
+        st_close(set);
+        d->is_trace = true;
+        return trace_file_open(path, &d->tf, err);
+    }
+    d->plain = set;
+    return MOERT_OK;
+}
+
+static void diff_close(diff_side *d)
+{
+    trace_file_close(&d->tf);
+    st_close(d->plain);
+}
+
+/* Rows of `label` keyed by position (for a trace: its step-0 rows plus later steps, each
+ * position once). Returns values, width, count and the position of each row. */
+typedef struct rows {
+    const float *v;
+    const int32_t *ids;
+    const int64_t *meta; /* NULL for plain files: row i is position i */
+    int64_t n, width;
+} rows;
+
+static bool diff_rows(const diff_side *d, const char *label, rows *r)
+{
+    memset(r, 0, sizeof *r);
+    if (d->is_trace) {
+        for (size_t i = 0; i < d->tf.n_rings; i++)
+            if (!strcmp(d->tf.rings[i].label, label)) {
+                const trace_ring_view *rv = &d->tf.rings[i];
+                if (!rv->values)
+                    return false;
+                *r = (rows){rv->values, rv->experts, rv->meta, rv->n, rv->width};
+                return true;
+            }
+        return false;
+    }
+    const st_tensor *t = st_find(d->plain, label);
+    if (!t || t->dtype != ST_F32 || t->ndim != 2)
+        return false;
+    r->v = t->data;
+    r->n = t->shape[0];
+    r->width = t->shape[1];
+    char name[96];
+    snprintf(name, sizeof name, "%s.experts", label);
+    const st_tensor *e = st_find(d->plain, name);
+    if (e && e->dtype == ST_I32 && e->ndim == 2 && e->shape[0] == r->n && e->shape[1] == r->width)
+        r->ids = e->data;
+    return true;
+}
+
+static int64_t row_pos(const rows *r, int64_t i)
+{
+    return r->meta ? r->meta[i * 3 + 1] : i;
+}
+
+/* Top-k ids of a router-logits row (descending, ties -> lower index). */
+static void topk_of(const float *row, int64_t e, int64_t k, int32_t *out)
+{
+    for (int64_t j = 0; j < k; j++) {
+        int64_t best = -1;
+        for (int64_t i = 0; i < e; i++) {
+            bool taken = false;
+            for (int64_t t = 0; t < j; t++)
+                taken = taken || out[t] == i;
+            if (!taken && (best < 0 || row[i] > row[best]))
+                best = i;
+        }
+        out[j] = (int32_t)best;
+    }
+}
+
+int cli_diff(int argc, char **argv, moert_err *err)
+{
+    const char *pa = NULL, *pb = NULL;
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            puts("usage: moert diff A B [--json]\n"
+                 "  per-stage cosine, relative L2 error ||A-B||/||B|| and max abs error of two traces,\n"
+                 "  or of a trace and a HF reference file (e.g. reference.safetensors); rows are matched\n"
+                 "  by position; for routers, the top-k expert agreement.");
+            return MOERT_OK;
+        } else if (!strcmp(argv[i], "--json")) {
+            json = true;
+        } else if (argv[i][0] == '-') {
+            return err_set(err, MOERT_EUSAGE, "unknown option %s", argv[i]);
+        } else if (!pa) {
+            pa = argv[i];
+        } else if (!pb) {
+            pb = argv[i];
+        } else {
+            return err_set(err, MOERT_EUSAGE, "unexpected argument '%s'", argv[i]);
+        }
+    }
+    if (!pb)
+        return err_set(err, MOERT_EUSAGE, "usage: moert diff A B [--json]");
+    diff_side A, B;
+    int st = diff_open(pa, &A, err);
+    if (st)
+        return st;
+    if ((st = diff_open(pb, &B, err))) {
+        diff_close(&A);
+        return st;
+    }
+    /* Stage labels: every ring of a trace side, else every tensor of the plain side. */
+    const diff_side *lead = A.is_trace ? &A : &B;
+    size_t n_labels = lead->is_trace ? lead->tf.n_rings : st_count(lead->plain);
+    json_t *stages = json_array();
+    int32_t ka[256], kb[256];
+    for (size_t li = 0; li < n_labels; li++) {
+        const char *label = lead->is_trace ? lead->tf.rings[li].label : st_at(lead->plain, li)->name;
+        if (strchr(label, '@') || strstr(label, ".experts"))
+            continue;
+        rows ra, rb;
+        bool router = strstr(label, "moe_router") != NULL;
+        if (!diff_rows(&A, label, &ra) || !diff_rows(&B, label, &rb)) {
+            /* moe_router against a reference without it: compare the top-k of its router logits */
+            if (!router)
+                continue;
+        }
+        json_t *o = json_object();
+        json_object_set_new(o, "name", json_string(label));
+        cmp_acc c = {0};
+        int64_t matched = 0, agree = 0, slots = 0;
+        if (!router || (ra.v && rb.v)) {
+            for (int64_t i = 0; i < ra.n; i++)
+                for (int64_t j = 0; j < rb.n; j++)
+                    if (row_pos(&ra, i) == row_pos(&rb, j) &&
+                        (!ra.meta || !rb.meta || ra.meta[i * 3] == rb.meta[j * 3]) && ra.width == rb.width) {
+                        cmp_add(&c, ra.v + i * ra.width, rb.v + j * rb.width, ra.width);
+                        matched++;
+                        break;
+                    }
+        }
+        if (router) {
+            char lname[96];
+            snprintf(lname, sizeof lname, "%.*srouter_logits", (int)(strstr(label, "moe_router") - label), label);
+            rows la, lb;
+            bool ha = diff_rows(&A, label, &ra) && ra.ids, hb = diff_rows(&B, label, &rb) && rb.ids;
+            bool hla = diff_rows(&A, lname, &la), hlb = diff_rows(&B, lname, &lb);
+            const rows *pa_rows = ha ? &ra : hla ? &la : NULL, *pb_rows = hb ? &rb : hlb ? &lb : NULL;
+            int64_t k = ha ? ra.width : hb ? rb.width : 0;
+            if (pa_rows && pb_rows && k > 0 && k <= 256) {
+                for (int64_t i = 0; i < pa_rows->n; i++)
+                    for (int64_t j = 0; j < pb_rows->n; j++) {
+                        if (row_pos(pa_rows, i) != row_pos(pb_rows, j))
+                            continue;
+                        if (ha) memcpy(ka, ra.ids + i * k, (size_t)k * 4);
+                        else topk_of(la.v + i * la.width, la.width, k, ka);
+                        if (hb) memcpy(kb, rb.ids + j * k, (size_t)k * 4);
+                        else topk_of(lb.v + j * lb.width, lb.width, k, kb);
+                        for (int64_t x = 0; x < k; x++)
+                            for (int64_t y = 0; y < k; y++)
+                                agree += ka[x] == kb[y];
+                        slots += k;
+                        break;
+                    }
+                if (slots)
+                    json_object_set_new(o, "topk_agreement", json_real((double)agree / (double)slots));
+            }
+            if (!matched && !slots) {
+                json_decref(o);
+                continue;
+            }
+        }
+        json_object_set_new(o, "rows", json_integer(matched ? matched : slots / (slots ? (ra.width ? ra.width : 1) : 1)));
+        if (matched) {
+            json_object_set_new(o, "cos", json_real(cmp_cos(&c)));
+            json_object_set_new(o, "rel_err", json_real(cmp_rel(&c)));
+            json_object_set_new(o, "max_abs", json_real(c.max_abs));
+            if (c.nonfinite)
+                json_object_set_new(o, "nonfinite", json_integer(c.nonfinite));
+        }
+        json_array_append_new(stages, o);
+    }
+    if (json) {
+        json_t *o = json_pack("{ss ss}", "a", pa, "b", pb);
+        json_object_set(o, "stages", stages);
+        char *txt = json_dumps(o, JSON_INDENT(1));
+        if (txt)
+            puts(txt);
+        free(txt);
+        json_decref(o);
+    } else {
+        printf("%-22s %6s %14s %12s %12s %8s\n", "stage", "rows", "cosine", "rel_err", "max_abs", "top-k");
+        size_t i;
+        json_t *o;
+        json_array_foreach(stages, i, o)
+        {
+            json_t *cs = json_object_get(o, "cos"), *tk = json_object_get(o, "topk_agreement");
+            printf("%-22s %6lld", json_string_value(json_object_get(o, "name")),
+                   (long long)json_integer_value(json_object_get(o, "rows")));
+            if (cs)
+                printf(" %14.10f %12.3e %12.3e", json_real_value(cs),
+                       json_real_value(json_object_get(o, "rel_err")),
+                       json_real_value(json_object_get(o, "max_abs")));
+            else
+                printf(" %14s %12s %12s", "-", "-", "-");
+            if (tk)
+                printf(" %7.1f%%", 100 * json_real_value(tk));
+            printf("\n");
+        }
+        if (!json_array_size(stages))
+            printf("no stage in common (a stats-mode trace has no values to compare: record with --trace-mode tensor)\n");
+    }
+    json_decref(stages);
+    diff_close(&A);
+    diff_close(&B);
+    return MOERT_OK;
+}
