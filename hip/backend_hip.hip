@@ -888,8 +888,13 @@ static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
         return launch_err(hip_launch_moe_down_dec(L->down.dt, &a, gemv_grid(c, 2 * H), c->stream),
                           op, err);
     }
+    /* index scratch: offsets [E+1] and counts [E] at the front (the CPU backend's cursors),
+     * then, at its end, the sorted order [R*K] and the inverse [R*K] */
     int32_t *idx = (int32_t *)dbuf(c, op->scratch[0]);
     long long RK = s->max_rows * K;
+    long long head = s->bufs[op->scratch[0]].cols - 2 * RK;
+    if (head < 2LL * E + 1)
+        return err_set(err, MOERT_EINTERNAL, "backend hip: moe_index of layer %d too small", op->layer);
     hip_moe_index_args ix;
     ix.ids = ids;
     ix.rk = rows * K;
@@ -897,8 +902,8 @@ static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     ix.bm = HIP_MOE_BM;
     ix.offs = idx;
     ix.counts = idx + E + 1;
-    ix.order = idx + 2 * E + 1;
-    ix.inv = idx + 2 * E + 1 + RK;
+    ix.order = idx + head;
+    ix.inv = idx + head + RK;
     ix.tiles = c->d_tiles;
     ix.err_flag = c->d_err;
     int st = launch_err(hip_launch_moe_index(&ix, c->stream), op, err);
