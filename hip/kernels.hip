@@ -152,40 +152,6 @@ DEV double block_sum_d(double v, double *sm)
     __syncthreads();
     return warp_sum_d(lane < nw ? sm[lane] : 0.0);
 }
-DEV double block_min_d(double v, double *sm)
-{
-    int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP;
-    int nw = blockDim.x / MOERT_WARP;
-    v = warp_min_d(v);
-    __syncthreads();
-    if (lane == 0)
-        sm[w] = v;
-    __syncthreads();
-    return warp_min_d(lane < nw ? sm[lane] : INFINITY);
-}
-DEV double block_max_d(double v, double *sm)
-{
-    int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP;
-    int nw = blockDim.x / MOERT_WARP;
-    v = warp_max_d(v);
-    __syncthreads();
-    if (lane == 0)
-        sm[w] = v;
-    __syncthreads();
-    return warp_max_d(lane < nw ? sm[lane] : -INFINITY);
-}
-DEV unsigned long long block_sum_u64(unsigned long long v, unsigned long long *sm)
-{
-    int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP;
-    int nw = blockDim.x / MOERT_WARP;
-    v = warp_sum_u64(v);
-    __syncthreads();
-    if (lane == 0)
-        sm[w] = v;
-    __syncthreads();
-    return warp_sum_u64(lane < nw ? sm[lane] : 0ull);
-}
-
 /* (value, index) arg-max: larger value wins, equal values -> lower index.  A total order on
  * distinct indices, so the result does not depend on the tree. */
 DEV bool better(float v, int i, float bv, int bi)
@@ -1065,15 +1031,58 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS) k_moe_down_dec(hip_moe_dec_a
     }
 }
 
+/* The seven statistics and the hash of a row, reduced over the block in one round (warp
+ * butterflies, one shared-memory exchange, every warp finishing the same partials). */
+typedef struct stats_smem {
+    double d[7][MAX_WARPS];
+    unsigned long long h[MAX_WARPS];
+} stats_smem;
+
+DEV void block_stats(double &sum, double &sumsq, double &fin, double &n_nan, double &n_inf,
+                     double &mn, double &mx, unsigned long long &h, stats_smem &sm)
+{
+    int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP;
+    int nw = blockDim.x / MOERT_WARP;
+    sum = warp_sum_d(sum);
+    sumsq = warp_sum_d(sumsq);
+    fin = warp_sum_d(fin);
+    n_nan = warp_sum_d(n_nan);
+    n_inf = warp_sum_d(n_inf);
+    mn = warp_min_d(mn);
+    mx = warp_max_d(mx);
+    h = warp_sum_u64(h);
+    __syncthreads();
+    if (lane == 0) {
+        sm.d[0][w] = sum;
+        sm.d[1][w] = sumsq;
+        sm.d[2][w] = fin;
+        sm.d[3][w] = n_nan;
+        sm.d[4][w] = n_inf;
+        sm.d[5][w] = mn;
+        sm.d[6][w] = mx;
+        sm.h[w] = h;
+    }
+    __syncthreads();
+    bool in = lane < nw;
+    sum = warp_sum_d(in ? sm.d[0][lane] : 0.0);
+    sumsq = warp_sum_d(in ? sm.d[1][lane] : 0.0);
+    fin = warp_sum_d(in ? sm.d[2][lane] : 0.0);
+    n_nan = warp_sum_d(in ? sm.d[3][lane] : 0.0);
+    n_inf = warp_sum_d(in ? sm.d[4][lane] : 0.0);
+    mn = warp_min_d(in ? sm.d[5][lane] : INFINITY);
+    mx = warp_max_d(in ? sm.d[6][lane] : -INFINITY);
+    h = warp_sum_u64(in ? sm.h[lane] : 0ull);
+}
+
 /* ---- trace capture -----------------------------------------------------------------
  * Same rings and records as runtime/trace.c.  Blocks take captured rows; the slot of the
  * i-th record of the step follows from the ring header as of the step's start (kept in a
  * shadow, double-buffered by step parity, because the real header is rewritten by block 0
  * during the kernel).  Stats in double with the block trees; the hash is an integer sum. */
-__global__ void __launch_bounds__(256) k_trace(hip_trace_args a)
+__global__ void __launch_bounds__(1024) k_trace(hip_trace_args a)
 {
     __shared__ double smd[MAX_WARPS];
-    __shared__ unsigned long long smu[MAX_WARPS];
+    __shared__ stats_smem sms;
     const hip_step_params *sp = a.sp;
     const long long n_rows = sp->n_rows, row0 = sp->trace_row0 < 0 ? 0 : sp->trace_row0;
     const long long n = row0 < n_rows ? n_rows - row0 : 0;
@@ -1114,14 +1123,7 @@ __global__ void __launch_bounds__(256) k_trace(hip_trace_args a)
         if (ids)
             for (long long k = threadIdx.x; k < W; k += blockDim.x)
                 h += mix64(((unsigned long long)(W + k) << 32) | (unsigned)ids[k]);
-        sum = block_sum_d(sum, smd);
-        sumsq = block_sum_d(sumsq, smd);
-        fin = block_sum_d(fin, smd);
-        n_nan = block_sum_d(n_nan, smd);
-        n_inf = block_sum_d(n_inf, smd);
-        mn = block_min_d(mn, smd);
-        mx = block_max_d(mx, smd);
-        h = block_sum_u64(h, smu);
+        block_stats(sum, sumsq, fin, n_nan, n_inf, mn, mx, h, sms);
         const double mean = fin > 0 ? sum / fin : NAN;
         double var = 0;
         for (long long k = threadIdx.x; k < W; k += blockDim.x) {
@@ -1404,7 +1406,8 @@ hipError_t hip_launch_trace(const hip_trace_args *a, int grid, hipStream_t s)
 {
     if (grid < 1)
         grid = 1;
-    k_trace<<<grid, 256, 0, s>>>(*a);
+    /* one block per captured row: wide rows (logits) get more threads */
+    k_trace<<<grid, a->width > 16384 ? 1024 : 256, 0, s>>>(*a);
     return hipGetLastError();
 }
 
