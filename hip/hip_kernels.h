@@ -34,7 +34,7 @@ typedef struct hip_step_params {
 #define HIP_GEMV_RW 2          /* rows per warp in the GEMV */
 #define HIP_ATTN_THREADS 128
 #define HIP_ATTN_TILE 32       /* keys per attention tile */
-#define HIP_ATTN_SPLIT 64      /* keys per decode split (a multiple of the tile) */
+#define HIP_ATTN_SPLIT 32      /* keys per decode split (a multiple of the tile) */
 #define HIP_MOE_BM 32          /* rows per grouped-GEMM tile (MoE) */
 #define HIP_GEMM_BN 128
 
