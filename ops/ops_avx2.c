@@ -97,6 +97,23 @@ AVX2 static void matmul_few_rows(float *out, int64_t ldo, const float *const *x,
     int64_t kfull = k / OPS_STEP * OPS_STEP;
     for (int64_t n = n0; n < n1; n++) {
         const void *wr = wb + (size_t)n * row_bytes;
+        if (m == 1 && kfull == k) {
+            /* the decode GEMV: one sequential weight stream, prefetched 1 KB ahead (the
+             * hardware prefetcher alone leaves ~10% of the read bandwidth unused) */
+            const float *x0 = x[0];
+            const uint8_t *pb = (const uint8_t *)wr;
+            size_t es = ops_dtype_size(wt);
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t i = 0; i < k; i += OPS_STEP) {
+                _mm_prefetch((const char *)(pb + (size_t)i * es) + 1024, _MM_HINT_T0);
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i), load8(wr, wt, i), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i + 8), load8(wr, wt, i + 8), a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i + 16), load8(wr, wt, i + 16), a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i + 24), load8(wr, wt, i + 24), a3);
+            }
+            out[n] = combine4(a0, a1, a2, a3);
+            continue;
+        }
         if (m == 1 || kfull != k) {
             for (int64_t r = 0; r < m; r++)
                 out[r * ldo + n] = ops_avx2_dot(x[r], wr, wt, k);

@@ -177,6 +177,10 @@ int cli_load_config(const char *path, const cli_overrides *o, unsigned cfg_flags
             return err_set(err, MOERT_EUSAGE, "--top-p: must be in (0, 1], got %s", o->top_p);
         cfg->sampling.top_p = d;
     }
+    if ((o->trace_mode || o->trace_positions) && !o->trace_file && !cfg->trace.enabled)
+        return err_set(err, MOERT_EUSAGE,
+                       "--trace-mode / --trace-positions need --trace FILE (or a trace plan enabled in %s)",
+                       path);
     if (o->trace_file) {
         cfg->trace.enabled = true;
         snprintf(cfg->trace.out_path, sizeof cfg->trace.out_path, "%s", o->trace_file);

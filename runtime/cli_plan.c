@@ -108,6 +108,8 @@ int cli_plan(int argc, char **argv, moert_err *err)
     if (st)
         goto done;
     int32_t threads = cfg->rt.threads > 0 ? cfg->rt.threads : omp_get_num_procs();
+    if (cfg->trace.capacity > cfg->rt.max_seq_len) /* as sess_open does */
+        cfg->trace.capacity = cfg->rt.max_seq_len;
     double t0 = now_seconds();
     sched_trace_hooks hooks = {0};
     if (cfg->trace.enabled) {

@@ -21,45 +21,6 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* ---- RNG: xoshiro256**, seeded through SplitMix64 ---------------------------------- */
-
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static void rng_seed(sess_rng *r, uint64_t seed)
-{
-    for (int i = 0; i < 4; i++)
-        r->s[i] = splitmix64(&seed);
-}
-
-static uint64_t rotl(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
-
-static uint64_t rng_next(sess_rng *r)
-{
-    uint64_t *s = r->s;
-    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-
-static double rng_uniform(sess_rng *r) /* [0, 1) with 53 random bits */
-{
-    return (double)(rng_next(r) >> 11) * 0x1.0p-53;
-}
-
 /* ---- init ---------------------------------------------------------------------------- */
 
 static const backend_vtable *pick_backend(cfg_backend b)
@@ -123,12 +84,11 @@ static int check_trace_contract(sess *s, moert_err *err)
         if (!t)
             return err_set(err, MOERT_ECONFIG, "trace plan: stage %s is not in contract %s", label,
                            s->contract.path);
-        if ((st = ctr_check_shape(t, label, 2, shape, CTR_F32, err)))
+        const ctr_tensor *ids = si->has_ids ? ctr_find(&s->contract, si->stage, "experts") : NULL;
+        if (ctr_check_shape(t, label, 2, shape, CTR_F32, err) ||
+            (ids && ctr_check_shape(ids, label, 2, shape, CTR_I32, err))) {
+            err->code = MOERT_ECONFIG; /* refuses to start: the plan, not a run, is at fault */
             return err_prefix(err, "trace plan does not satisfy contract %s", s->contract.name);
-        if (si->has_ids) {
-            const ctr_tensor *ids = ctr_find(&s->contract, si->stage, "experts");
-            if (ids && (st = ctr_check_shape(ids, label, 2, shape, CTR_I32, err)))
-                return err_prefix(err, "trace plan does not satisfy contract %s", s->contract.name);
         }
     }
     return MOERT_OK;
@@ -162,6 +122,9 @@ int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err)
     if (flags & SESS_NO_TRACE)
         s->cfg.trace.enabled = false;
     s->threads = cfg->rt.threads > 0 ? cfg->rt.threads : omp_get_num_procs();
+    /* A run never offers a ring more records than positions: larger rings are waste. */
+    if (s->cfg.trace.capacity > s->cfg.rt.max_seq_len)
+        s->cfg.trace.capacity = s->cfg.rt.max_seq_len;
     int st = load_weights(s, err);
     if (st)
         goto fail;
@@ -228,7 +191,7 @@ void sess_reset(sess *s)
 {
     s->pos = 0;
     s->gen_step = 0;
-    rng_seed(&s->rng, s->cfg.sampling.seed);
+    sample_seed(&s->rng, s->cfg.sampling.seed);
     double init = s->stats.init_seconds;
     memset(&s->stats, 0, sizeof s->stats);
     s->stats.init_seconds = init;
@@ -262,8 +225,13 @@ static int run_step(sess *s, const int32_t *ids, int64_t n, bool decode, bool ho
     }
     if ((rc = be->vt->end_step(be, &st, err)))
         return rc;
+    /* The logits buffer holds the step's last row only, or every row when all positions'
+     * logits are traced: the next token comes from the last one. */
     uint64_t lbytes = (uint64_t)sc->topo.vocab_size * sizeof(float);
-    rc = be->vt->read(be, sc->known.logits, 0, be->vt->host_ptr(be, sc->known.logits), lbytes, err);
+    s->last_logit_row = sc->logit_rows > 1 ? n - 1 : 0;
+    uint64_t off = (uint64_t)s->last_logit_row * lbytes;
+    rc = be->vt->read(be, sc->known.logits, off,
+                      (uint8_t *)be->vt->host_ptr(be, sc->known.logits) + off, lbytes, err);
     s->pos += n;
     s->step_index++;
     return rc;
@@ -313,82 +281,20 @@ int sess_decode(sess *s, int32_t id, moert_err *err)
 
 const float *sess_logits(sess *s)
 {
-    return s->be.vt->host_ptr(&s->be, s->schedule.known.logits);
-}
-
-/* Stable LSD radix sort of (key, id) pairs by key ascending, 4 passes of 8 bits. */
-static void radix_sort(uint32_t *keys, int32_t *ids, uint32_t *keys2, int32_t *ids2, int64_t n)
-{
-    for (int shift = 0; shift < 32; shift += 8) {
-        int64_t count[257] = {0};
-        for (int64_t i = 0; i < n; i++)
-            count[((keys[i] >> shift) & 0xff) + 1]++;
-        for (int b = 0; b < 256; b++)
-            count[b + 1] += count[b];
-        for (int64_t i = 0; i < n; i++) {
-            int64_t p = count[(keys[i] >> shift) & 0xff]++;
-            keys2[p] = keys[i];
-            ids2[p] = ids[i];
-        }
-        uint32_t *tk = keys;
-        keys = keys2;
-        keys2 = tk;
-        int32_t *ti = ids;
-        ids = ids2;
-        ids2 = ti;
-    }
-    /* four passes: the sorted data is back in the original arrays */
+    const float *base = s->be.vt->host_ptr(&s->be, s->schedule.known.logits);
+    return base + s->last_logit_row * s->schedule.topo.vocab_size;
 }
 
 int32_t sess_sample(sess *s)
 {
-    const cfg_sampling *sp = &s->cfg.sampling;
-    const float *logits = sess_logits(s);
-    int64_t V = s->cfg.topo.vocab_size;
-    if (sp->temperature <= 0.0)
-        return (int32_t)ops_argmax(logits, V);
     const sched *sc = &s->schedule;
     backend *be = &s->be;
-    uint32_t *keys = be->vt->host_ptr(be, sc->known.sample_keys);
-    uint32_t *keys2 = be->vt->host_ptr(be, sc->known.sample_keys2);
-    int32_t *ids = be->vt->host_ptr(be, sc->known.sample_ids);
-    int32_t *ids2 = be->vt->host_ptr(be, sc->known.sample_ids2);
-    float *probs = be->vt->host_ptr(be, sc->known.sample_probs);
-    float inv_t = (float)(1.0 / sp->temperature);
-    for (int64_t i = 0; i < V; i++) {
-        float z = logits[i] * inv_t;
-        uint32_t u;
-        memcpy(&u, &z, sizeof u);
-        u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* order-preserving */
-        keys[i] = ~u;                                    /* descending value */
-        ids[i] = (int32_t)i;
-    }
-    radix_sort(keys, ids, keys2, ids2, V); /* ties keep ascending id: the sort is stable */
-    int64_t n = sp->top_k > 0 && sp->top_k < V ? sp->top_k : V;
-    double zmax = (double)logits[ids[0]] * inv_t, total = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double p = exp((double)(logits[ids[i]] * inv_t) - zmax);
-        probs[i] = (float)p;
-        total += p;
-    }
-    if (sp->top_p < 1.0) {
-        double cum = 0;
-        int64_t m = 0;
-        while (m < n) {
-            cum += probs[m++];
-            if (cum >= sp->top_p * total)
-                break;
-        }
-        n = m;
-        total = cum;
-    }
-    double u = rng_uniform(&s->rng) * total, cum = 0;
-    for (int64_t i = 0; i < n; i++) {
-        cum += probs[i];
-        if (u < cum)
-            return ids[i];
-    }
-    return ids[n - 1];
+    sample_scratch scratch = {be->vt->host_ptr(be, sc->known.sample_keys),
+                              be->vt->host_ptr(be, sc->known.sample_keys2),
+                              be->vt->host_ptr(be, sc->known.sample_ids),
+                              be->vt->host_ptr(be, sc->known.sample_ids2),
+                              be->vt->host_ptr(be, sc->known.sample_probs)};
+    return sample_token(sess_logits(s), s->cfg.topo.vocab_size, &s->cfg.sampling, &s->rng, &scratch);
 }
 
 int sess_generate(sess *s, const int32_t *prompt, int64_t n_prompt, int64_t n_new,

@@ -17,13 +17,10 @@
 #include "contract.h"
 #include "err.h"
 #include "model.h"
+#include "sample.h"
 #include "sched.h"
 #include "st.h"
 #include "trace.h"
-
-typedef struct sess_rng {
-    uint64_t s[4]; /* xoshiro256** state, seeded by SplitMix64 from the seed */
-} sess_rng;
 
 typedef struct sess_stats {
     int64_t prompt_tokens, generated_tokens;
@@ -52,7 +49,8 @@ typedef struct sess {
     int64_t pos;              /* next position to fill */
     int64_t step_index;       /* steps run so far (prefill chunks + decode steps) */
     int64_t gen_step;         /* 0 during the prompt, then 1, 2, ... */
-    sess_rng rng;
+    int64_t last_logit_row;   /* row of the logits buffer holding the last token's logits */
+    sample_rng rng;
     sess_stats stats;
     bool profile;             /* collect prof */
     sess_profile prof;

@@ -108,15 +108,23 @@ static void check_stages(const refcase *rc, int threads)
     st_close(got);
 }
 
-static void check_greedy(const refcase *rc)
+/* Greedy continuation; `traced` also records every position's logits, which makes the
+ * logits buffer hold one row per position (the next token must come from the last). */
+static void check_greedy_mode(const refcase *rc, bool traced)
 {
     cfg_config cfg;
     moert_err err = {0};
     CU_ASSERT_EQUAL_FATAL(cfg_load(rc->dir, &cfg, &err), MOERT_OK);
     cfg.rt.max_seq_len = rc->n_prompt + rc->n_greedy;
     cfg.rt.prefill_chunk = rc->n_prompt;
+    cfg.trace.enabled = traced;
+    cfg.trace.mode = CFG_TRACE_TENSOR;
+    cfg.trace.positions = CFG_TRACE_ALL;
+    cfg.trace.stages = 1u << CFG_STAGE_LOGITS;
+    cfg.trace.all_layers = true;
+    cfg.trace.capacity = 64;
     sess s;
-    CU_ASSERT_EQUAL_FATAL(sess_open(&s, &cfg, SESS_NO_TRACE, &err), MOERT_OK);
+    CU_ASSERT_EQUAL_FATAL(sess_open(&s, &cfg, 0, &err), MOERT_OK);
     int32_t out[64];
     int64_t n = 0;
     CU_ASSERT_EQUAL(sess_generate(&s, rc->prompt, rc->n_prompt, rc->n_greedy, out, &n, NULL, NULL, &err),
@@ -124,7 +132,7 @@ static void check_greedy(const refcase *rc)
     CU_ASSERT_EQUAL(n, rc->n_greedy);
     CU_ASSERT(memcmp(out, rc->greedy, (size_t)rc->n_greedy * sizeof *out) == 0);
     if (memcmp(out, rc->greedy, (size_t)rc->n_greedy * sizeof *out) != 0) {
-        fprintf(stderr, "\n    %s greedy:", rc->dir);
+        fprintf(stderr, "\n    %s greedy%s:", rc->dir, traced ? " (all logits traced)" : "");
         for (int64_t i = 0; i < n; i++)
             fprintf(stderr, " %d/%d", out[i], rc->greedy[i]);
         fprintf(stderr, "\n");
@@ -132,17 +140,20 @@ static void check_greedy(const refcase *rc)
     sess_close(&s);
 }
 
-/* Runs fn over every reference directory: ../shared/reference/tiny-* and the project's own
+static void check_greedy(const refcase *rc)
+{
+    check_greedy_mode(rc, false);
+    check_greedy_mode(rc, true);
+}
+
+/* Runs fn over every reference directory of the project's own fixtures,
  * tests/fixtures/hf/<name>.  Returns how many were found. */
 static int for_each_reference(void (*fn)(const refcase *))
 {
     static refcase rc;
     int found = 0;
-    const char *shared = test_shared_reference();
-    const char *roots[2] = {shared, "tests/fixtures/hf"};
-    for (int r = 0; r < 2; r++) {
-        if (!roots[r])
-            continue;
+    const char *roots[1] = {"tests/fixtures/hf"};
+    for (int r = 0; r < 1; r++) {
         DIR *d = opendir(roots[r]);
         if (!d)
             continue;

@@ -50,6 +50,8 @@ int main(int argc, char **argv)
     unsigned tests = CU_get_number_of_tests_run();
     CU_cleanup_registry();
     test_print_skips();
+    if (!failed)
+        test_tmpdir_remove();
     printf("\n%u tests run, %s\n", tests, failed ? "FAILURES" : tests ? "all passed" : "NO TESTS");
     return failed || !tests ? 1 : 0;
 }

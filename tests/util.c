@@ -82,6 +82,13 @@ const char *test_tmpdir(void)
     return dir;
 }
 
+void test_tmpdir_remove(void)
+{
+    char cmd[320];
+    snprintf(cmd, sizeof cmd, "rm -rf 'build/test-tmp/%ld'", (long)getpid());
+    if (system(cmd) != 0) { /* best effort */ }
+}
+
 int test_run_cmd(const char *cmd, char *out, size_t out_cap, char *errbuf, size_t err_cap)
 {
     char o[512], e[512], full[8192];

@@ -33,4 +33,8 @@ int test_run_cmd(const char *cmd, char *out, size_t out_cap, char *errbuf, size_
 /* A fresh empty directory under build/test-tmp/ for this process. */
 const char *test_tmpdir(void);
 
+/* Removes this process's test_tmpdir (the runner calls it when every test passed; a failed
+ * run keeps its files for inspection). */
+void test_tmpdir_remove(void);
+
 #endif

@@ -1,0 +1,485 @@
+/* trace: rings, trace files and the tools around them (validate, replay, diff), mostly
+ * through the real CLI.  Expectations are independent: hand-planted faults that must be
+ * named, files compared byte for byte, HF reference tensors. */
+#include <CUnit/CUnit.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../runtime/session.h"
+#include "../runtime/st.h"
+#include "../runtime/trace_file.h"
+#include "util.h"
+
+#define OUTCAP 65536
+static char out[OUTCAP], errb[OUTCAP];
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return test_run_cmd(cmd, out, sizeof out, errb, sizeof errb);
+}
+
+static const char *tmp(const char *name)
+{
+    static char buf[8][512];
+    static int k;
+    k = (k + 1) % 8;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", test_tmpdir(), name);
+    return buf[k];
+}
+
+/* A fresh tensor-mode trace of the embedded default over every position. */
+static const char *default_trace(const char *name, int threads, int chunk, const char *mode)
+{
+    const char *p = tmp(name);
+    int rc = sh("./moert run configs/qwen3moe.yaml --tokens 9707,11,1879,0,576 -n 4 --threads %d "
+                "--prefill-chunk %d --trace %s --trace-mode %s --trace-positions all",
+                threads, chunk, p, mode);
+    if (rc != 0)
+        fprintf(stderr, "\n    moert run failed (%d): %s\n", rc, errb);
+    CU_ASSERT_EQUAL(rc, 0);
+    return p;
+}
+
+/* Rewrites a trace, letting `mutate` change one named tensor's shape and/or bytes. */
+typedef void (*mutate_fn)(const char *name, st_write_spec *spec, uint8_t *data, size_t *len);
+
+static int rewrite_trace(const char *src, const char *dst, mutate_fn mutate)
+{
+    moert_err err = {0};
+    st_set *set = NULL;
+    if (st_open(src, &set, &err))
+        return -1;
+    size_t n = st_count(set);
+    st_write_spec *specs = calloc(n, sizeof *specs);
+    uint8_t **bufs = calloc(n, sizeof *bufs);
+    size_t *lens = calloc(n, sizeof *lens);
+    for (size_t i = 0; i < n; i++) {
+        const st_tensor *t = st_at(set, i);
+        specs[i] = (st_write_spec){t->name, t->dtype, t->ndim, {0}};
+        memcpy(specs[i].shape, t->shape, sizeof t->shape);
+        bufs[i] = malloc(t->nbytes + 1);
+        memcpy(bufs[i], t->data, t->nbytes);
+        lens[i] = t->nbytes;
+        mutate(t->name, &specs[i], bufs[i], &lens[i]);
+    }
+    const char *keys[] = {"format", "moert_version", "contract", "manifest"};
+    const char *vals[4];
+    for (int k = 0; k < 4; k++)
+        vals[k] = st_metadata(set, keys[k]) ? st_metadata(set, keys[k]) : "";
+    st_writer *w = NULL;
+    int st = st_writer_open(dst, specs, n, keys, vals, 4, &w, &err);
+    for (size_t i = 0; i < n && !st; i++)
+        st = st_writer_write(w, bufs[i], lens[i], &err);
+    if (!st)
+        st = st_writer_finish(w, &err);
+    else
+        st_writer_abort(w);
+    for (size_t i = 0; i < n; i++)
+        free(bufs[i]);
+    free(bufs);
+    free(lens);
+    free(specs);
+    st_close(set);
+    return st;
+}
+
+static void drop_last_column_of_attn_out(const char *name, st_write_spec *spec, uint8_t *data,
+                                         size_t *len)
+{
+    if (strcmp(name, "l1.attn_out") != 0)
+        return;
+    int64_t rows = spec->shape[0], cols = spec->shape[1];
+    float *f = (float *)data;
+    for (int64_t r = 0; r < rows; r++)
+        memmove(f + r * (cols - 1), f + r * cols, (size_t)(cols - 1) * sizeof *f);
+    spec->shape[1] = cols - 1;
+    *len = (size_t)(rows * (cols - 1)) * sizeof *f;
+}
+
+static void halve_router_weights(const char *name, st_write_spec *spec, uint8_t *data, size_t *len)
+{
+    (void)spec;
+    if (strcmp(name, "l2.moe_router") != 0)
+        return;
+    float *f = (float *)data;
+    for (size_t i = 0; i < *len / 4; i++)
+        f[i] *= 0.5f;
+}
+
+static void bad_expert_id(const char *name, st_write_spec *spec, uint8_t *data, size_t *len)
+{
+    (void)spec;
+    (void)len;
+    if (strcmp(name, "l3.moe_router.experts") == 0)
+        ((int32_t *)data)[5] = 99; /* the default model has 16 experts */
+}
+
+static void nan_in_output(const char *name, st_write_spec *spec, uint8_t *data, size_t *len)
+{
+    (void)spec;
+    (void)len;
+    if (strcmp(name, "l0.output") == 0)
+        ((float *)data)[3] = NAN;
+}
+
+static void test_validate(void)
+{
+    const char *t = default_trace("v.trace", 2, 64, "tensor");
+    const char *junit = tmp("v.xml");
+    CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s --junit %s", t, junit), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "PASS"));
+    FILE *f = fopen(junit, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    char xml[4096] = {0};
+    CU_ASSERT(fread(xml, 1, sizeof xml - 1, f) > 0);
+    fclose(f);
+    CU_ASSERT_PTR_NOT_NULL(strstr(xml, "failures=\"0\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(xml, "name=\"l3.moe_router\""));
+
+    /* a wrong shape: exit 1, the stage named, expected and actual */
+    const char *bad = tmp("shape.trace");
+    CU_ASSERT_EQUAL_FATAL(rewrite_trace(t, bad, drop_last_column_of_attn_out), 0);
+    CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s --junit %s", bad, junit), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "l1.attn_out"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "[*, 128]"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "127]"));
+    f = fopen(junit, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    memset(xml, 0, sizeof xml);
+    CU_ASSERT(fread(xml, 1, sizeof xml - 1, f) > 0);
+    fclose(f);
+    CU_ASSERT_PTR_NULL(strstr(xml, "failures=\"0\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(xml, "<failure"));
+
+    /* value rules */
+    CU_ASSERT_EQUAL_FATAL(rewrite_trace(t, bad, halve_router_weights), 0);
+    CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s", bad), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "l2.moe_router"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "sum_to_one"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "sums to 0.5"));
+    CU_ASSERT_EQUAL_FATAL(rewrite_trace(t, bad, bad_expert_id), 0);
+    CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s --json", bad), 1);
+    json_error_t je;
+    json_t *j = json_loads(out, 0, &je);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT(json_is_false(json_object_get(j, "passed")));
+    json_t *v0 = json_array_get(json_object_get(j, "violations"), 0);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(v0, "stage")), "l3.moe_router.experts");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(v0, "rule")), "index_range");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(v0, "record")), 1); /* id 5 = row 1 of k=4 */
+    json_decref(j);
+    CU_ASSERT_EQUAL_FATAL(rewrite_trace(t, bad, nan_in_output), 0);
+    CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s", bad), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "l0.output record 0"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "finite"));
+}
+
+static void test_validate_stats_and_bad_input(void)
+{
+    const char *t = default_trace("s.trace", 2, 64, "stats");
+    CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s", t), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "PASS"));
+    /* rules the stats cannot prove are listed as not checked, never passed silently */
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "not checked l1.moe_router.experts: index_range"));
+
+    /* unusable input: exit 2 */
+    CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s", tmp("missing.trace")), 2);
+    const char *junk = tmp("junk.trace");
+    FILE *f = fopen(junk, "w");
+    fputs("not a safetensors file at all", f);
+    fclose(f);
+    CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s", junk), 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "junk.trace"));
+    char ref[512];
+    if (test_shared_reference()) {
+        /* a safetensors file that is not a trace */
+        snprintf(ref, sizeof ref, "%s/tiny-f32/reference.safetensors", test_shared_reference());
+        CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s", ref), 2);
+        CU_ASSERT_PTR_NOT_NULL(strstr(errb, "not a moert trace"));
+    }
+    CU_ASSERT_EQUAL(sh("./moert validate %s %s", tmp("nope.yaml"), t), 2);
+}
+
+/* Same run, different thread counts and chunking: the data sections are identical. */
+static void test_threads_identical(void)
+{
+    const char *a = default_trace("t1.trace", 1, 64, "tensor");
+    const char *b = default_trace("t2.trace", 2, 3, "tensor");
+    moert_err err = {0};
+    st_set *sa = NULL, *sb = NULL;
+    CU_ASSERT_EQUAL_FATAL(st_open(a, &sa, &err), MOERT_OK);
+    CU_ASSERT_EQUAL_FATAL(st_open(b, &sb, &err), MOERT_OK);
+    CU_ASSERT_EQUAL(st_count(sa), st_count(sb));
+    int differing = 0;
+    for (size_t i = 0; i < st_count(sa); i++) {
+        const st_tensor *x = st_at(sa, i), *y = st_find(sb, x->name);
+        if (!y || x->nbytes != y->nbytes || memcmp(x->data, y->data, x->nbytes) != 0) {
+            fprintf(stderr, "\n    %s differs between --threads 1 and --threads 2\n", x->name);
+            differing++;
+        }
+    }
+    CU_ASSERT_EQUAL(differing, 0);
+    CU_ASSERT(st_count(sa) > 60);
+    st_close(sa);
+    st_close(sb);
+}
+
+static void test_replay_fixture(void)
+{
+    const char *fx = "tests/fixtures/replay/default.trace";
+    CU_ASSERT_EQUAL(sh("./moert replay %s", fx), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "bit-exact"));
+    /* replay proves what the recording does not fix: threads and chunking */
+    CU_ASSERT_EQUAL(sh("./moert replay %s --threads 1 --prefill-chunk 1 --json", fx), 0);
+    json_error_t je;
+    json_t *j = json_loads(out, 0, &je);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT(json_is_true(json_object_get(j, "match")));
+    CU_ASSERT(json_integer_value(json_object_get(j, "records")) > 300);
+    json_decref(j);
+    CU_ASSERT_EQUAL(sh("./moert replay %s", tmp("missing.trace")), 2);
+}
+
+/* Byte offset, in its shard, of a tensor of a synthesized model directory. */
+static long tensor_file_offset(const char *dir, const char *name, char *shard, size_t cap)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    json_error_t je;
+    json_t *idx = json_load_file(path, 0, &je);
+    if (!idx)
+        return -1;
+    const char *file = json_string_value(json_object_get(json_object_get(idx, "weight_map"), name));
+    if (!file) {
+        json_decref(idx);
+        return -1;
+    }
+    snprintf(shard, cap, "%s/%s", dir, file);
+    json_decref(idx);
+    FILE *f = fopen(shard, "rb");
+    if (!f)
+        return -1;
+    uint64_t n = 0;
+    if (fread(&n, 8, 1, f) != 1 || n > (1u << 26)) {
+        fclose(f);
+        return -1;
+    }
+    char *hdr = calloc(1, n + 1);
+    long off = -1;
+    if (fread(hdr, 1, n, f) == n) {
+        json_t *h = json_loads(hdr, 0, &je);
+        json_t *offs = json_object_get(json_object_get(h, name), "data_offsets");
+        if (offs)
+            off = (long)(8 + n + (uint64_t)json_integer_value(json_array_get(offs, 0)));
+        json_decref(h);
+    }
+    free(hdr);
+    fclose(f);
+    return off;
+}
+
+static void test_replay_changed_weight(void)
+{
+    const char *fx = "tests/fixtures/replay/default.trace";
+    const char *dir = tmp("model");
+    /* the same seeded weights written as files: replay against them is still bit-exact */
+    CU_ASSERT_EQUAL_FATAL(sh("./moert synth configs/qwen3moe.yaml --out %s --shard-mb 16", dir), 0);
+    CU_ASSERT_EQUAL(sh("./moert replay %s --weights %s", fx, dir), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "bit-exact"));
+    /* one byte of layer 2's attention output projection changes */
+    char shard[1024];
+    long off = tensor_file_offset(dir, "model.layers.2.self_attn.o_proj.weight", shard, sizeof shard);
+    CU_ASSERT_FATAL(off > 0);
+    FILE *f = fopen(shard, "r+b");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fseek(f, off + 1, SEEK_SET); /* high byte of the first bf16: sign and exponent */
+    int byte = fgetc(f);
+    fseek(f, off + 1, SEEK_SET);
+    fputc(byte ^ 0x40, f);
+    fclose(f);
+    /* the fingerprint catches it... */
+    CU_ASSERT_EQUAL(sh("./moert replay %s --weights %s", fx, dir), 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "fingerprint"));
+    /* ...and a forced replay names the first divergence: layer 2, stage attn_out */
+    CU_ASSERT_EQUAL(sh("./moert replay %s --weights %s --force", fx, dir), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "first divergence: step 0, layer 2, stage attn_out"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "cosine"));
+    CU_ASSERT_EQUAL(sh("./moert replay %s --weights %s --force --json", fx, dir), 1);
+    json_error_t je;
+    json_t *j = json_loads(out, 0, &je);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    json_t *d = json_object_get(j, "first_divergence");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(d, "layer")), 2);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(d, "stage")), "attn_out");
+    CU_ASSERT(json_real_value(json_object_get(d, "cosine")) < 1.0);
+    json_decref(j);
+}
+
+/* A tensor-mode prefill trace (-n 0, every position) has exactly the reference file's
+ * tensor names and shapes, and diff shows every stage within 1e-5. */
+static void diff_against_reference(const char *dir)
+{
+    char ref[700], cfgp[700];
+    snprintf(ref, sizeof ref, "%s/reference.safetensors", dir);
+    snprintf(cfgp, sizeof cfgp, "%s/reference.json", dir);
+    json_error_t je;
+    json_t *r = json_load_file(cfgp, 0, &je);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    char ids[4096] = {0};
+    size_t i, len = 0;
+    json_t *x;
+    json_array_foreach(json_object_get(r, "prompt_ids"), i, x)
+        len += (size_t)snprintf(ids + len, sizeof ids - len, "%s%lld", i ? "," : "",
+                                (long long)json_integer_value(x));
+    json_decref(r);
+    const char *t = tmp("ref.trace");
+    CU_ASSERT_EQUAL_FATAL(sh("./moert run %s --tokens %s -n 0 --trace %s --trace-mode tensor "
+                             "--trace-positions all",
+                             dir, ids, t),
+                          0);
+    moert_err err = {0};
+    st_set *rs = NULL, *ts = NULL;
+    CU_ASSERT_EQUAL_FATAL(st_open(ref, &rs, &err), MOERT_OK);
+    CU_ASSERT_EQUAL_FATAL(st_open(t, &ts, &err), MOERT_OK);
+    for (size_t k = 0; k < st_count(rs); k++) {
+        const st_tensor *a = st_at(rs, k), *b = st_find(ts, a->name);
+        CU_ASSERT_PTR_NOT_NULL(b);
+        if (b) {
+            CU_ASSERT_EQUAL(b->ndim, 2);
+            CU_ASSERT_EQUAL(b->shape[0], a->shape[0]);
+            CU_ASSERT_EQUAL(b->shape[1], a->shape[1]);
+        }
+    }
+    st_close(rs);
+    st_close(ts);
+    CU_ASSERT_EQUAL_FATAL(sh("./moert diff %s %s --json", t, ref), 0);
+    json_t *j = json_loads(out, 0, &je);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    int n_stages = 0, routers = 0;
+    json_array_foreach(json_object_get(j, "stages"), i, x)
+    {
+        json_t *rel = json_object_get(x, "rel_err"), *tk = json_object_get(x, "topk_agreement");
+        if (rel) {
+            n_stages++;
+            if (!(json_real_value(rel) <= 1e-5))
+                fprintf(stderr, "\n    %s: %s rel_err %g\n", dir,
+                        json_string_value(json_object_get(x, "name")), json_real_value(rel));
+            CU_ASSERT(json_real_value(rel) <= 1e-5);
+            CU_ASSERT(json_real_value(json_object_get(x, "cos")) > 0.99999);
+        }
+        if (tk) {
+            routers++;
+            CU_ASSERT_DOUBLE_EQUAL(json_real_value(tk), 1.0, 1e-12);
+        }
+    }
+    CU_ASSERT(n_stages >= 9);
+    CU_ASSERT(routers >= 1);
+    json_decref(j);
+}
+
+static void test_diff_reference(void)
+{
+    diff_against_reference("tests/fixtures/hf/gqa4-hd24");
+    const char *shared = test_shared_reference();
+    if (!shared) {
+        TEST_SKIP("../shared/reference is absent: diff against tiny-bf16 not checked");
+        return;
+    }
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/tiny-bf16", shared);
+    diff_against_reference(dir);
+}
+
+/* Rings keep the newest records (overwrite) or the oldest (stop), and count drops. */
+static void ring_run(cfg_trace_on_full mode, int64_t *first_step, int64_t *n, int64_t *drops)
+{
+    cfg_config cfg;
+    moert_err err = {0};
+    CU_ASSERT_EQUAL_FATAL(cfg_load("configs/qwen3moe.yaml", &cfg, &err), MOERT_OK);
+    cfg.trace.enabled = true;
+    cfg.trace.mode = CFG_TRACE_STATS;
+    cfg.trace.positions = CFG_TRACE_LAST;
+    cfg.trace.stages = 1u << CFG_STAGE_FINAL_NORM;
+    cfg.trace.capacity = 3;
+    cfg.trace.on_full = mode;
+    const char *path = tmp("ring.trace");
+    snprintf(cfg.trace.out_path, sizeof cfg.trace.out_path, "%s", path);
+    sess s;
+    CU_ASSERT_EQUAL_FATAL(sess_open(&s, &cfg, 0, &err), MOERT_OK);
+    int32_t prompt[3] = {10, 20, 30}, gen[8];
+    int64_t n_gen = 0;
+    CU_ASSERT_EQUAL(sess_generate(&s, prompt, 3, 7, gen, &n_gen, NULL, NULL, &err), MOERT_OK);
+    trace_run_info info = {prompt, 3, gen, n_gen};
+    CU_ASSERT_EQUAL(trace_file_write(&s, path, &info, &err), MOERT_OK);
+    sess_close(&s);
+    trace_file tf;
+    CU_ASSERT_EQUAL_FATAL(trace_file_open(path, &tf, &err), MOERT_OK);
+    CU_ASSERT_EQUAL_FATAL(tf.n_rings, 1);
+    *n = tf.rings[0].n;
+    *drops = tf.rings[0].drops;
+    *first_step = tf.rings[0].meta[0];
+    for (int64_t i = 1; i < tf.rings[0].n; i++) /* records in order */
+        CU_ASSERT_EQUAL(tf.rings[0].meta[i * 3], tf.rings[0].meta[(i - 1) * 3] + 1);
+    trace_file_close(&tf);
+}
+
+static void test_ring_overflow(void)
+{
+    /* 7 generated tokens: records at steps 0 (the prompt's last position) .. 6 = 7 offered */
+    int64_t first, n, drops;
+    ring_run(CFG_TRACE_OVERWRITE, &first, &n, &drops);
+    CU_ASSERT_EQUAL(n, 3);
+    CU_ASSERT_EQUAL(drops, 4);
+    CU_ASSERT_EQUAL(first, 4); /* the newest three: steps 4, 5, 6 */
+    ring_run(CFG_TRACE_STOP, &first, &n, &drops);
+    CU_ASSERT_EQUAL(n, 3);
+    CU_ASSERT_EQUAL(drops, 4);
+    CU_ASSERT_EQUAL(first, 0); /* the oldest three */
+}
+
+static void test_contract_refuses_plan(void)
+{
+    /* a contract whose attn_out width disagrees with the topology refuses to start */
+    const char *c = tmp("narrow.yaml");
+    CU_ASSERT_EQUAL_FATAL(sh("sed 's/^\\(  attn_out: *{shape: \\[tokens, \\)hidden_size\\]/\\17]/' "
+                             "contracts/qwen3moe-trace-v1.yaml > %s && grep -q 'attn_out.*tokens, 7]' %s",
+                             c, c),
+                          0);
+    const char *t = tmp("never.trace");
+    unlink(t);
+    CU_ASSERT_EQUAL(sh("./moert run configs/qwen3moe.yaml --tokens 1,2 -n 1 --trace %s --contract %s", t, c), 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "attn_out"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "7"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "128"));
+    struct stat sb;
+    CU_ASSERT_NOT_EQUAL(stat(t, &sb), 0); /* nothing written */
+    /* a trace into a directory that does not exist: a clear error, no stray temp file */
+    CU_ASSERT_EQUAL(sh("./moert run configs/qwen3moe.yaml --tokens 1,2 -n 1 --trace %s/no/such/dir/x.trace",
+                       test_tmpdir()),
+                    2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "x.trace"));
+}
+
+void suite_trace(void)
+{
+    CU_pSuite s = CU_add_suite("trace", NULL, NULL);
+    CU_add_test(s, "validate: pass, JUnit, planted shape and value faults", test_validate);
+    CU_add_test(s, "validate: stats mode, unusable input", test_validate_stats_and_bad_input);
+    CU_add_test(s, "traces identical for --threads 1/2 and any chunking", test_threads_identical);
+    CU_add_test(s, "replay of the CI fixture is bit-exact", test_replay_fixture);
+    CU_add_test(s, "replay names the layer of a changed weight byte", test_replay_changed_weight);
+    CU_add_test(s, "diff against HF reference files", test_diff_reference);
+    CU_add_test(s, "ring overflow: overwrite and stop", test_ring_overflow);
+    CU_add_test(s, "contract mismatch refuses to start", test_contract_refuses_plan);
+}
