@@ -4,8 +4,9 @@
 #   make run        build and run the embedded default model (README's first command)
 #   make test       build and run the CUnit suite, then the same suite under ASan + UBSan
 #   make test-fast  the suite without the sanitizer pass
-#   make hip        compile the HIP backend with hipcc for AMD ($(GPU_TARGETS))
-#   make hip-nvidia build ./moert-nvidia: the HIP backend on CUDA via hip/hip_cuda.h (sm_90)
+#   make hip        build ./moert-hip: the HIP backend with hipcc for AMD ($(GPU_TARGETS))
+#   make hip-nvidia build ./moert-nvidia and build/nvidia/test_runner: the HIP backend on
+#                   CUDA via hip/hip_compat.h (sm_90), support libraries linked statically
 #
 # All objects go under build/<variant>/; nothing is written elsewhere except ./moert*.
 
@@ -40,7 +41,7 @@ endif
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 SUITES   := $(patsubst tests/test_%.c,%,$(filter tests/test_%.c,$(filter-out tests/test_main.c,$(TEST_SRC))))
 
-.PHONY: all run test test-fast test-release test-asan deps hip hip-nvidia clean bench-cpu
+.PHONY: all run test test-fast test-release test-asan test-objs deps hip hip-nvidia clean bench-cpu
 all: moert
 
 $(DEPS_STAMP): tools/deps.sh
@@ -84,6 +85,9 @@ $(BUILD)/tests/%.o: tests/%.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Wno-missing-prototypes -c $< -o $@
 
+# The suite's objects alone (hip/hip.mk links them into the GPU test runner).
+test-objs: $(TEST_OBJ)
+
 $(BUILD)/test_runner: $(TEST_OBJ) $(BUILD)/libmoert.a
 	$(CC) $(LDFLAGS) -o $@ $^ -Wl,-Bstatic -lcunit -Wl,-Bdynamic $(LDLIBS)
 
@@ -110,14 +114,12 @@ bench-cpu: moert
 # ---- GPU ---------------------------------------------------------------------------
 GPU_TARGETS ?= gfx90a
 HIPCC       ?= hipcc
-HIP_SRC     := $(wildcard hip/*.hip)
-HIP_CSRC    := $(wildcard hip/*.c)
 
 hip: | $(DEPS_STAMP)
 	$(MAKE) -f hip/hip.mk HIPCC=$(HIPCC) GPU_TARGETS="$(GPU_TARGETS)" hip
 
 hip-nvidia: | $(DEPS_STAMP)
-	$(MAKE) -f hip/hip.mk hip-nvidia
+	$(MAKE) -f hip/hip.mk NV_ARCH="$(or $(NV_ARCH),sm_90)" hip-nvidia
 
 clean:
 	rm -rf build/release build/asan build/hip build/nvidia moert moert-hip moert-nvidia

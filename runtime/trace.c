@@ -104,6 +104,11 @@ void trace_rt_set_step(trace_rt *t, int64_t gen_step, bool holds_last_prompt_pos
     t->holds_last = holds_last_prompt_pos;
 }
 
+int64_t trace_rt_gen_step(const trace_rt *t)
+{
+    return t->gen_step;
+}
+
 void trace_rt_rows(const trace_rt *t, const exec_step *st, int64_t *row0, int64_t *row1)
 {
     *row1 = st->n_rows;

@@ -82,6 +82,10 @@ const cfg_trace_plan *trace_rt_plan(const trace_rt *t);
  * whether it holds the last prompt position. */
 void trace_rt_set_step(trace_rt *t, int64_t gen_step, bool holds_last_prompt_pos);
 
+/* The generation step set by trace_rt_set_step (what a record's `step` gets): device
+ * backends copy it into their per-step parameters. */
+int64_t trace_rt_gen_step(const trace_rt *t);
+
 /* Which rows [row0, row1) of a step a TRACE op captures ("last"/"all" rule above). */
 void trace_rt_rows(const trace_rt *t, const exec_step *st, int64_t *row0, int64_t *row1);
 

@@ -1,0 +1,1489 @@
+/* backend_hip: the schedule on one GPU through HIP (AMD) or CUDA (NVIDIA, via hip_compat.h).
+ *
+ * Init: device 0; ONE device arena with every schedule buffer at its planned offset; a host
+ * mirror of the same size (anonymous mmap: untouched pages cost nothing) behind host_ptr()
+ * and read(); ONE device weights region into which every bound tensor is uploaded once
+ * (pinned staging, chunked async copies, a progress bar), the experts of a layer laid out
+ * contiguously so a kernel finds expert e at base + e * stride; a small auxiliary block
+ * (step parameters, trace header shadows, decode attention partials, the MoE tile table).
+ *
+ * Steps: per-step values (pos0, n_rows, generation step, first traced row, parity) go to a
+ * device "step params" block with one async copy in begin_step; kernels read them there.
+ * The first decode step is captured as a graph and replayed by every later decode step
+ * (begin_step sets *ops_done).  Prefill steps run eagerly.  Nothing is allocated per step.
+ *
+ * Fusions (pure launch savings; the buffers hold what the unfused ops would write): a
+ * residual ADD immediately followed by the RMSNORM of the same stream is one kernel, and a
+ * KV_STORE right after its layer's QK_NORM_ROPE is done by that kernel.
+ *
+ * Debugging: MOERT_HIP_DEBUG=1 synchronises after every op and checks the launch status
+ * and the device guard flag; MOERT_HIP_CHECK=1 runs a CPU backend alongside and compares
+ * every op's output with the CPU kernels on identical inputs on the first prefill and first
+ * decode step (MOERT_HIP_CHECK=all: every step), printing each op beyond 1e-4 relative L2
+ * error; MOERT_HIP_NOGRAPH=1 runs decode steps eagerly.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hip_compat.h"
+#include "hip_host.h"
+#include "hip_kernels.h"
+
+extern "C" {
+#include "../arena/arena.h"
+#include "../runtime/backend.h"
+#include "../runtime/err.h"
+#include "../runtime/trace.h"
+}
+
+#define STAGE_BYTES ((size_t)64 << 20) /* pinned staging per buffer (two of them) */
+#define WRITE_STAGE_BYTES ((size_t)1 << 20)
+
+typedef struct dev_tensor {
+    const unsigned char *d; /* NULL when absent */
+    int dt;
+    long long rows, cols;
+} dev_tensor;
+
+typedef struct dev_layer {
+    dev_tensor attn_norm, q, k, v, o, q_norm, k_norm, ffn_norm, router;
+    dev_tensor mlp_gate, mlp_up, mlp_down;
+    bool sparse;
+    dev_tensor gate, up, down;         /* expert 0 of each part; expert e at + e * stride */
+    long long estride_gu, estride_d;   /* elements */
+} dev_layer;
+
+enum { OPF_SKIP = 1, OPF_FUSE_NEXT = 2 };
+
+typedef struct hip_ctx {
+    const sched *s;
+    const uint64_t *offsets;
+    const model_weights *w;
+    trace_rt *trace;
+    int32_t threads;
+
+    hipDeviceProp_t props;
+    int sms;
+    size_t smem_optin;
+    hipStream_t stream;
+    hipEvent_t ev_params, ev_write;
+    bool ev_ok;
+
+    unsigned char *dev_arena;
+    uint64_t arena_bytes;
+    arena mirror;
+    void *reg_base;           /* host-registered (pinned) part of the mirror: logits */
+    size_t reg_bytes;
+
+    unsigned char *dev_weights;
+    uint64_t weights_bytes;
+    dev_tensor embed, final_norm, lm_head;
+    dev_layer *layers;
+
+    unsigned char *aux;
+    hip_step_params *d_params;
+    int *d_err;
+    unsigned long long *d_shadow;
+    float *d_attn_part;
+    int32_t *d_tiles;
+    int max_splits, max_tiles, n_trace;
+
+    hip_step_params *h_params; /* pinned */
+    unsigned char *h_write;    /* pinned staging of small writes */
+
+    uint8_t *opf;              /* per op: OPF_* */
+    float eps, attn_scale;
+
+    /* trace plan */
+    bool tr_tensor, tr_overwrite, tr_all;
+    long long tr_cap;
+
+    /* decode graph */
+    bool use_graph, capturing, graph_ready, graph_failed, graph_launched;
+    hipGraph_t graph;
+    hipGraphExec_t gexec;
+
+    bool debug;
+
+    /* MOERT_HIP_CHECK */
+    int check;                 /* 0 off, 1 first prefill + first decode, 2 every step */
+    bool checked_prefill, checked_decode, checking_step;
+    backend cpu;
+    unsigned char *chk_host;
+    uint64_t chk_bytes;
+    long long chk_ops, chk_bad;
+} hip_ctx;
+
+/* ---- errors ------------------------------------------------------------------------- */
+
+static int hip_fail(moert_err *err, hipError_t e, const char *what)
+{
+    return err_set(err, MOERT_EINTERNAL, "backend hip: %s: %s", what, hipGetErrorString(e));
+}
+
+#define HIP_TRY(call, what)                                                                       \
+    do {                                                                                          \
+        hipError_t e_ = (call);                                                                   \
+        if (e_ != hipSuccess)                                                                     \
+            return hip_fail(err, e_, (what));                                                     \
+    } while (0)
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static unsigned char *dbuf(hip_ctx *c, int32_t id)
+{
+    return c->dev_arena + c->offsets[id];
+}
+static float *fbuf(hip_ctx *c, int32_t id)
+{
+    return (float *)(c->dev_arena + c->offsets[id]);
+}
+
+/* ---- weights ------------------------------------------------------------------------ */
+
+typedef struct upload_seg {
+    uint64_t dev_off;
+    const void *src;
+    uint64_t bytes;
+} upload_seg;
+
+typedef struct wplan {
+    upload_seg *segs;
+    size_t n, cap;
+    uint64_t end;
+} wplan;
+
+static int dt_of(st_dtype t)
+{
+    return t == ST_BF16 ? HIP_DT_BF16 : t == ST_F16 ? HIP_DT_F16 : t == ST_F32 ? HIP_DT_F32 : -1;
+}
+
+static uint64_t align256(uint64_t x)
+{
+    return (x + 255) & ~(uint64_t)255;
+}
+
+/* Appends a tensor to the upload plan; *off receives its device offset. */
+static int plan_tensor(wplan *p, const model_tensor *t, uint64_t *off, moert_err *err)
+{
+    if (dt_of(t->dtype) < 0)
+        return err_set(err, MOERT_EFORMAT, "backend hip: tensor %s has dtype %s (need F32, BF16 or F16)",
+                       t->name ? t->name : "?", st_dtype_name(t->dtype));
+    if (p->n == p->cap) {
+        size_t nc = p->cap ? p->cap * 2 : 256;
+        upload_seg *q = (upload_seg *)realloc(p->segs, nc * sizeof *q);
+        if (!q)
+            return err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
+        p->segs = q;
+        p->cap = nc;
+    }
+    *off = p->end;
+    p->segs[p->n].dev_off = p->end;
+    p->segs[p->n].src = t->data;
+    p->segs[p->n].bytes = t->nbytes;
+    p->n++;
+    p->end = align256(p->end + t->nbytes);
+    return MOERT_OK;
+}
+
+typedef struct tensor_ref {
+    const model_tensor *t;
+    dev_tensor *dst;
+    uint64_t off;
+} tensor_ref;
+
+static void set_dev(hip_ctx *c, dev_tensor *d, const model_tensor *t, uint64_t off)
+{
+    d->d = c->dev_weights + off;
+    d->dt = dt_of(t->dtype);
+    d->rows = t->rows;
+    d->cols = t->cols;
+}
+
+/* Plans the device weights region: every bound tensor once (a tied lm_head shares the
+ * embedding), each layer's experts contiguous per part.  Then uploads. */
+static int upload_weights(hip_ctx *c, moert_err *err)
+{
+    const model_weights *w = c->w;
+    const cfg_topology *t = &c->s->topo;
+    int64_t L = t->num_hidden_layers, E = t->num_experts;
+    wplan p = {NULL, 0, 0, 0};
+    int st = MOERT_OK;
+    /* offsets, resolved into pointers once the region exists */
+    uint64_t o_embed = 0, o_fnorm = 0, o_head = 0;
+    uint64_t *lo = (uint64_t *)calloc((size_t)(L > 0 ? L : 1) * 16, sizeof *lo);
+    c->layers = (dev_layer *)calloc((size_t)(L > 0 ? L : 1), sizeof *c->layers);
+    if (!lo || !c->layers) {
+        free(lo);
+        return err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
+    }
+    bool tied = w->lm_head.data == w->embed.data;
+    if ((st = plan_tensor(&p, &w->embed, &o_embed, err)) ||
+        (st = plan_tensor(&p, &w->final_norm, &o_fnorm, err)))
+        goto out;
+    if (tied)
+        o_head = o_embed;
+    else if ((st = plan_tensor(&p, &w->lm_head, &o_head, err)))
+        goto out;
+    for (int64_t l = 0; l < L && !st; l++) {
+        const model_layer *ml = &w->layers[l];
+        uint64_t *q = lo + l * 16;
+        if ((st = plan_tensor(&p, &ml->attn_norm, &q[0], err)) ||
+            (st = plan_tensor(&p, &ml->q, &q[1], err)) || (st = plan_tensor(&p, &ml->k, &q[2], err)) ||
+            (st = plan_tensor(&p, &ml->v, &q[3], err)) || (st = plan_tensor(&p, &ml->o, &q[4], err)) ||
+            (st = plan_tensor(&p, &ml->q_norm, &q[5], err)) ||
+            (st = plan_tensor(&p, &ml->k_norm, &q[6], err)) ||
+            (st = plan_tensor(&p, &ml->ffn_norm, &q[7], err)))
+            goto out;
+        c->layers[l].sparse = ml->sparse;
+        if (ml->sparse) {
+            if ((st = plan_tensor(&p, &ml->router, &q[8], err)))
+                goto out;
+            const model_tensor *parts[3] = {ml->gate, ml->up, ml->down};
+            for (int pt = 0; pt < 3; pt++) {
+                for (int64_t e = 0; e < E; e++) {
+                    const model_tensor *x = &parts[pt][e];
+                    if (x->dtype != parts[pt][0].dtype || x->nbytes != parts[pt][0].nbytes) {
+                        st = err_set(err, MOERT_EFORMAT,
+                                     "backend hip: layer %lld expert %lld: %s is %s, %llu bytes, "
+                                     "unlike expert 0 (%s, %llu bytes): experts of a layer must "
+                                     "share dtype and shape",
+                                     (long long)l, (long long)e, x->name ? x->name : "?",
+                                     st_dtype_name(x->dtype), (unsigned long long)x->nbytes,
+                                     st_dtype_name(parts[pt][0].dtype),
+                                     (unsigned long long)parts[pt][0].nbytes);
+                        goto out;
+                    }
+                    uint64_t off;
+                    if ((st = plan_tensor(&p, x, &off, err)))
+                        goto out;
+                    if (e == 0)
+                        q[9 + pt] = off;
+                }
+            }
+            size_t esz = st_dtype_size(ml->gate[0].dtype);
+            c->layers[l].estride_gu = (long long)(align256(ml->gate[0].nbytes) / esz);
+            if (align256(ml->up[0].nbytes) / st_dtype_size(ml->up[0].dtype) !=
+                    (uint64_t)c->layers[l].estride_gu ||
+                ml->up[0].dtype != ml->gate[0].dtype) {
+                st = err_set(err, MOERT_EFORMAT,
+                             "backend hip: layer %lld: expert gate and up projections differ in "
+                             "dtype or shape", (long long)l);
+                goto out;
+            }
+            c->layers[l].estride_d =
+                (long long)(align256(ml->down[0].nbytes) / st_dtype_size(ml->down[0].dtype));
+        } else {
+            if ((st = plan_tensor(&p, &ml->mlp_gate, &q[12], err)) ||
+                (st = plan_tensor(&p, &ml->mlp_up, &q[13], err)) ||
+                (st = plan_tensor(&p, &ml->mlp_down, &q[14], err)))
+                goto out;
+            if (ml->mlp_gate.dtype != ml->mlp_up.dtype) {
+                st = err_set(err, MOERT_EFORMAT,
+                             "backend hip: layer %lld: mlp gate_proj and up_proj differ in dtype",
+                             (long long)l);
+                goto out;
+            }
+        }
+    }
+    c->weights_bytes = p.end ? p.end : 256;
+    {
+        hipError_t e = hipMalloc((void **)&c->dev_weights, c->weights_bytes);
+        if (e != hipSuccess) {
+            size_t fr = 0, tot = 0;
+            (void)hipMemGetInfo(&fr, &tot);
+            st = err_set(err, MOERT_ENOMEM,
+                         "backend hip: cannot allocate %.2f GB for the weights on %s (%.2f GB free "
+                         "of %.2f): %s",
+                         (double)c->weights_bytes / 1e9, c->props.name, (double)fr / 1e9,
+                         (double)tot / 1e9, hipGetErrorString(e));
+            c->dev_weights = NULL;
+            goto out;
+        }
+    }
+    set_dev(c, &c->embed, &w->embed, o_embed);
+    set_dev(c, &c->final_norm, &w->final_norm, o_fnorm);
+    set_dev(c, &c->lm_head, &w->lm_head, o_head);
+    for (int64_t l = 0; l < L; l++) {
+        const model_layer *ml = &w->layers[l];
+        dev_layer *d = &c->layers[l];
+        uint64_t *q = lo + l * 16;
+        set_dev(c, &d->attn_norm, &ml->attn_norm, q[0]);
+        set_dev(c, &d->q, &ml->q, q[1]);
+        set_dev(c, &d->k, &ml->k, q[2]);
+        set_dev(c, &d->v, &ml->v, q[3]);
+        set_dev(c, &d->o, &ml->o, q[4]);
+        set_dev(c, &d->q_norm, &ml->q_norm, q[5]);
+        set_dev(c, &d->k_norm, &ml->k_norm, q[6]);
+        set_dev(c, &d->ffn_norm, &ml->ffn_norm, q[7]);
+        if (ml->sparse) {
+            set_dev(c, &d->router, &ml->router, q[8]);
+            set_dev(c, &d->gate, &ml->gate[0], q[9]);
+            set_dev(c, &d->up, &ml->up[0], q[10]);
+            set_dev(c, &d->down, &ml->down[0], q[11]);
+        } else {
+            set_dev(c, &d->mlp_gate, &ml->mlp_gate, q[12]);
+            set_dev(c, &d->mlp_up, &ml->mlp_up, q[13]);
+            set_dev(c, &d->mlp_down, &ml->mlp_down, q[14]);
+        }
+    }
+
+    /* Upload: segments in device order, packed into a pinned staging window; two windows
+     * alternate so the host fills one while the other is copied. */
+    {
+        unsigned char *stage[2] = {NULL, NULL};
+        hipEvent_t ev[2];
+        bool ev_made[2] = {false, false}, busy[2] = {false, false};
+        size_t sbytes = STAGE_BYTES;
+        if (p.end < sbytes)
+            sbytes = (size_t)(p.end ? p.end : 256);
+        double t0 = now_s();
+        hipError_t e = hipSuccess;
+        for (int b = 0; b < 2 && e == hipSuccess; b++) {
+            e = hipHostMalloc((void **)&stage[b], sbytes, hipHostMallocDefault);
+            if (e == hipSuccess) {
+                e = hipEventCreateWithFlags(&ev[b], hipEventDisableTiming);
+                ev_made[b] = e == hipSuccess;
+            }
+        }
+        int cur = 0;
+        uint64_t win = 0, used = 0, done = 0;
+        auto flush = [&]() -> hipError_t {
+            if (used == 0)
+                return hipSuccess;
+            hipError_t fe = hipMemcpyAsync(c->dev_weights + win, stage[cur], used,
+                                           hipMemcpyHostToDevice, c->stream);
+            if (fe == hipSuccess)
+                fe = hipEventRecord(ev[cur], c->stream);
+            busy[cur] = true;
+            done += used;
+            hip_host_progress(done, p.end, now_s() - t0);
+            cur ^= 1;
+            if (fe == hipSuccess && busy[cur])
+                fe = hipEventSynchronize(ev[cur]);
+            busy[cur] = false;
+            return fe;
+        };
+        for (size_t i = 0; i < p.n && e == hipSuccess; i++) {
+            const upload_seg *sg = &p.segs[i];
+            uint64_t pos = sg->dev_off, left = sg->bytes;
+            const unsigned char *src = (const unsigned char *)sg->src;
+            while (left > 0 && e == hipSuccess) {
+                if (pos >= win + sbytes || pos < win + used) {
+                    /* the segment starts past this window: flush and open one at pos */
+                    if ((e = flush()) != hipSuccess)
+                        break;
+                    win = pos;
+                    used = 0;
+                }
+                uint64_t room = win + sbytes - pos, n = left < room ? left : room;
+                hip_host_memcpy(stage[cur] + (pos - win), src, (size_t)n);
+                used = pos - win + n;
+                pos += n;
+                src += n;
+                left -= n;
+            }
+        }
+        if (e == hipSuccess)
+            e = flush();
+        if (e == hipSuccess)
+            e = hipStreamSynchronize(c->stream);
+        if (e == hipSuccess && done < p.end)
+            hip_host_progress(p.end, p.end, now_s() - t0);
+        for (int b = 0; b < 2; b++) {
+            if (ev_made[b])
+                (void)hipEventDestroy(ev[b]);
+            if (stage[b])
+                (void)hipHostFree(stage[b]);
+        }
+        if (e != hipSuccess)
+            st = hip_fail(err, e, "uploading weights");
+    }
+out:
+    free(p.segs);
+    free(lo);
+    return st;
+}
+
+static const dev_tensor *dev_weight(hip_ctx *c, sched_weight role, int32_t layer)
+{
+    switch (role) {
+    case SCHED_W_EMBED: return &c->embed;
+    case SCHED_W_FINAL_NORM: return &c->final_norm;
+    case SCHED_W_LM_HEAD: return &c->lm_head;
+    default: break;
+    }
+    if (layer < 0 || layer >= c->s->topo.num_hidden_layers)
+        return NULL;
+    dev_layer *L = &c->layers[layer];
+    switch (role) {
+    case SCHED_W_ATTN_NORM: return &L->attn_norm;
+    case SCHED_W_Q: return &L->q;
+    case SCHED_W_K: return &L->k;
+    case SCHED_W_V: return &L->v;
+    case SCHED_W_O: return &L->o;
+    case SCHED_W_Q_NORM: return &L->q_norm;
+    case SCHED_W_K_NORM: return &L->k_norm;
+    case SCHED_W_FFN_NORM: return &L->ffn_norm;
+    case SCHED_W_ROUTER: return L->sparse ? &L->router : NULL;
+    default: return NULL;
+    }
+}
+
+/* ---- init / shutdown ------------------------------------------------------------------ */
+
+static bool env_on(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+static void hip_shutdown(backend *b);
+
+/* Decides the fusions (see the file comment). */
+static void plan_fusions(hip_ctx *c)
+{
+    const sched *s = c->s;
+    for (int32_t i = 0; i + 1 < s->n_ops; i++) {
+        const sched_op *op = &s->ops[i], *nx = &s->ops[i + 1];
+        if (op->kind == SCHED_ADD && nx->kind == SCHED_RMSNORM && nx->in[0] == op->out[0] &&
+            nx->n == op->n && !(c->opf[i] & OPF_SKIP)) {
+            c->opf[i] |= OPF_FUSE_NEXT;
+            c->opf[i + 1] |= OPF_SKIP;
+        } else if (op->kind == SCHED_QK_NORM_ROPE && nx->kind == SCHED_KV_STORE &&
+                   nx->in[0] == op->out[0] && nx->layer == op->layer) {
+            c->opf[i] |= OPF_FUSE_NEXT;
+            c->opf[i + 1] |= OPF_SKIP;
+        }
+    }
+}
+
+static int init_check(hip_ctx *c, const backend_init *in, moert_err *err)
+{
+    c->cpu.vt = &backend_cpu_vtable;
+    c->cpu.ctx = NULL;
+    int st = backend_cpu_vtable.init(&c->cpu, in, err);
+    if (st) {
+        c->cpu.vt = NULL;
+        return err_prefix(err, "backend hip: MOERT_HIP_CHECK needs a CPU backend");
+    }
+    uint64_t mx = 0;
+    for (int32_t i = 0; i < c->s->n_bufs; i++)
+        if (c->s->bufs[i].bytes > mx)
+            mx = c->s->bufs[i].bytes;
+    c->chk_bytes = mx ? mx : 64;
+    c->chk_host = (unsigned char *)malloc(c->chk_bytes);
+    if (!c->chk_host)
+        return err_set(err, MOERT_ENOMEM, "backend hip: out of memory (check buffer)");
+    fprintf(stderr, "hip check: comparing every op with the CPU kernels on %s\n",
+            c->check == 2 ? "every step" : "the first prefill and the first decode step");
+    return MOERT_OK;
+}
+
+static int hip_init(backend *b, const backend_init *in, moert_err *err)
+{
+    int n_dev = 0;
+    hipError_t e = hipGetDeviceCount(&n_dev);
+    if (e != hipSuccess || n_dev < 1)
+        return err_set(err, MOERT_ENODEV, "backend hip: no GPU found (hipGetDeviceCount: %s)",
+                       e != hipSuccess ? hipGetErrorString(e) : "0 devices");
+    hip_ctx *c = (hip_ctx *)calloc(1, sizeof *c);
+    if (!c)
+        return err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
+    b->ctx = c;
+    c->s = in->s;
+    c->offsets = in->offsets;
+    c->w = in->w;
+    c->trace = (trace_rt *)in->trace;
+    c->threads = in->threads;
+    c->debug = env_on("MOERT_HIP_DEBUG");
+    const char *chk = getenv("MOERT_HIP_CHECK");
+    c->check = chk && *chk && strcmp(chk, "0") != 0 ? (strcmp(chk, "all") == 0 ? 2 : 1) : 0;
+    c->use_graph = !env_on("MOERT_HIP_NOGRAPH") && !c->debug && !c->check;
+    const sched *s = c->s;
+    const cfg_topology *t = &s->topo;
+    c->eps = (float)t->rms_norm_eps;
+    c->attn_scale = (float)(1.0 / sqrt((double)t->head_dim));
+    int st = MOERT_OK;
+
+#define INIT_TRY(call, what)                                                                      \
+    do {                                                                                          \
+        hipError_t e_ = (call);                                                                   \
+        if (e_ != hipSuccess) {                                                                   \
+            st = hip_fail(err, e_, (what));                                                       \
+            goto fail;                                                                            \
+        }                                                                                         \
+    } while (0)
+
+    INIT_TRY(hipSetDevice(0), "hipSetDevice(0)");
+    INIT_TRY(hipGetDeviceProperties(&c->props, 0), "hipGetDeviceProperties");
+    c->sms = c->props.multiProcessorCount > 0 ? c->props.multiProcessorCount : 1;
+    {
+        int optin = 0;
+        if (hipDeviceGetAttribute(&optin, MOERT_ATTR_SMEM_OPTIN, 0) !=
+                hipSuccess ||
+            optin <= 0)
+            optin = 48 * 1024;
+        c->smem_optin = (size_t)optin;
+    }
+    INIT_TRY(hipStreamCreateWithFlags(&c->stream, hipStreamNonBlocking), "hipStreamCreate");
+    INIT_TRY(hipEventCreateWithFlags(&c->ev_params, hipEventDisableTiming), "hipEventCreate");
+    INIT_TRY(hipEventCreateWithFlags(&c->ev_write, hipEventDisableTiming), "hipEventCreate");
+    c->ev_ok = true;
+
+    /* the arena and its host mirror */
+    c->arena_bytes = in->arena_bytes ? in->arena_bytes : 64;
+    {
+        hipError_t ea = hipMalloc((void **)&c->dev_arena, c->arena_bytes);
+        if (ea != hipSuccess) {
+            c->dev_arena = NULL;
+            st = err_set(err, MOERT_ENOMEM, "backend hip: cannot allocate the %.2f GB arena on %s: %s",
+                         (double)c->arena_bytes / 1e9, c->props.name, hipGetErrorString(ea));
+            goto fail;
+        }
+    }
+    INIT_TRY(hipMemsetAsync(c->dev_arena, 0, c->arena_bytes, c->stream), "clearing the arena");
+    if ((st = arena_init(&c->mirror, c->arena_bytes, err)))
+        goto fail;
+    {
+        /* pin the pages of the logits buffer so the per-step read is a direct DMA */
+        long pg = sysconf(_SC_PAGESIZE);
+        uintptr_t lo = (uintptr_t)(c->mirror.base + c->offsets[s->known.logits]);
+        uintptr_t hi = lo + s->bufs[s->known.logits].bytes;
+        lo &= ~(uintptr_t)(pg - 1);
+        hi = (hi + (uintptr_t)pg - 1) & ~(uintptr_t)(pg - 1);
+        if (hipHostRegister((void *)lo, hi - lo, hipHostRegisterDefault) == hipSuccess) {
+            c->reg_base = (void *)lo;
+            c->reg_bytes = hi - lo;
+        } else {
+            (void)hipGetLastError(); /* not fatal: reads go through pageable memory */
+        }
+    }
+
+    /* auxiliary block */
+    {
+        int64_t E = t->num_experts, K = t->num_experts_per_tok;
+        bool any_sparse = false;
+        for (int64_t l = 0; l < t->num_hidden_layers; l++)
+            any_sparse = any_sparse || cfg_layer_is_sparse(t, l);
+        c->n_trace = c->trace ? (int)trace_rt_count(c->trace) : 0;
+        c->max_splits = (int)((s->max_seq + HIP_ATTN_SPLIT - 1) / HIP_ATTN_SPLIT);
+        c->max_tiles = any_sparse ? (int)((s->max_rows * K + HIP_MOE_BM - 1) / HIP_MOE_BM + E) : 0;
+        size_t o_params = 0, o_err = 256, o_shadow = 512;
+        size_t o_part = align256(o_shadow + sizeof(unsigned long long) * 8 * (size_t)c->n_trace);
+        size_t o_tiles = align256(o_part + sizeof(float) * (size_t)t->num_attention_heads *
+                                               (size_t)c->max_splits * (size_t)(t->head_dim + 2));
+        size_t total = align256(o_tiles + sizeof(int32_t) * (1 + 3 * (size_t)c->max_tiles));
+        INIT_TRY(hipMalloc((void **)&c->aux, total), "allocating the auxiliary block");
+        INIT_TRY(hipMemsetAsync(c->aux, 0, total, c->stream), "clearing the auxiliary block");
+        c->d_params = (hip_step_params *)(c->aux + o_params);
+        c->d_err = (int *)(c->aux + o_err);
+        c->d_shadow = (unsigned long long *)(c->aux + o_shadow);
+        c->d_attn_part = (float *)(c->aux + o_part);
+        c->d_tiles = (int32_t *)(c->aux + o_tiles);
+    }
+    INIT_TRY(hipHostMalloc((void **)&c->h_params, sizeof(hip_step_params), hipHostMallocDefault),
+             "allocating pinned memory");
+    memset(c->h_params, 0, sizeof *c->h_params);
+    INIT_TRY(hipHostMalloc((void **)&c->h_write, WRITE_STAGE_BYTES, hipHostMallocDefault),
+             "allocating pinned memory");
+
+    /* shared-memory needs of this model */
+    {
+        int64_t kmax = t->hidden_size;
+        if (s->q_dim > kmax)
+            kmax = s->q_dim;
+        if (t->moe_intermediate_size > kmax)
+            kmax = t->moe_intermediate_size;
+        if (t->intermediate_size > kmax)
+            kmax = t->intermediate_size;
+        size_t gemv_b = (size_t)kmax * sizeof(float);
+        size_t down_b = (size_t)t->num_experts_per_tok * (size_t)t->moe_intermediate_size * sizeof(float);
+        if ((size_t)t->intermediate_size * sizeof(float) > down_b)
+            down_b = (size_t)t->intermediate_size * sizeof(float);
+        size_t attn_b = hip_attn_smem_bytes((int)t->num_attention_heads,
+                                            (int)t->num_key_value_heads, (int)t->head_dim);
+        size_t need = gemv_b > down_b ? gemv_b : down_b;
+        if (attn_b > need)
+            need = attn_b;
+        if (need > c->smem_optin) {
+            st = err_set(err, MOERT_ECONFIG,
+                         "backend hip: this model needs %zu bytes of shared memory per block "
+                         "(GEMV rows %zu, expert activations %zu, attention %zu); %s allows %zu",
+                         need, gemv_b, down_b, attn_b, c->props.name, c->smem_optin);
+            goto fail;
+        }
+        INIT_TRY(hip_kernels_set_smem(gemv_b, down_b, attn_b), "raising the shared-memory limit");
+    }
+
+    if (c->trace) {
+        const cfg_trace_plan *pl = trace_rt_plan(c->trace);
+        c->tr_tensor = pl->mode == CFG_TRACE_TENSOR;
+        c->tr_overwrite = pl->on_full == CFG_TRACE_OVERWRITE;
+        c->tr_all = pl->positions == CFG_TRACE_ALL;
+        c->tr_cap = pl->capacity;
+    }
+
+    c->opf = (uint8_t *)calloc((size_t)(s->n_ops > 0 ? s->n_ops : 1), 1);
+    if (!c->opf) {
+        st = err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
+        goto fail;
+    }
+    plan_fusions(c);
+
+    if ((st = upload_weights(c, err)))
+        goto fail;
+    INIT_TRY(hipStreamSynchronize(c->stream), "init");
+    if (c->check && (st = init_check(c, in, err)))
+        goto fail;
+    return MOERT_OK;
+fail:
+    hip_shutdown(b);
+    return st;
+#undef INIT_TRY
+}
+
+static void destroy_graph(hip_ctx *c)
+{
+    if (c->gexec)
+        (void)hipGraphExecDestroy(c->gexec);
+    if (c->graph)
+        (void)hipGraphDestroy(c->graph);
+    c->gexec = NULL;
+    c->graph = NULL;
+    c->graph_ready = false;
+}
+
+static void hip_shutdown(backend *b)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    if (!c)
+        return;
+    if (c->stream)
+        (void)hipStreamSynchronize(c->stream);
+    destroy_graph(c);
+    if (c->cpu.vt)
+        c->cpu.vt->shutdown(&c->cpu);
+    free(c->chk_host);
+    if (c->reg_base)
+        (void)hipHostUnregister(c->reg_base);
+    arena_free(&c->mirror);
+    if (c->dev_arena)
+        (void)hipFree(c->dev_arena);
+    if (c->dev_weights)
+        (void)hipFree(c->dev_weights);
+    if (c->aux)
+        (void)hipFree(c->aux);
+    if (c->h_params)
+        (void)hipHostFree(c->h_params);
+    if (c->h_write)
+        (void)hipHostFree(c->h_write);
+    if (c->ev_ok) {
+        (void)hipEventDestroy(c->ev_params);
+        (void)hipEventDestroy(c->ev_write);
+    }
+    if (c->stream)
+        (void)hipStreamDestroy(c->stream);
+    free(c->layers);
+    free(c->opf);
+    free(c);
+    b->ctx = NULL;
+}
+
+/* ---- host <-> device ------------------------------------------------------------------ */
+
+static int hip_write(backend *b, int32_t buf, uint64_t offset, const void *src, uint64_t n,
+                     moert_err *err)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    if (buf < 0 || buf >= c->s->n_bufs || offset > c->s->bufs[buf].bytes ||
+        n > c->s->bufs[buf].bytes - offset)
+        return err_set(err, MOERT_EINTERNAL, "backend hip: write outside buffer %d", buf);
+    if (c->capturing)
+        return err_set(err, MOERT_EINTERNAL, "backend hip: write during graph capture");
+    if (c->cpu.vt) { /* check mode: the CPU twin sees the same inputs */
+        int st = c->cpu.vt->write(&c->cpu, buf, offset, src, n, err);
+        if (st)
+            return st;
+    }
+    unsigned char *dst = dbuf(c, buf) + offset;
+    if (n <= WRITE_STAGE_BYTES) {
+        /* the previous small write may still be reading the staging buffer */
+        HIP_TRY(hipEventSynchronize(c->ev_write), "write");
+        memcpy(c->h_write, src, n);
+        HIP_TRY(hipMemcpyAsync(dst, c->h_write, n, hipMemcpyHostToDevice, c->stream), "write");
+        HIP_TRY(hipEventRecord(c->ev_write, c->stream), "write");
+    } else { /* init-time (RoPE tables): ordered after everything queued on our stream */
+        HIP_TRY(hipStreamSynchronize(c->stream), "write");
+        HIP_TRY(hipMemcpy(dst, src, n, hipMemcpyHostToDevice), "write");
+    }
+    return MOERT_OK;
+}
+
+static int check_err_flag(hip_ctx *c, const char *where, moert_err *err)
+{
+    int flag = 0;
+    HIP_TRY(hipMemcpy(&flag, c->d_err, sizeof flag, hipMemcpyDeviceToHost), "reading the guard flag");
+    if (flag) {
+        int zero = 0;
+        (void)hipMemcpy(c->d_err, &zero, sizeof zero, hipMemcpyHostToDevice);
+        return err_set(err, MOERT_EINTERNAL,
+                       "backend hip: %s: a kernel guard fired (%d: %s)", where, flag,
+                       flag == 1 ? "token id outside the vocabulary"
+                       : flag == 2 ? "position outside max_seq_len"
+                                   : "expert id outside [0, num_experts)");
+    }
+    return MOERT_OK;
+}
+
+static int hip_read(backend *b, int32_t buf, uint64_t offset, void *dst, uint64_t n,
+                    moert_err *err)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    if (buf < 0 || buf >= c->s->n_bufs || offset > c->s->bufs[buf].bytes ||
+        n > c->s->bufs[buf].bytes - offset)
+        return err_set(err, MOERT_EINTERNAL, "backend hip: read outside buffer %d", buf);
+    if (n) {
+        HIP_TRY(hipMemcpyAsync(dst, dbuf(c, buf) + offset, n, hipMemcpyDeviceToHost, c->stream),
+                "read");
+    }
+    HIP_TRY(hipStreamSynchronize(c->stream), "read (a kernel of this step failed)");
+    if (c->debug)
+        return check_err_flag(c, "read", err);
+    return MOERT_OK;
+}
+
+static void *hip_host_ptr(backend *b, int32_t buf)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    return c->mirror.base + c->offsets[buf];
+}
+
+/* ---- ops ------------------------------------------------------------------------------ */
+
+static int gemv_grid(hip_ctx *c, long long rows_total)
+{
+    long long need = (rows_total + HIP_GEMV_RW * 4 - 1) / (HIP_GEMV_RW * 4); /* 4 warps of 32 */
+    long long cap = (long long)c->sms * 8;
+    return (int)(need < cap ? (need > 0 ? need : 1) : cap);
+}
+
+static int launch_err(hipError_t e, const sched_op *op, moert_err *err)
+{
+    if (e == hipSuccess)
+        return MOERT_OK;
+    return err_set(err, MOERT_EINTERNAL, "backend hip: launching %s (layer %d): %s",
+                   sched_kind_name(op->kind), op->layer, hipGetErrorString(e));
+}
+
+static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long long rows,
+                           float *out, long long ldo, moert_err *err)
+{
+    const dev_tensor *seg[3] = {NULL, NULL, NULL};
+    int nseg = 0;
+    for (int i = 0; i < 3 && op->w[i] != SCHED_W_NONE; i++) {
+        const dev_tensor *d = dev_weight(c, op->w[i], op->layer);
+        if (!d || !d->d)
+            return err_set(err, MOERT_EINTERNAL, "backend hip: matmul weight %s missing for layer %d",
+                           sched_weight_name(op->w[i]), op->layer);
+        seg[nseg++] = d;
+    }
+    if (nseg == 0)
+        return err_set(err, MOERT_EINTERNAL, "backend hip: matmul without weights");
+    long long total = 0;
+    for (int i = 0; i < nseg; i++) {
+        if (seg[i]->cols != op->k || seg[i]->dt != seg[0]->dt)
+            return err_set(err, MOERT_EINTERNAL,
+                           "backend hip: matmul segment %d of layer %d: %lld columns, dtype %d "
+                           "(expected %lld, %d)",
+                           i, op->layer, seg[i]->cols, seg[i]->dt, (long long)op->k, seg[0]->dt);
+        total += seg[i]->rows;
+    }
+    if (total > ldo)
+        return err_set(err, MOERT_EINTERNAL, "backend hip: matmul of layer %d: %lld outputs > %lld",
+                       op->layer, total, ldo);
+    if (rows == 1) {
+        hip_gemv_args a;
+        memset(&a, 0, sizeof a);
+        a.x = in;
+        long long end = 0;
+        for (int i = 0; i < 3; i++) {
+            if (i < nseg) {
+                a.w[i] = seg[i]->d;
+                end += seg[i]->rows;
+            }
+            a.seg_end[i] = end;
+        }
+        a.y = out;
+        a.n_total = total;
+        a.k = op->k;
+        return launch_err(hip_launch_gemv(seg[0]->dt, &a, gemv_grid(c, total), c->stream), op, err);
+    }
+    long long begin = 0;
+    for (int i = 0; i < nseg; i++) {
+        hip_gemm_args a;
+        memset(&a, 0, sizeof a);
+        a.a = in;
+        a.lda = op->k;
+        a.w = seg[i]->d;
+        a.c = out + begin;
+        a.ldc = ldo;
+        a.m = (int)rows;
+        a.n = (int)seg[i]->rows;
+        a.k = (int)op->k;
+        int st = launch_err(hip_launch_gemm(seg[i]->dt, HIP_A_PLAIN, 64, &a, c->stream), op, err);
+        if (st)
+            return st;
+        begin += seg[i]->rows;
+    }
+    return MOERT_OK;
+}
+
+static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
+{
+    const sched *s = c->s;
+    const cfg_topology *t = &s->topo;
+    const dev_layer *L = &c->layers[op->layer];
+    int E = (int)t->num_experts, K = (int)t->num_experts_per_tok;
+    long long H = t->hidden_size, I = t->moe_intermediate_size;
+    const float *xn = fbuf(c, op->in[0]), *tw = fbuf(c, op->in[1]);
+    const int32_t *ids = (const int32_t *)dbuf(c, op->in[2]);
+    float *out = fbuf(c, op->out[0]);
+    float *g = fbuf(c, op->scratch[1]), *u = fbuf(c, op->scratch[2]), *dn = fbuf(c, op->scratch[3]);
+    if (!L->sparse || !L->gate.d)
+        return err_set(err, MOERT_EINTERNAL, "backend hip: MoE op on dense layer %d", op->layer);
+    if (rows == 1) {
+        hip_moe_dec_args a;
+        memset(&a, 0, sizeof a);
+        a.x = xn;
+        a.ids = ids;
+        a.tw = tw;
+        a.gate = L->gate.d;
+        a.up = L->up.d;
+        a.down = L->down.d;
+        a.estride_gu = L->estride_gu;
+        a.estride_d = L->estride_d;
+        a.E = E;
+        a.kslots = K;
+        a.I = I;
+        a.H = H;
+        a.h = g;
+        a.out = out;
+        a.err_flag = c->d_err;
+        int st = launch_err(hip_launch_moe_gateup_dec(L->gate.dt, &a, gemv_grid(c, 2LL * K * I),
+                                                      c->stream),
+                            op, err);
+        if (st)
+            return st;
+        return launch_err(hip_launch_moe_down_dec(L->down.dt, &a, gemv_grid(c, 2 * H), c->stream),
+                          op, err);
+    }
+    /* index scratch: offsets [E+1] and counts [E] at the front (the CPU backend's cursors),
+     * then, at its end, the sorted order [R*K] and the inverse [R*K] */
+    int32_t *idx = (int32_t *)dbuf(c, op->scratch[0]);
+    long long RK = s->max_rows * K;
+    long long head = s->bufs[op->scratch[0]].cols - 2 * RK;
+    if (head < 2LL * E + 1)
+        return err_set(err, MOERT_EINTERNAL, "backend hip: moe_index of layer %d too small", op->layer);
+    hip_moe_index_args ix;
+    ix.ids = ids;
+    ix.rk = rows * K;
+    ix.E = E;
+    ix.bm = HIP_MOE_BM;
+    ix.offs = idx;
+    ix.counts = idx + E + 1;
+    ix.order = idx + head;
+    ix.inv = idx + head + RK;
+    ix.tiles = c->d_tiles;
+    ix.err_flag = c->d_err;
+    int st = launch_err(hip_launch_moe_index(&ix, c->stream), op, err);
+    if (st)
+        return st;
+    int tiles = (int)((ix.rk + HIP_MOE_BM - 1) / HIP_MOE_BM + E);
+    hip_gemm_args a;
+    memset(&a, 0, sizeof a);
+    a.a = xn;
+    a.lda = H;
+    a.gather = ix.order;
+    a.gdiv = K;
+    a.w = L->gate.d;
+    a.w_estride = L->estride_gu;
+    a.c = g;
+    a.ldc = I;
+    a.n = (int)I;
+    a.k = (int)H;
+    a.tiles = c->d_tiles;
+    a.max_tiles = tiles;
+    if ((st = launch_err(hip_launch_gemm(L->gate.dt, HIP_A_GATHER, HIP_MOE_BM, &a, c->stream), op, err)))
+        return st;
+    a.w = L->up.d;
+    a.c = u;
+    if ((st = launch_err(hip_launch_gemm(L->up.dt, HIP_A_GATHER, HIP_MOE_BM, &a, c->stream), op, err)))
+        return st;
+    memset(&a, 0, sizeof a);
+    a.a = g;
+    a.a2 = u;
+    a.lda = I;
+    a.w = L->down.d;
+    a.w_estride = L->estride_d;
+    a.c = dn;
+    a.ldc = H;
+    a.n = (int)H;
+    a.k = (int)I;
+    a.tiles = c->d_tiles;
+    a.max_tiles = tiles;
+    if ((st = launch_err(hip_launch_gemm(L->down.dt, HIP_A_SWIGLU, HIP_MOE_BM, &a, c->stream), op, err)))
+        return st;
+    return launch_err(hip_launch_moe_combine(dn, ix.inv, tw, out, K, H, rows, c->stream), op, err);
+}
+
+static int run_mlp(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
+{
+    const cfg_topology *t = &c->s->topo;
+    const dev_layer *L = &c->layers[op->layer];
+    long long H = t->hidden_size, I = t->intermediate_size;
+    const float *xn = fbuf(c, op->in[0]);
+    float *out = fbuf(c, op->out[0]);
+    float *g = fbuf(c, op->scratch[0]), *u = fbuf(c, op->scratch[1]);
+    if (L->sparse || !L->mlp_gate.d)
+        return err_set(err, MOERT_EINTERNAL, "backend hip: MLP op on sparse layer %d", op->layer);
+    if (rows == 1) {
+        hip_moe_dec_args a;
+        memset(&a, 0, sizeof a);
+        a.x = xn;
+        a.gate = L->mlp_gate.d;
+        a.up = L->mlp_up.d;
+        a.down = L->mlp_down.d;
+        a.E = 1;
+        a.kslots = 1;
+        a.I = I;
+        a.H = H;
+        a.h = g;
+        a.out = out;
+        a.err_flag = c->d_err;
+        int st = launch_err(hip_launch_moe_gateup_dec(L->mlp_gate.dt, &a, gemv_grid(c, 2 * I), c->stream),
+                            op, err);
+        if (st)
+            return st;
+        return launch_err(hip_launch_moe_down_dec(L->mlp_down.dt, &a, gemv_grid(c, 2 * H), c->stream),
+                          op, err);
+    }
+    hip_gemm_args a;
+    memset(&a, 0, sizeof a);
+    a.a = xn;
+    a.lda = H;
+    a.w = L->mlp_gate.d;
+    a.c = g;
+    a.ldc = I;
+    a.m = rows;
+    a.n = (int)I;
+    a.k = (int)H;
+    int st;
+    if ((st = launch_err(hip_launch_gemm(L->mlp_gate.dt, HIP_A_PLAIN, 64, &a, c->stream), op, err)))
+        return st;
+    a.w = L->mlp_up.d;
+    a.c = u;
+    if ((st = launch_err(hip_launch_gemm(L->mlp_up.dt, HIP_A_PLAIN, 64, &a, c->stream), op, err)))
+        return st;
+    memset(&a, 0, sizeof a);
+    a.a = g;
+    a.a2 = u;
+    a.lda = I;
+    a.w = L->mlp_down.d;
+    a.c = out;
+    a.ldc = H;
+    a.m = rows;
+    a.n = (int)H;
+    a.k = (int)I;
+    return launch_err(hip_launch_gemm(L->mlp_down.dt, HIP_A_SWIGLU, 64, &a, c->stream), op, err);
+}
+
+static int run_trace(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
+{
+    if (!c->trace || op->trace_index < 0 || op->trace_index >= c->n_trace)
+        return err_set(err, MOERT_EINTERNAL, "backend hip: TRACE op without a bound trace context");
+    const trace_slot_info *si = trace_rt_slot(c->trace, (size_t)op->trace_index);
+    hip_trace_args a;
+    memset(&a, 0, sizeof a);
+    a.src = fbuf(c, op->in[0]);
+    a.src2 = op->in[1] >= 0 ? (const int32_t *)dbuf(c, op->in[1]) : NULL;
+    a.ring = dbuf(c, op->out[0]);
+    a.shadow = c->d_shadow;
+    a.ti = op->trace_index;
+    a.n_trace = c->n_trace;
+    a.width = si->width;
+    a.record_bytes = si->record_bytes;
+    a.cap = c->tr_cap;
+    a.tensor_mode = c->tr_tensor;
+    a.overwrite = c->tr_overwrite;
+    a.logits_last = si->stage == CFG_STAGE_LOGITS && !c->tr_all;
+    a.sp = c->d_params;
+    return launch_err(hip_launch_trace(&a, c->tr_all ? rows : 1, c->stream), op, err);
+}
+
+static int32_t op_index(hip_ctx *c, const sched_op *op)
+{
+    return (int32_t)(op - c->s->ops);
+}
+
+static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_err *err)
+{
+    const sched *s = c->s;
+    const cfg_topology *t = &s->topo;
+    int rows = (int)st->n_rows;
+    int32_t oi = op_index(c, op);
+    uint8_t f = (oi >= 0 && oi < s->n_ops) ? c->opf[oi] : 0;
+    if (f & OPF_SKIP)
+        return MOERT_OK;
+    switch (op->kind) {
+    case SCHED_EMBED:
+        return launch_err(hip_launch_embed((const int32_t *)dbuf(c, op->in[0]), c->embed.d, c->embed.dt,
+                                           fbuf(c, op->out[0]), op->n, t->vocab_size, rows, c->d_err,
+                                           c->stream),
+                          op, err);
+    case SCHED_RMSNORM: {
+        const dev_tensor *w = dev_weight(c, op->w[0], op->layer);
+        return launch_err(hip_launch_rmsnorm(fbuf(c, op->in[0]), w->d, w->dt, fbuf(c, op->out[0]), op->n,
+                                             c->eps, rows, c->stream),
+                          op, err);
+    }
+    case SCHED_MATMUL:
+        return run_matmul_rows(c, op, fbuf(c, op->in[0]), rows, fbuf(c, op->out[0]), op->n, err);
+    case SCHED_QK_NORM_ROPE: {
+        const dev_layer *L = &c->layers[op->layer];
+        hip_qkn_args a;
+        memset(&a, 0, sizeof a);
+        a.qkv = fbuf(c, op->out[0]);
+        a.qn = L->q_norm.d;
+        a.kn = L->k_norm.d;
+        a.qn_dt = L->q_norm.dt;
+        a.kn_dt = L->k_norm.dt;
+        a.cos_t = fbuf(c, op->in[0]);
+        a.sin_t = fbuf(c, op->in[1]);
+        if (f & OPF_FUSE_NEXT) {
+            const sched_op *nx = op + 1;
+            a.kc = fbuf(c, nx->out[0]);
+            a.vc = fbuf(c, nx->out[1]);
+        }
+        a.sp = c->d_params;
+        a.nh = (int)t->num_attention_heads;
+        a.nkv = (int)t->num_key_value_heads;
+        a.hd = (int)t->head_dim;
+        a.qkv_dim = s->qkv_dim;
+        a.q_dim = s->q_dim;
+        a.kv_dim = s->kv_dim;
+        a.max_seq = s->max_seq;
+        a.eps = c->eps;
+        a.err_flag = c->d_err;
+        return launch_err(hip_launch_qk_norm_rope(&a, rows, c->stream), op, err);
+    }
+    case SCHED_KV_STORE:
+        return launch_err(hip_launch_kv_store(fbuf(c, op->in[0]), fbuf(c, op->out[0]), fbuf(c, op->out[1]),
+                                              c->d_params, s->qkv_dim, s->q_dim, s->kv_dim, s->max_seq,
+                                              rows, c->d_err, c->stream),
+                          op, err);
+    case SCHED_ATTENTION: {
+        hip_attn_args a;
+        memset(&a, 0, sizeof a);
+        a.qkv = fbuf(c, op->in[0]);
+        a.kc = fbuf(c, op->in[1]);
+        a.vc = fbuf(c, op->in[2]);
+        a.out = fbuf(c, op->out[0]);
+        a.sp = c->d_params;
+        a.nh = (int)t->num_attention_heads;
+        a.nkv = (int)t->num_key_value_heads;
+        a.hd = (int)t->head_dim;
+        a.qkv_dim = s->qkv_dim;
+        a.q_dim = s->q_dim;
+        a.kv_dim = s->kv_dim;
+        a.max_seq = s->max_seq;
+        a.scale = c->attn_scale;
+        a.part = c->d_attn_part;
+        a.max_splits = c->max_splits;
+        a.err_flag = c->d_err;
+        return launch_err(hip_launch_attention(&a, rows, rows == 1, c->stream), op, err);
+    }
+    case SCHED_ADD:
+        if (f & OPF_FUSE_NEXT) {
+            const sched_op *nx = op + 1;
+            const dev_tensor *w = dev_weight(c, nx->w[0], nx->layer);
+            return launch_err(hip_launch_add_rmsnorm(fbuf(c, op->out[0]), fbuf(c, op->in[0]), w->d, w->dt,
+                                                     fbuf(c, nx->out[0]), op->n, c->eps, rows, c->stream),
+                              op, err);
+        }
+        return launch_err(hip_launch_add(fbuf(c, op->out[0]), fbuf(c, op->in[0]), (long long)rows * op->n,
+                                         c->stream),
+                          op, err);
+    case SCHED_ROUTE:
+        return launch_err(hip_launch_route(fbuf(c, op->in[0]), fbuf(c, op->out[0]),
+                                           (int32_t *)dbuf(c, op->out[1]), (int)op->k, (int)op->n,
+                                           t->norm_topk_prob ? 1 : 0, rows, c->stream),
+                          op, err);
+    case SCHED_MOE: return run_moe(c, op, rows, err);
+    case SCHED_MLP: return run_mlp(c, op, rows, err);
+    case SCHED_LOGITS: {
+        long long H = t->hidden_size;
+        const float *fn = fbuf(c, op->in[0]);
+        long long first = s->logit_rows == 1 ? rows - 1 : 0;
+        return run_matmul_rows(c, op, fn + first * H, rows - first, fbuf(c, op->out[0]), op->n, err);
+    }
+    case SCHED_TRACE: return run_trace(c, op, rows, err);
+    default:
+        return err_set(err, MOERT_EINTERNAL, "backend hip: unknown op kind %d", (int)op->kind);
+    }
+}
+
+/* ---- MOERT_HIP_CHECK ---------------------------------------------------------------- */
+
+static bool check_copyable(hip_ctx *c, int32_t buf)
+{
+    return buf >= 0 && buf != c->s->known.panel && buf != c->s->known.rowptrs;
+}
+
+/* Rows [r0, r1) of a buffer that an op writes this step. */
+static void out_rows(hip_ctx *c, const sched_op *op, int32_t buf, const exec_step *st,
+                     int64_t *r0, int64_t *r1)
+{
+    const sched_buffer *b = &c->s->bufs[buf];
+    *r0 = 0;
+    *r1 = st->n_rows < b->rows ? st->n_rows : b->rows;
+    if (op->kind == SCHED_KV_STORE || (op->kind == SCHED_QK_NORM_ROPE && buf != op->out[0])) {
+        *r0 = st->pos0;
+        *r1 = st->pos0 + st->n_rows;
+    } else if (op->kind == SCHED_LOGITS && c->s->logit_rows == 1) {
+        *r1 = 1;
+    }
+}
+
+static bool ring_equal(hip_ctx *c, const sched_op *op, const unsigned char *g, const unsigned char *h,
+                       char *why, size_t cap)
+{
+    const trace_slot_info *si = trace_rt_slot(c->trace, (size_t)op->trace_index);
+    if (memcmp(g, h, 32) != 0) {
+        const uint64_t *a = (const uint64_t *)g, *b = (const uint64_t *)h;
+        snprintf(why, cap, "ring header gpu {%llu %llu %llu %llu} cpu {%llu %llu %llu %llu}",
+                 (unsigned long long)a[0], (unsigned long long)a[1], (unsigned long long)a[2],
+                 (unsigned long long)a[3], (unsigned long long)b[0], (unsigned long long)b[1],
+                 (unsigned long long)b[2], (unsigned long long)b[3]);
+        return false;
+    }
+    uint64_t stored = ((const uint64_t *)h)[1];
+    for (uint64_t r = 0; r < stored; r++) {
+        const unsigned char *ga = g + TRACE_RING_HEADER + r * si->record_bytes;
+        const unsigned char *ha = h + TRACE_RING_HEADER + r * si->record_bytes;
+        if (memcmp(ga, ha, 24) != 0) {
+            const long long *x = (const long long *)ga, *y = (const long long *)ha;
+            snprintf(why, cap, "record %llu: step/pos/hash gpu {%lld %lld %016llx} cpu {%lld %lld %016llx}",
+                     (unsigned long long)r, x[0], x[1], (unsigned long long)x[2], y[0], y[1],
+                     (unsigned long long)y[2]);
+            return false;
+        }
+        const double *gs = (const double *)(ga + 32), *hs = (const double *)(ha + 32);
+        for (int k = 0; k < TRACE_N_STATS; k++) {
+            double d = fabs(gs[k] - hs[k]), m = fabs(hs[k]);
+            bool same = (isnan(gs[k]) && isnan(hs[k])) || d <= 1e-9 * (m > 1 ? m : 1);
+            if (!same) {
+                snprintf(why, cap, "record %llu: stat %d gpu %.17g cpu %.17g", (unsigned long long)r, k,
+                         gs[k], hs[k]);
+                return false;
+            }
+        }
+        if (memcmp(ga + 96, ha + 96, si->record_bytes - 96) != 0) {
+            snprintf(why, cap, "record %llu: values differ", (unsigned long long)r);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Runs op on both backends from the same inputs and compares what it wrote. */
+static int check_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_err *err)
+{
+    const sched *s = c->s;
+    int32_t bufs[5] = {op->in[0], op->in[1], op->in[2], op->out[0], op->out[1]};
+    HIP_TRY(hipStreamSynchronize(c->stream), "check");
+    for (int i = 0; i < 5; i++) {
+        if (!check_copyable(c, bufs[i]))
+            continue;
+        HIP_TRY(hipMemcpy(c->cpu.vt->host_ptr(&c->cpu, bufs[i]), dbuf(c, bufs[i]), s->bufs[bufs[i]].bytes,
+                          hipMemcpyDeviceToHost),
+                "check: copying inputs");
+    }
+    int rc = launch_op(c, op, st, err);
+    if (rc)
+        return rc;
+    HIP_TRY(hipStreamSynchronize(c->stream), "check: running the op");
+    if ((rc = check_err_flag(c, sched_kind_name(op->kind), err)))
+        return rc;
+    if ((rc = c->cpu.vt->run(&c->cpu, op, st, err)))
+        return rc;
+    c->chk_ops++;
+    for (int o = 0; o < 2; o++) {
+        int32_t buf = op->out[o];
+        if (!check_copyable(c, buf))
+            continue;
+        const sched_buffer *b = &s->bufs[buf];
+        HIP_TRY(hipMemcpy(c->chk_host, dbuf(c, buf), b->bytes, hipMemcpyDeviceToHost), "check: reading");
+        const unsigned char *cpu = (const unsigned char *)c->cpu.vt->host_ptr(&c->cpu, buf);
+        char why[512] = "";
+        bool ok = true;
+        if (op->kind == SCHED_TRACE) {
+            ok = ring_equal(c, op, c->chk_host, cpu, why, sizeof why);
+        } else {
+            int64_t r0, r1;
+            out_rows(c, op, buf, st, &r0, &r1);
+            size_t e0 = (size_t)(r0 * b->cols), e1 = (size_t)(r1 * b->cols);
+            if (b->elem == SCHED_I32) {
+                const int32_t *x = (const int32_t *)c->chk_host, *y = (const int32_t *)cpu;
+                for (size_t k = e0; k < e1 && ok; k++)
+                    if (x[k] != y[k]) {
+                        ok = false;
+                        snprintf(why, sizeof why, "element %zu: gpu %d cpu %d", k, x[k], y[k]);
+                    }
+            } else if (b->elem == SCHED_F32) {
+                const float *x = (const float *)c->chk_host, *y = (const float *)cpu;
+                double num = 0, den = 0, worst = -1;
+                size_t at = e0;
+                bool nan_bad = false;
+                for (size_t k = e0; k < e1; k++) {
+                    if (isnan(x[k]) != isnan(y[k]))
+                        nan_bad = true;
+                    double d = (double)x[k] - (double)y[k];
+                    num += d * d;
+                    den += (double)y[k] * (double)y[k];
+                    if (fabs(d) > worst) {
+                        worst = fabs(d);
+                        at = k;
+                    }
+                }
+                double rel = sqrt(num) / (den > 0 ? sqrt(den) : 1.0);
+                if (nan_bad || !(rel <= 1e-4)) {
+                    ok = false;
+                    snprintf(why, sizeof why, "rel L2 err %.3e over rows [%lld, %lld), max |diff| %.3e "
+                             "at element %zu (gpu %.9g cpu %.9g)%s",
+                             rel, (long long)r0, (long long)r1, worst, at, (double)x[at], (double)y[at],
+                             nan_bad ? ", NaN mismatch" : "");
+                }
+            }
+        }
+        if (!ok) {
+            c->chk_bad++;
+            if (c->chk_bad <= 40)
+                fprintf(stderr, "hip check: step %lld (%s, %lld rows at %lld) op %d %s layer %d -> %s: %s\n",
+                        (long long)st->index, st->decode ? "decode" : "prefill", (long long)st->n_rows,
+                        (long long)st->pos0, op_index(c, op), sched_kind_name(op->kind), op->layer,
+                        b->name, why);
+        }
+    }
+    return MOERT_OK;
+}
+
+/* ---- steps ---------------------------------------------------------------------------- */
+
+static int hip_begin_step(backend *b, const exec_step *st, bool *ops_done, moert_err *err)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    *ops_done = false;
+    c->graph_launched = false;
+    /* the previous parameter copy may still be reading the pinned block */
+    HIP_TRY(hipEventSynchronize(c->ev_params), "begin_step");
+    hip_step_params *p = c->h_params;
+    memset(p, 0, sizeof *p);
+    p->pos0 = st->pos0;
+    p->n_rows = st->n_rows;
+    p->parity = (int)(st->index & 1);
+    p->trace_row0 = st->n_rows;
+    if (c->trace) {
+        int64_t r0 = 0, r1 = 0;
+        trace_rt_rows(c->trace, st, &r0, &r1);
+        p->trace_row0 = r0;
+        p->gen_step = trace_rt_gen_step(c->trace);
+    }
+    HIP_TRY(hipMemcpyAsync(c->d_params, p, sizeof *p, hipMemcpyHostToDevice, c->stream), "begin_step");
+    HIP_TRY(hipEventRecord(c->ev_params, c->stream), "begin_step");
+    c->checking_step = false;
+    if (c->check) {
+        bool first = st->decode ? !c->checked_decode : !c->checked_prefill;
+        c->checking_step = c->check == 2 || first;
+        if (st->decode)
+            c->checked_decode = true;
+        else
+            c->checked_prefill = true;
+    }
+    if (st->decode && st->n_rows == 1 && c->use_graph && !c->graph_failed) {
+        if (c->graph_ready) {
+            HIP_TRY(hipGraphLaunch(c->gexec, c->stream), "launching the decode graph");
+            c->graph_launched = true;
+            *ops_done = true;
+            return MOERT_OK;
+        }
+        hipError_t e = hipStreamBeginCapture(c->stream, hipStreamCaptureModeThreadLocal);
+        if (e == hipSuccess)
+            c->capturing = true;
+        else
+            c->graph_failed = true; /* run decode eagerly from now on */
+    }
+    return MOERT_OK;
+}
+
+static int hip_run(backend *b, const sched_op *op, const exec_step *st, moert_err *err)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    int rc;
+    if (c->checking_step)
+        return check_op(c, op, st, err);
+    if ((rc = launch_op(c, op, st, err))) {
+        if (c->capturing) { /* leave the stream usable */
+            hipGraph_t g = NULL;
+            (void)hipStreamEndCapture(c->stream, &g);
+            if (g)
+                (void)hipGraphDestroy(g);
+            c->capturing = false;
+            c->graph_failed = true;
+        }
+        return rc;
+    }
+    if (c->debug) {
+        HIP_TRY(hipStreamSynchronize(c->stream), sched_kind_name(op->kind));
+        char where[96];
+        snprintf(where, sizeof where, "op %d %s layer %d", op_index(c, op), sched_kind_name(op->kind),
+                 op->layer);
+        return check_err_flag(c, where, err);
+    }
+    return MOERT_OK;
+}
+
+static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    if (c->checking_step && c->check) {
+        fprintf(stderr, "hip check: step %lld (%s, %lld rows): %lld ops compared so far, %lld mismatches\n",
+                (long long)st->index, st->decode ? "decode" : "prefill", (long long)st->n_rows,
+                c->chk_ops, c->chk_bad);
+        c->checking_step = false;
+    }
+    if (!c->capturing)
+        return MOERT_OK;
+    c->capturing = false;
+    hipGraph_t g = NULL;
+    hipError_t e = hipStreamEndCapture(c->stream, &g);
+    if (e == hipSuccess && g) {
+        c->graph = g;
+        e = moert_graph_instantiate(&c->gexec, c->graph);
+        if (e == hipSuccess) {
+            c->graph_ready = true;
+            HIP_TRY(hipGraphLaunch(c->gexec, c->stream), "launching the decode graph");
+            return MOERT_OK;
+        }
+    }
+    /* Capture or instantiation failed: nothing of this step ran.  Run it eagerly and stay
+     * eager for decode from now on. */
+    (void)hipGetLastError();
+    destroy_graph(c);
+    c->graph_failed = true;
+    if (c->debug)
+        fprintf(stderr, "backend hip: decode graph unavailable (%s); decoding eagerly\n",
+                hipGetErrorString(e));
+    for (int32_t i = 0; i < c->s->n_ops; i++) {
+        int rc = launch_op(c, &c->s->ops[i], st, err);
+        if (rc)
+            return rc;
+    }
+    return MOERT_OK;
+}
+
+/* ---- bench hooks ------------------------------------------------------------------------ */
+
+static const char *hip_device_name(backend *b)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    return c->props.name;
+}
+
+/* Best of 3 timings of 10 device-to-device copies of up to 1 GiB, bytes read + written. */
+static double hip_copy_bandwidth(backend *b, moert_err *err)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    size_t fr = 0, tot = 0;
+    (void)hipMemGetInfo(&fr, &tot);
+    size_t n = (size_t)1 << 30;
+    while (n > ((size_t)16 << 20) && 2 * n + ((size_t)256 << 20) > fr)
+        n /= 2;
+    void *src = NULL, *dst = NULL;
+    hipEvent_t e0 = NULL, e1 = NULL;
+    double best = 0;
+    hipError_t e = hipMalloc(&src, n);
+    if (e == hipSuccess)
+        e = hipMalloc(&dst, n);
+    if (e == hipSuccess)
+        e = hipEventCreate(&e0);
+    if (e == hipSuccess)
+        e = hipEventCreate(&e1);
+    if (e == hipSuccess)
+        e = hipMemsetAsync(src, 1, n, c->stream);
+    if (e == hipSuccess)
+        e = hipMemcpyAsync(dst, src, n, hipMemcpyDeviceToDevice, c->stream); /* warm-up */
+    for (int rep = 0; rep < 3 && e == hipSuccess; rep++) {
+        e = hipEventRecord(e0, c->stream);
+        for (int i = 0; i < 10 && e == hipSuccess; i++)
+            e = hipMemcpyAsync(dst, src, n, hipMemcpyDeviceToDevice, c->stream);
+        if (e == hipSuccess)
+            e = hipEventRecord(e1, c->stream);
+        if (e == hipSuccess)
+            e = hipEventSynchronize(e1);
+        float ms = 0;
+        if (e == hipSuccess)
+            e = hipEventElapsedTime(&ms, e0, e1);
+        if (e == hipSuccess && ms > 0) {
+            double gbs = 2.0 * 10.0 * (double)n / ((double)ms * 1e-3) / 1e9;
+            if (gbs > best)
+                best = gbs;
+        }
+    }
+    if (e != hipSuccess)
+        hip_fail(err, e, "measuring copy bandwidth");
+    if (e0)
+        (void)hipEventDestroy(e0);
+    if (e1)
+        (void)hipEventDestroy(e1);
+    if (src)
+        (void)hipFree(src);
+    if (dst)
+        (void)hipFree(dst);
+    return e == hipSuccess ? best : 0;
+}
+
+static backend_vtable make_vtable(void)
+{
+    backend_vtable v;
+    memset(&v, 0, sizeof v);
+    v.name = "hip";
+    v.init = hip_init;
+    v.write = hip_write;
+    v.begin_step = hip_begin_step;
+    v.run = hip_run;
+    v.end_step = hip_end_step;
+    v.read = hip_read;
+    v.host_ptr = hip_host_ptr;
+    v.shutdown = hip_shutdown;
+    v.device_name = hip_device_name;
+    v.copy_bandwidth_gbs = hip_copy_bandwidth;
+    return v;
+}
+
+static const backend_vtable hip_vtable = make_vtable();
+
+extern "C" const backend_vtable *backend_hip_vtable(void)
+{
+    return &hip_vtable;
+}

@@ -1,0 +1,131 @@
+/* hip_compat: the HIP subset moert's GPU backend uses, on AMD (hipcc, the real HIP headers)
+ * and on NVIDIA (nvcc -x cu, mapped here onto the CUDA runtime).  Debian's HIP 5.2
+ * "nvidia platform" headers do not compile against CUDA 13, so they are never used.
+ *
+ * Device code is single-source: kernel<<<grid, block, shmem, stream>>>(...) works on both.
+ * Kernels must not assume a warp size: MOERT_WARP is the device's (64 on CDNA, 32 on
+ * NVIDIA) and is only meaningful in device code; host code never depends on it (blocks are
+ * sized in threads and kernels derive warps from blockDim).
+ */
+#ifndef MOERT_HIP_COMPAT_H
+#define MOERT_HIP_COMPAT_H
+
+#include <stdint.h>
+
+#if defined(__HIPCC__) || defined(__HIP_PLATFORM_AMD__) || defined(__HIP_PLATFORM_HCC__)
+/* ---------------------------------------------------------------- AMD: real HIP */
+#include <hip/hip_runtime.h>
+
+#define MOERT_HIP_AMD 1
+#if defined(__AMDGCN_WAVEFRONT_SIZE)
+#define MOERT_WARP __AMDGCN_WAVEFRONT_SIZE
+#else
+#define MOERT_WARP 64
+#endif
+
+/* the largest dynamic shared memory a block may ask for (AMD has no opt-in step) */
+#define MOERT_ATTR_SMEM_OPTIN hipDeviceAttributeMaxSharedMemoryPerBlock
+
+#define moert_shfl_xor(v, m) __shfl_xor((v), (m))
+#define moert_shfl(v, src) __shfl((v), (src))
+static __device__ __forceinline__ uint64_t moert_ballot(int pred)
+{
+    return (uint64_t)__ballot(pred);
+}
+static __device__ __forceinline__ int moert_popc64(uint64_t x)
+{
+    return __popcll(x);
+}
+/* HIP 5.2: hipGraphInstantiate(exec, graph, error node, log buffer, log size) */
+#define moert_graph_instantiate(exec, graph) hipGraphInstantiate((exec), (graph), NULL, NULL, 0)
+
+#elif defined(__CUDACC__)
+/* ---------------------------------------------------------------- NVIDIA: CUDA */
+#include <cuda_runtime.h>
+
+#define MOERT_HIP_NVIDIA 1
+#define MOERT_WARP 32
+
+typedef cudaError_t hipError_t;
+typedef cudaStream_t hipStream_t;
+typedef cudaEvent_t hipEvent_t;
+typedef cudaGraph_t hipGraph_t;
+typedef cudaGraphExec_t hipGraphExec_t;
+typedef cudaDeviceProp hipDeviceProp_t;
+
+#define hipSuccess cudaSuccess
+#define hipErrorNotReady cudaErrorNotReady
+#define hipErrorInvalidValue cudaErrorInvalidValue
+#define hipGetErrorString cudaGetErrorString
+#define hipGetLastError cudaGetLastError
+#define hipPeekAtLastError cudaPeekAtLastError
+#define hipGetDeviceCount cudaGetDeviceCount
+#define hipSetDevice cudaSetDevice
+#define hipGetDevice cudaGetDevice
+#define hipGetDeviceProperties cudaGetDeviceProperties
+#define hipDeviceSynchronize cudaDeviceSynchronize
+#define hipDeviceGetAttribute cudaDeviceGetAttribute
+#define MOERT_ATTR_SMEM_OPTIN cudaDevAttrMaxSharedMemoryPerBlockOptin
+#define hipDeviceAttributeMultiprocessorCount cudaDevAttrMultiProcessorCount
+#define hipMemGetInfo cudaMemGetInfo
+
+#define hipMalloc cudaMalloc
+#define hipFree cudaFree
+#define hipHostMalloc(p, n, flags) cudaHostAlloc((p), (n), (flags))
+#define hipHostMallocDefault cudaHostAllocDefault
+#define hipHostFree cudaFreeHost
+#define hipHostRegister cudaHostRegister
+#define hipHostUnregister cudaHostUnregister
+#define hipHostRegisterDefault cudaHostRegisterDefault
+#define hipMemcpy cudaMemcpy
+#define hipMemcpyAsync cudaMemcpyAsync
+#define hipMemset cudaMemset
+#define hipMemsetAsync cudaMemsetAsync
+#define hipMemcpyHostToDevice cudaMemcpyHostToDevice
+#define hipMemcpyDeviceToHost cudaMemcpyDeviceToHost
+#define hipMemcpyDeviceToDevice cudaMemcpyDeviceToDevice
+
+#define hipStreamCreateWithFlags cudaStreamCreateWithFlags
+#define hipStreamNonBlocking cudaStreamNonBlocking
+#define hipStreamDestroy cudaStreamDestroy
+#define hipStreamSynchronize cudaStreamSynchronize
+#define hipStreamBeginCapture cudaStreamBeginCapture
+#define hipStreamEndCapture cudaStreamEndCapture
+#define hipStreamCaptureModeThreadLocal cudaStreamCaptureModeThreadLocal
+#define hipStreamCaptureModeRelaxed cudaStreamCaptureModeRelaxed
+
+#define hipEventCreate cudaEventCreate
+#define hipEventCreateWithFlags cudaEventCreateWithFlags
+#define hipEventDisableTiming cudaEventDisableTiming
+#define hipEventDefault cudaEventDefault
+#define hipEventRecord cudaEventRecord
+#define hipEventSynchronize cudaEventSynchronize
+#define hipEventQuery cudaEventQuery
+#define hipEventElapsedTime cudaEventElapsedTime
+#define hipEventDestroy cudaEventDestroy
+
+#define hipGraphLaunch cudaGraphLaunch
+#define hipGraphExecDestroy cudaGraphExecDestroy
+#define hipGraphDestroy cudaGraphDestroy
+/* CUDA 12+: cudaGraphInstantiate(exec, graph, flags) */
+#define moert_graph_instantiate(exec, graph) cudaGraphInstantiate((exec), (graph), 0)
+
+#define hipFuncSetAttribute(f, attr, v) cudaFuncSetAttribute((f), (attr), (v))
+#define hipFuncAttributeMaxDynamicSharedMemorySize cudaFuncAttributeMaxDynamicSharedMemorySize
+
+#define moert_shfl_xor(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
+#define moert_shfl(v, src) __shfl_sync(0xffffffffu, (v), (src))
+static __device__ __forceinline__ uint64_t moert_ballot(int pred)
+{
+    return (uint64_t)__ballot_sync(0xffffffffu, pred);
+}
+static __device__ __forceinline__ int moert_popc64(uint64_t x)
+{
+    return __popcll((unsigned long long)x);
+}
+
+#else
+#error "hip_compat.h: compile with hipcc (AMD) or nvcc -x cu (NVIDIA)"
+#endif
+
+#endif

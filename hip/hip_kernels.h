@@ -1,0 +1,166 @@
+/* hip_kernels: the device kernels of the HIP backend and their launchers (hip/kernels.hip),
+ * called by the host side (hip/backend_hip.hip).  C++ (both files are compiled by hipcc or
+ * nvcc).  Every launcher enqueues on `stream` and returns the launch status
+ * (hipGetLastError), so that a bad configuration is caught at the op that made it.
+ *
+ * Determinism: every output element is computed by one thread or one warp with a fixed
+ * order (serial chains and fixed xor-butterfly trees); no floating-point atomics; grid
+ * sizes never change what a thread computes (grid-stride loops over independent rows).
+ * Integer atomics are not used either: MoE grouping is a ballot/popcount scan.
+ */
+#ifndef MOERT_HIP_KERNELS_H
+#define MOERT_HIP_KERNELS_H
+
+#include <stdint.h>
+
+#include "hip_compat.h"
+
+/* Weight element types (the values of ops_dtype). */
+enum { HIP_DT_F32 = 0, HIP_DT_BF16 = 1, HIP_DT_F16 = 2 };
+
+/* Per-step values every kernel reads from device memory, so that a captured decode graph
+ * replays with the new position and generation step. */
+typedef struct hip_step_params {
+    long long pos0;       /* position of row 0 */
+    long long n_rows;     /* rows of this step */
+    long long gen_step;   /* trace record step (0 = prompt) */
+    long long trace_row0; /* first captured row (trace_rt_rows rule); n_rows: none */
+    int parity;           /* step index & 1: which trace header shadow is current */
+    int pad[7];
+} hip_step_params;
+
+/* Block sizes (fixed: results never depend on the device). */
+#define HIP_GEMV_THREADS 128
+#define HIP_GEMV_RW 2          /* rows per warp in the GEMV */
+#define HIP_ATTN_THREADS 128
+#define HIP_ATTN_TILE 32       /* keys per attention tile */
+#define HIP_ATTN_SPLIT 32      /* keys per decode split (a multiple of the tile) */
+#define HIP_MOE_BM 32          /* rows per grouped-GEMM tile (MoE) */
+#define HIP_GEMM_BN 128
+
+/* ---- GEMV: y[n] = dot(x, W_seg[n]) over up to 3 row segments, one x row ------------ */
+typedef struct hip_gemv_args {
+    const float *x;
+    const void *w[3];
+    long long seg_end[3];  /* cumulative row ends; unused segments repeat n_total */
+    float *y;
+    long long n_total;
+    long long k;
+} hip_gemv_args;
+hipError_t hip_launch_gemv(int dtype, const hip_gemv_args *a, int grid, hipStream_t s);
+
+/* ---- GEMM: C[m, n] = A[m, :] . W[n, :] ------------------------------------------------ */
+enum { HIP_A_PLAIN = 0, HIP_A_GATHER = 1, HIP_A_SWIGLU = 2 };
+typedef struct hip_gemm_args {
+    const float *a;        /* PLAIN/GATHER: A rows; SWIGLU: gate rows */
+    const float *a2;       /* SWIGLU: up rows (same lda) */
+    long long lda;
+    const int32_t *gather; /* GATHER: A row of tile row p = a + (gather[p] / gdiv) * lda */
+    int gdiv;
+    const void *w;         /* [n, k] (grouped: expert 0's) */
+    long long w_estride;   /* grouped: elements between consecutive experts' matrices */
+    float *c;
+    long long ldc;
+    int m, n, k;
+    const int32_t *tiles;  /* grouped: [0] = count, then (expert, row0, row1) triples */
+    int max_tiles;         /* grouped: grid rows */
+} hip_gemm_args;
+/* bm: 64 (plain) or HIP_MOE_BM (grouped). */
+hipError_t hip_launch_gemm(int dtype, int amode, int bm, const hip_gemm_args *a, hipStream_t s);
+
+/* ---- element-wise and row kernels --------------------------------------------------- */
+hipError_t hip_launch_embed(const int32_t *tok, const void *emb, int dt, float *x, long long H,
+                            long long V, int rows, int *err_flag, hipStream_t s);
+hipError_t hip_launch_rmsnorm(const float *x, const void *w, int dt, float *out, long long n,
+                              float eps, int rows, hipStream_t s);
+/* x += y, then out = rmsnorm(x): the residual add fused with the next layer norm. */
+hipError_t hip_launch_add_rmsnorm(float *x, const float *y, const void *w, int dt, float *out,
+                                  long long n, float eps, int rows, hipStream_t s);
+hipError_t hip_launch_add(float *x, const float *y, long long n, hipStream_t s);
+
+typedef struct hip_qkn_args {
+    float *qkv;
+    const void *qn, *kn;
+    int qn_dt, kn_dt;
+    const float *cos_t, *sin_t;
+    float *kc, *vc;        /* non-NULL: also store k (after RoPE) and v at pos0 + r */
+    const hip_step_params *sp;
+    int nh, nkv, hd;
+    long long qkv_dim, q_dim, kv_dim, max_seq;
+    float eps;
+    int *err_flag;
+} hip_qkn_args;
+hipError_t hip_launch_qk_norm_rope(const hip_qkn_args *a, int rows, hipStream_t s);
+hipError_t hip_launch_kv_store(const float *qkv, float *kc, float *vc, const hip_step_params *sp,
+                               long long qkv_dim, long long q_dim, long long kv_dim,
+                               long long max_seq, int rows, int *err_flag, hipStream_t s);
+
+typedef struct hip_attn_args {
+    const float *qkv, *kc, *vc;
+    float *out;
+    const hip_step_params *sp;
+    int nh, nkv, hd;
+    long long qkv_dim, q_dim, kv_dim, max_seq;
+    float scale;
+    float *part;           /* decode partials [nh][max_splits][hd + 2] */
+    int max_splits;
+    int *err_flag;
+} hip_attn_args;
+size_t hip_attn_smem_bytes(int nh, int nkv, int hd);
+/* Prefill: one block per (row, kv head).  Decode (rows == 1): split over keys + combine. */
+hipError_t hip_launch_attention(const hip_attn_args *a, int rows, bool split, hipStream_t s);
+
+hipError_t hip_launch_route(const float *logits, float *w, int32_t *ids, int E, int K, int norm,
+                            int rows, hipStream_t s);
+
+/* ---- MoE ------------------------------------------------------------------------------ */
+typedef struct hip_moe_index_args {
+    const int32_t *ids;    /* [rk] expert of assignment (token t, slot j) = t * K + j */
+    int rk, E, bm;
+    int32_t *counts;       /* [E] */
+    int32_t *offs;         /* [E + 1] */
+    int32_t *order;        /* [rk] assignment at sorted position p */
+    int32_t *inv;          /* [rk] sorted position of assignment a */
+    int32_t *tiles;        /* [1 + 3 * max_tiles] */
+    int *err_flag;
+} hip_moe_index_args;
+hipError_t hip_launch_moe_index(const hip_moe_index_args *a, hipStream_t s);
+hipError_t hip_launch_moe_combine(const float *down, const int32_t *inv, const float *tw,
+                                  float *out, int K, long long H, int rows, hipStream_t s);
+
+/* Single-token expert FFN (decode) and the dense MLP (ids == NULL, tw == NULL, kslots 1). */
+typedef struct hip_moe_dec_args {
+    const float *x;        /* [H] */
+    const int32_t *ids;    /* [kslots] */
+    const float *tw;       /* [kslots] */
+    const void *gate, *up, *down;
+    long long estride_gu, estride_d; /* elements between experts */
+    int E, kslots;
+    long long I, H;
+    float *h;              /* [kslots, I] silu(gate) * up */
+    float *out;            /* [H] */
+    int *err_flag;
+} hip_moe_dec_args;
+hipError_t hip_launch_moe_gateup_dec(int dtype, const hip_moe_dec_args *a, int grid, hipStream_t s);
+hipError_t hip_launch_moe_down_dec(int dtype, const hip_moe_dec_args *a, int grid, hipStream_t s);
+
+/* ---- trace ------------------------------------------------------------------------- */
+typedef struct hip_trace_args {
+    const float *src;
+    const int32_t *src2;   /* moe_router ids, or NULL */
+    unsigned char *ring;
+    unsigned long long *shadow; /* [2][n_trace][4] ring headers as of the step's start */
+    int ti, n_trace;
+    long long width;
+    unsigned long long record_bytes;
+    long long cap;
+    int tensor_mode, overwrite, logits_last;
+    const hip_step_params *sp;
+} hip_trace_args;
+hipError_t hip_launch_trace(const hip_trace_args *a, int grid, hipStream_t s);
+
+/* Raises the dynamic shared-memory limit of the kernels that need more than 48 KB for this
+ * model (GEMV x rows, attention); returns the first failure. */
+hipError_t hip_kernels_set_smem(size_t gemv_bytes, size_t moe_down_bytes, size_t attn_bytes);
+
+#endif

@@ -1,0 +1,333 @@
+/* hip: the GPU backend against the CPU backend on every HF fixture model (skipped when the
+ * binary has no HIP backend or the machine has no GPU):
+ *   - logits after the prompt (several prefill chunks, one partial) and after each of a few
+ *     decode steps within relative L2 error 1e-4 of the CPU, same greedy token;
+ *   - bit-identical logits run to run, and with the decode graph (replayed) vs without;
+ *   - trace rings (tensor mode, every stage and position): headers equal to the CPU's,
+ *     records' step/pos equal, values within 1e-4, router ids equal, and each GPU record's
+ *     hash and stats equal to trace_row_hash / trace_row_stats of its own values;
+ *   - a small overwrite ring in stats mode (positions last) ends in the CPU's state. */
+#include <CUnit/CUnit.h>
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/session.h"
+#include "../runtime/trace.h"
+#include "util.h"
+
+#define N_PROMPT 13
+#define N_DECODE 4
+#define MAX_CASES 16
+
+typedef struct run_result {
+    int64_t V;
+    float *logits;        /* (1 + N_DECODE) x V */
+    int32_t tokens[N_DECODE];
+    size_t n_rings;
+    unsigned char **rings;
+    uint64_t *ring_bytes;
+    uint64_t *record_bytes;
+    int64_t *widths;
+    bool *has_ids;
+} run_result;
+
+static void free_result(run_result *r)
+{
+    free(r->logits);
+    for (size_t i = 0; i < r->n_rings; i++)
+        free(r->rings[i]);
+    free(r->rings);
+    free(r->ring_bytes);
+    free(r->record_bytes);
+    free(r->widths);
+    free(r->has_ids);
+    memset(r, 0, sizeof *r);
+}
+
+typedef enum { TR_NONE, TR_TENSOR_ALL, TR_STATS_LAST_SMALL } trace_kind;
+
+/* Prompt of N_PROMPT ids in chunks of 5, then N_DECODE decode steps feeding `feed` (or the
+ * greedy choice when feed is NULL).  Returns MOERT_ENODEV when there is no GPU. */
+static int run_model(const char *dir, cfg_backend be, trace_kind tk, const int32_t *feed,
+                     run_result *out)
+{
+    memset(out, 0, sizeof *out);
+    cfg_config cfg;
+    moert_err err = {0};
+    int st = cfg_load(dir, &cfg, &err);
+    if (st) {
+        fprintf(stderr, "\n    %s: %s\n", dir, err.msg);
+        return st;
+    }
+    cfg.rt.backend = be;
+    cfg.rt.threads = 2;
+    cfg.rt.max_seq_len = N_PROMPT + N_DECODE + 4;
+    cfg.rt.prefill_chunk = 5;
+    cfg.sampling.temperature = 0;
+    cfg.trace.enabled = tk != TR_NONE;
+    if (tk == TR_TENSOR_ALL) {
+        cfg.trace.mode = CFG_TRACE_TENSOR;
+        cfg.trace.positions = CFG_TRACE_ALL;
+        cfg.trace.capacity = N_PROMPT + N_DECODE;
+        cfg.trace.on_full = CFG_TRACE_STOP;
+    } else if (tk == TR_STATS_LAST_SMALL) {
+        cfg.trace.mode = CFG_TRACE_STATS;
+        cfg.trace.positions = CFG_TRACE_LAST;
+        cfg.trace.capacity = 2; /* 1 + N_DECODE records offered: overwrites */
+        cfg.trace.on_full = CFG_TRACE_OVERWRITE;
+    }
+    cfg.trace.stages = (1u << CFG_STAGE_COUNT) - 1;
+    cfg.trace.all_layers = true;
+    cfg.trace.out_path[0] = 0;
+    int64_t V = cfg.topo.vocab_size;
+    int32_t prompt[N_PROMPT];
+    for (int i = 0; i < N_PROMPT; i++)
+        prompt[i] = (int32_t)((i * 37 + 11) % V);
+    sess *s = calloc(1, sizeof *s);
+    out->V = V;
+    out->logits = malloc((size_t)(1 + N_DECODE) * (size_t)V * sizeof(float));
+    if (!s || !out->logits) {
+        free(s);
+        return MOERT_ENOMEM;
+    }
+    if ((st = sess_open(s, &cfg, 0, &err))) {
+        if (st != MOERT_ENODEV)
+            fprintf(stderr, "\n    %s: %s\n", dir, err.msg);
+        free(s);
+        return st;
+    }
+    st = sess_prefill(s, prompt, N_PROMPT, &err);
+    if (!st)
+        memcpy(out->logits, sess_logits(s), (size_t)V * sizeof(float));
+    for (int i = 0; i < N_DECODE && !st; i++) {
+        int32_t id = feed ? feed[i] : sess_sample(s);
+        out->tokens[i] = id;
+        st = sess_decode(s, id, &err);
+        if (!st)
+            memcpy(out->logits + (size_t)(i + 1) * (size_t)V, sess_logits(s), (size_t)V * sizeof(float));
+    }
+    if (!st && s->trace) {
+        size_t n = trace_rt_count(s->trace);
+        out->n_rings = n;
+        out->rings = calloc(n, sizeof *out->rings);
+        out->ring_bytes = calloc(n, sizeof *out->ring_bytes);
+        out->record_bytes = calloc(n, sizeof *out->record_bytes);
+        out->widths = calloc(n, sizeof *out->widths);
+        out->has_ids = calloc(n, sizeof *out->has_ids);
+        for (size_t i = 0; i < n && !st; i++) {
+            const trace_slot_info *si = trace_rt_slot(s->trace, i);
+            uint64_t bytes = s->schedule.bufs[si->ring_buf].bytes;
+            out->ring_bytes[i] = bytes;
+            out->record_bytes[i] = si->record_bytes;
+            out->widths[i] = si->width;
+            out->has_ids[i] = si->has_ids;
+            out->rings[i] = malloc(bytes);
+            void *host = s->be.vt->host_ptr(&s->be, si->ring_buf);
+            if (!(st = s->be.vt->read(&s->be, si->ring_buf, 0, host, bytes, &err)))
+                memcpy(out->rings[i], host, bytes);
+        }
+    }
+    if (st)
+        fprintf(stderr, "\n    %s (%s): %s\n", dir, be == CFG_BACKEND_HIP ? "hip" : "cpu", err.msg);
+    sess_close(s);
+    free(s);
+    return st;
+}
+
+static int fixture_dirs(char dirs[MAX_CASES][512])
+{
+    int n = 0;
+    DIR *d = opendir("tests/fixtures/hf");
+    if (!d)
+        return 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < MAX_CASES)
+        if (e->d_name[0] != '.')
+            snprintf(dirs[n++], 512, "tests/fixtures/hf/%s", e->d_name);
+    closedir(d);
+    return n;
+}
+
+/* True when this binary and machine can run the HIP backend; skips otherwise. */
+static bool hip_ready(const char *test, const char *dir)
+{
+    if (!backend_hip_vtable()) {
+        test_skip(test, "built without the HIP backend (make hip-nvidia / make hip)");
+        return false;
+    }
+    run_result r;
+    int st = run_model(dir, CFG_BACKEND_HIP, TR_NONE, NULL, &r);
+    free_result(&r);
+    if (st == MOERT_ENODEV) {
+        test_skip(test, "no GPU on this machine");
+        return false;
+    }
+    return true;
+}
+
+static double rel_l2(const float *a, const float *b, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    return sqrt(num) / (den > 0 ? sqrt(den) : 1);
+}
+
+static int64_t argmax(const float *x, int64_t n)
+{
+    int64_t b = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[b])
+            b = i;
+    return b;
+}
+
+static void test_logits_vs_cpu(void)
+{
+    char dirs[MAX_CASES][512];
+    int n = fixture_dirs(dirs);
+    CU_ASSERT_FATAL(n > 0);
+    if (!hip_ready(__func__, dirs[0]))
+        return;
+    for (int c = 0; c < n; c++) {
+        run_result cpu, gpu;
+        CU_ASSERT_EQUAL_FATAL(run_model(dirs[c], CFG_BACKEND_CPU, TR_NONE, NULL, &cpu), MOERT_OK);
+        CU_ASSERT_EQUAL_FATAL(run_model(dirs[c], CFG_BACKEND_HIP, TR_NONE, cpu.tokens, &gpu), MOERT_OK);
+        for (int step = 0; step <= N_DECODE; step++) {
+            const float *a = gpu.logits + (size_t)step * (size_t)cpu.V;
+            const float *b = cpu.logits + (size_t)step * (size_t)cpu.V;
+            double rel = rel_l2(a, b, cpu.V);
+            if (!(rel <= 1e-4) || argmax(a, cpu.V) != argmax(b, cpu.V))
+                fprintf(stderr, "\n    %s step %d: logits rel err %.3e, argmax gpu %lld cpu %lld\n",
+                        dirs[c], step, rel, (long long)argmax(a, cpu.V), (long long)argmax(b, cpu.V));
+            CU_ASSERT(rel <= 1e-4);
+            CU_ASSERT_EQUAL(argmax(a, cpu.V), argmax(b, cpu.V));
+        }
+        free_result(&cpu);
+        free_result(&gpu);
+    }
+}
+
+static void test_determinism(void)
+{
+    char dirs[MAX_CASES][512];
+    int n = fixture_dirs(dirs);
+    CU_ASSERT_FATAL(n > 0);
+    if (!hip_ready(__func__, dirs[0]))
+        return;
+    for (int c = 0; c < n; c++) {
+        run_result a, b, eager;
+        CU_ASSERT_EQUAL_FATAL(run_model(dirs[c], CFG_BACKEND_HIP, TR_NONE, NULL, &a), MOERT_OK);
+        CU_ASSERT_EQUAL_FATAL(run_model(dirs[c], CFG_BACKEND_HIP, TR_NONE, NULL, &b), MOERT_OK);
+        setenv("MOERT_HIP_NOGRAPH", "1", 1);
+        int st = run_model(dirs[c], CFG_BACKEND_HIP, TR_NONE, NULL, &eager);
+        unsetenv("MOERT_HIP_NOGRAPH");
+        CU_ASSERT_EQUAL_FATAL(st, MOERT_OK);
+        size_t bytes = (size_t)(1 + N_DECODE) * (size_t)a.V * sizeof(float);
+        bool same = memcmp(a.logits, b.logits, bytes) == 0;
+        bool graph_same = memcmp(a.logits, eager.logits, bytes) == 0;
+        if (!same || !graph_same)
+            fprintf(stderr, "\n    %s: run-to-run identical %d, graph == eager %d\n", dirs[c], same,
+                    graph_same);
+        CU_ASSERT(same);
+        CU_ASSERT(graph_same);
+        free_result(&a);
+        free_result(&b);
+        free_result(&eager);
+    }
+}
+
+/* Compares GPU rings with the CPU's (see the file comment). */
+static void compare_rings(const char *dir, const run_result *g, const run_result *c, bool tensor)
+{
+    CU_ASSERT_EQUAL_FATAL(g->n_rings, c->n_rings);
+    for (size_t i = 0; i < g->n_rings; i++) {
+        const uint64_t *hg = (const uint64_t *)g->rings[i], *hc = (const uint64_t *)c->rings[i];
+        bool hdr = memcmp(hg, hc, 4 * sizeof(uint64_t)) == 0;
+        if (!hdr)
+            fprintf(stderr, "\n    %s ring %zu: header gpu {%llu %llu %llu %llu} cpu {%llu %llu %llu %llu}\n",
+                    dir, i, (unsigned long long)hg[0], (unsigned long long)hg[1], (unsigned long long)hg[2],
+                    (unsigned long long)hg[3], (unsigned long long)hc[0], (unsigned long long)hc[1],
+                    (unsigned long long)hc[2], (unsigned long long)hc[3]);
+        CU_ASSERT(hdr);
+        if (!hdr)
+            continue;
+        int64_t W = g->widths[i];
+        for (uint64_t r = 0; r < hg[1]; r++) {
+            const unsigned char *rg = g->rings[i] + TRACE_RING_HEADER + r * g->record_bytes[i];
+            const unsigned char *rc = c->rings[i] + TRACE_RING_HEADER + r * c->record_bytes[i];
+            const trace_record *tg = (const trace_record *)rg, *tc = (const trace_record *)rc;
+            CU_ASSERT_EQUAL(tg->step, tc->step);
+            CU_ASSERT_EQUAL(tg->pos, tc->pos);
+            double scale = tc->stats[TRACE_STAT_L2] / sqrt((double)W) + 1e-30;
+            for (int k = 0; k < TRACE_N_STATS; k++) {
+                double tol = k == TRACE_STAT_COUNT || k >= TRACE_STAT_NAN ? 0 : 1e-4 * scale + 1e-12;
+                if (!(fabs(tg->stats[k] - tc->stats[k]) <= tol)) {
+                    fprintf(stderr, "\n    %s ring %zu record %llu: stat %d gpu %.9g cpu %.9g\n", dir, i,
+                            (unsigned long long)r, k, tg->stats[k], tc->stats[k]);
+                    CU_FAIL("trace stat differs");
+                }
+            }
+            if (!tensor)
+                continue;
+            const float *vg = (const float *)(tg + 1), *vc = (const float *)(tc + 1);
+            double rel = rel_l2(vg, vc, W);
+            if (!(rel <= 1e-4))
+                fprintf(stderr, "\n    %s ring %zu record %llu: values rel err %.3e\n", dir, i,
+                        (unsigned long long)r, rel);
+            CU_ASSERT(rel <= 1e-4);
+            const int32_t *ig = g->has_ids[i] ? (const int32_t *)(vg + W) : NULL;
+            if (ig)
+                CU_ASSERT(memcmp(ig, (const int32_t *)(vc + W), (size_t)W * sizeof(int32_t)) == 0);
+            /* the device hash and stats of the device's own row */
+            uint64_t h = trace_row_hash(vg, (uint64_t)W * 4, ig, ig ? (uint64_t)W * 4 : 0);
+            CU_ASSERT_EQUAL(h, tg->hash);
+            double st[TRACE_N_STATS];
+            trace_row_stats(vg, W, st);
+            for (int k = 0; k < TRACE_N_STATS; k++)
+                CU_ASSERT((isnan(st[k]) && isnan(tg->stats[k])) ||
+                          fabs(st[k] - tg->stats[k]) <= 1e-12 * (fabs(st[k]) + 1e-300) + 1e-300);
+        }
+    }
+}
+
+static void test_trace_rings(void)
+{
+    char dirs[MAX_CASES][512];
+    int n = fixture_dirs(dirs);
+    CU_ASSERT_FATAL(n > 0);
+    if (!hip_ready(__func__, dirs[0]))
+        return;
+    for (int c = 0; c < n; c++) {
+        run_result cpu, gpu, gpu2;
+        CU_ASSERT_EQUAL_FATAL(run_model(dirs[c], CFG_BACKEND_CPU, TR_TENSOR_ALL, NULL, &cpu), MOERT_OK);
+        CU_ASSERT_EQUAL_FATAL(run_model(dirs[c], CFG_BACKEND_HIP, TR_TENSOR_ALL, cpu.tokens, &gpu), MOERT_OK);
+        CU_ASSERT_EQUAL_FATAL(run_model(dirs[c], CFG_BACKEND_HIP, TR_TENSOR_ALL, cpu.tokens, &gpu2), MOERT_OK);
+        compare_rings(dirs[c], &gpu, &cpu, true);
+        for (size_t i = 0; i < gpu.n_rings && i < gpu2.n_rings; i++)
+            CU_ASSERT(memcmp(gpu.rings[i], gpu2.rings[i], gpu.ring_bytes[i]) == 0);
+        free_result(&cpu);
+        free_result(&gpu);
+        free_result(&gpu2);
+        CU_ASSERT_EQUAL_FATAL(run_model(dirs[c], CFG_BACKEND_CPU, TR_STATS_LAST_SMALL, NULL, &cpu), MOERT_OK);
+        CU_ASSERT_EQUAL_FATAL(run_model(dirs[c], CFG_BACKEND_HIP, TR_STATS_LAST_SMALL, cpu.tokens, &gpu),
+                              MOERT_OK);
+        compare_rings(dirs[c], &gpu, &cpu, false);
+        free_result(&cpu);
+        free_result(&gpu);
+    }
+}
+
+void suite_hip(void)
+{
+    CU_pSuite s = CU_add_suite("hip", NULL, NULL);
+    CU_add_test(s, "GPU logits vs CPU (prefill chunks, decode steps)", test_logits_vs_cpu);
+    CU_add_test(s, "GPU bit-identical run to run, graph == eager", test_determinism);
+    CU_add_test(s, "GPU trace rings vs CPU; device hash and stats", test_trace_rings);
+}

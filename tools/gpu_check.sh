@@ -1,0 +1,130 @@
+#!/bin/sh
+# tools/gpu_check.sh — everything the GPU build must show, in one command on a GPU machine.
+#
+# Needs, in the repository root there: ./moert-nvidia and build/nvidia/test_runner (built
+# elsewhere with `make hip-nvidia` and carried), tests/fixtures and configs/.  Runs, each
+# step under a time limit and logged:
+#   1. smoke      one small model on the GPU (fails fast on a broken build or device)
+#   2. check-fix  MOERT_HIP_CHECK=all on every tests/fixtures/hf model: each op's GPU output
+#                 against the CPU kernels on identical inputs (names the first bad op)
+#   3. tests      the CUnit suites `hip` and `forward` (MOERT_TEST_BACKEND=hip)
+#   4. check-big  MOERT_HIP_CHECK=all on configs/bench-gpu.yaml's shapes (synth weights,
+#                 100-token prompt in chunks of 64, 3 decode steps)
+#   5. bench      moert bench configs/bench-gpu.yaml --json --trace-overhead
+# and prints a summary table last.  Logs go to $OUT when set (at most 8 files), else to
+# build/gpu-check.  GPU_CHECK_STEPS="smoke tests" runs a subset.
+set -u
+
+BIN=${BIN:-./moert-nvidia}
+RUNNER=${RUNNER:-build/nvidia/test_runner}
+LOG=${OUT:-build/gpu-check}
+STEPS=${GPU_CHECK_STEPS:-"smoke check-fix tests check-big bench"}
+mkdir -p "$LOG"
+SUMMARY="$LOG/summary.txt"
+: >"$SUMMARY"
+
+want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
+row() { printf '%-10s %-6s %s\n' "$1" "$2" "$3" >>"$SUMMARY"; }
+
+if [ ! -x "$BIN" ]; then
+    echo "gpu_check: $BIN is missing (run \`make hip-nvidia\` and carry it)" >&2
+    exit 2
+fi
+if command -v nvidia-smi >/dev/null 2>&1; then
+    { nvidia-smi -L; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv; } >"$LOG/gpu.txt" 2>&1
+else
+    echo "no nvidia-smi" >"$LOG/gpu.txt"
+fi
+cat "$LOG/gpu.txt"
+
+IDS13=11,48,85,122,159,196,233,270,7,44,81,118,155
+IDS100=$(seq -s, 1 100)
+
+# 1. smoke
+if want smoke; then
+    if timeout 120 "$BIN" run tests/fixtures/hf/long-prompt --backend hip --tokens "$IDS13" -n 8 \
+        >"$LOG/smoke.log" 2>&1; then
+        row smoke ok "$(head -c 120 "$LOG/smoke.log" | tr '\n' ' ')"
+    else
+        row smoke FAIL "rc=$? $(tail -c 300 "$LOG/smoke.log" | tr '\n' ' ')"
+    fi
+fi
+
+# 2. per-op check on the fixtures
+if want check-fix; then
+    : >"$LOG/check-fixtures.log"
+    bad=0
+    for d in tests/fixtures/hf/*/; do
+        echo "== $d" >>"$LOG/check-fixtures.log"
+        MOERT_HIP_CHECK=all timeout 120 "$BIN" run "$d" --backend hip --tokens "$IDS13" -n 4 \
+            --prefill-chunk 5 >>"$LOG/check-fixtures.log" 2>&1 || bad=$((bad + 1))
+    done
+    mism=$(grep -c ' -> ' "$LOG/check-fixtures.log")
+    if [ "$bad" -eq 0 ] && [ "$mism" -eq 0 ]; then
+        row check-fix ok "every op of every fixture within 1e-4 of the CPU kernels"
+    else
+        row check-fix FAIL "$bad runs failed, $mism op mismatches; first: $(grep -m1 ' -> \|error\|backend hip' "$LOG/check-fixtures.log" | cut -c1-200)"
+    fi
+fi
+
+# 3. test suites
+if want tests; then
+    if [ -x "$RUNNER" ]; then
+        MOERT_TEST_BACKEND=hip timeout 600 "$RUNNER" hip forward >"$LOG/tests.log" 2>&1
+        rc=$?
+        line="$(grep -E 'tests run|asserts' "$LOG/tests.log" | tail -2 | tr -s ' ' | tr '\n' ' ')$(grep -c 'SKIP ' "$LOG/tests.log") skipped"
+
+        [ $rc -eq 0 ] && row tests ok "$line" || row tests FAIL "rc=$rc $line"
+    else
+        row tests skip "$RUNNER missing"
+    fi
+fi
+
+# configs/bench-gpu.yaml names a tokenizer under build/ (not carried): use a copy without it.
+BENCH_CFG=configs/bench-gpu.yaml
+if [ ! -s build/tokenizer/qwen3/tokenizer.json ]; then
+    BENCH_CFG=configs/.bench-gpu-notok.yaml
+    grep -v '^tokenizer:' configs/bench-gpu.yaml >"$BENCH_CFG"
+fi
+
+# 4. per-op check at the benchmark's shapes
+if want check-big; then
+    MOERT_HIP_CHECK=all timeout 580 "$BIN" run "$BENCH_CFG" --backend hip --tokens "$IDS100" -n 3 \
+        --prefill-chunk 64 --max-seq-len 128 >"$LOG/check-big.log" 2>&1
+    rc=$?
+    mism=$(grep -c ' -> ' "$LOG/check-big.log")
+    if [ $rc -eq 0 ] && [ "$mism" -eq 0 ]; then
+        row check-big ok "$(grep -c 'hip check: step' "$LOG/check-big.log") steps, every op within 1e-4"
+    else
+        row check-big FAIL "rc=$rc, $mism mismatches; first: $(grep -m1 ' -> \|error\|backend hip' "$LOG/check-big.log" | cut -c1-200)"
+    fi
+fi
+
+# 5. bench
+if want bench; then
+    timeout 590 "$BIN" bench "$BENCH_CFG" --json --trace-overhead >"$LOG/bench.json" 2>"$LOG/bench.err"
+    rc=$?
+    if [ $rc -eq 0 ]; then
+        sum=$(python3 - "$LOG/bench.json" <<'EOF' 2>/dev/null
+import json, sys
+j = json.load(open(sys.argv[1]))
+bw = j.get("memory_bandwidth_GBps", 0)
+act = j.get("active_weight_bytes_per_token", 1)
+target = 0.5 * bw * 1e9 / act if act else 0
+print("decode %.0f tok/s (target >= %.0f: 50%% of %.0f GB/s / %.2f GB) | prefill %.0f tok/s (target >= 10000) | "
+      "traced decode %.0f tok/s (%+.1f%%) | roofline %.0f%%" % (
+      j.get("decode_tokens_per_s", 0), target, bw, act / 1e9, j.get("prefill_tokens_per_s", 0),
+      j.get("traced_decode_tokens_per_s", 0), 100 * j.get("trace_decode_overhead", 0),
+      100 * j.get("roofline_fraction", 0)))
+EOF
+)
+        row bench ok "${sum:-see bench.json}"
+    else
+        row bench FAIL "rc=$rc $(tail -c 300 "$LOG/bench.err" | tr '\n' ' ')"
+    fi
+fi
+
+echo
+echo "== gpu_check summary ($(head -1 "$LOG/gpu.txt" 2>/dev/null))"
+cat "$SUMMARY"
+! grep -q ' FAIL ' "$SUMMARY"
