@@ -88,6 +88,11 @@ typedef struct hip_ctx {
     unsigned char *aux;
     hip_step_params *d_params;
     int *d_err;
+    int32_t *d_argmax;         /* the device's greedy pick of the last step */
+    float *d_amax_v;           /* its per-block partials */
+    int *d_attn_tickets;       /* per kv head: decode attention splits done */
+    int *d_amax_i;
+    int32_t *h_argmax;         /* pinned */
     unsigned long long *d_shadow;
     float *d_attn_part;
     int32_t *d_tiles;
@@ -117,6 +122,16 @@ typedef struct hip_ctx {
     unsigned char *chk_host;
     uint64_t chk_bytes;
     long long chk_ops, chk_bad;
+
+    /* MOERT_HIP_PROFILE=ops: eager steps with an event pair around every op, summed per
+     * op kind; =steps: events around each whole step (graph replay included) */
+    int profile;               /* 0 off, 1 steps, 2 ops */
+    hipEvent_t *prof_ev;       /* 2 per op (ops mode), 2 per step (steps mode) */
+    double prof_ms[2][SCHED_KIND_COUNT];
+    long long prof_calls[2][SCHED_KIND_COUNT];
+    double prof_step_ms[2], prof_host_ms[2];
+    long long prof_steps[2];
+    double prof_t0;
 } hip_ctx;
 
 /* ---- errors ------------------------------------------------------------------------- */
@@ -509,7 +524,10 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
     c->debug = env_on("MOERT_HIP_DEBUG");
     const char *chk = getenv("MOERT_HIP_CHECK");
     c->check = chk && *chk && strcmp(chk, "0") != 0 ? (strcmp(chk, "all") == 0 ? 2 : 1) : 0;
-    c->use_graph = !env_on("MOERT_HIP_NOGRAPH") && !c->debug && !c->check;
+    /* programmatic dependent launch: Hopper and newer; MOERT_HIP_NOPDL=1 turns it off */
+    const char *prof = getenv("MOERT_HIP_PROFILE");
+    c->profile = !prof || !*prof || !strcmp(prof, "0") ? 0 : !strcmp(prof, "ops") ? 2 : 1;
+    c->use_graph = !env_on("MOERT_HIP_NOGRAPH") && !c->debug && !c->check && c->profile != 2;
     const sched *s = c->s;
     const cfg_topology *t = &s->topo;
     c->eps = (float)t->rms_norm_eps;
@@ -527,6 +545,9 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
 
     INIT_TRY(hipSetDevice(0), "hipSetDevice(0)");
     INIT_TRY(hipGetDeviceProperties(&c->props, 0), "hipGetDeviceProperties");
+#if !defined(MOERT_HIP_AMD)
+    moert_set_pdl(c->props.major >= 9 && !env_on("MOERT_HIP_NOPDL"));
+#endif
     c->sms = c->props.multiProcessorCount > 0 ? c->props.multiProcessorCount : 1;
     {
         int optin = 0;
@@ -538,6 +559,14 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
     }
     INIT_TRY(hipStreamCreateWithFlags(&c->stream, hipStreamNonBlocking), "hipStreamCreate");
     INIT_TRY(hipEventCreateWithFlags(&c->ev_params, hipEventDisableTiming), "hipEventCreate");
+    if (c->profile) {
+        int32_t nev = 2 * (c->s->n_ops + 1);
+        c->prof_ev = (hipEvent_t *)calloc((size_t)nev, sizeof *c->prof_ev);
+        if (!c->prof_ev)
+            return err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
+        for (int32_t i = 0; i < nev; i++)
+            INIT_TRY(hipEventCreate(&c->prof_ev[i]), "hipEventCreate");
+    }
     INIT_TRY(hipEventCreateWithFlags(&c->ev_write, hipEventDisableTiming), "hipEventCreate");
     c->ev_ok = true;
 
@@ -583,15 +612,23 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
         size_t o_part = align256(o_shadow + sizeof(unsigned long long) * 8 * (size_t)c->n_trace);
         size_t o_tiles = align256(o_part + sizeof(float) * (size_t)t->num_attention_heads *
                                                (size_t)c->max_splits * (size_t)(t->head_dim + 2));
-        size_t total = align256(o_tiles + sizeof(int32_t) * (1 + 3 * (size_t)c->max_tiles));
+        size_t o_amax = align256(o_tiles + sizeof(int32_t) * (1 + 3 * (size_t)c->max_tiles));
+        size_t o_tick = align256(o_amax + 2 * sizeof(float) * HIP_ARGMAX_BLOCKS);
+        size_t total = align256(o_tick + sizeof(int) * (size_t)t->num_key_value_heads);
         INIT_TRY(hipMalloc((void **)&c->aux, total), "allocating the auxiliary block");
         INIT_TRY(hipMemsetAsync(c->aux, 0, total, c->stream), "clearing the auxiliary block");
         c->d_params = (hip_step_params *)(c->aux + o_params);
         c->d_err = (int *)(c->aux + o_err);
+        c->d_argmax = (int32_t *)(c->aux + o_err + 128);
+        c->d_amax_v = (float *)(c->aux + o_amax);
+        c->d_amax_i = (int *)(c->aux + o_amax + sizeof(float) * HIP_ARGMAX_BLOCKS);
+        c->d_attn_tickets = (int *)(c->aux + o_tick);
         c->d_shadow = (unsigned long long *)(c->aux + o_shadow);
         c->d_attn_part = (float *)(c->aux + o_part);
         c->d_tiles = (int32_t *)(c->aux + o_tiles);
     }
+    INIT_TRY(hipHostMalloc((void **)&c->h_argmax, sizeof(int32_t), hipHostMallocDefault),
+             "allocating pinned memory");
     INIT_TRY(hipHostMalloc((void **)&c->h_params, sizeof(hip_step_params), hipHostMallocDefault),
              "allocating pinned memory");
     memset(c->h_params, 0, sizeof *c->h_params);
@@ -664,6 +701,24 @@ static void destroy_graph(hip_ctx *c)
     c->graph_ready = false;
 }
 
+static void print_profile(const hip_ctx *c)
+{
+    for (int ph = 0; ph < 2; ph++) {
+        if (!c->prof_steps[ph])
+            continue;
+        double n = (double)c->prof_steps[ph];
+        fprintf(stderr, "hip profile, %s (%lld steps%s): device %.3f ms/step, host %.3f ms/step\n",
+                ph ? "decode" : "prefill", c->prof_steps[ph],
+                c->profile == 2 ? ", eager, one event pair per op" : "", c->prof_step_ms[ph] / n,
+                c->prof_host_ms[ph] / n);
+        for (int k = 0; k < SCHED_KIND_COUNT && c->profile == 2; k++)
+            if (c->prof_calls[ph][k])
+                fprintf(stderr, "  %-13s %9.4f ms/step  %6.1f us/call  (%lld calls)\n",
+                        sched_kind_name((sched_kind)k), c->prof_ms[ph][k] / n,
+                        1e3 * c->prof_ms[ph][k] / (double)c->prof_calls[ph][k], c->prof_calls[ph][k]);
+    }
+}
+
 static void hip_shutdown(backend *b)
 {
     hip_ctx *c = (hip_ctx *)b->ctx;
@@ -671,6 +726,13 @@ static void hip_shutdown(backend *b)
         return;
     if (c->stream)
         (void)hipStreamSynchronize(c->stream);
+    if (c->prof_ev) {
+        print_profile(c);
+        for (int32_t i = 0; i < 2 * (c->s->n_ops + 1); i++)
+            if (c->prof_ev[i])
+                (void)hipEventDestroy(c->prof_ev[i]);
+        free(c->prof_ev);
+    }
     destroy_graph(c);
     if (c->cpu.vt)
         c->cpu.vt->shutdown(&c->cpu);
@@ -686,6 +748,8 @@ static void hip_shutdown(backend *b)
         (void)hipFree(c->aux);
     if (c->h_params)
         (void)hipHostFree(c->h_params);
+    if (c->h_argmax)
+        (void)hipHostFree(c->h_argmax);
     if (c->h_write)
         (void)hipHostFree(c->h_write);
     if (c->ev_ok) {
@@ -1110,6 +1174,7 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
         a.scale = c->attn_scale;
         a.part = c->d_attn_part;
         a.max_splits = c->max_splits;
+        a.tickets = c->d_attn_tickets;
         a.err_flag = c->d_err;
         return launch_err(hip_launch_attention(&a, rows, rows == 1, c->stream), op, err);
     }
@@ -1135,7 +1200,14 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
         long long H = t->hidden_size;
         const float *fn = fbuf(c, op->in[0]);
         long long first = s->logit_rows == 1 ? rows - 1 : 0;
-        return run_matmul_rows(c, op, fn + first * H, rows - first, fbuf(c, op->out[0]), op->n, err);
+        int rc = run_matmul_rows(c, op, fn + first * H, rows - first, fbuf(c, op->out[0]), op->n, err);
+        if (rc)
+            return rc;
+        /* the greedy pick, inside the step (and the decode graph) */
+        return launch_err(hip_launch_argmax(fbuf(c, op->out[0]), op->n, s->logit_rows > 1,
+                                            c->d_params, c->d_amax_v, c->d_amax_i, c->d_argmax,
+                                            c->stream),
+                          op, err);
     }
     case SCHED_TRACE: return run_trace(c, op, rows, err);
     default:
@@ -1311,6 +1383,10 @@ static int hip_begin_step(backend *b, const exec_step *st, bool *ops_done, moert
     }
     HIP_TRY(hipMemcpyAsync(c->d_params, p, sizeof *p, hipMemcpyHostToDevice, c->stream), "begin_step");
     HIP_TRY(hipEventRecord(c->ev_params, c->stream), "begin_step");
+    if (c->profile) {
+        c->prof_t0 = now_s();
+        HIP_TRY(hipEventRecord(c->prof_ev[2 * c->s->n_ops], c->stream), "profile");
+    }
     c->checking_step = false;
     if (c->check) {
         bool first = st->decode ? !c->checked_decode : !c->checked_prefill;
@@ -1342,7 +1418,13 @@ static int hip_run(backend *b, const sched_op *op, const exec_step *st, moert_er
     int rc;
     if (c->checking_step)
         return check_op(c, op, st, err);
-    if ((rc = launch_op(c, op, st, err))) {
+    int32_t oi = c->profile == 2 ? op_index(c, op) : -1;
+    if (oi >= 0)
+        HIP_TRY(hipEventRecord(c->prof_ev[2 * oi], c->stream), "profile");
+    rc = launch_op(c, op, st, err);
+    if (oi >= 0 && !rc)
+        HIP_TRY(hipEventRecord(c->prof_ev[2 * oi + 1], c->stream), "profile");
+    if (rc) {
         if (c->capturing) { /* leave the stream usable */
             hipGraph_t g = NULL;
             (void)hipStreamEndCapture(c->stream, &g);
@@ -1363,9 +1445,35 @@ static int hip_run(backend *b, const sched_op *op, const exec_step *st, moert_er
     return MOERT_OK;
 }
 
+static int profile_step(hip_ctx *c, const exec_step *st, moert_err *err)
+{
+    int32_t n = c->s->n_ops;
+    HIP_TRY(hipEventRecord(c->prof_ev[2 * n + 1], c->stream), "profile");
+    HIP_TRY(hipEventSynchronize(c->prof_ev[2 * n + 1]), "profile");
+    int ph = st->decode ? 1 : 0;
+    float ms = 0;
+    HIP_TRY(hipEventElapsedTime(&ms, c->prof_ev[2 * n], c->prof_ev[2 * n + 1]), "profile");
+    c->prof_step_ms[ph] += ms;
+    c->prof_host_ms[ph] += 1e3 * (now_s() - c->prof_t0);
+    c->prof_steps[ph]++;
+    for (int32_t i = 0; c->profile == 2 && i < n; i++) {
+        if (c->opf[i] & OPF_SKIP)
+            continue;
+        HIP_TRY(hipEventElapsedTime(&ms, c->prof_ev[2 * i], c->prof_ev[2 * i + 1]), "profile");
+        c->prof_ms[ph][c->s->ops[i].kind] += ms;
+        c->prof_calls[ph][c->s->ops[i].kind]++;
+    }
+    return MOERT_OK;
+}
+
 static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
 {
     hip_ctx *c = (hip_ctx *)b->ctx;
+    if (c->profile && !c->capturing) {
+        int rc = profile_step(c, st, err);
+        if (rc)
+            return rc;
+    }
     if (c->checking_step && c->check) {
         fprintf(stderr, "hip check: step %lld (%s, %lld rows): %lld ops compared so far, %lld mismatches\n",
                 (long long)st->index, st->decode ? "decode" : "prefill", (long long)st->n_rows,
@@ -1399,6 +1507,23 @@ static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
         if (rc)
             return rc;
     }
+    return MOERT_OK;
+}
+
+static int hip_sync(backend *b, moert_err *err)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    HIP_TRY(hipStreamSynchronize(c->stream), "synchronising");
+    return MOERT_OK;
+}
+
+static int hip_greedy_token(backend *b, int32_t *id, moert_err *err)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    HIP_TRY(hipMemcpyAsync(c->h_argmax, c->d_argmax, sizeof(int32_t), hipMemcpyDeviceToHost, c->stream),
+            "reading the greedy token");
+    HIP_TRY(hipStreamSynchronize(c->stream), "reading the greedy token");
+    *id = *c->h_argmax;
     return MOERT_OK;
 }
 
@@ -1473,6 +1598,8 @@ static backend_vtable make_vtable(void)
     v.begin_step = hip_begin_step;
     v.run = hip_run;
     v.end_step = hip_end_step;
+    v.greedy_token = hip_greedy_token;
+    v.sync = hip_sync;
     v.read = hip_read;
     v.host_ptr = hip_host_ptr;
     v.shutdown = hip_shutdown;

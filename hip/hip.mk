@@ -48,8 +48,12 @@ HIP_OBJ  := $(HIP_SRC:hip/%.hip=$(HIP_DIR)/hip/%.o) $(HIP_CSRC:hip/%.c=$(HIP_DIR
 HIPFLAGS := $(foreach t,$(GPU_TARGETS),--offload-arch=$(t)) -O3 -std=c++17 -Wall -Wextra -Wshadow -Werror
 
 .PHONY: hip hip-nvidia c-parts c-tests
-hip: moert-hip
-hip-nvidia: moert-nvidia $(NV_DIR)/test_runner
+hip: pdl-check moert-hip
+hip-nvidia: pdl-check moert-nvidia $(NV_DIR)/test_runner
+
+.PHONY: pdl-check
+pdl-check:
+	sh tools/check-pdl.sh hip/kernels.hip
 
 # The C objects are the top Makefile's business; ask it every time (it is incremental).
 c-parts:

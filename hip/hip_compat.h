@@ -39,6 +39,13 @@ static __device__ __forceinline__ int moert_popc64(uint64_t x)
 /* HIP 5.2: hipGraphInstantiate(exec, graph, error node, log buffer, log size) */
 #define moert_graph_instantiate(exec, graph) hipGraphInstantiate((exec), (graph), NULL, NULL, 0)
 
+/* No programmatic dependent launch on AMD: an ordinary launch, and nothing to wait for. */
+#define MOERT_LAUNCH(kernel, grid, block, smem, stream, ...)                                     \
+    hipLaunchKernelGGL(kernel, dim3(grid), dim3(block), (smem), (stream), __VA_ARGS__)
+static __device__ __forceinline__ void moert_pdl_wait(void) {}
+static __device__ __forceinline__ void moert_prefetch_l2(const void *p) { (void)p; }
+static inline void moert_set_pdl(bool on) { (void)on; }
+
 #elif defined(__CUDACC__)
 /* ---------------------------------------------------------------- NVIDIA: CUDA */
 #include <cuda_runtime.h>
@@ -111,6 +118,7 @@ typedef cudaDeviceProp hipDeviceProp_t;
 #define moert_graph_instantiate(exec, graph) cudaGraphInstantiate((exec), (graph), 0)
 
 #define hipFuncSetAttribute(f, attr, v) cudaFuncSetAttribute((f), (attr), (v))
+#define hipOccupancyMaxActiveBlocksPerMultiprocessor cudaOccupancyMaxActiveBlocksPerMultiprocessor
 #define hipFuncAttributeMaxDynamicSharedMemorySize cudaFuncAttributeMaxDynamicSharedMemorySize
 
 #define moert_shfl_xor(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
@@ -122,6 +130,50 @@ static __device__ __forceinline__ uint64_t moert_ballot(int pred)
 static __device__ __forceinline__ int moert_popc64(uint64_t x)
 {
     return __popcll((unsigned long long)x);
+}
+
+/* Programmatic dependent launch (Hopper): the next kernel in the stream may be launched
+ * while this one drains, hiding launch latency between the ~100 small kernels of a decode
+ * step.  Every kernel calls moert_pdl_wait() before touching anything its predecessor
+ * wrote (it returns once that grid has completed and its memory is visible), then lets its
+ * own dependents launch.  Results are the same as with ordinary serialisation. */
+#include <utility>
+extern bool moert_pdl_enabled;
+static inline void moert_set_pdl(bool on)
+{
+    moert_pdl_enabled = on;
+}
+template <typename... KArgs, typename... Args>
+static inline cudaError_t moert_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                       cudaStream_t stream, Args &&...args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = moert_pdl_enabled ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+#define MOERT_LAUNCH(kernel, grid, block, smem, stream, ...)                                     \
+    moert_launch(kernel, dim3(grid), dim3(block), (smem), (stream), __VA_ARGS__)
+/* A hint: fetch the 128-byte line holding p into L2.  Never changes a result. */
+static __device__ __forceinline__ void moert_prefetch_l2(const void *p)
+{
+#if defined(__CUDA_ARCH__)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
+static __device__ __forceinline__ void moert_pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
 }
 
 #else

@@ -48,6 +48,10 @@ typedef struct hip_gemv_args {
     long long k;
 } hip_gemv_args;
 hipError_t hip_launch_gemv(int dtype, const hip_gemv_args *a, int grid, hipStream_t s);
+#define HIP_ARGMAX_BLOCKS 128
+/* pv, pi: HIP_ARGMAX_BLOCKS partials (device scratch) */
+hipError_t hip_launch_argmax(const float *logits, long long V, int all_rows,
+                             const hip_step_params *sp, float *pv, int *pi, int32_t *out, hipStream_t s);
 
 /* ---- GEMM: C[m, n] = A[m, :] . W[n, :] ------------------------------------------------ */
 enum { HIP_A_PLAIN = 0, HIP_A_GATHER = 1, HIP_A_SWIGLU = 2 };
@@ -104,6 +108,7 @@ typedef struct hip_attn_args {
     float scale;
     float *part;           /* decode partials [nh][max_splits][hd + 2] */
     int max_splits;
+    int *tickets;          /* decode: per kv head, splits done this step (0 between steps) */
     int *err_flag;
 } hip_attn_args;
 size_t hip_attn_smem_bytes(int nh, int nkv, int hd);

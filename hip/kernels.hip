@@ -11,6 +11,24 @@
 #include "hip_compat.h"
 #include "hip_kernels.h"
 
+/* Tuning switches (chosen by measurement on an H200; see hip/NOTES.md) */
+#ifndef MOERT_GEMV_U
+#define MOERT_GEMV_U 4 /* 8 measured 36 us/step slower */
+#endif
+#ifndef MOERT_MOE_MINB
+#define MOERT_MOE_MINB 1 /* 4 (a register cap) helped alone but cost 0.14 ms/step with resident grids */
+#endif
+#ifndef MOERT_RESIDENT_GRID
+#define MOERT_RESIDENT_GRID 1 /* persistent grids sized to residency (-119 us/step) */
+#endif
+#ifndef MOERT_ATTN_FUSED_MERGE
+#define MOERT_ATTN_FUSED_MERGE 0 /* 1 measured 0.43 ms/step slower on an H200 */
+#endif
+
+#if defined(__CUDACC__) && !defined(MOERT_HIP_AMD)
+bool moert_pdl_enabled = false;
+#endif
+
 #define DEV static __device__ __forceinline__
 
 /* ---- small helpers ------------------------------------------------------------------ */
@@ -129,17 +147,6 @@ DEV float block_sum(float v, float *sm)
         sm[w] = v;
     __syncthreads();
     return warp_sum(lane < nw ? sm[lane] : 0.0f);
-}
-DEV float block_max(float v, float *sm)
-{
-    int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP;
-    int nw = blockDim.x / MOERT_WARP;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0)
-        sm[w] = v;
-    __syncthreads();
-    return warp_max(lane < nw ? sm[lane] : -INFINITY);
 }
 DEV double block_sum_d(double v, double *sm)
 {
@@ -338,14 +345,41 @@ DEV void stage_x(float *xs, const float *x, long long n)
 
 extern __shared__ float4 dyn_smem4[];
 
+/* Weight row r of a (possibly segmented) GEMV. */
+template <int DT> DEV const unsigned char *gemv_row(const hip_gemv_args &a, long long r)
+{
+    int sg = r >= a.seg_end[0] ? (r >= a.seg_end[1] ? 2 : 1) : 0;
+    long long local = r - (sg == 0 ? 0 : sg == 1 ? a.seg_end[0] : a.seg_end[1]);
+    const void *base = sg == 0 ? a.w[0] : sg == 1 ? a.w[1] : a.w[2];
+    return (const unsigned char *)base + local * a.k * dt_size<DT>::v;
+}
+
+/* Before waiting for the previous kernel (programmatic dependent launch): the weights do
+ * not depend on it, so the warp's first rows start streaming into L2 at once. */
+template <int DT> DEV void pdl_prefetch_gemv(const hip_gemv_args &a)
+{
+    const int lane = threadIdx.x % MOERT_WARP, warp = threadIdx.x / MOERT_WARP;
+    const long long g = (long long)blockIdx.x * (blockDim.x / MOERT_WARP) + warp;
+    const long long bytes = a.k * dt_size<DT>::v;
+    for (int i = 0; i < HIP_GEMV_RW; i++) {
+        long long r = g * HIP_GEMV_RW + i;
+        if (r >= a.n_total)
+            break;
+        const unsigned char *w = gemv_row<DT>(a, r);
+        for (long long off = (long long)lane * 128; off < bytes; off += (long long)MOERT_WARP * 128)
+            moert_prefetch_l2(w + off);
+    }
+}
+
 template <int DT, bool VEC>
 __global__ void __launch_bounds__(HIP_GEMV_THREADS) k_gemv(hip_gemv_args a)
 {
+    pdl_prefetch_gemv<DT>(a);
+    moert_pdl_wait();
     float *xs = (float *)dyn_smem4;
     stage_x(xs, a.x, a.k);
     const int lane = threadIdx.x % MOERT_WARP, warp = threadIdx.x / MOERT_WARP;
     const int nw = blockDim.x / MOERT_WARP;
-    const long long es = dt_size<DT>::v;
     for (long long g = (long long)blockIdx.x * nw + warp; g * HIP_GEMV_RW < a.n_total;
          g += (long long)gridDim.x * nw) {
         const float *xr[HIP_GEMV_RW];
@@ -357,15 +391,15 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS) k_gemv(hip_gemv_args a)
             long long r = g * HIP_GEMV_RW + i;
             rows[i] = r;
             valid[i] = r < a.n_total;
-            int sg = r >= a.seg_end[0] ? (r >= a.seg_end[1] ? 2 : 1) : 0;
-            long long local = r - (sg == 0 ? 0 : sg == 1 ? a.seg_end[0] : a.seg_end[1]);
-            const void *base = sg == 0 ? a.w[0] : sg == 1 ? a.w[1] : a.w[2];
             xr[i] = xs;
-            wr[i] = valid[i] ? (const unsigned char *)base + local * a.k * es
-                             : (const unsigned char *)a.w[0];
+            wr[i] = valid[i] ? gemv_row<DT>(a, r) : (const unsigned char *)a.w[0];
         }
         float acc[HIP_GEMV_RW];
-        gemv_dot<DT, VEC, HIP_GEMV_RW>(xr, wr, valid, a.k, acc);
+        /* chunks per row in flight */
+        if (VEC)
+            gemv_core<DT, HIP_GEMV_RW, MOERT_GEMV_U>(xr, wr, valid, a.k, acc);
+        else
+            gemv_core_scalar<DT, HIP_GEMV_RW>(xr, wr, valid, a.k, acc);
         if (lane == 0) {
 #pragma unroll
             for (int i = 0; i < HIP_GEMV_RW; i++)
@@ -385,6 +419,7 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS) k_gemv(hip_gemv_args a)
 template <int DT, int AMODE, int BM, bool VEC>
 __global__ void __launch_bounds__(BM * 4) k_gemm(hip_gemm_args a)
 {
+    moert_pdl_wait();
     constexpr int BN = HIP_GEMM_BN, BK = GEMM_BK, NT = BM * 4;
     constexpr int GPT = 256 / NT; /* weight 8-groups per thread per tile (2 per row) */
     __shared__ __align__(16) float As[2][BK][BM + 4];
@@ -553,6 +588,7 @@ __global__ void __launch_bounds__(BM * 4) k_gemm(hip_gemm_args a)
 __global__ void __launch_bounds__(256) k_embed(const int32_t *tok, const void *emb, int dt,
                                                float *x, long long H, long long V, int *err)
 {
+    moert_pdl_wait();
     int r = blockIdx.x;
     long long t = tok[r];
     if (t < 0 || t >= V) {
@@ -566,42 +602,102 @@ __global__ void __launch_bounds__(256) k_embed(const int32_t *tok, const void *e
 
 /* RMSNorm of one row per block: sum of squares (per-thread serial, then the block tree),
  * r = 1 / sqrt(mean + eps), out = w * (x * r) as ops_rmsnorm. */
-__global__ void __launch_bounds__(256) k_rmsnorm(const float *x, const void *w, int dt, float *out,
-                                                 long long n, float eps)
+/* Row norms: one block of 1024 threads per row; each thread keeps its (at most
+ * NORM_PER_THREAD) elements in registers, so the row is read once with every load in
+ * flight, and the weights are loaded while the sum reduces. */
+#define NORM_THREADS 1024
+#define NORM_PER_THREAD 8
+
+__global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(const float *__restrict__ x, const void *w,
+                                                          int dt, float *__restrict__ out,
+                                                          long long n, float eps)
 {
+    moert_pdl_wait();
     __shared__ float sm[MAX_WARPS];
     const float *xr = x + (long long)blockIdx.x * n;
     float *o = out + (long long)blockIdx.x * n;
+    float v[NORM_PER_THREAD];
     float s = 0.0f;
-    for (long long i = threadIdx.x; i < n; i += blockDim.x)
-        s = fmaf(xr[i], xr[i], s);
+    const bool regs = n <= (long long)NORM_PER_THREAD * blockDim.x;
+    if (regs) {
+#pragma unroll
+        for (int k = 0; k < NORM_PER_THREAD; k++) {
+            long long i = threadIdx.x + (long long)k * blockDim.x;
+            v[k] = i < n ? xr[i] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < NORM_PER_THREAD; k++)
+            s = fmaf(v[k], v[k], s);
+    } else {
+        for (long long i = threadIdx.x; i < n; i += blockDim.x)
+            s = fmaf(xr[i], xr[i], s);
+    }
     s = block_sum(s, sm);
     float r = 1.0f / sqrtf(s / (float)n + eps);
-    for (long long i = threadIdx.x; i < n; i += blockDim.x)
-        o[i] = load_elem(w, dt, i) * (xr[i] * r);
+    if (regs) {
+#pragma unroll
+        for (int k = 0; k < NORM_PER_THREAD; k++) {
+            long long i = threadIdx.x + (long long)k * blockDim.x;
+            if (i < n)
+                o[i] = load_elem(w, dt, i) * (v[k] * r);
+        }
+    } else {
+        for (long long i = threadIdx.x; i < n; i += blockDim.x)
+            o[i] = load_elem(w, dt, i) * (xr[i] * r);
+    }
 }
 
-__global__ void __launch_bounds__(256) k_add_rmsnorm(float *x, const float *y, const void *w,
-                                                     int dt, float *out, long long n, float eps)
+__global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *__restrict__ x,
+                                                              const float *__restrict__ y,
+                                                              const void *w, int dt,
+                                                              float *__restrict__ out, long long n,
+                                                              float eps)
 {
+    moert_pdl_wait();
     __shared__ float sm[MAX_WARPS];
     float *xr = x + (long long)blockIdx.x * n;
     const float *yr = y + (long long)blockIdx.x * n;
     float *o = out + (long long)blockIdx.x * n;
+    float v[NORM_PER_THREAD];
     float s = 0.0f;
-    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = xr[i] + yr[i];
-        xr[i] = v;
-        s = fmaf(v, v, s);
+    const bool regs = n <= (long long)NORM_PER_THREAD * blockDim.x;
+    if (regs) {
+#pragma unroll
+        for (int k = 0; k < NORM_PER_THREAD; k++) {
+            long long i = threadIdx.x + (long long)k * blockDim.x;
+            v[k] = i < n ? xr[i] + yr[i] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < NORM_PER_THREAD; k++) {
+            long long i = threadIdx.x + (long long)k * blockDim.x;
+            if (i < n)
+                xr[i] = v[k];
+            s = fmaf(v[k], v[k], s);
+        }
+    } else {
+        for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+            float t = xr[i] + yr[i];
+            xr[i] = t;
+            s = fmaf(t, t, s);
+        }
     }
     s = block_sum(s, sm);
     float r = 1.0f / sqrtf(s / (float)n + eps);
-    for (long long i = threadIdx.x; i < n; i += blockDim.x) /* own writes: no barrier needed */
-        o[i] = load_elem(w, dt, i) * (xr[i] * r);
+    if (regs) {
+#pragma unroll
+        for (int k = 0; k < NORM_PER_THREAD; k++) {
+            long long i = threadIdx.x + (long long)k * blockDim.x;
+            if (i < n)
+                o[i] = load_elem(w, dt, i) * (v[k] * r);
+        }
+    } else {
+        for (long long i = threadIdx.x; i < n; i += blockDim.x) /* own writes: no barrier needed */
+            o[i] = load_elem(w, dt, i) * (xr[i] * r);
+    }
 }
-
 __global__ void __launch_bounds__(256) k_add(float *x, const float *y, long long n)
 {
+    moert_pdl_wait();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n)
         x[i] += y[i];
@@ -613,6 +709,7 @@ __global__ void __launch_bounds__(256) k_add(float *x, const float *y, long long
  * store is fused, v heads (copied to the cache). */
 __global__ void __launch_bounds__(128) k_qk_norm_rope(hip_qkn_args a)
 {
+    moert_pdl_wait();
     const int lane = threadIdx.x % MOERT_WARP, warp = threadIdx.x / MOERT_WARP;
     const int nw = blockDim.x / MOERT_WARP;
     const int r = blockIdx.x;
@@ -673,6 +770,7 @@ __global__ void __launch_bounds__(256) k_kv_store(const float *qkv, float *kc, f
                                                   long long q_dim, long long kv_dim,
                                                   long long max_seq, int *err)
 {
+    moert_pdl_wait();
     const int r = blockIdx.x;
     const long long pos = sp->pos0 + r;
     if (pos < 0 || pos >= max_seq) {
@@ -692,25 +790,34 @@ __global__ void __launch_bounds__(256) k_kv_store(const float *qkv, float *kc, f
  * HIP_ATTN_TILE: the K tile is staged in shared memory (padded rows), scores are serial
  * dots, then per head a running max m, sum l and output o (online softmax, tiles in key
  * order).  Split mode (decode): block x = split s covers keys [s * SPLIT, (s+1) * SPLIT)
- * and writes (m, l, o) partials that k_attn_combine merges in split order. */
+ * and writes (m, l, o) partials; the last split of a kv head to finish merges them in
+ * split order. */
 size_t hip_attn_smem_bytes(int nh, int nkv, int hd)
 {
-    size_t G = (size_t)(nh / nkv);
-    return sizeof(float) * (2 * G * (size_t)hd + (size_t)HIP_ATTN_TILE * (size_t)(hd + 1) +
-                            G * HIP_ATTN_TILE + 3 * G);
+    size_t G = (size_t)(nh / nkv), T = HIP_ATTN_TILE;
+    return sizeof(float) * (2 * G * (size_t)hd + T * (size_t)(hd + 1) + T * (size_t)(hd + 4) +
+                            G * T + 3 * G);
 }
 
+/* K rows are stored with stride hd + 1 (a warp's threads read different keys at the same d:
+ * conflict-free), V rows with stride hd + 4 (threads read consecutive d of one key; the
+ * stride keeps float4 stores aligned).  Softmax of a tile: one warp per head, lane j =
+ * key j, fixed butterfly reductions (HIP_ATTN_TILE <= warp size). */
 template <bool SPLIT>
 __global__ void __launch_bounds__(HIP_ATTN_THREADS) k_attn(hip_attn_args a)
 {
+    moert_pdl_wait();
     const int G = a.nh / a.nkv, hd = a.hd, T = HIP_ATTN_TILE;
     float *qs = (float *)dyn_smem4;
     float *os = qs + G * hd;
     float *ks = os + G * hd;
-    float *ss = ks + T * (hd + 1);
+    float *vs = ks + T * (hd + 1);
+    float *ss = vs + T * (hd + 4);
     float *ms = ss + G * T;
     float *ls = ms + G;
     float *al = ls + G;
+    const int lane = threadIdx.x % MOERT_WARP, warp = threadIdx.x / MOERT_WARP;
+    const int nwarps = blockDim.x / MOERT_WARP;
     const int r = SPLIT ? 0 : blockIdx.x;
     const int g = blockIdx.y;
     const long long pos = a.sp->pos0 + r;
@@ -738,36 +845,53 @@ __global__ void __launch_bounds__(HIP_ATTN_THREADS) k_attn(hip_attn_args a)
     }
     __syncthreads();
     const float *kbase = a.kc + (long long)g * hd, *vbase = a.vc + (long long)g * hd;
+    const bool vec = (hd % 4) == 0 && (a.kv_dim % 4) == 0;
     for (long long t0 = kbeg; t0 < kend; t0 += T) {
         const int nt = (int)min((long long)T, kend - t0);
-        for (int i = threadIdx.x; i < nt * hd; i += blockDim.x) {
-            int j = i / hd, d = i % hd;
-            ks[j * (hd + 1) + d] = kbase[(t0 + j) * a.kv_dim + d];
+        if (vec) {
+            const int q4 = hd / 4;
+            for (int i = threadIdx.x; i < nt * q4; i += blockDim.x) {
+                int j = i / q4, d = 4 * (i % q4);
+                float4 kv = *(const float4 *)(kbase + (t0 + j) * a.kv_dim + d);
+                float4 vv = *(const float4 *)(vbase + (t0 + j) * a.kv_dim + d);
+                float *kd = ks + j * (hd + 1) + d;
+                kd[0] = kv.x;
+                kd[1] = kv.y;
+                kd[2] = kv.z;
+                kd[3] = kv.w;
+                *(float4 *)(vs + j * (hd + 4) + d) = vv;
+            }
+        } else {
+            for (int i = threadIdx.x; i < nt * hd; i += blockDim.x) {
+                int j = i / hd, d = i % hd;
+                ks[j * (hd + 1) + d] = kbase[(t0 + j) * a.kv_dim + d];
+                vs[j * (hd + 4) + d] = vbase[(t0 + j) * a.kv_dim + d];
+            }
         }
         __syncthreads();
         for (int i = threadIdx.x; i < G * nt; i += blockDim.x) {
             int h = i / nt, j = i % nt;
             const float *q = qs + h * hd, *kr = ks + j * (hd + 1);
-            float s = 0.0f;
+            float sc = 0.0f;
             for (int d = 0; d < hd; d++)
-                s = fmaf(q[d], kr[d], s);
-            ss[h * T + j] = s * a.scale;
+                sc = fmaf(q[d], kr[d], sc);
+            ss[h * T + j] = sc * a.scale;
         }
         __syncthreads();
-        for (int h = threadIdx.x; h < G; h += blockDim.x) {
-            float mt = ms[h];
-            for (int j = 0; j < nt; j++)
-                mt = fmaxf(mt, ss[h * T + j]);
-            float alpha = expf(ms[h] - mt); /* exp(-inf) = 0 on the first tile */
-            float sum = 0.0f;
-            for (int j = 0; j < nt; j++) {
-                float p = expf(ss[h * T + j] - mt);
-                ss[h * T + j] = p;
-                sum += p;
+        for (int h = warp; h < G; h += nwarps) {
+            float sc = lane < nt ? ss[h * T + lane] : -INFINITY;
+            float mold = ms[h];
+            float mt = fmaxf(mold, warp_max(sc));
+            float p = lane < nt ? expf(sc - mt) : 0.0f;
+            float sum = warp_sum(p);
+            if (lane < nt)
+                ss[h * T + lane] = p;
+            if (lane == 0) {
+                float alpha = expf(mold - mt); /* exp(-inf) = 0 on the first tile */
+                al[h] = alpha;
+                ls[h] = ls[h] * alpha + sum;
+                ms[h] = mt;
             }
-            ls[h] = ls[h] * alpha + sum;
-            ms[h] = mt;
-            al[h] = alpha;
         }
         __syncthreads();
         for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
@@ -775,22 +899,53 @@ __global__ void __launch_bounds__(HIP_ATTN_THREADS) k_attn(hip_attn_args a)
             float o = os[i] * al[h];
             const float *p = ss + h * T;
             for (int j = 0; j < nt; j++)
-                o = fmaf(p[j], vbase[(t0 + j) * a.kv_dim + d], o);
+                o = fmaf(p[j], vs[j * (hd + 4) + d], o);
             os[i] = o;
         }
         __syncthreads();
     }
     if (SPLIT) {
-        const int s = blockIdx.x;
+        const int sp = blockIdx.x;
         for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
             int h = i / hd, d = i % hd;
-            float *pp = a.part + ((long long)(g * G + h) * a.max_splits + s) * (hd + 2);
+            float *pp = a.part + ((long long)(g * G + h) * a.max_splits + sp) * (hd + 2);
             pp[2 + d] = os[i];
             if (d == 0) {
                 pp[0] = ms[h];
                 pp[1] = ls[h];
             }
         }
+#if MOERT_ATTN_FUSED_MERGE
+        /* The last split of this kv head to finish merges all of them, in split order (the
+         * ticket only decides which block does it, never the arithmetic). */
+        __threadfence();
+        __syncthreads();
+        __shared__ int last;
+        const int nsplit = (int)((nkeys + HIP_ATTN_SPLIT - 1) / HIP_ATTN_SPLIT);
+        if (threadIdx.x == 0)
+            last = atomicAdd(&a.tickets[g], 1) == nsplit - 1;
+        __syncthreads();
+        if (!last)
+            return;
+        __threadfence();
+        for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
+            int h = i / hd, d = i % hd;
+            const volatile float *base = a.part + (long long)(g * G + h) * a.max_splits * (hd + 2);
+            float m = -INFINITY;
+            for (int q = 0; q < nsplit; q++)
+                m = fmaxf(m, base[(long long)q * (hd + 2)]);
+            float l = 0.0f, o = 0.0f;
+            for (int q = 0; q < nsplit; q++) {
+                const volatile float *pp = base + (long long)q * (hd + 2);
+                float f = expf(pp[0] - m);
+                l = fmaf(pp[1], f, l);
+                o = fmaf(pp[2 + d], f, o);
+            }
+            a.out[(long long)(g * G + h) * hd + d] = o / l;
+        }
+        if (threadIdx.x == 0)
+            a.tickets[g] = 0; /* ready for the next layer / step */
+#endif
     } else {
         float *orow = a.out + (long long)r * a.q_dim + (long long)g * G * hd;
         for (int i = threadIdx.x; i < G * hd; i += blockDim.x)
@@ -798,9 +953,68 @@ __global__ void __launch_bounds__(HIP_ATTN_THREADS) k_attn(hip_attn_args a)
     }
 }
 
+/* Greedy choice on the device: arg-max of the last token's logits (ties -> lower index, as
+ * ops_argmax), so a greedy decode step reads back 4 bytes instead of the whole row.  Two
+ * passes over a fixed partition (HIP_ARGMAX_BLOCKS contiguous chunks, then one block over
+ * the partials): the result is the same total order whatever the partition. */
+__global__ void __launch_bounds__(256) k_argmax_part(const float *logits, long long V, int all_rows,
+                                                     const hip_step_params *sp, float *pv, int *pi)
+{
+    moert_pdl_wait();
+    __shared__ float smv[32];
+    __shared__ int smi[32];
+    const float *row = logits + (all_rows ? (sp->n_rows - 1) * V : 0);
+    long long chunk = (V + gridDim.x - 1) / gridDim.x, b0 = (long long)blockIdx.x * chunk;
+    long long b1 = min(V, b0 + chunk);
+    float bv = -INFINITY;
+    int bi = 0x7fffffff;
+    for (long long i = b0 + threadIdx.x; i < b1; i += blockDim.x) {
+        float v = row[i];
+        if (better(v, (int)i, bv, bi)) {
+            bv = v;
+            bi = (int)i;
+        }
+    }
+    block_argmax(bv, bi, smv, smi);
+    if (threadIdx.x == 0) {
+        pv[blockIdx.x] = bv;
+        pi[blockIdx.x] = bi;
+    }
+}
+
+__global__ void __launch_bounds__(256) k_argmax_final(const float *pv, const int *pi, int n, int32_t *out)
+{
+    moert_pdl_wait();
+    __shared__ float smv[32];
+    __shared__ int smi[32];
+    float bv = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        if (better(pv[i], pi[i], bv, bi)) {
+            bv = pv[i];
+            bi = pi[i];
+        }
+    block_argmax(bv, bi, smv, smi);
+    if (threadIdx.x == 0)
+        *out = bi == 0x7fffffff ? 0 : bi;
+}
+
+hipError_t hip_launch_argmax(const float *logits, long long V, int all_rows,
+                             const hip_step_params *sp, float *pv, int *pi, int32_t *out, hipStream_t s)
+{
+    MOERT_LAUNCH(k_argmax_part, HIP_ARGMAX_BLOCKS, 256, 0, s, logits, V, all_rows, sp, pv, pi);
+    hipError_t e = hipGetLastError();
+    if (e != hipSuccess)
+        return e;
+    MOERT_LAUNCH(k_argmax_final, 1, 256, 0, s, (const float *)pv, (const int *)pi, HIP_ARGMAX_BLOCKS, out);
+    return hipGetLastError();
+}
+
+#if !MOERT_ATTN_FUSED_MERGE
 /* Merges the decode splits of one head, in split order. */
 __global__ void __launch_bounds__(128) k_attn_combine(hip_attn_args a)
 {
+    moert_pdl_wait();
     const int h = blockIdx.x, hd = a.hd;
     const long long pos = a.sp->pos0;
     if (pos < 0 || pos >= a.max_seq)
@@ -821,61 +1035,96 @@ __global__ void __launch_bounds__(128) k_attn_combine(hip_attn_args a)
         a.out[(long long)h * hd + d] = o / l;
     }
 }
+#endif
 
 /* ---- router: softmax over E, top-k (ties -> lower index), optional renormalisation ---- */
-__global__ void __launch_bounds__(256) k_route(const float *logits, float *w, int32_t *ids, int E,
-                                               int K, int norm)
+/* Warp arg-max under better(): every lane ends with the winner. */
+DEV void warp_argmax(float &v, int &i)
 {
+#pragma unroll
+    for (int m = 1; m < MOERT_WARP; m <<= 1) {
+        float ov = moert_shfl_xor(v, m);
+        int oi = moert_shfl_xor(i, m);
+        if (better(ov, oi, v, i)) {
+            v = ov;
+            i = oi;
+        }
+    }
+}
+
+DEV int warp_min_i(int v)
+{
+#pragma unroll
+    for (int m = 1; m < MOERT_WARP; m <<= 1)
+        v = min(v, moert_shfl_xor(v, m));
+    return v;
+}
+
+/* Router: one warp per row.  Lane l owns experts l, l + WARP, ...: it alone reads and
+ * writes their probabilities and taken flags, so the k selection rounds need shuffles
+ * only.  Softmax (max, exp, butterfly sum), then k arg-max rounds (ties -> lower index),
+ * then the renormalisation as a sequential sum in slot order. */
+__global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int32_t *ids, int E,
+                                              int K, int norm)
+{
+    moert_pdl_wait();
+    if (threadIdx.x >= MOERT_WARP)
+        return;
     float *probs = (float *)dyn_smem4;
     int *taken = (int *)(probs + E);
-    __shared__ float smf[MAX_WARPS];
-    __shared__ int smi[MAX_WARPS];
-    const int r = blockIdx.x;
+    float *sel = (float *)(taken + E);
+    const int lane = threadIdx.x, r = blockIdx.x;
     const float *l = logits + (long long)r * E;
     float mx = -INFINITY;
-    for (int i = threadIdx.x; i < E; i += blockDim.x)
+    for (int i = lane; i < E; i += MOERT_WARP)
         mx = fmaxf(mx, l[i]);
-    mx = block_max(mx, smf);
+    mx = warp_max(mx);
     float s = 0.0f;
-    for (int i = threadIdx.x; i < E; i += blockDim.x) {
+    for (int i = lane; i < E; i += MOERT_WARP) {
         float p = expf(l[i] - mx);
         probs[i] = p;
         taken[i] = 0;
         s += p;
     }
-    s = block_sum(s, smf);
-    for (int i = threadIdx.x; i < E; i += blockDim.x)
+    s = warp_sum(s);
+    for (int i = lane; i < E; i += MOERT_WARP)
         probs[i] = probs[i] / s;
-    __syncthreads();
     float *wr = w + (long long)r * K;
     int32_t *ir = ids + (long long)r * K;
     for (int j = 0; j < K; j++) {
         float bv = -1.0f; /* below every probability */
         int bi = 0x7fffffff;
-        for (int i = threadIdx.x; i < E; i += blockDim.x)
+        for (int i = lane; i < E; i += MOERT_WARP)
             if (!taken[i] && better(probs[i], i, bv, bi)) {
                 bv = probs[i];
                 bi = i;
             }
-        block_argmax(bv, bi, smf, smi);
-        if (threadIdx.x == 0) {
-            if (bi < 0 || bi >= E) { /* only NaN probabilities left: lowest free index */
-                bi = 0;
-                while (bi < E - 1 && taken[bi])
-                    bi++;
-            }
-            ir[j] = bi;
-            wr[j] = probs[bi];
-            taken[bi] = 1;
+        warp_argmax(bv, bi);
+        if (bi < 0 || bi >= E) { /* only NaN probabilities left: the lowest free index */
+            int lf = 0x7fffffff;
+            for (int i = lane; i < E; i += MOERT_WARP)
+                if (!taken[i]) {
+                    lf = i;
+                    break;
+                }
+            bi = warp_min_i(lf);
         }
-        __syncthreads();
+        float mine = (bi % MOERT_WARP) == lane ? probs[bi] : 0.0f;
+        float pw = moert_shfl(mine, bi % MOERT_WARP);
+        if ((bi % MOERT_WARP) == lane)
+            taken[bi] = 1;
+        if (lane == 0) {
+            ir[j] = bi;
+            sel[j] = pw;
+        }
     }
-    if (norm && threadIdx.x == 0) {
+    if (lane == 0) {
         float sum = 0.0f;
+        if (norm)
+            for (int j = 0; j < K; j++)
+                sum += sel[j];
         for (int j = 0; j < K; j++)
-            sum += wr[j];
-        for (int j = 0; j < K; j++)
-            wr[j] = wr[j] / sum;
+            wr[j] = norm ? sel[j] / sum : sel[j];
     }
 }
 
@@ -895,6 +1144,7 @@ DEV int safe_expert(int32_t id, int E, int *err)
 
 __global__ void __launch_bounds__(256) k_moe_rank(hip_moe_index_args a)
 {
+    moert_pdl_wait();
     __shared__ int wtot[MAX_WARPS];
     const int e = blockIdx.x;
     const int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP;
@@ -925,6 +1175,7 @@ __global__ void __launch_bounds__(256) k_moe_rank(hip_moe_index_args a)
 
 __global__ void __launch_bounds__(256) k_moe_place(hip_moe_index_args a)
 {
+    moert_pdl_wait();
     if (threadIdx.x == 0) {
         int off = 0, nt = 0;
         for (int e = 0; e < a.E; e++) {
@@ -956,6 +1207,7 @@ __global__ void __launch_bounds__(256) k_moe_combine(const float *down, const in
                                                      const float *tw, float *out, int K,
                                                      long long H)
 {
+    moert_pdl_wait();
     const int t = blockIdx.y;
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= H)
@@ -973,33 +1225,86 @@ __global__ void __launch_bounds__(256) k_moe_combine(const float *down, const in
  * h[slot, n] = silu(gate) * up.  down: a warp computes output row i for every slot (two
  * slots in flight) and combines them in slot order. */
 template <int DT, bool VEC>
-__global__ void __launch_bounds__(HIP_GEMV_THREADS) k_moe_gateup_dec(hip_moe_dec_args a)
+__global__ void __launch_bounds__(HIP_GEMV_THREADS, MOERT_MOE_MINB) k_moe_gateup_dec(hip_moe_dec_args a)
 {
+    moert_pdl_wait();
+    {   /* the expert ids are known now: start this warp's first rows towards L2 while the
+         * block stages x (a hint only) */
+        const int ln = threadIdx.x % MOERT_WARP;
+        const long long g0 = (long long)blockIdx.x * (blockDim.x / MOERT_WARP) + threadIdx.x / MOERT_WARP;
+        const long long pairs = (a.I + 1) / 2;
+        if (g0 < (long long)a.kslots * pairs) {
+            int id = a.ids ? a.ids[g0 / pairs] : 0;
+            if (id >= 0 && id < a.E) {
+                const long long es = dt_size<DT>::v, n0 = 2 * (g0 % pairs), bytes = a.H * es;
+                for (long long q = 0; q < 2 && n0 + q < a.I; q++) {
+                    const unsigned char *gw = (const unsigned char *)a.gate + ((long long)id * a.estride_gu + (n0 + q) * a.H) * es;
+                    const unsigned char *uw = (const unsigned char *)a.up + ((long long)id * a.estride_gu + (n0 + q) * a.H) * es;
+                    for (long long off = (long long)ln * 128; off < bytes; off += (long long)MOERT_WARP * 128) {
+                        moert_prefetch_l2(gw + off);
+                        moert_prefetch_l2(uw + off);
+                    }
+                }
+            }
+        }
+    }
     float *xs = (float *)dyn_smem4;
     stage_x(xs, a.x, a.H);
     const int lane = threadIdx.x % MOERT_WARP, warp = threadIdx.x / MOERT_WARP;
     const int nw = blockDim.x / MOERT_WARP;
     const long long es = dt_size<DT>::v;
-    const long long total = (long long)a.kslots * a.I;
+    /* a warp task: rows n and n + 1 of one slot's gate and up (four streams in flight) */
+    const long long pairs = (a.I + 1) / 2, total = (long long)a.kslots * pairs;
     for (long long g = (long long)blockIdx.x * nw + warp; g < total; g += (long long)gridDim.x * nw) {
-        const int j = (int)(g / a.I);
-        const long long n = g % a.I;
+        const int j = (int)(g / pairs);
+        const long long n = 2 * (g % pairs);
+        const bool two = n + 1 < a.I;
         const long long e = a.ids ? safe_expert(a.ids[j], a.E, a.err_flag) : 0;
-        const float *xr[2] = {xs, xs};
-        const unsigned char *wr[2] = {
+        const long long n1 = two ? n + 1 : n;
+        const float *xr[4] = {xs, xs, xs, xs};
+        const unsigned char *wr[4] = {
             (const unsigned char *)a.gate + (e * a.estride_gu + n * a.H) * es,
-            (const unsigned char *)a.up + (e * a.estride_gu + n * a.H) * es};
-        const bool valid[2] = {true, true};
-        float acc[2];
-        gemv_dot<DT, VEC, 2>(xr, wr, valid, a.H, acc);
-        if (lane == 0)
-            a.h[g] = silu_mul(acc[0], acc[1]);
+            (const unsigned char *)a.up + (e * a.estride_gu + n * a.H) * es,
+            (const unsigned char *)a.gate + (e * a.estride_gu + n1 * a.H) * es,
+            (const unsigned char *)a.up + (e * a.estride_gu + n1 * a.H) * es};
+        const bool valid[4] = {true, true, two, two};
+        float acc[4];
+        gemv_dot<DT, VEC, 4>(xr, wr, valid, a.H, acc);
+        if (lane == 0) {
+            a.h[(long long)j * a.I + n] = silu_mul(acc[0], acc[1]);
+            if (two)
+                a.h[(long long)j * a.I + n + 1] = silu_mul(acc[2], acc[3]);
+        }
+    }
+}
+
+/* down: a warp computes output row i for up to 8 slots at once (their weight rows all in
+ * flight) and combines them in slot order. */
+/* The down projection's first output row for every slot, before the wait: the expert ids
+ * were written by the route kernel two launches back (complete once the gate/up kernel
+ * passed its wait); were one stale, the prefetch would only be wasted, never wrong. */
+template <int DT> DEV void pdl_prefetch_moe_down(const hip_moe_dec_args &a)
+{
+    const int lane = threadIdx.x % MOERT_WARP, warp = threadIdx.x / MOERT_WARP;
+    const long long i = (long long)blockIdx.x * (blockDim.x / MOERT_WARP) + warp;
+    if (i >= a.H)
+        return;
+    const long long bytes = a.I * dt_size<DT>::v;
+    for (int j = 0; j < a.kslots; j++) {
+        int id = a.ids ? a.ids[j] : 0;
+        if (id < 0 || id >= a.E)
+            continue;
+        const unsigned char *w = (const unsigned char *)a.down + ((long long)id * a.estride_d + i * a.I) * dt_size<DT>::v;
+        for (long long off = (long long)lane * 128; off < bytes; off += (long long)MOERT_WARP * 128)
+            moert_prefetch_l2(w + off);
     }
 }
 
 template <int DT, bool VEC>
-__global__ void __launch_bounds__(HIP_GEMV_THREADS) k_moe_down_dec(hip_moe_dec_args a)
+__global__ void __launch_bounds__(HIP_GEMV_THREADS, MOERT_MOE_MINB) k_moe_down_dec(hip_moe_dec_args a)
 {
+    pdl_prefetch_moe_down<DT>(a);
+    moert_pdl_wait();
     float *hs = (float *)dyn_smem4;
     stage_x(hs, a.h, (long long)a.kslots * a.I);
     const int lane = threadIdx.x % MOERT_WARP, warp = threadIdx.x / MOERT_WARP;
@@ -1007,23 +1312,29 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS) k_moe_down_dec(hip_moe_dec_a
     const long long es = dt_size<DT>::v;
     for (long long i = (long long)blockIdx.x * nw + warp; i < a.H; i += (long long)gridDim.x * nw) {
         float res = 0.0f;
-        for (int j = 0; j < a.kslots; j += 2) {
-            const int j1 = j + 1 < a.kslots ? j + 1 : j;
-            const long long e0 = a.ids ? safe_expert(a.ids[j], a.E, a.err_flag) : 0;
-            const long long e1 = a.ids ? safe_expert(a.ids[j1], a.E, a.err_flag) : 0;
-            const float *xr[2] = {hs + (long long)j * a.I, hs + (long long)j1 * a.I};
-            const unsigned char *wr[2] = {
-                (const unsigned char *)a.down + (e0 * a.estride_d + i * a.I) * es,
-                (const unsigned char *)a.down + (e1 * a.estride_d + i * a.I) * es};
-            const bool valid[2] = {true, j + 1 < a.kslots};
-            float acc[2];
-            gemv_dot<DT, VEC, 2>(xr, wr, valid, a.I, acc);
-            if (!a.tw) {
-                res = acc[0]; /* dense MLP: one slot, no routing weight */
-            } else {
-                res = j == 0 ? a.tw[0] * acc[0] : fmaf(a.tw[j], acc[0], res);
-                if (j + 1 < a.kslots)
-                    res = fmaf(a.tw[j + 1], acc[1], res);
+        for (int j0 = 0; j0 < a.kslots; j0 += 8) {
+            const float *xr[8];
+            const unsigned char *wr[8];
+            bool valid[8];
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                const int j = j0 + q < a.kslots ? j0 + q : j0;
+                const long long e = a.ids ? safe_expert(a.ids[j], a.E, a.err_flag) : 0;
+                xr[q] = hs + (long long)j * a.I;
+                wr[q] = (const unsigned char *)a.down + (e * a.estride_d + i * a.I) * es;
+                valid[q] = j0 + q < a.kslots;
+            }
+            float acc[8];
+            if (VEC)
+                gemv_core<DT, 8, 2>(xr, wr, valid, a.I, acc);
+            else
+                gemv_core_scalar<DT, 8>(xr, wr, valid, a.I, acc);
+            for (int q = 0; q < 8 && j0 + q < a.kslots; q++) {
+                const int j = j0 + q;
+                if (!a.tw)
+                    res = acc[q]; /* dense MLP: one slot, no routing weight */
+                else
+                    res = j == 0 ? a.tw[0] * acc[q] : fmaf(a.tw[j], acc[q], res);
             }
         }
         if (lane == 0)
@@ -1081,6 +1392,7 @@ DEV void block_stats(double &sum, double &sumsq, double &fin, double &n_nan, dou
  * during the kernel).  Stats in double with the block trees; the hash is an integer sum. */
 __global__ void __launch_bounds__(1024) k_trace(hip_trace_args a)
 {
+    moert_pdl_wait();
     __shared__ double smd[MAX_WARPS];
     __shared__ stats_smem sms;
     const hip_step_params *sp = a.sp;
@@ -1192,14 +1504,49 @@ static inline bool aligned16(const void *p)
     return ((uintptr_t)p & 15u) == 0;
 }
 
+/* The grid of a grid-stride (persistent) kernel: no more blocks than can be resident at
+ * once, or the surplus runs as a second wave that pays every fixed cost again.  Cached
+ * per (kernel, shared memory) so that eager launches do not query each time. */
+template <typename K> static int resident_grid(K kernel, int threads, size_t smem, int want)
+{
+    static struct {
+        const void *k;
+        size_t smem;
+        int cap;
+    } cache[64];
+    static int n_cache, sms;
+    if (!sms) {
+        int dev = 0;
+        if (hipGetDevice(&dev) != hipSuccess ||
+            hipDeviceGetAttribute(&sms, hipDeviceAttributeMultiprocessorCount, dev) != hipSuccess || sms < 1)
+            sms = 1;
+    }
+    int cap = 0;
+    for (int i = 0; i < n_cache; i++)
+        if (cache[i].k == (const void *)kernel && cache[i].smem == smem)
+            cap = cache[i].cap;
+    if (!cap) {
+        int per_sm = 0;
+        if (hipOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem) != hipSuccess ||
+            per_sm < 1)
+            per_sm = 1;
+        cap = per_sm * sms;
+        if (n_cache < 64)
+            cache[n_cache++] = {(const void *)kernel, smem, cap};
+    }
+    return !MOERT_RESIDENT_GRID || want < cap ? want : cap;
+}
+
 template <int DT>
 static void launch_gemv_t(const hip_gemv_args *a, int grid, hipStream_t s, bool vec)
 {
     size_t sm = (size_t)a->k * sizeof(float);
     if (vec)
-        k_gemv<DT, true><<<grid, HIP_GEMV_THREADS, sm, s>>>(*a);
+        MOERT_LAUNCH((k_gemv<DT, true>), resident_grid(k_gemv<DT, true>, HIP_GEMV_THREADS, sm, grid),
+                     HIP_GEMV_THREADS, sm, s, *a);
     else
-        k_gemv<DT, false><<<grid, HIP_GEMV_THREADS, sm, s>>>(*a);
+        MOERT_LAUNCH((k_gemv<DT, false>), resident_grid(k_gemv<DT, false>, HIP_GEMV_THREADS, sm, grid),
+                     HIP_GEMV_THREADS, sm, s, *a);
 }
 
 hipError_t hip_launch_gemv(int dtype, const hip_gemv_args *a, int grid, hipStream_t s)
@@ -1222,9 +1569,9 @@ template <int DT, int AM, int BM>
 static void launch_gemm_t(const hip_gemm_args *a, dim3 grid, hipStream_t s, bool vec)
 {
     if (vec)
-        k_gemm<DT, AM, BM, true><<<grid, BM * 4, 0, s>>>(*a);
+        MOERT_LAUNCH((k_gemm<DT, AM, BM, true>), grid, BM * 4, 0, s, *a);
     else
-        k_gemm<DT, AM, BM, false><<<grid, BM * 4, 0, s>>>(*a);
+        MOERT_LAUNCH((k_gemm<DT, AM, BM, false>), grid, BM * 4, 0, s, *a);
 }
 
 template <int DT>
@@ -1268,21 +1615,21 @@ hipError_t hip_launch_gemm(int dtype, int amode, int bm, const hip_gemm_args *a,
 hipError_t hip_launch_embed(const int32_t *tok, const void *emb, int dt, float *x, long long H,
                             long long V, int rows, int *err_flag, hipStream_t s)
 {
-    k_embed<<<rows, 256, 0, s>>>(tok, emb, dt, x, H, V, err_flag);
+    MOERT_LAUNCH(k_embed, rows, 256, 0, s, tok, emb, dt, x, H, V, err_flag);
     return hipGetLastError();
 }
 
 hipError_t hip_launch_rmsnorm(const float *x, const void *w, int dt, float *out, long long n,
                               float eps, int rows, hipStream_t s)
 {
-    k_rmsnorm<<<rows, 256, 0, s>>>(x, w, dt, out, n, eps);
+    MOERT_LAUNCH(k_rmsnorm, rows, NORM_THREADS, 0, s, x, w, dt, out, n, eps);
     return hipGetLastError();
 }
 
 hipError_t hip_launch_add_rmsnorm(float *x, const float *y, const void *w, int dt, float *out,
                                   long long n, float eps, int rows, hipStream_t s)
 {
-    k_add_rmsnorm<<<rows, 256, 0, s>>>(x, y, w, dt, out, n, eps);
+    MOERT_LAUNCH(k_add_rmsnorm, rows, NORM_THREADS, 0, s, x, y, w, dt, out, n, eps);
     return hipGetLastError();
 }
 
@@ -1290,7 +1637,7 @@ hipError_t hip_launch_add(float *x, const float *y, long long n, hipStream_t s)
 {
     if (n <= 0)
         return hipSuccess;
-    k_add<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(x, y, n);
+    MOERT_LAUNCH(k_add, (unsigned)((n + 255) / 256), 256, 0, s, x, y, n);
     return hipGetLastError();
 }
 
@@ -1300,7 +1647,7 @@ hipError_t hip_launch_qk_norm_rope(const hip_qkn_args *a, int rows, hipStream_t 
     /* 128 threads hold at least 2 warps on every device; size y for 32-wide warps and let
      * wider-warp devices skip the surplus blocks. */
     dim3 grid((unsigned)rows, (unsigned)((heads + 3) / 4));
-    k_qk_norm_rope<<<grid, 128, 0, s>>>(*a);
+    MOERT_LAUNCH(k_qk_norm_rope, grid, 128, 0, s, *a);
     return hipGetLastError();
 }
 
@@ -1308,7 +1655,7 @@ hipError_t hip_launch_kv_store(const float *qkv, float *kc, float *vc, const hip
                                long long qkv_dim, long long q_dim, long long kv_dim,
                                long long max_seq, int rows, int *err_flag, hipStream_t s)
 {
-    k_kv_store<<<rows, 256, 0, s>>>(qkv, kc, vc, sp, qkv_dim, q_dim, kv_dim, max_seq, err_flag);
+    MOERT_LAUNCH(k_kv_store, rows, 256, 0, s, qkv, kc, vc, sp, qkv_dim, q_dim, kv_dim, max_seq, err_flag);
     return hipGetLastError();
 }
 
@@ -1317,14 +1664,16 @@ hipError_t hip_launch_attention(const hip_attn_args *a, int rows, bool split, hi
     size_t sm = hip_attn_smem_bytes(a->nh, a->nkv, a->hd);
     if (split) {
         dim3 grid((unsigned)a->max_splits, (unsigned)a->nkv);
-        k_attn<true><<<grid, HIP_ATTN_THREADS, sm, s>>>(*a);
+        MOERT_LAUNCH((k_attn<true>), grid, HIP_ATTN_THREADS, sm, s, *a);
+#if !MOERT_ATTN_FUSED_MERGE
         hipError_t e = hipGetLastError();
         if (e != hipSuccess)
             return e;
-        k_attn_combine<<<a->nh, 128, 0, s>>>(*a);
+        MOERT_LAUNCH(k_attn_combine, a->nh, 128, 0, s, *a);
+#endif
     } else {
         dim3 grid((unsigned)rows, (unsigned)a->nkv);
-        k_attn<false><<<grid, HIP_ATTN_THREADS, sm, s>>>(*a);
+        MOERT_LAUNCH((k_attn<false>), grid, HIP_ATTN_THREADS, sm, s, *a);
     }
     return hipGetLastError();
 }
@@ -1332,18 +1681,18 @@ hipError_t hip_launch_attention(const hip_attn_args *a, int rows, bool split, hi
 hipError_t hip_launch_route(const float *logits, float *w, int32_t *ids, int E, int K, int norm,
                             int rows, hipStream_t s)
 {
-    size_t sm = (size_t)E * (sizeof(float) + sizeof(int));
-    k_route<<<rows, 256, sm, s>>>(logits, w, ids, E, K, norm);
+    size_t sm = (size_t)E * (sizeof(float) + sizeof(int)) + (size_t)K * sizeof(float);
+    MOERT_LAUNCH(k_route, rows, 64, sm, s, logits, w, ids, E, K, norm);
     return hipGetLastError();
 }
 
 hipError_t hip_launch_moe_index(const hip_moe_index_args *a, hipStream_t s)
 {
-    k_moe_rank<<<a->E, 256, 0, s>>>(*a);
+    MOERT_LAUNCH(k_moe_rank, a->E, 256, 0, s, *a);
     hipError_t e = hipGetLastError();
     if (e != hipSuccess)
         return e;
-    k_moe_place<<<1, 256, 0, s>>>(*a);
+    MOERT_LAUNCH(k_moe_place, 1, 256, 0, s, *a);
     return hipGetLastError();
 }
 
@@ -1351,7 +1700,7 @@ hipError_t hip_launch_moe_combine(const float *down, const int32_t *inv, const f
                                   float *out, int K, long long H, int rows, hipStream_t s)
 {
     dim3 grid((unsigned)((H + 255) / 256), (unsigned)rows);
-    k_moe_combine<<<grid, 256, 0, s>>>(down, inv, tw, out, K, H);
+    MOERT_LAUNCH(k_moe_combine, grid, 256, 0, s, down, inv, tw, out, K, H);
     return hipGetLastError();
 }
 
@@ -1362,15 +1711,23 @@ static void launch_moe_dec_t(bool down, const hip_moe_dec_args *a, int grid, hip
     if (!down) {
         size_t sm = (size_t)a->H * sizeof(float);
         if (vec)
-            k_moe_gateup_dec<DT, true><<<grid, HIP_GEMV_THREADS, sm, s>>>(*a);
+            MOERT_LAUNCH((k_moe_gateup_dec<DT, true>),
+                         resident_grid(k_moe_gateup_dec<DT, true>, HIP_GEMV_THREADS, sm, grid),
+                         HIP_GEMV_THREADS, sm, s, *a);
         else
-            k_moe_gateup_dec<DT, false><<<grid, HIP_GEMV_THREADS, sm, s>>>(*a);
+            MOERT_LAUNCH((k_moe_gateup_dec<DT, false>),
+                         resident_grid(k_moe_gateup_dec<DT, false>, HIP_GEMV_THREADS, sm, grid),
+                         HIP_GEMV_THREADS, sm, s, *a);
     } else {
         size_t sm = (size_t)a->kslots * (size_t)a->I * sizeof(float);
         if (vec)
-            k_moe_down_dec<DT, true><<<grid, HIP_GEMV_THREADS, sm, s>>>(*a);
+            MOERT_LAUNCH((k_moe_down_dec<DT, true>),
+                         resident_grid(k_moe_down_dec<DT, true>, HIP_GEMV_THREADS, sm, grid),
+                         HIP_GEMV_THREADS, sm, s, *a);
         else
-            k_moe_down_dec<DT, false><<<grid, HIP_GEMV_THREADS, sm, s>>>(*a);
+            MOERT_LAUNCH((k_moe_down_dec<DT, false>),
+                         resident_grid(k_moe_down_dec<DT, false>, HIP_GEMV_THREADS, sm, grid),
+                         HIP_GEMV_THREADS, sm, s, *a);
     }
 }
 
@@ -1407,7 +1764,7 @@ hipError_t hip_launch_trace(const hip_trace_args *a, int grid, hipStream_t s)
     if (grid < 1)
         grid = 1;
     /* one block per captured row: wide rows (logits) get more threads */
-    k_trace<<<grid, a->width > 16384 ? 1024 : 256, 0, s>>>(*a);
+    MOERT_LAUNCH(k_trace, grid, a->width > 16384 ? 1024 : 256, 0, s, *a);
     return hipGetLastError();
 }
 

@@ -45,6 +45,8 @@ typedef struct backend_vtable {
     int (*begin_step)(backend *b, const exec_step *st, bool *ops_done, moert_err *err);
     int (*run)(backend *b, const sched_op *op, const exec_step *st, moert_err *err);
     int (*end_step)(backend *b, const exec_step *st, moert_err *err);
+    /* Waits until all work issued so far has completed. */
+    int (*sync)(backend *b, moert_err *err);
     /* Backend arena -> host bytes; completes all work issued before it. */
     int (*read)(backend *b, int32_t buf, uint64_t offset, void *dst, uint64_t n, moert_err *err);
     /* Host address of a buffer in a host-visible arena (CPU: the arena itself; HIP: the host
@@ -55,6 +57,9 @@ typedef struct backend_vtable {
      * device-to-device copy bandwidth in GB/s counting bytes read plus written. */
     const char *(*device_name)(backend *b);
     double (*copy_bandwidth_gbs)(backend *b, moert_err *err);
+    /* Optional: the arg-max of the last logits row, computed by the device within the
+     * step (ties -> lower index, as ops_argmax), so greedy decoding reads back 4 bytes. */
+    int (*greedy_token)(backend *b, int32_t *id, moert_err *err);
 } backend_vtable;
 
 struct backend {

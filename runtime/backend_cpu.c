@@ -116,6 +116,13 @@ static int cpu_write(backend *b, int32_t buf, uint64_t offset, const void *src, 
     return MOERT_OK;
 }
 
+static int cpu_sync(backend *b, moert_err *err)
+{
+    (void)b;
+    (void)err;
+    return MOERT_OK; /* ops run synchronously */
+}
+
 static int cpu_read(backend *b, int32_t buf, uint64_t offset, void *dst, uint64_t n,
                     moert_err *err)
 {
@@ -500,6 +507,7 @@ const backend_vtable backend_cpu_vtable = {
     .begin_step = cpu_begin_step,
     .run = cpu_run,
     .end_step = cpu_end_step,
+    .sync = cpu_sync,
     .read = cpu_read,
     .host_ptr = cpu_host_ptr,
     .shutdown = cpu_shutdown,

@@ -646,6 +646,10 @@ int cli_replay(int argc, char **argv, moert_err *err)
         goto done;
     for (int64_t i = 0; i < n_gen; i++) {
         int32_t id = sess_sample(s);
+        if (id < 0) {
+            st = err_set(err, s->read_err.code ? s->read_err.code : MOERT_EINTERNAL, "%s", s->read_err.msg);
+            goto done;
+        }
         if (id != gen[i] && token_mismatch < 0) {
             token_mismatch = i;
             sampled_at = id;

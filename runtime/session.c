@@ -226,12 +226,10 @@ static int run_step(sess *s, const int32_t *ids, int64_t n, bool decode, bool ho
     if ((rc = be->vt->end_step(be, &st, err)))
         return rc;
     /* The logits buffer holds the step's last row only, or every row when all positions'
-     * logits are traced: the next token comes from the last one. */
-    uint64_t lbytes = (uint64_t)sc->topo.vocab_size * sizeof(float);
+     * logits are traced: the next token comes from the last one.  It is copied to the host
+     * only when asked for (a device's greedy pick needs no copy). */
     s->last_logit_row = sc->logit_rows > 1 ? n - 1 : 0;
-    uint64_t off = (uint64_t)s->last_logit_row * lbytes;
-    rc = be->vt->read(be, sc->known.logits, off,
-                      (uint8_t *)be->vt->host_ptr(be, sc->known.logits) + off, lbytes, err);
+    s->logits_on_host = false;
     s->pos += n;
     s->step_index++;
     return rc;
@@ -265,6 +263,9 @@ int sess_prefill(sess *s, const int32_t *ids, int64_t n, moert_err *err)
         if ((rc = run_step(s, ids + i, m, false, i + m == n, err)))
             return rc;
     }
+    /* the prompt is processed when this returns (a device works asynchronously) */
+    if ((rc = s->be.vt->sync(&s->be, err)))
+        return rc;
     s->stats.prefill_seconds += now_seconds() - t0;
     s->stats.prompt_tokens += n;
     return MOERT_OK;
@@ -281,20 +282,36 @@ int sess_decode(sess *s, int32_t id, moert_err *err)
 
 const float *sess_logits(sess *s)
 {
-    const float *base = s->be.vt->host_ptr(&s->be, s->schedule.known.logits);
-    return base + s->last_logit_row * s->schedule.topo.vocab_size;
+    backend *be = &s->be;
+    int32_t buf = s->schedule.known.logits;
+    uint64_t lbytes = (uint64_t)s->schedule.topo.vocab_size * sizeof(float);
+    uint64_t off = (uint64_t)s->last_logit_row * lbytes;
+    uint8_t *host = (uint8_t *)be->vt->host_ptr(be, buf) + off;
+    if (!s->logits_on_host) {
+        if (be->vt->read(be, buf, off, host, lbytes, &s->read_err))
+            return NULL;
+        s->logits_on_host = true;
+    }
+    return (const float *)host;
 }
 
 int32_t sess_sample(sess *s)
 {
     const sched *sc = &s->schedule;
     backend *be = &s->be;
+    if (s->cfg.sampling.temperature <= 0.0 && be->vt->greedy_token && !s->logits_on_host) {
+        int32_t id;
+        return be->vt->greedy_token(be, &id, &s->read_err) ? -1 : id;
+    }
+    const float *logits = sess_logits(s);
+    if (!logits)
+        return -1;
     sample_scratch scratch = {be->vt->host_ptr(be, sc->known.sample_keys),
                               be->vt->host_ptr(be, sc->known.sample_keys2),
                               be->vt->host_ptr(be, sc->known.sample_ids),
                               be->vt->host_ptr(be, sc->known.sample_ids2),
                               be->vt->host_ptr(be, sc->known.sample_probs)};
-    return sample_token(sess_logits(s), s->cfg.topo.vocab_size, &s->cfg.sampling, &s->rng, &scratch);
+    return sample_token(logits, s->cfg.topo.vocab_size, &s->cfg.sampling, &s->rng, &scratch);
 }
 
 int sess_generate(sess *s, const int32_t *prompt, int64_t n_prompt, int64_t n_new,
@@ -314,6 +331,9 @@ int sess_generate(sess *s, const int32_t *prompt, int64_t n_prompt, int64_t n_ne
     double t0 = now_seconds();
     for (int64_t i = 0; i < n_new; i++) {
         int32_t id = sess_sample(s);
+        if (id < 0)
+            return err_set(err, s->read_err.code ? s->read_err.code : MOERT_EINTERNAL, "%s",
+                           s->read_err.msg);
         out_ids[(*n_out)++] = id;
         s->stats.generated_tokens++;
         if (on_token && !on_token(ctx, id))

@@ -50,6 +50,8 @@ typedef struct sess {
     int64_t step_index;       /* steps run so far (prefill chunks + decode steps) */
     int64_t gen_step;         /* 0 during the prompt, then 1, 2, ... */
     int64_t last_logit_row;   /* row of the logits buffer holding the last token's logits */
+    bool logits_on_host;      /* the host copy of that row is current */
+    moert_err read_err;       /* why the last logits read failed */
     sample_rng rng;
     sess_stats stats;
     bool profile;             /* collect prof */
@@ -74,11 +76,13 @@ int sess_prefill(sess *s, const int32_t *ids, int64_t n, moert_err *err);
 /* One decode step feeding `id` at the next position. */
 int sess_decode(sess *s, int32_t id, moert_err *err);
 
-/* Logits of the last processed token (vocab_size floats, host memory, arena-backed). */
+/* Logits of the last processed token (vocab_size floats, host memory, arena-backed),
+ * copied from the device on first use after a step; NULL if that copy failed (read_err). */
 const float *sess_logits(sess *s);
 
-/* Picks the next token from sess_logits() with the configured sampling (greedy when
- * temperature is 0); uses only arena scratch and the session's RNG. */
+/* Picks the next token with the configured sampling (greedy when temperature is 0, on the
+ * device when the backend offers it); uses only arena scratch and the session's RNG.
+ * Returns -1 if the logits could not be read (read_err says why). */
 int32_t sess_sample(sess *s);
 
 /* Prompt + n_new generated tokens; calls on_token (may be NULL) after each new token; stops
