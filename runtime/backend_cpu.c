@@ -6,6 +6,8 @@
  * schedule.  Nothing here allocates after init.
  */
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,10 +88,28 @@ static int cpu_init(backend *b, const backend_init *in, moert_err *err)
     for (int32_t i = 0; i < in->s->n_bufs; i++)
         c->ptr[i] = c->mem.base + in->offsets[i];
     omp_set_dynamic(0);
-    /* Start the worker team now so that its creation is part of init, not of token 1. */
+    /* Start the worker team now so that its creation is part of init, not of token 1, and
+     * pin each worker to its own CPU of the process's set (decode streams weights: a thread
+     * that migrates loses its prefetch streams).  Results never depend on placement; a
+     * user's own OMP_PROC_BIND / GOMP_CPU_AFFINITY is left alone. */
+    cpu_set_t allowed;
+    bool pin = !getenv("OMP_PROC_BIND") && !getenv("GOMP_CPU_AFFINITY") &&
+               sched_getaffinity(0, sizeof allowed, &allowed) == 0 &&
+               CPU_COUNT(&allowed) >= c->threads;
 #pragma omp parallel num_threads(c->threads)
     {
-        (void)omp_get_thread_num();
+        int tid = omp_get_thread_num();
+        if (pin) {
+            int seen = -1;
+            for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+                if (CPU_ISSET(cpu, &allowed) && ++seen == tid) {
+                    cpu_set_t one;
+                    CPU_ZERO(&one);
+                    CPU_SET(cpu, &one);
+                    (void)pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+                    break;
+                }
+        }
     }
     b->ctx = c;
     return MOERT_OK;
