@@ -15,11 +15,12 @@
 #include "session.h"
 
 static const char bench_usage[] =
-    "usage: moert bench CONFIG|MODEL_DIR [--json] [--prompt-tokens N] [--gen N]\n"
+    "usage: moert bench CONFIG|MODEL_DIR [--json] [--prompt-tokens N] [--gen N] [--repeat R]\n"
     "                   [--trace-overhead] [--profile] [--threads N] [--backend cpu|hip]\n"
     "                   [--weights PATH]\n"
     "  prefill tok/s for an N-token prompt (default 512), decode tok/s over --gen tokens\n"
-    "  (default 128, greedy), weight bytes read per decoded token, the memory-bandwidth\n"
+    "  (default 128, greedy), each the median of R measured runs (default 3) after a warm-up,\n"
+    "  weight bytes read per decoded token, the memory-bandwidth\n"
     "  roofline (CPU: multi-threaded read of 1 GiB, best of 5; GPU: device copy) and peak\n"
     "  RSS.  --trace-overhead repeats the run with stats tracing of every stage and layer.\n";
 
@@ -30,9 +31,9 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Best-of-5 read bandwidth of `threads` threads each streaming its share of 1 GiB, from
+/* Best-of-10 read bandwidth of `threads` threads each streaming its share of 1 GiB, from
  * memory mapped like the weights (anonymous, transparent huge pages requested). */
-static double cpu_read_bandwidth_gbs(int threads)
+static double cpu_read_bandwidth_gbs(int threads, int passes)
 {
     size_t bytes = (size_t)1 << 30;
     uint8_t *buf = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -42,7 +43,7 @@ static double cpu_read_bandwidth_gbs(int threads)
     memset(buf, 1, bytes);
     double best = 0;
     volatile uint64_t sink = 0;
-    for (int rep = 0; rep < 5; rep++) {
+    for (int rep = 0; rep < passes; rep++) {
         double t0 = now_seconds();
         uint64_t acc = 0;
 #pragma omp parallel num_threads(threads) reduction(^ : acc)
@@ -81,11 +82,27 @@ static void cpu_model_name(char *buf, size_t cap)
     fclose(f);
 }
 
+#define BENCH_MAX_REPEAT 32
+
 typedef struct bench_run {
-    double prefill_tps, decode_tps, prefill_s, decode_s, init_s;
+    double prefill_tps, decode_tps, prefill_s, decode_s, init_s; /* medians */
+    double prefill_min, prefill_max, decode_min, decode_max;
+    double bw_gbs, fraction, fraction_min, fraction_max; /* CPU: probed before each run */
     int64_t decode_steps;
     uint64_t arena_bytes;
 } bench_run;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
 
 /* Faults every weight page in, so the timed run measures steady state, not the disk. */
 static void touch_weights(const st_set *set)
@@ -99,8 +116,9 @@ static void touch_weights(const st_set *set)
 }
 
 static int one_run(const cfg_config *cfg, const int32_t *prompt, int64_t n_prompt, int64_t n_gen,
-                   int32_t *gen, sess *s, bench_run *r, bool profile, moert_err *err)
+                   int32_t *gen, sess *s, bench_run *r, bool profile, int repeat, moert_err *err)
 {
+    double bw[BENCH_MAX_REPEAT], frac[BENCH_MAX_REPEAT];
     int st = sess_open(s, cfg, 0, err);
     if (st)
         return st;
@@ -111,15 +129,37 @@ static int one_run(const cfg_config *cfg, const int32_t *prompt, int64_t n_promp
     int64_t warm = n_prompt < 16 ? n_prompt : 16;
     if ((st = sess_generate(s, prompt, warm, 4, gen, &n_out, NULL, NULL, err)))
         goto out;
-    sess_reset(s);
-    s->profile = profile;
-    if ((st = sess_generate(s, prompt, n_prompt, n_gen, gen, &n_out, NULL, NULL, err)))
-        goto out;
-    r->prefill_s = s->stats.prefill_seconds;
-    r->decode_s = s->stats.decode_seconds;
-    r->decode_steps = n_out > 1 ? n_out - 1 : 0;
-    r->prefill_tps = r->prefill_s > 0 ? (double)n_prompt / r->prefill_s : 0;
-    r->decode_tps = r->decode_s > 0 && r->decode_steps ? (double)r->decode_steps / r->decode_s : 0;
+    /* the measured run, `repeat` times: on a shared machine one sample says little */
+    double pre[BENCH_MAX_REPEAT], dec[BENCH_MAX_REPEAT], pre_s[BENCH_MAX_REPEAT], dec_s[BENCH_MAX_REPEAT];
+    uint64_t active = model_active_bytes_per_token(&s->weights);
+    bool cpu = s->be.vt->copy_bandwidth_gbs == NULL;
+    for (int rep = 0; rep < repeat; rep++) {
+        /* The host's memory bandwidth drifts (shared machines): probe it right before each
+         * run so that each run is judged against the bandwidth it actually had. */
+        bw[rep] = cpu ? cpu_read_bandwidth_gbs(s->threads, 3) : 0;
+        sess_reset(s);
+        s->profile = profile && rep == repeat - 1;
+        if ((st = sess_generate(s, prompt, n_prompt, n_gen, gen, &n_out, NULL, NULL, err)))
+            goto out;
+        r->decode_steps = n_out > 1 ? n_out - 1 : 0;
+        pre_s[rep] = s->stats.prefill_seconds;
+        dec_s[rep] = s->stats.decode_seconds;
+        pre[rep] = pre_s[rep] > 0 ? (double)n_prompt / pre_s[rep] : 0;
+        dec[rep] = dec_s[rep] > 0 && r->decode_steps ? (double)r->decode_steps / dec_s[rep] : 0;
+        frac[rep] = cpu && bw[rep] > 0 ? dec[rep] * (double)active / (bw[rep] * 1e9) : 0;
+    }
+    r->bw_gbs = cpu ? median(bw, repeat) : 0;
+    r->fraction = cpu ? median(frac, repeat) : 0;
+    r->fraction_min = frac[0];
+    r->fraction_max = frac[repeat - 1];
+    r->prefill_tps = median(pre, repeat);
+    r->decode_tps = median(dec, repeat);
+    r->prefill_s = median(pre_s, repeat);
+    r->decode_s = median(dec_s, repeat);
+    r->prefill_min = pre[0];
+    r->prefill_max = pre[repeat - 1];
+    r->decode_min = dec[0];
+    r->decode_max = dec[repeat - 1];
     r->arena_bytes = s->plan_stats.arena_bytes;
 out:
     if (st)
@@ -132,7 +172,7 @@ int cli_bench(int argc, char **argv, moert_err *err)
     cli_overrides ov = {0};
     const char *path = NULL;
     bool json = false, trace_overhead = false, profile = false;
-    int64_t n_prompt = 512, n_gen = 128;
+    int64_t n_prompt = 512, n_gen = 128, repeat = 3;
     for (int i = 1; i < argc;) {
         int t = cli_take_override(argc, argv, &i, &ov, err);
         if (t < 0)
@@ -149,6 +189,12 @@ int cli_bench(int argc, char **argv, moert_err *err)
             profile = true;
         } else if (!strcmp(a, "--trace-overhead")) {
             trace_overhead = true;
+        } else if (!strcmp(a, "--repeat")) {
+            if (i + 1 >= argc)
+                return err_set(err, MOERT_EUSAGE, "%s needs a value", a);
+            if (cli_parse_i64(a, argv[i + 1], 1, BENCH_MAX_REPEAT, &repeat, err))
+                return MOERT_EUSAGE;
+            i++;
         } else if (!strcmp(a, "--prompt-tokens") || !strcmp(a, "--gen")) {
             if (i + 1 >= argc)
                 return err_set(err, MOERT_EUSAGE, "%s needs a value", a);
@@ -192,7 +238,7 @@ int cli_bench(int argc, char **argv, moert_err *err)
         prompt[i] = (int32_t)((z ^ (z >> 31)) % (uint64_t)cfg->topo.vocab_size);
     }
     bench_run plain = {0}, traced = {0};
-    if ((st = one_run(cfg, prompt, n_prompt, n_gen, gen, s, &plain, profile, err)))
+    if ((st = one_run(cfg, prompt, n_prompt, n_gen, gen, s, &plain, profile, (int)repeat, err)))
         goto done;
     if (profile) {
         for (int phase = 0; phase < 2; phase++) {
@@ -222,8 +268,9 @@ int cli_bench(int argc, char **argv, moert_err *err)
         bw_method = "device-to-device copy, bytes read + written";
     } else {
         cpu_model_name(device, sizeof device);
-        bw = cpu_read_bandwidth_gbs(threads);
-        bw_method = "read of 1 GiB (huge pages, like the weights) by all threads, best of 5";
+        bw = plain.bw_gbs;
+        bw_method = "read of 1 GiB (huge pages, like the weights) by all threads, best of 3, "
+                    "probed before each measured run; the fraction is the median of the runs' own";
     }
     const char *backend_name = s->be.vt->name;
     sess_close(s);
@@ -234,14 +281,14 @@ int cli_bench(int argc, char **argv, moert_err *err)
         cfg->trace.stages = (1u << CFG_STAGE_COUNT) - 1;
         cfg->trace.all_layers = true;
         cfg->trace.capacity = n_gen + 1;
-        if ((st = one_run(cfg, prompt, n_prompt, n_gen, gen, s, &traced, false, err)))
+        if ((st = one_run(cfg, prompt, n_prompt, n_gen, gen, s, &traced, false, (int)repeat, err)))
             goto done;
         sess_close(s);
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double roofline = active ? bw * 1e9 / (double)active : 0;
-    double frac = roofline > 0 ? plain.decode_tps / roofline : 0;
+    double frac = plain.fraction > 0 ? plain.fraction : roofline > 0 ? plain.decode_tps / roofline : 0;
     double overhead = trace_overhead && plain.decode_s > 0
                           ? (traced.decode_s - plain.decode_s) / plain.decode_s
                           : 0;
@@ -253,14 +300,19 @@ int cli_bench(int argc, char **argv, moert_err *err)
         json_object_set_new(o, "threads", json_integer(threads));
         json_object_set_new(o, "prompt_tokens", json_integer(n_prompt));
         json_object_set_new(o, "decode_tokens", json_integer(plain.decode_steps));
+        json_object_set_new(o, "repeat", json_integer(repeat));
         json_object_set_new(o, "prefill_tokens_per_s", json_real(plain.prefill_tps));
         json_object_set_new(o, "decode_tokens_per_s", json_real(plain.decode_tps));
+        json_object_set_new(o, "prefill_tokens_per_s_range", json_pack("[f,f]", plain.prefill_min, plain.prefill_max));
+        json_object_set_new(o, "decode_tokens_per_s_range", json_pack("[f,f]", plain.decode_min, plain.decode_max));
         json_object_set_new(o, "active_weight_bytes_per_token", json_integer((json_int_t)active));
         json_object_set_new(o, "decode_weight_read_GBps", json_real(plain.decode_tps * (double)active / 1e9));
         json_object_set_new(o, "memory_bandwidth_GBps", json_real(bw));
         json_object_set_new(o, "bandwidth_method", json_string(bw_method));
         json_object_set_new(o, "roofline_tokens_per_s", json_real(roofline));
         json_object_set_new(o, "roofline_fraction", json_real(frac));
+        if (plain.fraction > 0)
+            json_object_set_new(o, "roofline_fraction_range", json_pack("[f,f]", plain.fraction_min, plain.fraction_max));
         json_object_set_new(o, "weight_bytes", json_integer((json_int_t)weight_bytes));
         json_object_set_new(o, "arena_bytes", json_integer((json_int_t)plain.arena_bytes));
         json_object_set_new(o, "init_seconds", json_real(plain.init_s));
@@ -277,12 +329,16 @@ int cli_bench(int argc, char **argv, moert_err *err)
         json_decref(o);
     } else {
         printf("bench %s on %s (%s, %d threads)\n", path, device, backend_name, threads);
-        printf("  prefill  %6lld tokens  %9.1f tok/s\n", (long long)n_prompt, plain.prefill_tps);
-        printf("  decode   %6lld tokens  %9.1f tok/s  (%.2f GB/s of weights: %.1f MB per token)\n",
-               (long long)plain.decode_steps, plain.decode_tps,
-               plain.decode_tps * (double)active / 1e9, (double)active / 1e6);
-        printf("  memory bandwidth %.1f GB/s (%s): roofline %.1f tok/s, decode at %.1f%%\n", bw,
+        printf("  prefill  %6lld tokens  %9.1f tok/s  (median of %lld; %.1f .. %.1f)\n", (long long)n_prompt,
+               plain.prefill_tps, (long long)repeat, plain.prefill_min, plain.prefill_max);
+        printf("  decode   %6lld tokens  %9.1f tok/s  (median of %lld; %.1f .. %.1f; %.2f GB/s of weights: %.1f MB per token)\n",
+               (long long)plain.decode_steps, plain.decode_tps, (long long)repeat, plain.decode_min,
+               plain.decode_max, plain.decode_tps * (double)active / 1e9, (double)active / 1e6);
+        printf("  memory bandwidth %.1f GB/s (%s): roofline %.1f tok/s, decode at %.1f%%", bw,
                bw_method, roofline, 100 * frac);
+        if (plain.fraction > 0)
+            printf(" (runs %.1f%% .. %.1f%%)", 100 * plain.fraction_min, 100 * plain.fraction_max);
+        printf("\n");
         if (trace_overhead)
             printf("  with stats tracing of every stage: decode %.1f tok/s (%+.1f%%), prefill %.1f tok/s\n",
                    traced.decode_tps, 100 * overhead, traced.prefill_tps);
