@@ -2,7 +2,8 @@
 #
 #   make            build ./moert (installs missing Debian packages first: tools/deps.sh)
 #   make run        build and run the embedded default model (README's first command)
-#   make test       build and run the CUnit suite, then the same suite under ASan + UBSan
+#   make test       build and run the CUnit suite, then the same suite under ASan + UBSan,
+#                   then compile the HIP backend with hipcc (no GPU needed)
 #   make test-fast  the suite without the sanitizer pass
 #   make hip        build ./moert-hip: the HIP backend with hipcc for AMD ($(GPU_TARGETS))
 #   make hip-nvidia build ./moert-nvidia and build/nvidia/test_runner: the HIP backend on
@@ -103,7 +104,9 @@ test-asan: moert
 
 test-fast: test-release
 
-test: test-release test-asan
+# The HIP backend is compiled (hipcc, AMD target) on every test run: CI has no GPU, but
+# the kernels must keep building.
+test: test-release test-asan hip
 
 run: moert
 	./moert run configs/qwen3moe.yaml --prompt "Hello" -n 16
