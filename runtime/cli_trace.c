@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../ops/ops.h"
 #include "cli.h"
 #include "cli_common.h"
 #include "contract.h"
@@ -802,20 +803,16 @@ static int64_t row_pos(const rows *r, int64_t i)
     return r->meta ? r->meta[i * 3 + 1] : i;
 }
 
-/* Top-k ids of a router-logits row (descending, ties -> lower index). */
+/* Top-k expert ids of a router-logits row, as the runtime routes (ops_topk_route). */
 static void topk_of(const float *row, int64_t e, int64_t k, int32_t *out)
 {
-    for (int64_t j = 0; j < k; j++) {
-        int64_t best = -1;
-        for (int64_t i = 0; i < e; i++) {
-            bool taken = false;
-            for (int64_t t = 0; t < j; t++)
-                taken = taken || out[t] == i;
-            if (!taken && (best < 0 || row[i] > row[best]))
-                best = i;
-        }
-        out[j] = (int32_t)best;
+    float probs[1024], w[256];
+    if (e > 1024 || k > 256) { /* beyond any real router: report nothing in common */
+        for (int64_t j = 0; j < k && j < 256; j++)
+            out[j] = -1;
+        return;
     }
+    ops_topk_route(row, e, k, false, out, w, probs);
 }
 
 int cli_diff(int argc, char **argv, moert_err *err)

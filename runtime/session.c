@@ -75,10 +75,7 @@ static int check_trace_contract(sess *s, moert_err *err)
     for (size_t i = 0; i < trace_rt_count(s->trace); i++) {
         const trace_slot_info *si = trace_rt_slot(s->trace, i);
         char label[64];
-        if (si->layer >= 0)
-            snprintf(label, sizeof label, "l%d.%s", si->layer, cfg_stage_name(si->stage));
-        else
-            snprintf(label, sizeof label, "%s", cfg_stage_name(si->stage));
+        trace_label(label, sizeof label, si->stage, si->layer);
         int64_t shape[2] = {1, si->width};
         const ctr_tensor *t = ctr_find(&s->contract, si->stage, "");
         if (!t)

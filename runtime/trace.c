@@ -2,6 +2,7 @@
 #include "trace.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,6 +119,14 @@ void trace_rt_rows(const trace_rt *t, const exec_step *st, int64_t *row0, int64_
         *row0 = st->n_rows - 1;
     else
         *row0 = st->n_rows; /* a prefill chunk before the last: nothing */
+}
+
+void trace_label(char *buf, size_t cap, cfg_stage stage, int32_t layer)
+{
+    if (layer >= 0)
+        snprintf(buf, cap, "l%d.%s", layer, cfg_stage_name(stage));
+    else
+        snprintf(buf, cap, "%s", cfg_stage_name(stage));
 }
 
 void trace_row_stats(const float *row, int64_t n, double stats[TRACE_N_STATS])

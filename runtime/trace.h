@@ -93,6 +93,10 @@ void trace_rt_rows(const trace_rt *t, const exec_step *st, int64_t *row0, int64_
 int trace_capture_host(trace_rt *t, const sched_op *op, const exec_step *st, const void *src,
                        const void *src2, void *ring, moert_err *err);
 
+/* The label of a (stage, layer), as HF reference files name stages: "l3.moe_ffn_out",
+ * "embed". */
+void trace_label(char *buf, size_t cap, cfg_stage stage, int32_t layer);
+
 /* Stats and hash of one row (used by capture, and by tests as the reference). */
 void trace_row_stats(const float *row, int64_t n, double stats[TRACE_N_STATS]);
 uint64_t trace_row_hash(const void *row, uint64_t bytes, const void *row2, uint64_t bytes2);

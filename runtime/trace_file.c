@@ -8,13 +8,6 @@
 
 #include "cli.h"
 
-void trace_label(char *buf, size_t cap, cfg_stage stage, int32_t layer)
-{
-    if (layer >= 0)
-        snprintf(buf, cap, "l%d.%s", layer, cfg_stage_name(stage));
-    else
-        snprintf(buf, cap, "%s", cfg_stage_name(stage));
-}
 
 /* ---- manifest ---------------------------------------------------------------------- */
 

@@ -35,8 +35,6 @@ typedef struct trace_run_info {
 /* Writes the session's rings and manifest to `path`. */
 int trace_file_write(sess *s, const char *path, const trace_run_info *info, moert_err *err);
 
-/* The label of a (stage, layer): "l3.moe_ffn_out" or "embed". */
-void trace_label(char *buf, size_t cap, cfg_stage stage, int32_t layer);
 
 /* ---- reading ------------------------------------------------------------------------ */
 

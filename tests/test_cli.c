@@ -186,17 +186,13 @@ static void test_model_dir(void)
         TEST_SKIP("../shared/reference is absent: `moert run MODEL_DIR --json` not checked on tiny-bf16");
         return;
     }
-    char path[600];
-    snprintf(path, sizeof path, "%s/tiny-bf16/reference.json", shared);
+    char path[600], dir[600], ids[2048];
+    snprintf(dir, sizeof dir, "%s/tiny-bf16", shared);
+    snprintf(path, sizeof path, "%s/reference.json", dir);
+    CU_ASSERT_FATAL(test_reference_prompt(dir, ids, sizeof ids));
     json_error_t je;
     json_t *ref = json_load_file(path, 0, &je);
     CU_ASSERT_PTR_NOT_NULL_FATAL(ref);
-    char ids[2048] = {0};
-    size_t i, len = 0;
-    json_t *x;
-    json_array_foreach(json_object_get(ref, "prompt_ids"), i, x)
-        len += (size_t)snprintf(ids + len, sizeof ids - len, "%s%lld", i ? "," : "",
-                                (long long)json_integer_value(x));
     CU_ASSERT_EQUAL(sh("./moert run %s/tiny-bf16 --tokens %s -n 12 --json", shared, ids), 0);
     json_t *j = out_json();
     CU_ASSERT_PTR_NOT_NULL_FATAL(j);

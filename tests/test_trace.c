@@ -321,19 +321,12 @@ static void test_replay_changed_weight(void)
  * tensor names and shapes, and diff shows every stage within 1e-5. */
 static void diff_against_reference(const char *dir)
 {
-    char ref[700], cfgp[700];
+    char ref[700], ids[4096];
     snprintf(ref, sizeof ref, "%s/reference.safetensors", dir);
-    snprintf(cfgp, sizeof cfgp, "%s/reference.json", dir);
+    CU_ASSERT_FATAL(test_reference_prompt(dir, ids, sizeof ids));
     json_error_t je;
-    json_t *r = json_load_file(cfgp, 0, &je);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
-    char ids[4096] = {0};
-    size_t i, len = 0;
+    size_t i;
     json_t *x;
-    json_array_foreach(json_object_get(r, "prompt_ids"), i, x)
-        len += (size_t)snprintf(ids + len, sizeof ids - len, "%s%lld", i ? "," : "",
-                                (long long)json_integer_value(x));
-    json_decref(r);
     const char *t = tmp("ref.trace");
     CU_ASSERT_EQUAL_FATAL(sh("./moert run %s --tokens %s -n 0 --trace %s --trace-mode tensor "
                              "--trace-positions all",

@@ -1,5 +1,7 @@
 #include "util.h"
 
+#include <jansson.h>
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,4 +113,22 @@ int test_run_cmdf(char *out, size_t out_cap, char *errbuf, size_t err_cap, const
     vsnprintf(cmd, sizeof cmd, fmt, ap);
     va_end(ap);
     return test_run_cmd(cmd, out, out_cap, errbuf, err_cap);
+}
+
+bool test_reference_prompt(const char *dir, char *ids, size_t cap)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/reference.json", dir);
+    json_error_t je;
+    json_t *r = json_load_file(path, 0, &je);
+    if (!r)
+        return false;
+    size_t i, len = 0;
+    json_t *x;
+    ids[0] = '\0';
+    json_array_foreach(json_object_get(r, "prompt_ids"), i, x)
+        len += (size_t)snprintf(ids + len, len < cap ? cap - len : 0, "%s%lld", i ? "," : "",
+                                (long long)json_integer_value(x));
+    json_decref(r);
+    return len > 0 && len < cap;
 }

@@ -30,6 +30,9 @@ bool test_sanitized(void);
  * run or was killed by a signal. */
 int test_run_cmd(const char *cmd, char *out, size_t out_cap, char *errbuf, size_t err_cap);
 
+/* The "prompt_ids" of DIR/reference.json as "1,2,3" (for --tokens); false if unreadable. */
+bool test_reference_prompt(const char *dir, char *ids, size_t cap);
+
 /* test_run_cmd with a printf-style command line. */
 int test_run_cmdf(char *out, size_t out_cap, char *errbuf, size_t err_cap, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
