@@ -7,14 +7,17 @@
  * contiguously so a kernel finds expert e at base + e * stride; a small auxiliary block
  * (step parameters, trace header shadows, decode attention partials, the MoE tile table).
  *
- * Steps: per-step values (pos0, n_rows, generation step, first traced row, parity) go to a
+ * Steps: per-step values (pos0, n_rows, generation step, first traced row, parity, and the
+ * input ids of a step of at most HIP_PARAM_TOKENS tokens, which write() holds back) go to a
  * device "step params" block with one async copy in begin_step; kernels read them there.
+ * The greedy pick lands in mapped host memory, so reading it needs no copy.
  * The first decode step is captured as a graph and replayed by every later decode step
  * (begin_step sets *ops_done).  Prefill steps run eagerly.  Nothing is allocated per step.
  *
  * Fusions (pure launch savings; the buffers hold what the unfused ops would write): a
  * residual ADD immediately followed by the RMSNORM of the same stream is one kernel, and a
- * KV_STORE right after its layer's QK_NORM_ROPE is done by that kernel.
+ * KV_STORE right after its layer's QK_NORM_ROPE is done by that kernel.  (Three more decode
+ * fusions were measured slower under graphs + PDL and removed: see hip/NOTES.md.)
  *
  * Debugging: MOERT_HIP_DEBUG=1 synchronises after every op and checks the launch status
  * and the device guard flag; MOERT_HIP_CHECK=1 runs a CPU backend alongside and compares
@@ -93,12 +96,15 @@ typedef struct hip_ctx {
     int *d_attn_tickets;       /* per kv head: decode attention splits done */
     int *d_amax_i;
     int32_t *h_argmax;         /* pinned */
+    int32_t *m_argmax;         /* h_argmax as the device sees it (mapped), or NULL */
     unsigned long long *d_shadow;
     float *d_attn_part;
     int32_t *d_tiles;
     int max_splits, max_tiles, n_trace;
 
     hip_step_params *h_params; /* pinned */
+    int32_t pend_tok[HIP_PARAM_TOKENS]; /* input ids written since the last step (hip_write) */
+    int n_pend_tok;
     unsigned char *h_write;    /* pinned staging of small writes */
 
     uint8_t *opf;              /* per op: OPF_* */
@@ -627,8 +633,18 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
         c->d_attn_part = (float *)(c->aux + o_part);
         c->d_tiles = (int32_t *)(c->aux + o_tiles);
     }
-    INIT_TRY(hipHostMalloc((void **)&c->h_argmax, sizeof(int32_t), hipHostMallocDefault),
-             "allocating pinned memory");
+    /* mapped: the arg-max kernel stores the greedy pick straight into host memory, so reading
+     * it costs no copy, only the wait for the step */
+    if (hipHostMalloc((void **)&c->h_argmax, sizeof(int32_t), hipHostMallocMapped) == hipSuccess) {
+        if (hipHostGetDevicePointer((void **)&c->m_argmax, c->h_argmax, 0) != hipSuccess) {
+            c->m_argmax = NULL;
+            (void)hipGetLastError();
+        }
+    } else {
+        (void)hipGetLastError();
+        INIT_TRY(hipHostMalloc((void **)&c->h_argmax, sizeof(int32_t), hipHostMallocDefault),
+                 "allocating pinned memory");
+    }
     INIT_TRY(hipHostMalloc((void **)&c->h_params, sizeof(hip_step_params), hipHostMallocDefault),
              "allocating pinned memory");
     memset(c->h_params, 0, sizeof *c->h_params);
@@ -780,6 +796,14 @@ static int hip_write(backend *b, int32_t buf, uint64_t offset, const void *src, 
         if (st)
             return st;
     }
+    if (buf == c->s->known.tokens && offset == 0 && n % 4 == 0 && n / 4 <= HIP_PARAM_TOKENS && !c->cpu.vt) {
+        /* a decode step's input ids ride with the step parameters (begin_step's one copy) */
+        memcpy(c->pend_tok, src, n);
+        c->n_pend_tok = (int)(n / 4);
+        return MOERT_OK;
+    }
+    if (buf == c->s->known.tokens)
+        c->n_pend_tok = 0; /* superseded */
     unsigned char *dst = dbuf(c, buf) + offset;
     if (n <= WRITE_STAGE_BYTES) {
         /* the previous small write may still be reading the staging buffer */
@@ -1100,6 +1124,37 @@ static int32_t op_index(hip_ctx *c, const sched_op *op)
     return (int32_t)(op - c->s->ops);
 }
 
+/* The arguments of QK_NORM_ROPE op `op` (flags f: with the KV store fused or not). */
+static void qkn_args(hip_ctx *c, const sched_op *op, uint8_t f, hip_qkn_args *a)
+{
+    const sched *s = c->s;
+    const cfg_topology *t = &s->topo;
+    const dev_layer *L = &c->layers[op->layer];
+    memset(a, 0, sizeof *a);
+    a->qkv = fbuf(c, op->out[0]);
+    a->qn = L->q_norm.d;
+    a->kn = L->k_norm.d;
+    a->qn_dt = L->q_norm.dt;
+    a->kn_dt = L->k_norm.dt;
+    a->cos_t = fbuf(c, op->in[0]);
+    a->sin_t = fbuf(c, op->in[1]);
+    if (f & OPF_FUSE_NEXT) {
+        const sched_op *nx = op + 1;
+        a->kc = fbuf(c, nx->out[0]);
+        a->vc = fbuf(c, nx->out[1]);
+    }
+    a->sp = c->d_params;
+    a->nh = (int)t->num_attention_heads;
+    a->nkv = (int)t->num_key_value_heads;
+    a->hd = (int)t->head_dim;
+    a->qkv_dim = s->qkv_dim;
+    a->q_dim = s->q_dim;
+    a->kv_dim = s->kv_dim;
+    a->max_seq = s->max_seq;
+    a->eps = c->eps;
+    a->err_flag = c->d_err;
+}
+
 static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_err *err)
 {
     const sched *s = c->s;
@@ -1111,7 +1166,7 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
         return MOERT_OK;
     switch (op->kind) {
     case SCHED_EMBED:
-        return launch_err(hip_launch_embed((const int32_t *)dbuf(c, op->in[0]), c->embed.d, c->embed.dt,
+        return launch_err(hip_launch_embed((int32_t *)dbuf(c, op->in[0]), c->d_params, c->embed.d, c->embed.dt,
                                            fbuf(c, op->out[0]), op->n, t->vocab_size, rows, c->d_err,
                                            c->stream),
                           op, err);
@@ -1124,31 +1179,8 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
     case SCHED_MATMUL:
         return run_matmul_rows(c, op, fbuf(c, op->in[0]), rows, fbuf(c, op->out[0]), op->n, err);
     case SCHED_QK_NORM_ROPE: {
-        const dev_layer *L = &c->layers[op->layer];
         hip_qkn_args a;
-        memset(&a, 0, sizeof a);
-        a.qkv = fbuf(c, op->out[0]);
-        a.qn = L->q_norm.d;
-        a.kn = L->k_norm.d;
-        a.qn_dt = L->q_norm.dt;
-        a.kn_dt = L->k_norm.dt;
-        a.cos_t = fbuf(c, op->in[0]);
-        a.sin_t = fbuf(c, op->in[1]);
-        if (f & OPF_FUSE_NEXT) {
-            const sched_op *nx = op + 1;
-            a.kc = fbuf(c, nx->out[0]);
-            a.vc = fbuf(c, nx->out[1]);
-        }
-        a.sp = c->d_params;
-        a.nh = (int)t->num_attention_heads;
-        a.nkv = (int)t->num_key_value_heads;
-        a.hd = (int)t->head_dim;
-        a.qkv_dim = s->qkv_dim;
-        a.q_dim = s->q_dim;
-        a.kv_dim = s->kv_dim;
-        a.max_seq = s->max_seq;
-        a.eps = c->eps;
-        a.err_flag = c->d_err;
+        qkn_args(c, op, f, &a);
         return launch_err(hip_launch_qk_norm_rope(&a, rows, c->stream), op, err);
     }
     case SCHED_KV_STORE:
@@ -1205,7 +1237,7 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
             return rc;
         /* the greedy pick, inside the step (and the decode graph) */
         return launch_err(hip_launch_argmax(fbuf(c, op->out[0]), op->n, s->logit_rows > 1,
-                                            c->d_params, c->d_amax_v, c->d_amax_i, c->d_argmax,
+                                            c->d_params, c->d_amax_v, c->d_amax_i, c->d_argmax, c->m_argmax,
                                             c->stream),
                           op, err);
     }
@@ -1375,6 +1407,9 @@ static int hip_begin_step(backend *b, const exec_step *st, bool *ops_done, moert
     p->n_rows = st->n_rows;
     p->parity = (int)(st->index & 1);
     p->trace_row0 = st->n_rows;
+    p->n_tok = c->n_pend_tok;
+    memcpy(p->tok, c->pend_tok, sizeof p->tok);
+    c->n_pend_tok = 0;
     if (c->trace) {
         int64_t r0 = 0, r1 = 0;
         trace_rt_rows(c->trace, st, &r0, &r1);
@@ -1520,10 +1555,11 @@ static int hip_sync(backend *b, moert_err *err)
 static int hip_greedy_token(backend *b, int32_t *id, moert_err *err)
 {
     hip_ctx *c = (hip_ctx *)b->ctx;
-    HIP_TRY(hipMemcpyAsync(c->h_argmax, c->d_argmax, sizeof(int32_t), hipMemcpyDeviceToHost, c->stream),
-            "reading the greedy token");
+    if (!c->m_argmax)
+        HIP_TRY(hipMemcpyAsync(c->h_argmax, c->d_argmax, sizeof(int32_t), hipMemcpyDeviceToHost, c->stream),
+                "reading the greedy token");
     HIP_TRY(hipStreamSynchronize(c->stream), "reading the greedy token");
-    *id = *c->h_argmax;
+    *id = *(volatile int32_t *)c->h_argmax;
     return MOERT_OK;
 }
 

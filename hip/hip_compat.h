@@ -80,6 +80,8 @@ typedef cudaDeviceProp hipDeviceProp_t;
 #define hipFree cudaFree
 #define hipHostMalloc(p, n, flags) cudaHostAlloc((p), (n), (flags))
 #define hipHostMallocDefault cudaHostAllocDefault
+#define hipHostMallocMapped cudaHostAllocMapped
+#define hipHostGetDevicePointer cudaHostGetDevicePointer
 #define hipHostFree cudaFreeHost
 #define hipHostRegister cudaHostRegister
 #define hipHostUnregister cudaHostUnregister

@@ -20,13 +20,18 @@ enum { HIP_DT_F32 = 0, HIP_DT_BF16 = 1, HIP_DT_F16 = 2 };
 
 /* Per-step values every kernel reads from device memory, so that a captured decode graph
  * replays with the new position and generation step. */
+#define HIP_PARAM_TOKENS 4
 typedef struct hip_step_params {
     long long pos0;       /* position of row 0 */
     long long n_rows;     /* rows of this step */
     long long gen_step;   /* trace record step (0 = prompt) */
     long long trace_row0; /* first captured row (trace_rt_rows rule); n_rows: none */
     int parity;           /* step index & 1: which trace header shadow is current */
-    int pad[7];
+    int n_tok;            /* > 0: the step's first n_tok input ids travel here (one copy per
+                           * step instead of two); the embed kernel stores them in the tokens
+                           * buffer as well */
+    int32_t tok[HIP_PARAM_TOKENS];
+    int pad[2];
 } hip_step_params;
 
 /* Block sizes (fixed: results never depend on the device). */
@@ -34,7 +39,9 @@ typedef struct hip_step_params {
 #define HIP_GEMV_RW 2          /* rows per warp in the GEMV */
 #define HIP_ATTN_THREADS 128
 #define HIP_ATTN_TILE 32       /* keys per attention tile */
-#define HIP_ATTN_SPLIT 32      /* keys per decode split (a multiple of the tile) */
+#ifndef HIP_ATTN_SPLIT
+#define HIP_ATTN_SPLIT 32      /* keys per decode split (at most one tile, or a multiple of it) */
+#endif
 #define HIP_MOE_BM 32          /* rows per grouped-GEMM tile (MoE) */
 #define HIP_GEMM_BN 128
 
@@ -49,9 +56,10 @@ typedef struct hip_gemv_args {
 } hip_gemv_args;
 hipError_t hip_launch_gemv(int dtype, const hip_gemv_args *a, int grid, hipStream_t s);
 #define HIP_ARGMAX_BLOCKS 128
-/* pv, pi: HIP_ARGMAX_BLOCKS partials (device scratch) */
-hipError_t hip_launch_argmax(const float *logits, long long V, int all_rows,
-                             const hip_step_params *sp, float *pv, int *pi, int32_t *out, hipStream_t s);
+/* pv, pi: HIP_ARGMAX_BLOCKS partials (device scratch); the pick goes to out and, when not
+ * NULL, to host_out (mapped host memory) */
+hipError_t hip_launch_argmax(const float *logits, long long V, int all_rows, const hip_step_params *sp,
+                             float *pv, int *pi, int32_t *out, int32_t *host_out, hipStream_t s);
 
 /* ---- GEMM: C[m, n] = A[m, :] . W[n, :] ------------------------------------------------ */
 enum { HIP_A_PLAIN = 0, HIP_A_GATHER = 1, HIP_A_SWIGLU = 2 };
@@ -73,7 +81,8 @@ typedef struct hip_gemm_args {
 hipError_t hip_launch_gemm(int dtype, int amode, int bm, const hip_gemm_args *a, hipStream_t s);
 
 /* ---- element-wise and row kernels --------------------------------------------------- */
-hipError_t hip_launch_embed(const int32_t *tok, const void *emb, int dt, float *x, long long H,
+/* tok: the tokens buffer (written from sp->tok first when sp->n_tok > 0) */
+hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt, float *x, long long H,
                             long long V, int rows, int *err_flag, hipStream_t s);
 hipError_t hip_launch_rmsnorm(const float *x, const void *w, int dt, float *out, long long n,
                               float eps, int rows, hipStream_t s);

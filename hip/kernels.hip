@@ -25,6 +25,27 @@
 #define MOERT_ATTN_FUSED_MERGE 0 /* 1 measured 0.43 ms/step slower on an H200 */
 #endif
 
+#ifndef MOERT_SGEMV
+#define MOERT_SGEMV 1 /* decode GEMVs as streaming blocks (rows per block, threads split k) */
+#endif
+#ifndef MOERT_LDCS
+#define MOERT_LDCS 1 /* streaming-load hint for weights in the streaming GEMVs */
+#endif
+#ifndef MOERT_SG_WIDE
+#define MOERT_SG_WIDE 1 /* 2: twice the rows per streaming-GEMV block (16 loads in flight) */
+#endif
+#ifndef MOERT_SD_R
+#define MOERT_SD_R 1 /* output rows per block of the streaming MoE down kernel */
+#endif
+#ifndef MOERT_PF_DOWN
+#define MOERT_PF_DOWN 0 /* the MoE gate/up kernel prefetches the selected experts' down rows */
+#endif
+
+/* Kernels that read, before their PDL wait, only what no kernel of the current step writes
+ * (weights, the step parameters the host copied in before the step, RoPE tables, KV-cache
+ * rows of earlier positions) begin with this marker instead of the wait (tools/check-pdl.sh). */
+#define PDL_EARLY_READS
+
 #if defined(__CUDACC__) && !defined(MOERT_HIP_AMD)
 bool moert_pdl_enabled = false;
 #endif
@@ -199,12 +220,27 @@ DEV void block_argmax(float &v, int &i, float *smv, int *smi)
 
 /* ---- weight chunks: 8 consecutive elements of one row ------------------------------- */
 
+/* A 16-byte load of weights read once per step: marked streaming (evict first) so that they
+ * do not push activations and prefetched lines out of L2.  Only a cache hint. */
+DEV uint4 ld_stream16(const void *p)
+{
+#if MOERT_LDCS && defined(MOERT_HIP_NVIDIA)
+    return __ldcs((const uint4 *)p);
+#else
+    return *(const uint4 *)p;
+#endif
+}
+
 template <int DT> struct W8;
 template <> struct W8<HIP_DT_BF16> {
     uint4 v;
     __device__ __forceinline__ void load(const unsigned char *row, long long k)
     {
         v = *(const uint4 *)(row + k * 2);
+    }
+    __device__ __forceinline__ void load_cs(const unsigned char *row, long long k)
+    {
+        v = ld_stream16(row + k * 2);
     }
     __device__ __forceinline__ void zero()
     {
@@ -221,6 +257,10 @@ template <> struct W8<HIP_DT_F16> {
     __device__ __forceinline__ void load(const unsigned char *row, long long k)
     {
         v = *(const uint4 *)(row + k * 2);
+    }
+    __device__ __forceinline__ void load_cs(const unsigned char *row, long long k)
+    {
+        v = ld_stream16(row + k * 2);
     }
     __device__ __forceinline__ void zero()
     {
@@ -241,6 +281,12 @@ template <> struct W8<HIP_DT_F32> {
         const float4 *p = (const float4 *)(row + k * 4);
         a = p[0];
         b = p[1];
+    }
+    __device__ __forceinline__ void load_cs(const unsigned char *row, long long k)
+    {
+        uint4 u0 = ld_stream16(row + k * 4), u1 = ld_stream16(row + k * 4 + 16);
+        a = make_float4(__uint_as_float(u0.x), __uint_as_float(u0.y), __uint_as_float(u0.z), __uint_as_float(u0.w));
+        b = make_float4(__uint_as_float(u1.x), __uint_as_float(u1.y), __uint_as_float(u1.z), __uint_as_float(u1.w));
     }
     __device__ __forceinline__ void zero()
     {
@@ -585,12 +631,15 @@ __global__ void __launch_bounds__(BM * 4) k_gemm(hip_gemm_args a)
 
 /* ---- embed, norms, add -------------------------------------------------------------- */
 
-__global__ void __launch_bounds__(256) k_embed(const int32_t *tok, const void *emb, int dt,
+__global__ void __launch_bounds__(256) k_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt,
                                                float *x, long long H, long long V, int *err)
 {
     moert_pdl_wait();
     int r = blockIdx.x;
-    long long t = tok[r];
+    const bool inl = r < sp->n_tok;
+    long long t = inl ? sp->tok[r] : tok[r];
+    if (inl && threadIdx.x == 0)
+        tok[r] = (int32_t)t; /* the tokens buffer holds the step's ids either way */
     if (t < 0 || t >= V) {
         if (threadIdx.x == 0)
             *err = 1;
@@ -612,13 +661,22 @@ __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(const float *__restric
                                                           int dt, float *__restrict__ out,
                                                           long long n, float eps)
 {
+    PDL_EARLY_READS;
+    const bool regs = n <= (long long)NORM_PER_THREAD * blockDim.x;
+    float wv[NORM_PER_THREAD]; /* the norm weights, loaded while the previous kernel drains */
+    if (regs) {
+#pragma unroll
+        for (int k = 0; k < NORM_PER_THREAD; k++) {
+            long long i = threadIdx.x + (long long)k * blockDim.x;
+            wv[k] = i < n ? load_elem(w, dt, i) : 0.0f;
+        }
+    }
     moert_pdl_wait();
     __shared__ float sm[MAX_WARPS];
     const float *xr = x + (long long)blockIdx.x * n;
     float *o = out + (long long)blockIdx.x * n;
     float v[NORM_PER_THREAD];
     float s = 0.0f;
-    const bool regs = n <= (long long)NORM_PER_THREAD * blockDim.x;
     if (regs) {
 #pragma unroll
         for (int k = 0; k < NORM_PER_THREAD; k++) {
@@ -639,7 +697,7 @@ __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(const float *__restric
         for (int k = 0; k < NORM_PER_THREAD; k++) {
             long long i = threadIdx.x + (long long)k * blockDim.x;
             if (i < n)
-                o[i] = load_elem(w, dt, i) * (v[k] * r);
+                o[i] = wv[k] * (v[k] * r);
         }
     } else {
         for (long long i = threadIdx.x; i < n; i += blockDim.x)
@@ -653,6 +711,16 @@ __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *__restrict_
                                                               float *__restrict__ out, long long n,
                                                               float eps)
 {
+    PDL_EARLY_READS;
+    const bool regs = n <= (long long)NORM_PER_THREAD * blockDim.x;
+    float wv[NORM_PER_THREAD]; /* the norm weights, loaded while the previous kernel drains */
+    if (regs) {
+#pragma unroll
+        for (int k = 0; k < NORM_PER_THREAD; k++) {
+            long long i = threadIdx.x + (long long)k * blockDim.x;
+            wv[k] = i < n ? load_elem(w, dt, i) : 0.0f;
+        }
+    }
     moert_pdl_wait();
     __shared__ float sm[MAX_WARPS];
     float *xr = x + (long long)blockIdx.x * n;
@@ -660,7 +728,6 @@ __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *__restrict_
     float *o = out + (long long)blockIdx.x * n;
     float v[NORM_PER_THREAD];
     float s = 0.0f;
-    const bool regs = n <= (long long)NORM_PER_THREAD * blockDim.x;
     if (regs) {
 #pragma unroll
         for (int k = 0; k < NORM_PER_THREAD; k++) {
@@ -688,7 +755,7 @@ __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *__restrict_
         for (int k = 0; k < NORM_PER_THREAD; k++) {
             long long i = threadIdx.x + (long long)k * blockDim.x;
             if (i < n)
-                o[i] = load_elem(w, dt, i) * (v[k] * r);
+                o[i] = wv[k] * (v[k] * r);
         }
     } else {
         for (long long i = threadIdx.x; i < n; i += blockDim.x) /* own writes: no barrier needed */
@@ -707,9 +774,82 @@ __global__ void __launch_bounds__(256) k_add(float *x, const float *y, long long
  * One warp per head of one row: q heads, then k heads (RMSNorm over head_dim with the
  * q_norm / k_norm weight, then rotate-half RoPE at position pos0 + row), then, when the KV
  * store is fused, v heads (copied to the cache). */
+/* RMSNorm over one head (weight w) then rotate-half RoPE with this position's cos/sin, by one
+ * warp: src -> dst (may be the same memory: every lane has read its elements before any lane
+ * writes, the butterfly in between), and -> dst2 when not NULL (the KV cache row). */
+#define NR_MAX 4 /* per lane: (weight pair, cos, sin) for head_dim <= 2 * NR_MAX * warp */
+typedef struct nr_pre {
+    float wa[NR_MAX], wb[NR_MAX], c[NR_MAX], s[NR_MAX];
+    bool ok;
+} nr_pre;
+/* Loads what norm_rope_head reads besides its input (weights and this position's cos/sin,
+ * which no kernel of the step writes), so that it can happen before a PDL wait. */
+DEV void nr_preload(nr_pre &p, const void *w, int wdt, const float *cs, const float *sn, int hd)
+{
+    const int lane = threadIdx.x % MOERT_WARP, half = hd / 2;
+    p.ok = half <= NR_MAX * MOERT_WARP;
+#pragma unroll
+    for (int m = 0; m < NR_MAX; m++) {
+        const int i = lane + m * MOERT_WARP;
+        const bool in = p.ok && i < half;
+        p.wa[m] = in ? load_elem(w, wdt, i) : 0.0f;
+        p.wb[m] = in ? load_elem(w, wdt, i + half) : 0.0f;
+        p.c[m] = in ? cs[i] : 0.0f;
+        p.s[m] = in ? sn[i] : 0.0f;
+    }
+}
+
+DEV void norm_rope_head(const float *src, float *dst, float *dst2, const void *w, int wdt, const float *cs,
+                        const float *sn, int hd, float eps, const nr_pre *pre = nullptr)
+{
+    const int lane = threadIdx.x % MOERT_WARP, half = hd / 2;
+    float ss = 0.0f;
+#pragma unroll 4
+    for (int d = lane; d < hd; d += MOERT_WARP)
+        ss = fmaf(src[d], src[d], ss);
+    ss = warp_sum(ss);
+    const float rr = 1.0f / sqrtf(ss / (float)hd + eps);
+    if (pre && pre->ok) { /* the same arithmetic on the preloaded values */
+#pragma unroll
+        for (int m = 0; m < NR_MAX; m++) {
+            const int i = lane + m * MOERT_WARP;
+            if (i >= half)
+                break;
+            const float na = pre->wa[m] * (src[i] * rr);
+            const float nb = pre->wb[m] * (src[i + half] * rr);
+            const float ra = fmaf(na, pre->c[m], -(nb * pre->s[m])), rb = fmaf(nb, pre->c[m], na * pre->s[m]);
+            dst[i] = ra;
+            dst[i + half] = rb;
+            if (dst2) {
+                dst2[i] = ra;
+                dst2[i + half] = rb;
+            }
+        }
+    } else
+#pragma unroll 2
+    for (int i = lane; i < half; i += MOERT_WARP) {
+        const float na = load_elem(w, wdt, i) * (src[i] * rr);
+        const float nb = load_elem(w, wdt, i + half) * (src[i + half] * rr);
+        const float c = cs[i], s = sn[i];
+        const float ra = fmaf(na, c, -(nb * s)), rb = fmaf(nb, c, na * s);
+        dst[i] = ra;
+        dst[i + half] = rb;
+        if (dst2) {
+            dst2[i] = ra;
+            dst2[i + half] = rb;
+        }
+    }
+    if ((hd & 1) && lane == 0) { /* odd head_dim: the last element is normalised only */
+        const float nl = load_elem(w, wdt, hd - 1) * (src[hd - 1] * rr);
+        dst[hd - 1] = nl;
+        if (dst2)
+            dst2[hd - 1] = nl;
+    }
+}
+
 __global__ void __launch_bounds__(128) k_qk_norm_rope(hip_qkn_args a)
 {
-    moert_pdl_wait();
+    PDL_EARLY_READS;
     const int lane = threadIdx.x % MOERT_WARP, warp = threadIdx.x / MOERT_WARP;
     const int nw = blockDim.x / MOERT_WARP;
     const int r = blockIdx.x;
@@ -724,6 +864,13 @@ __global__ void __launch_bounds__(128) k_qk_norm_rope(hip_qkn_args a)
     float *row = a.qkv + (long long)r * a.qkv_dim;
     const int hd = a.hd, half = hd / 2;
     const float *cs = a.cos_t + pos * half, *sn = a.sin_t + pos * half;
+    /* the first head's weights and cos/sin while the previous kernel drains */
+    const int h_first = blockIdx.y * nw + warp;
+    nr_pre pre;
+    pre.ok = false;
+    if (gridDim.x == 1 && h_first < a.nh + a.nkv) /* decode (prefill measured faster without) */
+        nr_preload(pre, h_first < a.nh ? a.qn : a.kn, h_first < a.nh ? a.qn_dt : a.kn_dt, cs, sn, hd);
+    moert_pdl_wait();
     /* grid.y is sized for 4 warps per block; wider warps loop */
     for (int h = blockIdx.y * nw + warp; h < nheads; h += gridDim.y * nw) {
         if (h >= a.nh + a.nkv) { /* v head: copy into the cache */
@@ -735,33 +882,12 @@ __global__ void __launch_bounds__(128) k_qk_norm_rope(hip_qkn_args a)
             continue;
         }
         float *v = row + (long long)h * hd;
-        const void *w = h < a.nh ? a.qn : a.kn;
-        const int wdt = h < a.nh ? a.qn_dt : a.kn_dt;
-        float ss = 0.0f;
-        for (int d = lane; d < hd; d += MOERT_WARP)
-            ss = fmaf(v[d], v[d], ss);
-        ss = warp_sum(ss); /* every lane has read its elements before any lane writes */
-        float rr = 1.0f / sqrtf(ss / (float)hd + a.eps);
-        float *kdst = (store && h >= a.nh) ? a.kc + pos * a.kv_dim + (long long)(h - a.nh) * hd
-                                           : nullptr;
-        for (int i = lane; i < half; i += MOERT_WARP) {
-            float na = load_elem(w, wdt, i) * (v[i] * rr);
-            float nb = load_elem(w, wdt, i + half) * (v[i + half] * rr);
-            float c = cs[i], s = sn[i];
-            float ra = na * c - nb * s, rb = nb * c + na * s;
-            v[i] = ra;
-            v[i + half] = rb;
-            if (kdst) {
-                kdst[i] = ra;
-                kdst[i + half] = rb;
-            }
-        }
-        if ((hd & 1) && lane == 0) { /* odd head_dim: the last element is normalised only */
-            float nl = load_elem(w, wdt, hd - 1) * (v[hd - 1] * rr);
-            v[hd - 1] = nl;
-            if (kdst)
-                kdst[hd - 1] = nl;
-        }
+        float *kdst = (store && h >= a.nh) ? a.kc + pos * a.kv_dim + (long long)(h - a.nh) * hd : nullptr;
+        const nr_pre *pp = h == h_first ? &pre : nullptr;
+        if (h < a.nh)
+            norm_rope_head(v, v, nullptr, a.qn, a.qn_dt, cs, sn, hd, a.eps, pp);
+        else
+            norm_rope_head(v, v, kdst, a.kn, a.kn_dt, cs, sn, hd, a.eps, pp);
     }
 }
 
@@ -799,6 +925,39 @@ size_t hip_attn_smem_bytes(int nh, int nkv, int hd)
                             G * T + 3 * G);
 }
 
+/* Stages keys t0 + j, j in [j0, j1), of one kv head into the K (stride hd + 1) and V
+ * (stride hd + 4) tiles: every load of a thread in flight before its first store. */
+DEV void stage_kv_vec(float *ks, float *vs, const float *kbase, const float *vbase, long long kv_dim,
+                      long long t0, int j0, int j1, int hd)
+{
+    const int q4 = hd / 4, n = (j1 - j0) * q4;
+    for (int i0 = threadIdx.x; i0 < n; i0 += 8 * blockDim.x) {
+        float4 kv[8], vv[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int i = i0 + u * blockDim.x;
+            if (i < n) {
+                const int j = j0 + i / q4, d = 4 * (i % q4);
+                kv[u] = *(const float4 *)(kbase + (t0 + j) * kv_dim + d);
+                vv[u] = *(const float4 *)(vbase + (t0 + j) * kv_dim + d);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int i = i0 + u * blockDim.x;
+            if (i < n) {
+                const int j = j0 + i / q4, d = 4 * (i % q4);
+                float *kd = ks + j * (hd + 1) + d;
+                kd[0] = kv[u].x;
+                kd[1] = kv[u].y;
+                kd[2] = kv[u].z;
+                kd[3] = kv[u].w;
+                *(float4 *)(vs + j * (hd + 4) + d) = vv[u];
+            }
+        }
+    }
+}
+
 /* K rows are stored with stride hd + 1 (a warp's threads read different keys at the same d:
  * conflict-free), V rows with stride hd + 4 (threads read consecutive d of one key; the
  * stride keeps float4 stores aligned).  Softmax of a tile: one warp per head, lane j =
@@ -806,7 +965,7 @@ size_t hip_attn_smem_bytes(int nh, int nkv, int hd)
 template <bool SPLIT>
 __global__ void __launch_bounds__(HIP_ATTN_THREADS) k_attn(hip_attn_args a)
 {
-    moert_pdl_wait();
+    PDL_EARLY_READS;
     const int G = a.nh / a.nkv, hd = a.hd, T = HIP_ATTN_TILE;
     float *qs = (float *)dyn_smem4;
     float *os = qs + G * hd;
@@ -834,21 +993,44 @@ __global__ void __launch_bounds__(HIP_ATTN_THREADS) k_attn(hip_attn_args a)
             return; /* this split is past the last key; combine never reads it */
         kend = min(kbeg + (long long)HIP_ATTN_SPLIT, nkeys);
     }
+    const float *kbase = a.kc + (long long)g * hd, *vbase = a.vc + (long long)g * hd;
+    const bool vec = (hd % 4) == 0 && (a.kv_dim % 4) == 0;
+    /* decode: this split's keys before pos were stored by earlier steps, so they are staged
+     * while the previous kernel drains; only key pos (this step's) waits */
+    int pre = 0;
+    if (SPLIT && vec && HIP_ATTN_SPLIT <= HIP_ATTN_TILE && min(kend, pos) > kbeg) {
+        pre = (int)(min(kend, pos) - kbeg);
+        stage_kv_vec(ks, vs, kbase, vbase, a.kv_dim, kbeg, 0, pre, hd);
+    }
+    moert_pdl_wait();
     const float *qrow = a.qkv + (long long)r * a.qkv_dim + (long long)g * G * hd;
-    for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
-        qs[i] = qrow[i];
-        os[i] = 0.0f;
+    /* loads first, 8 per thread in flight, then the stores: one memory round trip */
+    for (int i0 = threadIdx.x; i0 < G * hd; i0 += 8 * blockDim.x) {
+        float qv[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int i = i0 + u * blockDim.x;
+            qv[u] = i < G * hd ? qrow[i] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int i = i0 + u * blockDim.x;
+            if (i < G * hd) {
+                qs[i] = qv[u];
+                os[i] = 0.0f;
+            }
+        }
     }
     for (int h = threadIdx.x; h < G; h += blockDim.x) {
         ms[h] = -INFINITY;
         ls[h] = 0.0f;
     }
     __syncthreads();
-    const float *kbase = a.kc + (long long)g * hd, *vbase = a.vc + (long long)g * hd;
-    const bool vec = (hd % 4) == 0 && (a.kv_dim % 4) == 0;
     for (long long t0 = kbeg; t0 < kend; t0 += T) {
         const int nt = (int)min((long long)T, kend - t0);
-        if (vec) {
+        if (vec && SPLIT) {
+            stage_kv_vec(ks, vs, kbase, vbase, a.kv_dim, t0, t0 == kbeg ? pre : 0, nt, hd);
+        } else if (vec) { /* prefill: many tiles per block; this simpler loop measured faster */
             const int q4 = hd / 4;
             for (int i = threadIdx.x; i < nt * q4; i += blockDim.x) {
                 int j = i / q4, d = 4 * (i % q4);
@@ -869,13 +1051,26 @@ __global__ void __launch_bounds__(HIP_ATTN_THREADS) k_attn(hip_attn_args a)
             }
         }
         __syncthreads();
-        for (int i = threadIdx.x; i < G * nt; i += blockDim.x) {
-            int h = i / nt, j = i % nt;
-            const float *q = qs + h * hd, *kr = ks + j * (hd + 1);
-            float sc = 0.0f;
-            for (int d = 0; d < hd; d++)
-                sc = fmaf(q[d], kr[d], sc);
-            ss[h * T + j] = sc * a.scale;
+        /* scores: lane = key, warp = up to 4 heads at once (independent chains sharing
+         * each K element; every score is still one serial chain over d) */
+        if (lane < nt) {
+            const float *kr = ks + lane * (hd + 1);
+            for (int h0 = warp; h0 < G; h0 += 4 * nwarps) {
+                float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                const bool hv[4] = {true, h0 + nwarps < G, h0 + 2 * nwarps < G, h0 + 3 * nwarps < G};
+#pragma unroll 4
+                for (int d = 0; d < hd; d++) {
+                    const float kd = kr[d];
+#pragma unroll
+                    for (int m = 0; m < 4; m++)
+                        if (hv[m])
+                            sc[m] = fmaf(qs[(h0 + m * nwarps) * hd + d], kd, sc[m]);
+                }
+#pragma unroll
+                for (int m = 0; m < 4; m++)
+                    if (hv[m])
+                        ss[(h0 + m * nwarps) * T + lane] = sc[m] * a.scale;
+            }
         }
         __syncthreads();
         for (int h = warp; h < G; h += nwarps) {
@@ -894,13 +1089,27 @@ __global__ void __launch_bounds__(HIP_ATTN_THREADS) k_attn(hip_attn_args a)
             }
         }
         __syncthreads();
-        for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
-            int h = i / hd, d = i % hd;
-            float o = os[i] * al[h];
-            const float *p = ss + h * T;
-            for (int j = 0; j < nt; j++)
-                o = fmaf(p[j], vs[j * (hd + 4) + d], o);
-            os[i] = o;
+        /* P V: thread = element d of up to 8 heads (independent chains sharing each V
+         * element; every output still one serial chain over the keys) */
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            for (int h0 = 0; h0 < G; h0 += 8) {
+                float o[8];
+#pragma unroll
+                for (int m = 0; m < 8; m++)
+                    o[m] = h0 + m < G ? os[(h0 + m) * hd + d] * al[h0 + m] : 0.0f;
+#pragma unroll 4
+                for (int j = 0; j < nt; j++) {
+                    const float vd = vs[j * (hd + 4) + d];
+#pragma unroll
+                    for (int m = 0; m < 8; m++)
+                        if (h0 + m < G)
+                            o[m] = fmaf(ss[(h0 + m) * T + j], vd, o[m]);
+                }
+#pragma unroll
+                for (int m = 0; m < 8; m++)
+                    if (h0 + m < G)
+                        os[(h0 + m) * hd + d] = o[m];
+            }
         }
         __syncthreads();
     }
@@ -982,7 +1191,8 @@ __global__ void __launch_bounds__(256) k_argmax_part(const float *logits, long l
     }
 }
 
-__global__ void __launch_bounds__(256) k_argmax_final(const float *pv, const int *pi, int n, int32_t *out)
+__global__ void __launch_bounds__(256) k_argmax_final(const float *pv, const int *pi, int n, int32_t *out,
+                                                      int32_t *host_out)
 {
     moert_pdl_wait();
     __shared__ float smv[32];
@@ -995,18 +1205,22 @@ __global__ void __launch_bounds__(256) k_argmax_final(const float *pv, const int
             bi = pi[i];
         }
     block_argmax(bv, bi, smv, smi);
-    if (threadIdx.x == 0)
+    if (threadIdx.x == 0) {
         *out = bi == 0x7fffffff ? 0 : bi;
+        if (host_out)
+            *host_out = *out;
+    }
 }
 
-hipError_t hip_launch_argmax(const float *logits, long long V, int all_rows,
-                             const hip_step_params *sp, float *pv, int *pi, int32_t *out, hipStream_t s)
+hipError_t hip_launch_argmax(const float *logits, long long V, int all_rows, const hip_step_params *sp,
+                             float *pv, int *pi, int32_t *out, int32_t *host_out, hipStream_t s)
 {
     MOERT_LAUNCH(k_argmax_part, HIP_ARGMAX_BLOCKS, 256, 0, s, logits, V, all_rows, sp, pv, pi);
     hipError_t e = hipGetLastError();
     if (e != hipSuccess)
         return e;
-    MOERT_LAUNCH(k_argmax_final, 1, 256, 0, s, (const float *)pv, (const int *)pi, HIP_ARGMAX_BLOCKS, out);
+    MOERT_LAUNCH(k_argmax_final, 1, 256, 0, s, (const float *)pv, (const int *)pi, HIP_ARGMAX_BLOCKS, out,
+                 host_out);
     return hipGetLastError();
 }
 
@@ -1014,18 +1228,21 @@ hipError_t hip_launch_argmax(const float *logits, long long V, int all_rows,
 /* Merges the decode splits of one head, in split order. */
 __global__ void __launch_bounds__(128) k_attn_combine(hip_attn_args a)
 {
-    moert_pdl_wait();
+    PDL_EARLY_READS;
     const int h = blockIdx.x, hd = a.hd;
-    const long long pos = a.sp->pos0;
+    const long long pos = a.sp->pos0; /* step parameter */
     if (pos < 0 || pos >= a.max_seq)
         return;
+    moert_pdl_wait();
     const int n = (int)((pos + 1 + HIP_ATTN_SPLIT - 1) / HIP_ATTN_SPLIT);
     const float *base = a.part + (long long)h * a.max_splits * (hd + 2);
     float m = -INFINITY;
+#pragma unroll 8
     for (int s = 0; s < n; s++)
         m = fmaxf(m, base[(long long)s * (hd + 2)]);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float l = 0.0f, o = 0.0f;
+#pragma unroll 8
         for (int s = 0; s < n; s++) {
             const float *pp = base + (long long)s * (hd + 2);
             float f = expf(pp[0] - m);
@@ -1064,24 +1281,42 @@ DEV int warp_min_i(int v)
  * writes their probabilities and taken flags, so the k selection rounds need shuffles
  * only.  Softmax (max, exp, butterfly sum), then k arg-max rounds (ties -> lower index),
  * then the renormalisation as a sequential sum in slot order. */
-__global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int32_t *ids, int E,
-                                              int K, int norm)
+/* Copies a row's E floats into shared memory, lane-owned (lane l: l, l + WARP, ...), with
+ * 4 loads in flight per lane. */
+DEV void stage_lane_owned(float *dst, const float *src, int E, int lane)
 {
-    moert_pdl_wait();
-    if (threadIdx.x >= MOERT_WARP)
-        return;
-    float *probs = (float *)dyn_smem4;
+    for (int i0 = lane; i0 < E; i0 += 4 * MOERT_WARP) {
+        float v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const int i = i0 + u * MOERT_WARP;
+            v[u] = i < E ? src[i] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const int i = i0 + u * MOERT_WARP;
+            if (i < E)
+                dst[i] = v[u];
+        }
+    }
+}
+
+/* One warp routes one row.  On entry smem holds the row's E logits (lane l wrote l,
+ * l + WARP, ...: each lane reads only its own); smem = E floats + E ints + K floats. */
+DEV void route_warp(float *w_row, int32_t *id_row, int E, int K, int norm, void *smem)
+{
+    float *probs = (float *)smem;
     int *taken = (int *)(probs + E);
     float *sel = (float *)(taken + E);
-    const int lane = threadIdx.x, r = blockIdx.x;
-    const float *l = logits + (long long)r * E;
+    const int lane = threadIdx.x % MOERT_WARP;
+    const float *l = probs;
     float mx = -INFINITY;
     for (int i = lane; i < E; i += MOERT_WARP)
         mx = fmaxf(mx, l[i]);
     mx = warp_max(mx);
     float s = 0.0f;
     for (int i = lane; i < E; i += MOERT_WARP) {
-        float p = expf(l[i] - mx);
+        float p = expf(l[i] - mx); /* l aliases probs: element i is read before it is replaced */
         probs[i] = p;
         taken[i] = 0;
         s += p;
@@ -1089,8 +1324,8 @@ __global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int
     s = warp_sum(s);
     for (int i = lane; i < E; i += MOERT_WARP)
         probs[i] = probs[i] / s;
-    float *wr = w + (long long)r * K;
-    int32_t *ir = ids + (long long)r * K;
+    float *wr = w_row;
+    int32_t *ir = id_row;
     for (int j = 0; j < K; j++) {
         float bv = -1.0f; /* below every probability */
         int bi = 0x7fffffff;
@@ -1126,6 +1361,18 @@ __global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int
         for (int j = 0; j < K; j++)
             wr[j] = norm ? sel[j] / sum : sel[j];
     }
+}
+
+__global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int32_t *ids, int E,
+                                              int K, int norm)
+{
+    moert_pdl_wait();
+    if (threadIdx.x >= MOERT_WARP)
+        return;
+    const int r = blockIdx.x, lane = threadIdx.x;
+    float *probs = (float *)dyn_smem4;
+    stage_lane_owned(probs, logits + (long long)r * E, E, lane);
+    route_warp(w + (long long)r * K, ids + (long long)r * K, E, K, norm, dyn_smem4);
 }
 
 /* ---- MoE grouping (prefill) ------------------------------------------------------------
@@ -1342,6 +1589,254 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS, MOERT_MOE_MINB) k_moe_down_d
     }
 }
 
+/* ---- streaming GEMV (decode) ------------------------------------------------------------
+ * Block = R consecutive output rows; its SG_T threads split every row's k into 16-byte
+ * chunks (thread t: chunks t, t + SG_T, ...; CU of them per row in flight), so all of a
+ * block's weight loads are issued at once, and the first ones before the PDL wait (weights
+ * are never written by a kernel).  No shared-memory staging: each thread reads the x
+ * elements of its own chunks.  Per row: a serial FMA chain per thread over its chunks in
+ * increasing k, the warp butterfly, then the warps' sums added in warp order.  One fixed
+ * order per output; the grid never changes it.  Many short blocks instead of a persistent
+ * grid: the block scheduler keeps HBM busy across waves without a tail of double-duty
+ * warps. */
+#define SG_T 128
+
+template <int DT, int R, int CU>
+DEV void sg_load(W8<DT> (&wv)[CU][R], const unsigned char *const (&wr)[R], long long c0, long long nc)
+{
+#pragma unroll
+    for (int u = 0; u < CU; u++) {
+        const long long c = c0 + (long long)u * SG_T;
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            if (wr[i] && c < nc)
+                wv[u][i].load_cs(wr[i], c * 8);
+            else
+                wv[u][i].zero();
+        }
+    }
+}
+
+/* acc[i] += x[c*8 .. c*8+8) . chunk, for the CU chunks of this round. */
+template <int DT, int R, int CU>
+DEV void sg_fma(const W8<DT> (&wv)[CU][R], const float *x, long long c0, long long nc, float (&acc)[R])
+{
+#pragma unroll
+    for (int u = 0; u < CU; u++) {
+        const long long c = c0 + (long long)u * SG_T;
+        if (c < nc) {
+            const float4 x0 = *(const float4 *)(x + c * 8), x1 = *(const float4 *)(x + c * 8 + 4);
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+                float f[8];
+                wv[u][i].get(f);
+                float s = acc[i];
+                s = fmaf(x0.x, f[0], s);
+                s = fmaf(x0.y, f[1], s);
+                s = fmaf(x0.z, f[2], s);
+                s = fmaf(x0.w, f[3], s);
+                s = fmaf(x1.x, f[4], s);
+                s = fmaf(x1.y, f[5], s);
+                s = fmaf(x1.z, f[6], s);
+                s = fmaf(x1.w, f[7], s);
+                acc[i] = s;
+            }
+        }
+    }
+}
+
+/* Reduces R per-thread partials over the block: warp butterflies into red[i][warp]; after
+ * the barrier, row i's total is red[i][0] + red[i][1] + ... in warp order (sg_total). */
+template <int R> DEV void sg_reduce(float (&acc)[R], float (*red)[MAX_WARPS])
+{
+    const int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP;
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        float v = warp_sum(acc[i]);
+        if (lane == 0)
+            red[i][w] = v;
+    }
+    __syncthreads();
+}
+DEV float sg_total(const float *red_row)
+{
+    const int nw = blockDim.x / MOERT_WARP;
+    float s = red_row[0];
+    for (int q = 1; q < nw; q++)
+        s += red_row[q];
+    return s;
+}
+
+template <int DT, int R, int CU>
+__global__ void __launch_bounds__(SG_T) k_sgemv(hip_gemv_args a)
+{
+    PDL_EARLY_READS;
+    __shared__ float red[R][MAX_WARPS];
+    const long long nc = a.k / 8, r0 = (long long)blockIdx.x * R;
+    const unsigned char *wr[R];
+#pragma unroll
+    for (int i = 0; i < R; i++)
+        wr[i] = r0 + i < a.n_total ? gemv_row<DT>(a, r0 + i) : nullptr;
+    float acc[R];
+#pragma unroll
+    for (int i = 0; i < R; i++)
+        acc[i] = 0.0f;
+    W8<DT> wv[CU][R];
+    long long c0 = threadIdx.x;
+    sg_load<DT, R, CU>(wv, wr, c0, nc);
+    moert_pdl_wait();
+    for (;;) {
+        sg_fma<DT, R, CU>(wv, a.x, c0, nc, acc);
+        c0 += (long long)CU * SG_T;
+        if (c0 >= nc)
+            break;
+        sg_load<DT, R, CU>(wv, wr, c0, nc);
+    }
+    sg_reduce<R>(acc, red);
+    if (threadIdx.x < R && r0 + threadIdx.x < a.n_total)
+        a.y[r0 + threadIdx.x] = sg_total(red[threadIdx.x]);
+}
+
+/* MoE gate/up for one token: block = (slot j, rows n0 .. n0 + R - 1 of its expert's gate
+ * and up); h[j, n] = silu(gate . x) * (up . x).  The expert id comes from the previous
+ * kernel, so every load waits. */
+template <int DT, int R, int CU>
+__global__ void __launch_bounds__(SG_T) k_smoe_gateup(hip_moe_dec_args a)
+{
+    moert_pdl_wait();
+    __shared__ float red[2 * R][MAX_WARPS];
+    const long long blocks_per_slot = (a.I + R - 1) / R;
+    const int j = (int)(blockIdx.x / blocks_per_slot);
+    const long long n0 = (blockIdx.x % blocks_per_slot) * R, nc = a.H / 8;
+    const long long es = dt_size<DT>::v;
+    const long long e = a.ids ? safe_expert(a.ids[j], a.E, a.err_flag) : 0;
+    const unsigned char *wr[2 * R];
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        const bool ok = n0 + i < a.I;
+        wr[i] = ok ? (const unsigned char *)a.gate + (e * a.estride_gu + (n0 + i) * a.H) * es : nullptr;
+        wr[R + i] = ok ? (const unsigned char *)a.up + (e * a.estride_gu + (n0 + i) * a.H) * es : nullptr;
+    }
+    float acc[2 * R];
+#pragma unroll
+    for (int i = 0; i < 2 * R; i++)
+        acc[i] = 0.0f;
+    W8<DT> wv[CU][2 * R];
+    for (long long c0 = threadIdx.x; c0 < nc; c0 += (long long)CU * SG_T) {
+        sg_load<DT, 2 * R, CU>(wv, wr, c0, nc);
+        sg_fma<DT, 2 * R, CU>(wv, a.x, c0, nc, acc);
+    }
+#if MOERT_PF_DOWN
+    {   /* the down rows of this slot's expert, spread over its gate/up blocks (a hint) */
+        const long long bytes = a.I * es, lines = (a.H * bytes + 127) / 128;
+        const long long per = (lines + blocks_per_slot - 1) / blocks_per_slot;
+        const unsigned char *base = (const unsigned char *)a.down + e * a.estride_d * es;
+        const long long l0 = (blockIdx.x % blocks_per_slot) * per;
+        for (long long l = l0 + threadIdx.x; l < l0 + per && l < lines; l += blockDim.x)
+            moert_prefetch_l2(base + l * 128);
+    }
+#endif
+    sg_reduce<2 * R>(acc, red);
+    if (threadIdx.x < R && n0 + threadIdx.x < a.I)
+        a.h[(long long)j * a.I + n0 + threadIdx.x] = silu_mul(sg_total(red[threadIdx.x]), sg_total(red[R + threadIdx.x]));
+}
+
+/* MoE down for one token (and the dense MLP's down: ids == NULL, one slot, no weight):
+ * block = R output rows; warp w takes slots w, w + 4, ... (SPW of them at a time), lane l
+ * the chunks l, l + WARP, ... (CPL at a time) of each.  Each slot's dot is one warp's
+ * butterfly; thread i < R then combines the slots in slot order as the CPU does. */
+#define SD_SPW 2
+#define SD_CPL 3
+template <int DT, int R>
+__global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
+{
+    pdl_prefetch_moe_down<DT>(a);
+    moert_pdl_wait();
+    float *dots = (float *)dyn_smem4; /* [R][kslots] */
+    const int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP;
+    const int nw = blockDim.x / MOERT_WARP;
+    const long long i0 = (long long)blockIdx.x * R, nc = a.I / 8, es = dt_size<DT>::v;
+    for (int j0 = w; j0 < a.kslots; j0 += nw * SD_SPW) {
+        const unsigned char *wr[SD_SPW][R];
+        const float *hr[SD_SPW];
+        float acc[SD_SPW][R];
+#pragma unroll
+        for (int s = 0; s < SD_SPW; s++) {
+            const int j = j0 + s * nw;
+            const bool okj = j < a.kslots;
+            const long long e = okj && a.ids ? safe_expert(a.ids[j], a.E, a.err_flag) : 0;
+            hr[s] = a.h + (long long)(okj ? j : 0) * a.I;
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+                wr[s][i] = okj && i0 + i < a.H ? (const unsigned char *)a.down + (e * a.estride_d + (i0 + i) * a.I) * es
+                                               : nullptr;
+                acc[s][i] = 0.0f;
+            }
+        }
+        for (long long c0 = lane; c0 < nc; c0 += (long long)SD_CPL * MOERT_WARP) {
+            W8<DT> wv[SD_SPW][SD_CPL][R];
+#pragma unroll
+            for (int s = 0; s < SD_SPW; s++)
+#pragma unroll
+                for (int m = 0; m < SD_CPL; m++)
+#pragma unroll
+                    for (int i = 0; i < R; i++) {
+                        const long long c = c0 + (long long)m * MOERT_WARP;
+                        if (wr[s][i] && c < nc)
+                            wv[s][m][i].load_cs(wr[s][i], c * 8);
+                        else
+                            wv[s][m][i].zero();
+                    }
+#pragma unroll
+            for (int s = 0; s < SD_SPW; s++)
+#pragma unroll
+                for (int m = 0; m < SD_CPL; m++) {
+                    const long long c = c0 + (long long)m * MOERT_WARP;
+                    if (c >= nc)
+                        continue;
+                    const float4 x0 = *(const float4 *)(hr[s] + c * 8), x1 = *(const float4 *)(hr[s] + c * 8 + 4);
+#pragma unroll
+                    for (int i = 0; i < R; i++) {
+                        float f[8];
+                        wv[s][m][i].get(f);
+                        float v = acc[s][i];
+                        v = fmaf(x0.x, f[0], v);
+                        v = fmaf(x0.y, f[1], v);
+                        v = fmaf(x0.z, f[2], v);
+                        v = fmaf(x0.w, f[3], v);
+                        v = fmaf(x1.x, f[4], v);
+                        v = fmaf(x1.y, f[5], v);
+                        v = fmaf(x1.z, f[6], v);
+                        v = fmaf(x1.w, f[7], v);
+                        acc[s][i] = v;
+                    }
+                }
+        }
+#pragma unroll
+        for (int s = 0; s < SD_SPW; s++) {
+            const int j = j0 + s * nw;
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+                float v = warp_sum(acc[s][i]);
+                if (lane == 0 && j < a.kslots)
+                    dots[i * a.kslots + j] = v;
+            }
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < R && i0 + threadIdx.x < a.H) {
+        const float *d = dots + threadIdx.x * a.kslots;
+        float res = 0.0f;
+        for (int j = 0; j < a.kslots; j++) {
+            if (!a.tw)
+                res = d[j];
+            else
+                res = j == 0 ? a.tw[0] * d[0] : fmaf(a.tw[j], d[j], res);
+        }
+        a.out[i0 + threadIdx.x] = res;
+    }
+}
+
 /* The seven statistics and the hash of a row, reduced over the block in one round (warp
  * butterflies, one shared-memory exchange, every warp finishing the same partials). */
 typedef struct stats_smem {
@@ -1537,11 +2032,24 @@ template <typename K> static int resident_grid(K kernel, int threads, size_t sme
     return !MOERT_RESIDENT_GRID || want < cap ? want : cap;
 }
 
+static unsigned blocks_for(long long n, int per)
+{
+    return (unsigned)((n + per - 1) / per);
+}
+
 template <int DT>
 static void launch_gemv_t(const hip_gemv_args *a, int grid, hipStream_t s, bool vec)
 {
     size_t sm = (size_t)a->k * sizeof(float);
-    if (vec)
+    if (MOERT_SGEMV && vec) { /* about 8 weight loads in flight per thread */
+        const long long nc = a->k / 8;
+        if (nc <= SG_T)
+            MOERT_LAUNCH((k_sgemv<DT, 8 * MOERT_SG_WIDE, 1>), blocks_for(a->n_total, 8 * MOERT_SG_WIDE), SG_T, 0, s, *a);
+        else if (nc <= 2 * SG_T)
+            MOERT_LAUNCH((k_sgemv<DT, 4 * MOERT_SG_WIDE, 2>), blocks_for(a->n_total, 4 * MOERT_SG_WIDE), SG_T, 0, s, *a);
+        else
+            MOERT_LAUNCH((k_sgemv<DT, 2 * MOERT_SG_WIDE, 4>), blocks_for(a->n_total, 2 * MOERT_SG_WIDE), SG_T, 0, s, *a);
+    } else if (vec)
         MOERT_LAUNCH((k_gemv<DT, true>), resident_grid(k_gemv<DT, true>, HIP_GEMV_THREADS, sm, grid),
                      HIP_GEMV_THREADS, sm, s, *a);
     else
@@ -1612,10 +2120,10 @@ hipError_t hip_launch_gemm(int dtype, int amode, int bm, const hip_gemm_args *a,
     return hipGetLastError();
 }
 
-hipError_t hip_launch_embed(const int32_t *tok, const void *emb, int dt, float *x, long long H,
+hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt, float *x, long long H,
                             long long V, int rows, int *err_flag, hipStream_t s)
 {
-    MOERT_LAUNCH(k_embed, rows, 256, 0, s, tok, emb, dt, x, H, V, err_flag);
+    MOERT_LAUNCH(k_embed, rows, 256, 0, s, tok, sp, emb, dt, x, H, V, err_flag);
     return hipGetLastError();
 }
 
@@ -1708,6 +2216,21 @@ template <int DT>
 static void launch_moe_dec_t(bool down, const hip_moe_dec_args *a, int grid, hipStream_t s,
                              bool vec)
 {
+    if (MOERT_SGEMV && vec) {
+        if (!down) {
+            const long long nc = a->H / 8;
+            if (nc <= SG_T)
+                MOERT_LAUNCH((k_smoe_gateup<DT, 4, 1>), (unsigned)a->kslots * blocks_for(a->I, 4), SG_T, 0, s, *a);
+            else if (nc <= 2 * SG_T)
+                MOERT_LAUNCH((k_smoe_gateup<DT, 2, 2>), (unsigned)a->kslots * blocks_for(a->I, 2), SG_T, 0, s, *a);
+            else
+                MOERT_LAUNCH((k_smoe_gateup<DT, 1, 4>), (unsigned)a->kslots * blocks_for(a->I, 1), SG_T, 0, s, *a);
+        } else {
+            MOERT_LAUNCH((k_smoe_down<DT, MOERT_SD_R>), blocks_for(a->H, MOERT_SD_R), SG_T,
+                         (size_t)MOERT_SD_R * (size_t)a->kslots * sizeof(float), s, *a);
+        }
+        return;
+    }
     if (!down) {
         size_t sm = (size_t)a->H * sizeof(float);
         if (vec)
