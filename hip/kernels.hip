@@ -37,9 +37,6 @@
 #ifndef MOERT_SD_R
 #define MOERT_SD_R 1 /* output rows per block of the streaming MoE down kernel */
 #endif
-#ifndef MOERT_PF_DOWN
-#define MOERT_PF_DOWN 0 /* the MoE gate/up kernel prefetches the selected experts' down rows */
-#endif
 
 /* Kernels that read, before their PDL wait, only what no kernel of the current step writes
  * (weights, the step parameters the host copied in before the step, RoPE tables, KV-cache
@@ -799,6 +796,18 @@ DEV void nr_preload(nr_pre &p, const void *w, int wdt, const float *cs, const fl
     }
 }
 
+/* Rotate-half RoPE of the normalised pair (na, nb) at (i, i + half), into dst and dst2. */
+DEV void rope_store(float *dst, float *dst2, int i, int half, float na, float nb, float c, float s)
+{
+    const float ra = fmaf(na, c, -(nb * s)), rb = fmaf(nb, c, na * s);
+    dst[i] = ra;
+    dst[i + half] = rb;
+    if (dst2) {
+        dst2[i] = ra;
+        dst2[i + half] = rb;
+    }
+}
+
 DEV void norm_rope_head(const float *src, float *dst, float *dst2, const void *w, int wdt, const float *cs,
                         const float *sn, int hd, float eps, const nr_pre *pre = nullptr)
 {
@@ -815,29 +824,14 @@ DEV void norm_rope_head(const float *src, float *dst, float *dst2, const void *w
             const int i = lane + m * MOERT_WARP;
             if (i >= half)
                 break;
-            const float na = pre->wa[m] * (src[i] * rr);
-            const float nb = pre->wb[m] * (src[i + half] * rr);
-            const float ra = fmaf(na, pre->c[m], -(nb * pre->s[m])), rb = fmaf(nb, pre->c[m], na * pre->s[m]);
-            dst[i] = ra;
-            dst[i + half] = rb;
-            if (dst2) {
-                dst2[i] = ra;
-                dst2[i + half] = rb;
-            }
+            rope_store(dst, dst2, i, half, pre->wa[m] * (src[i] * rr), pre->wb[m] * (src[i + half] * rr),
+                       pre->c[m], pre->s[m]);
         }
     } else
 #pragma unroll 2
     for (int i = lane; i < half; i += MOERT_WARP) {
-        const float na = load_elem(w, wdt, i) * (src[i] * rr);
-        const float nb = load_elem(w, wdt, i + half) * (src[i + half] * rr);
-        const float c = cs[i], s = sn[i];
-        const float ra = fmaf(na, c, -(nb * s)), rb = fmaf(nb, c, na * s);
-        dst[i] = ra;
-        dst[i + half] = rb;
-        if (dst2) {
-            dst2[i] = ra;
-            dst2[i + half] = rb;
-        }
+        rope_store(dst, dst2, i, half, load_elem(w, wdt, i) * (src[i] * rr),
+                   load_elem(w, wdt, i + half) * (src[i + half] * rr), cs[i], sn[i]);
     }
     if ((hd & 1) && lane == 0) { /* odd head_dim: the last element is normalised only */
         const float nl = load_elem(w, wdt, hd - 1) * (src[hd - 1] * rr);
@@ -1726,16 +1720,6 @@ __global__ void __launch_bounds__(SG_T) k_smoe_gateup(hip_moe_dec_args a)
         sg_load<DT, 2 * R, CU>(wv, wr, c0, nc);
         sg_fma<DT, 2 * R, CU>(wv, a.x, c0, nc, acc);
     }
-#if MOERT_PF_DOWN
-    {   /* the down rows of this slot's expert, spread over its gate/up blocks (a hint) */
-        const long long bytes = a.I * es, lines = (a.H * bytes + 127) / 128;
-        const long long per = (lines + blocks_per_slot - 1) / blocks_per_slot;
-        const unsigned char *base = (const unsigned char *)a.down + e * a.estride_d * es;
-        const long long l0 = (blockIdx.x % blocks_per_slot) * per;
-        for (long long l = l0 + threadIdx.x; l < l0 + per && l < lines; l += blockDim.x)
-            moert_prefetch_l2(base + l * 128);
-    }
-#endif
     sg_reduce<2 * R>(acc, red);
     if (threadIdx.x < R && n0 + threadIdx.x < a.I)
         a.h[(long long)j * a.I + n0 + threadIdx.x] = silu_mul(sg_total(red[threadIdx.x]), sg_total(red[R + threadIdx.x]));
