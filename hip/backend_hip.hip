@@ -1185,7 +1185,8 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
     }
     case SCHED_KV_STORE:
         return launch_err(hip_launch_kv_store(fbuf(c, op->in[0]), fbuf(c, op->out[0]), fbuf(c, op->out[1]),
-                                              c->d_params, s->qkv_dim, s->q_dim, s->kv_dim, s->max_seq,
+                                              c->d_params, s->qkv_dim, s->q_dim, s->kv_dim,
+                                              (int)t->head_dim, s->max_seq,
                                               rows, c->d_err, c->stream),
                           op, err);
     case SCHED_ATTENTION: {
@@ -1262,8 +1263,9 @@ static void out_rows(hip_ctx *c, const sched_op *op, int32_t buf, const exec_ste
     *r0 = 0;
     *r1 = st->n_rows < b->rows ? st->n_rows : b->rows;
     if (op->kind == SCHED_KV_STORE || (op->kind == SCHED_QK_NORM_ROPE && buf != op->out[0])) {
-        *r0 = st->pos0;
-        *r1 = st->pos0 + st->n_rows;
+        /* the cache is [kv head][position][d], so this step's positions are spread over it:
+         * compare all of it (check_op copied the untouched part in from the GPU) */
+        *r1 = b->rows;
     } else if (op->kind == SCHED_LOGITS && c->s->logit_rows == 1) {
         *r1 = 1;
     }

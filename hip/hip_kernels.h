@@ -105,7 +105,7 @@ typedef struct hip_qkn_args {
 } hip_qkn_args;
 hipError_t hip_launch_qk_norm_rope(const hip_qkn_args *a, int rows, hipStream_t s);
 hipError_t hip_launch_kv_store(const float *qkv, float *kc, float *vc, const hip_step_params *sp,
-                               long long qkv_dim, long long q_dim, long long kv_dim,
+                               long long qkv_dim, long long q_dim, long long kv_dim, int hd,
                                long long max_seq, int rows, int *err_flag, hipStream_t s);
 
 typedef struct hip_attn_args {

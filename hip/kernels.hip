@@ -870,13 +870,14 @@ __global__ void __launch_bounds__(128) k_qk_norm_rope(hip_qkn_args a)
         if (h >= a.nh + a.nkv) { /* v head: copy into the cache */
             int hv = h - a.nh - a.nkv;
             const float *src = row + a.q_dim + a.kv_dim + (long long)hv * hd;
-            float *dst = a.vc + pos * a.kv_dim + (long long)hv * hd;
+            float *dst = a.vc + ((long long)hv * a.max_seq + pos) * hd;
             for (int d = lane; d < hd; d += MOERT_WARP)
                 dst[d] = src[d];
             continue;
         }
         float *v = row + (long long)h * hd;
-        float *kdst = (store && h >= a.nh) ? a.kc + pos * a.kv_dim + (long long)(h - a.nh) * hd : nullptr;
+        float *kdst = (store && h >= a.nh) ? a.kc + ((long long)(h - a.nh) * a.max_seq + pos) * hd
+                                           : nullptr;
         const nr_pre *pp = h == h_first ? &pre : nullptr;
         if (h < a.nh)
             norm_rope_head(v, v, nullptr, a.qn, a.qn_dt, cs, sn, hd, a.eps, pp);
@@ -887,7 +888,7 @@ __global__ void __launch_bounds__(128) k_qk_norm_rope(hip_qkn_args a)
 
 __global__ void __launch_bounds__(256) k_kv_store(const float *qkv, float *kc, float *vc,
                                                   const hip_step_params *sp, long long qkv_dim,
-                                                  long long q_dim, long long kv_dim,
+                                                  long long q_dim, long long kv_dim, int hd,
                                                   long long max_seq, int *err)
 {
     moert_pdl_wait();
@@ -900,8 +901,9 @@ __global__ void __launch_bounds__(256) k_kv_store(const float *qkv, float *kc, f
     }
     const float *row = qkv + (long long)r * qkv_dim;
     for (long long i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-        kc[pos * kv_dim + i] = row[q_dim + i];
-        vc[pos * kv_dim + i] = row[q_dim + kv_dim + i];
+        const long long at = (i / hd * max_seq + pos) * hd + i % hd; /* [kv head][pos][d] */
+        kc[at] = row[q_dim + i];
+        vc[at] = row[q_dim + kv_dim + i];
     }
 }
 
@@ -919,9 +921,10 @@ size_t hip_attn_smem_bytes(int nh, int nkv, int hd)
                             G * T + 3 * G);
 }
 
-/* Stages keys t0 + j, j in [j0, j1), of one kv head into the K (stride hd + 1) and V
- * (stride hd + 4) tiles: every load of a thread in flight before its first store. */
-DEV void stage_kv_vec(float *ks, float *vs, const float *kbase, const float *vbase, long long kv_dim,
+/* Stages keys t0 + j, j in [j0, j1), of one kv head (rows of hd floats, contiguous) into
+ * the K (stride hd + 1) and V (stride hd + 4) tiles: every load of a thread in flight
+ * before its first store. */
+DEV void stage_kv_vec(float *ks, float *vs, const float *kbase, const float *vbase,
                       long long t0, int j0, int j1, int hd)
 {
     const int q4 = hd / 4, n = (j1 - j0) * q4;
@@ -932,8 +935,8 @@ DEV void stage_kv_vec(float *ks, float *vs, const float *kbase, const float *vba
             const int i = i0 + u * blockDim.x;
             if (i < n) {
                 const int j = j0 + i / q4, d = 4 * (i % q4);
-                kv[u] = *(const float4 *)(kbase + (t0 + j) * kv_dim + d);
-                vv[u] = *(const float4 *)(vbase + (t0 + j) * kv_dim + d);
+                kv[u] = *(const float4 *)(kbase + (t0 + j) * hd + d);
+                vv[u] = *(const float4 *)(vbase + (t0 + j) * hd + d);
             }
         }
 #pragma unroll
@@ -987,14 +990,16 @@ __global__ void __launch_bounds__(HIP_ATTN_THREADS) k_attn(hip_attn_args a)
             return; /* this split is past the last key; combine never reads it */
         kend = min(kbeg + (long long)HIP_ATTN_SPLIT, nkeys);
     }
-    const float *kbase = a.kc + (long long)g * hd, *vbase = a.vc + (long long)g * hd;
-    const bool vec = (hd % 4) == 0 && (a.kv_dim % 4) == 0;
+    /* the cache is [kv head][position][d]: kv head g's keys are one contiguous run */
+    const float *kbase = a.kc + (long long)g * a.max_seq * hd;
+    const float *vbase = a.vc + (long long)g * a.max_seq * hd;
+    const bool vec = (hd % 4) == 0;
     /* decode: this split's keys before pos were stored by earlier steps, so they are staged
      * while the previous kernel drains; only key pos (this step's) waits */
     int pre = 0;
     if (SPLIT && vec && HIP_ATTN_SPLIT <= HIP_ATTN_TILE && min(kend, pos) > kbeg) {
         pre = (int)(min(kend, pos) - kbeg);
-        stage_kv_vec(ks, vs, kbase, vbase, a.kv_dim, kbeg, 0, pre, hd);
+        stage_kv_vec(ks, vs, kbase, vbase, kbeg, 0, pre, hd);
     }
     moert_pdl_wait();
     const float *qrow = a.qkv + (long long)r * a.qkv_dim + (long long)g * G * hd;
@@ -1023,13 +1028,13 @@ __global__ void __launch_bounds__(HIP_ATTN_THREADS) k_attn(hip_attn_args a)
     for (long long t0 = kbeg; t0 < kend; t0 += T) {
         const int nt = (int)min((long long)T, kend - t0);
         if (vec && SPLIT) {
-            stage_kv_vec(ks, vs, kbase, vbase, a.kv_dim, t0, t0 == kbeg ? pre : 0, nt, hd);
+            stage_kv_vec(ks, vs, kbase, vbase, t0, t0 == kbeg ? pre : 0, nt, hd);
         } else if (vec) { /* prefill: many tiles per block; this simpler loop measured faster */
             const int q4 = hd / 4;
             for (int i = threadIdx.x; i < nt * q4; i += blockDim.x) {
                 int j = i / q4, d = 4 * (i % q4);
-                float4 kv = *(const float4 *)(kbase + (t0 + j) * a.kv_dim + d);
-                float4 vv = *(const float4 *)(vbase + (t0 + j) * a.kv_dim + d);
+                float4 kv = *(const float4 *)(kbase + (t0 + j) * hd + d);
+                float4 vv = *(const float4 *)(vbase + (t0 + j) * hd + d);
                 float *kd = ks + j * (hd + 1) + d;
                 kd[0] = kv.x;
                 kd[1] = kv.y;
@@ -1040,8 +1045,8 @@ __global__ void __launch_bounds__(HIP_ATTN_THREADS) k_attn(hip_attn_args a)
         } else {
             for (int i = threadIdx.x; i < nt * hd; i += blockDim.x) {
                 int j = i / hd, d = i % hd;
-                ks[j * (hd + 1) + d] = kbase[(t0 + j) * a.kv_dim + d];
-                vs[j * (hd + 4) + d] = vbase[(t0 + j) * a.kv_dim + d];
+                ks[j * (hd + 1) + d] = kbase[(t0 + j) * hd + d];
+                vs[j * (hd + 4) + d] = vbase[(t0 + j) * hd + d];
             }
         }
         __syncthreads();
@@ -2144,10 +2149,11 @@ hipError_t hip_launch_qk_norm_rope(const hip_qkn_args *a, int rows, hipStream_t 
 }
 
 hipError_t hip_launch_kv_store(const float *qkv, float *kc, float *vc, const hip_step_params *sp,
-                               long long qkv_dim, long long q_dim, long long kv_dim,
+                               long long qkv_dim, long long q_dim, long long kv_dim, int hd,
                                long long max_seq, int rows, int *err_flag, hipStream_t s)
 {
-    MOERT_LAUNCH(k_kv_store, rows, 256, 0, s, qkv, kc, vc, sp, qkv_dim, q_dim, kv_dim, max_seq, err_flag);
+    MOERT_LAUNCH(k_kv_store, rows, 256, 0, s, qkv, kc, vc, sp, qkv_dim, q_dim, kv_dim, hd, max_seq,
+                 err_flag);
     return hipGetLastError();
 }
 

@@ -87,6 +87,91 @@ AVX2 float ops_avx2_dot(const float *a, const void *b, ops_dtype bt, int64_t k)
     return combine4(c0, c1, c2, c3);
 }
 
+/* ---- the bf16 decode GEMV ----------------------------------------------------------
+ * A 32-byte load holds 16 bf16 weights as 8 dwords, element 2d in the low half of dword d
+ * and 2d+1 in the high half: a shift left by 16 widens the even elements, a mask the odd
+ * ones, two cheap ALU operations per 16 weights (the zero-extending widen costs a shuffle
+ * per 8 and twice the loads).  Accumulator lanes then hold the canonical accumulators in
+ * another arrangement:
+ *   even(step's 0..15)  = chain 0 lanes 0,2,4,6 | chain 1 lanes 0,2,4,6
+ *   odd (step's 0..15)  = chain 0 lanes 1,3,5,7 | chain 1 lanes 1,3,5,7
+ *   even/odd (16..31)   = the same for chains 2 and 3,
+ * each summing the same products in the same order, so with x permuted to match
+ * (eo_permute_x) the combine in eo_combine reproduces the canonical value bit for bit. */
+
+/* x in the lane order above, per 32-element step: x0 x2 .. x14 | x1 x3 .. x15 | x16 x18 ..
+ * x30 | x17 x19 .. x31. */
+AVX2 static void eo_permute_x(float *xp, const float *x, int64_t k)
+{
+    const __m256i split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    for (int64_t i = 0; i < k; i += OPS_STEP) {
+        __m256 p0 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(x + i), split);
+        __m256 p1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(x + i + 8), split);
+        __m256 p2 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(x + i + 16), split);
+        __m256 p3 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(x + i + 24), split);
+        _mm256_store_ps(xp + i, _mm256_permute2f128_ps(p0, p1, 0x20));
+        _mm256_store_ps(xp + i + 8, _mm256_permute2f128_ps(p0, p1, 0x31));
+        _mm256_store_ps(xp + i + 16, _mm256_permute2f128_ps(p2, p3, 0x20));
+        _mm256_store_ps(xp + i + 24, _mm256_permute2f128_ps(p2, p3, 0x31));
+    }
+}
+
+/* The canonical combine of the rearranged accumulators: (c0 + c1) is even/odd of chains
+ * 0-1 folded half onto half, and the lane sum ((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7)) takes
+ * v0, v2, v4, v6 from the even lanes and v1, v3, v5, v7 from the odd ones. */
+AVX2 static inline float eo_combine(__m256 e01, __m256 o01, __m256 e23, __m256 o23)
+{
+    __m128 e = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(e01), _mm256_extractf128_ps(e01, 1)),
+                          _mm_add_ps(_mm256_castps256_ps128(e23), _mm256_extractf128_ps(e23, 1)));
+    __m128 o = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(o01), _mm256_extractf128_ps(o01, 1)),
+                          _mm_add_ps(_mm256_castps256_ps128(o23), _mm256_extractf128_ps(o23, 1)));
+    e = _mm_add_ps(e, _mm_movehl_ps(e, e)); /* v0+v4, v2+v6 */
+    o = _mm_add_ps(o, _mm_movehl_ps(o, o)); /* v1+v5, v3+v7 */
+    e = _mm_add_ss(e, _mm_shuffle_ps(e, e, 1));
+    o = _mm_add_ss(o, _mm_shuffle_ps(o, o, 1));
+    return _mm_cvtss_f32(_mm_add_ss(e, o));
+}
+
+#define EO_PREFETCH 1024 /* bytes ahead in each weight stream */
+
+/* out[n] for n in [n0, n1): rows n and n + half run together, two sequential weight
+ * streams sharing every x load (the loads, not the arithmetic, bound a one-row loop when
+ * the weights arrive at full memory speed).  An odd count pairs its last row with itself. */
+AVX2 static void eo_gemv(float *out, const float *xp, const uint16_t *w, int64_t k, int64_t n0,
+                         int64_t n1)
+{
+    const __m256i odd = _mm256_set1_epi32((int)0xffff0000u);
+    int64_t half = (n1 - n0 + 1) / 2;
+    for (int64_t n = n0; n < n0 + half; n++) {
+        int64_t n2 = n + half < n1 ? n + half : n;
+        const uint16_t *r = w + (size_t)n * (size_t)k, *s = w + (size_t)n2 * (size_t)k;
+        __m256 re01 = _mm256_setzero_ps(), ro01 = re01, re23 = re01, ro23 = re01;
+        __m256 se01 = re01, so01 = re01, se23 = re01, so23 = re01;
+        for (int64_t i = 0; i < k; i += OPS_STEP) {
+            _mm_prefetch((const char *)(r + i) + EO_PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)(s + i) + EO_PREFETCH, _MM_HINT_T0);
+            __m256i ra = _mm256_loadu_si256((const __m256i *)(r + i));
+            __m256i sa = _mm256_loadu_si256((const __m256i *)(s + i));
+            __m256 xv = _mm256_load_ps(xp + i);
+            re01 = _mm256_fmadd_ps(xv, _mm256_castsi256_ps(_mm256_slli_epi32(ra, 16)), re01);
+            se01 = _mm256_fmadd_ps(xv, _mm256_castsi256_ps(_mm256_slli_epi32(sa, 16)), se01);
+            xv = _mm256_load_ps(xp + i + 8);
+            ro01 = _mm256_fmadd_ps(xv, _mm256_castsi256_ps(_mm256_and_si256(ra, odd)), ro01);
+            so01 = _mm256_fmadd_ps(xv, _mm256_castsi256_ps(_mm256_and_si256(sa, odd)), so01);
+            __m256i rb = _mm256_loadu_si256((const __m256i *)(r + i + 16));
+            __m256i sb = _mm256_loadu_si256((const __m256i *)(s + i + 16));
+            xv = _mm256_load_ps(xp + i + 16);
+            re23 = _mm256_fmadd_ps(xv, _mm256_castsi256_ps(_mm256_slli_epi32(rb, 16)), re23);
+            se23 = _mm256_fmadd_ps(xv, _mm256_castsi256_ps(_mm256_slli_epi32(sb, 16)), se23);
+            xv = _mm256_load_ps(xp + i + 24);
+            ro23 = _mm256_fmadd_ps(xv, _mm256_castsi256_ps(_mm256_and_si256(rb, odd)), ro23);
+            so23 = _mm256_fmadd_ps(xv, _mm256_castsi256_ps(_mm256_and_si256(sb, odd)), so23);
+        }
+        out[n] = eo_combine(re01, ro01, re23, ro23);
+        out[n2] = eo_combine(se01, so01, se23, so23);
+    }
+}
+
 /* One or two input rows (decode): each weight row is streamed once, sequentially, with
  * four independent chains per output; the widened weights feed both rows. */
 AVX2 static void matmul_few_rows(float *out, int64_t ldo, const float *const *x, int64_t m,
@@ -98,8 +183,8 @@ AVX2 static void matmul_few_rows(float *out, int64_t ldo, const float *const *x,
     for (int64_t n = n0; n < n1; n++) {
         const void *wr = wb + (size_t)n * row_bytes;
         if (m == 1 && kfull == k) {
-            /* the decode GEMV: one sequential weight stream, prefetched 1 KB ahead (the
-             * hardware prefetcher alone leaves ~10% of the read bandwidth unused) */
+            /* the f32/f16 decode GEMV: one sequential weight stream, prefetched 1 KB ahead
+             * (the hardware prefetcher alone leaves ~10% of the read bandwidth unused) */
             const float *x0 = x[0];
             const uint8_t *pb = (const uint8_t *)wr;
             size_t es = ops_dtype_size(wt);
@@ -225,7 +310,10 @@ AVX2 void ops_avx2_matmul(float *out, int64_t ldo, const float *const *x_rows, i
                           const void *w, ops_dtype wt, int64_t k, int64_t n0, int64_t n1,
                           float *panel)
 {
-    if (m <= 2 || panel == NULL)
+    if (m == 1 && wt == OPS_BF16 && k % OPS_STEP == 0 && panel != NULL) {
+        eo_permute_x(panel, x_rows[0], k);
+        eo_gemv(out, panel, w, k, n0, n1);
+    } else if (m <= 2 || panel == NULL)
         matmul_few_rows(out, ldo, x_rows, m, w, wt, k, n0, n1);
     else
         matmul_panel(out, ldo, x_rows, m, w, wt, k, n0, n1, panel);
@@ -315,6 +403,47 @@ AVX2 void ops_avx2_swiglu(float *out, const float *gate, const float *up, int64_
     }
 }
 
+/* o_h[d] += p_h[j] * v_j[d] for four heads h (outputs out_stride apart, probabilities n
+ * apart), keys [j0, j1), every d (hd a multiple of 16): per key, each V load feeds all
+ * four heads; each (h, d) still accumulates in key order. */
+AVX2 static void pv_four_heads(float *o, int64_t out_stride, const float *p, int64_t n,
+                               const float *v_cache, int64_t kv_stride, int64_t j0, int64_t j1,
+                               int64_t hd)
+{
+    float *o1 = o + out_stride, *o2 = o1 + out_stride, *o3 = o2 + out_stride;
+    const float *p1 = p + n, *p2 = p1 + n, *p3 = p2 + n;
+    for (int64_t d = 0; d < hd; d += 16) {
+        __m256 a0 = _mm256_loadu_ps(o + d), a1 = _mm256_loadu_ps(o + d + 8);
+        __m256 b0 = _mm256_loadu_ps(o1 + d), b1 = _mm256_loadu_ps(o1 + d + 8);
+        __m256 c0 = _mm256_loadu_ps(o2 + d), c1 = _mm256_loadu_ps(o2 + d + 8);
+        __m256 e0 = _mm256_loadu_ps(o3 + d), e1 = _mm256_loadu_ps(o3 + d + 8);
+        for (int64_t j = j0; j < j1; j++) {
+            const float *v = v_cache + j * kv_stride + d;
+            __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
+            __m256 pj = _mm256_set1_ps(p[j]);
+            a0 = _mm256_fmadd_ps(pj, v0, a0);
+            a1 = _mm256_fmadd_ps(pj, v1, a1);
+            pj = _mm256_set1_ps(p1[j]);
+            b0 = _mm256_fmadd_ps(pj, v0, b0);
+            b1 = _mm256_fmadd_ps(pj, v1, b1);
+            pj = _mm256_set1_ps(p2[j]);
+            c0 = _mm256_fmadd_ps(pj, v0, c0);
+            c1 = _mm256_fmadd_ps(pj, v1, c1);
+            pj = _mm256_set1_ps(p3[j]);
+            e0 = _mm256_fmadd_ps(pj, v0, e0);
+            e1 = _mm256_fmadd_ps(pj, v1, e1);
+        }
+        _mm256_storeu_ps(o + d, a0);
+        _mm256_storeu_ps(o + d + 8, a1);
+        _mm256_storeu_ps(o1 + d, b0);
+        _mm256_storeu_ps(o1 + d + 8, b1);
+        _mm256_storeu_ps(o2 + d, c0);
+        _mm256_storeu_ps(o2 + d + 8, c1);
+        _mm256_storeu_ps(o3 + d, e0);
+        _mm256_storeu_ps(o3 + d + 8, e1);
+    }
+}
+
 /* Grouped-query attention: g query heads against one KV head.  Keys are taken in blocks
  * that stay in L1 while every head of the group scores them; V rows are streamed once,
  * each head's output accumulating sequentially over keys (the canonical order). */
@@ -363,11 +492,17 @@ AVX2 void ops_avx2_attention_group(float *out, int64_t out_stride, const float *
             o[d] = 0.0f;
     }
     /* out_h[d] += p_h[j] * v_j[d], sequential in j for every (h, d).  Keys in L1-sized
-     * blocks; within a block, 64 output floats of one head live in registers. */
+     * blocks; within a block, 16 output floats of four heads (each V load feeds all four),
+     * or 64 of one head, live in registers. */
     int64_t hd64 = hd / 64 * 64;
     for (int64_t j0 = 0; j0 < n; j0 += KEY_BLOCK) {
         int64_t j1 = j0 + KEY_BLOCK < n ? j0 + KEY_BLOCK : n;
-        for (int64_t h = 0; h < g; h++) {
+        int64_t h0 = 0;
+        if (hd % 16 == 0)
+            for (; h0 + 4 <= g; h0 += 4)
+                pv_four_heads(out + h0 * out_stride, out_stride, scores + h0 * n, n, v_cache,
+                              kv_stride, j0, j1, hd);
+        for (int64_t h = h0; h < g; h++) {
             float *o = out + h * out_stride;
             const float *p = scores + h * n;
             for (int64_t d = 0; d < hd64; d += 64) {

@@ -29,24 +29,51 @@ typedef struct cpu_ctx {
 
 #define BLOCK OPS_PANEL_ROWS
 
-/* Runs fn(ctx, i, thread) for i in [0, n).  With one thread, or one item, no parallel
- * region is opened at all: libgomp allocates a team for every region it runs serially. */
-typedef void (*item_fn)(void *ctx, int64_t i, int tid);
+/* Runs fn(ctx, lo, hi, thread) over [0, n): dynamic hands out one item at a time; static
+ * gives each thread one contiguous range (the ranges OpenMP's static schedule would), so a
+ * kernel can stream a thread's whole stretch of weights in one call.  With one thread, or
+ * one item, no parallel region is opened at all: libgomp allocates a team for every region
+ * it runs serially. */
+typedef void (*range_fn)(void *ctx, int64_t lo, int64_t hi, int tid);
 
-static void par_for(int32_t threads, int64_t n, bool dynamic, item_fn fn, void *ctx)
+static void par_ranges(int32_t threads, int64_t n, bool dynamic, range_fn fn, void *ctx)
 {
     if (threads <= 1 || n <= 1) {
-        for (int64_t i = 0; i < n; i++)
-            fn(ctx, i, 0);
+        if (n > 0)
+            fn(ctx, 0, n, 0);
     } else if (dynamic) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
         for (int64_t i = 0; i < n; i++)
-            fn(ctx, i, omp_get_thread_num());
+            fn(ctx, i, i + 1, omp_get_thread_num());
     } else {
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t i = 0; i < n; i++)
-            fn(ctx, i, omp_get_thread_num());
+#pragma omp parallel num_threads(threads)
+        {
+            int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+            int64_t lo = n * t / nt, hi = n * (t + 1) / nt;
+            if (lo < hi)
+                fn(ctx, lo, hi, (int)t);
+        }
     }
+}
+
+/* Item-at-a-time form of par_ranges. */
+typedef void (*item_fn)(void *ctx, int64_t i, int tid);
+typedef struct item_job {
+    item_fn fn;
+    void *ctx;
+} item_job;
+
+static void run_items(void *ctx, int64_t lo, int64_t hi, int tid)
+{
+    const item_job *j = ctx;
+    for (int64_t i = lo; i < hi; i++)
+        j->fn(j->ctx, i, tid);
+}
+
+static void par_for(int32_t threads, int64_t n, bool dynamic, item_fn fn, void *ctx)
+{
+    item_job j = {fn, ctx};
+    par_ranges(threads, n, dynamic, run_items, &j);
 }
 
 static ops_dtype ops_type(st_dtype t)
@@ -219,21 +246,26 @@ typedef struct mm_job {
     int64_t m, ldo, k;
     float *out;
     const model_tensor *const *seg;
+    int n_seg;
     int64_t seg_begin[4], seg_blocks[4];
 } mm_job;
 
-static void mm_block(void *ctx, int64_t blk, int tid)
+/* Blocks [lo, hi) of the concatenated segments: one ops_matmul per segment touched. */
+static void mm_range(void *ctx, int64_t lo, int64_t hi, int tid)
 {
     const mm_job *j = ctx;
-    int i = 0;
-    while (blk >= j->seg_blocks[i]) {
-        blk -= j->seg_blocks[i];
-        i++;
+    int64_t first = 0; /* the segment's first block */
+    for (int i = 0; i < j->n_seg && lo < hi; first += j->seg_blocks[i], i++) {
+        int64_t end = first + j->seg_blocks[i];
+        if (lo >= end)
+            continue;
+        const model_tensor *w = j->seg[i];
+        int64_t b1 = hi < end ? hi : end;
+        int64_t n0 = (lo - first) * BLOCK, n1 = (b1 - first) * BLOCK;
+        ops_matmul(j->out + j->seg_begin[i], j->ldo, j->rows, j->m, w->data, ops_type(w->dtype),
+                   j->k, n0, n1 < w->rows ? n1 : w->rows, thread_panel(j->c, tid));
+        lo = b1;
     }
-    const model_tensor *w = j->seg[i];
-    int64_t n0 = blk * BLOCK, n1 = n0 + BLOCK < w->rows ? n0 + BLOCK : w->rows;
-    ops_matmul(j->out + j->seg_begin[i], j->ldo, j->rows, j->m, w->data, ops_type(w->dtype), j->k,
-               n0, n1, thread_panel(j->c, tid));
 }
 
 /* out[rows, sum of segment widths] = x rows . segments; blocks of BLOCK output features,
@@ -241,14 +273,15 @@ static void mm_block(void *ctx, int64_t blk, int tid)
 static void matmul_segments(cpu_ctx *c, const float *const *rows, int64_t m, float *out,
                             int64_t ldo, const model_tensor *const *seg, int n_seg, int64_t k)
 {
-    mm_job j = {.c = c, .rows = rows, .m = m, .ldo = ldo, .k = k, .out = out, .seg = seg};
+    mm_job j = {.c = c, .rows = rows, .m = m, .ldo = ldo, .k = k, .out = out, .seg = seg,
+                .n_seg = n_seg};
     int64_t total_blocks = 0;
     for (int i = 0; i < n_seg; i++) {
         j.seg_begin[i + 1] = j.seg_begin[i] + seg[i]->rows;
         j.seg_blocks[i] = (seg[i]->rows + BLOCK - 1) / BLOCK;
         total_blocks += j.seg_blocks[i];
     }
-    par_for(c->threads, total_blocks, false, mm_block, &j);
+    par_ranges(c->threads, total_blocks, false, mm_range, &j);
 }
 
 static const float **row_pointers(cpu_ctx *c, const float *base, int64_t n, int64_t stride,
@@ -309,11 +342,15 @@ static void run_kv_store(cpu_ctx *c, const sched_op *op, const exec_step *st)
     const sched *s = c->s;
     const float *qkv = fbuf(c, op->in[0]);
     float *kc = fbuf(c, op->out[0]), *vc = fbuf(c, op->out[1]);
+    int64_t hd = s->topo.head_dim, nkv = s->topo.num_key_value_heads;
+    size_t hd_bytes = (size_t)hd * sizeof(float);
     for (int64_t r = 0; r < st->n_rows; r++) {
         int64_t pos = st->pos0 + r;
         const float *row = qkv + r * s->qkv_dim;
-        memcpy(kc + pos * s->kv_dim, row + s->q_dim, (size_t)s->kv_dim * sizeof(float));
-        memcpy(vc + pos * s->kv_dim, row + s->q_dim + s->kv_dim, (size_t)s->kv_dim * sizeof(float));
+        for (int64_t h = 0; h < nkv; h++) { /* the cache is [kv head][pos][d] */
+            memcpy(kc + (h * s->max_seq + pos) * hd, row + s->q_dim + h * hd, hd_bytes);
+            memcpy(vc + (h * s->max_seq + pos) * hd, row + s->q_dim + s->kv_dim + h * hd, hd_bytes);
+        }
     }
 }
 
@@ -331,9 +368,10 @@ static void attn_item(void *ctx, int64_t it, int tid)
     int64_t hd = s->topo.head_dim, nkv = s->topo.num_key_value_heads;
     int64_t group = s->topo.num_attention_heads / nkv, r = it / nkv, kvh = it % nkv;
     float *scores = j->scores + (size_t)tid * (size_t)(group * s->max_seq);
+    size_t head_at = (size_t)(kvh * s->max_seq * hd); /* the cache is [kv head][pos][d] */
     ops_attention_group(j->out + r * s->q_dim + kvh * group * hd, hd,
-                        j->qkv + r * s->qkv_dim + kvh * group * hd, hd, group, j->kc + kvh * hd,
-                        j->vc + kvh * hd, s->kv_dim, j->pos0 + r, hd, j->c->attn_scale, scores);
+                        j->qkv + r * s->qkv_dim + kvh * group * hd, hd, group, j->kc + head_at,
+                        j->vc + head_at, hd, j->pos0 + r, hd, j->c->attn_scale, scores);
 }
 
 /* Items are (row, KV head): the query heads sharing a KV head read it once together. */
@@ -374,27 +412,43 @@ typedef struct moe_job {
     int64_t K, H, I, iblocks, hblocks;
 } moe_job;
 
-static void moe_gate_up(void *ctx, int64_t item, int tid)
+/* Items [lo, hi) are (active expert, block) pairs; each expert's run of blocks is one
+ * matrix product per weight. */
+static void moe_gate_up(void *ctx, int64_t lo, int64_t hi, int tid)
 {
     const moe_job *j = ctx;
-    int64_t e = j->active[item / j->iblocks], n0 = (item % j->iblocks) * BLOCK, I = j->I;
-    int64_t n1 = n0 + BLOCK < I ? n0 + BLOCK : I, o = j->offs[e], m = j->offs[e + 1] - o;
+    int64_t I = j->I;
     float *panel = thread_panel(j->c, tid);
-    const model_tensor *g = &j->L->gate[e], *u = &j->L->up[e];
-    ops_matmul(j->gate + o * I, I, j->xrows + o, m, g->data, ops_type(g->dtype), j->H, n0, n1, panel);
-    ops_matmul(j->up + o * I, I, j->xrows + o, m, u->data, ops_type(u->dtype), j->H, n0, n1, panel);
-    for (int64_t r = o; r < o + m; r++)
-        ops_swiglu(j->gate + r * I + n0, j->gate + r * I + n0, j->up + r * I + n0, n1 - n0);
+    while (lo < hi) {
+        int64_t e = j->active[lo / j->iblocks], b0 = lo % j->iblocks;
+        int64_t b1 = b0 + (hi - lo) < j->iblocks ? b0 + (hi - lo) : j->iblocks;
+        int64_t n0 = b0 * BLOCK, n1 = b1 * BLOCK < I ? b1 * BLOCK : I;
+        int64_t o = j->offs[e], m = j->offs[e + 1] - o;
+        const model_tensor *g = &j->L->gate[e], *u = &j->L->up[e];
+        ops_matmul(j->gate + o * I, I, j->xrows + o, m, g->data, ops_type(g->dtype), j->H, n0, n1,
+                   panel);
+        ops_matmul(j->up + o * I, I, j->xrows + o, m, u->data, ops_type(u->dtype), j->H, n0, n1,
+                   panel);
+        for (int64_t r = o; r < o + m; r++)
+            ops_swiglu(j->gate + r * I + n0, j->gate + r * I + n0, j->up + r * I + n0, n1 - n0);
+        lo += b1 - b0;
+    }
 }
 
-static void moe_down(void *ctx, int64_t item, int tid)
+static void moe_down(void *ctx, int64_t lo, int64_t hi, int tid)
 {
     const moe_job *j = ctx;
-    int64_t e = j->active[item / j->hblocks], n0 = (item % j->hblocks) * BLOCK, H = j->H;
-    int64_t n1 = n0 + BLOCK < H ? n0 + BLOCK : H, o = j->offs[e], m = j->offs[e + 1] - o;
-    const model_tensor *d = &j->L->down[e];
-    ops_matmul(j->down + o * H, H, j->hrows + o, m, d->data, ops_type(d->dtype), j->I, n0, n1,
-               thread_panel(j->c, tid));
+    int64_t H = j->H;
+    while (lo < hi) {
+        int64_t e = j->active[lo / j->hblocks], b0 = lo % j->hblocks;
+        int64_t b1 = b0 + (hi - lo) < j->hblocks ? b0 + (hi - lo) : j->hblocks;
+        int64_t n0 = b0 * BLOCK, n1 = b1 * BLOCK < H ? b1 * BLOCK : H;
+        int64_t o = j->offs[e], m = j->offs[e + 1] - o;
+        const model_tensor *d = &j->L->down[e];
+        ops_matmul(j->down + o * H, H, j->hrows + o, m, d->data, ops_type(d->dtype), j->I, n0, n1,
+                   thread_panel(j->c, tid));
+        lo += b1 - b0;
+    }
 }
 
 static void moe_combine(void *ctx, int64_t t, int tid)
@@ -446,8 +500,8 @@ static void run_moe(cpu_ctx *c, const sched_op *op, const exec_step *st)
                  (I + BLOCK - 1) / BLOCK, (H + BLOCK - 1) / BLOCK};
     /* Prefill: experts carry unequal loads, so items are handed out dynamically; a decode
      * step's items are equal and a static split keeps each thread's weights contiguous. */
-    par_for(c->threads, n_active * j.iblocks, R > 1, moe_gate_up, &j);
-    par_for(c->threads, n_active * j.hblocks, R > 1, moe_down, &j);
+    par_ranges(c->threads, n_active * j.iblocks, R > 1, moe_gate_up, &j);
+    par_ranges(c->threads, n_active * j.hblocks, R > 1, moe_down, &j);
     par_for(c->threads, R, false, moe_combine, &j);
 }
 
@@ -459,10 +513,10 @@ typedef struct mlp_job {
     int64_t R, H, I;
 } mlp_job;
 
-static void mlp_gate_up(void *ctx, int64_t blk, int tid)
+static void mlp_gate_up(void *ctx, int64_t lo, int64_t hi, int tid)
 {
     const mlp_job *j = ctx;
-    int64_t n0 = blk * BLOCK, n1 = n0 + BLOCK < j->I ? n0 + BLOCK : j->I, I = j->I;
+    int64_t I = j->I, n0 = lo * BLOCK, n1 = hi * BLOCK < I ? hi * BLOCK : I;
     float *panel = thread_panel(j->c, tid);
     ops_matmul(j->gate, I, j->xrows, j->R, j->g->data, ops_type(j->g->dtype), j->H, n0, n1, panel);
     ops_matmul(j->up, I, j->xrows, j->R, j->u->data, ops_type(j->u->dtype), j->H, n0, n1, panel);
@@ -478,7 +532,7 @@ static void run_mlp(cpu_ctx *c, const sched_op *op, const exec_step *st)
     mlp_job j = {c, backend_weight(c->w, SCHED_W_MLP, op->layer, 0),
                  backend_weight(c->w, SCHED_W_MLP, op->layer, 1),
                  row_pointers(c, fbuf(c, op->in[0]), R, H, 0), gate, fbuf(c, op->scratch[1]), R, H, I};
-    par_for(c->threads, (I + BLOCK - 1) / BLOCK, false, mlp_gate_up, &j);
+    par_ranges(c->threads, (I + BLOCK - 1) / BLOCK, false, mlp_gate_up, &j);
     const model_tensor *segs[1] = {backend_weight(c->w, SCHED_W_MLP, op->layer, 2)};
     matmul_segments(c, row_pointers(c, gate, R, I, 1), R, fbuf(c, op->out[0]), H, segs, 1, I);
 }

@@ -384,9 +384,10 @@ int sched_build(const cfg_topology *topo, int64_t max_rows, int64_t max_seq, int
     for (int32_t l = 0; l < L; l++) {
         char name[SCHED_NAME_MAX];
         snprintf(name, sizeof name, "kv.l%d.k", l);
-        s->known.k_cache[l] = add_buf(&b, name, SCHED_F32, max_seq, s->kv_dim, true, l);
+        int64_t kv_rows = topo->num_key_value_heads * max_seq;
+        s->known.k_cache[l] = add_buf(&b, name, SCHED_F32, kv_rows, topo->head_dim, true, l);
         snprintf(name, sizeof name, "kv.l%d.v", l);
-        s->known.v_cache[l] = add_buf(&b, name, SCHED_F32, max_seq, s->kv_dim, true, l);
+        s->known.v_cache[l] = add_buf(&b, name, SCHED_F32, kv_rows, topo->head_dim, true, l);
     }
     s->known.sample_keys = add_buf(&b, "sample.keys", SCHED_I32, 1, V, true, -1);
     s->known.sample_keys2 = add_buf(&b, "sample.keys2", SCHED_I32, 1, V, true, -1);

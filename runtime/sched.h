@@ -78,7 +78,8 @@ typedef struct sched_known {
     int32_t rope_cos, rope_sin;/* f32 [max_seq, head_dim/2] */
     int32_t panel;             /* f32 [threads, panel floats]: per-thread matmul scratch */
     int32_t rowptrs;           /* bytes: row-pointer arrays a CPU backend builds per op */
-    int32_t *k_cache, *v_cache;/* per layer f32 [max_seq, kv_dim] */
+    int32_t *k_cache, *v_cache;/* per layer f32 [kv heads * max_seq, head_dim]: [kv head][pos][d],
+                                  so attention reads each kv head's keys as one contiguous run */
     /* sampling scratch, used between steps (persistent): radix-sort keys and ids */
     int32_t sample_keys, sample_keys2, sample_ids, sample_ids2, sample_probs;
 } sched_known;

@@ -161,6 +161,110 @@ static void test_simd_equals_scalar(void)
     free(panel);
 }
 
+/* The one-row (decode) GEMV has its own bf16 kernel: the weights widened as even/odd
+ * halves of 32-bit words, x permuted to match, two rows streamed at once.  It must give the
+ * canonical value bit for bit: against the scalar kernels on random data over odd row
+ * counts and sub-ranges, and on values whose cancellation exposes the lane order. */
+static void test_decode_gemv(void)
+{
+    if (!ops_simd_available()) {
+        ops_use_simd(false);
+        return;
+    }
+    enum { N = 37 };
+    const int64_t ks[3] = {32, 96, 256};
+    for (int ki = 0; ki < 3; ki++) {
+        int64_t K = ks[ki];
+        float *x = malloc(sizeof(float) * (size_t)K), *wf = malloc(sizeof(float) * N * (size_t)K);
+        uint16_t *wb = malloc(sizeof(uint16_t) * N * (size_t)K);
+        float *panel = aligned_alloc(64, ops_matmul_panel_floats(K) * sizeof(float));
+        fill(x, K);
+        fill(wf, N * K);
+        for (int64_t i = 0; i < N * K; i++)
+            wb[i] = to_bf16_trunc(wf[i]);
+        const float *rows[1] = {x};
+        const int64_t ranges[4][2] = {{0, N}, {3, 4}, {5, 17}, {1, N}};
+        for (int t = 0; t < 3; t++) { /* bf16 (the new kernel), then f32 and f16 */
+            const void *w = t == 1 ? (const void *)wf : (const void *)wb;
+            ops_dtype wt = t == 0 ? OPS_BF16 : t == 1 ? OPS_F32 : OPS_F16;
+            for (int r = 0; r < 4; r++) {
+                float o1[N] = {0}, o2[N] = {0}, o3[N] = {0};
+                int64_t n0 = ranges[r][0], n1 = ranges[r][1];
+                ops_use_simd(false);
+                ops_matmul(o1, N, rows, 1, w, wt, K, n0, n1, panel);
+                ops_use_simd(true);
+                ops_matmul(o2, N, rows, 1, w, wt, K, n0, n1, panel);
+                ops_matmul(o3, N, rows, 1, w, wt, K, n0, n1, NULL); /* no scratch: plain path */
+                CU_ASSERT(same_bits(o1, o2, N));
+                CU_ASSERT(same_bits(o1, o3, N));
+            }
+        }
+        free(x);
+        free(wf);
+        free(wb);
+        free(panel);
+    }
+    /* Cancellation (see test_dot_hand): 1e8 at k = 0 and -1e8 at k = 32 share chain 0 lane
+     * 0, the 1 at k = 1 is lane 1: canonical result 1, whatever the row's neighbours. */
+    enum { K = 64, R = 3 };
+    float x[K] = {0}, *panel = aligned_alloc(64, ops_matmul_panel_floats(K) * sizeof(float));
+    uint16_t w[R * K];
+    for (int i = 0; i < R * K; i++)
+        w[i] = 0x3f80; /* 1.0 */
+    x[0] = 1e8f;
+    x[1] = 1.0f;
+    x[32] = -1e8f;
+    const float *rows[1] = {x};
+    float o[R];
+    ops_matmul(o, R, rows, 1, w, OPS_BF16, K, 0, R, panel);
+    for (int r = 0; r < R; r++)
+        CU_ASSERT_EQUAL(o[r], 1.0f);
+    /* k = 8 (chain 1, lane 0) meets k = 0 in (c0 + c1): 1e8 - 1e8 = 0, plus lane 1's 1 */
+    x[32] = 0.0f;
+    x[8] = -1e8f;
+    ops_matmul(o, R, rows, 1, w, OPS_BF16, K, 0, R, panel);
+    for (int r = 0; r < R; r++)
+        CU_ASSERT_EQUAL(o[r], 1.0f);
+    free(panel);
+}
+
+/* Grouped-query attention over 1..9 query heads sharing a KV head (four at a time in the
+ * SIMD kernel, the rest one by one): SIMD == scalar bit for bit, for head sizes with and
+ * without a multiple of 16, and rows that are not packed (kv_stride > hd). */
+static void test_attention_group_simd(void)
+{
+    if (!ops_simd_available()) {
+        ops_use_simd(false);
+        return;
+    }
+    enum { HMAX = 9, HD = 128, POS = 70, STRIDE = 136 };
+    float *q = malloc(sizeof(float) * HMAX * HD), *kc = malloc(sizeof(float) * (POS + 1) * STRIDE);
+    float *vc = malloc(sizeof(float) * (POS + 1) * STRIDE), *sc = malloc(sizeof(float) * HMAX * (POS + 1));
+    float *a1 = malloc(sizeof(float) * HMAX * HD), *a2 = malloc(sizeof(float) * HMAX * HD);
+    fill(q, HMAX * HD);
+    fill(kc, (POS + 1) * STRIDE);
+    fill(vc, (POS + 1) * STRIDE);
+    const int64_t hds[3] = {128, 48, 40};
+    for (int hi = 0; hi < 3; hi++)
+        for (int64_t g = 1; g <= HMAX; g++) {
+            int64_t hd = hds[hi];
+            ops_use_simd(false);
+            ops_attention_group(a1, HD, q, HD, g, kc, vc, STRIDE, POS, hd, 0.2f, sc);
+            ops_use_simd(true);
+            ops_attention_group(a2, HD, q, HD, g, kc, vc, STRIDE, POS, hd, 0.2f, sc);
+            bool same = true;
+            for (int64_t h = 0; h < g; h++)
+                same = same && same_bits(a1 + h * HD, a2 + h * HD, hd);
+            CU_ASSERT(same);
+        }
+    free(q);
+    free(kc);
+    free(vc);
+    free(sc);
+    free(a1);
+    free(a2);
+}
+
 /* A row's result must not depend on the batch it runs in, nor on the output split. */
 static void test_batch_and_split_invariance(void)
 {
@@ -272,6 +376,8 @@ void suite_ops(void)
     CU_add_test(s, "conversions", test_conversions);
     CU_add_test(s, "dot hand-computed", test_dot_hand);
     CU_add_test(s, "simd equals scalar", test_simd_equals_scalar);
+    CU_add_test(s, "decode GEMV equals scalar", test_decode_gemv);
+    CU_add_test(s, "grouped attention equals scalar", test_attention_group_simd);
     CU_add_test(s, "batch and split invariance", test_batch_and_split_invariance);
     CU_add_test(s, "rmsnorm", test_rmsnorm_hand);
     CU_add_test(s, "rope", test_rope_hand);

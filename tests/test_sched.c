@@ -145,7 +145,8 @@ static void test_op_order(void)
     CU_ASSERT_EQUAL(moe, 3);
     /* the KV cache persists; a layer's q/k/v scratch does not */
     CU_ASSERT(s.bufs[s.known.k_cache[2]].persistent);
-    CU_ASSERT_EQUAL(s.bufs[s.known.k_cache[2]].rows, 64);
+    CU_ASSERT_EQUAL(s.bufs[s.known.k_cache[2]].rows, 64 * cfg.topo.num_key_value_heads);
+    CU_ASSERT_EQUAL(s.bufs[s.known.k_cache[2]].cols, cfg.topo.head_dim);
     sched_free(&s);
     CU_ASSERT_NOT_EQUAL(sched_build(&cfg.topo, 65, 64, 1, NULL, &s, &err), MOERT_OK);
     CU_ASSERT_NOT_EQUAL(sched_build(&cfg.topo, 8, 64, 0, NULL, &s, &err), MOERT_OK);
