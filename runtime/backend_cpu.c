@@ -91,6 +91,25 @@ static inline float *thread_panel(cpu_ctx *c, int tid)
     return fbuf(c, c->s->known.panel) + (size_t)tid * (size_t)c->s->panel_floats;
 }
 
+/* out[r * ldo + n] = rows[r] . w[n] for r in [0, m), n in [n0, n1). */
+static void matmul_tensor(float *out, int64_t ldo, const float *const *rows, int64_t m,
+                          const model_tensor *w, int64_t k, int64_t n0, int64_t n1, float *panel)
+{
+    ops_matmul(out, ldo, rows, m, w->data, ops_type(w->dtype), k, n0, n1, panel);
+}
+
+/* Columns [n0, n1) of gate = silu(rows . g) * (rows . u) for m rows of width k, both
+ * outputs with row stride ld (up is scratch). */
+static void gate_up_swiglu(float *gate, float *up, const float *const *rows, int64_t m,
+                           const model_tensor *g, const model_tensor *u, int64_t k, int64_t ld,
+                           int64_t n0, int64_t n1, float *panel)
+{
+    matmul_tensor(gate, ld, rows, m, g, k, n0, n1, panel);
+    matmul_tensor(up, ld, rows, m, u, k, n0, n1, panel);
+    for (int64_t r = 0; r < m; r++)
+        ops_swiglu(gate + r * ld + n0, gate + r * ld + n0, up + r * ld + n0, n1 - n0);
+}
+
 static int cpu_init(backend *b, const backend_init *in, moert_err *err)
 {
     cpu_ctx *c = calloc(1, sizeof *c);
@@ -262,8 +281,8 @@ static void mm_range(void *ctx, int64_t lo, int64_t hi, int tid)
         const model_tensor *w = j->seg[i];
         int64_t b1 = hi < end ? hi : end;
         int64_t n0 = (lo - first) * BLOCK, n1 = (b1 - first) * BLOCK;
-        ops_matmul(j->out + j->seg_begin[i], j->ldo, j->rows, j->m, w->data, ops_type(w->dtype),
-                   j->k, n0, n1 < w->rows ? n1 : w->rows, thread_panel(j->c, tid));
+        matmul_tensor(j->out + j->seg_begin[i], j->ldo, j->rows, j->m, w, j->k, n0,
+                      n1 < w->rows ? n1 : w->rows, thread_panel(j->c, tid));
         lo = b1;
     }
 }
@@ -412,42 +431,41 @@ typedef struct moe_job {
     int64_t K, H, I, iblocks, hblocks;
 } moe_job;
 
-/* Items [lo, hi) are (active expert, block) pairs; each expert's run of blocks is one
- * matrix product per weight. */
+/* Items [*lo, hi) are (active expert, block) pairs, nblocks blocks per expert: the next run
+ * of one expert's blocks as rows [*n0, *n1) of its weight (rows in all).  Advances *lo past
+ * the run and returns the expert, so each run is one matrix product per weight. */
+static int64_t expert_run(const moe_job *j, int64_t *lo, int64_t hi, int64_t nblocks,
+                          int64_t rows, int64_t *n0, int64_t *n1)
+{
+    int64_t e = j->active[*lo / nblocks], b0 = *lo % nblocks;
+    int64_t b1 = b0 + (hi - *lo) < nblocks ? b0 + (hi - *lo) : nblocks;
+    *n0 = b0 * BLOCK;
+    *n1 = b1 * BLOCK < rows ? b1 * BLOCK : rows;
+    *lo += b1 - b0;
+    return e;
+}
+
 static void moe_gate_up(void *ctx, int64_t lo, int64_t hi, int tid)
 {
     const moe_job *j = ctx;
-    int64_t I = j->I;
-    float *panel = thread_panel(j->c, tid);
+    int64_t I = j->I, n0, n1;
     while (lo < hi) {
-        int64_t e = j->active[lo / j->iblocks], b0 = lo % j->iblocks;
-        int64_t b1 = b0 + (hi - lo) < j->iblocks ? b0 + (hi - lo) : j->iblocks;
-        int64_t n0 = b0 * BLOCK, n1 = b1 * BLOCK < I ? b1 * BLOCK : I;
+        int64_t e = expert_run(j, &lo, hi, j->iblocks, I, &n0, &n1);
         int64_t o = j->offs[e], m = j->offs[e + 1] - o;
-        const model_tensor *g = &j->L->gate[e], *u = &j->L->up[e];
-        ops_matmul(j->gate + o * I, I, j->xrows + o, m, g->data, ops_type(g->dtype), j->H, n0, n1,
-                   panel);
-        ops_matmul(j->up + o * I, I, j->xrows + o, m, u->data, ops_type(u->dtype), j->H, n0, n1,
-                   panel);
-        for (int64_t r = o; r < o + m; r++)
-            ops_swiglu(j->gate + r * I + n0, j->gate + r * I + n0, j->up + r * I + n0, n1 - n0);
-        lo += b1 - b0;
+        gate_up_swiglu(j->gate + o * I, j->up + o * I, j->xrows + o, m, &j->L->gate[e],
+                       &j->L->up[e], j->H, I, n0, n1, thread_panel(j->c, tid));
     }
 }
 
 static void moe_down(void *ctx, int64_t lo, int64_t hi, int tid)
 {
     const moe_job *j = ctx;
-    int64_t H = j->H;
+    int64_t H = j->H, n0, n1;
     while (lo < hi) {
-        int64_t e = j->active[lo / j->hblocks], b0 = lo % j->hblocks;
-        int64_t b1 = b0 + (hi - lo) < j->hblocks ? b0 + (hi - lo) : j->hblocks;
-        int64_t n0 = b0 * BLOCK, n1 = b1 * BLOCK < H ? b1 * BLOCK : H;
+        int64_t e = expert_run(j, &lo, hi, j->hblocks, H, &n0, &n1);
         int64_t o = j->offs[e], m = j->offs[e + 1] - o;
-        const model_tensor *d = &j->L->down[e];
-        ops_matmul(j->down + o * H, H, j->hrows + o, m, d->data, ops_type(d->dtype), j->I, n0, n1,
-                   thread_panel(j->c, tid));
-        lo += b1 - b0;
+        matmul_tensor(j->down + o * H, H, j->hrows + o, m, &j->L->down[e], j->I, n0, n1,
+                      thread_panel(j->c, tid));
     }
 }
 
@@ -517,11 +535,8 @@ static void mlp_gate_up(void *ctx, int64_t lo, int64_t hi, int tid)
 {
     const mlp_job *j = ctx;
     int64_t I = j->I, n0 = lo * BLOCK, n1 = hi * BLOCK < I ? hi * BLOCK : I;
-    float *panel = thread_panel(j->c, tid);
-    ops_matmul(j->gate, I, j->xrows, j->R, j->g->data, ops_type(j->g->dtype), j->H, n0, n1, panel);
-    ops_matmul(j->up, I, j->xrows, j->R, j->u->data, ops_type(j->u->dtype), j->H, n0, n1, panel);
-    for (int64_t r = 0; r < j->R; r++)
-        ops_swiglu(j->gate + r * I + n0, j->gate + r * I + n0, j->up + r * I + n0, n1 - n0);
+    gate_up_swiglu(j->gate, j->up, j->xrows, j->R, j->g, j->u, j->H, I, n0, n1,
+                   thread_panel(j->c, tid));
 }
 
 static void run_mlp(cpu_ctx *c, const sched_op *op, const exec_step *st)

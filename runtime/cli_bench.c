@@ -322,11 +322,7 @@ int cli_bench(int argc, char **argv, moert_err *err)
             json_object_set_new(o, "traced_prefill_tokens_per_s", json_real(traced.prefill_tps));
             json_object_set_new(o, "trace_decode_overhead", json_real(overhead));
         }
-        char *txt = json_dumps(o, JSON_INDENT(1));
-        if (txt)
-            puts(txt);
-        free(txt);
-        json_decref(o);
+        st = cli_print_json(o, JSON_INDENT(1), err);
     } else {
         printf("bench %s on %s (%s, %d threads)\n", path, device, backend_name, threads);
         printf("  prefill  %6lld tokens  %9.1f tok/s  (median of %lld; %.1f .. %.1f)\n", (long long)n_prompt,

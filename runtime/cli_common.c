@@ -214,3 +214,14 @@ int cli_load_config(const char *path, const cli_overrides *o, unsigned cfg_flags
                        path);
     return MOERT_OK;
 }
+
+int cli_print_json(json_t *o, size_t flags, moert_err *err)
+{
+    char *txt = json_dumps(o, flags);
+    json_decref(o);
+    if (!txt)
+        return err_set(err, MOERT_ENOMEM, "out of memory (JSON output)");
+    puts(txt);
+    free(txt);
+    return MOERT_OK;
+}

@@ -1,11 +1,14 @@
 /* cli_common: what the run-like commands share: loading CONFIG|MODEL_DIR and applying the
  * command-line overrides (--threads, --prefill-chunk, ...), with checks, before anything
- * starts.  Part of the CLI layer: it may format messages but never prints. */
+ * starts; and printing a command's --json result.  Part of the CLI layer: apart from that
+ * result on stdout, it formats messages but never prints. */
 #ifndef MOERT_CLI_COMMON_H
 #define MOERT_CLI_COMMON_H
 
 #include <stdbool.h>
 #include <stdint.h>
+
+#include <jansson.h>
 
 #include "config.h"
 #include "err.h"
@@ -34,5 +37,9 @@ int cli_parse_f64(const char *flag, const char *s, double lo, double hi, double 
 /* Parses "1,2,3" (commas and/or whitespace) into ids; *n set; cap is the array size. */
 int cli_parse_ids(const char *flag, const char *s, int32_t *ids, int64_t cap, int64_t *n,
                   moert_err *err);
+
+/* Prints o as JSON text (jansson `flags`) and a newline on stdout, then releases o.
+ * MOERT_ENOMEM when the text cannot be built (nothing printed). */
+int cli_print_json(json_t *o, size_t flags, moert_err *err);
 
 #endif

@@ -239,11 +239,7 @@ int cli_plan(int argc, char **argv, moert_err *err)
         if (!present)
             json_object_set_new(wj, "bf16_bytes_if_present", json_integer((json_int_t)(params * 2)));
         json_object_set_new(o, "weights", wj);
-        char *txt = json_dumps(o, JSON_INDENT(1));
-        if (txt)
-            puts(txt);
-        free(txt);
-        json_decref(o);
+        st = cli_print_json(o, JSON_INDENT(1), err);
     } else {
         const cfg_topology *t = &cfg->topo;
         printf("topology: vocab %lld, hidden %lld, %lld layers, %lld heads / %lld kv heads x %lld, "

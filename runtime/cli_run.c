@@ -222,11 +222,7 @@ int cli_run(int argc, char **argv, moert_err *err)
         json_object_set_new(o, "weight_bytes", json_integer((json_int_t)s->weights.total_bytes));
         json_object_set_new(o, "threads", json_integer(s->threads));
         json_object_set_new(o, "backend", json_string(s->be.vt->name));
-        char *txt = json_dumps(o, JSON_COMPACT);
-        if (txt)
-            puts(txt);
-        free(txt);
-        json_decref(o);
+        st = cli_print_json(o, JSON_COMPACT, err);
     }
 done:
     if (s) {

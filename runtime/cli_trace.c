@@ -344,11 +344,8 @@ int cli_validate(int argc, char **argv, moert_err *err)
                               "checks", (json_int_t)v.checks);
         json_object_set(o, "violations", v.violations);
         json_object_set(o, "skipped", v.skipped);
-        char *txt = json_dumps(o, JSON_INDENT(1));
-        if (txt)
-            puts(txt);
-        free(txt);
-        json_decref(o);
+        if ((st = cli_print_json(o, JSON_INDENT(1), err)))
+            goto done;
     } else {
         size_t k;
         json_t *o;
@@ -683,11 +680,8 @@ int cli_replay(int argc, char **argv, moert_err *err)
             json_object_set_new(o, "token_mismatch",
                                 json_pack("{sI si si}", "index", (json_int_t)token_mismatch, "sampled",
                                           sampled_at, "recorded", gen[token_mismatch]));
-        char *txt = json_dumps(o, JSON_INDENT(1));
-        if (txt)
-            puts(txt);
-        free(txt);
-        json_decref(o);
+        if ((st = cli_print_json(o, JSON_INDENT(1), err)))
+            goto done;
     } else if (exact) {
         if (tol > 0)
             printf("match within tolerance %g: %lld records, %lld generated tokens\n", tol,
@@ -922,11 +916,7 @@ int cli_diff(int argc, char **argv, moert_err *err)
     if (json) {
         json_t *o = json_pack("{ss ss}", "a", pa, "b", pb);
         json_object_set(o, "stages", stages);
-        char *txt = json_dumps(o, JSON_INDENT(1));
-        if (txt)
-            puts(txt);
-        free(txt);
-        json_decref(o);
+        st = cli_print_json(o, JSON_INDENT(1), err);
     } else {
         printf("%-22s %6s %14s %12s %12s %8s\n", "stage", "rows", "cosine", "rel_err", "max_abs", "top-k");
         size_t i;
@@ -952,5 +942,5 @@ int cli_diff(int argc, char **argv, moert_err *err)
     json_decref(stages);
     diff_close(&A);
     diff_close(&B);
-    return MOERT_OK;
+    return st;
 }
