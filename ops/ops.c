@@ -34,9 +34,45 @@ bool ops_simd_enabled(void)
     return simd_state == 1;
 }
 
+static const struct {
+    const char *name;
+    int64_t elems;
+    size_t bytes;
+} block_layout[OPS_DTYPE_COUNT] = {
+    [OPS_F32] = {"F32", 1, 4},       [OPS_BF16] = {"BF16", 1, 2},     [OPS_F16] = {"F16", 1, 2},
+    /* ggml-common.h: d (f16) + 16 nibbles; d + qh (u32) + 16 nibbles; d + 32 int8 */
+    [OPS_Q4_0] = {"Q4_0", 32, 18},   [OPS_Q5_0] = {"Q5_0", 32, 22},   [OPS_Q8_0] = {"Q8_0", 32, 34},
+    /* d, dmin (f16) + 12 scale bytes + 128 nibble bytes (+ 32 high-bit bytes for Q5_K);
+     * Q6_K: 128 low-nibble + 64 high-bit bytes + 16 int8 scales + d (f16) */
+    [OPS_Q4_K] = {"Q4_K", 256, 144}, [OPS_Q5_K] = {"Q5_K", 256, 176}, [OPS_Q6_K] = {"Q6_K", 256, 210},
+};
+
 size_t ops_dtype_size(ops_dtype t)
 {
-    return t == OPS_F32 ? 4 : 2;
+    return (unsigned)t < OPS_DTYPE_COUNT && block_layout[t].elems == 1 ? block_layout[t].bytes : 0;
+}
+
+int64_t ops_dtype_block_elems(ops_dtype t)
+{
+    return (unsigned)t < OPS_DTYPE_COUNT ? block_layout[t].elems : 0;
+}
+
+size_t ops_dtype_block_bytes(ops_dtype t)
+{
+    return (unsigned)t < OPS_DTYPE_COUNT ? block_layout[t].bytes : 0;
+}
+
+size_t ops_row_bytes(ops_dtype t, int64_t k)
+{
+    int64_t be = ops_dtype_block_elems(t);
+    if (be <= 0 || k < 0 || k % be)
+        return 0;
+    return (size_t)(k / be) * block_layout[t].bytes;
+}
+
+const char *ops_dtype_name(ops_dtype t)
+{
+    return (unsigned)t < OPS_DTYPE_COUNT ? block_layout[t].name : "?";
 }
 
 /* ---- conversions ----------------------------------------------------------------- */

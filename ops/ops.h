@@ -25,9 +25,26 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum ops_dtype { OPS_F32 = 0, OPS_BF16 = 1, OPS_F16 = 2 } ops_dtype;
+/* Weight element types.  The block-quantized ones are laid out exactly as ggml defines
+ * them (ggml-common.h's block_q8_0, block_q4_K, ...): a row of k elements is k / block
+ * consecutive blocks, and every block is dequantized exactly to the float32 values that
+ * gguf-py's `gguf.quants.dequantize` gives (same IEEE operations, same order). */
+typedef enum ops_dtype {
+    OPS_F32 = 0, OPS_BF16 = 1, OPS_F16 = 2,
+    OPS_Q4_0, OPS_Q5_0, OPS_Q8_0, /* blocks of 32 */
+    OPS_Q4_K, OPS_Q5_K, OPS_Q6_K, /* blocks of 256 (QK_K) */
+    OPS_DTYPE_COUNT
+} ops_dtype;
 
+/* Bytes of one element of a plain type (F32, BF16, F16); 0 for block types. */
 size_t ops_dtype_size(ops_dtype t);
+/* Elements per block (1 for plain types) and bytes per block (the element size for plain
+ * types): the one table of block layouts in moert. */
+int64_t ops_dtype_block_elems(ops_dtype t);
+size_t ops_dtype_block_bytes(ops_dtype t);
+/* Bytes of a row of k elements (k a multiple of the block); 0 when k is not. */
+size_t ops_row_bytes(ops_dtype t, int64_t k);
+const char *ops_dtype_name(ops_dtype t); /* "F32", "Q4_K", ... */
 
 /* Selects the kernel family: true = AVX2/FMA/F16C when the CPU has them (default), false =
  * the portable scalar kernels.  Results are identical either way. */

@@ -1,6 +1,8 @@
 /* st: safetensors reading (mmap + strict validation) and atomic writing. */
 #include "st.h"
 
+#include "../ops/ops.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -23,7 +25,9 @@ static const struct {
     [ST_I16] = {"I16", 2},   [ST_U16] = {"U16", 2}, [ST_F16] = {"F16", 2},
     [ST_BF16] = {"BF16", 2}, [ST_I32] = {"I32", 4}, [ST_U32] = {"U32", 4},
     [ST_F32] = {"F32", 4},   [ST_F64] = {"F64", 8}, [ST_I64] = {"I64", 8},
-    [ST_U64] = {"U64", 8},
+    [ST_U64] = {"U64", 8},   [ST_Q4_0] = {"Q4_0", 0}, [ST_Q5_0] = {"Q5_0", 0},
+    [ST_Q8_0] = {"Q8_0", 0}, [ST_Q4_K] = {"Q4_K", 0}, [ST_Q5_K] = {"Q5_K", 0},
+    [ST_Q6_K] = {"Q6_K", 0},
 };
 
 const char *st_dtype_name(st_dtype d)
@@ -35,7 +39,7 @@ int st_dtype_from_name(const char *name)
 {
     if (!name)
         return -1;
-    for (int i = 0; i < ST_DTYPE_COUNT; i++)
+    for (int i = 0; i < ST_SAFETENSORS_DTYPE_COUNT; i++)
         if (strcmp(name, dtypes[i].name) == 0)
             return i;
     return -1;
@@ -44,6 +48,37 @@ int st_dtype_from_name(const char *name)
 size_t st_dtype_size(st_dtype d)
 {
     return (unsigned)d < ST_DTYPE_COUNT ? dtypes[d].size : 0;
+}
+
+bool st_dtype_is_block(st_dtype d)
+{
+    return d >= ST_Q4_0 && d < ST_DTYPE_COUNT;
+}
+
+int st_dtype_ops(st_dtype d)
+{
+    switch (d) {
+    case ST_F32: return OPS_F32;
+    case ST_BF16: return OPS_BF16;
+    case ST_F16: return OPS_F16;
+    case ST_Q4_0: return OPS_Q4_0;
+    case ST_Q5_0: return OPS_Q5_0;
+    case ST_Q8_0: return OPS_Q8_0;
+    case ST_Q4_K: return OPS_Q4_K;
+    case ST_Q5_K: return OPS_Q5_K;
+    case ST_Q6_K: return OPS_Q6_K;
+    default: return -1;
+    }
+}
+
+uint64_t st_dtype_row_bytes(st_dtype d, uint64_t n)
+{
+    if (!st_dtype_is_block(d))
+        return n * st_dtype_size(d); /* callers bound n far below overflow */
+    int o = st_dtype_ops(d);
+    if (o < 0 || n > (uint64_t)INT64_MAX)
+        return 0;
+    return ops_row_bytes((ops_dtype)o, (int64_t)n);
 }
 
 /* ---- the set ---------------------------------------------------------------------- */

@@ -22,12 +22,23 @@
 
 typedef enum st_dtype {
     ST_BOOL, ST_U8, ST_I8, ST_I16, ST_U16, ST_F16, ST_BF16, ST_I32, ST_U32, ST_F32, ST_F64,
-    ST_I64, ST_U64, ST_DTYPE_COUNT
+    ST_I64, ST_U64,
+    /* Block-quantized (ggml's layouts, ops.h): only GGUF files hold these; a safetensors
+     * header naming one is refused. */
+    ST_Q4_0, ST_Q5_0, ST_Q8_0, ST_Q4_K, ST_Q5_K, ST_Q6_K,
+    ST_DTYPE_COUNT
 } st_dtype;
+#define ST_SAFETENSORS_DTYPE_COUNT (ST_U64 + 1) /* the dtypes a safetensors header may name */
 
-const char *st_dtype_name(st_dtype d); /* "F32", "BF16", ... as in the header */
-int st_dtype_from_name(const char *name); /* -1 when unknown */
-size_t st_dtype_size(st_dtype d);
+const char *st_dtype_name(st_dtype d); /* "F32", "BF16", "Q4_K", ... */
+int st_dtype_from_name(const char *name); /* safetensors names only; -1 when unknown */
+size_t st_dtype_size(st_dtype d);         /* element size; 0 for block types */
+bool st_dtype_is_block(st_dtype d);
+/* The kernel type (ops_dtype) of a weight dtype, or -1 when moert cannot compute with it. */
+int st_dtype_ops(st_dtype d);
+/* Bytes of n elements: n * size, or for block types n / block * block bytes (0 when n is not
+ * a multiple of the block or the dtype has no kernel type). */
+uint64_t st_dtype_row_bytes(st_dtype d, uint64_t n);
 
 typedef struct st_tensor {
     const char *name;            /* owned by the st_set */
