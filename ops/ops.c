@@ -130,6 +130,19 @@ static void scalar_to_f32(float *dst, const void *src, ops_dtype t, int64_t n)
 
 void ops_to_f32(float *dst, const void *src, ops_dtype t, int64_t n)
 {
+    if (ops_is_block(t)) {
+        /* whole blocks only; a partial block's elements come out NaN, never misread */
+        int64_t be = ops_dtype_block_elems(t), nw = n / be * be;
+        if (ops_simd_enabled())
+            ops_avx2_q_to_f32(dst, src, t, nw);
+        else
+            for (int64_t i = 0; i < nw; i += be)
+                ops_q_dequant_block(dst + i, (const uint8_t *)src + (size_t)(i / be) *
+                                                  ops_dtype_block_bytes(t), t);
+        for (int64_t i = nw; i < n; i++)
+            dst[i] = NAN;
+        return;
+    }
     if (ops_simd_enabled())
         ops_avx2_to_f32(dst, src, t, n);
     else
@@ -157,6 +170,11 @@ static float scalar_dot(const float *a, const void *b, ops_dtype bt, int64_t k)
 
 float ops_dot(const float *a, const void *b, ops_dtype bt, int64_t k)
 {
+    if (ops_is_block(bt)) {
+        if (ops_row_bytes(bt, k) == 0 && k != 0)
+            return NAN; /* k not whole blocks: refused loudly */
+        return ops_simd_enabled() ? ops_avx2_q_dot(a, b, bt, k) : ops_q_scalar_dot(a, b, bt, k);
+    }
     return ops_simd_enabled() ? ops_avx2_dot(a, b, bt, k) : scalar_dot(a, b, bt, k);
 }
 
@@ -169,15 +187,22 @@ size_t ops_matmul_panel_floats(int64_t k)
 void ops_matmul(float *out, int64_t ldo, const float *const *x_rows, int64_t m,
                 const void *w, ops_dtype wt, int64_t k, int64_t n0, int64_t n1, float *panel)
 {
+    size_t row_bytes = ops_row_bytes(wt, k);
+    if (ops_is_block(wt) && row_bytes == 0 && k != 0) {
+        for (int64_t r = 0; r < m; r++) /* k not whole blocks: refused loudly */
+            for (int64_t n = n0; n < n1; n++)
+                out[r * ldo + n] = NAN;
+        return;
+    }
     if (ops_simd_enabled()) {
         ops_avx2_matmul(out, ldo, x_rows, m, w, wt, k, n0, n1, panel);
         return;
     }
-    size_t es = ops_dtype_size(wt);
     for (int64_t n = n0; n < n1; n++) {
-        const void *wrow = (const uint8_t *)w + (size_t)n * (size_t)k * es;
+        const uint8_t *wrow = (const uint8_t *)w + (size_t)n * row_bytes;
         for (int64_t r = 0; r < m; r++)
-            out[r * ldo + n] = scalar_dot(x_rows[r], wrow, wt, k);
+            out[r * ldo + n] = ops_is_block(wt) ? ops_q_scalar_dot(x_rows[r], wrow, wt, k)
+                                                : scalar_dot(x_rows[r], wrow, wt, k);
     }
 }
 
@@ -185,6 +210,11 @@ void ops_matmul(float *out, int64_t ldo, const float *const *x_rows, int64_t m,
 
 void ops_rmsnorm(float *out, const float *x, const void *w, ops_dtype wt, int64_t n, float eps)
 {
+    if (ops_dtype_size(wt) == 0) { /* a block type: refused loudly (see ops.h) */
+        for (int64_t i = 0; i < n; i++)
+            out[i] = NAN;
+        return;
+    }
     float sumsq = ops_dot(x, x, OPS_F32, n);
     float r = 1.0f / sqrtf(sumsq / (float)n + eps);
     for (int64_t i = 0; i < n; i++)

@@ -55,23 +55,45 @@ bool ops_simd_enabled(void);
 /* Element conversions (exact: bf16 and f16 widen to f32 without rounding). */
 float ops_bf16_to_f32(uint16_t h);
 float ops_f16_to_f32(uint16_t h);
-/* Converts n elements of type t starting at src into dst. */
+/* Converts n elements of type t starting at src into dst.  For a block type src is at a
+ * block boundary and n a multiple of the block; the elements of a trailing partial block
+ * come out NaN (refused, never misread).  Block types are dequantized exactly: Q8_0
+ * q * d; Q4_0 d * (q - 8); Q5_0 d * (q - 16); Q4_K, Q5_K (d * sc) * q - (dmin * m) per
+ * sub-block of 32; Q6_K (d * sc) * (q - 32) per sub-block of 16 (d, dmin f16; each
+ * product and difference one float32 rounding, in gguf-py's order). */
 void ops_to_f32(float *dst, const void *src, ops_dtype t, int64_t n);
 
-/* dot(a, b, K) in the canonical order above, b of type bt. */
+/* dot(a, b, K) in the canonical order above, b of type bt.  A block-quantized b gives
+ * exactly the canonical dot of a with b dequantized by ops_to_f32 (a quant block of 32 is
+ * one 32-element step of the order); K must then be a multiple of the block, else NaN. */
 float ops_dot(const float *a, const void *b, ops_dtype bt, int64_t k);
+
+/* Encodes k floats (finite; k a multiple of the block) as a row of type t: any type, plain
+ * (F32 copied, F16 and BF16 rounded to nearest even) or block-quantized (a simple valid
+ * encoding: Q8_0 max-abs / 127; Q4_0, Q5_0 the signed max / -8, -16; Q4_K, Q5_K each
+ * sub-block's [min(0, lo), hi] range with 6-bit scales and mins; Q6_K signed int8 scales
+ * of each sub-block's max / -32 -- not llama.cpp's error-minimising search).  Writes
+ * ops_row_bytes(t, k) bytes and returns that count; 0 (nothing written) when k is not
+ * a multiple of the block or t is unknown.  For synthetic models and tests. */
+size_t ops_quantize_row(void *dst, const float *src, ops_dtype t, int64_t k);
 
 /* Matrix product against a row-major weight matrix w [N, K] (PyTorch Linear layout):
  *   out[m * ldo + n] = dot(x_rows[m], w[n], K)   for m in [0, M), n in [n0, n1).
  * x_rows[m] points at row m of the input (rows may be scattered: MoE gathers tokens this
  * way without copying).  `panel` is caller scratch of ops_matmul_panel_floats(K) floats
- * (64-byte aligned) used to widen a block of weight rows once for all M rows. */
+ * (64-byte aligned) used to widen a block of weight rows once for all M rows.
+ * Block-quantized w: row n starts at w + n * ops_row_bytes(wt, K) (no alignment needed);
+ * K must be a multiple of the block (else every output is NaN).  M == 1 streams the
+ * quantized rows and dequantizes in registers (panel unused, may be NULL); M > 1 widens
+ * panels of OPS_PANEL_ROWS rows exactly to f32 (without a panel: one fused dot per row). */
 void ops_matmul(float *out, int64_t ldo, const float *const *x_rows, int64_t m,
                 const void *w, ops_dtype wt, int64_t k, int64_t n0, int64_t n1, float *panel);
 size_t ops_matmul_panel_floats(int64_t k);
 #define OPS_PANEL_ROWS 16 /* weight rows widened per panel */
 
 /* RMSNorm of one row: out = w * (x * 1/sqrt(mean(x^2) + eps)); w of type wt, n elements.
+ * wt must be a plain type (F32, BF16, F16: GGUF keeps norms in F32); a block type is
+ * refused loudly, every output NaN (the model binding rejects such a file first).
  * out may alias x. */
 void ops_rmsnorm(float *out, const float *x, const void *w, ops_dtype wt, int64_t n, float eps);
 

@@ -43,6 +43,10 @@ AVX2 static inline float hsum(__m256 v)
 
 AVX2 void ops_avx2_to_f32(float *dst, const void *src, ops_dtype t, int64_t n)
 {
+    if (ops_is_block(t)) { /* whole blocks (the panel widening of quantized rows) */
+        ops_avx2_q_to_f32(dst, src, t, n);
+        return;
+    }
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(dst + i, load8(src, t, i));
@@ -234,7 +238,7 @@ AVX2 static void matmul_panel(float *out, int64_t ldo, const float *const *x, in
                               float *panel)
 {
     int64_t kp = (k + OPS_STEP - 1) / OPS_STEP * OPS_STEP;
-    size_t row_bytes = (size_t)k * ops_dtype_size(wt);
+    size_t row_bytes = ops_row_bytes(wt, k);
     for (int64_t nb = n0; nb < n1; nb += OPS_PANEL_ROWS) {
         int64_t nr = n1 - nb < OPS_PANEL_ROWS ? n1 - nb : OPS_PANEL_ROWS;
         for (int64_t j = 0; j < nr; j++) {
@@ -311,7 +315,14 @@ AVX2 void ops_avx2_matmul(float *out, int64_t ldo, const float *const *x_rows, i
                           const void *w, ops_dtype wt, int64_t k, int64_t n0, int64_t n1,
                           float *panel)
 {
-    if (m == 1 && wt == OPS_BF16 && k % OPS_STEP == 0 && panel != NULL) {
+    if (ops_is_block(wt)) {
+        /* decode: the rows dequantized in registers; prefill: panels widened exactly once */
+        if (m > 1 && panel != NULL)
+            matmul_panel(out, ldo, x_rows, m, w, wt, k, n0, n1, panel);
+        else
+            for (int64_t r = 0; r < m; r++)
+                ops_avx2_q_gemv(out + r * ldo, x_rows[r], w, wt, k, n0, n1);
+    } else if (m == 1 && wt == OPS_BF16 && k % OPS_STEP == 0 && panel != NULL) {
         eo_permute_x(panel, x_rows[0], k);
         eo_gemv(out, panel, w, k, n0, n1);
     } else if (m <= 2 || panel == NULL)

@@ -20,6 +20,24 @@ void ops_avx2_weighted_sum(float *out, const float *const *rows, const float *w,
 uint64_t ops_avx2_touch_read(const void *p, size_t bytes);
 void ops_avx2_to_f32(float *dst, const void *src, ops_dtype t, int64_t n);
 
+/* Block-quantized weights (ops_quant.c, ops_quant_avx2.c).  k and n are whole blocks (the
+ * dispatch in ops.c refuses anything else before calling these). */
+static inline bool ops_is_block(ops_dtype t)
+{
+    return t >= OPS_Q4_0 && t < OPS_DTYPE_COUNT;
+}
+/* Scalar: one block to f32, exactly gguf-py's float32 values; the canonical dot of a with
+ * the dequantized row b. */
+void ops_q_dequant_block(float *y, const uint8_t *blk, ops_dtype t);
+float ops_q_scalar_dot(const float *a, const uint8_t *b, ops_dtype t, int64_t k);
+/* AVX2 twins: the same values bit for bit. */
+void ops_avx2_q_to_f32(float *dst, const uint8_t *src, ops_dtype t, int64_t n);
+float ops_avx2_q_dot(const float *a, const uint8_t *b, ops_dtype t, int64_t k);
+/* Decode GEMV out[n] = dot(x, w[n], k) for n in [n0, n1), the rows dequantized in
+ * registers and streamed once, two rows at a time. */
+void ops_avx2_q_gemv(float *out, const float *x, const uint8_t *w, ops_dtype t, int64_t k,
+                     int64_t n0, int64_t n1);
+
 #define OPS_CHAINS 4
 #define OPS_STEP 32 /* elements per step of the four chains */
 
