@@ -55,7 +55,9 @@ typedef struct gguf_kv {
     gguf_vtype type;
     gguf_vtype arr_type;      /* element type when type == GGUF_V_ARRAY */
     uint64_t arr_n;           /* element count when type == GGUF_V_ARRAY */
-    const uint8_t *val;       /* the value's bytes in the mapping (after the type field) */
+    const uint8_t *val;       /* the value's bytes in the mapping: a scalar itself; a string's
+                               * u64 length (bytes follow); an array's first element (after
+                               * its element type and count) */
     uint64_t offset;          /* byte offset of the key in the file (for messages) */
 } gguf_kv;
 
@@ -82,7 +84,8 @@ bool gguf_is_gguf(const char *path);
  * type.  *out is NULL on failure. */
 int gguf_open(const char *path, gguf_file **out, moert_err *err);
 
-/* Same checks on an image in memory (borrowed: must outlive the gguf_file). */
+/* Same checks on an image in memory (borrowed: must outlive the gguf_file); `label` stands
+ * for the path in messages. */
 int gguf_open_memory(const void *data, size_t len, const char *label, gguf_file **out,
                      moert_err *err);
 
@@ -114,7 +117,9 @@ int gguf_get_str(const gguf_file *g, const char *key, gguf_str *v, moert_err *er
 int gguf_get_arr(const gguf_file *g, const char *key, gguf_vtype elem, const gguf_kv **kv,
                  moert_err *err);
 gguf_str gguf_arr_str(const gguf_file *g, const gguf_kv *kv, uint64_t i); /* {NULL,0} if OOB */
-int64_t gguf_arr_int(const gguf_kv *kv, uint64_t i);   /* integer arrays, any width; 0 if OOB */
+/* integer arrays, any width; 0 if OOB or not an integer array (u64 elements above
+ * INT64_MAX come back as their two's-complement int64) */
+int64_t gguf_arr_int(const gguf_kv *kv, uint64_t i);
 double gguf_arr_float(const gguf_kv *kv, uint64_t i);  /* f32 / f64 arrays; 0 if OOB */
 
 /* ---- tensors ---------------------------------------------------------------------- */
@@ -152,21 +157,26 @@ int gguf_writer_add_i32_arr(gguf_writer *w, const char *key, const int32_t *v, s
                             moert_err *err);
 
 /* Declares a tensor (ne[0] contiguous); its data is given later, in declaration order, to
- * gguf_writer_write. Offsets are assigned in declaration order, each aligned. */
+ * gguf_writer_write_file / _to_memory.  Offsets are assigned in declaration order, each
+ * padded to the alignment (the layout llama.cpp requires).  Names are limited to 63 bytes
+ * (llama.cpp's GGML_MAX_NAME); dtype must have a GGML id (gguf_ggml_type_of). */
 int gguf_writer_add_tensor(gguf_writer *w, const char *name, st_dtype dtype, int ndim,
                            const int64_t *ne, moert_err *err);
 
 /* Streams the file to `path` (temp name, fsync, rename): header, then for each declared
- * tensor in order fill(ctx, index, buf, nbytes) writes exactly that tensor's bytes into
- * buf (a scratch of the tensor's size, or of one chunk: fill may be called several times
- * per tensor with chunk_offset advancing).  On error nothing is left at `path`. */
+ * tensor in order fill(ctx, index, chunk_offset, buf, nbytes, err) writes exactly those
+ * bytes of the tensor into buf (a scratch of the tensor's size, or of one chunk: fill may
+ * be called several times per tensor with chunk_offset advancing).  Padding is zeros.  A
+ * NULL fill writes zero data.  A non-OK status from fill aborts the write (its message is
+ * prefixed with the path and tensor name).  On error nothing is left at `path`. */
 typedef int (*gguf_fill_fn)(void *ctx, size_t tensor, uint64_t chunk_offset, void *buf,
                             size_t nbytes, moert_err *err);
 int gguf_writer_write_file(gguf_writer *w, const char *path, gguf_fill_fn fill, void *ctx,
                            moert_err *err);
 
-/* The whole file in memory (malloc'd; caller frees): for tests and their corrupt-file
- * generator, which then edit bytes. */
+/* The whole file in memory (malloc'd; caller frees), byte-identical to what
+ * gguf_writer_write_file writes; fill is called once per tensor with the whole tensor.
+ * For tests and their corrupt-file generator, which then edit bytes. */
 int gguf_writer_to_memory(gguf_writer *w, gguf_fill_fn fill, void *ctx, uint8_t **out,
                           size_t *len, moert_err *err);
 
