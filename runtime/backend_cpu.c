@@ -76,9 +76,11 @@ static void par_for(int32_t threads, int64_t n, bool dynamic, item_fn fn, void *
     par_ranges(threads, n, dynamic, run_items, &j);
 }
 
+/* model_bind and the GGUF mapping admit only dtypes with a kernel type. */
 static ops_dtype ops_type(st_dtype t)
 {
-    return t == ST_BF16 ? OPS_BF16 : t == ST_F16 ? OPS_F16 : OPS_F32;
+    int o = st_dtype_ops(t);
+    return o < 0 ? OPS_F32 : (ops_dtype)o;
 }
 
 static inline float *fbuf(cpu_ctx *c, int32_t id)
@@ -231,7 +233,7 @@ static void run_embed(cpu_ctx *c, const sched_op *op, const exec_step *st)
     float *x = fbuf(c, op->out[0]);
     const model_tensor *e = &c->w->embed;
     int64_t H = op->n;
-    size_t row_bytes = (size_t)H * st_dtype_size(e->dtype);
+    size_t row_bytes = (size_t)st_dtype_row_bytes(e->dtype, (uint64_t)H);
     for (int64_t r = 0; r < st->n_rows; r++)
         ops_to_f32(x + r * H, (const uint8_t *)e->data + (size_t)tok[r] * row_bytes,
                    ops_type(e->dtype), H);

@@ -11,6 +11,7 @@
 #include "../arena/arena.h"
 #include "cli.h"
 #include "cli_common.h"
+#include "ggufmap.h"
 #include "model.h"
 #include "sched.h"
 #include "st.h"
@@ -149,7 +150,7 @@ int cli_plan(int argc, char **argv, moert_err *err)
         wtotal = by_dtype[dt];
         present = true;
     } else if (stat(cfg->weights.path, &sb) == 0) {
-        if ((st = st_open(cfg->weights.path, &set, err)) ||
+        if ((st = ggufmap_open_weights(cfg->weights.path, &set, err)) ||
             (st = model_bind(&cfg->topo, set, &mw, err)))
             goto done;
         memcpy(by_dtype, mw.bytes_by_dtype, sizeof by_dtype);

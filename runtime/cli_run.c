@@ -15,7 +15,9 @@ static const char run_usage[] =
     "  --tokens 1,2,3        prompt as token ids\n"
     "  --prompt TEXT         prompt as text (needs the config's tokenizer)\n"
     "  --chat                wrap the prompt in Qwen3's chat format; stop at <|im_end|>\n"
-    "  -n N                  tokens to generate (default 16)\n"
+    "  -n N                  tokens to generate (default 16); generation stops earlier at the\n"
+    "                        model's end-of-sequence ids (config.json eos_token_id, a GGUF's eos/eot)\n"
+    "  --ignore-eos          generate all N tokens\n"
     "  --json                print one JSON object instead of text\n"
     "  --threads N  --prefill-chunk K  --max-seq-len N  --backend cpu|hip  --weights PATH\n"
     "  --seed S  --temp T  --top-k K  --top-p P    sampling (temp 0 = greedy)\n"
@@ -25,15 +27,26 @@ typedef struct run_out {
     tok_tokenizer *tok;
     tok_stream stream;
     bool print_text, print_ids, json;
-    int32_t stop1, stop2;
+    int32_t stop[CFG_MAX_EOS + 2];
+    int n_stop;
     int64_t n_printed;
 } run_out;
+
+static void add_stop(run_out *o, int32_t id)
+{
+    for (int i = 0; i < o->n_stop; i++)
+        if (o->stop[i] == id)
+            return;
+    if (id >= 0 && o->n_stop < (int)(sizeof o->stop / sizeof *o->stop))
+        o->stop[o->n_stop++] = id;
+}
 
 static bool on_token(void *ctx, int32_t id)
 {
     run_out *o = ctx;
-    if (id == o->stop1 || id == o->stop2)
-        return false;
+    for (int i = 0; i < o->n_stop; i++)
+        if (id == o->stop[i])
+            return false;
     if (o->print_text) {
         char buf[512];
         size_t len = 0;
@@ -86,7 +99,7 @@ int cli_run(int argc, char **argv, moert_err *err)
 {
     cli_overrides ov = {0};
     const char *path = NULL, *tokens = NULL, *prompt = NULL;
-    bool chat = false, json = false;
+    bool chat = false, json = false, ignore_eos = false;
     int64_t n_new = 16;
     for (int i = 1; i < argc;) {
         int t = cli_take_override(argc, argv, &i, &ov, err);
@@ -111,6 +124,9 @@ int cli_run(int argc, char **argv, moert_err *err)
         } else if (!strcmp(a, "--chat")) {
             chat = true;
             i++;
+        } else if (!strcmp(a, "--ignore-eos")) {
+            ignore_eos = true;
+            i++;
         } else if (!strcmp(a, "--json")) {
             json = true;
             i++;
@@ -134,7 +150,7 @@ int cli_run(int argc, char **argv, moert_err *err)
     if (!cfg)
         return err_set(err, MOERT_ENOMEM, "out of memory");
     int st = cli_load_config(path, &ov, 0, cfg, err);
-    run_out out = {.stop1 = -1, .stop2 = -1, .json = json};
+    run_out out = {.json = json};
     int32_t *prompt_ids = NULL, *gen_ids = NULL;
     int64_t n_prompt = 0, n_gen = 0;
     sess *s = NULL;
@@ -166,9 +182,11 @@ int cli_run(int argc, char **argv, moert_err *err)
         goto done;
     }
     if (chat) {
-        out.stop1 = tok_special_id(out.tok, "<|im_end|>");
-        out.stop2 = tok_special_id(out.tok, "<|endoftext|>");
+        add_stop(&out, tok_special_id(out.tok, "<|im_end|>"));
+        add_stop(&out, tok_special_id(out.tok, "<|endoftext|>"));
     }
+    for (int32_t i = 0; i < cfg->n_eos && !ignore_eos; i++)
+        add_stop(&out, cfg->eos_ids[i]);
     out.print_text = !json && prompt != NULL;
     out.print_ids = !json && prompt == NULL;
     if ((st = sess_open(s, cfg, 0, err)))

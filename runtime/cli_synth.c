@@ -6,17 +6,22 @@
 
 #include "cli.h"
 #include "cli_common.h"
+#include "ggufmap.h"
 #include "synth.h"
 
 static const char synth_usage[] =
     "usage: moert synth CONFIG|MODEL_DIR --out DIR [--seed S] [--dtype bf16|f32|f16] [--shard-mb N]\n"
+    "       moert synth CONFIG|MODEL_DIR --format gguf --out FILE.gguf [--seed S]\n"
+    "                   [--dtype f32|f16|bf16|q8_0|q4_0|q5_0|q4_k_m|q5_k_m|q6_k]\n"
     "  writes config.json, sharded model-*.safetensors and model.safetensors.index.json;\n"
     "  the same (topology, seed, dtype) always gives the same bytes. Defaults: the config's\n"
-    "  synth seed and dtype when it has them, else seed 0 and bf16; shards of 2048 MiB.\n";
+    "  synth seed and dtype when it has them, else seed 0 and bf16; shards of 2048 MiB.\n"
+    "  --format gguf writes one llama.cpp GGUF file instead: the same seeded weights (in the\n"
+    "  config's synth dtype, bf16 by default) encoded in the given type mix (default q8_0).\n";
 
 int cli_synth(int argc, char **argv, moert_err *err)
 {
-    const char *path = NULL, *out = NULL, *seed_s = NULL, *dtype_s = NULL, *shard_s = NULL;
+    const char *path = NULL, *out = NULL, *seed_s = NULL, *dtype_s = NULL, *shard_s = NULL, *format = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -27,6 +32,7 @@ int cli_synth(int argc, char **argv, moert_err *err)
                             : !strcmp(a, "--seed")   ? &seed_s
                             : !strcmp(a, "--dtype")  ? &dtype_s
                             : !strcmp(a, "--shard-mb") ? &shard_s
+                            : !strcmp(a, "--format") ? &format
                                                        : NULL;
         if (slot) {
             if (i + 1 >= argc)
@@ -57,6 +63,35 @@ int cli_synth(int argc, char **argv, moert_err *err)
         st = cli_parse_i64("--seed", seed_s, 0, INT64_MAX, &seed, err);
     if (!st && shard_s)
         st = cli_parse_i64("--shard-mb", shard_s, 1, 1 << 20, &shard_mb, err);
+    bool gguf = false;
+    if (!st && format) {
+        if (!strcmp(format, "gguf"))
+            gguf = true;
+        else if (strcmp(format, "safetensors"))
+            st = err_set(err, MOERT_EUSAGE, "--format: expected safetensors or gguf, got '%s'", format);
+    }
+    if (!st && gguf && shard_s)
+        st = err_set(err, MOERT_EUSAGE, "--shard-mb applies to safetensors output, not --format gguf");
+    const char *mix = dtype_s ? dtype_s : "q8_0";
+    if (!st && gguf && !ggufmap_known_mix(mix))
+        st = err_set(err, MOERT_EUSAGE, "--dtype: expected f32, f16, bf16, q8_0, q4_0, q5_0, q4_k_m, q5_k_m or q6_k "
+                     "with --format gguf, got '%s'", mix);
+    if (!st && gguf) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        st_set *img = NULL;
+        st = synth_open_image(&cfg->topo, (uint64_t)seed, dt, &img, err);
+        if (!st)
+            st = ggufmap_write(out, &cfg->topo, img, mix, err);
+        st_close(img);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (!st)
+            fprintf(stderr, "moert synth: wrote %s (seed %lld, %s weights as %s) in %.1f s\n", out, (long long)seed,
+                    st_dtype_name(dt), mix,
+                    (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9);
+        free(cfg);
+        return st;
+    }
     if (!st && dtype_s) {
         if (!strcmp(dtype_s, "bf16"))
             dt = ST_BF16;

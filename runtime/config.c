@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "ggufmap.h"
 #include "yamldoc.h"
 
 /* ---- stages ---------------------------------------------------------------------- */
@@ -568,6 +569,7 @@ typedef struct load_ctx {
     unsigned flags;
     cfg_config *out;
     topo_src src;
+    bool gguf_model; /* model: {gguf: ...} also named the weights */
 } load_ctx;
 
 static int yaml_enum(const yamldoc *d, const yaml_node_t *n, const char *what, const char *const *names,
@@ -676,7 +678,7 @@ static int parse_model_inline(load_ctx *c, yaml_node_t *model, moert_err *err)
 }
 
 static const char *const model_keys[] = {
-    "hf_config", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "hf_config", "gguf", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "head_dim", "num_experts", "num_local_experts", "num_experts_per_tok",
     "moe_intermediate_size", "intermediate_size", "decoder_sparse_step", "mlp_only_layers",
     "norm_topk_prob", "rope_theta", "rope_parameters", "rms_norm_eps", "tie_word_embeddings",
@@ -693,16 +695,33 @@ static int parse_model(load_ctx *c, yaml_node_t *model, moert_err *err)
     c->src.file = d->name;
     c->src.prefix = "model.";
     c->src.section = node_mark(model);
-    yaml_node_t *hf = yamldoc_get(d, model, "hf_config");
-    if (!hf)
+    yaml_node_t *hf = yamldoc_get(d, model, "hf_config"), *gg = yamldoc_get(d, model, "gguf");
+    if (!hf && !gg)
         return parse_model_inline(c, model, err);
+    const char *which = hf ? "hf_config" : "gguf";
     for (int i = 0; i < yamldoc_map_len(model); i++) {
         yaml_node_t *k = yamldoc_map_key(d, model, i);
-        if (strcmp(yamldoc_text(k), "hf_config") != 0)
+        if (strcmp(yamldoc_text(k), which) != 0)
             return yamldoc_errf(d, k, err, MOERT_ECONFIG,
-                                "model has both hf_config and the inline key '%s', expected either "
-                                "hf_config alone or inline hyperparameters",
-                                yamldoc_text(k));
+                                "model has both %s and the inline key '%s', expected either "
+                                "%s alone or inline hyperparameters",
+                                which, yamldoc_text(k), which);
+    }
+    if (gg) {
+        char grel[CFG_PATH_MAX], gpath[CFG_PATH_MAX];
+        if ((rc = yamldoc_str(d, gg, "model.gguf", grel, sizeof grel, err)) ||
+            (rc = resolve_path(d, gg, "model.gguf", c->base_dir, grel, gpath, sizeof gpath, err)) ||
+            (rc = check_exists(d, gg, "model.gguf", gpath, NEED_FILE, err)))
+            return rc;
+        bool has_tok;
+        if ((rc = cfg_import_gguf(gpath, &c->out->topo, c->out->eos_ids, &c->out->n_eos, &has_tok, err)))
+            return err_prefix(err, "%s:%d:%d: model.gguf", d->name, yamldoc_line(gg), yamldoc_col(gg));
+        /* the file is also the weights and the tokenizer unless the YAML says otherwise */
+        snprintf(c->out->weights.path, sizeof c->out->weights.path, "%s", gpath);
+        if (has_tok)
+            snprintf(c->out->tokenizer_path, sizeof c->out->tokenizer_path, "%s", gpath);
+        c->gguf_model = true;
+        return MOERT_OK;
     }
     char rel[CFG_PATH_MAX];
     if ((rc = yamldoc_str(d, hf, "model.hf_config", rel, sizeof rel, err)) ||
@@ -711,7 +730,8 @@ static int parse_model(load_ctx *c, yaml_node_t *model, moert_err *err)
         (rc = check_exists(d, hf, "model.hf_config", c->out->hf_config_path, NEED_FILE, err)))
         return rc;
     topo_src js;
-    if ((rc = import_hf_into(c->out->hf_config_path, &c->out->topo, &js, err)))
+    if ((rc = import_hf_into(c->out->hf_config_path, &c->out->topo, &js, err)) ||
+        (rc = cfg_import_hf_eos(c->out->hf_config_path, c->out->eos_ids, &c->out->n_eos, err)))
         /* The JSON message names config.json; say which YAML line sent us there. */
         return err_prefix(err, "%s:%d:%d: model.hf_config", d->name, yamldoc_line(hf), yamldoc_col(hf));
     return MOERT_OK;
@@ -1008,11 +1028,13 @@ static int load_doc(load_ctx *c, moert_err *err)
     if (!model)
         return yamldoc_errf(d, root, err, MOERT_ECONFIG,
                             "the config is missing required section 'model', expected model: {...} or model: {hf_config: path}");
-    if (!w)
+    yaml_node_t *v;
+    if ((rc = parse_model(c, model, err)))
+        return rc;
+    if (!w && !c->gguf_model)
         return yamldoc_errf(d, root, err, MOERT_ECONFIG,
                             "the config is missing required section 'weights', expected a path or {synth: {seed: N, dtype: bf16}}");
-    yaml_node_t *v;
-    if ((rc = parse_model(c, model, err)) || (rc = parse_weights(c, w, err)))
+    if (w && (rc = parse_weights(c, w, err)))
         return rc;
     if ((v = yamldoc_get(d, root, "tokenizer")) &&
         (rc = parse_path(c, v, "tokenizer", true, c->out->tokenizer_path, err)))
@@ -1069,6 +1091,15 @@ int cfg_load_string(const char *yaml, const char *name, const char *base_dir, cf
     return cfg_load_string_ex(yaml, name, base_dir, 0, out, err);
 }
 
+/* Runtime limits that follow a model's known context length. */
+static void fit_limits(cfg_config *out)
+{
+    if (out->topo.max_position_embeddings > 0 && out->rt.max_seq_len > out->topo.max_position_embeddings)
+        out->rt.max_seq_len = out->topo.max_position_embeddings;
+    if (out->rt.prefill_chunk > out->rt.max_seq_len)
+        out->rt.prefill_chunk = out->rt.max_seq_len;
+}
+
 /* A HF model directory: its config.json gives the topology, everything else defaults. */
 static int load_model_dir(const char *dir, cfg_config *out, moert_err *err)
 {
@@ -1087,17 +1118,74 @@ static int load_model_dir(const char *dir, cfg_config *out, moert_err *err)
                        "%s: not found (%s), expected a HF model directory holding config.json", cj, strerror(errno));
     snprintf(out->hf_config_path, sizeof out->hf_config_path, "%s", cj);
     int rc = cfg_import_hf(cj, &out->topo, err);
+    if (!rc)
+        rc = cfg_import_hf_eos(cj, out->eos_ids, &out->n_eos, err);
     if (rc)
         return rc;
     snprintf(out->weights.path, sizeof out->weights.path, "%.*s", (int)len, dir);
     out->weights.synth = false;
     if (stat(tok, &st) == 0 && S_ISREG(st.st_mode))
         snprintf(out->tokenizer_path, sizeof out->tokenizer_path, "%s", tok);
-    if (out->topo.max_position_embeddings > 0 && out->rt.max_seq_len > out->topo.max_position_embeddings)
-        out->rt.max_seq_len = out->topo.max_position_embeddings;
-    if (out->rt.prefill_chunk > out->rt.max_seq_len)
-        out->rt.prefill_chunk = out->rt.max_seq_len;
+    fit_limits(out);
     return MOERT_OK;
+}
+
+/* One GGUF file: topology, weights and tokenizer all come from it. */
+static int load_gguf_file(const char *path, cfg_config *out, moert_err *err)
+{
+    if (strlen(path) >= sizeof out->weights.path)
+        return err_set(err, MOERT_ECONFIG, "%s: path is too long, expected at most %d bytes", path, CFG_PATH_MAX - 1);
+    bool has_tok;
+    int rc = cfg_import_gguf(path, &out->topo, out->eos_ids, &out->n_eos, &has_tok, err);
+    if (rc)
+        return rc;
+    snprintf(out->weights.path, sizeof out->weights.path, "%s", path);
+    if (has_tok)
+        snprintf(out->tokenizer_path, sizeof out->tokenizer_path, "%s", path);
+    out->weights.synth = false;
+    fit_limits(out);
+    return MOERT_OK;
+}
+
+int cfg_import_gguf(const char *gguf_path, cfg_topology *topo, int32_t *eos_ids, int32_t *n_eos,
+                    bool *has_tokenizer, moert_err *err)
+{
+    gguf_file *g;
+    *has_tokenizer = false;
+    int rc = gguf_open(gguf_path, &g, err);
+    if (rc)
+        return rc;
+    int n = 0;
+    rc = ggufmap_topology(g, topo, err);
+    if (!rc)
+        rc = ggufmap_eos_ids(g, eos_ids, CFG_MAX_EOS, &n, err);
+    *n_eos = n;
+    *has_tokenizer = gguf_kv_find(g, "tokenizer.ggml.tokens") != NULL;
+    gguf_close(g);
+    return rc;
+}
+
+int cfg_import_hf_eos(const char *config_json_path, int32_t *ids, int32_t *n, moert_err *err)
+{
+    *n = 0;
+    json_error_t je;
+    json_t *root = json_load_file(config_json_path, 0, &je);
+    if (!root)
+        return err_set(err, MOERT_ECONFIG, "%s:%d:%d: invalid JSON: %s", config_json_path, je.line, je.column,
+                       je.text);
+    json_t *v = json_is_object(root) ? json_object_get(root, "eos_token_id") : NULL;
+    int rc = MOERT_OK;
+    size_t count = !v || json_is_null(v) ? 0 : json_is_array(v) ? json_array_size(v) : 1;
+    for (size_t i = 0; i < count && !rc; i++) {
+        json_t *e = json_is_array(v) ? json_array_get(v, i) : v;
+        if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > INT32_MAX)
+            rc = err_set(err, MOERT_ECONFIG, "%s: eos_token_id%s is %s, expected a token id or a list of ids",
+                         config_json_path, json_is_array(v) ? "[i]" : "", json_kind(e));
+        else if (*n < CFG_MAX_EOS)
+            ids[(*n)++] = (int32_t)json_integer_value(e);
+    }
+    json_decref(root);
+    return rc;
 }
 
 int cfg_load_ex(const char *path, unsigned flags, cfg_config *out, moert_err *err)
@@ -1117,6 +1205,8 @@ int cfg_load_ex(const char *path, unsigned flags, cfg_config *out, moert_err *er
                        strerror(errno));
     if (S_ISDIR(st.st_mode))
         return load_model_dir(path, out, err);
+    if (S_ISREG(st.st_mode) && gguf_is_gguf(path))
+        return load_gguf_file(path, out, err);
     char base[CFG_PATH_MAX];
     const char *slash = strrchr(path, '/');
     if (!slash)

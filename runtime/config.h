@@ -14,7 +14,8 @@
  * are required, every other key defaults as cfg_defaults says):
  *   model:     inline HF hyperparameters (cfg_topology's names; aliases num_local_experts
  *              and rope_parameters: {rope_theta, rope_type: default}), or exactly
- *              {hf_config: path/to/config.json}.  Required inline: vocab_size, hidden_size,
+ *              {hf_config: path/to/config.json}, or exactly {gguf: path/to/model.gguf} (the
+ *              topology from the GGUF's metadata; weights and tokenizer default to the file).  Required inline: vocab_size, hidden_size,
  *              num_hidden_layers, num_attention_heads, num_key_value_heads, num_experts,
  *              num_experts_per_tok, moe_intermediate_size, rope_theta, rms_norm_eps.
  *              Defaults: head_dim hidden/heads, intermediate_size 0 (required > 0 when a
@@ -49,6 +50,7 @@
 
 #define CFG_MAX_LAYERS 512
 #define CFG_PATH_MAX 1024
+#define CFG_MAX_EOS 8
 
 /* Qwen3-MoE hyperparameters, with HF's names and meaning. */
 typedef struct cfg_topology {
@@ -152,12 +154,15 @@ typedef struct cfg_config {
     cfg_sampling sampling;
     cfg_trace_plan trace;
     char contract_path[CFG_PATH_MAX];  /* contract YAML, or "" */
+    int32_t n_eos;                     /* generation stops at any of these ids ... */
+    int32_t eos_ids[CFG_MAX_EOS];      /* (config.json eos_token_id; a GGUF's eos/eot ids) */
 } cfg_config;
 
 /* Runtime defaults used for a model directory and for keys a YAML leaves out. */
 void cfg_defaults(cfg_config *out);
 
-/* Loads `path`: a YAML config file, or a directory holding a HF config.json (+ safetensors
+/* Loads `path`: a YAML config file, a GGUF file (topology, weights and tokenizer all from
+ * it, runtime defaults as for a directory), or a directory holding a HF config.json (+ safetensors
  * + optional tokenizer.json), in which case defaults apply for everything but topology:
  * weights.path = the directory (without a trailing '/'), tokenizer_path = DIR/tokenizer.json
  * when that file exists else "", hf_config_path = DIR/config.json, contract_path "".
@@ -186,6 +191,15 @@ int cfg_load_string_ex(const char *yaml, const char *name, const char *base_dir,
  * file gives both spellings they must agree) and checks it (cfg_check_topology).  Syntax
  * errors name file:line:col (jansson); other messages name the file and the key. */
 int cfg_import_hf(const char *config_json_path, cfg_topology *topo, moert_err *err);
+
+/* The generation-stopping ids of a HF config.json (eos_token_id: an id or a list of ids;
+ * absent or null: none). */
+int cfg_import_hf_eos(const char *config_json_path, int32_t *ids, int32_t *n, moert_err *err);
+
+/* Topology and end-of-generation ids from a GGUF file's metadata (see ggufmap.h), and
+ * whether the file carries a tokenizer (tokenizer.ggml.tokens). */
+int cfg_import_gguf(const char *gguf_path, cfg_topology *topo, int32_t *eos_ids, int32_t *n_eos,
+                    bool *has_tokenizer, moert_err *err);
 
 /* Semantic checks of a topology: positive sizes (at most 2^31 - 1, heads * head_dim too;
  * num_hidden_layers at most CFG_MAX_LAYERS), heads % kv_heads == 0, 1 <= top-k <= experts,

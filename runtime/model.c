@@ -201,6 +201,15 @@ static bool float_dtype(st_dtype d)
     return d == ST_F32 || d == ST_BF16 || d == ST_F16;
 }
 
+/* Vectors (norm weights) must be plain floats; matrices may also be block-quantized (GGUF),
+ * with each row a whole number of blocks. */
+static bool dtype_ok(st_dtype d, int ndim, int64_t cols)
+{
+    if (float_dtype(d))
+        return true;
+    return ndim == 2 && st_dtype_ops(d) >= 0 && st_dtype_row_bytes(d, (uint64_t)cols) > 0;
+}
+
 static int bind_visit(void *ctx, const char *name, int ndim, int64_t d0, int64_t d1, model_tensor *dst)
 {
     bind_ctx *c = ctx;
@@ -215,8 +224,9 @@ static int bind_visit(void *ctx, const char *name, int ndim, int64_t d0, int64_t
     c->used[i] = true;
     const st_tensor *t = st_at(c->set, (size_t)i);
     bool ok = true;
-    if (!float_dtype(t->dtype)) {
-        err_list_add(&c->pr, NAME_FMT ": dtype %s, expected F32, BF16 or F16", name, st_dtype_name(t->dtype));
+    if (!dtype_ok(t->dtype, ndim, ndim > 1 ? d1 : d0)) {
+        err_list_add(&c->pr, NAME_FMT ": dtype %s, expected F32, BF16 or F16%s", name, st_dtype_name(t->dtype),
+                     ndim > 1 ? " (or a block type whose block divides the row)" : "");
         ok = false;
     }
     if (t->ndim != ndim || t->shape[0] != d0 || (ndim > 1 && t->shape[1] != d1)) {

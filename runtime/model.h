@@ -19,7 +19,7 @@
 
 typedef struct model_tensor {
     const char *name;    /* owned by the st_set */
-    st_dtype dtype;      /* F32, BF16 or F16 */
+    st_dtype dtype;      /* F32, BF16 or F16; matrices also a block type */
     int64_t rows;        /* out_features; 1 for vectors */
     int64_t cols;        /* in_features; length for vectors */
     const void *data;
@@ -63,7 +63,8 @@ typedef struct model_spec {
 int model_expected_tensors(const cfg_topology *topo, model_spec **out, size_t *n, moert_err *err);
 
 /* Binds and checks; on error *out is left empty (safe to model_unbind).
- * Every tensor must be F32, BF16 or F16 (dtypes may differ between tensors).  With
+ * Every tensor must be F32, BF16 or F16, or for matrices a block type (GGUF: Q8_0, Q4_K, ...)
+ * whose block divides the row (dtypes may differ between tensors).  With
  * tie_word_embeddings, lm_head.weight is normally absent; if present it is accepted only
  * when it equals model.embed_tokens.weight byte for byte (some exporters write both
  * copies), and lm_head then aliases embed either way. */

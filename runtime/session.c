@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "../ops/ops.h"
+#include "ggufmap.h"
 #include "synth.h"
 
 /* contracts/qwen3moe-trace-v1.yaml, compiled in (Makefile: build/<v>/gen/). */
@@ -37,7 +38,7 @@ static int load_weights(sess *s, moert_err *err)
                                                         : ST_BF16;
         return synth_open_image(&s->cfg.topo, w->synth_seed, dt, &s->weights_set, err);
     }
-    return st_open(w->path, &s->weights_set, err);
+    return ggufmap_open_weights(w->path, &s->weights_set, err);
 }
 
 static int plan_arena(sess *s, moert_err *err)

@@ -96,6 +96,8 @@ struct st_set {
     size_t n_files;
     st_tensor *tensors;
     size_t n_tensors, cap_tensors;
+    void (*release)(void *owner); /* views: frees what the tensors point into */
+    void *owner;
 };
 
 /* Tensor names are shown bounded so one absurd name cannot push the rest out of a message. */
@@ -185,6 +187,8 @@ void st_close(st_set *set)
         free(f->path);
     }
     free(set->files);
+    if (set->release)
+        set->release(set->owner);
     free(set);
 }
 
@@ -678,6 +682,51 @@ int st_open_image(void *image, size_t len, const char *label, st_set **out, moer
     }
     *out = s;
     return MOERT_OK;
+}
+
+int st_open_views(const st_view *v, size_t n, const char *label, void (*release)(void *), void *owner,
+                  st_set **out, moert_err *err)
+{
+    *out = NULL;
+    st_set *s;
+    int st = set_new(&s, err);
+    if (st) {
+        if (release)
+            release(owner);
+        return st;
+    }
+    s->release = release;
+    s->owner = owner;
+    if ((st = add_file(s, label ? label : "(views)", err)))
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].ndim < 1 || v[i].ndim > ST_MAX_DIMS || !v[i].name) {
+            st = err_set(err, MOERT_EUSAGE, "%s: view %zu has %d dims", s->files[0].path, i, v[i].ndim);
+            goto fail;
+        }
+        st_tensor *t = add_tensor(s);
+        if (!t || !(t->name = strdup(v[i].name))) {
+            st = err_set(err, MOERT_ENOMEM, "%s: out of memory", s->files[0].path);
+            goto fail;
+        }
+        t->dtype = v[i].dtype;
+        t->ndim = v[i].ndim;
+        memcpy(t->shape, v[i].shape, sizeof t->shape);
+        t->nbytes = v[i].nbytes;
+        t->data = v[i].data;
+    }
+    qsort(s->tensors, s->n_tensors, sizeof *s->tensors, cmp_tensor_name);
+    for (size_t i = 1; i < s->n_tensors; i++)
+        if (!strcmp(s->tensors[i - 1].name, s->tensors[i].name)) {
+            st = err_set(err, MOERT_EFORMAT, "%s: two tensors map to " NAME_FMT, s->files[0].path,
+                         s->tensors[i].name);
+            goto fail;
+        }
+    *out = s;
+    return MOERT_OK;
+fail:
+    st_close(s);
+    return st;
 }
 
 /* ---- writing ---------------------------------------------------------------------- */

@@ -62,6 +62,22 @@ int st_open(const char *path, st_set **out, moert_err *err);
  * released before returning, so ownership passes in every case. */
 int st_open_image(void *image, size_t len, const char *label, st_set **out, moert_err *err);
 
+/* A set over tensors that live elsewhere (slices of a GGUF mapping, say): names are
+ * copied, data is not.  release(owner) runs in st_close (and at once on error), so the set
+ * can own what its tensors point into.  `label` stands for the file in messages.  Sorted
+ * by name like every set; two views of one name are MOERT_EFORMAT. */
+typedef struct st_view {
+    const char *name;
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    const void *data;
+    uint64_t nbytes;
+} st_view;
+
+int st_open_views(const st_view *v, size_t n, const char *label, void (*release)(void *owner), void *owner,
+                  st_set **out, moert_err *err);
+
 void st_close(st_set *set);
 
 size_t st_count(const st_set *set);

@@ -12,6 +12,8 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tok.h"
 
+#include "gguf.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <pcre2.h>
@@ -1336,9 +1338,199 @@ fail:
     return st;
 }
 
+/* Builds the tokenizer from a parsed tokenizer.json document (borrowed). */
+static int tok_from_json(const json_t *root, const char *label, tok_tokenizer **out, moert_err *err)
+{
+    tok_tokenizer *t = calloc(1, sizeof *t);
+    if (!t)
+        return err_set(err, MOERT_ENOMEM, "tokenizer: out of memory");
+    int st = load_json(t, root, err);
+    if (!st) {
+        t->nfc_cap = 4096;
+        t->nfc_buf = malloc((t->nfc_cap + 1) * sizeof *t->nfc_buf);
+        t->cache = calloc(CACHE_SLOTS, sizeof *t->cache);
+        t->cache_keys = malloc(CACHE_KEY_POOL);
+        t->cache_ids = malloc(CACHE_ID_POOL * sizeof *t->cache_ids);
+        if (!t->nfc_buf || !t->cache || !t->cache_keys || !t->cache_ids)
+            st = err_set(err, MOERT_ENOMEM, "tokenizer: out of memory");
+        else
+            st = grow_sym(t, 1024, err);
+    }
+    if (st) {
+        err_prefix(err, "%s", label);
+        tok_free(t);
+        return st;
+    }
+    *out = t;
+    return MOERT_OK;
+}
+
+/* ---- the tokenizer inside a GGUF file ---------------------------------------------- */
+
+/* llama.cpp's tokenizer.ggml.pre names a pre-tokenizer by the tokenizer.json its converter
+ * recognised; this is that file's split pattern (Qwen2 and Qwen3 share it). */
+static const struct {
+    const char *pre;
+    const char *pattern;
+} gguf_pretokenizers[] = {
+    {"qwen2", "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+              "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+};
+
+/* llama.cpp's token types (llama_token_type in the file's tokenizer.ggml.token_type). */
+enum { GTT_NORMAL = 1, GTT_UNKNOWN = 2, GTT_CONTROL = 3, GTT_USER_DEFINED = 4, GTT_UNUSED = 5, GTT_BYTE = 6 };
+
+static json_t *jstrn(gguf_str s)
+{
+    return json_stringn(s.p, (size_t)s.len); /* NULL for invalid UTF-8 */
+}
+
+static json_t *json_byte_level(void)
+{
+    return json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 0,
+                     "use_regex", 0);
+}
+
+/* The tokenizer.json document equivalent to the GGUF's tokenizer.ggml.* keys: normal
+ * tokens form the BPE vocabulary, control tokens are special added tokens, user-defined
+ * ones plain added tokens, unused ones ([PAD...] fillers up to the model's vocabulary) are
+ * left out, as HF's tokenizer.json leaves them out. */
+static int gguf_tokenizer_json(const gguf_file *g, json_t **out, moert_err *err)
+{
+    *out = NULL;
+    gguf_str model, pre;
+    const gguf_kv *tokens, *merges, *types = NULL;
+    int st;
+    if ((st = gguf_get_str(g, "tokenizer.ggml.model", &model, err)))
+        return st;
+    if (model.len != 4 || memcmp(model.p, "gpt2", 4))
+        return err_set(err, MOERT_EFORMAT, "tokenizer.ggml.model is '%.*s', expected 'gpt2' (byte-level BPE)",
+                       (int)(model.len > 64 ? 64 : model.len), model.p);
+    if ((st = gguf_get_str(g, "tokenizer.ggml.pre", &pre, err)))
+        return st;
+    const char *pattern = NULL;
+    for (size_t i = 0; i < sizeof gguf_pretokenizers / sizeof *gguf_pretokenizers; i++)
+        if (pre.len == strlen(gguf_pretokenizers[i].pre) && !memcmp(pre.p, gguf_pretokenizers[i].pre, pre.len))
+            pattern = gguf_pretokenizers[i].pattern;
+    if (!pattern)
+        return err_set(err, MOERT_EFORMAT, "tokenizer.ggml.pre is '%.*s', expected 'qwen2' (the only pre-tokenizer "
+                       "moert knows by name)", (int)(pre.len > 64 ? 64 : pre.len), pre.p);
+    if ((st = gguf_get_arr(g, "tokenizer.ggml.tokens", GGUF_V_STRING, &tokens, err)) ||
+        (st = gguf_get_arr(g, "tokenizer.ggml.merges", GGUF_V_STRING, &merges, err)))
+        return st;
+    if (gguf_kv_find(g, "tokenizer.ggml.token_type")) {
+        if ((st = gguf_get_arr(g, "tokenizer.ggml.token_type", GGUF_V_I32, &types, err)))
+            return st;
+        if (types->arr_n != tokens->arr_n)
+            return err_set(err, MOERT_EFORMAT, "tokenizer.ggml.token_type has %llu entries, expected %llu (one per "
+                           "token)", (unsigned long long)types->arr_n, (unsigned long long)tokens->arr_n);
+    }
+    if (tokens->arr_n > INT32_MAX)
+        return err_set(err, MOERT_EFORMAT, "tokenizer.ggml.tokens has %llu entries, expected at most %d",
+                       (unsigned long long)tokens->arr_n, INT32_MAX);
+    json_t *root = json_object(), *vocab = json_object(), *jm = json_array(), *added = json_array();
+    size_t n_normal = 0;
+    if (!root || !vocab || !jm || !added)
+        goto nomem;
+    for (uint64_t i = 0; i < tokens->arr_n; i++) {
+        gguf_str s = gguf_arr_str(g, tokens, i);
+        int64_t type = types ? gguf_arr_int(types, i) : GTT_NORMAL;
+        if (type == GTT_UNUSED)
+            continue;
+        if (type != GTT_NORMAL && type != GTT_CONTROL && type != GTT_USER_DEFINED) {
+            st = err_set(err, MOERT_EFORMAT, "token %llu has tokenizer.ggml.token_type %lld, expected 1 (normal), "
+                         "3 (control), 4 (user-defined) or 5 (unused) in a byte-level BPE vocabulary",
+                         (unsigned long long)i, (long long)type);
+            goto fail;
+        }
+        json_t *js = jstrn(s);
+        if (!js) {
+            st = err_set(err, MOERT_EFORMAT, "token %llu of tokenizer.ggml.tokens is not valid UTF-8",
+                         (unsigned long long)i);
+            goto fail;
+        }
+        if (type == GTT_NORMAL) {
+            json_t *id = json_integer((json_int_t)i);
+            if (!id || json_object_setn_new_nocheck(vocab, json_string_value(js), json_string_length(js), id)) {
+                json_decref(js);
+                goto nomem;
+            }
+            json_decref(js);
+            n_normal++;
+            if (json_object_size(vocab) != n_normal) {
+                st = err_set(err, MOERT_EFORMAT, "token %llu of tokenizer.ggml.tokens ('%.*s') repeats an earlier "
+                             "token, expected distinct strings", (unsigned long long)i,
+                             (int)(s.len > 64 ? 64 : s.len), s.p);
+                goto fail;
+            }
+        } else {
+            json_t *a = json_pack("{s:I, s:o, s:b, s:b, s:b, s:b, s:b}", "id", (json_int_t)i, "content", js,
+                                  "special", type == GTT_CONTROL, "normalized", 0, "lstrip", 0, "rstrip", 0,
+                                  "single_word", 0);
+            if (!a || json_array_append_new(added, a))
+                goto nomem;
+        }
+    }
+    for (uint64_t i = 0; i < merges->arr_n; i++) {
+        json_t *js = jstrn(gguf_arr_str(g, merges, i));
+        if (!js) {
+            st = err_set(err, MOERT_EFORMAT, "merge %llu of tokenizer.ggml.merges is not valid UTF-8",
+                         (unsigned long long)i);
+            goto fail;
+        }
+        if (json_array_append_new(jm, js))
+            goto nomem;
+    }
+    json_t *model_j = json_pack("{s:s, s:o, s:o}", "type", "BPE", "vocab", vocab, "merges", jm);
+    vocab = jm = NULL;
+    json_t *split = json_pack("{s:s, s:{s:s}, s:s, s:b}", "type", "Split", "pattern", "Regex", pattern, "behavior",
+                              "Isolated", "invert", 0);
+    json_t *pretok = split ? json_pack("{s:s, s:[o,o]}", "type", "Sequence", "pretokenizers", split,
+                                       json_byte_level())
+                           : NULL;
+    if (!model_j || !pretok || json_object_set_new(root, "model", model_j) ||
+        json_object_set_new(root, "normalizer", json_pack("{s:s}", "type", "NFC")) ||
+        json_object_set_new(root, "pre_tokenizer", pretok) || json_object_set_new(root, "decoder", json_byte_level()) ||
+        json_object_set_new(root, "added_tokens", added)) {
+        added = NULL;
+        goto nomem;
+    }
+    *out = root;
+    return MOERT_OK;
+nomem:
+    st = err_set(err, MOERT_ENOMEM, "tokenizer: out of memory");
+fail:
+    json_decref(root);
+    json_decref(vocab);
+    json_decref(jm);
+    json_decref(added);
+    return st;
+}
+
+int tok_load_gguf(const gguf_file *g, tok_tokenizer **out, moert_err *err)
+{
+    *out = NULL;
+    json_t *root;
+    int st = gguf_tokenizer_json(g, &root, err);
+    if (st)
+        return err_prefix(err, "%s", gguf_path(g));
+    st = tok_from_json(root, gguf_path(g), out, err);
+    json_decref(root);
+    return st;
+}
+
 int tok_load(const char *path, tok_tokenizer **out, moert_err *err)
 {
     *out = NULL;
+    if (gguf_is_gguf(path)) {
+        gguf_file *g;
+        int st = gguf_open(path, &g, err);
+        if (st)
+            return st;
+        st = tok_load_gguf(g, out, err);
+        gguf_close(g);
+        return st;
+    }
     json_error_t je;
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -1376,31 +1568,9 @@ int tok_load(const char *path, tok_tokenizer **out, moert_err *err)
         json_decref(root);
         return err_set(err, MOERT_EFORMAT, "%s: expected a JSON object (a tokenizer.json)", path);
     }
-    tok_tokenizer *t = calloc(1, sizeof *t);
-    if (!t) {
-        json_decref(root);
-        return err_set(err, MOERT_ENOMEM, "tokenizer: out of memory");
-    }
-    int st = load_json(t, root, err);
+    int st = tok_from_json(root, path, out, err);
     json_decref(root);
-    if (!st) {
-        t->nfc_cap = 4096;
-        t->nfc_buf = malloc((t->nfc_cap + 1) * sizeof *t->nfc_buf);
-        t->cache = calloc(CACHE_SLOTS, sizeof *t->cache);
-        t->cache_keys = malloc(CACHE_KEY_POOL);
-        t->cache_ids = malloc(CACHE_ID_POOL * sizeof *t->cache_ids);
-        if (!t->nfc_buf || !t->cache || !t->cache_keys || !t->cache_ids)
-            st = err_set(err, MOERT_ENOMEM, "tokenizer: out of memory");
-        else
-            st = grow_sym(t, 1024, err);
-    }
-    if (st) {
-        err_prefix(err, "%s", path);
-        tok_free(t);
-        return st;
-    }
-    *out = t;
-    return MOERT_OK;
+    return st;
 }
 
 void tok_free(tok_tokenizer *t)

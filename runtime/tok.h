@@ -32,6 +32,15 @@ typedef struct tok_tokenizer tok_tokenizer;
  * naming the file and what was expected.  *out is NULL on failure. */
 int tok_load(const char *tokenizer_json_path, tok_tokenizer **out, moert_err *err);
 
+/* The tokenizer stored in a GGUF file (tokenizer.ggml.model "gpt2", pre "qwen2", tokens,
+ * merges, token_type), turned into the tokenizer.json it was converted from and built by
+ * the same code, so both give the same ids.  tok_load does this too when its path is a
+ * GGUF file.  One difference GGUF cannot express: llama.cpp's converter types some
+ * non-special added tokens (<|fim_prefix|>, ...) as control, so tok_is_special is true for
+ * them here. */
+struct gguf_file;
+int tok_load_gguf(const struct gguf_file *g, tok_tokenizer **out, moert_err *err);
+
 /* Frees t (NULL is fine). */
 void tok_free(tok_tokenizer *t);
 

@@ -98,7 +98,7 @@ static const struct {
     {"03-unknown-top-key.yaml",
      ":13:1: unknown key 'runtme' in the config, expected one of: model, weights, tokenizer, runtime, sampling, trace, contract"},
     {"04-unknown-model-key.yaml",
-     ":4:3: unknown key 'hiden_size' in model, expected one of: hf_config, vocab_size, hidden_size, num_hidden_layers, num_attention_hea"},
+     ":4:3: unknown key 'hiden_size' in model, expected one of: hf_config, gguf, vocab_size, hidden_size, num_hidden_layers, num_attention_hea"},
     {"05-string-for-int.yaml",
      ":3:16: model.hidden_size: got the string \"sixty-four\", expected an integer"},
     {"06-quoted-int.yaml",

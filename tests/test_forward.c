@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "../ops/ops.h"
+#include "../runtime/ggufmap.h"
 #include "../runtime/session.h"
 #include "../runtime/st.h"
 #include "../runtime/trace_file.h"
@@ -32,7 +33,8 @@ static double parity_tolerance(void)
 }
 
 typedef struct refcase {
-    char dir[512];
+    char dir[512];   /* reference.json + reference.safetensors */
+    char model[600]; /* what cfg_load opens: the same directory, or a GGUF file */
     int32_t prompt[MAX_IDS];
     int64_t n_prompt;
     int32_t greedy[64];
@@ -43,6 +45,7 @@ static bool load_refcase(const char *dir, refcase *rc)
 {
     char path[700];
     snprintf(rc->dir, sizeof rc->dir, "%s", dir);
+    snprintf(rc->model, sizeof rc->model, "%s", dir);
     snprintf(path, sizeof path, "%s/reference.json", dir);
     json_error_t je;
     json_t *j = json_load_file(path, 0, &je);
@@ -64,7 +67,10 @@ static void check_stages(const refcase *rc, int threads)
 {
     cfg_config cfg;
     moert_err err = {0};
-    CU_ASSERT_EQUAL_FATAL(cfg_load(rc->dir, &cfg, &err), MOERT_OK);
+    int lst = cfg_load(rc->model, &cfg, &err);
+    if (lst)
+        fprintf(stderr, "\n    cfg_load(%s): %s\n", rc->model, err.msg);
+    CU_ASSERT_EQUAL_FATAL(lst, MOERT_OK);
     cfg.rt.threads = threads;
     cfg.rt.backend = test_backend();
     cfg.rt.max_seq_len = rc->n_prompt + 16;
@@ -79,7 +85,7 @@ static void check_stages(const refcase *rc, int threads)
     sess s;
     int st = sess_open(&s, &cfg, 0, &err);
     if (st)
-        fprintf(stderr, "\n    sess_open(%s): %s\n", rc->dir, err.msg);
+        fprintf(stderr, "\n    sess_open(%s): %s\n", rc->model, err.msg);
     CU_ASSERT_EQUAL_FATAL(st, MOERT_OK);
     CU_ASSERT_EQUAL(sess_prefill(&s, rc->prompt, rc->n_prompt, &err), MOERT_OK);
     trace_run_info info = {rc->prompt, rc->n_prompt, NULL, 0};
@@ -113,7 +119,7 @@ static void check_stages(const refcase *rc, int threads)
         }
         double rel = sqrt(num) / (sqrt(den) > 0 ? sqrt(den) : 1);
         if (!(rel <= parity_tolerance()))
-            fprintf(stderr, "\n    %s: %s rel err %.3e\n", rc->dir, r->name, rel);
+            fprintf(stderr, "\n    %s: %s rel err %.3e\n", rc->model, r->name, rel);
         CU_ASSERT(rel <= parity_tolerance());
         compared++;
     }
@@ -128,7 +134,7 @@ static void check_greedy_mode(const refcase *rc, bool traced)
 {
     cfg_config cfg;
     moert_err err = {0};
-    CU_ASSERT_EQUAL_FATAL(cfg_load(rc->dir, &cfg, &err), MOERT_OK);
+    CU_ASSERT_EQUAL_FATAL(cfg_load(rc->model, &cfg, &err), MOERT_OK);
     cfg.rt.max_seq_len = rc->n_prompt + rc->n_greedy;
     cfg.rt.prefill_chunk = rc->n_prompt;
     cfg.rt.backend = test_backend();
@@ -147,7 +153,7 @@ static void check_greedy_mode(const refcase *rc, bool traced)
     CU_ASSERT_EQUAL(n, rc->n_greedy);
     CU_ASSERT(memcmp(out, rc->greedy, (size_t)rc->n_greedy * sizeof *out) == 0);
     if (memcmp(out, rc->greedy, (size_t)rc->n_greedy * sizeof *out) != 0) {
-        fprintf(stderr, "\n    %s greedy%s:", rc->dir, traced ? " (all logits traced)" : "");
+        fprintf(stderr, "\n    %s greedy%s:", rc->model, traced ? " (all logits traced)" : "");
         for (int64_t i = 0; i < n; i++)
             fprintf(stderr, " %d/%d", out[i], rc->greedy[i]);
         fprintf(stderr, "\n");
@@ -231,6 +237,63 @@ static void test_parity_fixtures(void)
     for_each_reference(check_greedy);
 }
 
+/* ---- GGUF ------------------------------------------------------------------------- */
+
+/* llama.cpp's own GGUF files (gguf-tiny: Q8_0 and the K mixes; gguf-vocab: Q8_0 with the
+ * real vocabulary, tied embeddings) against the HF float64 forward of exactly the weights
+ * each file encodes. */
+static void test_parity_gguf_shared(void)
+{
+    const char *shared = test_shared_reference();
+    if (!shared) {
+        TEST_SKIP("../shared/reference is absent (fresh clone): llama.cpp GGUF parity not checked");
+        return;
+    }
+    static refcase rc;
+    char dir[512];
+    const char *types[] = {"q8_0", "q4_k_m", "q5_k_m", "q6_k"};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        snprintf(dir, sizeof dir, "%s/gguf-tiny/ref-%s", shared, types[i]);
+        CU_ASSERT_FATAL(load_refcase(dir, &rc));
+        snprintf(rc.model, sizeof rc.model, "%s/gguf-tiny/model-%s.gguf", shared, types[i]);
+        check_stages(&rc, 2);
+        check_greedy(&rc);
+    }
+    snprintf(dir, sizeof dir, "%s/gguf-vocab/ref-q8_0", shared);
+    CU_ASSERT_FATAL(load_refcase(dir, &rc));
+    snprintf(rc.model, sizeof rc.model, "%s/gguf-vocab/model-q8_0.gguf", shared);
+    check_stages(&rc, 1);
+    check_greedy(&rc);
+}
+
+/* The project's fixtures written as GGUF files of their own dtype by moert's writer: the
+ * same weights, so the same HF reference holds (fresh clones included). */
+static void test_parity_gguf_fixtures(void)
+{
+    static const struct {
+        const char *name, *mix;
+    } cases[] = {{"gqa4-hd24", "f32"}, {"long-prompt", "f32"}, {"f16-mqa-odd", "f16"}};
+    static refcase rc;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char dir[512];
+        snprintf(dir, sizeof dir, "tests/fixtures/hf/%s", cases[i].name);
+        CU_ASSERT_FATAL(load_refcase(dir, &rc));
+        snprintf(rc.model, sizeof rc.model, "%s/%s-%s.gguf", test_tmpdir(), cases[i].name, cases[i].mix);
+        cfg_config cfg;
+        moert_err err = {0};
+        st_set *set = NULL;
+        CU_ASSERT_EQUAL_FATAL(cfg_load(dir, &cfg, &err), MOERT_OK);
+        CU_ASSERT_EQUAL_FATAL(st_open(dir, &set, &err), MOERT_OK);
+        int st = ggufmap_write(rc.model, &cfg.topo, set, cases[i].mix, &err);
+        if (st)
+            fprintf(stderr, "\n    ggufmap_write(%s): %s\n", rc.model, err.msg);
+        CU_ASSERT_EQUAL_FATAL(st, MOERT_OK);
+        st_close(set);
+        check_stages(&rc, 2);
+        check_greedy(&rc);
+    }
+}
+
 /* ---- determinism ------------------------------------------------------------------ */
 
 static bool logits_after(const char *dir, int threads, int64_t chunk, bool simd, const int32_t *ids,
@@ -300,5 +363,7 @@ void suite_forward(void)
     CU_pSuite s = CU_add_suite("forward", NULL, NULL);
     CU_add_test(s, "HF parity: shared references", test_parity_shared);
     CU_add_test(s, "HF parity: project fixtures", test_parity_fixtures);
+    CU_add_test(s, "HF parity: llama.cpp GGUF files (shared)", test_parity_gguf_shared);
+    CU_add_test(s, "HF parity: the fixtures as GGUF files", test_parity_gguf_fixtures);
     CU_add_test(s, "bit-exact across threads, chunking, SIMD", test_determinism);
 }

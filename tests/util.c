@@ -1,5 +1,8 @@
 #include "util.h"
 
+#include "../runtime/ggufmap.h"
+#include "../runtime/synth.h"
+
 #include <jansson.h>
 
 #include <stdarg.h>
@@ -131,4 +134,56 @@ bool test_reference_prompt(const char *dir, char *ids, size_t cap)
                                 (long long)json_integer_value(x));
     json_decref(r);
     return len > 0 && len < cap;
+}
+
+/* A small all-routed Qwen3-MoE whose rows suit every block type: hidden 256 (K-quant
+ * blocks), expert rows of 384 (not a multiple of 256: the K mixes fall back there, as they
+ * do on bench-cpu's expert down rows). */
+void test_gguf_topology(cfg_topology *t)
+{
+    memset(t, 0, sizeof *t);
+    t->vocab_size = 512;
+    t->hidden_size = 256;
+    t->num_hidden_layers = 2;
+    t->num_attention_heads = 4;
+    t->num_key_value_heads = 2;
+    t->head_dim = 64;
+    t->num_experts = 4;
+    t->num_experts_per_tok = 2;
+    t->moe_intermediate_size = 384;
+    t->decoder_sparse_step = 1;
+    t->norm_topk_prob = true;
+    t->rope_theta = 1e6;
+    t->rms_norm_eps = 1e-6;
+    t->max_position_embeddings = 256;
+}
+
+const char *test_synth_gguf(const char *mix)
+{
+    static char path[8][512];
+    static char mixes[8][16];
+    for (int i = 0; i < 8; i++)
+        if (!strcmp(mixes[i], mix))
+            return path[i];
+    int slot = -1;
+    for (int i = 0; i < 8 && slot < 0; i++)
+        if (!mixes[i][0])
+            slot = i;
+    if (slot < 0)
+        return NULL;
+    cfg_topology t;
+    test_gguf_topology(&t);
+    st_set *img = NULL;
+    moert_err err = {0};
+    snprintf(path[slot], sizeof path[slot], "%s/synth-%s.gguf", test_tmpdir(), mix);
+    int st = synth_open_image(&t, 77, ST_F32, &img, &err);
+    if (!st)
+        st = ggufmap_write(path[slot], &t, img, mix, &err);
+    st_close(img);
+    if (st) {
+        fprintf(stderr, "\n    test_synth_gguf(%s): %s\n", mix, err.msg);
+        return NULL;
+    }
+    snprintf(mixes[slot], sizeof mixes[slot], "%s", mix);
+    return path[slot];
 }

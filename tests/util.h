@@ -44,4 +44,13 @@ const char *test_tmpdir(void);
  * run keeps its files for inspection). */
 void test_tmpdir_remove(void);
 
+/* The small topology of the project's own GGUF test models (hidden 256, expert rows 384). */
+struct cfg_topology;
+void test_gguf_topology(struct cfg_topology *t);
+
+/* A GGUF of test_gguf_topology's seeded weights (seed 77, f32 source) in type mix `mix`
+ * ("q4_k_m", "q8_0", ...), written once per process into test_tmpdir(); NULL on failure
+ * (the reason is printed). */
+const char *test_synth_gguf(const char *mix);
+
 #endif
