@@ -10,11 +10,12 @@
 #include "alloc_count.h"
 #include "util.h"
 
-static void run_counted(bool trace, double temperature, int32_t threads)
+static void run_counted_on(const char *model, bool trace, double temperature, int32_t threads)
 {
     cfg_config cfg;
     moert_err err = {0};
-    CU_ASSERT_EQUAL_FATAL(cfg_load("configs/qwen3moe.yaml", &cfg, &err), MOERT_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(model);
+    CU_ASSERT_EQUAL_FATAL(cfg_load(model, &cfg, &err), MOERT_OK);
     cfg.rt.threads = threads;
     cfg.rt.prefill_chunk = 8;
     cfg.sampling.temperature = temperature;
@@ -31,7 +32,7 @@ static void run_counted(bool trace, double temperature, int32_t threads)
     CU_ASSERT_EQUAL_FATAL(sess_open(&s, &cfg, 0, &err), MOERT_OK);
     int32_t prompt[20];
     for (int i = 0; i < 20; i++)
-        prompt[i] = 1000 + 37 * i;
+        prompt[i] = (int32_t)((1000 + 37 * i) % cfg.topo.vocab_size);
     alloc_count_start();
     int st = sess_prefill(&s, prompt, 20, &err);
     for (int i = 0; i < 32 && st == MOERT_OK; i++)
@@ -51,6 +52,18 @@ static void run_counted(bool trace, double temperature, int32_t threads)
     }
     CU_ASSERT_EQUAL(n, 0);
     sess_close(&s);
+}
+
+static void run_counted(bool trace, double temperature, int32_t threads)
+{
+    run_counted_on("configs/qwen3moe.yaml", trace, temperature, threads);
+}
+
+/* A GGUF model (block-quantized weights, K mix with fallbacks) allocates nothing either. */
+static void test_no_alloc_gguf(void)
+{
+    run_counted_on(test_synth_gguf("q4_k_m"), false, 0.0, 2);
+    run_counted_on(test_synth_gguf("q8_0"), true, 0.8, 2);
 }
 
 static void test_no_alloc_greedy(void)
@@ -79,4 +92,5 @@ void suite_alloc(void)
     CU_add_test(s, "the counter counts", test_counter_counts);
     CU_add_test(s, "no allocation after init: prefill + 32 greedy decode steps", test_no_alloc_greedy);
     CU_add_test(s, "no allocation after init: sampling, tensor tracing", test_no_alloc_sampling_traced);
+    CU_add_test(s, "no allocation after init: GGUF models", test_no_alloc_gguf);
 }
