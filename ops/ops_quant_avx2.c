@@ -87,12 +87,6 @@ INL void q_prep(ops_dtype t, const uint8_t *b, qprep *p)
     }
 }
 
-/* Shift a dword lane's bits left (n > 0) or right (n < 0) */
-INL __m256i shl(__m256i v, int n)
-{
-    return n > 0 ? _mm256_slli_epi32(v, n) : n < 0 ? _mm256_srli_epi32(v, -n) : v;
-}
-
 /* Bytes shifted within 16-bit lanes (the callers mask off what crosses a byte) */
 INL __m256i shl16(__m256i v, int n)
 {
