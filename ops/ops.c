@@ -9,29 +9,54 @@
 
 /* ---- dispatch -------------------------------------------------------------------- */
 
-static int simd_state = -1; /* -1: not decided yet; 0: scalar; 1: AVX2 */
+static int level_state = -1; /* -1: not decided yet; else an ops_level */
 
 bool ops_simd_available(void)
 {
+    return ops_level_available() >= OPS_LEVEL_AVX2;
+}
+
+ops_level ops_level_available(void)
+{
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")))
+        return OPS_LEVEL_SCALAR;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        return OPS_LEVEL_AVX512;
+    return OPS_LEVEL_AVX2;
 #else
-    return false;
+    return OPS_LEVEL_SCALAR;
 #endif
+}
+
+ops_level ops_level_current(void)
+{
+    if (level_state < 0)
+        level_state = ops_level_available();
+    return (ops_level)level_state;
+}
+
+void ops_set_level(ops_level l)
+{
+    ops_level top = ops_level_available();
+    level_state = l < OPS_LEVEL_SCALAR ? OPS_LEVEL_SCALAR : l > top ? top : l;
+}
+
+const char *ops_level_name(ops_level l)
+{
+    return l == OPS_LEVEL_AVX512 ? "avx512" : l == OPS_LEVEL_AVX2 ? "avx2" : "scalar";
 }
 
 void ops_use_simd(bool on)
 {
-    simd_state = on && ops_simd_available();
+    ops_set_level(on ? OPS_LEVEL_AVX512 : OPS_LEVEL_SCALAR);
 }
 
 bool ops_simd_enabled(void)
 {
-    if (simd_state < 0)
-        simd_state = ops_simd_available();
-    return simd_state == 1;
+    return ops_level_current() >= OPS_LEVEL_AVX2;
 }
 
 static const struct {

@@ -46,11 +46,20 @@ size_t ops_dtype_block_bytes(ops_dtype t);
 size_t ops_row_bytes(ops_dtype t, int64_t k);
 const char *ops_dtype_name(ops_dtype t); /* "F32", "Q4_K", ... */
 
-/* Selects the kernel family: true = AVX2/FMA/F16C when the CPU has them (default), false =
- * the portable scalar kernels.  Results are identical either way. */
+/* Selects the kernel family: true = the widest this CPU runs (default), false = the
+ * portable scalar kernels.  Results are identical either way. */
 void ops_use_simd(bool on);
 bool ops_simd_available(void);
 bool ops_simd_enabled(void);
+
+/* The kernel levels, each bit-identical to the scalar one: AVX2/FMA/F16C, and AVX-512
+ * (AVX2 plus 512-bit decode GEMVs for block-quantized weights, where 256-bit arithmetic
+ * cannot keep up with memory).  ops_set_level clamps to what the CPU has. */
+typedef enum ops_level { OPS_LEVEL_SCALAR = 0, OPS_LEVEL_AVX2 = 1, OPS_LEVEL_AVX512 = 2 } ops_level;
+ops_level ops_level_available(void);
+ops_level ops_level_current(void);
+void ops_set_level(ops_level l);
+const char *ops_level_name(ops_level l); /* "scalar", "avx2", "avx512" */
 
 /* Element conversions (exact: bf16 and f16 widen to f32 without rounding). */
 float ops_bf16_to_f32(uint16_t h);

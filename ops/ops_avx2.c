@@ -321,7 +321,8 @@ AVX2 void ops_avx2_matmul(float *out, int64_t ldo, const float *const *x_rows, i
             matmul_panel(out, ldo, x_rows, m, w, wt, k, n0, n1, panel);
         else
             for (int64_t r = 0; r < m; r++)
-                ops_avx2_q_gemv(out + r * ldo, x_rows[r], w, wt, k, n0, n1);
+                (ops_level_current() >= OPS_LEVEL_AVX512 ? ops_avx512_q_gemv
+                                                         : ops_avx2_q_gemv)(out + r * ldo, x_rows[r], w, wt, k, n0, n1);
     } else if (m == 1 && wt == OPS_BF16 && k % OPS_STEP == 0 && panel != NULL) {
         eo_permute_x(panel, x_rows[0], k);
         eo_gemv(out, panel, w, k, n0, n1);

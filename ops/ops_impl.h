@@ -37,6 +37,9 @@ float ops_avx2_q_dot(const float *a, const uint8_t *b, ops_dtype t, int64_t k);
  * registers and streamed once, two rows at a time. */
 void ops_avx2_q_gemv(float *out, const float *x, const uint8_t *w, ops_dtype t, int64_t k,
                      int64_t n0, int64_t n1);
+/* The same GEMV with 512-bit registers (kernel level OPS_LEVEL_AVX512). */
+void ops_avx512_q_gemv(float *out, const float *x, const uint8_t *w, ops_dtype t, int64_t k,
+                       int64_t n0, int64_t n1);
 
 #define OPS_CHAINS 4
 #define OPS_STEP 32 /* elements per step of the four chains */

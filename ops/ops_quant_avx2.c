@@ -113,6 +113,45 @@ INL void widen_u8(__m256i v, __m256i q[4])
     q[3] = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(hi, hi));
 }
 
+/* The 32 quants of a step as bytes (element e at byte e), built 32 at a time: cheaper than
+ * assembling them dword by dword.  Q5_0: q - 16 as signed bytes, the nibble with 0xf0 or-ed
+ * in where the high bit is clear (byte e tests bit e % 8 of qh byte e / 8). */
+INL __m256i q5_0_bytes(const uint8_t *b)
+{
+    const __m256i pickb = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                           2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201ll);
+    uint32_t qh;
+    memcpy(&qh, b + 2, 4);
+    __m256i hb = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), pickb), bit);
+    __m256i neg = _mm256_andnot_si256(_mm256_cmpeq_epi8(hb, bit), _mm256_set1_epi8((char)0xf0));
+    __m128i v = _mm_loadu_si128((const __m128i *)(b + 6));
+    __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15));
+    return _mm256_or_si256(nib, neg);
+}
+
+/* Q5_K step s: unsigned q = nibble | (bit s of qh[e]) << 4. */
+INL __m256i q5_k_bytes(const uint8_t *b, int s)
+{
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256i v = _mm256_loadu_si256((const __m256i *)(b + 48 + 32 * (s / 2)));
+    __m256i nib = _mm256_and_si256(s % 2 ? _mm256_srli_epi16(v, 4) : v, m4);
+    __m256i hb = _mm256_and_si256(shl16(_mm256_loadu_si256((const __m256i *)(b + 16)), 4 - s),
+                                  _mm256_set1_epi8(16));
+    return _mm256_or_si256(nib, hb);
+}
+
+/* Q6_K step s: q - 32 as signed bytes. */
+INL __m256i q6_k_bytes(const uint8_t *b, int s)
+{
+    int h = s / 4, tq = s % 4;
+    __m256i v = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (tq & 1)));
+    __m256i vh = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+    __m256i lo = _mm256_and_si256(tq >> 1 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(15));
+    __m256i hi = _mm256_and_si256(shl16(vh, 4 - 2 * tq), _mm256_set1_epi8(0x30));
+    return _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(32));
+}
+
 /* The 32 weights of step s (0 for a 32-block, 0..7 for a K-block): chain c in w[c]. */
 INL void q_step(ops_dtype t, const uint8_t *b, const qprep *p, int s, __m256 w[4])
 {
@@ -133,19 +172,8 @@ INL void q_step(ops_dtype t, const uint8_t *b, const qprep *p, int s, __m256 w[4
         break;
     }
     case OPS_Q5_0: { /* d * (q - 16), q = nibble | (bit e of qh) << 4 */
-        /* q - 16 as a signed byte is the nibble with 0xf0 or-ed in where the bit is clear;
-         * byte e picks qh byte e / 8 and tests bit e % 8 */
-        const __m256i pickb = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                               2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-        const __m256i bit = _mm256_set1_epi64x(0x8040201008040201ll);
-        uint32_t qh;
-        memcpy(&qh, b + 2, 4);
-        __m256i hb = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), pickb), bit);
-        __m256i neg = _mm256_andnot_si256(_mm256_cmpeq_epi8(hb, bit), _mm256_set1_epi8((char)0xf0));
-        __m128i v = _mm_loadu_si128((const __m128i *)(b + 6));
-        __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15));
         __m256i q[4];
-        widen_s8(_mm256_or_si256(nib, neg), q);
+        widen_s8(q5_0_bytes(b), q);
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++)
             w[c] = _mm256_mul_ps(p->d, _mm256_cvtepi32_ps(q[c]));
@@ -163,27 +191,17 @@ INL void q_step(ops_dtype t, const uint8_t *b, const qprep *p, int s, __m256 w[4
         break;
     }
     case OPS_Q5_K: { /* the same with q = nibble | (bit s of qh[e]) << 4, built in bytes */
-        const __m256i m4 = _mm256_set1_epi8(15);
-        __m256i v = _mm256_loadu_si256((const __m256i *)(b + 48 + 32 * (s / 2)));
-        __m256i nib = _mm256_and_si256(s % 2 ? _mm256_srli_epi16(v, 4) : v, m4);
-        __m256i hb = _mm256_and_si256(shl16(_mm256_loadu_si256((const __m256i *)(b + 16)), 4 - s),
-                                      _mm256_set1_epi8(16));
         __m256 ds = _mm256_broadcast_ss(&p->sc[s]), dm = _mm256_broadcast_ss(&p->mn[s]);
         __m256i q[4];
-        widen_u8(_mm256_or_si256(nib, hb), q);
+        widen_u8(q5_k_bytes(b, s), q);
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++)
             w[c] = _mm256_sub_ps(_mm256_mul_ps(ds, _mm256_cvtepi32_ps(q[c])), dm);
         break;
     }
     case OPS_Q6_K: { /* (d * sc[e / 16]) * (q - 32), q - 32 built in signed bytes */
-        int h = s / 4, tq = s % 4;
-        __m256i v = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (tq & 1)));
-        __m256i vh = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
-        __m256i lo = _mm256_and_si256(tq >> 1 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(15));
-        __m256i hi = _mm256_and_si256(shl16(vh, 4 - 2 * tq), _mm256_set1_epi8(0x30));
         __m256i q[4];
-        widen_s8(_mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(32)), q);
+        widen_s8(q6_k_bytes(b, s), q);
         __m256 s0 = _mm256_broadcast_ss(&p->sc[2 * s]), s1 = _mm256_broadcast_ss(&p->sc[2 * s + 1]);
         w[0] = _mm256_mul_ps(s0, _mm256_cvtepi32_ps(q[0]));
         w[1] = _mm256_mul_ps(s0, _mm256_cvtepi32_ps(q[1]));
@@ -331,6 +349,160 @@ AVX2 float ops_avx2_q_dot(const float *a, const uint8_t *b, ops_dtype t, int64_t
 AVX2 void ops_avx2_q_to_f32(float *dst, const uint8_t *src, ops_dtype t, int64_t n)
 {
 #define CALL(name) to_f32_##name(dst, src, n)
+    Q_DISPATCH(t, CALL)
+#undef CALL
+}
+
+/* ---- AVX-512: the same values, 16 lanes at a time ----------------------------------------
+ * A 512-bit register holds two chains (elements 0-15 of a step are chains 0 and 1, 16-31
+ * chains 2 and 3), so every accumulator still sums exactly the canonical terms in the
+ * canonical order; the dequantization is the same float32 operations as above.  Only the
+ * decode GEMV uses it: there the 256-bit kernels run out of arithmetic before the memory
+ * runs out of bandwidth. */
+#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")))
+#define INL512 AVX512 static inline __attribute__((always_inline))
+
+INL512 __m512 cvt16u(__m128i v)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
+}
+INL512 __m512 cvt16s(__m128i v)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+}
+
+/* The 32 weights of step s: elements 0-15 in w[0], 16-31 in w[1]. */
+INL512 void q_step512(ops_dtype t, const uint8_t *b, const qprep *p, int s, __m512 w[2])
+{
+    switch (t) {
+    case OPS_Q8_0: {
+        __m512 d = _mm512_set1_ps(_mm256_cvtss_f32(p->d));
+        w[0] = _mm512_mul_ps(cvt16s(_mm_loadu_si128((const __m128i *)(b + 2))), d);
+        w[1] = _mm512_mul_ps(cvt16s(_mm_loadu_si128((const __m128i *)(b + 18))), d);
+        break;
+    }
+    case OPS_Q4_0: {
+        __m512 d = _mm512_set1_ps(_mm256_cvtss_f32(p->d));
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 2)));
+        __m512i off = _mm512_set1_epi32(8), m15 = _mm512_set1_epi32(15);
+        w[0] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, m15), off)));
+        w[1] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), off)));
+        break;
+    }
+    case OPS_Q5_0: {
+        __m512 d = _mm512_set1_ps(_mm256_cvtss_f32(p->d));
+        __m256i q = q5_0_bytes(b);
+        w[0] = _mm512_mul_ps(d, cvt16s(_mm256_castsi256_si128(q)));
+        w[1] = _mm512_mul_ps(d, cvt16s(_mm256_extracti128_si256(q, 1)));
+        break;
+    }
+    case OPS_Q4_K: {
+        const uint8_t *qs = b + 16 + 32 * (s / 2);
+        __m512 ds = _mm512_set1_ps(p->sc[s]), dm = _mm512_set1_ps(p->mn[s]);
+        __m512i m15 = _mm512_set1_epi32(15);
+        for (int h = 0; h < 2; h++) {
+            __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16 * h)));
+            __m512i q = s % 2 ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, m15);
+            w[h] = _mm512_sub_ps(_mm512_mul_ps(ds, _mm512_cvtepi32_ps(q)), dm);
+        }
+        break;
+    }
+    case OPS_Q5_K: {
+        __m512 ds = _mm512_set1_ps(p->sc[s]), dm = _mm512_set1_ps(p->mn[s]);
+        __m256i q = q5_k_bytes(b, s);
+        w[0] = _mm512_sub_ps(_mm512_mul_ps(ds, cvt16u(_mm256_castsi256_si128(q))), dm);
+        w[1] = _mm512_sub_ps(_mm512_mul_ps(ds, cvt16u(_mm256_extracti128_si256(q, 1))), dm);
+        break;
+    }
+    case OPS_Q6_K: {
+        __m256i q = q6_k_bytes(b, s);
+        w[0] = _mm512_mul_ps(_mm512_set1_ps(p->sc[2 * s]), cvt16s(_mm256_castsi256_si128(q)));
+        w[1] = _mm512_mul_ps(_mm512_set1_ps(p->sc[2 * s + 1]), cvt16s(_mm256_extracti128_si256(q, 1)));
+        break;
+    }
+    default: break;
+    }
+}
+
+/* (c0 + c1) + (c2 + c3) per lane, then the canonical lane tree. */
+INL512 float combine512(__m512 c01, __m512 c23)
+{
+    __m256 v01 = _mm256_add_ps(_mm512_castps512_ps256(c01), _mm512_extractf32x8_ps(c01, 1));
+    __m256 v23 = _mm256_add_ps(_mm512_castps512_ps256(c23), _mm512_extractf32x8_ps(c23, 1));
+    __m256 v = _mm256_add_ps(v01, v23);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+INL512 void q_rows512(ops_dtype t, const float *x, const uint8_t *r, const uint8_t *s, int64_t nb, size_t bb,
+                      bool two, float *out_r, float *out_s)
+{
+    const int steps = is_kquant(t) ? 8 : 1;
+    __m512 a01 = _mm512_setzero_ps(), a23 = a01, b01 = a01, b23 = a01;
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *rb = r + (size_t)i * bb, *sb = s + (size_t)i * bb;
+        for (size_t o = 0; o < bb; o += 64) {
+            _mm_prefetch((const char *)rb + QGEMV_PREFETCH + o, _MM_HINT_T0);
+            if (two)
+                _mm_prefetch((const char *)sb + QGEMV_PREFETCH + o, _MM_HINT_T0);
+        }
+        qprep pr, ps;
+        q_prep(t, rb, &pr);
+        if (two)
+            q_prep(t, sb, &ps);
+        const float *xb = x + i * 32 * steps;
+#pragma GCC unroll 8
+        for (int st = 0; st < steps; st++) {
+            const float *xs = xb + 32 * st;
+            __m512 x0 = _mm512_loadu_ps(xs), x1 = _mm512_loadu_ps(xs + 16);
+            __m512 w[2];
+            q_step512(t, rb, &pr, st, w);
+            a01 = _mm512_fmadd_ps(x0, w[0], a01);
+            a23 = _mm512_fmadd_ps(x1, w[1], a23);
+            if (two) {
+                q_step512(t, sb, &ps, st, w);
+                b01 = _mm512_fmadd_ps(x0, w[0], b01);
+                b23 = _mm512_fmadd_ps(x1, w[1], b23);
+            }
+        }
+    }
+    *out_r = combine512(a01, a23);
+    if (two)
+        *out_s = combine512(b01, b23);
+}
+
+INL512 void q_gemv512(ops_dtype t, float *out, const float *x, const uint8_t *w, int64_t k, int64_t n0,
+                      int64_t n1)
+{
+    size_t bb = ops_dtype_block_bytes(t), rb = ops_row_bytes(t, k);
+    int64_t nb = k / ops_dtype_block_elems(t), cnt = n1 - n0, half = cnt / 2;
+    for (int64_t n = n0; n < n0 + half; n++)
+        q_rows512(t, x, w + (size_t)n * rb, w + (size_t)(n + half) * rb, nb, bb, true, &out[n], &out[n + half]);
+    if (cnt % 2) {
+        const uint8_t *last = w + (size_t)(n1 - 1) * rb;
+        q_rows512(t, x, last, last, nb, bb, false, &out[n1 - 1], NULL);
+    }
+}
+
+#define Q_KERNELS512(T, name)                                                                                \
+    AVX512 static void gemv512_##name(float *out, const float *x, const uint8_t *w, int64_t k, int64_t n0,  \
+                                      int64_t n1)                                                           \
+    {                                                                                                        \
+        q_gemv512(T, out, x, w, k, n0, n1);                                                                  \
+    }
+Q_KERNELS512(OPS_Q4_0, q4_0)
+Q_KERNELS512(OPS_Q5_0, q5_0)
+Q_KERNELS512(OPS_Q8_0, q8_0)
+Q_KERNELS512(OPS_Q4_K, q4_k)
+Q_KERNELS512(OPS_Q5_K, q5_k)
+Q_KERNELS512(OPS_Q6_K, q6_k)
+
+AVX512 void ops_avx512_q_gemv(float *out, const float *x, const uint8_t *w, ops_dtype t, int64_t k, int64_t n0,
+                              int64_t n1)
+{
+#define CALL(name) gemv512_##name(out, x, w, k, n0, n1)
     Q_DISPATCH(t, CALL)
 #undef CALL
 }

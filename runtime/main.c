@@ -1,7 +1,9 @@
 /* moert: argument dispatch only.  Subcommands live in runtime/cli_*.c. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "../ops/ops.h"
 #include "cli.h"
 
 static const cli_command commands[] = {
@@ -35,6 +37,18 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
         printf("moert %s\n", MOERT_VERSION);
         return 0;
+    }
+    /* MOERT_KERNELS picks a kernel level (all give identical results): for comparing them. */
+    const char *kern = getenv("MOERT_KERNELS");
+    if (kern && *kern) {
+        int lv = !strcmp(kern, "scalar") ? OPS_LEVEL_SCALAR : !strcmp(kern, "avx2") ? OPS_LEVEL_AVX2
+               : !strcmp(kern, "avx512") ? OPS_LEVEL_AVX512 : -1;
+        if (lv < 0 || (ops_level)lv > ops_level_available()) {
+            fprintf(stderr, "moert: MOERT_KERNELS is '%s', expected scalar, avx2 or avx512 (this CPU runs up to %s)\n",
+                    kern, ops_level_name(ops_level_available()));
+            return 2;
+        }
+        ops_set_level((ops_level)lv);
     }
     for (const cli_command *c = commands; c->name; c++) {
         if (strcmp(argv[1], c->name) != 0)

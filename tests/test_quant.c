@@ -364,6 +364,53 @@ static void test_simd_equals_scalar_q(void)
     CU_ASSERT(ok_m5);
 }
 
+/* The 512-bit decode GEMV holds two chains per register: every output equals the scalar
+ * and the AVX2 kernels' bit for bit, for every type, odd ranges and unaligned x. */
+static void test_avx512_gemv(void)
+{
+    if (ops_level_available() < OPS_LEVEL_AVX512) {
+        TEST_SKIP("no AVX-512 (F, BW, VL, DQ) on this CPU: the 512-bit GEMV is not exercised");
+        return;
+    }
+    enum { N = 13 };
+    const int64_t ks[3] = {256, 768, 4096};
+    const int64_t ranges[3][2] = {{0, N}, {5, 6}, {2, 11}};
+    bool ok = true;
+    for (int ti = 0; ti < N_QTYPES; ti++)
+        for (int ki = 0; ki < 3; ki++) {
+            ops_dtype t = qtypes[ti];
+            int64_t k = ks[ki];
+            size_t rb = ops_row_bytes(t, k);
+            uint8_t *w = malloc(rb * N);
+            float *xb = malloc(sizeof(float) * (size_t)(k + 1)), *x = xb + 1;
+            for (int n = 0; n < N; n++)
+                random_row(w + (size_t)n * rb, t, k);
+            for (int64_t i = 0; i < k; i++)
+                x[i] = rng_uniform();
+            const float *rows[1] = {x};
+            for (int ri = 0; ri < 3; ri++) {
+                float o[3][N];
+                const ops_level lv[3] = {OPS_LEVEL_SCALAR, OPS_LEVEL_AVX2, OPS_LEVEL_AVX512};
+                for (int l = 0; l < 3; l++) {
+                    for (int i = 0; i < N; i++)
+                        o[l][i] = -1.0f;
+                    ops_set_level(lv[l]);
+                    CU_ASSERT_EQUAL(ops_level_current(), lv[l]);
+                    ops_matmul(o[l], N, rows, 1, w, t, k, ranges[ri][0], ranges[ri][1], NULL);
+                }
+                bool same = same_bits(o[0], o[1], N) && same_bits(o[0], o[2], N);
+                if (!same)
+                    printf("\n    %s k %lld rows [%lld, %lld): levels differ\n", ops_dtype_name(t), (long long)k,
+                           (long long)ranges[ri][0], (long long)ranges[ri][1]);
+                ok = ok && same;
+            }
+            free(w);
+            free(xb);
+        }
+    ops_use_simd(true);
+    CU_ASSERT(ok);
+}
+
 /* A quantized matmul is, bit for bit, the f32 matmul of its exactly dequantized weights,
  * for the decode GEMV (m = 1, rows paired and an odd one alone), the small batches and
  * the panel tiles (m = 2, 5, 13), in both families; and a row's result does not depend on
@@ -533,6 +580,7 @@ void suite_quant(void)
     CU_add_test(s, "Q5_K hand-computed", test_hand_q5_k);
     CU_add_test(s, "Q6_K hand-computed", test_hand_q6_k);
     CU_add_test(s, "simd equals scalar", test_simd_equals_scalar_q);
+    CU_add_test(s, "AVX-512 decode GEMV equals AVX2 and scalar", test_avx512_gemv);
     CU_add_test(s, "quantized equals dequantized f32", test_quant_equals_dequant);
     CU_add_test(s, "canonical order", test_quant_order);
     CU_add_test(s, "encoder round trip", test_round_trip);
