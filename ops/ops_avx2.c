@@ -229,6 +229,60 @@ AVX2 static void matmul_few_rows(float *out, int64_t ldo, const float *const *x,
     }
 }
 
+
+/* ---- AVX-512 panel tile -------------------------------------------------------------
+ * The same panel, 4 rows x 4 outputs per pass over k: a 512-bit register holds one pair of
+ * chains (elements 32s..32s+15 are chains 0 and 1, 32s+16.. chains 2 and 3, contiguous in
+ * memory), so each accumulator still sums its canonical terms in the canonical order, and
+ * the zero padding is the same (masked loads of x, a zero-padded panel). */
+#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")))
+
+AVX512 static inline __m512 x16(const float *x, int64_t i, int64_t k)
+{
+    if (i + 16 <= k)
+        return _mm512_loadu_ps(x + i);
+    __mmask16 m = i >= k ? 0 : (__mmask16)((1u << (k - i)) - 1u);
+    return _mm512_maskz_loadu_ps(m, x + (i < k ? i : 0));
+}
+
+AVX512 static inline float combine_pair(__m512 c01, __m512 c23)
+{
+    __m256 v01 = _mm256_add_ps(_mm512_castps512_ps256(c01), _mm512_extractf32x8_ps(c01, 1));
+    __m256 v23 = _mm256_add_ps(_mm512_castps512_ps256(c23), _mm512_extractf32x8_ps(c23, 1));
+    return hsum(_mm256_add_ps(v01, v23));
+}
+
+/* Rows [r, r + 4) x panel rows [j, j + 4): out[(r + a) * ldo + nb + j + b]. */
+AVX512 static void tile512(float *out, int64_t ldo, const float *const *x, int64_t r, const float *panel,
+                           int64_t kp, int64_t k, int64_t nb, int64_t j)
+{
+    __m512 part[2][4][4];
+    for (int h = 0; h < 2; h++) {
+        __m512 acc[4][4];
+        for (int a = 0; a < 4; a++)
+            for (int b = 0; b < 4; b++)
+                acc[a][b] = _mm512_setzero_ps();
+        const float *p = panel + j * kp;
+        for (int64_t i = 16 * h; i < kp; i += OPS_STEP) {
+            __m512 w0 = _mm512_load_ps(p + i), w1 = _mm512_load_ps(p + kp + i);
+            __m512 w2 = _mm512_load_ps(p + 2 * kp + i), w3 = _mm512_load_ps(p + 3 * kp + i);
+            for (int a = 0; a < 4; a++) {
+                __m512 xv = x16(x[r + a], i, k);
+                acc[a][0] = _mm512_fmadd_ps(xv, w0, acc[a][0]);
+                acc[a][1] = _mm512_fmadd_ps(xv, w1, acc[a][1]);
+                acc[a][2] = _mm512_fmadd_ps(xv, w2, acc[a][2]);
+                acc[a][3] = _mm512_fmadd_ps(xv, w3, acc[a][3]);
+            }
+        }
+        for (int a = 0; a < 4; a++)
+            for (int b = 0; b < 4; b++)
+                part[h][a][b] = acc[a][b];
+    }
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 4; b++)
+            out[(r + a) * ldo + nb + j + b] = combine_pair(part[0][a][b], part[1][a][b]);
+}
+
 /* Many input rows (prefill, grouped experts): widen OPS_PANEL_ROWS weight rows once into a
  * zero-padded f32 panel, then run a 4 x 2 (rows x outputs) register tile over it, one chain
  * at a time (each chain is its own sequential sum, so computing them one after another
@@ -248,6 +302,11 @@ AVX2 static void matmul_panel(float *out, int64_t ldo, const float *const *x, in
                 prow[i] = 0.0f;
         }
         int64_t r = 0;
+        if (ops_level_current() >= OPS_LEVEL_AVX512 && nr % 4 == 0) {
+            for (; r + 4 <= m; r += 4)
+                for (int64_t j = 0; j < nr; j += 4)
+                    tile512(out, ldo, x, r, panel, kp, k, nb, j);
+        }
         for (; r + 4 <= m; r += 4) {
             const float *x0 = x[r], *x1 = x[r + 1], *x2 = x[r + 2], *x3 = x[r + 3];
             int64_t j = 0;

@@ -364,48 +364,66 @@ static void test_simd_equals_scalar_q(void)
     CU_ASSERT(ok_m5);
 }
 
-/* The 512-bit decode GEMV holds two chains per register: every output equals the scalar
- * and the AVX2 kernels' bit for bit, for every type, odd ranges and unaligned x. */
-static void test_avx512_gemv(void)
+/* The AVX-512 level (two chains per 512-bit register: the decode GEMV of block types and
+ * the prefill panel tile of every type) equals the scalar and the AVX2 kernels bit for
+ * bit: every type, decode (m = 1) and prefill (m = 6: a 4-row tile and a remainder), panels
+ * of 16 rows (all tiles) and of 13 (a remainder), odd ranges, k with a tail, unaligned x. */
+static void test_avx512_levels(void)
 {
     if (ops_level_available() < OPS_LEVEL_AVX512) {
-        TEST_SKIP("no AVX-512 (F, BW, VL, DQ) on this CPU: the 512-bit GEMV is not exercised");
+        TEST_SKIP("no AVX-512 (F, BW, VL, DQ) on this CPU: the AVX-512 level is not exercised");
         return;
     }
-    enum { N = 13 };
-    const int64_t ks[3] = {256, 768, 4096};
-    const int64_t ranges[3][2] = {{0, N}, {5, 6}, {2, 11}};
+    enum { NMAX = 16, M = 6 };
+    const ops_dtype types[] = {OPS_Q4_0, OPS_Q5_0, OPS_Q8_0, OPS_Q4_K, OPS_Q5_K, OPS_Q6_K, OPS_F32, OPS_BF16, OPS_F16};
+    const int64_t ks[4] = {256, 768, 4096, 100};
+    const int64_t ranges[4][2] = {{0, 16}, {0, 13}, {5, 6}, {2, 11}};
     bool ok = true;
-    for (int ti = 0; ti < N_QTYPES; ti++)
-        for (int ki = 0; ki < 3; ki++) {
-            ops_dtype t = qtypes[ti];
+    for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++)
+        for (int ki = 0; ki < 4; ki++) {
+            ops_dtype t = types[ti];
             int64_t k = ks[ki];
             size_t rb = ops_row_bytes(t, k);
-            uint8_t *w = malloc(rb * N);
-            float *xb = malloc(sizeof(float) * (size_t)(k + 1)), *x = xb + 1;
-            for (int n = 0; n < N; n++)
-                random_row(w + (size_t)n * rb, t, k);
-            for (int64_t i = 0; i < k; i++)
-                x[i] = rng_uniform();
-            const float *rows[1] = {x};
-            for (int ri = 0; ri < 3; ri++) {
-                float o[3][N];
-                const ops_level lv[3] = {OPS_LEVEL_SCALAR, OPS_LEVEL_AVX2, OPS_LEVEL_AVX512};
-                for (int l = 0; l < 3; l++) {
-                    for (int i = 0; i < N; i++)
-                        o[l][i] = -1.0f;
-                    ops_set_level(lv[l]);
-                    CU_ASSERT_EQUAL(ops_level_current(), lv[l]);
-                    ops_matmul(o[l], N, rows, 1, w, t, k, ranges[ri][0], ranges[ri][1], NULL);
+            if (!rb)
+                continue; /* k = 100 only for the plain types */
+            uint8_t *w = malloc(rb * NMAX);
+            float *xb = malloc(sizeof(float) * (size_t)(M * k + 1)), *x = xb + 1;
+            float *panel = alloc_panel(k);
+            if (ops_dtype_block_elems(t) > 1)
+                for (int n = 0; n < NMAX; n++)
+                    random_row(w + (size_t)n * rb, t, k);
+            else
+                for (size_t i = 0; i < rb * NMAX; i += 2) {
+                    uint16_t h = (uint16_t)((rng_next() & 0x83ff) | ((uint32_t)(5 + rng_next() % 8) << 10));
+                    if (t == OPS_BF16)
+                        h = (uint16_t)(((uint32_t)h & 0x807f) | 0x3c00u);
+                    put16(w + i, h);
                 }
-                bool same = same_bits(o[0], o[1], N) && same_bits(o[0], o[2], N);
-                if (!same)
-                    printf("\n    %s k %lld rows [%lld, %lld): levels differ\n", ops_dtype_name(t), (long long)k,
-                           (long long)ranges[ri][0], (long long)ranges[ri][1]);
-                ok = ok && same;
-            }
+            for (int64_t i = 0; i < M * k; i++)
+                x[i] = rng_uniform();
+            const float *rows[M];
+            for (int r = 0; r < M; r++)
+                rows[r] = x + r * k;
+            for (int ri = 0; ri < 4; ri++)
+                for (int m = 1; m <= M; m += M - 1) {
+                    float o[3][M * NMAX];
+                    const ops_level lv[3] = {OPS_LEVEL_SCALAR, OPS_LEVEL_AVX2, OPS_LEVEL_AVX512};
+                    for (int l = 0; l < 3; l++) {
+                        for (int i = 0; i < M * NMAX; i++)
+                            o[l][i] = -1.0f;
+                        ops_set_level(lv[l]);
+                        CU_ASSERT_EQUAL(ops_level_current(), lv[l]);
+                        ops_matmul(o[l], NMAX, rows, m, w, t, k, ranges[ri][0], ranges[ri][1], panel);
+                    }
+                    bool same = same_bits(o[0], o[1], M * NMAX) && same_bits(o[0], o[2], M * NMAX);
+                    if (!same)
+                        printf("\n    %s k %lld m %d rows [%lld, %lld): levels differ\n", ops_dtype_name(t),
+                               (long long)k, m, (long long)ranges[ri][0], (long long)ranges[ri][1]);
+                    ok = ok && same;
+                }
             free(w);
             free(xb);
+            free(panel);
         }
     ops_use_simd(true);
     CU_ASSERT(ok);
@@ -580,7 +598,7 @@ void suite_quant(void)
     CU_add_test(s, "Q5_K hand-computed", test_hand_q5_k);
     CU_add_test(s, "Q6_K hand-computed", test_hand_q6_k);
     CU_add_test(s, "simd equals scalar", test_simd_equals_scalar_q);
-    CU_add_test(s, "AVX-512 decode GEMV equals AVX2 and scalar", test_avx512_gemv);
+    CU_add_test(s, "AVX-512 level equals AVX2 and scalar (decode and prefill)", test_avx512_levels);
     CU_add_test(s, "quantized equals dequantized f32", test_quant_equals_dequant);
     CU_add_test(s, "canonical order", test_quant_order);
     CU_add_test(s, "encoder round trip", test_round_trip);
