@@ -151,7 +151,7 @@ static void validate_tensor(vlist *v, const trace_file *tf, const trace_ring_vie
         violation(v, name, -1, NULL, "shape", "%s", e.msg);
         return;
     }
-    if (ndim == 2 && shape[0] != r->n) {
+    if (ndim >= 1 && shape[0] != r->n) { /* rows index the ring's records (and its @meta) */
         violation(v, name, -1, NULL, "shape", "%lld rows, but the ring holds %lld records",
                   (long long)shape[0], (long long)r->n);
         return;
@@ -395,88 +395,6 @@ done:
 
 /* ---- replay ------------------------------------------------------------------------- */
 
-static int json_ids(const json_t *a, int32_t **out, int64_t *n, const char *what, moert_err *err)
-{
-    if (!json_is_array(a))
-        return err_set(err, MOERT_EFORMAT, "manifest: %s is not an array", what);
-    *n = (int64_t)json_array_size(a);
-    *out = malloc((size_t)(*n ? *n : 1) * sizeof **out);
-    if (!*out)
-        return err_set(err, MOERT_ENOMEM, "out of memory");
-    for (int64_t i = 0; i < *n; i++) {
-        json_t *x = json_array_get(a, (size_t)i);
-        if (!json_is_integer(x))
-            return err_set(err, MOERT_EFORMAT, "manifest: %s[%lld] is not an integer", what, (long long)i);
-        (*out)[i] = (int32_t)json_integer_value(x);
-    }
-    return MOERT_OK;
-}
-
-/* The recorded run as a config: topology, weights, limits, sampling and trace plan. */
-static int manifest_config(const json_t *m, cfg_config *cfg, moert_err *err)
-{
-    cfg_defaults(cfg);
-    int st = trace_manifest_topology(m, &cfg->topo, err);
-    if (st)
-        return st;
-    const json_t *w = json_object_get(m, "weights"), *tp = json_object_get(m, "trace");
-    const json_t *sp = json_object_get(m, "sampling");
-    const char *src = json_string_value(json_object_get(w, "source"));
-    if (!src || !json_is_object(tp) || !json_is_object(sp))
-        return err_set(err, MOERT_EFORMAT, "manifest: weights, trace or sampling missing");
-    if (!strcmp(src, "synth")) {
-        const char *dt = json_string_value(json_object_get(w, "dtype"));
-        cfg->weights.synth = true;
-        cfg->weights.synth_seed = (uint64_t)json_integer_value(json_object_get(w, "seed"));
-        cfg->weights.synth_dtype = dt && !strcmp(dt, "f32") ? CFG_DTYPE_F32
-                                   : dt && !strcmp(dt, "f16") ? CFG_DTYPE_F16
-                                                              : CFG_DTYPE_BF16;
-    } else {
-        const char *p = json_string_value(json_object_get(w, "path"));
-        if (!p)
-            return err_set(err, MOERT_EFORMAT, "manifest: weights path missing");
-        snprintf(cfg->weights.path, sizeof cfg->weights.path, "%s", p);
-    }
-    cfg->rt.prefill_chunk = json_integer_value(json_object_get(m, "prefill_chunk"));
-    cfg->rt.max_seq_len = json_integer_value(json_object_get(m, "max_seq_len"));
-    cfg->rt.threads = (int32_t)json_integer_value(json_object_get(m, "threads"));
-    const char *be = json_string_value(json_object_get(m, "backend"));
-    cfg->rt.backend = be && !strcmp(be, "hip") ? CFG_BACKEND_HIP : CFG_BACKEND_CPU;
-    cfg->sampling.temperature = json_number_value(json_object_get(sp, "temperature"));
-    cfg->sampling.top_k = (int32_t)json_integer_value(json_object_get(sp, "top_k"));
-    cfg->sampling.top_p = json_number_value(json_object_get(sp, "top_p"));
-    cfg->sampling.seed = (uint64_t)json_integer_value(json_object_get(sp, "seed"));
-    cfg_trace_plan *p = &cfg->trace;
-    const char *mode = json_string_value(json_object_get(tp, "mode"));
-    const char *pos = json_string_value(json_object_get(tp, "positions"));
-    const char *full = json_string_value(json_object_get(tp, "on_full"));
-    p->enabled = true;
-    p->mode = mode && !strcmp(mode, "tensor") ? CFG_TRACE_TENSOR : CFG_TRACE_STATS;
-    p->positions = pos && !strcmp(pos, "all") ? CFG_TRACE_ALL : CFG_TRACE_LAST;
-    p->on_full = full && !strcmp(full, "stop") ? CFG_TRACE_STOP : CFG_TRACE_OVERWRITE;
-    p->capacity = json_integer_value(json_object_get(tp, "capacity"));
-    p->stages = 0;
-    size_t i;
-    json_t *x;
-    json_array_foreach(json_object_get(tp, "stages"), i, x)
-    {
-        int s = json_is_string(x) ? cfg_stage_from_name(json_string_value(x)) : -1;
-        if (s < 0)
-            return err_set(err, MOERT_EFORMAT, "manifest: unknown trace stage");
-        p->stages |= 1u << s;
-    }
-    const json_t *layers = json_object_get(tp, "layers");
-    p->all_layers = json_is_string(layers);
-    p->n_layers = 0;
-    if (json_is_array(layers))
-        json_array_foreach(layers, i, x) if (p->n_layers < CFG_MAX_LAYERS)
-            p->layers[p->n_layers++] = (int32_t)json_integer_value(x);
-    if (cfg->rt.prefill_chunk < 1 || cfg->rt.max_seq_len < cfg->rt.prefill_chunk || p->capacity < 1 ||
-        !p->stages)
-        return err_set(err, MOERT_EFORMAT, "manifest: runtime limits or trace plan out of range");
-    return MOERT_OK;
-}
-
 typedef struct divergence {
     bool found;
     size_t ring;
@@ -591,12 +509,8 @@ int cli_replay(int argc, char **argv, moert_err *err)
     int st = (!cfg || !s) ? err_set(err, MOERT_ENOMEM, "out of memory") : MOERT_OK;
     if (st || (st = trace_file_open(path, &rec, err)))
         goto done;
-    if ((st = manifest_config(rec.manifest, cfg, err)) ||
-        (st = json_ids(json_object_get(rec.manifest, "prompt_ids"), &prompt, &n_prompt, "prompt_ids", err)) ||
-        (st = json_ids(json_object_get(rec.manifest, "generated_ids"), &gen, &n_gen, "generated_ids", err))) {
-        err_prefix(err, "%s", path);
+    if ((st = trace_manifest_run(rec.manifest, path, cfg, &prompt, &n_prompt, &gen, &n_gen, err)))
         goto done;
-    }
     /* Command-line overrides: backend, threads, chunking, weights. */
     if (ov.threads && (st = cli_parse_i64("--threads", ov.threads, 1, 1024, &(int64_t){0}, err)))
         goto done;
@@ -801,7 +715,7 @@ static int64_t row_pos(const rows *r, int64_t i)
 static void topk_of(const float *row, int64_t e, int64_t k, int32_t *out)
 {
     float probs[1024], w[256];
-    if (e > 1024 || k > 256) { /* beyond any real router: report nothing in common */
+    if (e > 1024 || k > 256 || k > e) { /* beyond any real router: report nothing in common */
         for (int64_t j = 0; j < k && j < 256; j++)
             out[j] = -1;
         return;
@@ -880,7 +794,7 @@ int cli_diff(int argc, char **argv, moert_err *err)
             bool hla = diff_rows(&A, lname, &la), hlb = diff_rows(&B, lname, &lb);
             const rows *pa_rows = ha ? &ra : hla ? &la : NULL, *pb_rows = hb ? &rb : hlb ? &lb : NULL;
             int64_t k = ha ? ra.width : hb ? rb.width : 0;
-            if (pa_rows && pb_rows && k > 0 && k <= 256) {
+            if (pa_rows && pb_rows && k > 0 && k <= 256 && (!ha || !hb || ra.width == rb.width)) {
                 for (int64_t i = 0; i < pa_rows->n; i++)
                     for (int64_t j = 0; j < pb_rows->n; j++) {
                         if (row_pos(pa_rows, i) != row_pos(pb_rows, j))
