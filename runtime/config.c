@@ -388,6 +388,9 @@ static int import_hf_into(const char *path, cfg_topology *t, topo_src *s, moert_
         return err_set(err, MOERT_ECONFIG, "%s: %s, expected a HF config.json", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
         return err_set(err, MOERT_ECONFIG, "%s: not a regular file, expected a HF config.json", path);
+    if (st.st_size > YAMLDOC_MAX_BYTES) /* a few KB in practice; JSON costs ~20x its size */
+        return err_set(err, MOERT_ECONFIG, "%s: %lld bytes, expected a HF config.json of at most %u bytes", path,
+                       (long long)st.st_size, YAMLDOC_MAX_BYTES);
     json_error_t je;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
     if (!root) {

@@ -303,6 +303,27 @@ static void test_deep_nesting_refused(void)
     CU_ASSERT_STRING_EQUAL(e.msg, "deep.yaml:1:1: the config is missing required section 'weights', expected a path or {synth: {seed: N, dtype: bf16}}");
 }
 
+/* config.json is JSON read whole: its size is bounded before it is parsed. */
+static void test_hf_config_size_bounded(void)
+{
+    char dir[512], path[600];
+    snprintf(dir, sizeof dir, "%s/big-config", test_tmpdir());
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "wb");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs("{\"model_type\": \"qwen3_moe\", \"pad\": \"", f);
+    for (int i = 0; i < (1 << 20); i++)
+        fputc(' ', f);
+    fputs("\"}", f);
+    fclose(f);
+    moert_err e = {0};
+    CU_ASSERT_EQUAL(cfg_load(dir, &cfg, &e), MOERT_ECONFIG);
+    char want[700];
+    snprintf(want, sizeof want, "%s: 1048614 bytes, expected a HF config.json of at most 1048576 bytes", path);
+    CU_ASSERT_STRING_EQUAL(e.msg, want);
+}
+
 /* Every file of the catalogue is in the table (an untested bad config is a silent hole). */
 static void test_bad_config_files_listed(void)
 {
@@ -899,6 +920,7 @@ void suite_config(void)
     CU_add_test(s, "bad config catalogue", test_bad_config_catalogue);
     CU_add_test(s, "every bad config is listed", test_bad_config_files_listed);
     CU_add_test(s, "deep nesting is refused before libyaml's slow path", test_deep_nesting_refused);
+    CU_add_test(s, "config.json size is bounded", test_hf_config_size_bounded);
     CU_add_test(s, "truncated configs never crash", test_truncations_never_crash);
     CU_add_test(s, "configs/qwen3moe.yaml", test_default_model_config);
     CU_add_test(s, "configs/qwen3-30b-a3b.yaml plans without weights", test_30b_config_plans_without_weights);
