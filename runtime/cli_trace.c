@@ -464,7 +464,7 @@ int cli_replay(int argc, char **argv, moert_err *err)
     cli_overrides ov = {0};
     const char *path = NULL;
     double tol = 0;
-    bool force = false, json = false;
+    bool force = false, json = false, check_weights = false;
     for (int i = 1; i < argc;) {
         int t = cli_take_override(argc, argv, &i, &ov, err);
         if (t < 0)
@@ -474,7 +474,7 @@ int cli_replay(int argc, char **argv, moert_err *err)
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: moert replay TRACE [--tolerance X] [--backend cpu|hip] [--threads N]\n"
-                 "                    [--prefill-chunk K] [--weights PATH [--force]] [--json]\n"
+                 "                    [--prefill-chunk K] [--weights PATH [--force]] [--check-weights] [--json]\n"
                  "  re-runs the recorded run and compares every record: `bit-exact` (exit 0), or the\n"
                  "  first divergent (step, layer, stage) with cosine and max abs error (exit 1).\n"
                  "  --force replays even when the weights' fingerprint differs from the recording.");
@@ -485,6 +485,8 @@ int cli_replay(int argc, char **argv, moert_err *err)
             i++;
         } else if (!strcmp(a, "--force")) {
             force = true;
+        } else if (!strcmp(a, "--check-weights")) {
+            check_weights = true;
         } else if (!strcmp(a, "--json")) {
             json = true;
         } else if (a[0] == '-') {
@@ -535,7 +537,7 @@ int cli_replay(int argc, char **argv, moert_err *err)
     }
     snprintf(tmp, sizeof tmp, "/tmp/moert-replay-%ld.trace", (long)getpid());
     snprintf(cfg->trace.out_path, sizeof cfg->trace.out_path, "%s", tmp);
-    if ((st = sess_open(s, cfg, 0, err)))
+    if ((st = sess_open(s, cfg, check_weights ? SESS_CHECK_WEIGHTS : 0, err)))
         goto done;
     const char *want = json_string_value(json_object_get(json_object_get(rec.manifest, "weights"), "fingerprint"));
     char have[32];

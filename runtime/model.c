@@ -319,6 +319,73 @@ fail:
     return st;
 }
 
+/* ---- finiteness --------------------------------------------------------------------- */
+
+/* Index of the first element whose exponent bits are all ones (NaN or Inf), or -1; *nan
+ * tells which.  Elements are read with memcpy: a tensor's data need not be aligned. */
+static int64_t first_nonfinite(const st_tensor *t, bool *nan)
+{
+    const uint8_t *p = t->data;
+    if (t->dtype == ST_F32) {
+        uint64_t n = t->nbytes / 4;
+        for (uint64_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, p + 4 * i, 4);
+            if ((u & 0x7f800000u) == 0x7f800000u) {
+                *nan = (u & 0x007fffffu) != 0;
+                return (int64_t)i;
+            }
+        }
+        return -1;
+    }
+    uint16_t exp = t->dtype == ST_BF16 ? 0x7f80u : 0x7c00u, man = t->dtype == ST_BF16 ? 0x007fu : 0x03ffu;
+    uint64_t n = t->nbytes / 2;
+    for (uint64_t i = 0; i < n; i++) {
+        uint16_t u;
+        memcpy(&u, p + 2 * i, 2);
+        if ((u & exp) == exp) {
+            *nan = (u & man) != 0;
+            return (int64_t)i;
+        }
+    }
+    return -1;
+}
+
+int model_check_finite(const model_weights *w, moert_err *err)
+{
+    if (!w || !w->set)
+        return err_set(err, MOERT_EUSAGE, "model_check_finite: no bound weights");
+    for (size_t i = 0; i < st_count(w->set); i++) {
+        const st_tensor *t = st_at(w->set, i);
+        /* Plain floats only.  Block-quantized tensors (ST_Q8_0, ...) hold F16 scales inside
+         * their blocks: they are skipped until the block layouts are checked here too. */
+        if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16)
+            continue;
+        bool nan = false;
+        int64_t at = first_nonfinite(t, &nan);
+        if (at < 0)
+            continue;
+        /* row-major coordinates: the last dim varies fastest */
+        int64_t coord[ST_MAX_DIMS] = {0}, rest = at;
+        for (int d = t->ndim - 1; d >= 0; d--) {
+            coord[d] = t->shape[d] > 0 ? rest % t->shape[d] : 0;
+            rest = t->shape[d] > 0 ? rest / t->shape[d] : 0;
+        }
+        char idx[200];
+        size_t len = (size_t)snprintf(idx, sizeof idx, "[");
+        for (int d = 0; d < t->ndim && len < sizeof idx; d++)
+            len += (size_t)snprintf(idx + len, sizeof idx - len, "%s%lld", d ? ", " : "", (long long)coord[d]);
+        if (len < sizeof idx)
+            snprintf(idx + len, sizeof idx - len, "]");
+        const char *file = st_file_path(w->set, (size_t)t->file_index);
+        return err_set(err, MOERT_EFORMAT,
+                       "%s: tensor " NAME_FMT " element %s (index %lld of %lld) is %s, expected finite weights",
+                       file ? file : "weights", t->name, idx, (long long)at, (long long)(t->nbytes / st_dtype_size(t->dtype)),
+                       nan ? "NaN" : "Inf");
+    }
+    return MOERT_OK;
+}
+
 /* ---- fingerprint and roofline ----------------------------------------------------- */
 
 static void put_u64(XXH3_state_t *s, uint64_t v)

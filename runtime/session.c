@@ -141,6 +141,11 @@ int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err)
             err_prefix_source(cfg, err);
         goto fail;
     }
+    /* A NaN weight would run silently (greedy then emits token 0 forever): a run that checks
+     * a contract, or asks, proves the weights finite first. */
+    if (((flags & SESS_CHECK_WEIGHTS) || s->cfg.contract_path[0]) &&
+        (st = model_check_finite(&s->weights, err)))
+        goto fail;
     sched_trace_hooks hooks = {0};
     if (s->cfg.trace.enabled) {
         st = trace_rt_create(&s->cfg.trace, &s->trace, err);

@@ -2,6 +2,7 @@
  * message and exit 2, never a crash (a crash would show as exit -1 / >128 here). */
 #include <CUnit/CUnit.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -277,6 +278,53 @@ static void test_synth_dir_equals_image(void)
     json_decref(ja);
 }
 
+
+/* A NaN weight runs silently unless asked: --check-weights (run, bench, replay) or a
+ * contract names the first non-finite element and exits 2. */
+static void test_check_weights(void)
+{
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/nan-model", test_tmpdir());
+    CU_ASSERT_EQUAL_FATAL(sh("./moert synth configs/qwen3moe.yaml --out %s --shard-mb 64", dir), 0);
+    CU_ASSERT_EQUAL(sh("./moert run %s --tokens 5,6 -n 2 --check-weights", dir), 0);
+    /* bf16 NaN (0x7fc0) as element 5 of layer 1's q_norm, at its offset from the header */
+    char shard[700];
+    snprintf(shard, sizeof shard, "%s/model-00001-of-00001.safetensors", dir);
+    FILE *f = fopen(shard, "r+b");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    uint64_t hl = 0;
+    CU_ASSERT_EQUAL_FATAL(fread(&hl, 8, 1, f), 1);
+    char *hdr = calloc(1, hl + 1);
+    CU_ASSERT_EQUAL_FATAL(fread(hdr, 1, hl, f), hl);
+    json_error_t je;
+    json_t *h = json_loads(hdr, 0, &je);
+    free(hdr);
+    json_t *offs = json_object_get(json_object_get(h, "model.layers.1.self_attn.q_norm.weight"), "data_offsets");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(offs);
+    long at = (long)(8 + hl + (uint64_t)json_integer_value(json_array_get(offs, 0)) + 2 * 5);
+    json_decref(h);
+    fseek(f, at, SEEK_SET);
+    fputc(0xc0, f);
+    fputc(0x7f, f);
+    fclose(f);
+    char want[1024];
+    snprintf(want, sizeof want,
+             "%s: tensor 'model.layers.1.self_attn.q_norm.weight' element [5] (index 5 of 48) is "
+             "NaN, expected finite weights\n", shard);
+    const char *runs[] = {"run %s --tokens 5,6 -n 2 --check-weights",
+                          "run %s --tokens 5,6 -n 2 --contract contracts/qwen3moe-trace-v1.yaml",
+                          "bench %s --prompt-tokens 4 --gen 2 --repeat 1 --check-weights"};
+    for (size_t i = 0; i < 3; i++) {
+        char cmd[1024], full[1200];
+        snprintf(cmd, sizeof cmd, runs[i], dir);
+        snprintf(full, sizeof full, "moert %.*s: %s", (int)strcspn(cmd, " "), cmd, want);
+        CU_ASSERT_EQUAL(sh("./moert %s", cmd), 2);
+        CU_ASSERT_STRING_EQUAL(errb, full);
+    }
+    /* unchecked, it runs (what the flag is for) */
+    CU_ASSERT_EQUAL(sh("./moert run %s --tokens 5,6 -n 2", dir), 0);
+}
+
 static void test_plan_30b(void)
 {
     CU_ASSERT_EQUAL_FATAL(sh("./moert plan configs/qwen3-30b-a3b.yaml --json"), 0);
@@ -349,6 +397,7 @@ void suite_cli(void)
     CU_add_test(s, "run: --prompt, --chat, streaming", test_run_prompt_and_chat);
     CU_add_test(s, "synth: directory equals the in-memory image", test_synth_dir_equals_image);
     CU_add_test(s, "plan: Qwen3-30B-A3B without weights", test_plan_30b);
+    CU_add_test(s, "--check-weights and contracts name a NaN weight", test_check_weights);
     CU_add_test(s, "run MODEL_DIR reproduces HF greedy ids", test_model_dir);
     CU_add_test(s, "bench --json", test_bench_json);
 }
