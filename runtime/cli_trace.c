@@ -82,16 +82,23 @@ static int write_file_atomic(const char *path, const char *text, moert_err *err)
 /* ---- validate ---------------------------------------------------------------------- */
 
 typedef struct vlist {
-    json_t *violations; /* [{stage, record, step, position, rule, detail}] */
+    json_t *violations; /* [{stage, record, step, position, rule, detail}], the first VIOLATIONS_KEPT */
     json_t *skipped;    /* [{stage, rule, why}] */
     int64_t checks;
+    size_t total;       /* violations found, kept or not */
 } vlist;
+
+/* A trace of a million bad rows must not cost a million JSON objects: the first ones are
+ * listed, all are counted. */
+#define VIOLATIONS_KEPT 10000
 
 static void violation(vlist *v, const char *label, int64_t rec, const int64_t *meta,
                       const char *rule, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 static void violation(vlist *v, const char *label, int64_t rec, const int64_t *meta,
                       const char *rule, const char *fmt, ...)
 {
+    if (v->total++ >= VIOLATIONS_KEPT)
+        return;
     char detail[512];
     va_list ap;
     va_start(ap, fmt);
@@ -118,6 +125,39 @@ static ctr_dtype st_to_ctr(st_dtype d, bool *ok)
 {
     *ok = d == ST_F32 || d == ST_I32;
     return d == ST_I32 ? CTR_I32 : CTR_F32;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+typedef struct id_pair {
+    int32_t id;
+    int64_t col;
+} id_pair;
+
+static int cmp_pair(const void *a, const void *b)
+{
+    const id_pair *x = a, *y = b;
+    if (x->id != y->id)
+        return x->id < y->id ? -1 : 1;
+    return (x->col > y->col) - (x->col < y->col);
+}
+
+/* The first column whose id appeared earlier in the row, or -1: O(n log n), so a row as wide
+ * as the file allows cannot stall validate. */
+static int64_t first_repeat(const int32_t *row, int64_t n, id_pair *pairs)
+{
+    for (int64_t j = 0; j < n; j++)
+        pairs[j] = (id_pair){row[j], j};
+    qsort(pairs, (size_t)n, sizeof *pairs, cmp_pair);
+    int64_t first = -1;
+    for (int64_t j = 1; j < n; j++)
+        if (pairs[j].id == pairs[j - 1].id && (j < 2 || pairs[j - 2].id != pairs[j].id) &&
+            (first < 0 || pairs[j].col < first))
+            first = pairs[j].col; /* the second column holding this id */
+    return first;
 }
 
 /* Checks one stage tensor (or, in stats mode, the manifest's declared shape). */
@@ -184,6 +224,12 @@ static void validate_tensor(vlist *v, const trace_file *tf, const trace_ring_vie
             continue;
         }
         int64_t rows = shape[0], cols = shape[1];
+        id_pair *pairs = NULL;
+        if (bit == CTR_RULE_DISTINCT && dt == CTR_I32 && rows > 0 &&
+            !(pairs = malloc((size_t)(cols ? cols : 1) * sizeof *pairs))) {
+            skipped(v, name, rn, "out of memory");
+            continue;
+        }
         for (int64_t i = 0; i < rows; i++) {
             v->checks++;
             if (dt == CTR_F32) {
@@ -211,14 +257,11 @@ static void validate_tensor(vlist *v, const trace_file *tf, const trace_ring_vie
                         break;
                     }
                     if (bit == CTR_RULE_DISTINCT) {
-                        bool dup = false;
-                        for (int64_t k = 0; k < j; k++)
-                            dup = dup || row[k] == row[j];
-                        if (dup) {
-                            violation(v, name, i, r->meta, rn, "id %d repeated at column %lld",
-                                      row[j], (long long)j);
-                            break;
-                        }
+                        int64_t dup = first_repeat(row, cols, pairs);
+                        if (dup >= 0)
+                            violation(v, name, i, r->meta, rn, "id %d repeated at column %lld", row[dup],
+                                      (long long)dup);
+                        break; /* the whole row is checked at once */
                     }
                     if (bit == CTR_RULE_NONNEGATIVE && row[j] < 0) {
                         violation(v, name, i, r->meta, rn, "value %d at column %lld", row[j],
@@ -228,20 +271,22 @@ static void validate_tensor(vlist *v, const trace_file *tf, const trace_ring_vie
                 }
             }
         }
+        free(pairs);
     }
 }
 
 static char *junit_xml(const char *contract, const trace_file *tf, const vlist *v)
 {
-    size_t cap = 4096 + 512 * (json_array_size(v->violations) + tf->n_rings + 1);
+    /* a failure line is at most ~650 bytes (its detail is escaped into 600), a testcase ~150 */
+    size_t cap = 4096 + 700 * json_array_size(v->violations) + 200 * tf->n_rings;
     char *x = malloc(cap);
     if (!x)
         return NULL;
     size_t len = 0;
-#define PUT(...) len += (size_t)snprintf(x + len, len < cap ? cap - len : 0, __VA_ARGS__)
+#define PUT(...) (len += len < cap ? (size_t)snprintf(x + len, cap - len, __VA_ARGS__) : 0)
     PUT("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     PUT("<testsuites><testsuite name=\"moert validate %s\" tests=\"%zu\" failures=\"%zu\">\n",
-        contract, tf->n_rings, json_array_size(v->violations));
+        contract, tf->n_rings, v->total);
     for (size_t i = 0; i < tf->n_rings; i++) {
         const char *label = tf->rings[i].label;
         PUT("  <testcase classname=\"trace\" name=\"%s\">", label);
@@ -298,7 +343,8 @@ int cli_validate(int argc, char **argv, moert_err *err)
         return err_set(err, MOERT_EUSAGE, "usage: moert validate CONTRACT TRACE [--json] [--junit FILE]");
     ctr_contract *c = malloc(sizeof *c);
     trace_file tf = {0};
-    vlist v = {json_array(), json_array(), 0};
+    vlist v = {json_array(), json_array(), 0, 0};
+    const char **labels = NULL;
     int st = c ? ctr_load(contract_path, c, err) : err_set(err, MOERT_ENOMEM, "out of memory");
     if (st)
         goto done;
@@ -309,15 +355,25 @@ int cli_validate(int argc, char **argv, moert_err *err)
         err_prefix(err, "%s", trace_path);
         goto done;
     }
-    /* Every tensor in the file must belong to a ring. */
+    /* Every tensor in the file must belong to a ring: LABEL, LABEL@..., LABEL.experts (by
+     * binary search over the labels: tensors and rings may both number in the thousands). */
+    labels = malloc((tf.n_rings ? tf.n_rings : 1) * sizeof *labels);
+    if (!labels) {
+        st = err_set(err, MOERT_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t r = 0; r < tf.n_rings; r++)
+        labels[r] = tf.rings[r].label;
+    qsort(labels, tf.n_rings, sizeof *labels, cmp_str);
     for (size_t i = 0; i < st_count(tf.set); i++) {
         const char *name = st_at(tf.set, i)->name;
-        bool known = false;
-        for (size_t r = 0; r < tf.n_rings && !known; r++) {
-            size_t ll = strlen(tf.rings[r].label);
-            known = !strncmp(name, tf.rings[r].label, ll) &&
-                    (name[ll] == '\0' || name[ll] == '@' || !strcmp(name + ll, ".experts"));
-        }
+        char base[96];
+        size_t bl = strcspn(name, "@"), nl = strlen(name);
+        if (bl == nl && nl > 8 && !strcmp(name + nl - 8, ".experts"))
+            bl = nl - 8;
+        snprintf(base, sizeof base, "%.*s", (int)(bl < sizeof base ? bl : sizeof base - 1), name);
+        const char *key = base;
+        bool known = bl < sizeof base && bsearch(&key, labels, tf.n_rings, sizeof *labels, cmp_str);
         if (!known)
             violation(&v, name, -1, NULL, "known", "tensor %s belongs to no traced stage", name);
     }
@@ -337,12 +393,13 @@ int cli_validate(int argc, char **argv, moert_err *err)
             violation(&v, rv->label, -1, NULL, "known", "stage %s is not in contract %s",
                       cfg_stage_name(rv->stage), c->name);
     }
-    size_t nv = json_array_size(v.violations);
+    size_t nv = v.total;
     if (json) {
         json_t *o = json_pack("{ss si ss sb sI sI}", "contract", c->name, "version", c->version,
                               "trace", trace_path, "passed", nv == 0, "records", (json_int_t)records,
                               "checks", (json_int_t)v.checks);
         json_object_set(o, "violations", v.violations);
+        json_object_set_new(o, "violation_count", json_integer((json_int_t)nv));
         json_object_set(o, "skipped", v.skipped);
         if ((st = cli_print_json(o, JSON_INDENT(1), err)))
             goto done;
@@ -389,6 +446,7 @@ done:
     json_decref(v.violations);
     json_decref(v.skipped);
     trace_file_close(&tf);
+    free(labels);
     free(c);
     return st;
 }
@@ -713,6 +771,49 @@ static int64_t row_pos(const rows *r, int64_t i)
     return r->meta ? r->meta[i * 3 + 1] : i;
 }
 
+/* Rows sorted by (position, step, row): the first row of a (position[, step]) is found by
+ * binary search, not by a scan of one side per row of the other (which a file of a million
+ * rows turned into 10^12 comparisons). */
+typedef struct row_key {
+    int64_t pos, step, row;
+} row_key;
+
+static int cmp_row_key(const void *a, const void *b)
+{
+    const row_key *x = a, *y = b;
+    if (x->pos != y->pos)
+        return x->pos < y->pos ? -1 : 1;
+    if (x->step != y->step)
+        return x->step < y->step ? -1 : 1;
+    return (x->row > y->row) - (x->row < y->row);
+}
+
+/* NULL only when out of memory (n == 0 gives a 1-entry array). */
+static row_key *index_rows(const rows *r, bool by_step)
+{
+    row_key *k = malloc((size_t)(r->n ? r->n : 1) * sizeof *k);
+    if (!k)
+        return NULL;
+    for (int64_t i = 0; i < r->n; i++)
+        k[i] = (row_key){row_pos(r, i), by_step ? r->meta[i * 3] : 0, i};
+    qsort(k, (size_t)r->n, sizeof *k, cmp_row_key);
+    return k;
+}
+
+/* The lowest row with this position (and step), or -1. */
+static int64_t find_row(const row_key *k, int64_t n, int64_t pos, int64_t step)
+{
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (k[mid].pos < pos || (k[mid].pos == pos && k[mid].step < step))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && k[lo].pos == pos && k[lo].step == step ? k[lo].row : -1;
+}
+
 /* Top-k expert ids of a router-logits row, as the runtime routes (ops_topk_route). */
 static void topk_of(const float *row, int64_t e, int64_t k, int32_t *out)
 {
@@ -778,15 +879,22 @@ int cli_diff(int argc, char **argv, moert_err *err)
         json_object_set_new(o, "name", json_string(label));
         cmp_acc c = {0};
         int64_t matched = 0, agree = 0, slots = 0;
-        if (!router || (ra.v && rb.v)) {
-            for (int64_t i = 0; i < ra.n; i++)
-                for (int64_t j = 0; j < rb.n; j++)
-                    if (row_pos(&ra, i) == row_pos(&rb, j) &&
-                        (!ra.meta || !rb.meta || ra.meta[i * 3] == rb.meta[j * 3]) && ra.width == rb.width) {
-                        cmp_add(&c, ra.v + i * ra.width, rb.v + j * rb.width, ra.width);
-                        matched++;
-                        break;
-                    }
+        if ((!router || (ra.v && rb.v)) && ra.width == rb.width) {
+            bool by_step = ra.meta && rb.meta; /* a plain file's row i is position i, any step */
+            row_key *idx_b = index_rows(&rb, by_step);
+            if (!idx_b) {
+                json_decref(o);
+                st = err_set(err, MOERT_ENOMEM, "diff: out of memory");
+                break;
+            }
+            for (int64_t i = 0; i < ra.n; i++) {
+                int64_t j = find_row(idx_b, rb.n, row_pos(&ra, i), by_step ? ra.meta[i * 3] : 0);
+                if (j >= 0) {
+                    cmp_add(&c, ra.v + i * ra.width, rb.v + j * rb.width, ra.width);
+                    matched++;
+                }
+            }
+            free(idx_b);
         }
         if (router) {
             char lname[96];
@@ -796,21 +904,27 @@ int cli_diff(int argc, char **argv, moert_err *err)
             bool hla = diff_rows(&A, lname, &la), hlb = diff_rows(&B, lname, &lb);
             const rows *pa_rows = ha ? &ra : hla ? &la : NULL, *pb_rows = hb ? &rb : hlb ? &lb : NULL;
             int64_t k = ha ? ra.width : hb ? rb.width : 0;
+            row_key *keys = NULL;
             if (pa_rows && pb_rows && k > 0 && k <= 256 && (!ha || !hb || ra.width == rb.width)) {
-                for (int64_t i = 0; i < pa_rows->n; i++)
-                    for (int64_t j = 0; j < pb_rows->n; j++) {
-                        if (row_pos(pa_rows, i) != row_pos(pb_rows, j))
-                            continue;
-                        if (ha) memcpy(ka, ra.ids + i * k, (size_t)k * 4);
-                        else topk_of(la.v + i * la.width, la.width, k, ka);
-                        if (hb) memcpy(kb, rb.ids + j * k, (size_t)k * 4);
-                        else topk_of(lb.v + j * lb.width, lb.width, k, kb);
-                        for (int64_t x = 0; x < k; x++)
-                            for (int64_t y = 0; y < k; y++)
-                                agree += ka[x] == kb[y];
-                        slots += k;
-                        break;
-                    }
+                if (!(keys = index_rows(pb_rows, false))) {
+                    json_decref(o);
+                    st = err_set(err, MOERT_ENOMEM, "diff: out of memory");
+                    break;
+                }
+                for (int64_t i = 0; i < pa_rows->n; i++) {
+                    int64_t j = find_row(keys, pb_rows->n, row_pos(pa_rows, i), 0);
+                    if (j < 0)
+                        continue;
+                    if (ha) memcpy(ka, ra.ids + i * k, (size_t)k * 4);
+                    else topk_of(la.v + i * la.width, la.width, k, ka);
+                    if (hb) memcpy(kb, rb.ids + j * k, (size_t)k * 4);
+                    else topk_of(lb.v + j * lb.width, lb.width, k, kb);
+                    for (int64_t x = 0; x < k; x++)
+                        for (int64_t y = 0; y < k; y++)
+                            agree += ka[x] == kb[y];
+                    slots += k;
+                }
+                free(keys);
                 if (slots)
                     json_object_set_new(o, "topk_agreement", json_real((double)agree / (double)slots));
             }
@@ -829,7 +943,9 @@ int cli_diff(int argc, char **argv, moert_err *err)
         }
         json_array_append_new(stages, o);
     }
-    if (json) {
+    if (st) {
+        /* nothing printed: the error says why */
+    } else if (json) {
         json_t *o = json_pack("{ss ss}", "a", pa, "b", pb);
         json_object_set(o, "stages", stages);
         st = cli_print_json(o, JSON_INDENT(1), err);

@@ -15,6 +15,7 @@
 #define DIM_MAX (INT64_C(1) << 24)
 
 #define NAME_FMT "'%.120s'"
+#define MODEL_MAX_TENSORS (1 << 22)
 
 
 /* ---- topology --------------------------------------------------------------------- */
@@ -52,6 +53,12 @@ static int topo_check(const cfg_topology *t, moert_err *err)
     }
     if (sparse < t->num_hidden_layers)
         DIM(intermediate_size);
+    /* Every tensor is listed (synth) and bound one by one: 512 layers of 2^24 experts would
+     * be 2.6e10 of them.  The largest MoE checkpoints have under 10^5. */
+    uint64_t n_tensors = 3 + 8 * (uint64_t)t->num_hidden_layers + (uint64_t)sparse * (1 + 3 * (uint64_t)t->num_experts) +
+                         3 * (uint64_t)(t->num_hidden_layers - sparse);
+    NEED(n_tensors <= MODEL_MAX_TENSORS, "%" PRIu64 " weight tensors (num_experts x sparse layers), expected at most %d",
+         n_tensors, MODEL_MAX_TENSORS);
     return MOERT_OK;
 #undef DIM
 #undef NEED

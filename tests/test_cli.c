@@ -158,6 +158,9 @@ static const struct {
      "expected at most 281474976710656 bytes per buffer (lower prefill_chunk, max_seq_len or threads)\n"},
     {"run tests/bad_runs/topology-too-wide.yaml --tokens 1",
      "moert run: tests/bad_runs/topology-too-wide.yaml: topology: hidden_size is 33554432, expected 1..16777216\n"},
+    {"run tests/bad_runs/too-many-experts.yaml --tokens 1",
+     "moert run: tests/bad_runs/too-many-experts.yaml: topology: 25769808387 weight tensors (num_experts x sparse "
+     "layers), expected at most 4194304\n"},
     {"run tests/bad_runs/arena-unmappable.yaml --tokens 1 -n 1",
      "moert run: tests/bad_runs/arena-unmappable.yaml: arena: cannot map 282583078817280 bytes: Cannot allocate memory\n"},
 };

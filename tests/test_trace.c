@@ -456,6 +456,77 @@ static void test_contract_refuses_plan(void)
 }
 
 
+
+/* Work bounded by the bytes present, never their square: a row of a million expert ids
+ * (distinct) and two files of a million rows (diff) once meant 10^11..10^12 steps. */
+static void test_wide_and_long_inputs(void)
+{
+    const int64_t W = 1000000;
+    char manifest[4096];
+    snprintf(manifest, sizeof manifest,
+             "{\"format\":\"moert-trace\",\"topology\":{\"vocab_size\":16,\"hidden_size\":8,\"num_hidden_layers\":1,"
+             "\"num_attention_heads\":1,\"num_key_value_heads\":1,\"head_dim\":8,\"num_experts\":%lld,"
+             "\"num_experts_per_tok\":%lld,\"moe_intermediate_size\":1,\"intermediate_size\":0,"
+             "\"decoder_sparse_step\":1,\"mlp_only_layers\":[],\"norm_topk_prob\":false,\"tie_word_embeddings\":false,"
+             "\"rope_theta\":10000.0,\"rms_norm_eps\":1e-06},\"trace\":{\"mode\":\"tensor\"},"
+             "\"rings\":[{\"label\":\"l0.moe_router\",\"stage\":\"moe_router\",\"layer\":0,\"width\":%lld,"
+             "\"records\":1,\"written\":1,\"drops\":0}]}",
+             (long long)W, (long long)W, (long long)W);
+    const st_write_spec specs[] = {
+        {"l0.moe_router", ST_F32, 2, {1, W}},
+        {"l0.moe_router.experts", ST_I32, 2, {1, W}},
+        {"l0.moe_router@meta", ST_I64, 2, {1, 3}},
+        {"l0.moe_router@stats", ST_F64, 2, {1, 8}},
+    };
+    const char *keys[] = {"format", "manifest"}, *vals[] = {"moert-trace", manifest};
+    const char *t = tmp("wide.trace");
+    moert_err e = {0};
+    st_writer *w;
+    CU_ASSERT_EQUAL_FATAL(st_writer_open(t, specs, 4, keys, vals, 2, &w, &e), MOERT_OK);
+    float *f = calloc((size_t)W, sizeof *f);
+    int32_t *ids = malloc((size_t)W * sizeof *ids);
+    for (int64_t i = 0; i < W; i++)
+        ids[i] = (int32_t)((i * 7919) % W); /* a permutation of 0..W-1 ... */
+    ids[W - 1] = ids[0];                    /* ... but for the last column */
+    int64_t meta[3] = {0, 0, 0};
+    double stats[8] = {0};
+    CU_ASSERT_EQUAL(st_writer_write(w, f, (size_t)W * 4, &e), MOERT_OK);
+    CU_ASSERT_EQUAL(st_writer_write(w, ids, (size_t)W * 4, &e), MOERT_OK);
+    CU_ASSERT_EQUAL(st_writer_write(w, meta, sizeof meta, &e), MOERT_OK);
+    CU_ASSERT_EQUAL(st_writer_write(w, stats, sizeof stats, &e), MOERT_OK);
+    CU_ASSERT_EQUAL_FATAL(st_writer_finish(w, &e), MOERT_OK);
+    const char *c = tmp("distinct.yaml");
+    FILE *cf = fopen(c, "w");
+    fputs("contract: t\nversion: 1\ntensors:\n  moe_router: {shape: [tokens, num_experts_per_tok], dtype: f32}\n"
+          "  moe_router.experts: {shape: [tokens, num_experts_per_tok], dtype: i32, rules: [distinct]}\n",
+          cf);
+    fclose(cf);
+    CU_ASSERT_EQUAL(sh("./moert validate %s %s", c, t), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "FAIL l0.moe_router.experts record 0 (step 0, position 0): distinct: id 0 "
+                                       "repeated at column 999999"));
+    /* two plain files of a million rows each: rows matched by position */
+    const st_write_spec col[] = {{"embed", ST_F32, 2, {W, 1}}};
+    const char *a = tmp("long-a.safetensors"), *b = tmp("long-b.safetensors");
+    for (int k = 0; k < 2; k++) {
+        CU_ASSERT_EQUAL_FATAL(st_writer_open(k ? b : a, col, 1, NULL, NULL, 0, &w, &e), MOERT_OK);
+        for (int64_t i = 0; i < W; i++)
+            f[i] = (float)(i % 100) + (float)k * 0.5f;
+        CU_ASSERT_EQUAL(st_writer_write(w, f, (size_t)W * 4, &e), MOERT_OK);
+        CU_ASSERT_EQUAL_FATAL(st_writer_finish(w, &e), MOERT_OK);
+    }
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s --json", a, b), 0);
+    json_error_t je;
+    json_t *j = json_loads(out, 0, &je);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    json_t *st0 = json_array_get(json_object_get(j, "stages"), 0);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(st0, "name")), "embed");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st0, "rows")), W);
+    CU_ASSERT_DOUBLE_EQUAL(json_real_value(json_object_get(st0, "max_abs")), 0.5, 1e-12);
+    json_decref(j);
+    free(f);
+    free(ids);
+}
+
 /* ---- bad manifests: a catalogue of single-field edits to the replay fixture --------- */
 
 /* Sets the value at a '/'-separated path (object keys, array indices) of j to v (stolen);
@@ -677,4 +748,5 @@ void suite_trace(void)
     CU_add_test(s, "ring overflow: overwrite and stop", test_ring_overflow);
     CU_add_test(s, "contract mismatch refuses to start", test_contract_refuses_plan);
     CU_add_test(s, "bad manifest catalogue: exit 2, the field named", test_bad_manifest_catalogue);
+    CU_add_test(s, "a million ids in a row, a million rows: no quadratic work", test_wide_and_long_inputs);
 }
