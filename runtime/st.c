@@ -274,6 +274,9 @@ static int parse_entry(st_set *s, size_t fi, const char *name, const json_t *e,
                        const uint8_t *data, uint64_t data_size, span *sp, moert_err *err)
 {
     const char *p = s->files[fi].path;
+    if (strlen(name) > ST_MAX_NAME)
+        return err_set(err, MOERT_EFORMAT, "%s: tensor " NAME_FMT "...: a %zu-byte name, expected at most %u bytes", p,
+                       name, strlen(name), ST_MAX_NAME);
     if (!json_is_object(e))
         return err_set(err, MOERT_EFORMAT, "%s: tensor " NAME_FMT ": entry is a JSON %s, expected an object",
                        p, name, json_kind(e));

@@ -504,6 +504,10 @@ static void test_header_limits(void)
     CU_ASSERT_STRING_EQUAL(errb, want);
     p = write_zero_tensors("many.safetensors", ST_MAX_TENSORS + 1, 0);
     expect_fail(p, MOERT_EFORMAT, "header lists 131073 tensors, expected at most 131072 per file");
+    char longname[1200 + 80];
+    snprintf(longname, sizeof longname, "{\"%01100d\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}", 7);
+    p = write_st("longname.safetensors", longname, 0);
+    expect_fail(p, MOERT_EFORMAT, "...: a 1100-byte name, expected at most 1024 bytes");
     p = write_zero_tensors("enough.safetensors", 1000, 0);
     st_set *s = NULL;
     moert_err e = {0};
