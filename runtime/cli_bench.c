@@ -17,12 +17,13 @@
 static const char bench_usage[] =
     "usage: moert bench CONFIG|MODEL_DIR [--json] [--prompt-tokens N] [--gen N] [--repeat R]\n"
     "                   [--trace-overhead] [--profile] [--threads N] [--backend cpu|hip]\n"
-    "                   [--weights PATH]\n"
+    "                   [--weights PATH] [--check-weights]\n"
     "  prefill tok/s for an N-token prompt (default 512), decode tok/s over --gen tokens\n"
     "  (default 128, greedy), each the median of R measured runs (default 3) after a warm-up,\n"
     "  weight bytes read per decoded token, the memory-bandwidth\n"
     "  roofline (CPU: multi-threaded read of 1 GiB, best of 5; GPU: device copy) and peak\n"
-    "  RSS.  --trace-overhead repeats the run with stats tracing of every stage and layer.\n";
+    "  RSS.  --trace-overhead repeats the run with stats tracing of every stage and layer.\n"
+    "  --check-weights scans the weights for NaN/Inf at init (exit 2 naming the first).\n";
 
 static double now_seconds(void)
 {
@@ -116,10 +117,10 @@ static void touch_weights(const st_set *set)
 }
 
 static int one_run(const cfg_config *cfg, const int32_t *prompt, int64_t n_prompt, int64_t n_gen,
-                   int32_t *gen, sess *s, bench_run *r, bool profile, int repeat, moert_err *err)
+                   int32_t *gen, sess *s, bench_run *r, bool profile, int repeat, unsigned flags, moert_err *err)
 {
     double bw[BENCH_MAX_REPEAT], frac[BENCH_MAX_REPEAT];
-    int st = sess_open(s, cfg, 0, err);
+    int st = sess_open(s, cfg, flags, err);
     if (st)
         return st;
     r->init_s = s->stats.init_seconds;
@@ -171,7 +172,7 @@ int cli_bench(int argc, char **argv, moert_err *err)
 {
     cli_overrides ov = {0};
     const char *path = NULL;
-    bool json = false, trace_overhead = false, profile = false;
+    bool json = false, trace_overhead = false, profile = false, check_weights = false;
     int64_t n_prompt = 512, n_gen = 128, repeat = 3;
     for (int i = 1; i < argc;) {
         int t = cli_take_override(argc, argv, &i, &ov, err);
@@ -189,6 +190,8 @@ int cli_bench(int argc, char **argv, moert_err *err)
             profile = true;
         } else if (!strcmp(a, "--trace-overhead")) {
             trace_overhead = true;
+        } else if (!strcmp(a, "--check-weights")) {
+            check_weights = true;
         } else if (!strcmp(a, "--repeat")) {
             if (i + 1 >= argc)
                 return err_set(err, MOERT_EUSAGE, "%s needs a value", a);
@@ -238,7 +241,8 @@ int cli_bench(int argc, char **argv, moert_err *err)
         prompt[i] = (int32_t)((z ^ (z >> 31)) % (uint64_t)cfg->topo.vocab_size);
     }
     bench_run plain = {0}, traced = {0};
-    if ((st = one_run(cfg, prompt, n_prompt, n_gen, gen, s, &plain, profile, (int)repeat, err)))
+    if ((st = one_run(cfg, prompt, n_prompt, n_gen, gen, s, &plain, profile, (int)repeat,
+                      check_weights ? SESS_CHECK_WEIGHTS : 0, err)))
         goto done;
     if (profile) {
         for (int phase = 0; phase < 2; phase++) {
@@ -281,7 +285,7 @@ int cli_bench(int argc, char **argv, moert_err *err)
         cfg->trace.stages = (1u << CFG_STAGE_COUNT) - 1;
         cfg->trace.all_layers = true;
         cfg->trace.capacity = n_gen + 1;
-        if ((st = one_run(cfg, prompt, n_prompt, n_gen, gen, s, &traced, false, (int)repeat, err)))
+        if ((st = one_run(cfg, prompt, n_prompt, n_gen, gen, s, &traced, false, (int)repeat, 0, err)))
             goto done;
         sess_close(s);
     }

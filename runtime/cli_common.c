@@ -8,14 +8,29 @@
 #include <string.h>
 #include <sys/stat.h>
 
+/* Flag values are plain decimal: no leading space or '+', no hex, nothing after. */
+static bool plain_number(const char *s, bool allow_fraction)
+{
+    if (*s == '-')
+        s++;
+    if (!(*s >= '0' && *s <= '9') && !(allow_fraction && *s == '.'))
+        return false;
+    for (; *s; s++)
+        if (!((*s >= '0' && *s <= '9') ||
+              (allow_fraction && (*s == '.' || *s == 'e' || *s == 'E' || *s == '-' || *s == '+'))))
+            return false;
+    return true;
+}
+
 int cli_parse_i64(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out,
                   moert_err *err)
 {
     char *end = NULL;
     errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (!*s || *end || errno == ERANGE)
-        return err_set(err, MOERT_EUSAGE, "%s: expected an integer, got '%s'", flag, s);
+    long long v = plain_number(s, false) ? strtoll(s, &end, 10) : 0;
+    if (!end || *end || errno == ERANGE)
+        return err_set(err, MOERT_EUSAGE, "%s: expected an integer in [%lld, %lld], got '%.60s'", flag,
+                       (long long)lo, (long long)hi, s);
     if (v < lo || v > hi)
         return err_set(err, MOERT_EUSAGE, "%s: %lld is outside [%lld, %lld]", flag, v,
                        (long long)lo, (long long)hi);
@@ -28,40 +43,148 @@ int cli_parse_f64(const char *flag, const char *s, double lo, double hi, double 
 {
     char *end = NULL;
     errno = 0;
-    double v = strtod(s, &end);
-    if (!*s || *end || errno == ERANGE || !isfinite(v))
-        return err_set(err, MOERT_EUSAGE, "%s: expected a number, got '%s'", flag, s);
+    double v = plain_number(s, true) ? strtod(s, &end) : 0;
+    if (!end || *end || errno == ERANGE || !isfinite(v))
+        return err_set(err, MOERT_EUSAGE, "%s: expected a number in [%g, %g], got '%.60s'", flag, lo, hi, s);
     if (v < lo || v > hi)
         return err_set(err, MOERT_EUSAGE, "%s: %g is outside [%g, %g]", flag, v, lo, hi);
     *out = v;
     return MOERT_OK;
 }
 
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* "'x'", "byte 0x00" or "the end of the input", for messages. */
+static const char *found_at(const char *s, size_t len, size_t i, char *buf, size_t cap)
+{
+    if (i >= len)
+        snprintf(buf, cap, "the end of the input");
+    else if ((unsigned char)s[i] >= 0x20 && (unsigned char)s[i] < 0x7f)
+        snprintf(buf, cap, "'%c'", s[i]);
+    else
+        snprintf(buf, cap, "byte 0x%02X", (unsigned char)s[i]);
+    return buf;
+}
+
+int cli_parse_id_list(const char *what, const char *s, size_t len, int32_t *ids, size_t cap, size_t *n,
+                      moert_err *err)
+{
+    *n = 0;
+    size_t i = 0;
+    char f[32];
+    while (i < len && is_space(s[i]))
+        i++;
+    while (i < len) {
+        if (!is_digit(s[i]))
+            return err_set(err, MOERT_EUSAGE, "%s: byte offset %zu: expected a token id, found %s", what, i,
+                           found_at(s, len, i, f, sizeof f));
+        size_t start = i;
+        int64_t v = 0;
+        while (i < len && is_digit(s[i])) {
+            v = v * 10 + (s[i++] - '0');
+            if (v > INT32_MAX) {
+                size_t end = i;
+                while (end < len && is_digit(s[end]))
+                    end++;
+                return err_set(err, MOERT_EUSAGE, "%s: byte offset %zu: token id %.*s%s, expected at most %d", what,
+                               start, (int)(end - start > 24 ? 24 : end - start), s + start,
+                               end - start > 24 ? "..." : "", INT32_MAX);
+            }
+        }
+        if (*n >= cap)
+            return err_set(err, MOERT_EUSAGE, "%s: more than %zu ids", what, cap);
+        ids[(*n)++] = (int32_t)v;
+        /* then whitespace and/or one comma, which must be followed by another id */
+        size_t sep = i;
+        while (i < len && is_space(s[i]))
+            i++;
+        if (i < len && s[i] == ',') {
+            size_t comma = i++;
+            while (i < len && is_space(s[i]))
+                i++;
+            if (i >= len || !is_digit(s[i]))
+                return err_set(err, MOERT_EUSAGE,
+                               "%s: byte offset %zu: expected a token id after the comma at byte offset %zu, found %s",
+                               what, i, comma, found_at(s, len, i, f, sizeof f));
+        } else if (i < len && i == sep) {
+            return err_set(err, MOERT_EUSAGE, "%s: byte offset %zu: expected a comma or whitespace after a token id, "
+                           "found %s", what, i, found_at(s, len, i, f, sizeof f));
+        }
+    }
+    return MOERT_OK;
+}
+
 int cli_parse_ids(const char *flag, const char *s, int32_t *ids, int64_t cap, int64_t *n,
                   moert_err *err)
 {
+    size_t got = 0;
     *n = 0;
-    const char *p = s;
-    while (*p) {
-        while (*p == ',' || *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-            p++;
-        if (!*p)
-            break;
-        char *end = NULL;
-        errno = 0;
-        long long v = strtoll(p, &end, 10);
-        if (end == p || errno == ERANGE || v < 0 || v > INT32_MAX ||
-            (*end && *end != ',' && *end != ' ' && *end != '\t' && *end != '\n' && *end != '\r'))
-            return err_set(err, MOERT_EUSAGE,
-                           "%s: expected non-negative integer ids separated by commas, bad input at offset %ld: '%.20s'",
-                           flag, (long)(p - s), p);
-        if (*n >= cap)
-            return err_set(err, MOERT_EUSAGE, "%s: more than %lld ids", flag, (long long)cap);
-        ids[(*n)++] = (int32_t)v;
-        p = end;
-    }
-    if (*n == 0)
+    int st = cli_parse_id_list(flag, s, strlen(s), ids, cap > 0 ? (size_t)cap : 0, &got, err);
+    if (st)
+        return st;
+    if (got == 0)
         return err_set(err, MOERT_EUSAGE, "%s: no ids given", flag);
+    *n = (int64_t)got;
+    return MOERT_OK;
+}
+
+int cli_read_ids(const char *what, const char *s, size_t len, int32_t **out, size_t *n_out, moert_err *err)
+{
+    *out = NULL;
+    *n_out = 0;
+    size_t i = 0;
+    while (i < len && is_space(s[i]))
+        i++;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (i < len && s[i] == '[') {
+        json_error_t je;
+        json_t *a = json_loadb(s, len, 0, &je);
+        if (!a)
+            return err_set(err, MOERT_EFORMAT, "%s:%d:%d: invalid JSON: %s", what, je.line, je.column, je.text);
+        if (!json_is_array(a)) {
+            json_decref(a);
+            return err_set(err, MOERT_EFORMAT, "%s: expected a JSON array of token ids", what);
+        }
+        n = json_array_size(a);
+        ids = malloc((n ? n : 1) * sizeof *ids);
+        if (!ids) {
+            json_decref(a);
+            return err_set(err, MOERT_ENOMEM, "out of memory for %zu ids", n);
+        }
+        for (size_t k = 0; k < n; k++) {
+            json_t *v = json_array_get(a, k);
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX) {
+                json_decref(a);
+                free(ids);
+                return err_set(err, MOERT_EFORMAT,
+                               "%s: element %zu of the array: expected a non-negative integer token id", what, k);
+            }
+            ids[k] = (int32_t)json_integer_value(v);
+        }
+        json_decref(a);
+    } else {
+        size_t cap = len / 2 + 1; /* every id takes a digit and a separator */
+        ids = malloc(cap * sizeof *ids);
+        if (!ids)
+            return err_set(err, MOERT_ENOMEM, "out of memory");
+        int st = cli_parse_id_list(what, s, len, ids, cap, &n, err);
+        if (st) {
+            free(ids);
+            err->code = MOERT_EFORMAT; /* a bad file, not a bad flag */
+            return MOERT_EFORMAT;
+        }
+    }
+    *out = ids;
+    *n_out = n;
     return MOERT_OK;
 }
 
@@ -166,7 +289,7 @@ int cli_load_config(const char *path, const cli_overrides *o, unsigned cfg_flags
         cfg->sampling.temperature = d;
     }
     if (o->top_k) {
-        if ((st = cli_parse_i64("--top-k", o->top_k, 0, INT32_MAX, &v, err)))
+        if ((st = cli_parse_i64("--top-k", o->top_k, 0, cfg->topo.vocab_size, &v, err)))
             return st;
         cfg->sampling.top_k = (int32_t)v;
     }

@@ -34,9 +34,21 @@ int cli_parse_i64(const char *flag, const char *s, int64_t lo, int64_t hi, int64
 int cli_parse_f64(const char *flag, const char *s, double lo, double hi, double *out,
                   moert_err *err);
 
-/* Parses "1,2,3" (commas and/or whitespace) into ids; *n set; cap is the array size. */
+/* Token ids as text: non-negative decimal integers (at most 2^31 - 1) separated by
+ * whitespace and/or one comma; no empty field ("1,,2"), no leading or trailing comma, no
+ * other byte (a NUL included).  `len` bytes of s (NUL need not end it); at most cap ids
+ * (*n set).  Errors (MOERT_EUSAGE) name `what` and the byte offset. */
+int cli_parse_id_list(const char *what, const char *s, size_t len, int32_t *ids, size_t cap, size_t *n,
+                      moert_err *err);
+
+/* --tokens: the grammar above over a NUL-terminated flag value; no ids is an error. */
 int cli_parse_ids(const char *flag, const char *s, int32_t *ids, int64_t cap, int64_t *n,
                   moert_err *err);
+
+/* detokenize's input: a JSON array of ids, or the list grammar above; *out malloc'd (the
+ * caller frees).  Errors are MOERT_EFORMAT naming `what` ("stdin") and the byte offset or
+ * JSON line:column. */
+int cli_read_ids(const char *what, const char *s, size_t len, int32_t **out, size_t *n, moert_err *err);
 
 /* Prints o as JSON text (jansson `flags`) and a newline on stdout, then releases o.
  * MOERT_ENOMEM when the text cannot be built (nothing printed). */

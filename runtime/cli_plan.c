@@ -119,8 +119,10 @@ int cli_plan(int argc, char **argv, moert_err *err)
         hooks = trace_rt_hooks(tr, &cfg->trace);
     }
     if ((st = sched_build(&cfg->topo, cfg->rt.prefill_chunk, cfg->rt.max_seq_len, threads,
-                          tr ? &hooks : NULL, &s, err)))
+                          tr ? &hooks : NULL, &s, err))) {
+        err_prefix(err, "%s", path); /* sizes that cannot be met are the config's doing */
         goto done;
+    }
     req = calloc((size_t)s.n_bufs, sizeof *req);
     offsets = calloc((size_t)s.n_bufs, sizeof *offsets);
     if (!req || !offsets) {
@@ -131,10 +133,11 @@ int cli_plan(int argc, char **argv, moert_err *err)
         req[i] = (arena_request){s.bufs[i].bytes ? s.bufs[i].bytes : 1, ARENA_MIN_ALIGN,
                                  s.bufs[i].first, s.bufs[i].last, s.bufs[i].persistent};
     arena_stats as;
-    if ((st = arena_plan(req, (size_t)s.n_bufs, offsets, &as, err)))
+    if ((st = arena_plan(req, (size_t)s.n_bufs, offsets, &as, err)) ||
+        (st = arena_check(req, (size_t)s.n_bufs, offsets, as.arena_bytes, err))) {
+        err_prefix(err, "%s", path);
         goto done;
-    if ((st = arena_check(req, (size_t)s.n_bufs, offsets, as.arena_bytes, err)))
-        goto done;
+    }
     double plan_seconds = now_seconds() - t0;
 
     /* Weight bytes: measured from the files when present, else implied by the topology. */
@@ -150,9 +153,13 @@ int cli_plan(int argc, char **argv, moert_err *err)
         wtotal = by_dtype[dt];
         present = true;
     } else if (stat(cfg->weights.path, &sb) == 0) {
-        if ((st = ggufmap_open_weights(cfg->weights.path, &set, err)) ||
-            (st = model_bind(&cfg->topo, set, &mw, err)))
+        if ((st = ggufmap_open_weights(cfg->weights.path, &set, err)))
             goto done;
+        if ((st = model_bind(&cfg->topo, set, &mw, err))) {
+            if (st == MOERT_ECONFIG) /* the topology's fault, not the files' */
+                err_prefix(err, "%s", path);
+            goto done;
+        }
         memcpy(by_dtype, mw.bytes_by_dtype, sizeof by_dtype);
         wtotal = mw.total_bytes;
         present = true;

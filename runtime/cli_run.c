@@ -21,7 +21,8 @@ static const char run_usage[] =
     "  --json                print one JSON object instead of text\n"
     "  --threads N  --prefill-chunk K  --max-seq-len N  --backend cpu|hip  --weights PATH\n"
     "  --seed S  --temp T  --top-k K  --top-p P    sampling (temp 0 = greedy)\n"
-    "  --trace FILE  --trace-mode stats|tensor  --trace-positions last|all  --contract FILE\n";
+    "  --trace FILE  --trace-mode stats|tensor  --trace-positions last|all  --contract FILE\n"
+    "  --check-weights       scan the weights for NaN/Inf at init (also done with --contract)\n";
 
 typedef struct run_out {
     tok_tokenizer *tok;
@@ -99,7 +100,7 @@ int cli_run(int argc, char **argv, moert_err *err)
 {
     cli_overrides ov = {0};
     const char *path = NULL, *tokens = NULL, *prompt = NULL;
-    bool chat = false, json = false, ignore_eos = false;
+    bool chat = false, json = false, ignore_eos = false, check_weights = false;
     int64_t n_new = 16;
     for (int i = 1; i < argc;) {
         int t = cli_take_override(argc, argv, &i, &ov, err);
@@ -129,6 +130,9 @@ int cli_run(int argc, char **argv, moert_err *err)
             i++;
         } else if (!strcmp(a, "--json")) {
             json = true;
+            i++;
+        } else if (!strcmp(a, "--check-weights")) {
+            check_weights = true;
             i++;
         } else if (a[0] == '-') {
             return err_set(err, MOERT_EUSAGE, "unknown option %s\n%s", a, run_usage);
@@ -189,7 +193,7 @@ int cli_run(int argc, char **argv, moert_err *err)
         add_stop(&out, cfg->eos_ids[i]);
     out.print_text = !json && prompt != NULL;
     out.print_ids = !json && prompt == NULL;
-    if ((st = sess_open(s, cfg, 0, err)))
+    if ((st = sess_open(s, cfg, check_weights ? SESS_CHECK_WEIGHTS : 0, err)))
         goto done;
     if ((st = sess_generate(s, prompt_ids, n_prompt, n_new, gen_ids, &n_gen, on_token, &out, err)))
         goto done;

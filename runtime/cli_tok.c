@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "cli_common.h"
 #include "tok.h"
 
 static const char TOKENIZE_USAGE[] =
@@ -84,11 +85,13 @@ int cli_tokenize(int argc, char **argv, moert_err *err)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--bench"))
             bench = true;
-        else if (!strcmp(argv[i], "--repeat") && i + 1 < argc) {
-            char *end;
-            repeat = strtol(argv[++i], &end, 10);
-            if (*end || repeat < 1 || repeat > 100000)
-                return err_set(err, MOERT_EUSAGE, "--repeat: expected an integer 1..100000, found '%s'", argv[i]);
+        else if (!strcmp(argv[i], "--repeat")) {
+            int64_t r;
+            if (i + 1 >= argc)
+                return err_set(err, MOERT_EUSAGE, "--repeat needs a value");
+            if (cli_parse_i64("--repeat", argv[++i], 1, 100000, &r, err))
+                return MOERT_EUSAGE;
+            repeat = (long)r;
         } else if (argv[i][0] == '-' && argv[i][1])
             return err_set(err, MOERT_EUSAGE, "unknown option '%s'\n%s", argv[i], TOKENIZE_USAGE);
         else if (!path)
@@ -152,70 +155,6 @@ done:
     return st;
 }
 
-/* Ids from a JSON array, or from a comma/whitespace-separated list. */
-static int parse_ids(const char *s, size_t len, int32_t **out, size_t *n_out, moert_err *err)
-{
-    size_t i = 0;
-    while (i < len && strchr(" \t\r\n", s[i]))
-        i++;
-    int32_t *ids = NULL;
-    size_t n = 0;
-    if (i < len && s[i] == '[') {
-        json_error_t je;
-        json_t *a = json_loadb(s, len, 0, &je);
-        if (!a)
-            return err_set(err, MOERT_EFORMAT, "stdin:%d:%d: invalid JSON: %s", je.line, je.column, je.text);
-        if (!json_is_array(a)) {
-            json_decref(a);
-            return err_set(err, MOERT_EFORMAT, "stdin: expected a JSON array of token ids");
-        }
-        n = json_array_size(a);
-        ids = malloc((n ? n : 1) * sizeof *ids);
-        if (!ids) {
-            json_decref(a);
-            return err_set(err, MOERT_ENOMEM, "out of memory for %zu ids", n);
-        }
-        for (size_t k = 0; k < n; k++) {
-            json_t *v = json_array_get(a, k);
-            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX) {
-                json_decref(a);
-                free(ids);
-                return err_set(err, MOERT_EFORMAT,
-                               "stdin: element %zu of the array: expected a non-negative integer token id", k);
-            }
-            ids[k] = (int32_t)json_integer_value(v);
-        }
-        json_decref(a);
-    } else {
-        size_t cap = len / 2 + 1;
-        ids = malloc(cap * sizeof *ids);
-        if (!ids)
-            return err_set(err, MOERT_ENOMEM, "out of memory");
-        while (i < len) {
-            if (strchr(" \t\r\n,", s[i])) {
-                i++;
-                continue;
-            }
-            size_t j = i;
-            long long v = 0;
-            while (j < len && s[j] >= '0' && s[j] <= '9' && v <= INT32_MAX)
-                v = v * 10 + (s[j++] - '0');
-            if (j == i || v > INT32_MAX || (j < len && !strchr(" \t\r\n,", s[j]))) {
-                free(ids);
-                return err_set(err, MOERT_EFORMAT,
-                               "stdin: byte offset %zu: expected a token id (a non-negative integer), "
-                               "a comma or whitespace, found '%c'",
-                               j == i || v > INT32_MAX ? i : j, j == i || v > INT32_MAX ? s[i] : s[j]);
-            }
-            ids[n++] = (int32_t)v;
-            i = j;
-        }
-    }
-    *out = ids;
-    *n_out = n;
-    return MOERT_OK;
-}
-
 int cli_detokenize(int argc, char **argv, moert_err *err)
 {
     if (want_help(argc, argv)) {
@@ -232,7 +171,7 @@ int cli_detokenize(int argc, char **argv, moert_err *err)
         return st;
     int32_t *ids = NULL;
     size_t n = 0;
-    st = parse_ids(in, len, &ids, &n, err);
+    st = cli_read_ids("stdin", in, len, &ids, &n, err);
     free(in);
     if (st)
         return st;

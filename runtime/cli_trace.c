@@ -82,16 +82,23 @@ static int write_file_atomic(const char *path, const char *text, moert_err *err)
 /* ---- validate ---------------------------------------------------------------------- */
 
 typedef struct vlist {
-    json_t *violations; /* [{stage, record, step, position, rule, detail}] */
+    json_t *violations; /* [{stage, record, step, position, rule, detail}], the first VIOLATIONS_KEPT */
     json_t *skipped;    /* [{stage, rule, why}] */
     int64_t checks;
+    size_t total;       /* violations found, kept or not */
 } vlist;
+
+/* A trace of a million bad rows must not cost a million JSON objects: the first ones are
+ * listed, all are counted. */
+#define VIOLATIONS_KEPT 10000
 
 static void violation(vlist *v, const char *label, int64_t rec, const int64_t *meta,
                       const char *rule, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 static void violation(vlist *v, const char *label, int64_t rec, const int64_t *meta,
                       const char *rule, const char *fmt, ...)
 {
+    if (v->total++ >= VIOLATIONS_KEPT)
+        return;
     char detail[512];
     va_list ap;
     va_start(ap, fmt);
@@ -118,6 +125,39 @@ static ctr_dtype st_to_ctr(st_dtype d, bool *ok)
 {
     *ok = d == ST_F32 || d == ST_I32;
     return d == ST_I32 ? CTR_I32 : CTR_F32;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+typedef struct id_pair {
+    int32_t id;
+    int64_t col;
+} id_pair;
+
+static int cmp_pair(const void *a, const void *b)
+{
+    const id_pair *x = a, *y = b;
+    if (x->id != y->id)
+        return x->id < y->id ? -1 : 1;
+    return (x->col > y->col) - (x->col < y->col);
+}
+
+/* The first column whose id appeared earlier in the row, or -1: O(n log n), so a row as wide
+ * as the file allows cannot stall validate. */
+static int64_t first_repeat(const int32_t *row, int64_t n, id_pair *pairs)
+{
+    for (int64_t j = 0; j < n; j++)
+        pairs[j] = (id_pair){row[j], j};
+    qsort(pairs, (size_t)n, sizeof *pairs, cmp_pair);
+    int64_t first = -1;
+    for (int64_t j = 1; j < n; j++)
+        if (pairs[j].id == pairs[j - 1].id && (j < 2 || pairs[j - 2].id != pairs[j].id) &&
+            (first < 0 || pairs[j].col < first))
+            first = pairs[j].col; /* the second column holding this id */
+    return first;
 }
 
 /* Checks one stage tensor (or, in stats mode, the manifest's declared shape). */
@@ -151,7 +191,7 @@ static void validate_tensor(vlist *v, const trace_file *tf, const trace_ring_vie
         violation(v, name, -1, NULL, "shape", "%s", e.msg);
         return;
     }
-    if (ndim == 2 && shape[0] != r->n) {
+    if (ndim >= 1 && shape[0] != r->n) { /* rows index the ring's records (and its @meta) */
         violation(v, name, -1, NULL, "shape", "%lld rows, but the ring holds %lld records",
                   (long long)shape[0], (long long)r->n);
         return;
@@ -184,6 +224,12 @@ static void validate_tensor(vlist *v, const trace_file *tf, const trace_ring_vie
             continue;
         }
         int64_t rows = shape[0], cols = shape[1];
+        id_pair *pairs = NULL;
+        if (bit == CTR_RULE_DISTINCT && dt == CTR_I32 && rows > 0 &&
+            !(pairs = malloc((size_t)(cols ? cols : 1) * sizeof *pairs))) {
+            skipped(v, name, rn, "out of memory");
+            continue;
+        }
         for (int64_t i = 0; i < rows; i++) {
             v->checks++;
             if (dt == CTR_F32) {
@@ -211,14 +257,11 @@ static void validate_tensor(vlist *v, const trace_file *tf, const trace_ring_vie
                         break;
                     }
                     if (bit == CTR_RULE_DISTINCT) {
-                        bool dup = false;
-                        for (int64_t k = 0; k < j; k++)
-                            dup = dup || row[k] == row[j];
-                        if (dup) {
-                            violation(v, name, i, r->meta, rn, "id %d repeated at column %lld",
-                                      row[j], (long long)j);
-                            break;
-                        }
+                        int64_t dup = first_repeat(row, cols, pairs);
+                        if (dup >= 0)
+                            violation(v, name, i, r->meta, rn, "id %d repeated at column %lld", row[dup],
+                                      (long long)dup);
+                        break; /* the whole row is checked at once */
                     }
                     if (bit == CTR_RULE_NONNEGATIVE && row[j] < 0) {
                         violation(v, name, i, r->meta, rn, "value %d at column %lld", row[j],
@@ -228,20 +271,22 @@ static void validate_tensor(vlist *v, const trace_file *tf, const trace_ring_vie
                 }
             }
         }
+        free(pairs);
     }
 }
 
 static char *junit_xml(const char *contract, const trace_file *tf, const vlist *v)
 {
-    size_t cap = 4096 + 512 * (json_array_size(v->violations) + tf->n_rings + 1);
+    /* a failure line is at most ~650 bytes (its detail is escaped into 600), a testcase ~150 */
+    size_t cap = 4096 + 700 * json_array_size(v->violations) + 200 * tf->n_rings;
     char *x = malloc(cap);
     if (!x)
         return NULL;
     size_t len = 0;
-#define PUT(...) len += (size_t)snprintf(x + len, len < cap ? cap - len : 0, __VA_ARGS__)
+#define PUT(...) (len += len < cap ? (size_t)snprintf(x + len, cap - len, __VA_ARGS__) : 0)
     PUT("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     PUT("<testsuites><testsuite name=\"moert validate %s\" tests=\"%zu\" failures=\"%zu\">\n",
-        contract, tf->n_rings, json_array_size(v->violations));
+        contract, tf->n_rings, v->total);
     for (size_t i = 0; i < tf->n_rings; i++) {
         const char *label = tf->rings[i].label;
         PUT("  <testcase classname=\"trace\" name=\"%s\">", label);
@@ -298,7 +343,8 @@ int cli_validate(int argc, char **argv, moert_err *err)
         return err_set(err, MOERT_EUSAGE, "usage: moert validate CONTRACT TRACE [--json] [--junit FILE]");
     ctr_contract *c = malloc(sizeof *c);
     trace_file tf = {0};
-    vlist v = {json_array(), json_array(), 0};
+    vlist v = {json_array(), json_array(), 0, 0};
+    const char **labels = NULL;
     int st = c ? ctr_load(contract_path, c, err) : err_set(err, MOERT_ENOMEM, "out of memory");
     if (st)
         goto done;
@@ -309,15 +355,25 @@ int cli_validate(int argc, char **argv, moert_err *err)
         err_prefix(err, "%s", trace_path);
         goto done;
     }
-    /* Every tensor in the file must belong to a ring. */
+    /* Every tensor in the file must belong to a ring: LABEL, LABEL@..., LABEL.experts (by
+     * binary search over the labels: tensors and rings may both number in the thousands). */
+    labels = malloc((tf.n_rings ? tf.n_rings : 1) * sizeof *labels);
+    if (!labels) {
+        st = err_set(err, MOERT_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t r = 0; r < tf.n_rings; r++)
+        labels[r] = tf.rings[r].label;
+    qsort(labels, tf.n_rings, sizeof *labels, cmp_str);
     for (size_t i = 0; i < st_count(tf.set); i++) {
         const char *name = st_at(tf.set, i)->name;
-        bool known = false;
-        for (size_t r = 0; r < tf.n_rings && !known; r++) {
-            size_t ll = strlen(tf.rings[r].label);
-            known = !strncmp(name, tf.rings[r].label, ll) &&
-                    (name[ll] == '\0' || name[ll] == '@' || !strcmp(name + ll, ".experts"));
-        }
+        char base[96];
+        size_t bl = strcspn(name, "@"), nl = strlen(name);
+        if (bl == nl && nl > 8 && !strcmp(name + nl - 8, ".experts"))
+            bl = nl - 8;
+        snprintf(base, sizeof base, "%.*s", (int)(bl < sizeof base ? bl : sizeof base - 1), name);
+        const char *key = base;
+        bool known = bl < sizeof base && bsearch(&key, labels, tf.n_rings, sizeof *labels, cmp_str);
         if (!known)
             violation(&v, name, -1, NULL, "known", "tensor %s belongs to no traced stage", name);
     }
@@ -337,12 +393,13 @@ int cli_validate(int argc, char **argv, moert_err *err)
             violation(&v, rv->label, -1, NULL, "known", "stage %s is not in contract %s",
                       cfg_stage_name(rv->stage), c->name);
     }
-    size_t nv = json_array_size(v.violations);
+    size_t nv = v.total;
     if (json) {
         json_t *o = json_pack("{ss si ss sb sI sI}", "contract", c->name, "version", c->version,
                               "trace", trace_path, "passed", nv == 0, "records", (json_int_t)records,
                               "checks", (json_int_t)v.checks);
         json_object_set(o, "violations", v.violations);
+        json_object_set_new(o, "violation_count", json_integer((json_int_t)nv));
         json_object_set(o, "skipped", v.skipped);
         if ((st = cli_print_json(o, JSON_INDENT(1), err)))
             goto done;
@@ -389,93 +446,12 @@ done:
     json_decref(v.violations);
     json_decref(v.skipped);
     trace_file_close(&tf);
+    free(labels);
     free(c);
     return st;
 }
 
 /* ---- replay ------------------------------------------------------------------------- */
-
-static int json_ids(const json_t *a, int32_t **out, int64_t *n, const char *what, moert_err *err)
-{
-    if (!json_is_array(a))
-        return err_set(err, MOERT_EFORMAT, "manifest: %s is not an array", what);
-    *n = (int64_t)json_array_size(a);
-    *out = malloc((size_t)(*n ? *n : 1) * sizeof **out);
-    if (!*out)
-        return err_set(err, MOERT_ENOMEM, "out of memory");
-    for (int64_t i = 0; i < *n; i++) {
-        json_t *x = json_array_get(a, (size_t)i);
-        if (!json_is_integer(x))
-            return err_set(err, MOERT_EFORMAT, "manifest: %s[%lld] is not an integer", what, (long long)i);
-        (*out)[i] = (int32_t)json_integer_value(x);
-    }
-    return MOERT_OK;
-}
-
-/* The recorded run as a config: topology, weights, limits, sampling and trace plan. */
-static int manifest_config(const json_t *m, cfg_config *cfg, moert_err *err)
-{
-    cfg_defaults(cfg);
-    int st = trace_manifest_topology(m, &cfg->topo, err);
-    if (st)
-        return st;
-    const json_t *w = json_object_get(m, "weights"), *tp = json_object_get(m, "trace");
-    const json_t *sp = json_object_get(m, "sampling");
-    const char *src = json_string_value(json_object_get(w, "source"));
-    if (!src || !json_is_object(tp) || !json_is_object(sp))
-        return err_set(err, MOERT_EFORMAT, "manifest: weights, trace or sampling missing");
-    if (!strcmp(src, "synth")) {
-        const char *dt = json_string_value(json_object_get(w, "dtype"));
-        cfg->weights.synth = true;
-        cfg->weights.synth_seed = (uint64_t)json_integer_value(json_object_get(w, "seed"));
-        cfg->weights.synth_dtype = dt && !strcmp(dt, "f32") ? CFG_DTYPE_F32
-                                   : dt && !strcmp(dt, "f16") ? CFG_DTYPE_F16
-                                                              : CFG_DTYPE_BF16;
-    } else {
-        const char *p = json_string_value(json_object_get(w, "path"));
-        if (!p)
-            return err_set(err, MOERT_EFORMAT, "manifest: weights path missing");
-        snprintf(cfg->weights.path, sizeof cfg->weights.path, "%s", p);
-    }
-    cfg->rt.prefill_chunk = json_integer_value(json_object_get(m, "prefill_chunk"));
-    cfg->rt.max_seq_len = json_integer_value(json_object_get(m, "max_seq_len"));
-    cfg->rt.threads = (int32_t)json_integer_value(json_object_get(m, "threads"));
-    const char *be = json_string_value(json_object_get(m, "backend"));
-    cfg->rt.backend = be && !strcmp(be, "hip") ? CFG_BACKEND_HIP : CFG_BACKEND_CPU;
-    cfg->sampling.temperature = json_number_value(json_object_get(sp, "temperature"));
-    cfg->sampling.top_k = (int32_t)json_integer_value(json_object_get(sp, "top_k"));
-    cfg->sampling.top_p = json_number_value(json_object_get(sp, "top_p"));
-    cfg->sampling.seed = (uint64_t)json_integer_value(json_object_get(sp, "seed"));
-    cfg_trace_plan *p = &cfg->trace;
-    const char *mode = json_string_value(json_object_get(tp, "mode"));
-    const char *pos = json_string_value(json_object_get(tp, "positions"));
-    const char *full = json_string_value(json_object_get(tp, "on_full"));
-    p->enabled = true;
-    p->mode = mode && !strcmp(mode, "tensor") ? CFG_TRACE_TENSOR : CFG_TRACE_STATS;
-    p->positions = pos && !strcmp(pos, "all") ? CFG_TRACE_ALL : CFG_TRACE_LAST;
-    p->on_full = full && !strcmp(full, "stop") ? CFG_TRACE_STOP : CFG_TRACE_OVERWRITE;
-    p->capacity = json_integer_value(json_object_get(tp, "capacity"));
-    p->stages = 0;
-    size_t i;
-    json_t *x;
-    json_array_foreach(json_object_get(tp, "stages"), i, x)
-    {
-        int s = json_is_string(x) ? cfg_stage_from_name(json_string_value(x)) : -1;
-        if (s < 0)
-            return err_set(err, MOERT_EFORMAT, "manifest: unknown trace stage");
-        p->stages |= 1u << s;
-    }
-    const json_t *layers = json_object_get(tp, "layers");
-    p->all_layers = json_is_string(layers);
-    p->n_layers = 0;
-    if (json_is_array(layers))
-        json_array_foreach(layers, i, x) if (p->n_layers < CFG_MAX_LAYERS)
-            p->layers[p->n_layers++] = (int32_t)json_integer_value(x);
-    if (cfg->rt.prefill_chunk < 1 || cfg->rt.max_seq_len < cfg->rt.prefill_chunk || p->capacity < 1 ||
-        !p->stages)
-        return err_set(err, MOERT_EFORMAT, "manifest: runtime limits or trace plan out of range");
-    return MOERT_OK;
-}
 
 typedef struct divergence {
     bool found;
@@ -546,7 +522,7 @@ int cli_replay(int argc, char **argv, moert_err *err)
     cli_overrides ov = {0};
     const char *path = NULL;
     double tol = 0;
-    bool force = false, json = false;
+    bool force = false, json = false, check_weights = false;
     for (int i = 1; i < argc;) {
         int t = cli_take_override(argc, argv, &i, &ov, err);
         if (t < 0)
@@ -556,7 +532,7 @@ int cli_replay(int argc, char **argv, moert_err *err)
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: moert replay TRACE [--tolerance X] [--backend cpu|hip] [--threads N]\n"
-                 "                    [--prefill-chunk K] [--weights PATH [--force]] [--json]\n"
+                 "                    [--prefill-chunk K] [--weights PATH [--force]] [--check-weights] [--json]\n"
                  "  re-runs the recorded run and compares every record: `bit-exact` (exit 0), or the\n"
                  "  first divergent (step, layer, stage) with cosine and max abs error (exit 1).\n"
                  "  --force replays even when the weights' fingerprint differs from the recording.");
@@ -567,6 +543,8 @@ int cli_replay(int argc, char **argv, moert_err *err)
             i++;
         } else if (!strcmp(a, "--force")) {
             force = true;
+        } else if (!strcmp(a, "--check-weights")) {
+            check_weights = true;
         } else if (!strcmp(a, "--json")) {
             json = true;
         } else if (a[0] == '-') {
@@ -591,12 +569,8 @@ int cli_replay(int argc, char **argv, moert_err *err)
     int st = (!cfg || !s) ? err_set(err, MOERT_ENOMEM, "out of memory") : MOERT_OK;
     if (st || (st = trace_file_open(path, &rec, err)))
         goto done;
-    if ((st = manifest_config(rec.manifest, cfg, err)) ||
-        (st = json_ids(json_object_get(rec.manifest, "prompt_ids"), &prompt, &n_prompt, "prompt_ids", err)) ||
-        (st = json_ids(json_object_get(rec.manifest, "generated_ids"), &gen, &n_gen, "generated_ids", err))) {
-        err_prefix(err, "%s", path);
+    if ((st = trace_manifest_run(rec.manifest, path, cfg, &prompt, &n_prompt, &gen, &n_gen, err)))
         goto done;
-    }
     /* Command-line overrides: backend, threads, chunking, weights. */
     if (ov.threads && (st = cli_parse_i64("--threads", ov.threads, 1, 1024, &(int64_t){0}, err)))
         goto done;
@@ -621,7 +595,7 @@ int cli_replay(int argc, char **argv, moert_err *err)
     }
     snprintf(tmp, sizeof tmp, "/tmp/moert-replay-%ld.trace", (long)getpid());
     snprintf(cfg->trace.out_path, sizeof cfg->trace.out_path, "%s", tmp);
-    if ((st = sess_open(s, cfg, 0, err)))
+    if ((st = sess_open(s, cfg, check_weights ? SESS_CHECK_WEIGHTS : 0, err)))
         goto done;
     const char *want = json_string_value(json_object_get(json_object_get(rec.manifest, "weights"), "fingerprint"));
     char have[32];
@@ -797,11 +771,54 @@ static int64_t row_pos(const rows *r, int64_t i)
     return r->meta ? r->meta[i * 3 + 1] : i;
 }
 
+/* Rows sorted by (position, step, row): the first row of a (position[, step]) is found by
+ * binary search, not by a scan of one side per row of the other (which a file of a million
+ * rows turned into 10^12 comparisons). */
+typedef struct row_key {
+    int64_t pos, step, row;
+} row_key;
+
+static int cmp_row_key(const void *a, const void *b)
+{
+    const row_key *x = a, *y = b;
+    if (x->pos != y->pos)
+        return x->pos < y->pos ? -1 : 1;
+    if (x->step != y->step)
+        return x->step < y->step ? -1 : 1;
+    return (x->row > y->row) - (x->row < y->row);
+}
+
+/* NULL only when out of memory (n == 0 gives a 1-entry array). */
+static row_key *index_rows(const rows *r, bool by_step)
+{
+    row_key *k = malloc((size_t)(r->n ? r->n : 1) * sizeof *k);
+    if (!k)
+        return NULL;
+    for (int64_t i = 0; i < r->n; i++)
+        k[i] = (row_key){row_pos(r, i), by_step ? r->meta[i * 3] : 0, i};
+    qsort(k, (size_t)r->n, sizeof *k, cmp_row_key);
+    return k;
+}
+
+/* The lowest row with this position (and step), or -1. */
+static int64_t find_row(const row_key *k, int64_t n, int64_t pos, int64_t step)
+{
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (k[mid].pos < pos || (k[mid].pos == pos && k[mid].step < step))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && k[lo].pos == pos && k[lo].step == step ? k[lo].row : -1;
+}
+
 /* Top-k expert ids of a router-logits row, as the runtime routes (ops_topk_route). */
 static void topk_of(const float *row, int64_t e, int64_t k, int32_t *out)
 {
     float probs[1024], w[256];
-    if (e > 1024 || k > 256) { /* beyond any real router: report nothing in common */
+    if (e > 1024 || k > 256 || k > e) { /* beyond any real router: report nothing in common */
         for (int64_t j = 0; j < k && j < 256; j++)
             out[j] = -1;
         return;
@@ -862,15 +879,22 @@ int cli_diff(int argc, char **argv, moert_err *err)
         json_object_set_new(o, "name", json_string(label));
         cmp_acc c = {0};
         int64_t matched = 0, agree = 0, slots = 0;
-        if (!router || (ra.v && rb.v)) {
-            for (int64_t i = 0; i < ra.n; i++)
-                for (int64_t j = 0; j < rb.n; j++)
-                    if (row_pos(&ra, i) == row_pos(&rb, j) &&
-                        (!ra.meta || !rb.meta || ra.meta[i * 3] == rb.meta[j * 3]) && ra.width == rb.width) {
-                        cmp_add(&c, ra.v + i * ra.width, rb.v + j * rb.width, ra.width);
-                        matched++;
-                        break;
-                    }
+        if ((!router || (ra.v && rb.v)) && ra.width == rb.width) {
+            bool by_step = ra.meta && rb.meta; /* a plain file's row i is position i, any step */
+            row_key *idx_b = index_rows(&rb, by_step);
+            if (!idx_b) {
+                json_decref(o);
+                st = err_set(err, MOERT_ENOMEM, "diff: out of memory");
+                break;
+            }
+            for (int64_t i = 0; i < ra.n; i++) {
+                int64_t j = find_row(idx_b, rb.n, row_pos(&ra, i), by_step ? ra.meta[i * 3] : 0);
+                if (j >= 0) {
+                    cmp_add(&c, ra.v + i * ra.width, rb.v + j * rb.width, ra.width);
+                    matched++;
+                }
+            }
+            free(idx_b);
         }
         if (router) {
             char lname[96];
@@ -880,21 +904,27 @@ int cli_diff(int argc, char **argv, moert_err *err)
             bool hla = diff_rows(&A, lname, &la), hlb = diff_rows(&B, lname, &lb);
             const rows *pa_rows = ha ? &ra : hla ? &la : NULL, *pb_rows = hb ? &rb : hlb ? &lb : NULL;
             int64_t k = ha ? ra.width : hb ? rb.width : 0;
-            if (pa_rows && pb_rows && k > 0 && k <= 256) {
-                for (int64_t i = 0; i < pa_rows->n; i++)
-                    for (int64_t j = 0; j < pb_rows->n; j++) {
-                        if (row_pos(pa_rows, i) != row_pos(pb_rows, j))
-                            continue;
-                        if (ha) memcpy(ka, ra.ids + i * k, (size_t)k * 4);
-                        else topk_of(la.v + i * la.width, la.width, k, ka);
-                        if (hb) memcpy(kb, rb.ids + j * k, (size_t)k * 4);
-                        else topk_of(lb.v + j * lb.width, lb.width, k, kb);
-                        for (int64_t x = 0; x < k; x++)
-                            for (int64_t y = 0; y < k; y++)
-                                agree += ka[x] == kb[y];
-                        slots += k;
-                        break;
-                    }
+            row_key *keys = NULL;
+            if (pa_rows && pb_rows && k > 0 && k <= 256 && (!ha || !hb || ra.width == rb.width)) {
+                if (!(keys = index_rows(pb_rows, false))) {
+                    json_decref(o);
+                    st = err_set(err, MOERT_ENOMEM, "diff: out of memory");
+                    break;
+                }
+                for (int64_t i = 0; i < pa_rows->n; i++) {
+                    int64_t j = find_row(keys, pb_rows->n, row_pos(pa_rows, i), 0);
+                    if (j < 0)
+                        continue;
+                    if (ha) memcpy(ka, ra.ids + i * k, (size_t)k * 4);
+                    else topk_of(la.v + i * la.width, la.width, k, ka);
+                    if (hb) memcpy(kb, rb.ids + j * k, (size_t)k * 4);
+                    else topk_of(lb.v + j * lb.width, lb.width, k, kb);
+                    for (int64_t x = 0; x < k; x++)
+                        for (int64_t y = 0; y < k; y++)
+                            agree += ka[x] == kb[y];
+                    slots += k;
+                }
+                free(keys);
                 if (slots)
                     json_object_set_new(o, "topk_agreement", json_real((double)agree / (double)slots));
             }
@@ -913,7 +943,9 @@ int cli_diff(int argc, char **argv, moert_err *err)
         }
         json_array_append_new(stages, o);
     }
-    if (json) {
+    if (st) {
+        /* nothing printed: the error says why */
+    } else if (json) {
         json_t *o = json_pack("{ss ss}", "a", pa, "b", pb);
         json_object_set(o, "stages", stages);
         st = cli_print_json(o, JSON_INDENT(1), err);

@@ -389,6 +389,9 @@ static int import_hf_into(const char *path, cfg_topology *t, topo_src *s, moert_
         return err_set(err, MOERT_ECONFIG, "%s: %s, expected a HF config.json", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
         return err_set(err, MOERT_ECONFIG, "%s: not a regular file, expected a HF config.json", path);
+    if (st.st_size > YAMLDOC_MAX_BYTES) /* a few KB in practice; JSON costs ~20x its size */
+        return err_set(err, MOERT_ECONFIG, "%s: %lld bytes, expected a HF config.json of at most %u bytes", path,
+                       (long long)st.st_size, YAMLDOC_MAX_BYTES);
     json_error_t je;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
@@ -569,7 +572,6 @@ typedef struct load_ctx {
     unsigned flags;
     cfg_config *out;
     topo_src src;
-    bool gguf_model; /* model: {gguf: ...} also named the weights */
 } load_ctx;
 
 static int yaml_enum(const yamldoc *d, const yaml_node_t *n, const char *what, const char *const *names,
@@ -720,7 +722,6 @@ static int parse_model(load_ctx *c, yaml_node_t *model, moert_err *err)
         snprintf(c->out->weights.path, sizeof c->out->weights.path, "%s", gpath);
         if (has_tok)
             snprintf(c->out->tokenizer_path, sizeof c->out->tokenizer_path, "%s", gpath);
-        c->gguf_model = true;
         return MOERT_OK;
     }
     char rel[CFG_PATH_MAX];
@@ -1029,11 +1030,13 @@ static int load_doc(load_ctx *c, moert_err *err)
         return yamldoc_errf(d, root, err, MOERT_ECONFIG,
                             "the config is missing required section 'model', expected model: {...} or model: {hf_config: path}");
     yaml_node_t *v;
-    if ((rc = parse_model(c, model, err)))
-        return rc;
-    if (!w && !c->gguf_model)
+    /* model: {gguf: FILE} names the weights too */
+    bool gguf_model = yamldoc_is_map(model) && yamldoc_get(d, model, "gguf");
+    if (!w && !gguf_model)
         return yamldoc_errf(d, root, err, MOERT_ECONFIG,
                             "the config is missing required section 'weights', expected a path or {synth: {seed: N, dtype: bf16}}");
+    if ((rc = parse_model(c, model, err)))
+        return rc;
     if (w && (rc = parse_weights(c, w, err)))
         return rc;
     if ((v = yamldoc_get(d, root, "tokenizer")) &&

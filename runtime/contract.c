@@ -349,10 +349,11 @@ static int load_doc(yamldoc *d, ctr_contract *out, moert_err *err)
         return yamldoc_errf(d, ver, err, MOERT_ECONFIG, "version = %lld is not supported, expected 1", (long long)v);
     out->version = 1;
     int n = yamldoc_map_len(tens);
+    /* the count first: the duplicate-key check is quadratic in it */
+    if (yamldoc_is_map(tens) && (n < 1 || n > CTR_MAX_TENSORS))
+        return yamldoc_errf(d, tens, err, MOERT_ECONFIG, "tensors has %d entries, expected 1 to %d", n, CTR_MAX_TENSORS);
     if ((rc = yamldoc_check_map(d, tens, "tensors", NULL, err)))
         return rc;
-    if (n < 1 || n > CTR_MAX_TENSORS)
-        return yamldoc_errf(d, tens, err, MOERT_ECONFIG, "tensors has %d entries, expected 1 to %d", n, CTR_MAX_TENSORS);
     for (int i = 0; i < n; i++) {
         if ((rc = parse_tensor(d, yamldoc_map_key(d, tens, i), yamldoc_map_value(d, tens, i), &out->tensors[i], err)))
             return rc;

@@ -15,6 +15,7 @@
 #define DIM_MAX (INT64_C(1) << 24)
 
 #define NAME_FMT "'%.120s'"
+#define MODEL_MAX_TENSORS (1 << 22)
 
 
 /* ---- topology --------------------------------------------------------------------- */
@@ -52,6 +53,12 @@ static int topo_check(const cfg_topology *t, moert_err *err)
     }
     if (sparse < t->num_hidden_layers)
         DIM(intermediate_size);
+    /* Every tensor is listed (synth) and bound one by one: 512 layers of 2^24 experts would
+     * be 2.6e10 of them.  The largest MoE checkpoints have under 10^5. */
+    uint64_t n_tensors = 3 + 8 * (uint64_t)t->num_hidden_layers + (uint64_t)sparse * (1 + 3 * (uint64_t)t->num_experts) +
+                         3 * (uint64_t)(t->num_hidden_layers - sparse);
+    NEED(n_tensors <= MODEL_MAX_TENSORS, "%" PRIu64 " weight tensors (num_experts x sparse layers), expected at most %d",
+         n_tensors, MODEL_MAX_TENSORS);
     return MOERT_OK;
 #undef DIM
 #undef NEED
@@ -327,6 +334,73 @@ fail:
     free(c.used);
     model_unbind(out);
     return st;
+}
+
+/* ---- finiteness --------------------------------------------------------------------- */
+
+/* Index of the first element whose exponent bits are all ones (NaN or Inf), or -1; *nan
+ * tells which.  Elements are read with memcpy: a tensor's data need not be aligned. */
+static int64_t first_nonfinite(const st_tensor *t, bool *nan)
+{
+    const uint8_t *p = t->data;
+    if (t->dtype == ST_F32) {
+        uint64_t n = t->nbytes / 4;
+        for (uint64_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, p + 4 * i, 4);
+            if ((u & 0x7f800000u) == 0x7f800000u) {
+                *nan = (u & 0x007fffffu) != 0;
+                return (int64_t)i;
+            }
+        }
+        return -1;
+    }
+    uint16_t exp = t->dtype == ST_BF16 ? 0x7f80u : 0x7c00u, man = t->dtype == ST_BF16 ? 0x007fu : 0x03ffu;
+    uint64_t n = t->nbytes / 2;
+    for (uint64_t i = 0; i < n; i++) {
+        uint16_t u;
+        memcpy(&u, p + 2 * i, 2);
+        if ((u & exp) == exp) {
+            *nan = (u & man) != 0;
+            return (int64_t)i;
+        }
+    }
+    return -1;
+}
+
+int model_check_finite(const model_weights *w, moert_err *err)
+{
+    if (!w || !w->set)
+        return err_set(err, MOERT_EUSAGE, "model_check_finite: no bound weights");
+    for (size_t i = 0; i < st_count(w->set); i++) {
+        const st_tensor *t = st_at(w->set, i);
+        /* Plain floats only.  Block-quantized tensors (ST_Q8_0, ...) hold F16 scales inside
+         * their blocks: they are skipped until the block layouts are checked here too. */
+        if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16)
+            continue;
+        bool nan = false;
+        int64_t at = first_nonfinite(t, &nan);
+        if (at < 0)
+            continue;
+        /* row-major coordinates: the last dim varies fastest */
+        int64_t coord[ST_MAX_DIMS] = {0}, rest = at;
+        for (int d = t->ndim - 1; d >= 0; d--) {
+            coord[d] = t->shape[d] > 0 ? rest % t->shape[d] : 0;
+            rest = t->shape[d] > 0 ? rest / t->shape[d] : 0;
+        }
+        char idx[200];
+        size_t len = (size_t)snprintf(idx, sizeof idx, "[");
+        for (int d = 0; d < t->ndim && len < sizeof idx; d++)
+            len += (size_t)snprintf(idx + len, sizeof idx - len, "%s%lld", d ? ", " : "", (long long)coord[d]);
+        if (len < sizeof idx)
+            snprintf(idx + len, sizeof idx - len, "]");
+        const char *file = st_file_path(w->set, (size_t)t->file_index);
+        return err_set(err, MOERT_EFORMAT,
+                       "%s: tensor " NAME_FMT " element %s (index %lld of %lld) is %s, expected finite weights",
+                       file ? file : "weights", t->name, idx, (long long)at, (long long)(t->nbytes / st_dtype_size(t->dtype)),
+                       nan ? "NaN" : "Inf");
+    }
+    return MOERT_OK;
 }
 
 /* ---- fingerprint and roofline ----------------------------------------------------- */

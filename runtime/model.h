@@ -71,6 +71,13 @@ int model_expected_tensors(const cfg_topology *topo, model_spec **out, size_t *n
 int model_bind(const cfg_topology *topo, const st_set *set, model_weights *out, moert_err *err);
 void model_unbind(model_weights *w);
 
+/* Scans the weights once for NaN and Inf: every F32, BF16 and F16 tensor of the bound set,
+ * in st_set name order (block-quantized types are skipped for now).  The first non-finite
+ * element is MOERT_EFORMAT naming the file, the tensor, the element's coordinates and
+ * whether it is NaN or Inf.  Reads every byte: run once at init, when asked (a contract, or
+ * --check-weights). */
+int model_check_finite(const model_weights *w, moert_err *err);
+
 /* XXH3-64 over the bytes of every bound tensor in st_set name order, with each tensor's
  * name, dtype and shape mixed in: identifies the weights a trace was recorded with.  A
  * redundant tied lm_head.weight is not part of it, so both forms of a tied checkpoint

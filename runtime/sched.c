@@ -14,7 +14,22 @@ typedef struct builder {
     int32_t n_traced;
     moert_err *err;
     int failed;
+    uint64_t total_bytes;
 } builder;
+
+/* Sizes multiply topology dims with runtime limits (prefill chunk x top-k x ...): every
+ * product saturates instead of overflowing, and add_buf refuses what is too large. */
+static int64_t sat_mul(int64_t a, int64_t b)
+{
+    int64_t r;
+    return a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r) ? INT64_MAX : r;
+}
+
+static int64_t sat_add(int64_t a, int64_t b)
+{
+    int64_t r;
+    return a < 0 || b < 0 || __builtin_add_overflow(a, b, &r) ? INT64_MAX : r;
+}
 
 static int grow(void **p, int32_t *cap, int32_t need, size_t elem)
 {
@@ -41,13 +56,34 @@ static int32_t add_buf(builder *b, const char *name, sched_elem elem, int64_t ro
         b->failed = err_set(b->err, MOERT_ENOMEM, "schedule: out of memory for buffers");
         return SCHED_NO_BUF;
     }
+    int64_t bytes = sat_mul(sat_mul(rows, cols), elem == SCHED_BYTES ? 1 : 4);
+    if (bytes > SCHED_MAX_BUFFER_BYTES) {
+        char need[96];
+        if (bytes == INT64_MAX)
+            snprintf(need, sizeof need, "more than 2^63 bytes");
+        else
+            snprintf(need, sizeof need, "%lld bytes (%lld x %lld%s)", (long long)bytes, (long long)rows,
+                     (long long)cols, elem == SCHED_BYTES ? "" : " x 4");
+        b->failed = err_set(b->err, MOERT_ECONFIG,
+                            "schedule: buffer %s needs %s, expected at most %lld bytes per buffer (lower "
+                            "prefill_chunk, max_seq_len or threads)",
+                            name, need, (long long)SCHED_MAX_BUFFER_BYTES);
+        return SCHED_NO_BUF;
+    }
+    if ((b->total_bytes += (uint64_t)bytes) > SCHED_MAX_TOTAL_BYTES) {
+        b->failed = err_set(b->err, MOERT_ECONFIG,
+                            "schedule: buffers up to %s need more than %lld bytes in all, expected at most that "
+                            "(lower prefill_chunk, max_seq_len or threads)",
+                            name, (long long)SCHED_MAX_TOTAL_BYTES);
+        return SCHED_NO_BUF;
+    }
     sched_buffer *bf = &s->bufs[s->n_bufs];
     memset(bf, 0, sizeof *bf);
     snprintf(bf->name, sizeof bf->name, "%s", name);
     bf->elem = elem;
     bf->rows = rows;
     bf->cols = cols;
-    bf->bytes = (uint64_t)rows * (uint64_t)cols * (elem == SCHED_BYTES ? 1u : 4u);
+    bf->bytes = (uint64_t)bytes;
     bf->first = -1;
     bf->last = -1;
     bf->persistent = persistent;
@@ -112,7 +148,8 @@ static void trace_op(builder *b, cfg_stage stage, int32_t layer, int32_t src, in
         snprintf(name, sizeof name, "ring.l%d.%s", layer, cfg_stage_name(stage));
     else
         snprintf(name, sizeof name, "ring.%s", cfg_stage_name(stage));
-    int32_t ring = add_buf(b, name, SCHED_BYTES, 1, (int64_t)bytes, true, layer);
+    int32_t ring = add_buf(b, name, SCHED_BYTES, 1, bytes > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)bytes, true,
+                           layer);
     sched_op *op = add_op(b, SCHED_TRACE, layer);
     if (!op)
         return;
@@ -183,7 +220,7 @@ static void build_layer(builder *b, int32_t l)
     int32_t attn = layer_buf(b, l, "attn", SCHED_F32, R, s->q_dim);
     /* per thread: the scores of one KV head's group of query heads */
     int64_t group = t->num_attention_heads / t->num_key_value_heads;
-    int32_t scores = layer_buf(b, l, "scores", SCHED_F32, s->threads, group * s->max_seq);
+    int32_t scores = layer_buf(b, l, "scores", SCHED_F32, s->threads, sat_mul(group, s->max_seq));
     if (!(op = add_op(b, SCHED_ATTENTION, l)))
         return;
     op->in[0] = qkv;
@@ -250,10 +287,11 @@ static void build_layer(builder *b, int32_t l)
         /* Expert activations are stored grouped by expert (rows of one expert contiguous)
          * so each expert is one matrix product over its tokens. */
         /* offsets [E+1], cursors [E], active experts [E], sorted order [R*K], inverse [R*K] */
-        int32_t index = layer_buf(b, l, "moe_index", SCHED_I32, 1, (3 * E + 1) + 2 * R * K);
-        int32_t h = layer_buf(b, l, "moe_gate", SCHED_F32, R * K, I);
-        int32_t up = layer_buf(b, l, "moe_up", SCHED_F32, R * K, I);
-        int32_t y = layer_buf(b, l, "moe_down", SCHED_F32, R * K, H);
+        int64_t RK = sat_mul(R, K);
+        int32_t index = layer_buf(b, l, "moe_index", SCHED_I32, 1, sat_add(sat_add(sat_mul(3, E), 1), sat_mul(2, RK)));
+        int32_t h = layer_buf(b, l, "moe_gate", SCHED_F32, RK, I);
+        int32_t up = layer_buf(b, l, "moe_up", SCHED_F32, RK, I);
+        int32_t y = layer_buf(b, l, "moe_down", SCHED_F32, RK, H);
         if (!(op = add_op(b, SCHED_MOE, l)))
             return;
         op->in[0] = ffn_norm;
@@ -346,9 +384,9 @@ int sched_build(const cfg_topology *topo, int64_t max_rows, int64_t max_seq, int
     s->max_rows = max_rows;
     s->max_seq = max_seq;
     s->threads = threads;
-    s->q_dim = topo->num_attention_heads * topo->head_dim;
-    s->kv_dim = topo->num_key_value_heads * topo->head_dim;
-    s->qkv_dim = s->q_dim + 2 * s->kv_dim;
+    s->q_dim = sat_mul(topo->num_attention_heads, topo->head_dim);
+    s->kv_dim = sat_mul(topo->num_key_value_heads, topo->head_dim);
+    s->qkv_dim = sat_add(s->q_dim, sat_mul(2, s->kv_dim));
     bool logits_all = trace && trace->plan && trace->plan->enabled &&
                       (trace->plan->stages & (1u << CFG_STAGE_LOGITS)) &&
                       trace->plan->positions == CFG_TRACE_ALL;
@@ -377,14 +415,15 @@ int sched_build(const cfg_topology *topo, int64_t max_rows, int64_t max_seq, int
     s->known.panel = add_buf(&b, "scratch.panel", SCHED_F32, threads, s->panel_floats, false, -1);
     /* two row-pointer arrays of max_rows * top-k entries, plus top-k per thread */
     s->known.rowptrs = add_buf(&b, "scratch.rowptrs", SCHED_BYTES, 1,
-                               (2 * max_rows * k_sel + threads * k_sel) * (int64_t)sizeof(void *),
+                               sat_mul(sat_add(sat_mul(sat_mul(2, max_rows), k_sel), sat_mul(threads, k_sel)),
+                                       (int64_t)sizeof(void *)),
                                false, -1);
     s->known.rope_cos = add_buf(&b, "rope.cos", SCHED_F32, max_seq, topo->head_dim / 2, true, -1);
     s->known.rope_sin = add_buf(&b, "rope.sin", SCHED_F32, max_seq, topo->head_dim / 2, true, -1);
     for (int32_t l = 0; l < L; l++) {
         char name[SCHED_NAME_MAX];
         snprintf(name, sizeof name, "kv.l%d.k", l);
-        int64_t kv_rows = topo->num_key_value_heads * max_seq;
+        int64_t kv_rows = sat_mul(topo->num_key_value_heads, max_seq);
         s->known.k_cache[l] = add_buf(&b, name, SCHED_F32, kv_rows, topo->head_dim, true, l);
         snprintf(name, sizeof name, "kv.l%d.v", l);
         s->known.v_cache[l] = add_buf(&b, name, SCHED_F32, kv_rows, topo->head_dim, true, l);

@@ -107,8 +107,15 @@ typedef struct sched_trace_hooks {
     void *ctx;
 } sched_trace_hooks;
 
+/* Largest buffer, and largest sum of buffers, a schedule may ask for (256 TiB, 4 PiB): far
+ * past any machine, and far enough below 2^63 that no size arithmetic after it overflows. */
+#define SCHED_MAX_BUFFER_BYTES (INT64_C(1) << 48)
+#define SCHED_MAX_TOTAL_BYTES (INT64_C(1) << 52)
+
 /* Builds the schedule.  `threads` (>= 1) sizes per-thread scratch only.  `trace` may be
- * NULL.  Every buffer gets its lifetime; sched_free releases everything. */
+ * NULL.  Every buffer gets its lifetime; sched_free releases everything.  A buffer larger
+ * than SCHED_MAX_BUFFER_BYTES (or buffers summing past SCHED_MAX_TOTAL_BYTES) is
+ * MOERT_ECONFIG naming the buffer: sizes never overflow, whatever the limits. */
 int sched_build(const cfg_topology *topo, int64_t max_rows, int64_t max_seq, int32_t threads,
                 const sched_trace_hooks *trace, sched *out, moert_err *err);
 void sched_free(sched *s);

@@ -41,6 +41,13 @@ static int load_weights(sess *s, moert_err *err)
     return ggufmap_open_weights(w->path, &s->weights_set, err);
 }
 
+/* Sizes that cannot be met are the config's doing: messages name it. */
+static void err_prefix_source(const cfg_config *cfg, moert_err *err)
+{
+    if (cfg->source_path[0])
+        err_prefix(err, "%s", cfg->source_path);
+}
+
 static int plan_arena(sess *s, moert_err *err)
 {
     const sched *sc = &s->schedule;
@@ -124,10 +131,21 @@ int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err)
     if (s->cfg.trace.capacity > s->cfg.rt.max_seq_len)
         s->cfg.trace.capacity = s->cfg.rt.max_seq_len;
     int st = load_weights(s, err);
-    if (st)
+    if (st) {
+        if (st == MOERT_ECONFIG) /* synthesizing an unusable topology */
+            err_prefix_source(cfg, err);
         goto fail;
+    }
     st = model_bind(&s->cfg.topo, s->weights_set, &s->weights, err);
-    if (st)
+    if (st) {
+        if (st == MOERT_ECONFIG) /* the topology's fault: say whose */
+            err_prefix_source(cfg, err);
+        goto fail;
+    }
+    /* A NaN weight would run silently (greedy then emits token 0 forever): a run that checks
+     * a contract, or asks, proves the weights finite first. */
+    if (((flags & SESS_CHECK_WEIGHTS) || s->cfg.contract_path[0]) &&
+        (st = model_check_finite(&s->weights, err)))
         goto fail;
     sched_trace_hooks hooks = {0};
     if (s->cfg.trace.enabled) {
@@ -138,13 +156,17 @@ int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err)
     }
     st = sched_build(&s->cfg.topo, s->cfg.rt.prefill_chunk, s->cfg.rt.max_seq_len, s->threads,
                      s->trace ? &hooks : NULL, &s->schedule, err);
-    if (st)
+    if (st) {
+        err_prefix_source(cfg, err);
         goto fail;
+    }
     if (s->trace && ((st = trace_rt_bind(s->trace, &s->schedule, err)) ||
                      (st = check_trace_contract(s, err))))
         goto fail;
-    if ((st = plan_arena(s, err)))
+    if ((st = plan_arena(s, err))) {
+        err_prefix_source(cfg, err);
         goto fail;
+    }
     const backend_vtable *vt = pick_backend(s->cfg.rt.backend);
     if (!vt) {
         st = err_set(err, MOERT_ENODEV,
@@ -157,6 +179,7 @@ int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err)
                        .arena_bytes = s->plan_stats.arena_bytes, .w = &s->weights,
                        .threads = s->threads, .trace = s->trace};
     if ((st = vt->init(&s->be, &bi, err))) {
+        err_prefix_source(cfg, err); /* e.g. an arena too large to map */
         s->be.vt = NULL;
         goto fail;
     }

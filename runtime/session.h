@@ -60,6 +60,8 @@ typedef struct sess {
 
 enum {
     SESS_NO_TRACE = 1u << 0, /* ignore the config's trace plan */
+    SESS_CHECK_WEIGHTS = 1u << 1, /* scan the weights for NaN/Inf at init (model_check_finite);
+                                     also done whenever the config names a contract */
 };
 
 /* Loads weights and builds everything.  cfg is copied.  On error nothing is left open. */

@@ -278,6 +278,9 @@ static int parse_entry(st_set *s, size_t fi, const char *name, const json_t *e,
                        const uint8_t *data, uint64_t data_size, span *sp, moert_err *err)
 {
     const char *p = s->files[fi].path;
+    if (strlen(name) > ST_MAX_NAME)
+        return err_set(err, MOERT_EFORMAT, "%s: tensor " NAME_FMT "...: a %zu-byte name, expected at most %u bytes", p,
+                       name, strlen(name), ST_MAX_NAME);
     if (!json_is_object(e))
         return err_set(err, MOERT_EFORMAT, "%s: tensor " NAME_FMT ": entry is a JSON %s, expected an object",
                        p, name, json_kind(e));
@@ -409,6 +412,12 @@ static int parse_file(st_set *s, size_t fi, moert_err *err)
     const uint8_t *data = b + 8 + n;
     uint64_t data_size = f->len - 8 - n;
     size_t cap = json_object_size(root), n_spans = 0;
+    size_t n_listed = cap - (json_object_get(root, "__metadata__") ? 1 : 0);
+    if (n_listed > ST_MAX_TENSORS) {
+        st = err_set(err, MOERT_EFORMAT, "%s: header lists %zu tensors, expected at most %u per file", p, n_listed,
+                     ST_MAX_TENSORS);
+        goto out;
+    }
     spans = calloc(cap ? cap : 1, sizeof *spans);
     if (!spans) {
         st = err_set(err, MOERT_ENOMEM, "%s: out of memory", p);
@@ -527,8 +536,12 @@ static int finish_set(st_set *s, const char *where, moert_err *err)
 static int open_index(st_set *s, const char *ipath, moert_err *err)
 {
     json_error_t je;
-    if (!is_file(ipath))
+    struct stat sb;
+    if (stat(ipath, &sb) != 0 || !S_ISREG(sb.st_mode))
         return err_set(err, MOERT_EIO, "%s: not a readable file", ipath);
+    if (sb.st_size > (off_t)ST_HEADER_MAX) /* its JSON costs ~20x its size in memory */
+        return err_set(err, MOERT_EFORMAT, "%s: %lld bytes, expected an index of at most %u bytes", ipath,
+                       (long long)sb.st_size, ST_HEADER_MAX);
     json_t *root = json_load_file(ipath, JSON_REJECT_DUPLICATES, &je);
     if (!root)
         return err_set(err, MOERT_EFORMAT, "%s:%d:%d: %s", ipath, je.line, je.column, je.text);
@@ -757,6 +770,11 @@ int st_header_encode(const st_write_spec *specs, size_t n_specs, const char *con
             }
         }
     }
+    if (n_specs > ST_MAX_TENSORS) { /* a file the reader would refuse */
+        st = err_set(err, MOERT_EUSAGE, "safetensors writer: %zu tensors in one file, at most %u", n_specs,
+                     ST_MAX_TENSORS);
+        goto out;
+    }
     uint64_t at = 0;
     for (size_t i = 0; i < n_specs; i++) {
         const st_write_spec *sp = &specs[i];
@@ -808,6 +826,10 @@ int st_header_encode(const st_write_spec *specs, size_t n_specs, const char *con
         goto out;
     }
     size_t jl = strlen(js), padded = (jl + 7) & ~(size_t)7; /* data starts 8-byte aligned */
+    if (padded > ST_HEADER_MAX) {
+        st = err_set(err, MOERT_EUSAGE, "safetensors writer: a %zu-byte header, at most %u", padded, ST_HEADER_MAX);
+        goto out;
+    }
     uint8_t *h = malloc(8 + padded);
     if (!h) {
         st = err_set(err, MOERT_ENOMEM, "safetensors writer: out of memory");

@@ -570,6 +570,14 @@ static int regex_error(int rc, moert_err *err)
 {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(rc, msg, sizeof msg);
+    /* A pattern that backtracks past PCRE2's limits is the tokenizer file's fault (bad input,
+     * exit 2); any other failure is moert's. */
+    if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT ||
+        rc == PCRE2_ERROR_JIT_STACKLIMIT || rc == PCRE2_ERROR_NOMEMORY)
+        return err_set(err, MOERT_EFORMAT,
+                       "tokenizer: the pre_tokenizer Split pattern gave up on this input (PCRE2: %s), expected "
+                       "a pattern that matches without runaway backtracking",
+                       (const char *)msg);
     return err_set(err, MOERT_EINTERNAL, "tokenizer: pre-tokenizer regex match failed: %s",
                    (const char *)msg);
 }
@@ -1134,6 +1142,9 @@ static int load_json(tok_tokenizer *t, const json_t *root, moert_err *err)
         json_t *content = json_object_get(a, "content");
         if (!json_is_object(a) || !json_is_string(content))
             return err_set(err, MOERT_EFORMAT, "added_tokens[%zu]: expected an object with a string \"content\"", i);
+        if (!json_object_get(a, "id")) /* get_id names what it found: here, nothing */
+            return err_set(err, MOERT_EFORMAT, "added_tokens[%zu] \"%.60s\": no \"id\", expected an integer id", i,
+                           json_string_value(content));
         int32_t id;
         if ((st = get_id(json_object_get(a, "id"), "added_tokens", json_string_value(content), &id, err)))
             return st;
@@ -1142,6 +1153,14 @@ static int load_json(tok_tokenizer *t, const json_t *root, moert_err *err)
     }
     if (max_id < 0)
         return err_set(err, MOERT_EFORMAT, "model.vocab: empty vocabulary");
+    /* Tables are sized by the largest id: it must be backed by tokens actually given, or a
+     * few bytes of JSON could ask for gigabytes. */
+    size_t n_tokens = json_object_size(vocab) + n_added, id_cap = 2 * n_tokens + 1024;
+    if ((size_t)max_id >= id_cap)
+        return err_set(err, MOERT_EFORMAT,
+                       "model.vocab / added_tokens: largest id %d with only %zu tokens, expected ids below %zu "
+                       "(2 x tokens + 1024: a vocabulary is dense)",
+                       (int)max_id, n_tokens, id_cap);
     t->vocab_size = max_id + 1;
     size_t vs = (size_t)t->vocab_size;
     t->dec_off = calloc(vs, sizeof *t->dec_off);

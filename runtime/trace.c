@@ -47,7 +47,13 @@ static uint64_t hook_ring_bytes(void *ctx, cfg_stage stage, int32_t layer, int64
 {
     trace_rt *t = ctx;
     (void)layer;
-    return TRACE_RING_HEADER + (uint64_t)t->plan.capacity * record_bytes(&t->plan, stage, width);
+    uint64_t b;
+    /* saturated: a wrapped size would plan a ring smaller than capture writes (the
+     * schedule refuses a buffer this large) */
+    if (t->plan.capacity < 0 || __builtin_mul_overflow((uint64_t)t->plan.capacity, record_bytes(&t->plan, stage, width), &b) ||
+        __builtin_add_overflow(b, (uint64_t)TRACE_RING_HEADER, &b))
+        return UINT64_MAX;
+    return b;
 }
 
 sched_trace_hooks trace_rt_hooks(trace_rt *t, const cfg_trace_plan *plan)

@@ -2,6 +2,7 @@
 #include "trace_file.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -243,29 +244,97 @@ out:
 
 /* ---- reading ----------------------------------------------------------------------- */
 
-static int get_int(const json_t *o, const char *key, int64_t *v)
+/* Bounds on what a manifest may say: the writer never produces more, and every count that
+ * sizes an allocation is bounded before it is used. */
+#define MF_DIM_MAX INT64_C(2147483647)          /* widths and sizes index int32 buffers */
+#define MF_MAX_SEQ (INT64_C(1) << 24)           /* as --max-seq-len */
+#define MF_THREADS_MAX 1024                     /* as --threads */
+#define MF_MAX_RINGS ((size_t)CFG_STAGE_COUNT * CFG_MAX_LAYERS)
+
+static const char *json_kind(const json_t *v)
 {
-    json_t *x = json_object_get(o, key);
-    if (!json_is_integer(x))
-        return -1;
-    *v = (int64_t)json_integer_value(x);
-    return 0;
+    if (!v)
+        return "missing";
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a real number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    default: return "null";
+    }
 }
 
-static int get_num(const json_t *o, const char *key, double *v)
+/* "PATH: manifest WHERE: "key" is X, expected ..." for a value that is not what it must be. */
+static int bad_field(moert_err *err, const char *path, const char *where, const char *key,
+                     const json_t *v, const char *expected)
 {
-    json_t *x = json_object_get(o, key);
-    if (!json_is_number(x))
-        return -1;
-    *v = json_number_value(x);
-    return 0;
+    char got[96];
+    if (json_is_integer(v))
+        snprintf(got, sizeof got, "%lld", (long long)json_integer_value(v));
+    else if (json_is_real(v))
+        snprintf(got, sizeof got, "%g", json_real_value(v));
+    else if (json_is_string(v))
+        snprintf(got, sizeof got, "\"%.60s\"", json_string_value(v));
+    else
+        snprintf(got, sizeof got, "%s", json_kind(v));
+    return err_set(err, MOERT_EFORMAT, "%s: manifest%s%s: \"%s\" is %s, expected %s", path,
+                   where[0] ? " " : "", where, key, got, expected);
+}
+
+/* An integer field in [lo, hi]. */
+static int want_int(const json_t *o, const char *key, int64_t lo, int64_t hi, int64_t *out,
+                    const char *path, const char *where, moert_err *err)
+{
+    const json_t *v = json_object_get(o, key);
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+        char exp[96];
+        snprintf(exp, sizeof exp, "an integer in [%lld, %lld]", (long long)lo, (long long)hi);
+        return bad_field(err, path, where, key, v, exp);
+    }
+    *out = (int64_t)json_integer_value(v);
+    return MOERT_OK;
+}
+
+/* A string field that must be one of names[] (NULL-terminated); *which = its index. */
+static int want_enum(const json_t *o, const char *key, const char *const *names, int *which,
+                     const char *path, const char *where, moert_err *err)
+{
+    const json_t *v = json_object_get(o, key);
+    const char *s = json_string_value(v);
+    for (int i = 0; s && names[i]; i++)
+        if (!strcmp(s, names[i])) {
+            *which = i;
+            return MOERT_OK;
+        }
+    char exp[160] = "one of:";
+    size_t used = strlen(exp);
+    for (int i = 0; names[i] && used < sizeof exp; i++)
+        used += (size_t)snprintf(exp + used, sizeof exp - used, "%s %s", i ? "," : "", names[i]);
+    return bad_field(err, path, where, key, v, exp);
+}
+
+/* A finite number in [lo, hi]. */
+static int want_num(const json_t *o, const char *key, double lo, double hi, double *out,
+                    const char *path, const char *where, moert_err *err)
+{
+    const json_t *v = json_object_get(o, key);
+    double x = json_is_number(v) ? json_number_value(v) : NAN;
+    if (!(x >= lo && x <= hi)) {
+        char exp[96];
+        snprintf(exp, sizeof exp, "a number in [%g, %g]", lo, hi);
+        return bad_field(err, path, where, key, v, exp);
+    }
+    *out = x;
+    return MOERT_OK;
 }
 
 int trace_manifest_topology(const json_t *manifest, cfg_topology *t, moert_err *err)
 {
     const json_t *o = json_object_get(manifest, "topology");
     memset(t, 0, sizeof *t);
-    int64_t v;
     struct {
         const char *k;
         int64_t *dst;
@@ -278,26 +347,43 @@ int trace_manifest_topology(const json_t *manifest, cfg_topology *t, moert_err *
         {"intermediate_size", &t->intermediate_size}, {"decoder_sparse_step", &t->decoder_sparse_step},
     };
     if (!json_is_object(o))
-        return err_set(err, MOERT_EFORMAT, "manifest: no topology object");
+        return err_set(err, MOERT_EFORMAT, "manifest: \"topology\" is %s, expected an object", json_kind(o));
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
-        if (get_int(o, ints[i].k, &v))
-            return err_set(err, MOERT_EFORMAT, "manifest topology: %s missing or not an integer",
-                           ints[i].k);
-        *ints[i].dst = v;
+        const json_t *v = json_object_get(o, ints[i].k);
+        if (!json_is_integer(v))
+            return err_set(err, MOERT_EFORMAT, "manifest topology: \"%s\" is %s, expected an integer",
+                           ints[i].k, json_kind(v));
+        *ints[i].dst = (int64_t)json_integer_value(v);
     }
-    if (get_num(o, "rope_theta", &t->rope_theta) || get_num(o, "rms_norm_eps", &t->rms_norm_eps))
-        return err_set(err, MOERT_EFORMAT, "manifest topology: rope_theta / rms_norm_eps missing");
+    const json_t *theta = json_object_get(o, "rope_theta"), *eps = json_object_get(o, "rms_norm_eps");
+    if (!json_is_number(theta) || !json_is_number(eps))
+        return err_set(err, MOERT_EFORMAT, "manifest topology: \"%s\" is %s, expected a number",
+                       json_is_number(theta) ? "rms_norm_eps" : "rope_theta",
+                       json_kind(json_is_number(theta) ? eps : theta));
+    t->rope_theta = json_number_value(theta);
+    t->rms_norm_eps = json_number_value(eps);
     json_t *b1 = json_object_get(o, "norm_topk_prob"), *b2 = json_object_get(o, "tie_word_embeddings");
     json_t *mlp = json_object_get(o, "mlp_only_layers");
-    if (!json_is_boolean(b1) || !json_is_boolean(b2) || !json_is_array(mlp) ||
-        json_array_size(mlp) > CFG_MAX_LAYERS)
-        return err_set(err, MOERT_EFORMAT, "manifest topology: flags or mlp_only_layers malformed");
+    if (!json_is_boolean(b1) || !json_is_boolean(b2))
+        return err_set(err, MOERT_EFORMAT, "manifest topology: \"%s\" is %s, expected true or false",
+                       json_is_boolean(b1) ? "tie_word_embeddings" : "norm_topk_prob",
+                       json_kind(json_is_boolean(b1) ? b2 : b1));
+    if (!json_is_array(mlp) || json_array_size(mlp) > CFG_MAX_LAYERS)
+        return err_set(err, MOERT_EFORMAT,
+                       "manifest topology: \"mlp_only_layers\" is %s%s, expected an array of at most %d layer indices",
+                       json_kind(mlp), json_is_array(mlp) ? " that is too long" : "", CFG_MAX_LAYERS);
     t->norm_topk_prob = json_is_true(b1);
     t->tie_word_embeddings = json_is_true(b2);
     for (size_t i = 0; i < json_array_size(mlp); i++) {
         json_t *x = json_array_get(mlp, i);
-        if (!json_is_integer(x))
-            return err_set(err, MOERT_EFORMAT, "manifest topology: mlp_only_layers[%zu] not an integer", i);
+        /* range-checked before the cast: a truncated 2^32 + 1 must not pass as layer 1 */
+        if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) >= CFG_MAX_LAYERS) {
+            char got[40];
+            snprintf(got, sizeof got, "%lld", (long long)json_integer_value(x));
+            return err_set(err, MOERT_EFORMAT,
+                           "manifest topology: mlp_only_layers[%zu] is %s, expected a layer index in [0, %d)", i,
+                           json_is_integer(x) ? got : json_kind(x), CFG_MAX_LAYERS);
+        }
         t->mlp_only_layers[t->n_mlp_only_layers++] = (int32_t)json_integer_value(x);
     }
     return cfg_check_topology(t, "manifest topology", err);
@@ -312,6 +398,92 @@ static const void *tensor_as(const st_set *set, const char *name, st_dtype dt, i
     return t->data;
 }
 
+/* "F64 [4, 8]" or "absent", for messages. */
+static const char *describe_tensor(const st_set *set, const char *name, char *buf, size_t cap)
+{
+    const st_tensor *t = st_find(set, name);
+    if (!t) {
+        snprintf(buf, cap, "absent");
+        return buf;
+    }
+    size_t n = (size_t)snprintf(buf, cap, "%s [", st_dtype_name(t->dtype));
+    for (int d = 0; d < t->ndim && n < cap; d++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+    if (n < cap)
+        snprintf(buf + n, cap - n, "]");
+    return buf;
+}
+
+/* Checks ring i of the manifest and fills v.  Every field is named when it is wrong. */
+static int open_ring(trace_file *out, const char *path, size_t i, const json_t *r, uint8_t *seen,
+                     moert_err *err)
+{
+    trace_ring_view *v = &out->rings[i];
+    char where[32];
+    snprintf(where, sizeof where, "rings[%zu]", i);
+    if (!json_is_object(r))
+        return err_set(err, MOERT_EFORMAT, "%s: manifest %s is %s, expected an object", path, where,
+                       json_kind(r));
+    static const char *stage_names[CFG_STAGE_COUNT + 1];
+    for (int s = 0; s < CFG_STAGE_COUNT; s++)
+        stage_names[s] = cfg_stage_name((cfg_stage)s);
+    int stage;
+    int64_t layer, width, n, written, drops;
+    int st = want_enum(r, "stage", stage_names, &stage, path, where, err);
+    if (st)
+        return st;
+    bool per_layer = cfg_stage_is_per_layer((cfg_stage)stage);
+    if ((st = want_int(r, "layer", per_layer ? 0 : -1, per_layer ? CFG_MAX_LAYERS - 1 : -1, &layer, path,
+                       where, err)) ||
+        (st = want_int(r, "width", 1, MF_DIM_MAX, &width, path, where, err)) ||
+        (st = want_int(r, "records", 0, INT64_MAX / 64, &n, path, where, err)) ||
+        (st = want_int(r, "written", 0, INT64_MAX, &written, path, where, err)) ||
+        (st = want_int(r, "drops", 0, INT64_MAX, &drops, path, where, err)))
+        return st;
+    char want[64];
+    trace_label(want, sizeof want, (cfg_stage)stage, (int32_t)layer);
+    const json_t *label = json_object_get(r, "label");
+    if (!json_is_string(label) || strcmp(json_string_value(label), want) != 0) {
+        char exp[128];
+        snprintf(exp, sizeof exp, "\"%s\" (stage %s, layer %lld)", want, stage_names[stage], (long long)layer);
+        return bad_field(err, path, where, "label", label, exp);
+    }
+    /* one ring per (stage, layer): a second would shadow the first in every lookup */
+    uint8_t *mark = &seen[(size_t)stage * (CFG_MAX_LAYERS + 1) + (size_t)(layer + 1)];
+    if (*mark)
+        return err_set(err, MOERT_EFORMAT, "%s: manifest %s: ring \"%s\" is listed twice, expected each ring once",
+                       path, where, want);
+    *mark = 1;
+    snprintf(v->label, sizeof v->label, "%s", want);
+    v->stage = (cfg_stage)stage;
+    v->layer = (int32_t)layer;
+    v->n = n;
+    v->width = width;
+    v->written = written;
+    v->drops = drops;
+    char sname[96], mname[96], got_s[96], got_m[96];
+    snprintf(sname, sizeof sname, "%s@stats", v->label);
+    snprintf(mname, sizeof mname, "%s@meta", v->label);
+    v->stats = tensor_as(out->set, sname, ST_F64, n, TRACE_N_STATS);
+    v->meta = tensor_as(out->set, mname, ST_I64, n, 3);
+    if (!v->stats || !v->meta)
+        return err_set(err, MOERT_EFORMAT,
+                       "%s: manifest %s says ring %s holds %lld records, expected %s F64 [%lld, 8] and %s I64 "
+                       "[%lld, 3], found %s and %s",
+                       path, where, v->label, (long long)n, sname, (long long)n, mname, (long long)n,
+                       describe_tensor(out->set, sname, got_s, sizeof got_s),
+                       describe_tensor(out->set, mname, got_m, sizeof got_m));
+    if (out->tensor_mode) {
+        v->values = tensor_as(out->set, v->label, ST_F32, n, width);
+        if (v->stage == CFG_STAGE_MOE_ROUTER) {
+            char ename[96];
+            snprintf(ename, sizeof ename, "%s.experts", v->label);
+            v->experts = tensor_as(out->set, ename, ST_I32, n, width);
+        }
+    }
+    return MOERT_OK;
+}
+
 int trace_file_open(const char *path, trace_file *out, moert_err *err)
 {
     memset(out, 0, sizeof *out);
@@ -320,74 +492,48 @@ int trace_file_open(const char *path, trace_file *out, moert_err *err)
         return st;
     const char *fmt = st_metadata(out->set, "format");
     const char *mtext = st_metadata(out->set, "manifest");
+    uint8_t *seen = NULL;
     if (!fmt || strcmp(fmt, "moert-trace") != 0 || !mtext) {
-        trace_file_close(out);
-        return err_set(err, MOERT_EFORMAT,
-                       "%s: not a moert trace (its __metadata__ lacks format=moert-trace and a manifest)",
-                       path);
+        st = err_set(err, MOERT_EFORMAT,
+                     "%s: not a moert trace (its __metadata__ lacks format=moert-trace and a manifest)", path);
+        goto fail;
     }
     json_error_t je;
-    out->manifest = json_loads(mtext, 0, &je);
+    out->manifest = json_loads(mtext, JSON_REJECT_DUPLICATES, &je);
     if (!json_is_object(out->manifest)) {
-        trace_file_close(out);
-        return err_set(err, MOERT_EFORMAT, "%s: manifest is not a JSON object (%s at column %d)",
-                       path, je.text, je.column);
+        st = out->manifest
+                 ? err_set(err, MOERT_EFORMAT, "%s: manifest is %s, expected a JSON object", path,
+                           json_kind(out->manifest))
+                 : err_set(err, MOERT_EFORMAT, "%s: manifest is not valid JSON: %s (manifest line %d, column %d)",
+                           path, je.text, je.line, je.column);
+        goto fail;
     }
     const json_t *tp = json_object_get(out->manifest, "trace");
     const json_t *mode = json_object_get(tp, "mode");
     out->tensor_mode = json_is_string(mode) && !strcmp(json_string_value(mode), "tensor");
     const json_t *rings = json_object_get(out->manifest, "rings");
-    if (!json_is_array(rings)) {
-        trace_file_close(out);
-        return err_set(err, MOERT_EFORMAT, "%s: manifest has no rings array", path);
+    if (!json_is_array(rings) || json_array_size(rings) > MF_MAX_RINGS) {
+        st = err_set(err, MOERT_EFORMAT, "%s: manifest: \"rings\" is %s%s, expected an array of at most %zu rings",
+                     path, json_kind(rings), json_is_array(rings) ? " that is too long" : "", MF_MAX_RINGS);
+        goto fail;
     }
     out->n_rings = json_array_size(rings);
     out->rings = calloc(out->n_rings ? out->n_rings : 1, sizeof *out->rings);
-    if (!out->rings) {
-        trace_file_close(out);
-        return err_set(err, MOERT_ENOMEM, "out of memory");
+    seen = calloc((size_t)CFG_STAGE_COUNT * (CFG_MAX_LAYERS + 1), 1);
+    if (!out->rings || !seen) {
+        st = err_set(err, MOERT_ENOMEM, "%s: out of memory", path);
+        goto fail;
     }
-    for (size_t i = 0; i < out->n_rings; i++) {
-        const json_t *r = json_array_get(rings, i);
-        trace_ring_view *v = &out->rings[i];
-        const json_t *label = json_object_get(r, "label"), *stage = json_object_get(r, "stage");
-        int64_t layer, width, n, written = 0, drops = 0;
-        int stage_id = json_is_string(stage) ? cfg_stage_from_name(json_string_value(stage)) : -1;
-        if (!json_is_string(label) || stage_id < 0 || get_int(r, "layer", &layer) ||
-            get_int(r, "width", &width) || get_int(r, "records", &n) || n < 0 || width < 1 ||
-            strlen(json_string_value(label)) >= sizeof v->label) {
-            trace_file_close(out);
-            return err_set(err, MOERT_EFORMAT, "%s: manifest ring %zu is malformed", path, i);
-        }
-        get_int(r, "written", &written);
-        get_int(r, "drops", &drops);
-        snprintf(v->label, sizeof v->label, "%s", json_string_value(label));
-        v->stage = (cfg_stage)stage_id;
-        v->layer = (int32_t)layer;
-        v->n = n;
-        v->width = width;
-        v->written = written;
-        v->drops = drops;
-        char name[96];
-        snprintf(name, sizeof name, "%s@stats", v->label);
-        v->stats = tensor_as(out->set, name, ST_F64, n, TRACE_N_STATS);
-        snprintf(name, sizeof name, "%s@meta", v->label);
-        v->meta = tensor_as(out->set, name, ST_I64, n, 3);
-        if (!v->stats || !v->meta) {
-            trace_file_close(out);
-            return err_set(err, MOERT_EFORMAT,
-                           "%s: ring %s needs %s@stats F64 [%lld, 8] and @meta I64 [%lld, 3]", path,
-                           v->label, v->label, (long long)n, (long long)n);
-        }
-        if (out->tensor_mode) {
-            v->values = tensor_as(out->set, v->label, ST_F32, n, width);
-            if (v->stage == CFG_STAGE_MOE_ROUTER) {
-                snprintf(name, sizeof name, "%s.experts", v->label);
-                v->experts = tensor_as(out->set, name, ST_I32, n, width);
-            }
-        }
-    }
+    for (size_t i = 0; i < out->n_rings; i++)
+        if ((st = open_ring(out, path, i, json_array_get(rings, i), seen, err)))
+            goto fail;
+    free(seen);
     return MOERT_OK;
+fail:
+    /* the message is complete before anything it may quote is released */
+    free(seen);
+    trace_file_close(out);
+    return st;
 }
 
 void trace_file_close(trace_file *t)
@@ -398,4 +544,176 @@ void trace_file_close(trace_file *t)
     json_decref(t->manifest);
     st_close(t->set);
     memset(t, 0, sizeof *t);
+}
+
+/* ---- the recorded run (replay) ----------------------------------------------------- */
+
+static int ids_of(const json_t *m, const char *key, int64_t min_n, int64_t vocab, int32_t **out,
+                  int64_t *n, const char *path, moert_err *err)
+{
+    const json_t *a = json_object_get(m, key);
+    *out = NULL;
+    *n = 0;
+    if (!json_is_array(a) || (int64_t)json_array_size(a) < min_n || (int64_t)json_array_size(a) > MF_MAX_SEQ)
+        return bad_field(err, path, "", key, a,
+                         min_n ? "a non-empty array of token ids" : "an array of token ids");
+    int64_t len = (int64_t)json_array_size(a);
+    int32_t *ids = malloc((size_t)(len ? len : 1) * sizeof *ids);
+    if (!ids)
+        return err_set(err, MOERT_ENOMEM, "%s: out of memory", path);
+    for (int64_t i = 0; i < len; i++) {
+        const json_t *x = json_array_get(a, (size_t)i);
+        if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) >= vocab) {
+            char item[48], exp[80];
+            snprintf(item, sizeof item, "%s[%lld]", key, (long long)i);
+            snprintf(exp, sizeof exp, "a token id in [0, %lld)", (long long)vocab);
+            free(ids);
+            return bad_field(err, path, "", item, x, exp);
+        }
+        ids[i] = (int32_t)json_integer_value(x);
+    }
+    *out = ids;
+    *n = len;
+    return MOERT_OK;
+}
+
+static int manifest_config(const json_t *m, const char *path, cfg_config *cfg, moert_err *err)
+{
+    cfg_defaults(cfg);
+    snprintf(cfg->source_path, sizeof cfg->source_path, "%s", path);
+    int st = trace_manifest_topology(m, &cfg->topo, err);
+    if (st)
+        return err_prefix(err, "%s", path);
+    const cfg_topology *t = &cfg->topo;
+    const json_t *w = json_object_get(m, "weights"), *tp = json_object_get(m, "trace");
+    const json_t *sp = json_object_get(m, "sampling");
+    static const char *const sources[] = {"synth", "path", NULL};
+    static const char *const dtypes[] = {"f32", "bf16", "f16", NULL}; /* cfg_dtype order */
+    static const char *const backends[] = {"cpu", "hip", NULL};       /* cfg_backend order */
+    static const char *const modes[] = {"stats", "tensor", NULL};
+    static const char *const positions[] = {"last", "all", NULL};
+    static const char *const on_full[] = {"overwrite", "stop", NULL};
+    const char *sections[] = {"weights", "trace", "sampling"};
+    const json_t *sv[] = {w, tp, sp};
+    for (int i = 0; i < 3; i++)
+        if (!json_is_object(sv[i]))
+            return bad_field(err, path, "", sections[i], sv[i], "an object");
+    int which;
+    int64_t v;
+    if ((st = want_enum(w, "source", sources, &which, path, "weights", err)))
+        return st;
+    if (which == 0) {
+        cfg->weights.synth = true;
+        /* seeds are u64, written through JSON's int64: any integer is one */
+        if ((st = want_int(w, "seed", INT64_MIN, INT64_MAX, &v, path, "weights", err)) ||
+            (st = want_enum(w, "dtype", dtypes, &which, path, "weights", err)))
+            return st;
+        cfg->weights.synth_seed = (uint64_t)v;
+        cfg->weights.synth_dtype = (cfg_dtype)which;
+    } else {
+        const json_t *p = json_object_get(w, "path");
+        if (!json_is_string(p) || !json_string_length(p) || json_string_length(p) >= sizeof cfg->weights.path ||
+            strlen(json_string_value(p)) != json_string_length(p))
+            return bad_field(err, path, "weights", "path", p, "a path of 1 to 1023 bytes");
+        snprintf(cfg->weights.path, sizeof cfg->weights.path, "%s", json_string_value(p));
+    }
+    if ((st = want_int(m, "max_seq_len", 1, MF_MAX_SEQ, &cfg->rt.max_seq_len, path, "", err)) ||
+        (st = want_int(m, "prefill_chunk", 1, cfg->rt.max_seq_len, &cfg->rt.prefill_chunk, path, "", err)) ||
+        (st = want_int(m, "threads", 1, MF_THREADS_MAX, &v, path, "", err)) ||
+        (st = want_enum(m, "backend", backends, &which, path, "", err)))
+        return st;
+    cfg->rt.threads = (int32_t)v;
+    cfg->rt.backend = (cfg_backend)which;
+    cfg_sampling *s = &cfg->sampling;
+    if ((st = want_num(sp, "temperature", 0, 1e6, &s->temperature, path, "sampling", err)) ||
+        (st = want_int(sp, "top_k", 0, t->vocab_size, &v, path, "sampling", err)))
+        return st;
+    s->top_k = (int32_t)v;
+    if ((st = want_num(sp, "top_p", 0, 1, &s->top_p, path, "sampling", err)) ||
+        (st = want_int(sp, "seed", INT64_MIN, INT64_MAX, &v, path, "sampling", err)))
+        return st;
+    if (!(s->top_p > 0))
+        return bad_field(err, path, "sampling", "top_p", json_object_get(sp, "top_p"), "a number in (0, 1]");
+    s->seed = (uint64_t)v;
+    cfg_trace_plan *p = &cfg->trace;
+    p->enabled = true;
+    if ((st = want_enum(tp, "mode", modes, &which, path, "trace", err)))
+        return st;
+    p->mode = (cfg_trace_mode)which;
+    if ((st = want_enum(tp, "positions", positions, &which, path, "trace", err)))
+        return st;
+    p->positions = (cfg_trace_positions)which;
+    if ((st = want_enum(tp, "on_full", on_full, &which, path, "trace", err)))
+        return st;
+    p->on_full = (cfg_trace_on_full)which;
+    if ((st = want_int(tp, "capacity", 1, MF_DIM_MAX, &p->capacity, path, "trace", err)))
+        return st;
+    const json_t *stages = json_object_get(tp, "stages");
+    if (!json_is_array(stages) || !json_array_size(stages) || json_array_size(stages) > CFG_STAGE_COUNT)
+        return bad_field(err, path, "trace", "stages", stages, "a non-empty array of distinct stage names");
+    p->stages = 0;
+    for (size_t i = 0; i < json_array_size(stages); i++) {
+        const json_t *x = json_array_get(stages, i);
+        int sid = json_is_string(x) ? cfg_stage_from_name(json_string_value(x)) : -1;
+        if (sid < 0 || (p->stages & (1u << sid))) {
+            char item[32];
+            snprintf(item, sizeof item, "stages[%zu]", i);
+            return bad_field(err, path, "trace", item, x,
+                             sid < 0 ? "a stage name" : "a stage not listed before");
+        }
+        p->stages |= 1u << sid;
+    }
+    const json_t *layers = json_object_get(tp, "layers");
+    p->n_layers = 0;
+    p->all_layers = json_is_string(layers) && !strcmp(json_string_value(layers), "all");
+    if (!p->all_layers) {
+        if (!json_is_array(layers) || (int64_t)json_array_size(layers) > t->num_hidden_layers)
+            return bad_field(err, path, "trace", "layers", layers, "\"all\" or an array of distinct layer indices");
+        for (size_t i = 0; i < json_array_size(layers); i++) {
+            const json_t *x = json_array_get(layers, i);
+            bool dup = false;
+            for (int32_t j = 0; j < p->n_layers && json_is_integer(x); j++)
+                dup |= p->layers[j] == json_integer_value(x);
+            if (!json_is_integer(x) || json_integer_value(x) < 0 ||
+                json_integer_value(x) >= t->num_hidden_layers || dup) {
+                char item[32], exp[80];
+                snprintf(item, sizeof item, "layers[%zu]", i);
+                snprintf(exp, sizeof exp, "a layer index in [0, %lld) not listed before",
+                         (long long)t->num_hidden_layers);
+                return bad_field(err, path, "trace", item, x, exp);
+            }
+            p->layers[p->n_layers++] = (int32_t)json_integer_value(x);
+        }
+    }
+    return MOERT_OK;
+}
+
+int trace_manifest_run(const json_t *manifest, const char *path, cfg_config *cfg, int32_t **prompt,
+                       int64_t *n_prompt, int32_t **generated, int64_t *n_generated, moert_err *err)
+{
+    *prompt = *generated = NULL;
+    *n_prompt = *n_generated = 0;
+    int st = manifest_config(manifest, path, cfg, err);
+    if (st)
+        return st;
+    int64_t V = cfg->topo.vocab_size;
+    if ((st = ids_of(manifest, "prompt_ids", 1, V, prompt, n_prompt, path, err)) ||
+        (st = ids_of(manifest, "generated_ids", 0, V, generated, n_generated, path, err))) {
+        free(*prompt);
+        *prompt = NULL;
+        *n_prompt = 0;
+        return st;
+    }
+    /* the last generated token is sampled, never fed back: it needs no cache row */
+    int64_t rows = *n_prompt + (*n_generated > 0 ? *n_generated - 1 : 0);
+    if (rows > cfg->rt.max_seq_len) {
+        free(*prompt);
+        free(*generated);
+        *prompt = *generated = NULL;
+        *n_prompt = *n_generated = 0;
+        return err_set(err, MOERT_EFORMAT,
+                       "%s: manifest: %lld prompt and generated tokens exceed its max_seq_len %lld, expected at most %lld",
+                       path, (long long)rows, (long long)cfg->rt.max_seq_len, (long long)cfg->rt.max_seq_len);
+    }
+    return MOERT_OK;
 }

@@ -60,7 +60,10 @@ typedef struct trace_file {
 } trace_file;
 
 /* Opens and checks a trace file's structure: safetensors validity, a well-formed manifest,
- * and for every ring of the manifest its @stats and @meta tensors with the recorded count.
+ * and for every ring of the manifest (at most one per (stage, layer)) its fields (stage,
+ * layer in range for the stage, label = trace_label(stage, layer), width in [1, 2^31),
+ * records, written, drops), and its @stats and @meta tensors with the recorded count.
+ * Every message names the file, the ring (rings[i]) and the field.
  * A stage tensor whose shape or dtype is not what the ring needs is not an error here:
  * its pointer is left NULL and `validate` reports it from the raw tensors. */
 int trace_file_open(const char *path, trace_file *out, moert_err *err);
@@ -68,5 +71,14 @@ void trace_file_close(trace_file *t);
 
 /* Topology recorded in a manifest. */
 int trace_manifest_topology(const json_t *manifest, cfg_topology *topo, moert_err *err);
+
+/* The recorded run as replay re-runs it: *cfg from the manifest's topology, weights, runtime
+ * limits (threads in [1, 1024], 1 <= prefill_chunk <= max_seq_len <= 2^24), backend,
+ * sampling (top_k <= vocab_size) and trace plan (known distinct stages, layers inside the
+ * topology); prompt (non-empty) and generated ids, each in [0, vocab_size), malloc'd for
+ * the caller (NULL on failure).  Every field is checked before it is used; a bad one is
+ * MOERT_EFORMAT naming `path` and the field.  Runs nothing. */
+int trace_manifest_run(const json_t *manifest, const char *path, cfg_config *cfg, int32_t **prompt,
+                       int64_t *n_prompt, int32_t **generated, int64_t *n_generated, moert_err *err);
 
 #endif

@@ -28,8 +28,14 @@ typedef struct yamldoc {
 /* Largest YAML text yamldoc_load_file accepts; configs are tiny. */
 #define YAMLDOC_MAX_BYTES (1u << 20)
 
+/* Deepest nesting of lists and mappings (block or flow) a document may have; the shipped
+ * schemas need 4.  Checked before the document is built. */
+#define YAMLDOC_MAX_DEPTH 64
+
 /* Parses `len` bytes of `text` as one YAML document.  An empty stream loads a document
- * whose root is NULL; more than one document is an error.  On failure nothing is held. */
+ * whose root is NULL; more than one document is an error, and so is nesting deeper than
+ * YAMLDOC_MAX_DEPTH ("name:line:col" of the first collection too deep).  On failure
+ * nothing is held. */
 int yamldoc_load_string(yamldoc *d, const char *text, size_t len, const char *name,
                         moert_err *err);
 

@@ -245,6 +245,10 @@ static const struct {
      ":1:20: model.hf_config: tests/bad_configs/json/llama.json: model_type is \"llama\", expected \"qwen3_moe\" (moert runs Qwen3-MoE only)"},
     {"77-q-dim-unreasonable.yaml",
      ":7:13: model.num_attention_heads * head_dim = 4294967296 is unreasonably large, expected at most 2147483647"},
+    {"78-nesting-depth-flow.yaml",
+     ":4:77: lists and mappings nest more than 64 deep here, expected at most 64 levels"},
+    {"79-nesting-depth-block.yaml",
+     ":66:65: lists and mappings nest more than 64 deep here, expected at most 64 levels"},
 };
 
 #define N_BAD (sizeof bad_configs / sizeof bad_configs[0])
@@ -272,6 +276,52 @@ static void test_bad_config_catalogue(void)
             CU_ASSERT_STRING_EQUAL(e2.msg, e.msg);
         }
     }
+}
+
+/* 100,000 nested flow lists (200 KB) once ran for minutes inside libyaml: now the first
+ * collection past 64 levels is named, at once. */
+static void test_deep_nesting_refused(void)
+{
+    static char text[300000];
+    size_t n = (size_t)snprintf(text, sizeof text, "model: ");
+    for (int i = 0; i < 100000; i++)
+        text[n++] = '[';
+    for (int i = 0; i < 100000; i++)
+        text[n++] = ']';
+    text[n] = '\0';
+    moert_err e = {0};
+    CU_ASSERT_EQUAL(cfg_load_string(text, "deep.yaml", ".", &cfg, &e), MOERT_ECONFIG);
+    CU_ASSERT_STRING_EQUAL(e.msg, "deep.yaml:1:71: lists and mappings nest more than 64 deep here, expected at most 64 levels");
+    /* 64 levels are fine for the reader (the schema then says what it expected) */
+    n = (size_t)snprintf(text, sizeof text, "model: ");
+    for (int i = 0; i < 63; i++)
+        text[n++] = '[';
+    for (int i = 0; i < 63; i++)
+        text[n++] = ']';
+    text[n] = '\0';
+    CU_ASSERT_EQUAL(cfg_load_string(text, "deep.yaml", ".", &cfg, &e), MOERT_ECONFIG);
+    CU_ASSERT_STRING_EQUAL(e.msg, "deep.yaml:1:1: the config is missing required section 'weights', expected a path or {synth: {seed: N, dtype: bf16}}");
+}
+
+/* config.json is JSON read whole: its size is bounded before it is parsed. */
+static void test_hf_config_size_bounded(void)
+{
+    char dir[512], path[600];
+    snprintf(dir, sizeof dir, "%s/big-config", test_tmpdir());
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "wb");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs("{\"model_type\": \"qwen3_moe\", \"pad\": \"", f);
+    for (int i = 0; i < (1 << 20); i++)
+        fputc(' ', f);
+    fputs("\"}", f);
+    fclose(f);
+    moert_err e = {0};
+    CU_ASSERT_EQUAL(cfg_load(dir, &cfg, &e), MOERT_ECONFIG);
+    char want[700];
+    snprintf(want, sizeof want, "%s: 1048614 bytes, expected a HF config.json of at most 1048576 bytes", path);
+    CU_ASSERT_STRING_EQUAL(e.msg, want);
 }
 
 /* Every file of the catalogue is in the table (an untested bad config is a silent hole). */
@@ -869,6 +919,8 @@ void suite_config(void)
     CU_pSuite s = CU_add_suite("config", NULL, NULL);
     CU_add_test(s, "bad config catalogue", test_bad_config_catalogue);
     CU_add_test(s, "every bad config is listed", test_bad_config_files_listed);
+    CU_add_test(s, "deep nesting is refused before libyaml's slow path", test_deep_nesting_refused);
+    CU_add_test(s, "config.json size is bounded", test_hf_config_size_bounded);
     CU_add_test(s, "truncated configs never crash", test_truncations_never_crash);
     CU_add_test(s, "configs/qwen3moe.yaml", test_default_model_config);
     CU_add_test(s, "configs/qwen3-30b-a3b.yaml plans without weights", test_30b_config_plans_without_weights);

@@ -272,6 +272,12 @@ static const struct {
     {H "  embed: {shape: [tokens, hidden_size], dtype: f32\n",
      ":5:1: YAML syntax error: did not find expected ',' or '}' (while parsing a flow mapping at 4:10)"},
     {"", ":1:1: the document is empty, expected a contract mapping"},
+    {H "  embed: {shape: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[tokens]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"
+       "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]], dtype: f32}\n",
+     ":4:79: lists and mappings nest more than 64 deep here, expected at most 64 levels"},
+    {"contract: t\nversion: 1\ntensors: [embed, embed]\n", ":3:10: tensors is a list, expected a mapping"},
+    {"contract: t\nversion: &v 1\ntensors:\n  embed: {shape: [*w], dtype: f32}\n",
+     ":4:19: YAML syntax error: found undefined alias, expected well-formed YAML"},
     {"- 1\n- 2\n", ":1:1: the contract is a list, expected a mapping"},
 };
 #undef H
@@ -298,6 +304,24 @@ static void test_bad_contract_catalogue(void)
     moert_err e = {0};
     CU_ASSERT_EQUAL(ctr_load_string(big, "big.yaml", &ctr, &e), MOERT_ECONFIG);
     CU_ASSERT_STRING_EQUAL(e.msg, "big.yaml:4:3: tensors has 33 entries, expected 1 to 32");
+    /* 50,000 tensors (the duplicate-key check is quadratic: the count is refused first) */
+    static char huge[1 << 20];
+    used = (size_t)snprintf(huge, sizeof huge, "contract: t\nversion: 1\ntensors:\n");
+    for (int i = 0; i < 50000; i++)
+        used += (size_t)snprintf(huge + used, sizeof huge - used, "  e%d: 0\n", i);
+    used += (size_t)snprintf(huge + used, sizeof huge - used, "  e0: 0\n");
+    CU_ASSERT_EQUAL(ctr_load_string(huge, "huge.yaml", &ctr, &e), MOERT_ECONFIG);
+    CU_ASSERT_STRING_EQUAL(e.msg, "huge.yaml:4:3: tensors has 50001 entries, expected 1 to 32");
+    /* 100,000 nested lists (200 KB): once minutes inside libyaml, now the 65th level is named */
+    static char deep[210000];
+    size_t k = 0;
+    for (int i = 0; i < 100000; i++)
+        deep[k++] = '[';
+    for (int i = 0; i < 100000; i++)
+        deep[k++] = ']';
+    deep[k] = '\0';
+    CU_ASSERT_EQUAL(ctr_load_string(deep, "deep.yaml", &ctr, &e), MOERT_ECONFIG);
+    CU_ASSERT_STRING_EQUAL(e.msg, "deep.yaml:1:65: lists and mappings nest more than 64 deep here, expected at most 64 levels");
     CU_ASSERT_EQUAL(ctr_load("contracts/no-such.yaml", &ctr, &e), MOERT_EIO);
     CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "contracts/no-such.yaml: cannot open"));
 }

@@ -449,6 +449,56 @@ static void test_topology_and_sparsity(void)
     free(ms);
 }
 
+
+/* NaN and Inf weights: once loaded silently (greedy then emits token 0 forever). */
+static void test_check_finite(void)
+{
+    cfg_topology t = small();
+    size_t n;
+    model_spec *ms;
+    st_write_spec *sp = specs_of(&t, ST_BF16, &n, &ms);
+    sp[index_of(sp, n, "model.norm.weight")].dtype = ST_F32;
+    sp[index_of(sp, n, "model.layers.0.mlp.up_proj.weight")].dtype = ST_F16;
+    struct {
+        const char *tensor;
+        size_t element;
+        uint32_t bits; /* in the tensor's dtype */
+        const char *msg;
+    } cases[] = {
+        {"model.layers.1.mlp.experts.1.down_proj.weight", 7, 0x7fc0, /* bf16 NaN: [4, 3], row 2 col 1 */
+         "small: tensor 'model.layers.1.mlp.experts.1.down_proj.weight' element [2, 1] (index 7 of 12) is NaN, "
+         "expected finite weights"},
+        {"model.norm.weight", 3, 0xff800000u, /* f32 -Inf */
+         "small: tensor 'model.norm.weight' element [3] (index 3 of 4) is Inf, expected finite weights"},
+        {"model.layers.0.mlp.up_proj.weight", 19, 0x7c00, /* f16 +Inf: [5, 4] */
+         "small: tensor 'model.layers.0.mlp.up_proj.weight' element [4, 3] (index 19 of 20) is Inf, expected finite "
+         "weights"},
+        {"model.layers.0.mlp.up_proj.weight", 0, 0xfe01, /* f16 NaN */
+         "small: tensor 'model.layers.0.mlp.up_proj.weight' element [0, 0] (index 0 of 20) is NaN, expected finite "
+         "weights"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        st_set *s = image(sp, n, 0);
+        /* finite bytes everywhere (the image's pattern may hold NaNs), then one planted */
+        for (size_t i = 0; i < st_count(s); i++)
+            memset((void *)st_at(s, i)->data, 0x3c, st_at(s, i)->nbytes);
+        model_weights w;
+        moert_err e = {0};
+        CU_ASSERT_EQUAL_FATAL(model_bind(&t, s, &w, &e), MOERT_OK);
+        CU_ASSERT_EQUAL(model_check_finite(&w, &e), MOERT_OK);
+        const st_tensor *x = st_find(s, cases[c].tensor);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+        size_t es = st_dtype_size(x->dtype);
+        memcpy((uint8_t *)x->data + cases[c].element * es, &cases[c].bits, es); /* little-endian host */
+        CU_ASSERT_EQUAL(model_check_finite(&w, &e), MOERT_EFORMAT);
+        CU_ASSERT_STRING_EQUAL(e.msg, cases[c].msg);
+        model_unbind(&w);
+        st_close(s);
+    }
+    free(sp);
+    free(ms);
+}
+
 void suite_model(void)
 {
     CU_pSuite s = CU_add_suite("model", NULL, NULL);
@@ -458,4 +508,5 @@ void suite_model(void)
     CU_add_test(s, "bind errors", test_bind_errors);
     CU_add_test(s, "tied embeddings", test_tied);
     CU_add_test(s, "topology checks and sparsity", test_topology_and_sparsity);
+    CU_add_test(s, "NaN and Inf weights are named (model_check_finite)", test_check_finite);
 }

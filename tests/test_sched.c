@@ -152,9 +152,52 @@ static void test_op_order(void)
     CU_ASSERT_NOT_EQUAL(sched_build(&cfg.topo, 8, 64, 0, NULL, &s, &err), MOERT_OK);
 }
 
+
+/* Extreme but checked sizes (every dim and limit at 2^31 - 1): once signed overflow in the
+ * scratch sizes, now the first buffer too large is named and nothing overflows. */
+static void test_extreme_sizes_refused(void)
+{
+    cfg_topology t = {0};
+    t.vocab_size = 1000;
+    t.hidden_size = 64;
+    t.num_hidden_layers = 2;
+    t.num_attention_heads = 4;
+    t.num_key_value_heads = 2;
+    t.head_dim = 16;
+    t.num_experts = INT64_C(2147483647);
+    t.num_experts_per_tok = INT64_C(2147483647);
+    t.moe_intermediate_size = 64;
+    t.decoder_sparse_step = 1;
+    t.rope_theta = 1e4;
+    t.rms_norm_eps = 1e-6;
+    moert_err err = {0};
+    CU_ASSERT_EQUAL_FATAL(cfg_check_topology(&t, "t", &err), MOERT_OK);
+    sched s;
+    int64_t big = INT64_C(2147483647);
+    CU_ASSERT_EQUAL(sched_build(&t, big, big, 4096, NULL, &s, &err), MOERT_ECONFIG);
+    CU_ASSERT_STRING_EQUAL(err.msg, "schedule: buffer scratch.rowptrs needs more than 2^63 bytes, expected at most "
+                                    "281474976710656 bytes per buffer (lower prefill_chunk, max_seq_len or threads)");
+    /* under the per-buffer bound but not in all: the running total is named */
+    t.num_experts = 8;
+    t.num_experts_per_tok = 2;
+    t.num_hidden_layers = 512;
+    t.num_attention_heads = 64;
+    t.num_key_value_heads = 64;
+    t.head_dim = 128;
+    CU_ASSERT_EQUAL_FATAL(cfg_check_topology(&t, "t", &err), MOERT_OK);
+    CU_ASSERT_EQUAL(sched_build(&t, 1, big, 1, NULL, &s, &err), MOERT_ECONFIG);
+    CU_ASSERT_STRING_EQUAL(err.msg, "schedule: buffers up to kv.l31.v need more than 4503599627370496 bytes in all, "
+                                    "expected at most that (lower prefill_chunk, max_seq_len or threads)");
+    /* the largest sizes that fit still build */
+    t.num_hidden_layers = 2;
+    CU_ASSERT_EQUAL(sched_build(&t, 1, big, 1, NULL, &s, &err), MOERT_OK);
+    sched_free(&s);
+}
+
 void suite_sched(void)
 {
     CU_pSuite s = CU_add_suite("sched", NULL, NULL);
     CU_add_test(s, "real schedules: invariants, proven plans, <= 1.10 x lower bound", test_real_schedules);
     CU_add_test(s, "op list shape", test_op_order);
+    CU_add_test(s, "extreme sizes: refused by name, no overflow", test_extreme_sizes_refused);
 }

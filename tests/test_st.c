@@ -71,7 +71,7 @@ static void test_corrupt_catalogue(void)
     p = write_raw("hdrpast.safetensors", 100, "{}", 0);
     expect_fail(p, MOERT_EFORMAT, "header length 100 (bytes 0-7) runs past the end of the file: 8 + 100 > file size 10");
     p = write_raw("hdrmax.safetensors", (uint64_t)ST_HEADER_MAX + 1, "{}", 0);
-    expect_fail(p, MOERT_EFORMAT, "header length 104857601 (bytes 0-7) exceeds the limit");
+    expect_fail(p, MOERT_EFORMAT, "header length 16777217 (bytes 0-7) exceeds the limit of 16777216");
     p = write_raw("hdrhuge.safetensors", UINT64_MAX, "{}", 0);
     expect_fail(p, MOERT_EFORMAT, "exceeds the limit");
 
@@ -471,6 +471,74 @@ static void test_image(void)
     }
 }
 
+
+/* A valid header of `count` zero-size tensors, padded with spaces to at least `min_len`. */
+static const char *write_zero_tensors(const char *name, size_t count, size_t min_len)
+{
+    size_t cap = count * 64 + min_len + 16;
+    char *h = malloc(cap);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(h);
+    size_t n = (size_t)snprintf(h, cap, "{");
+    for (size_t i = 0; i < count; i++)
+        n += (size_t)snprintf(h + n, cap - n, "%s\"t%zu\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}",
+                              i ? "," : "", i);
+    n += (size_t)snprintf(h + n, cap - n, "}");
+    while (n < min_len)
+        h[n++] = ' ';
+    h[n] = '\0';
+    const char *p = write_st(name, h, 0);
+    free(h);
+    return p;
+}
+
+/* Counts a file controls are bounded before they cost time or memory: a 90 MB header of
+ * 1.5 million zero-size tensors once took 20 s and 1.8 GB, and `diff` then exited 0. */
+static void test_header_limits(void)
+{
+    const char *p = write_zero_tensors("bighdr.safetensors", 10, ST_HEADER_MAX + 1);
+    expect_fail(p, MOERT_EFORMAT, "header length 16777217 (bytes 0-7) exceeds the limit of 16777216");
+    char out[4096], errb[4096];
+    CU_ASSERT_EQUAL(test_run_cmdf(out, sizeof out, errb, sizeof errb, "./moert diff %s %s", p, p), 2);
+    char want[1024];
+    snprintf(want, sizeof want, "moert diff: %s: header length 16777217 (bytes 0-7) exceeds the limit of 16777216\n", p);
+    CU_ASSERT_STRING_EQUAL(errb, want);
+    p = write_zero_tensors("many.safetensors", ST_MAX_TENSORS + 1, 0);
+    expect_fail(p, MOERT_EFORMAT, "header lists 131073 tensors, expected at most 131072 per file");
+    char longname[1200 + 80];
+    snprintf(longname, sizeof longname, "{\"%01100d\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}", 7);
+    p = write_st("longname.safetensors", longname, 0);
+    expect_fail(p, MOERT_EFORMAT, "...: a 1100-byte name, expected at most 1024 bytes");
+    p = write_zero_tensors("enough.safetensors", 1000, 0);
+    st_set *s = NULL;
+    moert_err e = {0};
+    CU_ASSERT_EQUAL_FATAL(st_open(p, &s, &e), MOERT_OK);
+    CU_ASSERT_EQUAL(st_count(s), 1000);
+    st_close(s);
+    /* an index is JSON too: bounded by its size before it is parsed */
+    char ip[600];
+    snprintf(ip, sizeof ip, "%s/big.index.json", test_tmpdir());
+    FILE *f = fopen(ip, "wb");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs("{\"weight_map\": {\"a\": \"", f);
+    for (size_t i = 0; i < ST_HEADER_MAX; i++)
+        fputc('x', f);
+    fputs(".safetensors\"}}", f);
+    fclose(f);
+    expect_fail(ip, MOERT_EFORMAT, "big.index.json: 16777253 bytes, expected an index of at most 16777216 bytes");
+    /* the writer refuses what the reader would */
+    static st_write_spec many[ST_MAX_TENSORS + 1];
+    static char names[ST_MAX_TENSORS + 1][12];
+    for (size_t i = 0; i <= ST_MAX_TENSORS; i++) {
+        snprintf(names[i], sizeof names[i], "t%zu", i);
+        many[i] = (st_write_spec){names[i], ST_U8, 1, {0}};
+    }
+    void *h;
+    size_t hl;
+    uint64_t dl;
+    CU_ASSERT_EQUAL(st_header_encode(many, ST_MAX_TENSORS + 1, NULL, NULL, 0, &h, &hl, &dl, &e), MOERT_EUSAGE);
+    CU_ASSERT_STRING_EQUAL(e.msg, "safetensors writer: 131073 tensors in one file, at most 131072");
+}
+
 void suite_st(void)
 {
     CU_pSuite s = CU_add_suite("st", NULL, NULL);
@@ -480,4 +548,5 @@ void suite_st(void)
     CU_add_test(s, "writer atomicity", test_writer_atomic);
     CU_add_test(s, "sharded sets", test_sharded);
     CU_add_test(s, "in-memory images", test_image);
+    CU_add_test(s, "header size and tensor count bounded per file", test_header_limits);
 }

@@ -446,6 +446,95 @@ static void test_load_errors(void)
     }
 }
 
+
+/* Bad tokenizer.json files: one defect each in the hand-built file, each with the exact
+ * message (after "PATH: ") and exit 2. */
+static void test_bad_tokenizer_catalogue(void)
+{
+    static const struct {
+        const char *from, *to, *msg;
+    } edits[] = {
+        /* no "id": once a NULL dereference in tokenize and detokenize */
+        {"{\"id\": 100, \"content\": \"<x>\"", "{\"content\": \"<x>\"",
+         "added_tokens[0] \"<x>\": no \"id\", expected an integer id"},
+        {"{\"id\": 101, ", "{\"id\": \"101\", ", "added_tokens \"<y>\": expected an integer id, found a string"},
+        {"{\"id\": 102, ", "{\"id\": -1, ", "added_tokens \"cat\": id -1 out of range 0..67108863"},
+        {"{\"id\": 103, \"content\": \"\\u00e9\",", "{\"id\": 103,",
+         "added_tokens[3]: expected an object with a string \"content\""},
+        {" \"added_tokens\": [\n", " \"added_tokens\": {\"a\": [\n", "invalid JSON"},
+        /* a few bytes asking for a table of 50 million ids */
+        {"\"x\": 22}", "\"x\": 50000000}",
+         "model.vocab / added_tokens: largest id 50000000 with only 27 tokens, expected ids below 1078 (2 x tokens "
+         "+ 1024: a vocabulary is dense)"},
+        {"\"b\": 1,", "\"b\": 1.5,", "model.vocab \"b\": expected an integer id, found a number"},
+        {"\"vocab\": {\"a\": 0,", "\"vocab\": [{\"a\": 0,", "invalid JSON"},
+        {"\"merges\": [[\"b\", \"c\"], [\"a\", \"b\"], [\"a\", \"a\"]]",
+         "\"merges\": {\"b c\": 0}", "model: expected \"vocab\" an object and \"merges\" an array"},
+        {"[\"a\", \"a\"]", "\"a a a\"", "model.merges[2]: expected [\"a\", \"b\"] or \"a b\", found a string"},
+        {"[\"a\", \"a\"]", "[\"b\", \"b\"]",
+         "model.merges[2] (\"b\" + \"b\"): the merged token is not in model.vocab"},
+        {"\"pattern\": {\"Regex\":", "\"pattern\": {\"Glob\":",
+         "pre_tokenizer Split: expected pattern {\"Regex\": ...} or {\"String\": ...}"},
+        {" ?[a-z]+|", " ?[a-z]+|(?<x", "pre_tokenizer Split pattern: regex does not compile at offset 13: syntax error in "
+         "subpattern name (missing terminator?)"},
+        {"\"decoder\": {\"type\": \"ByteLevel\"", "\"decoder\": {\"type\": \"WordPiece\"",
+         "decoder: expected \"type\": \"ByteLevel\""},
+        {"\"byte_fallback\": false", "\"byte_fallback\": true",
+         "model: unsupported BPE options (expected byte_fallback false, no dropout, no unk_token, no subword "
+         "prefix/suffix)"},
+        {"\"dropout\": null", "\"dropout\": 0.1",
+         "model: unsupported BPE options (expected byte_fallback false, no dropout, no unk_token, no subword "
+         "prefix/suffix)"},
+        {"\"use_regex\": false}]}", "\"use_regex\": true}]}",
+         "pre_tokenizer ByteLevel: expected add_prefix_space false and use_regex false"},
+        {"\"type\": \"Sequence\", \"pretokenizers\": [\n",
+         "\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Digits\"},\n",
+         "pre_tokenizer: expected a Sequence of [Split, ByteLevel], found 3 steps"},
+        {"\"added_tokens\": [", "\"added_tokens\": 7, \"x\": [", "added_tokens: expected an array, found an integer"},
+        {"\"model\": {\"type\": \"BPE\"", "\"model\": {\"type\": \"Unigram\"", "model: expected an object with \"type\": \"BPE\""},
+    };
+    char path[600];
+    snprintf(path, sizeof path, "%s/bad-tokenizer.json", test_tmpdir());
+    for (size_t i = 0; i < sizeof edits / sizeof edits[0]; i++) {
+        char doc[sizeof MINI_JSON + 128], want[1024];
+        const char *at = strstr(MINI_JSON, edits[i].from);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+        snprintf(doc, sizeof doc, "%.*s%s%s", (int)(at - MINI_JSON), MINI_JSON, edits[i].to,
+                 at + strlen(edits[i].from));
+        CU_ASSERT_EQUAL_FATAL(write_file(path, doc), 0);
+        tok_tokenizer *t = NULL;
+        moert_err err = {0};
+        int st = tok_load(path, &t, &err);
+        CU_ASSERT_EQUAL(moert_exit_code(st), 2);
+        CU_ASSERT_PTR_NULL(t);
+        snprintf(want, sizeof want, "%s: %s", path, edits[i].msg);
+        bool ok = !strcmp(edits[i].msg, "invalid JSON") ? strstr(err.msg, "invalid JSON") && !strncmp(err.msg, path, strlen(path))
+                                                         : !strcmp(err.msg, want);
+        if (!ok)
+            printf("\n    edit %zu\n    want: %s\n    got:  %s\n", i, want, err.msg);
+        CU_ASSERT_TRUE(ok);
+        tok_free(t);
+    }
+    /* A pattern that backtracks without end: bad input (exit 2), not an internal error. */
+    const char *at = strstr(MINI_JSON, " ?[a-z]+|");
+    char doc[sizeof MINI_JSON + 128];
+    snprintf(doc, sizeof doc, "%.*s(?:a|aa)+$|%s", (int)(at - MINI_JSON), MINI_JSON, at);
+    CU_ASSERT_EQUAL_FATAL(write_file(path, doc), 0);
+    tok_tokenizer *t = NULL;
+    moert_err err = {0};
+    CU_ASSERT_EQUAL_FATAL(tok_load(path, &t, &err), MOERT_OK);
+    char text[80];
+    memset(text, 'a', 60);
+    text[60] = 'b';
+    int32_t ids[256];
+    size_t n = 0;
+    int st = tok_encode(t, text, 61, ids, 256, &n, &err);
+    CU_ASSERT_EQUAL(st, MOERT_EFORMAT);
+    CU_ASSERT_STRING_EQUAL(err.msg, "tokenizer: the pre_tokenizer Split pattern gave up on this input (PCRE2: match "
+                                    "limit exceeded), expected a pattern that matches without runaway backtracking");
+    tok_free(t);
+}
+
 /* ---- CLI ------------------------------------------------------------------------------ */
 static void test_cli(void)
 {
@@ -528,6 +617,7 @@ void suite_tok(void)
     CU_add_test(s, "streaming decode (hand-built)", test_stream_mini);
     CU_add_test(s, "streaming decode (Qwen3)", test_stream_qwen);
     CU_add_test(s, "load errors", test_load_errors);
+    CU_add_test(s, "bad tokenizer.json catalogue", test_bad_tokenizer_catalogue);
     CU_add_test(s, "CLI", test_cli);
     CU_add_test(s, "CLI with Qwen3", test_cli_qwen);
 }

@@ -455,6 +455,287 @@ static void test_contract_refuses_plan(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(errb, "x.trace"));
 }
 
+
+
+/* Work bounded by the bytes present, never their square: a row of a million expert ids
+ * (distinct) and two files of a million rows (diff) once meant 10^11..10^12 steps. */
+static void test_wide_and_long_inputs(void)
+{
+    const int64_t W = 1000000;
+    char manifest[4096];
+    snprintf(manifest, sizeof manifest,
+             "{\"format\":\"moert-trace\",\"topology\":{\"vocab_size\":16,\"hidden_size\":8,\"num_hidden_layers\":1,"
+             "\"num_attention_heads\":1,\"num_key_value_heads\":1,\"head_dim\":8,\"num_experts\":%lld,"
+             "\"num_experts_per_tok\":%lld,\"moe_intermediate_size\":1,\"intermediate_size\":0,"
+             "\"decoder_sparse_step\":1,\"mlp_only_layers\":[],\"norm_topk_prob\":false,\"tie_word_embeddings\":false,"
+             "\"rope_theta\":10000.0,\"rms_norm_eps\":1e-06},\"trace\":{\"mode\":\"tensor\"},"
+             "\"rings\":[{\"label\":\"l0.moe_router\",\"stage\":\"moe_router\",\"layer\":0,\"width\":%lld,"
+             "\"records\":1,\"written\":1,\"drops\":0}]}",
+             (long long)W, (long long)W, (long long)W);
+    const st_write_spec specs[] = {
+        {"l0.moe_router", ST_F32, 2, {1, W}},
+        {"l0.moe_router.experts", ST_I32, 2, {1, W}},
+        {"l0.moe_router@meta", ST_I64, 2, {1, 3}},
+        {"l0.moe_router@stats", ST_F64, 2, {1, 8}},
+    };
+    const char *keys[] = {"format", "manifest"}, *vals[] = {"moert-trace", manifest};
+    const char *t = tmp("wide.trace");
+    moert_err e = {0};
+    st_writer *w;
+    CU_ASSERT_EQUAL_FATAL(st_writer_open(t, specs, 4, keys, vals, 2, &w, &e), MOERT_OK);
+    float *f = calloc((size_t)W, sizeof *f);
+    int32_t *ids = malloc((size_t)W * sizeof *ids);
+    for (int64_t i = 0; i < W; i++)
+        ids[i] = (int32_t)((i * 7919) % W); /* a permutation of 0..W-1 ... */
+    ids[W - 1] = ids[0];                    /* ... but for the last column */
+    int64_t meta[3] = {0, 0, 0};
+    double stats[8] = {0};
+    CU_ASSERT_EQUAL(st_writer_write(w, f, (size_t)W * 4, &e), MOERT_OK);
+    CU_ASSERT_EQUAL(st_writer_write(w, ids, (size_t)W * 4, &e), MOERT_OK);
+    CU_ASSERT_EQUAL(st_writer_write(w, meta, sizeof meta, &e), MOERT_OK);
+    CU_ASSERT_EQUAL(st_writer_write(w, stats, sizeof stats, &e), MOERT_OK);
+    CU_ASSERT_EQUAL_FATAL(st_writer_finish(w, &e), MOERT_OK);
+    const char *c = tmp("distinct.yaml");
+    FILE *cf = fopen(c, "w");
+    fputs("contract: t\nversion: 1\ntensors:\n  moe_router: {shape: [tokens, num_experts_per_tok], dtype: f32}\n"
+          "  moe_router.experts: {shape: [tokens, num_experts_per_tok], dtype: i32, rules: [distinct]}\n",
+          cf);
+    fclose(cf);
+    CU_ASSERT_EQUAL(sh("./moert validate %s %s", c, t), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "FAIL l0.moe_router.experts record 0 (step 0, position 0): distinct: id 0 "
+                                       "repeated at column 999999"));
+    /* two plain files of a million rows each: rows matched by position */
+    const st_write_spec col[] = {{"embed", ST_F32, 2, {W, 1}}};
+    const char *a = tmp("long-a.safetensors"), *b = tmp("long-b.safetensors");
+    for (int k = 0; k < 2; k++) {
+        CU_ASSERT_EQUAL_FATAL(st_writer_open(k ? b : a, col, 1, NULL, NULL, 0, &w, &e), MOERT_OK);
+        for (int64_t i = 0; i < W; i++)
+            f[i] = (float)(i % 100) + (float)k * 0.5f;
+        CU_ASSERT_EQUAL(st_writer_write(w, f, (size_t)W * 4, &e), MOERT_OK);
+        CU_ASSERT_EQUAL_FATAL(st_writer_finish(w, &e), MOERT_OK);
+    }
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s --json", a, b), 0);
+    json_error_t je;
+    json_t *j = json_loads(out, 0, &je);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    json_t *st0 = json_array_get(json_object_get(j, "stages"), 0);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(st0, "name")), "embed");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st0, "rows")), W);
+    CU_ASSERT_DOUBLE_EQUAL(json_real_value(json_object_get(st0, "max_abs")), 0.5, 1e-12);
+    json_decref(j);
+    free(f);
+    free(ids);
+}
+
+/* ---- bad manifests: a catalogue of single-field edits to the replay fixture --------- */
+
+/* Sets the value at a '/'-separated path (object keys, array indices) of j to v (stolen);
+ * v == NULL deletes it. */
+static bool json_set_path(json_t *j, const char *path, json_t *v)
+{
+    char key[128];
+    const char *slash = strchr(path, '/');
+    size_t kl = slash ? (size_t)(slash - path) : strlen(path);
+    snprintf(key, sizeof key, "%.*s", (int)kl, path);
+    if (slash) {
+        json_t *child = json_is_array(j) ? json_array_get(j, (size_t)atol(key)) : json_object_get(j, key);
+        return child && json_set_path(child, slash + 1, v);
+    }
+    if (json_is_array(j))
+        return v ? json_array_set_new(j, (size_t)atol(key), v) == 0 : json_array_remove(j, (size_t)atol(key)) == 0;
+    return v ? json_object_set_new(j, key, v) == 0 : json_object_del(j, key) == 0;
+}
+
+/* Copies trace src to dst with its manifest replaced by `manifest` (any text). */
+static int write_with_manifest(const char *src, const char *dst, const char *manifest)
+{
+    moert_err err = {0};
+    st_set *set = NULL;
+    if (st_open(src, &set, &err))
+        return -1;
+    size_t n = st_count(set);
+    st_write_spec *specs = calloc(n, sizeof *specs);
+    for (size_t i = 0; i < n; i++) {
+        const st_tensor *t = st_at(set, i);
+        specs[i] = (st_write_spec){t->name, t->dtype, t->ndim, {0}};
+        memcpy(specs[i].shape, t->shape, sizeof t->shape);
+    }
+    const char *keys[] = {"format", "moert_version", "contract", "manifest"};
+    const char *vals[] = {st_metadata(set, "format"), st_metadata(set, "moert_version"),
+                          st_metadata(set, "contract"), manifest};
+    st_writer *w = NULL;
+    int st = st_writer_open(dst, specs, n, keys, vals, 4, &w, &err);
+    for (size_t i = 0; i < n && !st; i++)
+        st = st_writer_write(w, st_at(set, i)->data, st_at(set, i)->nbytes, &err);
+    st = st ? (st_writer_abort(w), st) : st_writer_finish(w, &err);
+    free(specs);
+    st_close(set);
+    return st;
+}
+
+/* The fixture's manifest with `path` set to the JSON text `value` ("-" deletes it);
+ * path "" replaces the whole manifest text by value. */
+static bool edited_trace(const char *dst, const char *path, const char *value)
+{
+    const char *fx = "tests/fixtures/replay/default.trace";
+    moert_err err = {0};
+    st_set *set = NULL;
+    if (st_open(fx, &set, &err))
+        return false;
+    bool ok = false;
+    char *text = NULL;
+    if (!path[0]) {
+        text = strdup(value);
+    } else {
+        json_error_t je;
+        json_t *m = json_loads(st_metadata(set, "manifest"), 0, &je);
+        json_t *v = strcmp(value, "-") ? json_loads(value, JSON_DECODE_ANY, &je) : NULL;
+        if (m && (v || !strcmp(value, "-")) && json_set_path(m, path, v))
+            text = json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS);
+        json_decref(m);
+    }
+    st_close(set);
+    ok = text && write_with_manifest(fx, dst, text) == 0;
+    free(text);
+    return ok;
+}
+
+static const struct {
+    const char *path, *value; /* the edit (edited_trace) */
+    const char *cmd;          /* "{T}" is the edited trace */
+    const char *stderr_text;  /* exact, "{T}" is the edited trace */
+} bad_manifests[] = {
+    /* `records` disagreeing with the tensors: once a use-after-free in all three commands */
+    {"rings/0/records", "99", "replay {T}",
+     "moert replay: {T}: manifest rings[0] says ring embed holds 99 records, expected embed@stats F64 [99, 8] and "
+     "embed@meta I64 [99, 3], found F64 [11, 8] and I64 [11, 3]\n"},
+    {"rings/0/records", "99", "validate contracts/qwen3moe-trace-v1.yaml {T}",
+     "moert validate: {T}: manifest rings[0] says ring embed holds 99 records, expected embed@stats F64 [99, 8] and "
+     "embed@meta I64 [99, 3], found F64 [11, 8] and I64 [11, 3]\n"},
+    {"rings/5/records", "3", "diff {T} tests/fixtures/replay/default.trace",
+     "moert diff: {T}: manifest rings[5] says ring l0.moe_ffn_out holds 3 records, expected l0.moe_ffn_out@stats F64 [3, 8] "
+     "and l0.moe_ffn_out@meta I64 [3, 3], found F64 [11, 8] and I64 [11, 3]\n"},
+    /* a thread count replay once handed to OpenMP unchecked (segfault) */
+    {"threads", "100000", "replay {T}",
+     "moert replay: {T}: manifest: \"threads\" is 100000, expected an integer in [1, 1024]\n"},
+    {"threads", "0", "replay {T}", "moert replay: {T}: manifest: \"threads\" is 0, expected an integer in [1, 1024]\n"},
+    {"rings/1/layer", "100000", "validate contracts/qwen3moe-trace-v1.yaml {T}",
+     "moert validate: {T}: manifest rings[1]: \"layer\" is 100000, expected an integer in [0, 511]\n"},
+    {"rings/0/layer", "3", "replay {T}", "moert replay: {T}: manifest rings[0]: \"layer\" is 3, expected an integer in [-1, -1]\n"},
+    {"rings/0/width", "1099511627776", "diff {T} tests/fixtures/replay/default.trace",
+     "moert diff: {T}: manifest rings[0]: \"width\" is 1099511627776, expected an integer in [1, 2147483647]\n"},
+    {"rings/0/width", "\"128\"", "replay {T}",
+     "moert replay: {T}: manifest rings[0]: \"width\" is \"128\", expected an integer in [1, 2147483647]\n"},
+    {"rings/0/stage", "\"attention\"", "replay {T}",
+     "moert replay: {T}: manifest rings[0]: \"stage\" is \"attention\", expected one of: embed, attn_norm, qkv, "
+     "attn_out, ffn_norm, router_logits, moe_router, moe_ffn_out, output, final_norm, logits\n"},
+    {"rings/2/label", "\"l1.qkv\"", "validate contracts/qwen3moe-trace-v1.yaml {T}",
+     "moert validate: {T}: manifest rings[2]: \"label\" is \"l1.qkv\", expected \"l0.qkv\" (stage qkv, layer 0)\n"},
+    {"rings/0/written", "-", "replay {T}",
+     "moert replay: {T}: manifest rings[0]: \"written\" is missing, expected an integer in [0, 9223372036854775807]\n"},
+    {"rings/0/drops", "-1", "replay {T}",
+     "moert replay: {T}: manifest rings[0]: \"drops\" is -1, expected an integer in [0, 9223372036854775807]\n"},
+    {"rings/3", "5", "replay {T}", "moert replay: {T}: manifest rings[3] is an integer, expected an object\n"},
+    {"rings/3", "{\"drops\":0,\"label\":\"l0.qkv\",\"layer\":0,\"records\":11,\"stage\":\"qkv\",\"width\":384,\"written\":11}",
+     "validate contracts/qwen3moe-trace-v1.yaml {T}",
+     "moert validate: {T}: manifest rings[3]: ring \"l0.qkv\" is listed twice, expected each ring once\n"},
+    {"rings", "{}", "diff {T} tests/fixtures/replay/default.trace",
+     "moert diff: {T}: manifest: \"rings\" is an object, expected an array of at most 5632 rings\n"},
+    {"", "{\"format\": \"moert-trace\"", "replay {T}",
+     "moert replay: {T}: manifest is not valid JSON: '}' expected near end of file (manifest line 1, column 24)\n"},
+    {"", "[1, 2]", "validate contracts/qwen3moe-trace-v1.yaml {T}",
+     "moert validate: {T}: manifest is an array, expected a JSON object\n"},
+    /* the recorded run (replay's checks, before any weights are made) */
+    {"prompt_ids/0", "4294967296", "replay {T}",
+     "moert replay: {T}: manifest: \"prompt_ids[0]\" is 4294967296, expected a token id in [0, 151936)\n"},
+    {"prompt_ids/2", "-1", "replay {T}",
+     "moert replay: {T}: manifest: \"prompt_ids[2]\" is -1, expected a token id in [0, 151936)\n"},
+    {"prompt_ids", "[]", "replay {T}",
+     "moert replay: {T}: manifest: \"prompt_ids\" is an array, expected a non-empty array of token ids\n"},
+    {"generated_ids/5", "151936", "replay {T}",
+     "moert replay: {T}: manifest: \"generated_ids[5]\" is 151936, expected a token id in [0, 151936)\n"},
+    {"generated_ids", "\"x\"", "replay {T}",
+     "moert replay: {T}: manifest: \"generated_ids\" is \"x\", expected an array of token ids\n"},
+    {"prompt_ids", "[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,"
+                   "1,1,1,1,1,1,1,1,1,1,1,1]", "replay {T}",
+     "moert replay: {T}: manifest: 65 prompt and generated tokens exceed its max_seq_len 64, expected at most 64\n"},
+    {"sampling/top_k", "200000", "replay {T}",
+     "moert replay: {T}: manifest sampling: \"top_k\" is 200000, expected an integer in [0, 151936]\n"},
+    {"sampling/temperature", "-0.5", "replay {T}",
+     "moert replay: {T}: manifest sampling: \"temperature\" is -0.5, expected a number in [0, 1e+06]\n"},
+    {"sampling/top_p", "0", "replay {T}", "moert replay: {T}: manifest sampling: \"top_p\" is 0, expected a number in (0, 1]\n"},
+    {"sampling", "-", "replay {T}", "moert replay: {T}: manifest: \"sampling\" is missing, expected an object\n"},
+    {"trace/capacity", "0", "replay {T}",
+     "moert replay: {T}: manifest trace: \"capacity\" is 0, expected an integer in [1, 2147483647]\n"},
+    {"trace/stages/1", "\"attention\"", "replay {T}",
+     "moert replay: {T}: manifest trace: \"stages[1]\" is \"attention\", expected a stage name\n"},
+    {"trace/stages/1", "\"embed\"", "replay {T}",
+     "moert replay: {T}: manifest trace: \"stages[1]\" is \"embed\", expected a stage not listed before\n"},
+    {"trace/layers", "[1, 100000]", "replay {T}",
+     "moert replay: {T}: manifest trace: \"layers[1]\" is 100000, expected a layer index in [0, 4) not listed before\n"},
+    {"trace/mode", "\"full\"", "replay {T}",
+     "moert replay: {T}: manifest trace: \"mode\" is \"full\", expected one of: stats, tensor\n"},
+    {"backend", "\"tpu\"", "replay {T}", "moert replay: {T}: manifest: \"backend\" is \"tpu\", expected one of: cpu, hip\n"},
+    {"weights/source", "\"s3\"", "replay {T}",
+     "moert replay: {T}: manifest weights: \"source\" is \"s3\", expected one of: synth, path\n"},
+    {"weights/dtype", "\"int4\"", "replay {T}",
+     "moert replay: {T}: manifest weights: \"dtype\" is \"int4\", expected one of: f32, bf16, f16\n"},
+    {"max_seq_len", "0", "replay {T}",
+     "moert replay: {T}: manifest: \"max_seq_len\" is 0, expected an integer in [1, 16777216]\n"},
+    {"prefill_chunk", "100", "replay {T}",
+     "moert replay: {T}: manifest: \"prefill_chunk\" is 100, expected an integer in [1, 64]\n"},
+    {"topology/mlp_only_layers/0", "4294967296", "replay {T}",
+     "moert replay: {T}: manifest topology: mlp_only_layers[0] is 4294967296, expected a layer index in [0, 512)\n"},
+    {"topology/hidden_size", "\"big\"", "validate contracts/qwen3moe-trace-v1.yaml {T}",
+     "moert validate: {T}: manifest topology: \"hidden_size\" is a string, expected an integer\n"},
+};
+
+static void test_bad_manifest_catalogue(void)
+{
+    size_t n = sizeof bad_manifests / sizeof bad_manifests[0];
+    const char *t = tmp("edited.trace");
+    for (size_t i = 0; i < n; i++) {
+        CU_ASSERT_FATAL(edited_trace(t, bad_manifests[i].path, bad_manifests[i].value));
+        char cmd[1024], want[2048];
+        size_t c = 0, w = 0;
+        for (const char *p = bad_manifests[i].cmd; *p && c < sizeof cmd - 600; p++)
+            c += (size_t)(!strncmp(p, "{T}", 3) ? (p += 2, snprintf(cmd + c, sizeof cmd - c, "%s", t))
+                                                : snprintf(cmd + c, sizeof cmd - c, "%c", *p));
+        for (const char *p = bad_manifests[i].stderr_text; *p && w < sizeof want - 600; p++)
+            w += (size_t)(!strncmp(p, "{T}", 3) ? (p += 2, snprintf(want + w, sizeof want - w, "%s", t))
+                                                : snprintf(want + w, sizeof want - w, "%c", *p));
+        int rc = sh("./moert %s", cmd);
+        if (rc != 2 || strcmp(errb, want) != 0)
+            fprintf(stderr, "\n    case %zu (%s = %s): exit %d\n    want: %s    got:  %s", i, bad_manifests[i].path,
+                    bad_manifests[i].value, rc, want, errb);
+        CU_ASSERT_EQUAL(rc, 2);
+        CU_ASSERT_STRING_EQUAL(errb, want);
+        CU_ASSERT_STRING_EQUAL(out, "");
+        /* The same checks in process, where the sanitizer suite watches them. */
+        trace_file tf;
+        moert_err e = {0};
+        int st = trace_file_open(t, &tf, &e);
+        if (!st && !strncmp(bad_manifests[i].cmd, "replay", 6)) {
+            static cfg_config cfg;
+            int32_t *prompt, *gen;
+            int64_t np, ng;
+            st = trace_manifest_run(tf.manifest, t, &cfg, &prompt, &np, &gen, &ng, &e);
+            free(prompt);
+            free(gen);
+        } else if (!st) {
+            cfg_topology topo;
+            if ((st = trace_manifest_topology(tf.manifest, &topo, &e)))
+                err_prefix(&e, "%s", t);
+        }
+        trace_file_close(&tf);
+        char line[2048];
+        snprintf(line, sizeof line, "moert %.*s: %s\n", (int)strcspn(bad_manifests[i].cmd, " "), bad_manifests[i].cmd,
+                 e.msg);
+        CU_ASSERT_EQUAL(moert_exit_code(st), 2);
+        CU_ASSERT_STRING_EQUAL(line, want);
+    }
+}
+
 void suite_trace(void)
 {
     CU_pSuite s = CU_add_suite("trace", NULL, NULL);
@@ -466,4 +747,6 @@ void suite_trace(void)
     CU_add_test(s, "diff against HF reference files", test_diff_reference);
     CU_add_test(s, "ring overflow: overwrite and stop", test_ring_overflow);
     CU_add_test(s, "contract mismatch refuses to start", test_contract_refuses_plan);
+    CU_add_test(s, "bad manifest catalogue: exit 2, the field named", test_bad_manifest_catalogue);
+    CU_add_test(s, "a million ids in a row, a million rows: no quadratic work", test_wide_and_long_inputs);
 }
