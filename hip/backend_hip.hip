@@ -2,9 +2,11 @@
  *
  * Init: device 0; ONE device arena with every schedule buffer at its planned offset; a host
  * mirror of the same size (anonymous mmap: untouched pages cost nothing) behind host_ptr()
- * and read(); ONE device weights region into which every bound tensor is uploaded once
- * (pinned staging, chunked async copies, a progress bar), the experts of a layer laid out
- * contiguously so a kernel finds expert e at base + e * stride; a small auxiliary block
+ * and read(); ONE device weights region (runtime/wlayout.h) into which every bound tensor
+ * is uploaded once in its own dtype, block-quantized weights staying quantized (the kernels
+ * dequantize them in registers), through pinned staging, chunked async copies and a
+ * progress bar; the experts of a layer are contiguous, so a kernel finds expert e at base +
+ * e * stride (bytes); a small auxiliary block
  * (step parameters, trace header shadows, decode attention partials, the MoE tile table).
  *
  * Steps: per-step values (pos0, n_rows, generation step, first traced row, parity, and the
@@ -42,6 +44,7 @@ extern "C" {
 #include "../runtime/backend.h"
 #include "../runtime/err.h"
 #include "../runtime/trace.h"
+#include "../runtime/wlayout.h"
 }
 
 #define STAGE_BYTES ((size_t)64 << 20) /* pinned staging per buffer (two of them) */
@@ -58,7 +61,7 @@ typedef struct dev_layer {
     dev_tensor mlp_gate, mlp_up, mlp_down;
     bool sparse;
     dev_tensor gate, up, down;         /* expert 0 of each part; expert e at + e * stride */
-    long long estride_gu, estride_d;   /* elements */
+    long long estride_gu, estride_d;   /* bytes */
 } dev_layer;
 
 enum { OPF_SKIP = 1, OPF_FUSE_NEXT = 2 };
@@ -172,56 +175,18 @@ static float *fbuf(hip_ctx *c, int32_t id)
 
 /* ---- weights ------------------------------------------------------------------------ */
 
-typedef struct upload_seg {
-    uint64_t dev_off;
-    const void *src;
-    uint64_t bytes;
-} upload_seg;
-
-typedef struct wplan {
-    upload_seg *segs;
-    size_t n, cap;
-    uint64_t end;
-} wplan;
-
-static int dt_of(st_dtype t)
-{
-    return t == ST_BF16 ? HIP_DT_BF16 : t == ST_F16 ? HIP_DT_F16 : t == ST_F32 ? HIP_DT_F32 : -1;
-}
-
 static uint64_t align256(uint64_t x)
 {
     return (x + 255) & ~(uint64_t)255;
 }
 
-/* Appends a tensor to the upload plan; *off receives its device offset. */
-static int plan_tensor(wplan *p, const model_tensor *t, uint64_t *off, moert_err *err)
+/* The kernel type of a weight dtype: HIP_DT_* equals ops_dtype for every type moert computes
+ * with (plain floats and ggml's block types); -1 otherwise. */
+static int dt_of(st_dtype t)
 {
-    if (dt_of(t->dtype) < 0)
-        return err_set(err, MOERT_EFORMAT, "backend hip: tensor %s has dtype %s (need F32, BF16 or F16)",
-                       t->name ? t->name : "?", st_dtype_name(t->dtype));
-    if (p->n == p->cap) {
-        size_t nc = p->cap ? p->cap * 2 : 256;
-        upload_seg *q = (upload_seg *)realloc(p->segs, nc * sizeof *q);
-        if (!q)
-            return err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
-        p->segs = q;
-        p->cap = nc;
-    }
-    *off = p->end;
-    p->segs[p->n].dev_off = p->end;
-    p->segs[p->n].src = t->data;
-    p->segs[p->n].bytes = t->nbytes;
-    p->n++;
-    p->end = align256(p->end + t->nbytes);
-    return MOERT_OK;
+    int o = st_dtype_ops(t);
+    return o >= 0 && o < HIP_DT_COUNT ? o : -1;
 }
-
-typedef struct tensor_ref {
-    const model_tensor *t;
-    dev_tensor *dst;
-    uint64_t off;
-} tensor_ref;
 
 static void set_dev(hip_ctx *c, dev_tensor *d, const model_tensor *t, uint64_t off)
 {
@@ -231,93 +196,42 @@ static void set_dev(hip_ctx *c, dev_tensor *d, const model_tensor *t, uint64_t o
     d->cols = t->cols;
 }
 
-/* Plans the device weights region: every bound tensor once (a tied lm_head shares the
- * embedding), each layer's experts contiguous per part.  Then uploads. */
+/* The norm kernels read plain float weights only (model_bind admits nothing else for
+ * vectors; checked here so that a change there cannot make them misread). */
+static int check_norm(const model_tensor *t, moert_err *err)
+{
+    int dt = dt_of(t->dtype);
+    if (dt == HIP_DT_F32 || dt == HIP_DT_BF16 || dt == HIP_DT_F16)
+        return MOERT_OK;
+    return err_set(err, MOERT_EFORMAT, "backend hip: norm weight %s has dtype %s (need F32, BF16 or F16)",
+                   t->name ? t->name : "?", st_dtype_name(t->dtype));
+}
+
+/* Allocates the device weights region planned by wlayout_plan (every bound tensor once, in
+ * its own dtype; each layer's experts contiguous per part) and uploads it. */
 static int upload_weights(hip_ctx *c, moert_err *err)
 {
     const model_weights *w = c->w;
     const cfg_topology *t = &c->s->topo;
-    int64_t L = t->num_hidden_layers, E = t->num_experts;
-    wplan p = {NULL, 0, 0, 0};
-    int st = MOERT_OK;
-    /* offsets, resolved into pointers once the region exists */
-    uint64_t o_embed = 0, o_fnorm = 0, o_head = 0;
-    uint64_t *lo = (uint64_t *)calloc((size_t)(L > 0 ? L : 1) * 16, sizeof *lo);
+    int64_t L = t->num_hidden_layers;
+    wlayout p;
+    int st = wlayout_plan(w, &p, err);
+    if (st)
+        return err_prefix(err, "backend hip");
     c->layers = (dev_layer *)calloc((size_t)(L > 0 ? L : 1), sizeof *c->layers);
-    if (!lo || !c->layers) {
-        free(lo);
-        return err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
+    if (!c->layers) {
+        st = err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
+        goto out;
     }
-    bool tied = w->lm_head.data == w->embed.data;
-    if ((st = plan_tensor(&p, &w->embed, &o_embed, err)) ||
-        (st = plan_tensor(&p, &w->final_norm, &o_fnorm, err)))
+    if ((st = check_norm(&w->final_norm, err)))
         goto out;
-    if (tied)
-        o_head = o_embed;
-    else if ((st = plan_tensor(&p, &w->lm_head, &o_head, err)))
-        goto out;
-    for (int64_t l = 0; l < L && !st; l++) {
+    for (int64_t l = 0; l < L; l++) {
         const model_layer *ml = &w->layers[l];
-        uint64_t *q = lo + l * 16;
-        if ((st = plan_tensor(&p, &ml->attn_norm, &q[0], err)) ||
-            (st = plan_tensor(&p, &ml->q, &q[1], err)) || (st = plan_tensor(&p, &ml->k, &q[2], err)) ||
-            (st = plan_tensor(&p, &ml->v, &q[3], err)) || (st = plan_tensor(&p, &ml->o, &q[4], err)) ||
-            (st = plan_tensor(&p, &ml->q_norm, &q[5], err)) ||
-            (st = plan_tensor(&p, &ml->k_norm, &q[6], err)) ||
-            (st = plan_tensor(&p, &ml->ffn_norm, &q[7], err)))
+        if ((st = check_norm(&ml->attn_norm, err)) || (st = check_norm(&ml->q_norm, err)) ||
+            (st = check_norm(&ml->k_norm, err)) || (st = check_norm(&ml->ffn_norm, err)))
             goto out;
-        c->layers[l].sparse = ml->sparse;
-        if (ml->sparse) {
-            if ((st = plan_tensor(&p, &ml->router, &q[8], err)))
-                goto out;
-            const model_tensor *parts[3] = {ml->gate, ml->up, ml->down};
-            for (int pt = 0; pt < 3; pt++) {
-                for (int64_t e = 0; e < E; e++) {
-                    const model_tensor *x = &parts[pt][e];
-                    if (x->dtype != parts[pt][0].dtype || x->nbytes != parts[pt][0].nbytes) {
-                        st = err_set(err, MOERT_EFORMAT,
-                                     "backend hip: layer %lld expert %lld: %s is %s, %llu bytes, "
-                                     "unlike expert 0 (%s, %llu bytes): experts of a layer must "
-                                     "share dtype and shape",
-                                     (long long)l, (long long)e, x->name ? x->name : "?",
-                                     st_dtype_name(x->dtype), (unsigned long long)x->nbytes,
-                                     st_dtype_name(parts[pt][0].dtype),
-                                     (unsigned long long)parts[pt][0].nbytes);
-                        goto out;
-                    }
-                    uint64_t off;
-                    if ((st = plan_tensor(&p, x, &off, err)))
-                        goto out;
-                    if (e == 0)
-                        q[9 + pt] = off;
-                }
-            }
-            size_t esz = st_dtype_size(ml->gate[0].dtype);
-            c->layers[l].estride_gu = (long long)(align256(ml->gate[0].nbytes) / esz);
-            if (align256(ml->up[0].nbytes) / st_dtype_size(ml->up[0].dtype) !=
-                    (uint64_t)c->layers[l].estride_gu ||
-                ml->up[0].dtype != ml->gate[0].dtype) {
-                st = err_set(err, MOERT_EFORMAT,
-                             "backend hip: layer %lld: expert gate and up projections differ in "
-                             "dtype or shape", (long long)l);
-                goto out;
-            }
-            c->layers[l].estride_d =
-                (long long)(align256(ml->down[0].nbytes) / st_dtype_size(ml->down[0].dtype));
-        } else {
-            if ((st = plan_tensor(&p, &ml->mlp_gate, &q[12], err)) ||
-                (st = plan_tensor(&p, &ml->mlp_up, &q[13], err)) ||
-                (st = plan_tensor(&p, &ml->mlp_down, &q[14], err)))
-                goto out;
-            if (ml->mlp_gate.dtype != ml->mlp_up.dtype) {
-                st = err_set(err, MOERT_EFORMAT,
-                             "backend hip: layer %lld: mlp gate_proj and up_proj differ in dtype",
-                             (long long)l);
-                goto out;
-            }
-        }
     }
-    c->weights_bytes = p.end ? p.end : 256;
+    c->weights_bytes = p.bytes ? p.bytes : 256;
     {
         hipError_t e = hipMalloc((void **)&c->dev_weights, c->weights_bytes);
         if (e != hipSuccess) {
@@ -332,30 +246,33 @@ static int upload_weights(hip_ctx *c, moert_err *err)
             goto out;
         }
     }
-    set_dev(c, &c->embed, &w->embed, o_embed);
-    set_dev(c, &c->final_norm, &w->final_norm, o_fnorm);
-    set_dev(c, &c->lm_head, &w->lm_head, o_head);
+    set_dev(c, &c->embed, &w->embed, p.embed);
+    set_dev(c, &c->final_norm, &w->final_norm, p.final_norm);
+    set_dev(c, &c->lm_head, &w->lm_head, p.lm_head);
     for (int64_t l = 0; l < L; l++) {
         const model_layer *ml = &w->layers[l];
+        const wlayout_layer *q = &p.layers[l];
         dev_layer *d = &c->layers[l];
-        uint64_t *q = lo + l * 16;
-        set_dev(c, &d->attn_norm, &ml->attn_norm, q[0]);
-        set_dev(c, &d->q, &ml->q, q[1]);
-        set_dev(c, &d->k, &ml->k, q[2]);
-        set_dev(c, &d->v, &ml->v, q[3]);
-        set_dev(c, &d->o, &ml->o, q[4]);
-        set_dev(c, &d->q_norm, &ml->q_norm, q[5]);
-        set_dev(c, &d->k_norm, &ml->k_norm, q[6]);
-        set_dev(c, &d->ffn_norm, &ml->ffn_norm, q[7]);
+        d->sparse = ml->sparse;
+        set_dev(c, &d->attn_norm, &ml->attn_norm, q->attn_norm);
+        set_dev(c, &d->q, &ml->q, q->q);
+        set_dev(c, &d->k, &ml->k, q->k);
+        set_dev(c, &d->v, &ml->v, q->v);
+        set_dev(c, &d->o, &ml->o, q->o);
+        set_dev(c, &d->q_norm, &ml->q_norm, q->q_norm);
+        set_dev(c, &d->k_norm, &ml->k_norm, q->k_norm);
+        set_dev(c, &d->ffn_norm, &ml->ffn_norm, q->ffn_norm);
         if (ml->sparse) {
-            set_dev(c, &d->router, &ml->router, q[8]);
-            set_dev(c, &d->gate, &ml->gate[0], q[9]);
-            set_dev(c, &d->up, &ml->up[0], q[10]);
-            set_dev(c, &d->down, &ml->down[0], q[11]);
+            set_dev(c, &d->router, &ml->router, q->router);
+            set_dev(c, &d->gate, &ml->gate[0], q->gate);
+            set_dev(c, &d->up, &ml->up[0], q->up);
+            set_dev(c, &d->down, &ml->down[0], q->down);
+            d->estride_gu = (long long)q->estride_gu;
+            d->estride_d = (long long)q->estride_d;
         } else {
-            set_dev(c, &d->mlp_gate, &ml->mlp_gate, q[12]);
-            set_dev(c, &d->mlp_up, &ml->mlp_up, q[13]);
-            set_dev(c, &d->mlp_down, &ml->mlp_down, q[14]);
+            set_dev(c, &d->mlp_gate, &ml->mlp_gate, q->mlp_gate);
+            set_dev(c, &d->mlp_up, &ml->mlp_up, q->mlp_up);
+            set_dev(c, &d->mlp_down, &ml->mlp_down, q->mlp_down);
         }
     }
 
@@ -366,8 +283,8 @@ static int upload_weights(hip_ctx *c, moert_err *err)
         hipEvent_t ev[2];
         bool ev_made[2] = {false, false}, busy[2] = {false, false};
         size_t sbytes = STAGE_BYTES;
-        if (p.end < sbytes)
-            sbytes = (size_t)(p.end ? p.end : 256);
+        if (p.bytes < sbytes)
+            sbytes = (size_t)(p.bytes ? p.bytes : 256);
         double t0 = now_s();
         hipError_t e = hipSuccess;
         for (int b = 0; b < 2 && e == hipSuccess; b++) {
@@ -388,17 +305,17 @@ static int upload_weights(hip_ctx *c, moert_err *err)
                 fe = hipEventRecord(ev[cur], c->stream);
             busy[cur] = true;
             done += used;
-            hip_host_progress(done, p.end, now_s() - t0);
+            hip_host_progress(done, p.bytes, now_s() - t0);
             cur ^= 1;
             if (fe == hipSuccess && busy[cur])
                 fe = hipEventSynchronize(ev[cur]);
             busy[cur] = false;
             return fe;
         };
-        for (size_t i = 0; i < p.n && e == hipSuccess; i++) {
-            const upload_seg *sg = &p.segs[i];
-            uint64_t pos = sg->dev_off, left = sg->bytes;
-            const unsigned char *src = (const unsigned char *)sg->src;
+        for (size_t i = 0; i < p.n_segs && e == hipSuccess; i++) {
+            const wlayout_seg *sg = &p.segs[i];
+            uint64_t pos = sg->off, left = sg->t->nbytes;
+            const unsigned char *src = (const unsigned char *)sg->t->data;
             while (left > 0 && e == hipSuccess) {
                 if (pos >= win + sbytes || pos < win + used) {
                     /* the segment starts past this window: flush and open one at pos */
@@ -419,8 +336,8 @@ static int upload_weights(hip_ctx *c, moert_err *err)
             e = flush();
         if (e == hipSuccess)
             e = hipStreamSynchronize(c->stream);
-        if (e == hipSuccess && done < p.end)
-            hip_host_progress(p.end, p.end, now_s() - t0);
+        if (e == hipSuccess && done < p.bytes)
+            hip_host_progress(p.bytes, p.bytes, now_s() - t0);
         for (int b = 0; b < 2; b++) {
             if (ev_made[b])
                 (void)hipEventDestroy(ev[b]);
@@ -431,8 +348,7 @@ static int upload_weights(hip_ctx *c, moert_err *err)
             st = hip_fail(err, e, "uploading weights");
     }
 out:
-    free(p.segs);
-    free(lo);
+    wlayout_free(&p);
     return st;
 }
 
@@ -890,32 +806,46 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
         return err_set(err, MOERT_EINTERNAL, "backend hip: matmul without weights");
     long long total = 0;
     for (int i = 0; i < nseg; i++) {
-        if (seg[i]->cols != op->k || seg[i]->dt != seg[0]->dt)
+        if (seg[i]->cols != op->k || seg[i]->dt < 0)
             return err_set(err, MOERT_EINTERNAL,
                            "backend hip: matmul segment %d of layer %d: %lld columns, dtype %d "
-                           "(expected %lld, %d)",
-                           i, op->layer, seg[i]->cols, seg[i]->dt, (long long)op->k, seg[0]->dt);
+                           "(expected %lld)",
+                           i, op->layer, seg[i]->cols, seg[i]->dt, (long long)op->k);
         total += seg[i]->rows;
     }
     if (total > ldo)
         return err_set(err, MOERT_EINTERNAL, "backend hip: matmul of layer %d: %lld outputs > %lld",
                        op->layer, total, ldo);
     if (rows == 1) {
-        hip_gemv_args a;
-        memset(&a, 0, sizeof a);
-        a.x = in;
-        long long end = 0;
-        for (int i = 0; i < 3; i++) {
-            if (i < nseg) {
-                a.w[i] = seg[i]->d;
-                end += seg[i]->rows;
+        /* one GEMV per run of consecutive segments of one dtype (a GGUF's fused qkv may mix
+         * them: attn_q Q4_K, attn_k and attn_v Q8_0); each output is computed the same way
+         * either way */
+        long long begin = 0;
+        for (int i0 = 0; i0 < nseg;) {
+            int i1 = i0 + 1;
+            while (i1 < nseg && seg[i1]->dt == seg[i0]->dt)
+                i1++;
+            hip_gemv_args a;
+            memset(&a, 0, sizeof a);
+            a.x = in;
+            long long end = 0;
+            for (int i = 0; i < 3; i++) {
+                if (i0 + i < i1) {
+                    a.w[i] = seg[i0 + i]->d;
+                    end += seg[i0 + i]->rows;
+                }
+                a.seg_end[i] = end;
             }
-            a.seg_end[i] = end;
+            a.y = out + begin;
+            a.n_total = end;
+            a.k = op->k;
+            int st = launch_err(hip_launch_gemv(seg[i0]->dt, &a, gemv_grid(c, end), c->stream), op, err);
+            if (st)
+                return st;
+            begin += end;
+            i0 = i1;
         }
-        a.y = out;
-        a.n_total = total;
-        a.k = op->k;
-        return launch_err(hip_launch_gemv(seg[0]->dt, &a, gemv_grid(c, total), c->stream), op, err);
+        return MOERT_OK;
     }
     long long begin = 0;
     for (int i = 0; i < nseg; i++) {

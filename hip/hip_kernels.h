@@ -15,8 +15,15 @@
 
 #include "hip_compat.h"
 
-/* Weight element types (the values of ops_dtype). */
-enum { HIP_DT_F32 = 0, HIP_DT_BF16 = 1, HIP_DT_F16 = 2 };
+/* Weight element types: the values of ops_dtype.  The block types (ggml's layouts, ops.h)
+ * stay quantized in device memory; the kernels dequantize them in registers exactly as
+ * ops_to_f32 does (hip_wload.h).  Rows are addressed in bytes (k / block * block bytes). */
+enum {
+    HIP_DT_F32 = 0, HIP_DT_BF16 = 1, HIP_DT_F16 = 2,
+    HIP_DT_Q4_0 = 3, HIP_DT_Q5_0 = 4, HIP_DT_Q8_0 = 5, /* blocks of 32 */
+    HIP_DT_Q4_K = 6, HIP_DT_Q5_K = 7, HIP_DT_Q6_K = 8, /* blocks of 256 */
+    HIP_DT_COUNT
+};
 
 /* Per-step values every kernel reads from device memory, so that a captured decode graph
  * replays with the new position and generation step. */
@@ -45,7 +52,9 @@ typedef struct hip_step_params {
 #define HIP_MOE_BM 32          /* rows per grouped-GEMM tile (MoE) */
 #define HIP_GEMM_BN 128
 
-/* ---- GEMV: y[n] = dot(x, W_seg[n]) over up to 3 row segments, one x row ------------ */
+/* ---- GEMV: y[n] = dot(x, W_seg[n]) over up to 3 row segments, one x row ------------
+ * All segments have the launch's dtype (a matmul whose segments differ is launched once
+ * per run of equal dtypes, by the caller). */
 typedef struct hip_gemv_args {
     const float *x;
     const void *w[3];
@@ -70,7 +79,7 @@ typedef struct hip_gemm_args {
     const int32_t *gather; /* GATHER: A row of tile row p = a + (gather[p] / gdiv) * lda */
     int gdiv;
     const void *w;         /* [n, k] (grouped: expert 0's) */
-    long long w_estride;   /* grouped: elements between consecutive experts' matrices */
+    long long w_estride;   /* grouped: BYTES between consecutive experts' matrices */
     float *c;
     long long ldc;
     int m, n, k;
@@ -82,6 +91,7 @@ hipError_t hip_launch_gemm(int dtype, int amode, int bm, const hip_gemm_args *a,
 
 /* ---- element-wise and row kernels --------------------------------------------------- */
 /* tok: the tokens buffer (written from sp->tok first when sp->n_tok > 0) */
+/* emb: [V, H] of any weight type (rows dequantized exactly) */
 hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt, float *x, long long H,
                             long long V, int rows, int *err_flag, hipStream_t s);
 hipError_t hip_launch_rmsnorm(const float *x, const void *w, int dt, float *out, long long n,
@@ -148,7 +158,7 @@ typedef struct hip_moe_dec_args {
     const int32_t *ids;    /* [kslots] */
     const float *tw;       /* [kslots] */
     const void *gate, *up, *down;
-    long long estride_gu, estride_d; /* elements between experts */
+    long long estride_gu, estride_d; /* BYTES between consecutive experts' matrices */
     int E, kslots;
     long long I, H;
     float *h;              /* [kslots, I] silu(gate) * up */

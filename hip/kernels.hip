@@ -1,15 +1,20 @@
 /* kernels: the device side of the HIP backend (see hip_kernels.h for the contracts).
  *
- * Arithmetic is fp32 throughout (weights widen exactly from bf16/f16; nothing is rounded to
- * bf16 or tf32), statistics of traced rows in double.  Each output element has one fixed
+ * Arithmetic is fp32 throughout (weights widen exactly from bf16/f16 and dequantize exactly
+ * from ggml's block types, in registers: hip_wload.h; nothing is rounded to bf16 or tf32),
+ * statistics of traced rows in double.  Each output element has one fixed
  * order of operations: serial fused multiply-add chains per thread and xor-butterfly trees
  * (masks 1, 2, 4, ...) across a warp, so results are bit-identical run to run.
  */
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "hip_compat.h"
 #include "hip_kernels.h"
+#include "hip_wload.h"
 
 /* Tuning switches (chosen by measurement on an H200; see hip/NOTES.md) */
 #ifndef MOERT_GEMV_U
@@ -27,9 +32,6 @@
 
 #ifndef MOERT_SGEMV
 #define MOERT_SGEMV 1 /* decode GEMVs as streaming blocks (rows per block, threads split k) */
-#endif
-#ifndef MOERT_LDCS
-#define MOERT_LDCS 1 /* streaming-load hint for weights in the streaming GEMVs */
 #endif
 #ifndef MOERT_SG_WIDE
 #define MOERT_SG_WIDE 1 /* 2: twice the rows per streaming-GEMV block (16 loads in flight) */
@@ -51,28 +53,7 @@ bool moert_pdl_enabled = false;
 
 /* ---- small helpers ------------------------------------------------------------------ */
 
-DEV float bf16_lo(unsigned w)
-{
-    return __uint_as_float(w << 16);
-}
-DEV float bf16_hi(unsigned w)
-{
-    return __uint_as_float(w & 0xffff0000u);
-}
-
-/* Exact f16 -> f32 (the same values ops_f16_to_f32 gives). */
-DEV float f16_to_f32(unsigned h)
-{
-    unsigned sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-    if (e == 0x1fu)
-        return __uint_as_float(sign | 0x7f800000u | (man << 13) | (man ? 0x00400000u : 0u));
-    if (e == 0) {
-        float f = (float)man * 5.9604644775390625e-8f; /* man * 2^-24: exact */
-        return sign ? -f : f;
-    }
-    return __uint_as_float(sign | ((e + 112u) << 23) | (man << 13));
-}
-
+/* Norm weights: plain float types only (model_bind keeps vectors float; the backend checks). */
 DEV float load_elem(const void *p, int dt, long long i)
 {
     if (dt == HIP_DT_BF16)
@@ -81,17 +62,6 @@ DEV float load_elem(const void *p, int dt, long long i)
         return f16_to_f32(((const unsigned short *)p)[i]);
     return ((const float *)p)[i];
 }
-
-template <int DT> DEV float load_t(const void *p, long long i)
-{
-    if (DT == HIP_DT_BF16)
-        return __uint_as_float((unsigned)((const unsigned short *)p)[i] << 16);
-    if (DT == HIP_DT_F16)
-        return f16_to_f32(((const unsigned short *)p)[i]);
-    return ((const float *)p)[i];
-}
-
-template <int DT> struct dt_size { static const int v = DT == HIP_DT_F32 ? 4 : 2; };
 
 DEV unsigned long long mix64(unsigned long long z)
 {
@@ -215,93 +185,12 @@ DEV void block_argmax(float &v, int &i, float *smv, int *smi)
     }
 }
 
-/* ---- weight chunks: 8 consecutive elements of one row ------------------------------- */
-
-/* A 16-byte load of weights read once per step: marked streaming (evict first) so that they
- * do not push activations and prefetched lines out of L2.  Only a cache hint. */
-DEV uint4 ld_stream16(const void *p)
-{
-#if MOERT_LDCS && defined(MOERT_HIP_NVIDIA)
-    return __ldcs((const uint4 *)p);
-#else
-    return *(const uint4 *)p;
-#endif
-}
-
-template <int DT> struct W8;
-template <> struct W8<HIP_DT_BF16> {
-    uint4 v;
-    __device__ __forceinline__ void load(const unsigned char *row, long long k)
-    {
-        v = *(const uint4 *)(row + k * 2);
-    }
-    __device__ __forceinline__ void load_cs(const unsigned char *row, long long k)
-    {
-        v = ld_stream16(row + k * 2);
-    }
-    __device__ __forceinline__ void zero()
-    {
-        v = make_uint4(0u, 0u, 0u, 0u);
-    }
-    __device__ __forceinline__ void get(float f[8]) const
-    {
-        f[0] = bf16_lo(v.x); f[1] = bf16_hi(v.x); f[2] = bf16_lo(v.y); f[3] = bf16_hi(v.y);
-        f[4] = bf16_lo(v.z); f[5] = bf16_hi(v.z); f[6] = bf16_lo(v.w); f[7] = bf16_hi(v.w);
-    }
-};
-template <> struct W8<HIP_DT_F16> {
-    uint4 v;
-    __device__ __forceinline__ void load(const unsigned char *row, long long k)
-    {
-        v = *(const uint4 *)(row + k * 2);
-    }
-    __device__ __forceinline__ void load_cs(const unsigned char *row, long long k)
-    {
-        v = ld_stream16(row + k * 2);
-    }
-    __device__ __forceinline__ void zero()
-    {
-        v = make_uint4(0u, 0u, 0u, 0u);
-    }
-    __device__ __forceinline__ void get(float f[8]) const
-    {
-        f[0] = f16_to_f32(v.x & 0xffffu); f[1] = f16_to_f32(v.x >> 16);
-        f[2] = f16_to_f32(v.y & 0xffffu); f[3] = f16_to_f32(v.y >> 16);
-        f[4] = f16_to_f32(v.z & 0xffffu); f[5] = f16_to_f32(v.z >> 16);
-        f[6] = f16_to_f32(v.w & 0xffffu); f[7] = f16_to_f32(v.w >> 16);
-    }
-};
-template <> struct W8<HIP_DT_F32> {
-    float4 a, b;
-    __device__ __forceinline__ void load(const unsigned char *row, long long k)
-    {
-        const float4 *p = (const float4 *)(row + k * 4);
-        a = p[0];
-        b = p[1];
-    }
-    __device__ __forceinline__ void load_cs(const unsigned char *row, long long k)
-    {
-        uint4 u0 = ld_stream16(row + k * 4), u1 = ld_stream16(row + k * 4 + 16);
-        a = make_float4(__uint_as_float(u0.x), __uint_as_float(u0.y), __uint_as_float(u0.z), __uint_as_float(u0.w));
-        b = make_float4(__uint_as_float(u1.x), __uint_as_float(u1.y), __uint_as_float(u1.z), __uint_as_float(u1.w));
-    }
-    __device__ __forceinline__ void zero()
-    {
-        a = make_float4(0.f, 0.f, 0.f, 0.f);
-        b = a;
-    }
-    __device__ __forceinline__ void get(float f[8]) const
-    {
-        f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
-        f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
-    }
-};
-
 /* ---- GEMV core ----------------------------------------------------------------------
  * One warp computes RW dot products of length k: lane l takes the 8-element chunks at
- * k = 8 l, 8 (l + WARP), ... (16-byte loads of bf16, coalesced across the warp), U chunks
- * per row in flight, a serial FMA chain per lane, then the butterfly.  x rows come from
- * shared memory.  Requires k % 8 == 0 and 16-byte aligned rows (the caller checks). */
+ * k = 8 l, 8 (l + WARP), ... (16-byte loads of bf16, coalesced across the warp; a block
+ * type's chunk is its 8 elements' quants and scales, W8), U chunks per row in flight, a
+ * serial FMA chain per lane, then the butterfly.  x rows come from shared memory.  Requires
+ * k % 8 == 0 and 16-byte aligned rows (the caller checks). */
 template <int DT, int RW, int U>
 DEV void gemv_core(const float *const xs[RW], const unsigned char *const wrow[RW],
                    const bool valid[RW], long long k, float acc[RW])
@@ -394,7 +283,7 @@ template <int DT> DEV const unsigned char *gemv_row(const hip_gemv_args &a, long
     int sg = r >= a.seg_end[0] ? (r >= a.seg_end[1] ? 2 : 1) : 0;
     long long local = r - (sg == 0 ? 0 : sg == 1 ? a.seg_end[0] : a.seg_end[1]);
     const void *base = sg == 0 ? a.w[0] : sg == 1 ? a.w[1] : a.w[2];
-    return (const unsigned char *)base + local * a.k * dt_size<DT>::v;
+    return (const unsigned char *)base + local * row_bytes_t<DT>(a.k);
 }
 
 /* Before waiting for the previous kernel (programmatic dependent launch): the weights do
@@ -403,7 +292,7 @@ template <int DT> DEV void pdl_prefetch_gemv(const hip_gemv_args &a)
 {
     const int lane = threadIdx.x % MOERT_WARP, warp = threadIdx.x / MOERT_WARP;
     const long long g = (long long)blockIdx.x * (blockDim.x / MOERT_WARP) + warp;
-    const long long bytes = a.k * dt_size<DT>::v;
+    const long long bytes = row_bytes_t<DT>(a.k);
     for (int i = 0; i < HIP_GEMV_RW; i++) {
         long long r = g * HIP_GEMV_RW + i;
         if (r >= a.n_total)
@@ -454,7 +343,8 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS) k_gemv(hip_gemv_args a)
 
 /* ---- GEMM ----------------------------------------------------------------------------
  * Block tile BM x 128 outputs, k tiles of 16, double-buffered in shared memory (both
- * operands stored k-major and widened to fp32), thread tile 4 x 8 (two groups of 4 columns
+ * operands stored k-major and widened to fp32: block types are dequantized 8 elements at a
+ * time on their way into the weight tile), thread tile 4 x 8 (two groups of 4 columns
  * 64 apart, so shared-memory reads are conflict-free float4s).  Each output is one serial
  * FMA chain over k in increasing order. */
 #define GEMM_BK 16
@@ -483,7 +373,6 @@ __global__ void __launch_bounds__(BM * 4) k_gemm(hip_gemm_args a)
         m_end = min(m0 + BM, a.m);
     }
     const long long K = a.k;
-    const long long es = dt_size<DT>::v;
 
     /* A loader: row lm, 4-float chunk ac of the 16-wide k tile. */
     const int lm = tid % BM, ac = tid / BM;
@@ -501,8 +390,8 @@ __global__ void __launch_bounds__(BM * 4) k_gemm(hip_gemm_args a)
     /* W loader: row wn, 8-groups wg0 .. wg0 + GPT - 1. */
     const int wn = tid % BN, wg0 = (tid / BN) * GPT;
     const bool w_ok = n0 + wn < a.n;
-    const unsigned char *wrow =
-        (const unsigned char *)a.w + (e * a.w_estride + (long long)(w_ok ? n0 + wn : 0) * K) * es;
+    const unsigned char *wrow = (const unsigned char *)a.w + e * a.w_estride +
+                                (long long)(w_ok ? n0 + wn : 0) * row_bytes_t<DT>(K);
 
     float ra[4];
     float rw[GPT][8];
@@ -628,7 +517,8 @@ __global__ void __launch_bounds__(BM * 4) k_gemm(hip_gemm_args a)
 
 /* ---- embed, norms, add -------------------------------------------------------------- */
 
-__global__ void __launch_bounds__(256) k_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt,
+template <int DT>
+__global__ void __launch_bounds__(256) k_embed(int32_t *tok, const hip_step_params *sp, const void *emb,
                                                float *x, long long H, long long V, int *err)
 {
     moert_pdl_wait();
@@ -642,8 +532,9 @@ __global__ void __launch_bounds__(256) k_embed(int32_t *tok, const hip_step_para
             *err = 1;
         t = 0;
     }
+    /* rows are whole blocks, so row t's element i is element t * H + i of the flat matrix */
     for (long long i = threadIdx.x; i < H; i += blockDim.x)
-        x[(long long)r * H + i] = load_elem(emb, dt, t * H + i);
+        x[(long long)r * H + i] = load_t<DT>(emb, t * H + i);
 }
 
 /* RMSNorm of one row per block: sum of squares (per-thread serial, then the block tree),
@@ -1482,10 +1373,10 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS, MOERT_MOE_MINB) k_moe_gateup
         if (g0 < (long long)a.kslots * pairs) {
             int id = a.ids ? a.ids[g0 / pairs] : 0;
             if (id >= 0 && id < a.E) {
-                const long long es = dt_size<DT>::v, n0 = 2 * (g0 % pairs), bytes = a.H * es;
+                const long long n0 = 2 * (g0 % pairs), bytes = row_bytes_t<DT>(a.H);
                 for (long long q = 0; q < 2 && n0 + q < a.I; q++) {
-                    const unsigned char *gw = (const unsigned char *)a.gate + ((long long)id * a.estride_gu + (n0 + q) * a.H) * es;
-                    const unsigned char *uw = (const unsigned char *)a.up + ((long long)id * a.estride_gu + (n0 + q) * a.H) * es;
+                    const unsigned char *gw = (const unsigned char *)a.gate + (long long)id * a.estride_gu + (n0 + q) * bytes;
+                    const unsigned char *uw = (const unsigned char *)a.up + (long long)id * a.estride_gu + (n0 + q) * bytes;
                     for (long long off = (long long)ln * 128; off < bytes; off += (long long)MOERT_WARP * 128) {
                         moert_prefetch_l2(gw + off);
                         moert_prefetch_l2(uw + off);
@@ -1498,7 +1389,7 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS, MOERT_MOE_MINB) k_moe_gateup
     stage_x(xs, a.x, a.H);
     const int lane = threadIdx.x % MOERT_WARP, warp = threadIdx.x / MOERT_WARP;
     const int nw = blockDim.x / MOERT_WARP;
-    const long long es = dt_size<DT>::v;
+    const long long rb = row_bytes_t<DT>(a.H);
     /* a warp task: rows n and n + 1 of one slot's gate and up (four streams in flight) */
     const long long pairs = (a.I + 1) / 2, total = (long long)a.kslots * pairs;
     for (long long g = (long long)blockIdx.x * nw + warp; g < total; g += (long long)gridDim.x * nw) {
@@ -1509,10 +1400,10 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS, MOERT_MOE_MINB) k_moe_gateup
         const long long n1 = two ? n + 1 : n;
         const float *xr[4] = {xs, xs, xs, xs};
         const unsigned char *wr[4] = {
-            (const unsigned char *)a.gate + (e * a.estride_gu + n * a.H) * es,
-            (const unsigned char *)a.up + (e * a.estride_gu + n * a.H) * es,
-            (const unsigned char *)a.gate + (e * a.estride_gu + n1 * a.H) * es,
-            (const unsigned char *)a.up + (e * a.estride_gu + n1 * a.H) * es};
+            (const unsigned char *)a.gate + e * a.estride_gu + n * rb,
+            (const unsigned char *)a.up + e * a.estride_gu + n * rb,
+            (const unsigned char *)a.gate + e * a.estride_gu + n1 * rb,
+            (const unsigned char *)a.up + e * a.estride_gu + n1 * rb};
         const bool valid[4] = {true, true, two, two};
         float acc[4];
         gemv_dot<DT, VEC, 4>(xr, wr, valid, a.H, acc);
@@ -1535,12 +1426,12 @@ template <int DT> DEV void pdl_prefetch_moe_down(const hip_moe_dec_args &a)
     const long long i = (long long)blockIdx.x * (blockDim.x / MOERT_WARP) + warp;
     if (i >= a.H)
         return;
-    const long long bytes = a.I * dt_size<DT>::v;
+    const long long bytes = row_bytes_t<DT>(a.I);
     for (int j = 0; j < a.kslots; j++) {
         int id = a.ids ? a.ids[j] : 0;
         if (id < 0 || id >= a.E)
             continue;
-        const unsigned char *w = (const unsigned char *)a.down + ((long long)id * a.estride_d + i * a.I) * dt_size<DT>::v;
+        const unsigned char *w = (const unsigned char *)a.down + (long long)id * a.estride_d + i * bytes;
         for (long long off = (long long)lane * 128; off < bytes; off += (long long)MOERT_WARP * 128)
             moert_prefetch_l2(w + off);
     }
@@ -1555,7 +1446,7 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS, MOERT_MOE_MINB) k_moe_down_d
     stage_x(hs, a.h, (long long)a.kslots * a.I);
     const int lane = threadIdx.x % MOERT_WARP, warp = threadIdx.x / MOERT_WARP;
     const int nw = blockDim.x / MOERT_WARP;
-    const long long es = dt_size<DT>::v;
+    const long long rb = row_bytes_t<DT>(a.I);
     for (long long i = (long long)blockIdx.x * nw + warp; i < a.H; i += (long long)gridDim.x * nw) {
         float res = 0.0f;
         for (int j0 = 0; j0 < a.kslots; j0 += 8) {
@@ -1567,7 +1458,7 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS, MOERT_MOE_MINB) k_moe_down_d
                 const int j = j0 + q < a.kslots ? j0 + q : j0;
                 const long long e = a.ids ? safe_expert(a.ids[j], a.E, a.err_flag) : 0;
                 xr[q] = hs + (long long)j * a.I;
-                wr[q] = (const unsigned char *)a.down + (e * a.estride_d + i * a.I) * es;
+                wr[q] = (const unsigned char *)a.down + e * a.estride_d + i * rb;
                 valid[q] = j0 + q < a.kslots;
             }
             float acc[8];
@@ -1707,14 +1598,14 @@ __global__ void __launch_bounds__(SG_T) k_smoe_gateup(hip_moe_dec_args a)
     const long long blocks_per_slot = (a.I + R - 1) / R;
     const int j = (int)(blockIdx.x / blocks_per_slot);
     const long long n0 = (blockIdx.x % blocks_per_slot) * R, nc = a.H / 8;
-    const long long es = dt_size<DT>::v;
+    const long long rb = row_bytes_t<DT>(a.H);
     const long long e = a.ids ? safe_expert(a.ids[j], a.E, a.err_flag) : 0;
     const unsigned char *wr[2 * R];
 #pragma unroll
     for (int i = 0; i < R; i++) {
         const bool ok = n0 + i < a.I;
-        wr[i] = ok ? (const unsigned char *)a.gate + (e * a.estride_gu + (n0 + i) * a.H) * es : nullptr;
-        wr[R + i] = ok ? (const unsigned char *)a.up + (e * a.estride_gu + (n0 + i) * a.H) * es : nullptr;
+        wr[i] = ok ? (const unsigned char *)a.gate + e * a.estride_gu + (n0 + i) * rb : nullptr;
+        wr[R + i] = ok ? (const unsigned char *)a.up + e * a.estride_gu + (n0 + i) * rb : nullptr;
     }
     float acc[2 * R];
 #pragma unroll
@@ -1744,7 +1635,7 @@ __global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
     float *dots = (float *)dyn_smem4; /* [R][kslots] */
     const int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP;
     const int nw = blockDim.x / MOERT_WARP;
-    const long long i0 = (long long)blockIdx.x * R, nc = a.I / 8, es = dt_size<DT>::v;
+    const long long i0 = (long long)blockIdx.x * R, nc = a.I / 8, rb = row_bytes_t<DT>(a.I);
     for (int j0 = w; j0 < a.kslots; j0 += nw * SD_SPW) {
         const unsigned char *wr[SD_SPW][R];
         const float *hr[SD_SPW];
@@ -1757,7 +1648,7 @@ __global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
             hr[s] = a.h + (long long)(okj ? j : 0) * a.I;
 #pragma unroll
             for (int i = 0; i < R; i++) {
-                wr[s][i] = okj && i0 + i < a.H ? (const unsigned char *)a.down + (e * a.estride_d + (i0 + i) * a.I) * es
+                wr[s][i] = okj && i0 + i < a.H ? (const unsigned char *)a.down + e * a.estride_d + (i0 + i) * rb
                                                : nullptr;
                 acc[s][i] = 0.0f;
             }
@@ -2026,6 +1917,26 @@ static unsigned blocks_for(long long n, int per)
     return (unsigned)((n + per - 1) / per);
 }
 
+/* Runs f(dt_tag<DT>()) for the weight type dt; false when dt is no HIP_DT_* value. */
+template <int DT> struct dt_tag {
+    static const int v = DT;
+};
+template <typename F> static bool with_dt(int dt, F &&f)
+{
+    switch (dt) {
+    case HIP_DT_F32: f(dt_tag<HIP_DT_F32>()); return true;
+    case HIP_DT_BF16: f(dt_tag<HIP_DT_BF16>()); return true;
+    case HIP_DT_F16: f(dt_tag<HIP_DT_F16>()); return true;
+    case HIP_DT_Q4_0: f(dt_tag<HIP_DT_Q4_0>()); return true;
+    case HIP_DT_Q5_0: f(dt_tag<HIP_DT_Q5_0>()); return true;
+    case HIP_DT_Q8_0: f(dt_tag<HIP_DT_Q8_0>()); return true;
+    case HIP_DT_Q4_K: f(dt_tag<HIP_DT_Q4_K>()); return true;
+    case HIP_DT_Q5_K: f(dt_tag<HIP_DT_Q5_K>()); return true;
+    case HIP_DT_Q6_K: f(dt_tag<HIP_DT_Q6_K>()); return true;
+    default: return false;
+    }
+}
+
 template <int DT>
 static void launch_gemv_t(const hip_gemv_args *a, int grid, hipStream_t s, bool vec)
 {
@@ -2053,12 +1964,8 @@ hipError_t hip_launch_gemv(int dtype, const hip_gemv_args *a, int grid, hipStrea
         vec = vec && aligned16(a->w[i]);
     if (grid < 1)
         grid = 1;
-    if (dtype == HIP_DT_BF16)
-        launch_gemv_t<HIP_DT_BF16>(a, grid, s, vec);
-    else if (dtype == HIP_DT_F16)
-        launch_gemv_t<HIP_DT_F16>(a, grid, s, vec);
-    else
-        launch_gemv_t<HIP_DT_F32>(a, grid, s, vec);
+    if (!with_dt(dtype, [&](auto t) { launch_gemv_t<decltype(t)::v>(a, grid, s, vec); }))
+        return hipErrorInvalidValue;
     return hipGetLastError();
 }
 
@@ -2100,19 +2007,18 @@ hipError_t hip_launch_gemm(int dtype, int amode, int bm, const hip_gemm_args *a,
                (amode != HIP_A_SWIGLU || aligned16(a->a2));
     dim3 grid((unsigned)((a->n + HIP_GEMM_BN - 1) / HIP_GEMM_BN),
               (unsigned)(a->tiles ? a->max_tiles : (a->m + bm - 1) / bm));
-    if (dtype == HIP_DT_BF16)
-        launch_gemm_dt<HIP_DT_BF16>(amode, bm, a, grid, s, vec);
-    else if (dtype == HIP_DT_F16)
-        launch_gemm_dt<HIP_DT_F16>(amode, bm, a, grid, s, vec);
-    else
-        launch_gemm_dt<HIP_DT_F32>(amode, bm, a, grid, s, vec);
+    if (!with_dt(dtype, [&](auto t) { launch_gemm_dt<decltype(t)::v>(amode, bm, a, grid, s, vec); }))
+        return hipErrorInvalidValue;
     return hipGetLastError();
 }
 
 hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt, float *x, long long H,
                             long long V, int rows, int *err_flag, hipStream_t s)
 {
-    MOERT_LAUNCH(k_embed, rows, 256, 0, s, tok, sp, emb, dt, x, H, V, err_flag);
+    if (!with_dt(dt, [&](auto t) {
+            MOERT_LAUNCH((k_embed<decltype(t)::v>), rows, 256, 0, s, tok, sp, emb, x, H, V, err_flag);
+        }))
+        return hipErrorInvalidValue;
     return hipGetLastError();
 }
 
@@ -2247,18 +2153,15 @@ static void launch_moe_dec_t(bool down, const hip_moe_dec_args *a, int grid, hip
 static hipError_t launch_moe_dec(int dtype, bool down, const hip_moe_dec_args *a, int grid,
                                  hipStream_t s)
 {
-    /* 16-byte chunks need k % 8 == 0 for every row and slot (h rows are I apart). */
+    /* 16-byte chunks need k % 8 == 0 for every row and slot (h rows are I apart), and
+     * 16-byte aligned experts (strides in bytes). */
     bool vec = down ? a->I % 8 == 0 : a->H % 8 == 0;
     vec = vec && aligned16(a->gate) && aligned16(a->up) && aligned16(a->down) &&
-          a->estride_gu % 8 == 0 && a->estride_d % 8 == 0;
+          a->estride_gu % 16 == 0 && a->estride_d % 16 == 0;
     if (grid < 1)
         grid = 1;
-    if (dtype == HIP_DT_BF16)
-        launch_moe_dec_t<HIP_DT_BF16>(down, a, grid, s, vec);
-    else if (dtype == HIP_DT_F16)
-        launch_moe_dec_t<HIP_DT_F16>(down, a, grid, s, vec);
-    else
-        launch_moe_dec_t<HIP_DT_F32>(down, a, grid, s, vec);
+    if (!with_dt(dtype, [&](auto t) { launch_moe_dec_t<decltype(t)::v>(down, a, grid, s, vec); }))
+        return hipErrorInvalidValue;
     return hipGetLastError();
 }
 
@@ -2304,12 +2207,133 @@ template <int DT> static hipError_t raise_gemv_smem(size_t gemv_bytes, size_t do
 
 hipError_t hip_kernels_set_smem(size_t gemv_bytes, size_t moe_down_bytes, size_t attn_bytes)
 {
-    hipError_t e;
-    if ((e = raise_gemv_smem<HIP_DT_F32>(gemv_bytes, moe_down_bytes)) != hipSuccess ||
-        (e = raise_gemv_smem<HIP_DT_BF16>(gemv_bytes, moe_down_bytes)) != hipSuccess ||
-        (e = raise_gemv_smem<HIP_DT_F16>(gemv_bytes, moe_down_bytes)) != hipSuccess ||
-        (e = raise_smem(k_attn<true>, attn_bytes)) != hipSuccess ||
+    hipError_t e = hipSuccess;
+    for (int dt = 0; dt < HIP_DT_COUNT && e == hipSuccess; dt++)
+        with_dt(dt, [&](auto t) { e = raise_gemv_smem<decltype(t)::v>(gemv_bytes, moe_down_bytes); });
+    if (e != hipSuccess || (e = raise_smem(k_attn<true>, attn_bytes)) != hipSuccess ||
         (e = raise_smem(k_attn<false>, attn_bytes)) != hipSuccess)
         return e;
     return hipSuccess;
+}
+
+/* ---- host check of the weight loaders ---------------------------------------------------
+ * W8 and load_t are __host__ __device__: the host runs the very code the kernels inline. */
+extern "C" {
+#include "../ops/ops.h"
+#include "../runtime/backend.h"
+}
+#define SAME_DT(h, o) ((int)(h) == (int)(o))
+static_assert(SAME_DT(HIP_DT_F32, OPS_F32) && SAME_DT(HIP_DT_BF16, OPS_BF16) && SAME_DT(HIP_DT_F16, OPS_F16) &&
+                  SAME_DT(HIP_DT_Q4_0, OPS_Q4_0) && SAME_DT(HIP_DT_Q5_0, OPS_Q5_0) && SAME_DT(HIP_DT_Q8_0, OPS_Q8_0) &&
+                  SAME_DT(HIP_DT_Q4_K, OPS_Q4_K) && SAME_DT(HIP_DT_Q5_K, OPS_Q5_K) && SAME_DT(HIP_DT_Q6_K, OPS_Q6_K) &&
+                  SAME_DT(HIP_DT_COUNT, OPS_DTYPE_COUNT),
+              "HIP_DT_* must be the ops_dtype values (the backend maps st_dtype_ops onto them)");
+#undef SAME_DT
+
+/* f16 field at b: made finite (an exponent of 31 loses its top bit), so that a random block
+ * decodes to finite values whose bits must match exactly. */
+static void finite_f16(unsigned char *b)
+{
+    if (((b[1] >> 2) & 31) == 31)
+        b[1] &= (unsigned char)~0x40u;
+}
+
+template <int DT> static int selftest_dt(unsigned long long seed, char *why, size_t cap)
+{
+    const long long K = 512, rows = 3;
+    const size_t rb = ops_row_bytes((ops_dtype)DT, K);
+    if (rb == 0 || (long long)rb != row_bytes_t<DT>(K)) {
+        snprintf(why, cap, "%s: row bytes %zu (ops) vs %lld (device)", ops_dtype_name((ops_dtype)DT), rb,
+                 row_bytes_t<DT>(K));
+        return 1;
+    }
+    unsigned char *buf = (unsigned char *)malloc(rb * rows); /* 16-byte aligned (glibc) */
+    float *ref = (float *)malloc(sizeof(float) * (size_t)(K * rows));
+    if (!buf || !ref) {
+        free(buf);
+        free(ref);
+        snprintf(why, cap, "out of memory");
+        return 1;
+    }
+    unsigned long long z = seed;
+    for (size_t i = 0; i < rb * rows; i++) {
+        z = z * 6364136223846793005ull + 1442695040888963407ull;
+        buf[i] = (unsigned char)(z >> 56);
+    }
+    const int be = dt_layout<DT>::be, bb = dt_layout<DT>::bb;
+    for (size_t o = 0; be > 1 && o < rb * rows; o += (size_t)bb) {
+        if (DT == HIP_DT_Q6_K) {
+            finite_f16(buf + o + 208);
+        } else {
+            finite_f16(buf + o);
+            if (DT == HIP_DT_Q4_K || DT == HIP_DT_Q5_K)
+                finite_f16(buf + o + 2);
+        }
+    }
+    ops_to_f32(ref, buf, (ops_dtype)DT, K * rows);
+    int bad = 0;
+    for (long long r = 0; r < rows && !bad; r++) {
+        const unsigned char *row = buf + (size_t)r * rb;
+        for (long long k = 0; k < K && !bad; k += 8) {
+            for (int cs = 0; cs < 2 && !bad; cs++) {
+                W8<DT> w;
+                if (cs)
+                    w.load_cs(row, k);
+                else
+                    w.load(row, k);
+                float f[8];
+                w.get(f);
+                for (int t = 0; t < 8 && !bad; t++) {
+                    const float g = f[t], c = ref[r * K + k + t];
+                    if (memcmp(&g, &c, sizeof g) != 0) {
+                        snprintf(why, cap, "%s row %lld element %lld: W8%s %.9g vs ops %.9g",
+                                 ops_dtype_name((ops_dtype)DT), r, k + t, cs ? " (streaming)" : "", (double)g,
+                                 (double)c);
+                        bad = 1;
+                    }
+                }
+            }
+            W8<DT> zw;
+            zw.zero();
+            float f[8];
+            zw.get(f);
+            for (int t = 0; t < 8 && !bad; t++)
+                if (f[t] != 0.0f) {
+                    snprintf(why, cap, "%s: a zeroed W8 gives %.9g", ops_dtype_name((ops_dtype)DT), (double)f[t]);
+                    bad = 1;
+                }
+        }
+        for (long long i = 0; i < K && !bad; i++) {
+            const float g = load_t<DT>(row, i), c = ref[r * K + i];
+            if (memcmp(&g, &c, sizeof g) != 0) {
+                snprintf(why, cap, "%s row %lld element %lld: load_t %.9g vs ops %.9g",
+                         ops_dtype_name((ops_dtype)DT), r, i, (double)g, (double)c);
+                bad = 1;
+            }
+        }
+    }
+    /* the embedding's flat addressing: element t * K + i of the matrix is row t's i */
+    for (long long i = 0; i < K * rows && !bad; i += 7) {
+        const float g = load_t<DT>(buf, i), c = ref[i];
+        if (memcmp(&g, &c, sizeof g) != 0) {
+            snprintf(why, cap, "%s flat element %lld: load_t %.9g vs ops %.9g", ops_dtype_name((ops_dtype)DT), i,
+                     (double)g, (double)c);
+            bad = 1;
+        }
+    }
+    free(buf);
+    free(ref);
+    return bad;
+}
+
+extern "C" int backend_hip_dequant_selftest(char *why, size_t cap)
+{
+    int bad = 0;
+    for (int dt = 0; dt < HIP_DT_COUNT && !bad; dt++)
+        for (unsigned long long seed = 1; seed <= 4 && !bad; seed++)
+            if (!with_dt(dt, [&](auto t) { bad = selftest_dt<decltype(t)::v>(seed * 0x9e3779b97f4a7c15ull + (unsigned)dt, why, cap); })) {
+                snprintf(why, cap, "weight type %d has no loader", dt);
+                bad = 1;
+            }
+    return bad;
 }

@@ -11,6 +11,7 @@
 #define MOERT_BACKEND_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -71,6 +72,12 @@ extern const backend_vtable backend_cpu_vtable;
 
 /* The HIP backend, or NULL when this binary was built without it. */
 const backend_vtable *backend_hip_vtable(void);
+
+/* Runs the HIP kernels' weight loaders (hip/hip_wload.h, __host__ __device__) on the host
+ * over random rows of every weight type and compares each element's bits with ops_to_f32:
+ * 0 when all equal, 1 on the first difference (described in why), -1 in a build without the
+ * HIP backend.  Needs no GPU. */
+int backend_hip_dequant_selftest(char *why, size_t cap);
 
 /* The bound tensor a schedule weight role names for `layer`.  SCHED_W_EXPERTS: index =
  * expert * 3 + part; SCHED_W_MLP: index = part; part 0 gate, 1 up, 2 down.  NULL when the

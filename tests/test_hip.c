@@ -1,12 +1,18 @@
-/* hip: the GPU backend against the CPU backend on every HF fixture model (skipped when the
- * binary has no HIP backend or the machine has no GPU):
+/* hip: the GPU backend against the CPU backend on every HF fixture model and on GGUF models
+ * of every block type (skipped when the binary has no HIP backend or the machine has no GPU):
  *   - logits after the prompt (several prefill chunks, one partial) and after each of a few
  *     decode steps within relative L2 error 1e-4 of the CPU, same greedy token;
  *   - bit-identical logits run to run, and with the decode graph (replayed) vs without;
  *   - trace rings (tensor mode, every stage and position): headers equal to the CPU's,
  *     records' step/pos equal, values within 1e-4, router ids equal, and each GPU record's
  *     hash and stats equal to trace_row_hash / trace_row_stats of its own values;
- *   - a small overwrite ring in stats mode (positions last) ends in the CPU's state. */
+ *   - a small overwrite ring in stats mode (positions last) ends in the CPU's state;
+ *   - GGUF models (moert's own in every type mix, a tied Q4_K_M one, and
+ *     llama.cpp's gguf-tiny / gguf-vocab files when ../shared is present), whose weights stay
+ *     quantized on the device: logits within 1e-4 of the CPU, the same greedy tokens,
+ *     bit-identical run to run and graph == eager.
+ * Without a GPU: the device's weight loaders, run on the host, equal ops_to_f32 bit for bit
+ * for every weight type. */
 #include <CUnit/CUnit.h>
 #include <dirent.h>
 #include <math.h>
@@ -20,7 +26,7 @@
 
 #define N_PROMPT 13
 #define N_DECODE 4
-#define MAX_CASES 16
+#define MAX_CASES 24
 
 typedef struct run_result {
     int64_t V;
@@ -188,13 +194,8 @@ static int64_t argmax(const float *x, int64_t n)
     return b;
 }
 
-static void test_logits_vs_cpu(void)
+static void logits_vs_cpu(char dirs[][512], int n)
 {
-    char dirs[MAX_CASES][512];
-    int n = fixture_dirs(dirs);
-    CU_ASSERT_FATAL(n > 0);
-    if (!hip_ready(__func__, dirs[0]))
-        return;
     for (int c = 0; c < n; c++) {
         run_result cpu, gpu;
         CU_ASSERT_EQUAL_FATAL(run_model(dirs[c], CFG_BACKEND_CPU, TR_NONE, NULL, &cpu), MOERT_OK);
@@ -214,13 +215,18 @@ static void test_logits_vs_cpu(void)
     }
 }
 
-static void test_determinism(void)
+static void test_logits_vs_cpu(void)
 {
     char dirs[MAX_CASES][512];
     int n = fixture_dirs(dirs);
     CU_ASSERT_FATAL(n > 0);
     if (!hip_ready(__func__, dirs[0]))
         return;
+    logits_vs_cpu(dirs, n);
+}
+
+static void determinism(char dirs[][512], int n)
+{
     for (int c = 0; c < n; c++) {
         run_result a, b, eager;
         CU_ASSERT_EQUAL_FATAL(run_model(dirs[c], CFG_BACKEND_HIP, TR_NONE, NULL, &a), MOERT_OK);
@@ -241,6 +247,81 @@ static void test_determinism(void)
         free_result(&b);
         free_result(&eager);
     }
+}
+
+static void test_determinism(void)
+{
+    char dirs[MAX_CASES][512];
+    int n = fixture_dirs(dirs);
+    CU_ASSERT_FATAL(n > 0);
+    if (!hip_ready(__func__, dirs[0]))
+        return;
+    determinism(dirs, n);
+}
+
+/* ---- GGUF models: weights quantized on the device ------------------------------------ */
+
+/* moert's own GGUFs of every type mix (test_gguf_topology: Q4_K/Q5_K/Q6_K with Q5_0/Q8_0
+ * fallbacks mixed inside a layer), a tied Q4_K_M one (the LM head is the quantized
+ * embedding), and llama.cpp's files when ../shared is present. */
+static int gguf_cases(char paths[MAX_CASES][512])
+{
+    static const char *const mixes[] = {"q4_k_m", "q5_k_m", "q6_k", "q8_0", "q4_0", "q5_0"};
+    int n = 0;
+    for (size_t i = 0; i < sizeof mixes / sizeof *mixes; i++) {
+        const char *p = test_synth_gguf(mixes[i]);
+        CU_ASSERT_PTR_NOT_NULL(p);
+        if (p)
+            snprintf(paths[n++], 512, "%s", p);
+    }
+    const char *tied = test_synth_gguf_tied("q4_k_m"); /* the LM head is token_embd, Q4_K */
+    CU_ASSERT_PTR_NOT_NULL(tied);
+    if (tied)
+        snprintf(paths[n++], 512, "%s", tied);
+    const char *shared = test_shared_reference();
+    if (shared) {
+        static const char *const types[] = {"q8_0", "q4_k_m", "q5_k_m", "q6_k"};
+        for (size_t i = 0; i < sizeof types / sizeof *types; i++)
+            snprintf(paths[n++], 512, "%s/gguf-tiny/model-%s.gguf", shared, types[i]);
+        snprintf(paths[n++], 512, "%s/gguf-vocab/model-q8_0.gguf", shared);
+    } else {
+        test_skip("test_gguf (hip)", "../shared/reference is absent: llama.cpp's GGUF files not run on the GPU");
+    }
+    return n;
+}
+
+static void test_gguf_logits_vs_cpu(void)
+{
+    char paths[MAX_CASES][512];
+    int n = gguf_cases(paths);
+    CU_ASSERT_FATAL(n > 0);
+    if (!hip_ready(__func__, paths[0]))
+        return;
+    logits_vs_cpu(paths, n);
+}
+
+static void test_gguf_determinism(void)
+{
+    char paths[MAX_CASES][512];
+    int n = gguf_cases(paths);
+    CU_ASSERT_FATAL(n > 0);
+    if (!hip_ready(__func__, paths[0]))
+        return;
+    determinism(paths, n);
+}
+
+/* The kernels' weight loaders (hip/hip_wload.h) run on the host: no GPU needed. */
+static void test_dequant_host(void)
+{
+    char why[512] = "";
+    int r = backend_hip_dequant_selftest(why, sizeof why);
+    if (r < 0) {
+        test_skip(__func__, "built without the HIP backend (make hip-nvidia / make hip)");
+        return;
+    }
+    if (r)
+        fprintf(stderr, "\n    %s\n", why);
+    CU_ASSERT_EQUAL(r, 0);
 }
 
 /* Compares GPU rings with the CPU's (see the file comment). */
@@ -330,4 +411,7 @@ void suite_hip(void)
     CU_add_test(s, "GPU logits vs CPU (prefill chunks, decode steps)", test_logits_vs_cpu);
     CU_add_test(s, "GPU bit-identical run to run, graph == eager", test_determinism);
     CU_add_test(s, "GPU trace rings vs CPU; device hash and stats", test_trace_rings);
+    CU_add_test(s, "device weight loaders (on the host) == ops_to_f32, every type", test_dequant_host);
+    CU_add_test(s, "GPU logits vs CPU, GGUF models (weights quantized on the device)", test_gguf_logits_vs_cpu);
+    CU_add_test(s, "GPU bit-identical run to run, graph == eager, GGUF models", test_gguf_determinism);
 }

@@ -158,32 +158,45 @@ void test_gguf_topology(cfg_topology *t)
     t->max_position_embeddings = 256;
 }
 
-const char *test_synth_gguf(const char *mix)
+static const char *synth_gguf(const char *mix, bool tied)
 {
-    static char path[8][512];
-    static char mixes[8][16];
-    for (int i = 0; i < 8; i++)
-        if (!strcmp(mixes[i], mix))
+    static char path[12][512];
+    static char keys[12][24];
+    char key[24];
+    snprintf(key, sizeof key, "%s%s", mix, tied ? "-tied" : "");
+    for (int i = 0; i < 12; i++)
+        if (!strcmp(keys[i], key))
             return path[i];
     int slot = -1;
-    for (int i = 0; i < 8 && slot < 0; i++)
-        if (!mixes[i][0])
+    for (int i = 0; i < 12 && slot < 0; i++)
+        if (!keys[i][0])
             slot = i;
     if (slot < 0)
         return NULL;
     cfg_topology t;
     test_gguf_topology(&t);
+    t.tie_word_embeddings = tied;
     st_set *img = NULL;
     moert_err err = {0};
-    snprintf(path[slot], sizeof path[slot], "%s/synth-%s.gguf", test_tmpdir(), mix);
+    snprintf(path[slot], sizeof path[slot], "%s/synth-%s.gguf", test_tmpdir(), key);
     int st = synth_open_image(&t, 77, ST_F32, &img, &err);
     if (!st)
         st = ggufmap_write(path[slot], &t, img, mix, &err);
     st_close(img);
     if (st) {
-        fprintf(stderr, "\n    test_synth_gguf(%s): %s\n", mix, err.msg);
+        fprintf(stderr, "\n    test_synth_gguf(%s): %s\n", key, err.msg);
         return NULL;
     }
-    snprintf(mixes[slot], sizeof mixes[slot], "%s", mix);
+    snprintf(keys[slot], sizeof keys[slot], "%s", key);
     return path[slot];
+}
+
+const char *test_synth_gguf(const char *mix)
+{
+    return synth_gguf(mix, false);
+}
+
+const char *test_synth_gguf_tied(const char *mix)
+{
+    return synth_gguf(mix, true);
 }

@@ -52,5 +52,7 @@ void test_gguf_topology(struct cfg_topology *t);
  * ("q4_k_m", "q8_0", ...), written once per process into test_tmpdir(); NULL on failure
  * (the reason is printed). */
 const char *test_synth_gguf(const char *mix);
+/* The same with tie_word_embeddings (no output.weight: the LM head is token_embd). */
+const char *test_synth_gguf_tied(const char *mix);
 
 #endif

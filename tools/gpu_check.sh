@@ -5,8 +5,11 @@
 # elsewhere with `make hip-nvidia` and carried), tests/fixtures and configs/.  Runs, each
 # step under a time limit and logged:
 #   1. smoke      one small model on the GPU (fails fast on a broken build or device)
-#   2. check-fix  MOERT_HIP_CHECK=all on every tests/fixtures/hf model: each op's GPU output
-#                 against the CPU kernels on identical inputs (names the first bad op)
+#   2. check-fix  MOERT_HIP_CHECK=all on every tests/fixtures/hf model and on GGUF models of
+#                 every block type (gqa4-hd24's shape synthesized as q4_0, q5_0, q4_k_m, q6_k;
+#                 llama.cpp's gguf-tiny and gguf-vocab when $MOERT_SHARED_REFERENCE or
+#                 ../shared/reference holds them): each op's GPU output against the CPU kernels
+#                 on identical inputs (names the first bad op)
 #   3. tests      the CUnit suites `hip` and `forward` (MOERT_TEST_BACKEND=hip)
 #   4. check-big  MOERT_HIP_CHECK=all on configs/bench-gpu.yaml's shapes (synth weights,
 #                 100-token prompt in chunks of 64, 3 decode steps)
@@ -54,14 +57,25 @@ fi
 if want check-fix; then
     : >"$LOG/check-fixtures.log"
     bad=0
-    for d in tests/fixtures/hf/*/; do
+    GG=${TMPDIR:-/tmp}/moert-gpu-check-gguf
+    mkdir -p "$GG"
+    models=""
+    for m in q4_0 q5_0 q4_k_m q6_k; do
+        "$BIN" synth tests/fixtures/hf/gqa4-hd24 --format gguf --dtype $m --out "$GG/gqa4-hd24-$m.gguf" \
+            >>"$LOG/check-fixtures.log" 2>&1 && models="$models $GG/gqa4-hd24-$m.gguf"
+    done
+    SHARED=${MOERT_SHARED_REFERENCE:-../shared/reference}
+    for f in "$SHARED"/gguf-tiny/model-*.gguf "$SHARED"/gguf-vocab/model-*.gguf; do
+        [ -f "$f" ] && models="$models $f"
+    done
+    for d in tests/fixtures/hf/*/ $models; do
         echo "== $d" >>"$LOG/check-fixtures.log"
         MOERT_HIP_CHECK=all timeout 120 "$BIN" run "$d" --backend hip --tokens "$IDS13" -n 4 \
             --prefill-chunk 5 >>"$LOG/check-fixtures.log" 2>&1 || bad=$((bad + 1))
     done
     mism=$(grep -c ' -> ' "$LOG/check-fixtures.log")
     if [ "$bad" -eq 0 ] && [ "$mism" -eq 0 ]; then
-        row check-fix ok "every op of every fixture within 1e-4 of the CPU kernels"
+        row check-fix ok "every op of every fixture and GGUF model within 1e-4 of the CPU kernels"
     else
         row check-fix FAIL "$bad runs failed, $mism op mismatches; first: $(grep -m1 ' -> \|error\|backend hip' "$LOG/check-fixtures.log" | cut -c1-200)"
     fi
