@@ -349,6 +349,32 @@ static void test_q4km_threads_chunks(void)
     free(other);
 }
 
+/* A YAML config takes a GGUF as its model: topology from the metadata, weights and
+ * tokenizer from the file unless the YAML names others; its runtime keys still apply. */
+static void test_yaml_gguf_model(void)
+{
+    const char *gguf = test_synth_gguf("q8_0");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(gguf);
+    char abs[PATH_MAX_TEST], yaml[PATH_MAX_TEST + 200];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(realpath(gguf, abs));
+    snprintf(yaml, sizeof yaml, "model: {gguf: %s}\nruntime: {max_seq_len: 64, prefill_chunk: 7}\n", abs);
+    cfg_config cfg, direct;
+    moert_err err = {0};
+    int st = cfg_load_string(yaml, "gguf.yaml", ".", &cfg, &err);
+    if (st)
+        fprintf(stderr, "\n    %s\n", err.msg);
+    CU_ASSERT_EQUAL_FATAL(st, MOERT_OK);
+    CU_ASSERT_EQUAL_FATAL(cfg_load(gguf, &direct, &err), MOERT_OK);
+    CU_ASSERT(memcmp(&cfg.topo, &direct.topo, sizeof cfg.topo) == 0);
+    CU_ASSERT_STRING_EQUAL(cfg.weights.path, abs);
+    CU_ASSERT_EQUAL(cfg.rt.max_seq_len, 64);
+    CU_ASSERT_EQUAL(cfg.rt.prefill_chunk, 7);
+    /* gguf beside inline keys is refused by name */
+    snprintf(yaml, sizeof yaml, "model: {gguf: %s, hidden_size: 64}\n", abs);
+    CU_ASSERT_EQUAL(cfg_load_string(yaml, "gguf.yaml", ".", &cfg, &err), MOERT_ECONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "model has both gguf and the inline key 'hidden_size'"));
+}
+
 /* ---- bad models ---------------------------------------------------------------------- */
 
 enum { BAD_NONE, BAD_ARCH, BAD_ROPE_SCALING, BAD_MISSING, BAD_SHAPE, BAD_EXTRA, BAD_NORM_QUANT, BAD_SHARED };
@@ -582,6 +608,7 @@ void suite_gguf_model(void)
     CU_add_test(s, "type mixes and their fallbacks", test_mix_types);
     CU_add_test(s, "quantized run equals its dequantized weights, every mix", test_quantized_equals_dequantized);
     CU_add_test(s, "Q4_K_M bit-exact across threads, chunking, SIMD", test_q4km_threads_chunks);
+    CU_add_test(s, "a YAML config with model: {gguf: FILE}", test_yaml_gguf_model);
     CU_add_test(s, "bad models refused by their GGUF names", test_bad_models);
     CU_add_test(s, "CLI: run and plan a GGUF; a bad one exits 2", test_cli);
     CU_add_test(s, "generation stops at config.json's eos_token_id", test_eos_safetensors);
