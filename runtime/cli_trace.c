@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "../ops/ops.h"
+#include "afile.h"
 #include "cli.h"
 #include "cli_common.h"
 #include "contract.h"
@@ -63,20 +64,7 @@ static double cmp_rel(const cmp_acc *c)
 
 static int write_file_atomic(const char *path, const char *text, moert_err *err)
 {
-    char tmp[CFG_PATH_MAX + 32];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return err_set(err, MOERT_EIO, "%s: cannot write", path);
-    int ok = fputs(text, f) >= 0;
-    ok = (fflush(f) == 0) && ok;
-    ok = (fsync(fileno(f)) == 0) && ok;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return err_set(err, MOERT_EIO, "%s: cannot write", path);
-    }
-    return MOERT_OK;
+    return afile_write_whole(path, text, strlen(text), err);
 }
 
 /* ---- validate ---------------------------------------------------------------------- */

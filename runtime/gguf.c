@@ -4,6 +4,8 @@
  * overflows from crafted n_tensors, n_kv, string lengths and dims). */
 #include "gguf.h"
 
+#include "afile.h"
+
 #include "../ops/ops.h"
 
 #include <errno.h>
@@ -1314,26 +1316,10 @@ int gguf_writer_to_memory(gguf_writer *w, gguf_fill_fn fill, void *ctx, uint8_t 
     return MOERT_OK;
 }
 
-static int write_all(int fd, const void *buf, size_t len, const char *path, moert_err *err)
-{
-    const uint8_t *p = buf;
-    while (len) {
-        size_t chunk = len > (1u << 30) ? (1u << 30) : len;
-        ssize_t k = write(fd, p, chunk);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return err_set(err, MOERT_EIO, "%s: write failed: %s", path, k < 0 ? strerror(errno) : "no progress");
-        p += k;
-        len -= (size_t)k;
-    }
-    return MOERT_OK;
-}
-
 /* The scratch a tensor is filled through: big tensors come in chunks of this size. */
 #define FILL_CHUNK ((size_t)1 << 20)
 
-static int write_body(gguf_writer *w, int fd, const char *path, gguf_fill_fn fill, void *ctx, moert_err *err)
+static int write_body(gguf_writer *w, afile *f, const char *path, gguf_fill_fn fill, void *ctx, moert_err *err)
 {
     uint8_t *h;
     size_t hl;
@@ -1341,7 +1327,7 @@ static int write_body(gguf_writer *w, int fd, const char *path, gguf_fill_fn fil
     int st = encode_header(w, &h, &hl, &total, err);
     if (st)
         return st;
-    st = write_all(fd, h, hl, path, err);
+    st = afile_write(f, h, hl, err);
     free(h);
     if (st)
         return st;
@@ -1367,14 +1353,14 @@ static int write_body(gguf_writer *w, int fd, const char *path, gguf_fill_fn fil
                 memset(buf, 0, k);
             }
             if (!st)
-                st = write_all(fd, buf, k, path, err);
+                st = afile_write(f, buf, k, err);
         }
         uint64_t pad = ((t->nbytes + a - 1) & ~(a - 1)) - t->nbytes;
         if (!st && pad)
             memset(buf, 0, cap);
         while (!st && pad) {
             size_t k = pad < cap ? (size_t)pad : cap;
-            st = write_all(fd, buf, k, path, err);
+            st = afile_write(f, buf, k, err);
             pad -= k;
         }
     }
@@ -1386,45 +1372,13 @@ int gguf_writer_write_file(gguf_writer *w, const char *path, gguf_fill_fn fill, 
 {
     if (!w || !path || !*path)
         return err_set(err, MOERT_EUSAGE, "gguf writer: NULL writer or empty path");
-    size_t tl = strlen(path) + 32;
-    char *tmp = malloc(tl);
-    if (!tmp)
-        return err_set(err, MOERT_ENOMEM, "%s: out of memory", path);
-    snprintf(tmp, tl, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        int e = errno;
-        free(tmp);
-        return err_set(err, MOERT_EIO, "%s: cannot create temp file: %s", path, strerror(e));
-    }
-    int st = write_body(w, fd, path, fill, ctx, err);
-    if (!st && fsync(fd) != 0)
-        st = err_set(err, MOERT_EIO, "%s: fsync failed: %s", tmp, strerror(errno));
-    if (close(fd) != 0 && !st)
-        st = err_set(err, MOERT_EIO, "%s: close failed: %s", tmp, strerror(errno));
-    if (!st && rename(tmp, path) != 0)
-        st = err_set(err, MOERT_EIO, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
-    if (st) {
-        unlink(tmp);
-        free(tmp);
+    afile f;
+    int st = afile_open(&f, path, err);
+    if (st)
+        return st;
+    if ((st = write_body(w, &f, path, fill, ctx, err))) {
+        afile_abort(&f);
         return st;
     }
-    free(tmp);
-    /* fsync the directory so the rename itself is durable. */
-    char *dir = strdup(path);
-    if (!dir)
-        return err_set(err, MOERT_ENOMEM, "%s: out of memory", path);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        slash[slash == dir ? 1 : 0] = '\0';
-    else
-        strcpy(dir, ".");
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        if (fsync(dfd) != 0 && errno != EINVAL)
-            st = err_set(err, MOERT_EIO, "%s: fsync of directory %s failed: %s", path, dir, strerror(errno));
-        close(dfd);
-    }
-    free(dir);
-    return st;
+    return afile_commit(&f, err);
 }

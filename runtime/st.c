@@ -2,6 +2,7 @@
 #include "st.h"
 
 #include "../ops/ops.h"
+#include "afile.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -849,111 +850,13 @@ out:
 }
 
 struct st_writer {
-    int fd;
-    char *path, *tmp;
+    afile f;
     uint64_t total, written;
-    uint64_t file_off, kicked; /* bytes in the file; bytes handed to writeback so far */
 };
-
-/* Starts writeback of what has accumulated since the last call, without waiting, so that
- * the disk works while the caller produces more and the final fsync finds little left. */
-#define WRITEBACK_STEP ((uint64_t)32 << 20)
-static void kick_writeback(st_writer *w)
-{
-    if (w->file_off - w->kicked < WRITEBACK_STEP)
-        return;
-    (void)sync_file_range(w->fd, (off64_t)w->kicked, (off64_t)(w->file_off - w->kicked), SYNC_FILE_RANGE_WRITE);
-    w->kicked = w->file_off; /* a hint: an error here resurfaces at fsync */
-}
-
-static int write_all(int fd, const void *buf, size_t len, const char *path, moert_err *err)
-{
-    const uint8_t *p = buf;
-    while (len) {
-        size_t chunk = len > (1u << 30) ? (1u << 30) : len;
-        ssize_t k = write(fd, p, chunk);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return err_set(err, MOERT_EIO, "%s: write failed: %s", path, k < 0 ? strerror(errno) : "no progress");
-        p += k;
-        len -= (size_t)k;
-    }
-    return MOERT_OK;
-}
-
-static char *tmp_name(const char *path)
-{
-    size_t n = strlen(path) + 32;
-    char *t = malloc(n);
-    if (t)
-        snprintf(t, n, "%s.tmp.%ld", path, (long)getpid());
-    return t;
-}
-
-/* fsync + close fd, rename tmp over path, fsync the directory so the rename is durable.
- * Removes tmp on failure. */
-static int commit(int fd, const char *tmp, const char *path, moert_err *err)
-{
-    int st = MOERT_OK;
-    if (fsync(fd) != 0)
-        st = err_set(err, MOERT_EIO, "%s: fsync failed: %s", tmp, strerror(errno));
-    if (close(fd) != 0 && !st)
-        st = err_set(err, MOERT_EIO, "%s: close failed: %s", tmp, strerror(errno));
-    if (!st && rename(tmp, path) != 0)
-        st = err_set(err, MOERT_EIO, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
-    if (st) {
-        unlink(tmp);
-        return st;
-    }
-    char *dir = strdup(path);
-    if (!dir)
-        return err_set(err, MOERT_ENOMEM, "%s: out of memory", path);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        slash[slash == dir ? 1 : 0] = '\0';
-    else
-        strcpy(dir, ".");
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        if (fsync(dfd) != 0 && errno != EINVAL)
-            st = err_set(err, MOERT_EIO, "%s: fsync of directory %s failed: %s", path, dir, strerror(errno));
-        close(dfd);
-    }
-    free(dir);
-    return st;
-}
-
-static int open_tmp(const char *path, char **tmp, int *fd, moert_err *err)
-{
-    *tmp = tmp_name(path);
-    if (!*tmp)
-        return err_set(err, MOERT_ENOMEM, "%s: out of memory", path);
-    *fd = open(*tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (*fd < 0) {
-        int e = errno;
-        free(*tmp);
-        *tmp = NULL;
-        return err_set(err, MOERT_EIO, "%s: cannot create temp file: %s", path, strerror(e));
-    }
-    return MOERT_OK;
-}
 
 int st_write_file_atomic(const char *path, const void *data, size_t len, moert_err *err)
 {
-    char *tmp;
-    int fd;
-    int st = open_tmp(path, &tmp, &fd, err);
-    if (st)
-        return st;
-    if ((st = write_all(fd, data, len, path, err))) {
-        close(fd);
-        unlink(tmp);
-    } else {
-        st = commit(fd, tmp, path, err);
-    }
-    free(tmp);
-    return st;
+    return afile_write_whole(path, data, len, err);
 }
 
 int st_writer_open(const char *path, const st_write_spec *specs, size_t n_specs,
@@ -968,20 +871,17 @@ int st_writer_open(const char *path, const st_write_spec *specs, size_t n_specs,
     if (st)
         return err_prefix(err, "%s", path);
     st_writer *w = calloc(1, sizeof *w);
-    if (!w || !(w->path = strdup(path))) {
-        free(w);
+    if (!w) {
         free(hdr);
         return err_set(err, MOERT_ENOMEM, "%s: out of memory", path);
     }
     w->total = total;
-    if ((st = open_tmp(path, &w->tmp, &w->fd, err))) {
-        free(w->path);
+    if ((st = afile_open(&w->f, path, err))) {
         free(w);
         free(hdr);
         return st;
     }
-    st = write_all(w->fd, hdr, hlen, path, err);
-    w->file_off = hlen;
+    st = afile_write(&w->f, hdr, hlen, err);
     free(hdr);
     if (st) {
         st_writer_abort(w);
@@ -999,13 +899,10 @@ int st_writer_write(st_writer *w, const void *data, size_t len, moert_err *err)
         return err_set(err, MOERT_EUSAGE,
                        "%s: %zu more bytes would exceed the %" PRIu64 " bytes the header declares (%" PRIu64
                        " written)",
-                       w->path, len, w->total, w->written);
-    int st = write_all(w->fd, data, len, w->path, err);
-    if (!st) {
+                       w->f.path, len, w->total, w->written);
+    int st = afile_write(&w->f, data, len, err);
+    if (!st)
         w->written += len;
-        w->file_off += len;
-        kick_writeback(w);
-    }
     return st;
 }
 
@@ -1014,14 +911,12 @@ int st_writer_finish(st_writer *w, moert_err *err)
     if (!w)
         return err_set(err, MOERT_EUSAGE, "safetensors writer: NULL writer");
     if (w->written != w->total) {
-        err_set(err, MOERT_EUSAGE, "%s: %" PRIu64 " data bytes written, the header declares %" PRIu64, w->path,
+        err_set(err, MOERT_EUSAGE, "%s: %" PRIu64 " data bytes written, the header declares %" PRIu64, w->f.path,
                 w->written, w->total);
         st_writer_abort(w);
         return MOERT_EUSAGE;
     }
-    int st = commit(w->fd, w->tmp, w->path, err);
-    free(w->tmp);
-    free(w->path);
+    int st = afile_commit(&w->f, err);
     free(w);
     return st;
 }
@@ -1030,9 +925,6 @@ void st_writer_abort(st_writer *w)
 {
     if (!w)
         return;
-    close(w->fd);
-    unlink(w->tmp);
-    free(w->tmp);
-    free(w->path);
+    afile_abort(&w->f);
     free(w);
 }

@@ -512,6 +512,11 @@ static void test_cli(void)
     rc = test_run_cmdf(out, sizeof out, errb, sizeof errb, "./moert run %s --tokens 5 -n 1", bad);
     CU_ASSERT_EQUAL(rc, 2);
     CU_ASSERT_PTR_NOT_NULL(strstr(errb, "missing 'blk.0.attn_k.weight'"));
+    /* an output path that is not a regular file is refused, never replaced */
+    rc = test_run_cmdf(out, sizeof out, errb, sizeof errb,
+                       "./moert synth tests/fixtures/hf/gqa4-hd24 --format gguf --out %s", test_tmpdir());
+    CU_ASSERT_EQUAL(rc, 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "exists and is not a regular file"));
     rc = test_run_cmdf(out, sizeof out, errb, sizeof errb, "./moert run %s --prompt hi -n 1", gguf);
     CU_ASSERT_EQUAL(rc, 2); /* a vocabulary-less GGUF has no tokenizer: said, not crashed */
     CU_ASSERT_PTR_NOT_NULL(strstr(errb, "--prompt needs a tokenizer"));
