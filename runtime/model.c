@@ -1,7 +1,10 @@
 /* model: binds safetensors tensors to the Qwen3-MoE topology by the hub's names. */
 #include "model.h"
 
+#include "../ops/ops.h"
+
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -340,9 +343,35 @@ fail:
 
 /* Index of the first element whose exponent bits are all ones (NaN or Inf), or -1; *nan
  * tells which.  Elements are read with memcpy: a tensor's data need not be aligned. */
+/* Elements of a tensor (block types: whole blocks). */
+static int64_t elem_count(const st_tensor *t)
+{
+    int o = st_dtype_ops(t->dtype);
+    if (st_dtype_is_block(t->dtype) && o >= 0)
+        return (int64_t)(t->nbytes / ops_dtype_block_bytes((ops_dtype)o)) * ops_dtype_block_elems((ops_dtype)o);
+    size_t es = st_dtype_size(t->dtype);
+    return es ? (int64_t)(t->nbytes / es) : 0;
+}
+
 static int64_t first_nonfinite(const st_tensor *t, bool *nan)
 {
     const uint8_t *p = t->data;
+    if (st_dtype_is_block(t->dtype)) {
+        /* a block's scales are F16: dequantized values show a NaN or Inf scale exactly */
+        ops_dtype o = (ops_dtype)st_dtype_ops(t->dtype);
+        int64_t be = ops_dtype_block_elems(o);
+        size_t bb = ops_dtype_block_bytes(o);
+        float v[256];
+        for (uint64_t b = 0; b < t->nbytes / bb; b++) {
+            ops_to_f32(v, p + b * bb, o, be);
+            for (int64_t j = 0; j < be; j++)
+                if (!isfinite(v[j])) {
+                    *nan = isnan(v[j]);
+                    return (int64_t)b * be + j;
+                }
+        }
+        return -1;
+    }
     if (t->dtype == ST_F32) {
         uint64_t n = t->nbytes / 4;
         for (uint64_t i = 0; i < n; i++) {
@@ -374,9 +403,8 @@ int model_check_finite(const model_weights *w, moert_err *err)
         return err_set(err, MOERT_EUSAGE, "model_check_finite: no bound weights");
     for (size_t i = 0; i < st_count(w->set); i++) {
         const st_tensor *t = st_at(w->set, i);
-        /* Plain floats only.  Block-quantized tensors (ST_Q8_0, ...) hold F16 scales inside
-         * their blocks: they are skipped until the block layouts are checked here too. */
-        if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16)
+        if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16 &&
+            !(st_dtype_is_block(t->dtype) && st_dtype_ops(t->dtype) >= 0))
             continue;
         bool nan = false;
         int64_t at = first_nonfinite(t, &nan);
@@ -397,7 +425,7 @@ int model_check_finite(const model_weights *w, moert_err *err)
         const char *file = st_file_path(w->set, (size_t)t->file_index);
         return err_set(err, MOERT_EFORMAT,
                        "%s: tensor " NAME_FMT " element %s (index %lld of %lld) is %s, expected finite weights",
-                       file ? file : "weights", t->name, idx, (long long)at, (long long)(t->nbytes / st_dtype_size(t->dtype)),
+                       file ? file : "weights", t->name, idx, (long long)at, (long long)elem_count(t),
                        nan ? "NaN" : "Inf");
     }
     return MOERT_OK;

@@ -349,6 +349,37 @@ static void test_q4km_threads_chunks(void)
     free(other);
 }
 
+/* --check-weights dequantizes every block: a NaN scale is named by tensor and element. */
+static void test_check_weights_gguf(void)
+{
+    const char *gguf = test_synth_gguf("q8_0");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(gguf);
+    char bad[600], cmd[2000], out[4096], errb[4096];
+    snprintf(bad, sizeof bad, "%s/nan-scale.gguf", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "cp %s %s", gguf, bad);
+    CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+    gguf_file *g = NULL;
+    moert_err err = {0};
+    CU_ASSERT_EQUAL_FATAL(gguf_open(bad, &g, &err), MOERT_OK);
+    const gguf_tensor *t = gguf_tensor_find(g, "blk.1.attn_q.weight");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    CU_ASSERT_EQUAL_FATAL(t->dtype, ST_Q8_0);
+    uint64_t at = t->offset + 3 * 34; /* block 3's f16 scale */
+    gguf_close(g);
+    FILE *f = fopen(bad, "r+b");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    const unsigned char nan16[2] = {0x00, 0x7e};
+    CU_ASSERT_EQUAL(fseek(f, (long)at, SEEK_SET), 0);
+    CU_ASSERT_EQUAL(fwrite(nan16, 1, 2, f), 2);
+    fclose(f);
+    int rc = test_run_cmdf(out, sizeof out, errb, sizeof errb, "./moert run %s --tokens 5,6 -n 2 --check-weights", bad);
+    CU_ASSERT_EQUAL(rc, 2);
+    if (!strstr(errb, "'model.layers.1.self_attn.q_proj.weight' element [0, 96] (index 96 of 65536) is NaN"))
+        fprintf(stderr, "\n    %s\n", errb);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "'model.layers.1.self_attn.q_proj.weight' element [0, 96] (index 96 of 65536) is NaN"));
+    CU_ASSERT_EQUAL(test_run_cmdf(out, sizeof out, errb, sizeof errb, "./moert run %s --tokens 5,6 -n 2 --check-weights", gguf), 0);
+}
+
 /* A YAML config takes a GGUF as its model: topology from the metadata, weights and
  * tokenizer from the file unless the YAML names others; its runtime keys still apply. */
 static void test_yaml_gguf_model(void)
@@ -614,6 +645,7 @@ void suite_gguf_model(void)
     CU_add_test(s, "quantized run equals its dequantized weights, every mix", test_quantized_equals_dequantized);
     CU_add_test(s, "Q4_K_M bit-exact across threads, chunking, SIMD", test_q4km_threads_chunks);
     CU_add_test(s, "a YAML config with model: {gguf: FILE}", test_yaml_gguf_model);
+    CU_add_test(s, "--check-weights names a NaN block scale", test_check_weights_gguf);
     CU_add_test(s, "bad models refused by their GGUF names", test_bad_models);
     CU_add_test(s, "CLI: run and plan a GGUF; a bad one exits 2", test_cli);
     CU_add_test(s, "generation stops at config.json's eos_token_id", test_eos_safetensors);
