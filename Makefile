@@ -135,7 +135,7 @@ hip-nvidia: | $(DEPS_STAMP)
 # a target (gguf, once runtime/gguf.c lands): write tests/fuzz/fuzz_gguf.c and
 # tests/fuzz/corpus/gguf/, and add `gguf` to FUZZ_TARGETS.
 FUZZ_TARGETS := st st_index config contract hf_config tok_json tok_encode tok_ids \
-                trace_validate trace_diff replay_manifest cli_args
+                trace_validate trace_diff replay_manifest cli_args gguf
 FUZZ_SECONDS ?= 30
 FUZZ_CI_SECONDS ?= 3
 FUZZ_CC  ?= clang

@@ -11,7 +11,7 @@ T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 rm -rf "$C"
 for t in st st_index config contract hf_config tok_json tok_encode tok_ids trace_validate trace_diff \
-         replay_manifest cli_args; do
+         replay_manifest cli_args gguf; do
     mkdir -p "$C/$t"
 done
 
@@ -162,3 +162,28 @@ printf '1025\n1048577\n16777217\n9223372036854775808\n1e400\n17\n1.5' > $C/cli_a
 printf ' 4\n+4\n0x10\n1.5\n0x1p3\n4k\n.5' > $C/cli_args/forms.txt
 printf '1,,2\n,1\n1,\n2147483648\n1 , 2' > $C/cli_args/tokens.txt
 echo "make-corpus: $(find $C -type f | wc -l) seeds, $(du -sk $C | cut -f1) KB"
+
+# GGUF: moert's own files (f32, and the 32-block types on a 32-wide model) and a
+# tokenizer-only file with llama.cpp's tokenizer keys.
+./moert synth $D/tiny.yaml --format gguf --dtype f32 --out "$C/gguf/tiny-f32.gguf" >/dev/null 2>&1
+for q in q8_0 q4_0 q5_0; do
+    ./moert synth $D/tiny32.yaml --format gguf --dtype $q --out "$C/gguf/tiny32-$q.gguf" >/dev/null 2>&1
+done
+python3 - "$C/gguf/tokenizer.gguf" <<'PY'
+import struct, sys
+def s(x):
+    b = x.encode()
+    return struct.pack('<Q', len(b)) + b
+kv = [('general.architecture', 8, s('qwen3moe')), ('tokenizer.ggml.model', 8, s('gpt2')),
+      ('tokenizer.ggml.pre', 8, s('qwen2'))]
+toks = ['a', 'b', 'ab', '\u0120', '\u0120a', '<|im_end|>', '[PAD6]']
+kv.append(('tokenizer.ggml.tokens', 9, struct.pack('<IQ', 8, len(toks)) + b''.join(s(t) for t in toks)))
+kv.append(('tokenizer.ggml.token_type', 9, struct.pack('<IQ', 5, 7) + struct.pack('<7i', 1, 1, 1, 1, 1, 3, 5)))
+merges = ['a b', '\u0120 a']
+kv.append(('tokenizer.ggml.merges', 9, struct.pack('<IQ', 8, len(merges)) + b''.join(s(m) for m in merges)))
+kv.append(('tokenizer.ggml.eos_token_id', 4, struct.pack('<I', 5)))
+out = b'GGUF' + struct.pack('<IQQ', 3, 0, len(kv))
+for k, t, v in kv:
+    out += s(k) + struct.pack('<I', t) + v
+open(sys.argv[1], 'wb').write(out)
+PY
