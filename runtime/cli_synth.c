@@ -106,6 +106,8 @@ int cli_synth(int argc, char **argv, moert_err *err)
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         st = synth_write_dir(&cfg->topo, (uint64_t)seed, dt, (uint64_t)shard_mb << 20, out, err);
+        if (st == MOERT_ECONFIG) /* a topology no weights can have: the config's */
+            err_prefix(err, "%s", path);
         clock_gettime(CLOCK_MONOTONIC, &t1);
         if (!st)
             fprintf(stderr, "moert synth: wrote %s (seed %lld, %s) in %.1f s\n", out,

@@ -161,6 +161,8 @@ static const struct {
     {"run tests/bad_runs/too-many-experts.yaml --tokens 1",
      "moert run: tests/bad_runs/too-many-experts.yaml: topology: 25769808387 weight tensors (num_experts x sparse "
      "layers), expected at most 4194304\n"},
+    {"synth tests/bad_runs/topology-too-wide.yaml --out {T}/never",
+     "moert synth: tests/bad_runs/topology-too-wide.yaml: topology: hidden_size is 33554432, expected 1..16777216\n"},
     {"run tests/bad_runs/arena-unmappable.yaml --tokens 1 -n 1",
      "moert run: tests/bad_runs/arena-unmappable.yaml: arena: cannot map 282583078817280 bytes: Cannot allocate memory\n"},
 };
