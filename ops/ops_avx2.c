@@ -252,29 +252,45 @@ AVX512 static inline float combine_pair(__m512 c01, __m512 c23)
     return hsum(_mm256_add_ps(v01, v23));
 }
 
+/* One pass of a 4 x 4 tile over the steps [i, end) of one chain pair; LOADX loads x. */
+#define TILE512_PASS(LOADX)                                                                     \
+    for (; i < end; i += OPS_STEP) {                                                            \
+        __m512 w0 = _mm512_load_ps(p + i), w1 = _mm512_load_ps(p + kp + i);                     \
+        __m512 w2 = _mm512_load_ps(p + 2 * kp + i), w3 = _mm512_load_ps(p + 3 * kp + i);        \
+        _Pragma("GCC unroll 4") for (int a = 0; a < 4; a++)                                     \
+        {                                                                                       \
+            __m512 xv = LOADX;                                                                  \
+            acc[a][0] = _mm512_fmadd_ps(xv, w0, acc[a][0]);                                     \
+            acc[a][1] = _mm512_fmadd_ps(xv, w1, acc[a][1]);                                     \
+            acc[a][2] = _mm512_fmadd_ps(xv, w2, acc[a][2]);                                     \
+            acc[a][3] = _mm512_fmadd_ps(xv, w3, acc[a][3]);                                     \
+        }                                                                                       \
+    }
+
 /* Rows [r, r + 4) x panel rows [j, j + 4): out[(r + a) * ldo + nb + j + b]. */
 AVX512 static void tile512(float *out, int64_t ldo, const float *const *x, int64_t r, const float *panel,
                            int64_t kp, int64_t k, int64_t nb, int64_t j)
 {
     __m512 part[2][4][4];
+    const float *p = panel + j * kp;
+    const float *x0 = x[r], *x1 = x[r + 1], *x2 = x[r + 2], *x3 = x[r + 3];
+    const float *xr[4] = {x0, x1, x2, x3};
     for (int h = 0; h < 2; h++) {
         __m512 acc[4][4];
+#pragma GCC unroll 4
         for (int a = 0; a < 4; a++)
+#pragma GCC unroll 4
             for (int b = 0; b < 4; b++)
                 acc[a][b] = _mm512_setzero_ps();
-        const float *p = panel + j * kp;
-        for (int64_t i = 16 * h; i < kp; i += OPS_STEP) {
-            __m512 w0 = _mm512_load_ps(p + i), w1 = _mm512_load_ps(p + kp + i);
-            __m512 w2 = _mm512_load_ps(p + 2 * kp + i), w3 = _mm512_load_ps(p + 3 * kp + i);
-            for (int a = 0; a < 4; a++) {
-                __m512 xv = x16(x[r + a], i, k);
-                acc[a][0] = _mm512_fmadd_ps(xv, w0, acc[a][0]);
-                acc[a][1] = _mm512_fmadd_ps(xv, w1, acc[a][1]);
-                acc[a][2] = _mm512_fmadd_ps(xv, w2, acc[a][2]);
-                acc[a][3] = _mm512_fmadd_ps(xv, w3, acc[a][3]);
-            }
-        }
+        int64_t i = 16 * h, end = (k - 16 * h) / OPS_STEP * OPS_STEP + 16 * h; /* whole 16-runs of x */
+        if (end < i)
+            end = i;
+        TILE512_PASS(_mm512_loadu_ps(xr[a] + i))
+        end = kp;
+        TILE512_PASS(x16(xr[a], i, k)) /* the zero-padded tail */
+#pragma GCC unroll 4
         for (int a = 0; a < 4; a++)
+#pragma GCC unroll 4
             for (int b = 0; b < 4; b++)
                 part[h][a][b] = acc[a][b];
     }
