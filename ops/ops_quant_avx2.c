@@ -473,11 +473,57 @@ INL512 void q_rows512(ops_dtype t, const float *x, const uint8_t *r, const uint8
         *out_s = combine512(b01, b23);
 }
 
+/* Four rows at once: four weight streams in flight and eight independent accumulator chains,
+ * each row's sums exactly those of q_rows512. */
+INL512 void q_rows512_4(ops_dtype t, const float *x, const uint8_t *const rw[4], int64_t nb, size_t bb, float *out[4])
+{
+    const int steps = is_kquant(t) ? 8 : 1;
+    __m512 acc[4][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        qprep pr[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *rb = rw[r] + (size_t)i * bb;
+            for (size_t o = 0; o < bb; o += 64)
+                _mm_prefetch((const char *)rb + QGEMV_PREFETCH + o, _MM_HINT_T0);
+            q_prep(t, rb, &pr[r]);
+        }
+        const float *xb = x + i * 32 * steps;
+#pragma GCC unroll 8
+        for (int st = 0; st < steps; st++) {
+            const float *xs = xb + 32 * st;
+            __m512 x0 = _mm512_loadu_ps(xs), x1 = _mm512_loadu_ps(xs + 16);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                __m512 w[2];
+                q_step512(t, rw[r] + (size_t)i * bb, &pr[r], st, w);
+                acc[r][0] = _mm512_fmadd_ps(x0, w[0], acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(x1, w[1], acc[r][1]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+        *out[r] = combine512(acc[r][0], acc[r][1]);
+}
+
 INL512 void q_gemv512(ops_dtype t, float *out, const float *x, const uint8_t *w, int64_t k, int64_t n0,
                       int64_t n1)
 {
     size_t bb = ops_dtype_block_bytes(t), rb = ops_row_bytes(t, k);
-    int64_t nb = k / ops_dtype_block_elems(t), cnt = n1 - n0, half = cnt / 2;
+    int64_t nb = k / ops_dtype_block_elems(t), q = (n1 - n0) / 4;
+    /* rows n, n + q, n + 2q, n + 3q stream together; the rest in pairs, then alone */
+    for (int64_t n = n0; n < n0 + q; n++) {
+        const uint8_t *rw[4] = {w + (size_t)n * rb, w + (size_t)(n + q) * rb, w + (size_t)(n + 2 * q) * rb,
+                                w + (size_t)(n + 3 * q) * rb};
+        float *o[4] = {&out[n], &out[n + q], &out[n + 2 * q], &out[n + 3 * q]};
+        q_rows512_4(t, x, rw, nb, bb, o);
+    }
+    n0 += 4 * q;
+    int64_t cnt = n1 - n0, half = cnt / 2;
     for (int64_t n = n0; n < n0 + half; n++)
         q_rows512(t, x, w + (size_t)n * rb, w + (size_t)(n + half) * rb, nb, bb, true, &out[n], &out[n + half]);
     if (cnt % 2) {
