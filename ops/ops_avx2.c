@@ -7,8 +7,7 @@
 #include <string.h>
 
 #include "ops_impl.h"
-
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#include "ops_x86.h"
 
 AVX2 static inline __m256 load8(const void *base, ops_dtype t, int64_t i)
 {
@@ -33,13 +32,6 @@ AVX2 static inline __m256 load_tail(const void *base, ops_dtype t, int64_t i, in
     return load8(tmp, t, 0);
 }
 
-AVX2 static inline float hsum(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));                 /* (l0+l4)+(l2+l6), (l1+l5)+(l3+l7) */
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    return _mm_cvtss_f32(s);
-}
 
 AVX2 void ops_avx2_to_f32(float *dst, const void *src, ops_dtype t, int64_t n)
 {
@@ -67,10 +59,6 @@ AVX2 static inline __m256 load_part(const void *base, ops_dtype t, int64_t i, in
     return load_tail(base, t, i, k - i);
 }
 
-AVX2 static inline float combine4(__m256 c0, __m256 c1, __m256 c2, __m256 c3)
-{
-    return hsum(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)));
-}
 
 AVX2 float ops_avx2_dot(const float *a, const void *b, ops_dtype bt, int64_t k)
 {
@@ -88,7 +76,7 @@ AVX2 float ops_avx2_dot(const float *a, const void *b, ops_dtype bt, int64_t k)
         c2 = _mm256_fmadd_ps(load_part(a, OPS_F32, i + 16, k), load_part(b, bt, i + 16, k), c2);
         c3 = _mm256_fmadd_ps(load_part(a, OPS_F32, i + 24, k), load_part(b, bt, i + 24, k), c3);
     }
-    return combine4(c0, c1, c2, c3);
+    return ops_x86_combine4(c0, c1, c2, c3);
 }
 
 /* Decode GEMVs prefetch each weight stream this many bytes ahead (the hardware prefetcher
@@ -201,7 +189,7 @@ AVX2 static void matmul_few_rows(float *out, int64_t ldo, const float *const *x,
                 a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i + 16), load8(wr, wt, i + 16), a2);
                 a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i + 24), load8(wr, wt, i + 24), a3);
             }
-            out[n] = combine4(a0, a1, a2, a3);
+            out[n] = ops_x86_combine4(a0, a1, a2, a3);
             continue;
         }
         if (m == 1 || kfull != k) {
@@ -224,8 +212,8 @@ AVX2 static void matmul_few_rows(float *out, int64_t ldo, const float *const *x,
             b2 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + i + 16), w2, b2);
             b3 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + i + 24), w3, b3);
         }
-        out[n] = combine4(a0, a1, a2, a3);
-        out[ldo + n] = combine4(b0, b1, b2, b3);
+        out[n] = ops_x86_combine4(a0, a1, a2, a3);
+        out[ldo + n] = ops_x86_combine4(b0, b1, b2, b3);
     }
 }
 
@@ -235,7 +223,6 @@ AVX2 static void matmul_few_rows(float *out, int64_t ldo, const float *const *x,
  * chains (elements 32s..32s+15 are chains 0 and 1, 32s+16.. chains 2 and 3, contiguous in
  * memory), so each accumulator still sums its canonical terms in the canonical order, and
  * the zero padding is the same (masked loads of x, a zero-padded panel). */
-#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")))
 
 AVX512 static inline __m512 x16(const float *x, int64_t i, int64_t k)
 {
@@ -245,12 +232,6 @@ AVX512 static inline __m512 x16(const float *x, int64_t i, int64_t k)
     return _mm512_maskz_loadu_ps(m, x + (i < k ? i : 0));
 }
 
-AVX512 static inline float combine_pair(__m512 c01, __m512 c23)
-{
-    __m256 v01 = _mm256_add_ps(_mm512_castps512_ps256(c01), _mm512_extractf32x8_ps(c01, 1));
-    __m256 v23 = _mm256_add_ps(_mm512_castps512_ps256(c23), _mm512_extractf32x8_ps(c23, 1));
-    return hsum(_mm256_add_ps(v01, v23));
-}
 
 /* One pass of a 4 x 4 tile over the steps [i, end) of one chain pair; LOADX loads x. */
 #define TILE512_PASS(LOADX)                                                                     \
@@ -296,7 +277,7 @@ AVX512 static void tile512(float *out, int64_t ldo, const float *const *x, int64
     }
     for (int a = 0; a < 4; a++)
         for (int b = 0; b < 4; b++)
-            out[(r + a) * ldo + nb + j + b] = combine_pair(part[0][a][b], part[1][a][b]);
+            out[(r + a) * ldo + nb + j + b] = ops_x86_combine_pairs(part[0][a][b], part[1][a][b]);
 }
 
 /* Many input rows (prefill, grouped experts): widen OPS_PANEL_ROWS weight rows once into a
@@ -374,7 +355,7 @@ AVX2 static void matmul_panel(float *out, int64_t ldo, const float *const *x, in
                 }
                 for (int o = 0; o < 8; o++)
                     out[(r + o / 2) * ldo + nb + j + o % 2] =
-                        combine4(part[0][o], part[1][o], part[2][o], part[3][o]);
+                        ops_x86_combine4(part[0][o], part[1][o], part[2][o], part[3][o]);
             }
             for (; j < nr; j++)
                 for (int64_t rr = r; rr < r + 4; rr++)
@@ -455,7 +436,7 @@ AVX2 static float sum_canonical(const float *x, int64_t n)
         c2 = _mm256_add_ps(c2, load_part(x, OPS_F32, i + 16, n));
         c3 = _mm256_add_ps(c3, load_part(x, OPS_F32, i + 24, n));
     }
-    return combine4(c0, c1, c2, c3);
+    return ops_x86_combine4(c0, c1, c2, c3);
 }
 
 AVX2 void ops_avx2_softmax(float *s, int64_t n)
@@ -565,8 +546,8 @@ AVX2 void ops_avx2_attention_group(float *out, int64_t out_stride, const float *
                         b2 = _mm256_fmadd_ps(q2, _mm256_loadu_ps(k1 + i + 16), b2);
                         b3 = _mm256_fmadd_ps(q3, _mm256_loadu_ps(k1 + i + 24), b3);
                     }
-                    sc[j] = combine4(a0, a1, a2, a3) * scale;
-                    sc[j + 1] = combine4(b0, b1, b2, b3) * scale;
+                    sc[j] = ops_x86_combine4(a0, a1, a2, a3) * scale;
+                    sc[j + 1] = ops_x86_combine4(b0, b1, b2, b3) * scale;
                 }
             }
             for (; j < j1; j++)

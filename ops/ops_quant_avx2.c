@@ -9,8 +9,8 @@
 #include <string.h>
 
 #include "ops_impl.h"
+#include "ops_x86.h"
 
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define INL AVX2 static inline __attribute__((always_inline))
 
 /* Decode GEMVs prefetch each weight stream this many bytes ahead (as ops_avx2.c's). */
@@ -33,14 +33,6 @@ INL __m256i ld8s(const uint8_t *p)
     return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
 }
 
-INL __m256 combine4(__m256 c0, __m256 c1, __m256 c2, __m256 c3)
-{
-    __m256 v = _mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3));
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s)); /* (l0+l4)+(l2+l6), (l1+l5)+(l3+l7) */
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    return _mm256_castps128_ps256(s);
-}
 
 INL bool is_kquant(ops_dtype t)
 {
@@ -251,9 +243,9 @@ INL void q_rows(ops_dtype t, const float *x, const uint8_t *r, const uint8_t *s,
             }
         }
     }
-    *out_r = _mm256_cvtss_f32(combine4(a0, a1, a2, a3));
+    *out_r = (ops_x86_combine4(a0, a1, a2, a3));
     if (two)
-        *out_s = _mm256_cvtss_f32(combine4(b0, b1, b2, b3));
+        *out_s = (ops_x86_combine4(b0, b1, b2, b3));
 }
 
 /* Rows n and n + half stream together (two sequential weight streams, as eo_gemv); an odd
@@ -359,7 +351,6 @@ AVX2 void ops_avx2_q_to_f32(float *dst, const uint8_t *src, ops_dtype t, int64_t
  * canonical order; the dequantization is the same float32 operations as above.  Only the
  * decode GEMV uses it: there the 256-bit kernels run out of arithmetic before the memory
  * runs out of bandwidth. */
-#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")))
 #define INL512 AVX512 static inline __attribute__((always_inline))
 
 INL512 __m512 cvt16u(__m128i v)
@@ -424,68 +415,21 @@ INL512 void q_step512(ops_dtype t, const uint8_t *b, const qprep *p, int s, __m5
     }
 }
 
-/* (c0 + c1) + (c2 + c3) per lane, then the canonical lane tree. */
-INL512 float combine512(__m512 c01, __m512 c23)
-{
-    __m256 v01 = _mm256_add_ps(_mm512_castps512_ps256(c01), _mm512_extractf32x8_ps(c01, 1));
-    __m256 v23 = _mm256_add_ps(_mm512_castps512_ps256(c23), _mm512_extractf32x8_ps(c23, 1));
-    __m256 v = _mm256_add_ps(v01, v23);
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    return _mm_cvtss_f32(s);
-}
 
-INL512 void q_rows512(ops_dtype t, const float *x, const uint8_t *r, const uint8_t *s, int64_t nb, size_t bb,
-                      bool two, float *out_r, float *out_s)
-{
-    const int steps = is_kquant(t) ? 8 : 1;
-    __m512 a01 = _mm512_setzero_ps(), a23 = a01, b01 = a01, b23 = a01;
-    for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *rb = r + (size_t)i * bb, *sb = s + (size_t)i * bb;
-        for (size_t o = 0; o < bb; o += 64) {
-            _mm_prefetch((const char *)rb + QGEMV_PREFETCH + o, _MM_HINT_T0);
-            if (two)
-                _mm_prefetch((const char *)sb + QGEMV_PREFETCH + o, _MM_HINT_T0);
-        }
-        qprep pr, ps;
-        q_prep(t, rb, &pr);
-        if (two)
-            q_prep(t, sb, &ps);
-        const float *xb = x + i * 32 * steps;
-#pragma GCC unroll 8
-        for (int st = 0; st < steps; st++) {
-            const float *xs = xb + 32 * st;
-            __m512 x0 = _mm512_loadu_ps(xs), x1 = _mm512_loadu_ps(xs + 16);
-            __m512 w[2];
-            q_step512(t, rb, &pr, st, w);
-            a01 = _mm512_fmadd_ps(x0, w[0], a01);
-            a23 = _mm512_fmadd_ps(x1, w[1], a23);
-            if (two) {
-                q_step512(t, sb, &ps, st, w);
-                b01 = _mm512_fmadd_ps(x0, w[0], b01);
-                b23 = _mm512_fmadd_ps(x1, w[1], b23);
-            }
-        }
-    }
-    *out_r = combine512(a01, a23);
-    if (two)
-        *out_s = combine512(b01, b23);
-}
-
-/* Four rows at once: four weight streams in flight and eight independent accumulator chains,
- * each row's sums exactly those of q_rows512. */
-INL512 void q_rows512_4(ops_dtype t, const float *x, const uint8_t *const rw[4], int64_t nb, size_t bb, float *out[4])
+/* R (1, 2 or 4) rows at once: R weight streams in flight, 2R independent accumulator
+ * chains, every x load feeding all rows; each row's sums are its canonical ones. */
+INL512 void q_rows512(ops_dtype t, const float *x, const uint8_t *const rw[4], int R, int64_t nb, size_t bb,
+                      float *out[4])
 {
     const int steps = is_kquant(t) ? 8 : 1;
     __m512 acc[4][2];
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; r++)
+    for (int r = 0; r < R; r++)
         acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         qprep pr[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < 4; r++) {
+        for (int r = 0; r < R; r++) {
             const uint8_t *rb = rw[r] + (size_t)i * bb;
             for (size_t o = 0; o < bb; o += 64)
                 _mm_prefetch((const char *)rb + QGEMV_PREFETCH + o, _MM_HINT_T0);
@@ -497,7 +441,7 @@ INL512 void q_rows512_4(ops_dtype t, const float *x, const uint8_t *const rw[4],
             const float *xs = xb + 32 * st;
             __m512 x0 = _mm512_loadu_ps(xs), x1 = _mm512_loadu_ps(xs + 16);
 #pragma GCC unroll 4
-            for (int r = 0; r < 4; r++) {
+            for (int r = 0; r < R; r++) {
                 __m512 w[2];
                 q_step512(t, rw[r] + (size_t)i * bb, &pr[r], st, w);
                 acc[r][0] = _mm512_fmadd_ps(x0, w[0], acc[r][0]);
@@ -506,29 +450,35 @@ INL512 void q_rows512_4(ops_dtype t, const float *x, const uint8_t *const rw[4],
         }
     }
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; r++)
-        *out[r] = combine512(acc[r][0], acc[r][1]);
+    for (int r = 0; r < R; r++)
+        *out[r] = ops_x86_combine_pairs(acc[r][0], acc[r][1]);
 }
 
 INL512 void q_gemv512(ops_dtype t, float *out, const float *x, const uint8_t *w, int64_t k, int64_t n0,
                       int64_t n1)
 {
     size_t bb = ops_dtype_block_bytes(t), rb = ops_row_bytes(t, k);
-    int64_t nb = k / ops_dtype_block_elems(t), q = (n1 - n0) / 4;
-    /* rows n, n + q, n + 2q, n + 3q stream together; the rest in pairs, then alone */
-    for (int64_t n = n0; n < n0 + q; n++) {
-        const uint8_t *rw[4] = {w + (size_t)n * rb, w + (size_t)(n + q) * rb, w + (size_t)(n + 2 * q) * rb,
-                                w + (size_t)(n + 3 * q) * rb};
-        float *o[4] = {&out[n], &out[n + q], &out[n + 2 * q], &out[n + 3 * q]};
-        q_rows512_4(t, x, rw, nb, bb, o);
-    }
-    n0 += 4 * q;
-    int64_t cnt = n1 - n0, half = cnt / 2;
-    for (int64_t n = n0; n < n0 + half; n++)
-        q_rows512(t, x, w + (size_t)n * rb, w + (size_t)(n + half) * rb, nb, bb, true, &out[n], &out[n + half]);
-    if (cnt % 2) {
-        const uint8_t *last = w + (size_t)(n1 - 1) * rb;
-        q_rows512(t, x, last, last, nb, bb, false, &out[n1 - 1], NULL);
+    int64_t nb = k / ops_dtype_block_elems(t);
+    /* quarters of the range stream together (rows n, n + q, n + 2q, n + 3q), then halves of
+     * what is left, then a last row alone */
+    for (int R = 4; R >= 1; R /= 2) {
+        int64_t q = (n1 - n0) / R;
+        for (int64_t n = n0; n < n0 + q; n++) {
+            const uint8_t *rw[4];
+            float *o[4];
+            for (int r = 0; r < 4; r++) { /* rows past R are never read */
+                int64_t row = n + (r < R ? r : 0) * q;
+                rw[r] = w + (size_t)row * rb;
+                o[r] = &out[row];
+            }
+            if (R == 4)
+                q_rows512(t, x, rw, 4, nb, bb, o);
+            else if (R == 2)
+                q_rows512(t, x, rw, 2, nb, bb, o);
+            else
+                q_rows512(t, x, rw, 1, nb, bb, o);
+        }
+        n0 += R * q;
     }
 }
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -116,4 +117,31 @@ int afile_write_whole(const char *path, const void *data, size_t len, moert_err 
         return st;
     }
     return afile_commit(&f, err);
+}
+
+int afile_map(const char *path, void **map, size_t *len, moert_err *err)
+{
+    *map = NULL;
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return err_set(err, MOERT_EIO, "%s: cannot open: %s", path, strerror(errno));
+    int st = MOERT_OK;
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        st = err_set(err, MOERT_EIO, "%s: cannot stat: %s", path, strerror(errno));
+    } else if (!S_ISREG(sb.st_mode)) {
+        st = err_set(err, MOERT_EIO, "%s: not a regular file", path);
+    } else if (sb.st_size > 0) {
+        void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            st = err_set(err, MOERT_EIO, "%s: cannot mmap %lld bytes: %s", path, (long long)sb.st_size,
+                         strerror(errno));
+        } else {
+            *map = m;
+            *len = (size_t)sb.st_size;
+        }
+    }
+    close(fd);
+    return st;
 }

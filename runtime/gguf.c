@@ -719,29 +719,14 @@ int gguf_open(const char *path, gguf_file **out, moert_err *err)
     int st = new_file(path, &g, err);
     if (st)
         return st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        st = err_set(err, MOERT_EIO, "%s: cannot open: %s", path, strerror(errno));
-        gguf_close(g);
-        return st;
+    void *m;
+    size_t len;
+    st = afile_map(path, &m, &len, err);
+    if (!st) {
+        g->map = m;
+        g->len = len;
+        g->mapped = m != NULL;
     }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        st = err_set(err, MOERT_EIO, "%s: cannot stat: %s", path, strerror(errno));
-    } else if (!S_ISREG(sb.st_mode)) {
-        st = err_set(err, MOERT_EIO, "%s: not a regular file", path);
-    } else if (sb.st_size > 0) {
-        void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m == MAP_FAILED) {
-            st = err_set(err, MOERT_EIO, "%s: cannot mmap %lld bytes: %s", path, (long long)sb.st_size,
-                         strerror(errno));
-        } else {
-            g->map = m;
-            g->len = (size_t)sb.st_size;
-            g->mapped = true;
-        }
-    }
-    close(fd);
     if (!st)
         st = parse(g, err);
     if (st) {

@@ -476,25 +476,11 @@ static int map_file(st_set *s, const char *path, moert_err *err)
     if (st)
         return st;
     st_file *f = &s->files[s->n_files - 1];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return err_set(err, MOERT_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        st = err_set(err, MOERT_EIO, "%s: cannot stat: %s", path, strerror(errno));
-    } else if (!S_ISREG(sb.st_mode)) {
-        st = err_set(err, MOERT_EIO, "%s: not a regular file", path);
-    } else if (sb.st_size > 0) {
-        void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m == MAP_FAILED) {
-            st = err_set(err, MOERT_EIO, "%s: cannot mmap %lld bytes: %s", path, (long long)sb.st_size,
-                         strerror(errno));
-        } else {
-            f->map = m;
-            f->len = (size_t)sb.st_size;
-        }
-    }
-    close(fd);
+    void *m;
+    size_t len;
+    st = afile_map(path, &m, &len, err);
+    f->map = m;
+    f->len = len;
     return st;
 }
 
