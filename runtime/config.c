@@ -522,6 +522,11 @@ int cfg_import_hf(const char *config_json_path, cfg_topology *topo, moert_err *e
         return err_set(err, MOERT_ENOMEM, "%s: out of memory", config_json_path);
     int rc = import_hf_into(config_json_path, topo, s, err);
     free(s);
+    /* eos_token_id is part of what a config.json says: a malformed one is refused here too,
+     * so the file and its model directory are judged alike */
+    int32_t ids[CFG_MAX_EOS], n;
+    if (!rc)
+        rc = cfg_import_hf_eos(config_json_path, ids, &n, err);
     return rc;
 }
 

@@ -652,6 +652,16 @@ static void test_eos_safetensors(void)
     json_t *o3 = json_loads(out, 0, &je);
     CU_ASSERT_PTR_NOT_NULL_FATAL(o3);
     CU_ASSERT(json_equal(json_object_get(o3, "generated_ids"), g));
+    /* a malformed eos_token_id is refused by the file's import and the directory alike */
+    json_object_set_new(conf, "eos_token_id", json_real(15.5));
+    CU_ASSERT_EQUAL_FATAL(json_dump_file(conf, path, 0), 0);
+    cfg_topology topo;
+    cfg_config cfg;
+    moert_err err = {0};
+    CU_ASSERT_EQUAL(cfg_import_hf(path, &topo, &err), MOERT_ECONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "eos_token_id is a real number, expected a token id or a list of ids"));
+    CU_ASSERT_EQUAL(cfg_load(dir, &cfg, &err), MOERT_ECONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "eos_token_id is a real number"));
     json_decref(o);
     json_decref(o2);
     json_decref(o3);
