@@ -35,8 +35,8 @@ LDFLAGS  += -fopenmp $(filter -fsanitize=%,$(OPT))
 STATIC_LIBS := -Wl,-Bstatic -lyaml -lutf8proc -ljansson -lpcre2-8 -lxxhash -Wl,-Bdynamic
 LDLIBS   += $(STATIC_LIBS) -lm -lpthread
 
-LIB_SRC  := $(wildcard runtime/*.c arena/*.c ops/*.c)
-LIB_SRC  := $(filter-out runtime/main.c,$(LIB_SRC))
+LIB_SRC  := $(wildcard runtime/*.c runtime/*/*.c arena/*.c ops/*.c)
+LIB_SRC  := $(filter-out runtime/cli/main.c,$(LIB_SRC))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/contract_default.o
 # The allocation counter interposes malloc; it cannot share a process with ASan.
 TEST_SRC := $(wildcard tests/*.c)
@@ -75,7 +75,7 @@ $(BUILD)/libmoert.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-moert: $(BUILD)/runtime/main.o $(BUILD)/libmoert.a
+moert: $(BUILD)/runtime/cli/main.o $(BUILD)/libmoert.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # ---- tests -------------------------------------------------------------------------
@@ -199,5 +199,5 @@ fuzz-ci: moert fuzz-build
 clean:
 	rm -rf build/release build/asan build/hip build/nvidia build/fuzz moert moert-hip moert-nvidia
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/runtime/main.d
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/runtime/cli/main.d
 -include $(wildcard $(FUZZ_DIR)/*/*.d $(FUZZ_DIR)/*/*/*.d)

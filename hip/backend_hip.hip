@@ -43,7 +43,7 @@ extern "C" {
 #include "../arena/arena.h"
 #include "../runtime/backend.h"
 #include "../runtime/err.h"
-#include "../runtime/trace.h"
+#include "../runtime/trace/trace.h"
 #include "../runtime/wlayout.h"
 }
 

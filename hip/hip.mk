@@ -18,14 +18,14 @@ NV_ARCH     ?= sm_90
 CC          ?= gcc
 
 REL      := build/release
-C_MAIN   := $(REL)/runtime/main.o
+C_MAIN   := $(REL)/runtime/cli/main.o
 C_LIB    := $(REL)/libmoert.a
 TEST_SRC := $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(REL)/%.o)
 
 HIP_SRC  := $(wildcard hip/*.hip)
 HIP_CSRC := $(wildcard hip/*.c)
-HIP_DEPS := $(wildcard hip/*.h runtime/*.h arena/*.h) hip/hip.mk
+HIP_DEPS := $(wildcard hip/*.h runtime/*.h runtime/*/*.h arena/*.h) hip/hip.mk
 
 # Static archives by path: linker flag order is not reliable through nvcc.
 static_lib = $(shell $(CC) -print-file-name=lib$(1).a)

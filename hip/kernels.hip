@@ -1761,7 +1761,7 @@ DEV void block_stats(double &sum, double &sumsq, double &fin, double &n_nan, dou
 }
 
 /* ---- trace capture -----------------------------------------------------------------
- * Same rings and records as runtime/trace.c.  Blocks take captured rows; the slot of the
+ * Same rings and records as runtime/trace/trace.c.  Blocks take captured rows; the slot of the
  * i-th record of the step follows from the ring header as of the step's start (kept in a
  * shadow, double-buffered by step parity, because the real header is rewritten by block 0
  * during the kernel).  Stats in double with the block trees; the hash is an integer sum. */

@@ -15,7 +15,7 @@
 #include "../arena/arena.h"
 #include "../ops/ops.h"
 #include "backend.h"
-#include "trace.h"
+#include "trace/trace.h"
 
 typedef struct cpu_ctx {
     const sched *s;

@@ -20,7 +20,7 @@
 #include "sample.h"
 #include "sched.h"
 #include "st.h"
-#include "trace.h"
+#include "trace/trace.h"
 
 typedef struct sess_stats {
     int64_t prompt_tokens, generated_tokens;

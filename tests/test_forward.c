@@ -14,7 +14,7 @@
 #include "../runtime/ggufmap.h"
 #include "../runtime/session.h"
 #include "../runtime/st.h"
-#include "../runtime/trace_file.h"
+#include "../runtime/trace/trace_file.h"
 #include "util.h"
 
 #define MAX_IDS 512

@@ -21,7 +21,7 @@
 #include <string.h>
 
 #include "../runtime/session.h"
-#include "../runtime/trace.h"
+#include "../runtime/trace/trace.h"
 #include "util.h"
 
 #define N_PROMPT 13

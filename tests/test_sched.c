@@ -9,7 +9,7 @@
 #include "../arena/arena.h"
 #include "../runtime/config.h"
 #include "../runtime/sched.h"
-#include "../runtime/trace.h"
+#include "../runtime/trace/trace.h"
 #include "util.h"
 
 /* Every op's buffers exist, lie inside their lifetimes, and every buffer is used. */

@@ -12,7 +12,7 @@
 
 #include "../runtime/session.h"
 #include "../runtime/st.h"
-#include "../runtime/trace_file.h"
+#include "../runtime/trace/trace_file.h"
 #include "util.h"
 
 #define OUTCAP 65536

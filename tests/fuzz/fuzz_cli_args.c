@@ -4,7 +4,7 @@
  * values builds a schedule. */
 #include <string.h>
 
-#include "../../runtime/cli_common.h"
+#include "../../runtime/cli/cli_common.h"
 #include "../../runtime/sched.h"
 #include "fuzz.h"
 

@@ -6,7 +6,7 @@
 #include "../../arena/arena.h"
 #include "../../runtime/config.h"
 #include "../../runtime/sched.h"
-#include "../../runtime/trace.h"
+#include "../../runtime/trace/trace.h"
 #include "fuzz.h"
 
 static cfg_config cfg;

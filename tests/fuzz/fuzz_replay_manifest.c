@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "../../runtime/st.h"
-#include "../../runtime/trace_file.h"
+#include "../../runtime/trace/trace_file.h"
 #include "fuzz.h"
 
 static st_set *base;

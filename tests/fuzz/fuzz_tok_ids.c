@@ -2,7 +2,7 @@
  * Qwen3 tokenizer, whole and streamed. */
 #include <string.h>
 
-#include "../../runtime/cli_common.h"
+#include "../../runtime/cli/cli_common.h"
 #include "../../runtime/tok.h"
 #include "fuzz.h"
 

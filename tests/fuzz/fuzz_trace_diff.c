@@ -1,6 +1,6 @@
 /* `moert diff` of a fuzzed file against a small recorded trace and a plain reference file
  * (tests/fuzz/data), and against itself. */
-#include "../../runtime/cli.h"
+#include "../../runtime/cli/cli.h"
 #include "fuzz.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)

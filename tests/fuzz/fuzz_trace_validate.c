@@ -2,8 +2,8 @@
  * text or --json output to /dev/null): pass, violations (exit 1) or a message (exit 2). */
 #include <string.h>
 
-#include "../../runtime/cli.h"
-#include "../../runtime/trace_file.h"
+#include "../../runtime/cli/cli.h"
+#include "../../runtime/trace/trace_file.h"
 #include "fuzz.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)

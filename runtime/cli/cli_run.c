@@ -6,9 +6,9 @@
 
 #include "cli.h"
 #include "cli_common.h"
-#include "session.h"
-#include "tok.h"
-#include "trace_file.h"
+#include "../session.h"
+#include "../tok.h"
+#include "../trace/trace_file.h"
 
 static const char run_usage[] =
     "usage: moert run CONFIG|MODEL_DIR (--tokens IDS | --prompt TEXT) [options]\n"

@@ -9,10 +9,10 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "../ops/ops.h"
+#include "../../ops/ops.h"
 #include "cli.h"
 #include "cli_common.h"
-#include "session.h"
+#include "../session.h"
 
 static const char bench_usage[] =
     "usage: moert bench CONFIG|MODEL_DIR [--json] [--prompt-tokens N] [--gen N] [--repeat R]\n"

@@ -10,8 +10,8 @@
 
 #include <jansson.h>
 
-#include "config.h"
-#include "err.h"
+#include "../config.h"
+#include "../err.h"
 
 typedef struct cli_overrides {
     const char *threads, *prefill_chunk, *max_seq_len, *backend, *weights;

@@ -8,7 +8,7 @@
 
 #include "cli.h"
 #include "cli_common.h"
-#include "tok.h"
+#include "../tok.h"
 
 static const char TOKENIZE_USAGE[] =
     "usage: moert tokenize TOKENIZER_JSON [--bench [--repeat N]]\n"

@@ -6,8 +6,8 @@
 
 #include "cli.h"
 #include "cli_common.h"
-#include "ggufmap.h"
-#include "synth.h"
+#include "../ggufmap.h"
+#include "../synth.h"
 
 static const char synth_usage[] =
     "usage: moert synth CONFIG|MODEL_DIR --out DIR [--seed S] [--dtype bf16|f32|f16] [--shard-mb N]\n"

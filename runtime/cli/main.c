@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../ops/ops.h"
+#include "../../ops/ops.h"
 #include "cli.h"
 
 static const cli_command commands[] = {

@@ -15,13 +15,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../ops/ops.h"
-#include "afile.h"
+#include "../../ops/ops.h"
+#include "../afile.h"
 #include "cli.h"
 #include "cli_common.h"
-#include "contract.h"
-#include "session.h"
-#include "trace_file.h"
+#include "../contract.h"
+#include "../session.h"
+#include "../trace/trace_file.h"
 
 extern const char ctr_default_yaml[];
 

@@ -4,7 +4,7 @@
 #ifndef MOERT_CLI_H
 #define MOERT_CLI_H
 
-#include "err.h"
+#include "../err.h"
 
 #define MOERT_VERSION "0.1.0"
 

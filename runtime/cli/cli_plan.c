@@ -8,14 +8,14 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "../arena/arena.h"
+#include "../../arena/arena.h"
 #include "cli.h"
 #include "cli_common.h"
-#include "ggufmap.h"
-#include "model.h"
-#include "sched.h"
-#include "st.h"
-#include "trace.h"
+#include "../ggufmap.h"
+#include "../model.h"
+#include "../sched.h"
+#include "../st.h"
+#include "../trace/trace.h"
 
 static const char plan_usage[] =
     "usage: moert plan CONFIG|MODEL_DIR [--json] [--threads N] [--prefill-chunk K]\n"

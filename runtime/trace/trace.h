@@ -20,10 +20,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "backend.h"
-#include "config.h"
-#include "err.h"
-#include "sched.h"
+#include "../backend.h"
+#include "../config.h"
+#include "../err.h"
+#include "../sched.h"
 
 /* ActivationStats, in this order in files (F64). */
 enum {

@@ -21,9 +21,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "err.h"
-#include "session.h"
-#include "st.h"
+#include "../err.h"
+#include "../session.h"
+#include "../st.h"
 
 typedef struct trace_run_info {
     const int32_t *prompt_ids;
