@@ -51,16 +51,28 @@ int hip_scratch_requests(const sched *s, backend_request *reqs)
     uint64_t part = sat_mul(sat_mul(sat_mul(heads, (uint64_t)hip_scratch_max_splits(s)), hd + 2), sizeof(float));
     uint64_t tiles = sat_mul(sat_add(1, sat_mul(3, (uint64_t)hip_scratch_max_tiles(s))), sizeof(int32_t));
     uint64_t shadow = sat_mul(sat_mul(2 * 4, (uint64_t)hip_scratch_traced(s)), sizeof(unsigned long long));
-    const uint64_t A = HIP_SCRATCH_ALIGN;
-    reqs[HIP_REQ_PARAMS] = (backend_request){"hip.params", sizeof(hip_step_params), A, true};
-    reqs[HIP_REQ_FLAGS] = (backend_request){"hip.flags", HIP_FLAGS_ARGMAX_OFFSET + sizeof(int32_t), A, true};
-    reqs[HIP_REQ_SHADOW] = (backend_request){"hip.trace_shadow", shadow ? shadow : 1, A, true};
-    reqs[HIP_REQ_ATTN_PART] = (backend_request){"hip.attn_part", part ? part : 1, A, false};
-    reqs[HIP_REQ_ATTN_TICKETS] =
-        (backend_request){"hip.attn_tickets", sat_mul((uint64_t)t->num_key_value_heads, sizeof(int)), A, true};
-    reqs[HIP_REQ_MOE_TILES] = (backend_request){"hip.moe_tiles", tiles, A, false};
-    reqs[HIP_REQ_ARGMAX_PART] =
-        (backend_request){"hip.argmax_part", 2 * sizeof(float) * HIP_ARGMAX_BLOCKS, A, false};
+    uint64_t bytes[HIP_REQ_COUNT] = {
+        [HIP_REQ_PARAMS] = sizeof(hip_step_params),
+        [HIP_REQ_FLAGS] = HIP_FLAGS_ARGMAX_OFFSET + sizeof(int32_t),
+        [HIP_REQ_SHADOW] = shadow,
+        [HIP_REQ_ATTN_PART] = part,
+        [HIP_REQ_ATTN_TICKETS] = sat_mul((uint64_t)t->num_key_value_heads, sizeof(int)),
+        [HIP_REQ_MOE_TILES] = tiles,
+        [HIP_REQ_ARGMAX_PART] = 2 * sizeof(float) * HIP_ARGMAX_BLOCKS,
+    };
+    static const char *const names[HIP_REQ_COUNT] = {
+        [HIP_REQ_PARAMS] = "hip.params", [HIP_REQ_FLAGS] = "hip.flags",
+        [HIP_REQ_SHADOW] = "hip.trace_shadow", [HIP_REQ_ATTN_PART] = "hip.attn_part",
+        [HIP_REQ_ATTN_TICKETS] = "hip.attn_tickets", [HIP_REQ_MOE_TILES] = "hip.moe_tiles",
+        [HIP_REQ_ARGMAX_PART] = "hip.argmax_part",
+    };
+    for (int i = 0; i < HIP_REQ_COUNT; i++) {
+        /* whole alignment units: a small piece never moves the activation buffers placed
+         * after it off a 256-byte boundary (coalesced rows) */
+        uint64_t n = sat_add(bytes[i] ? bytes[i] : 1, HIP_SCRATCH_ALIGN - 1) / HIP_SCRATCH_ALIGN * HIP_SCRATCH_ALIGN;
+        bool persistent = i == HIP_REQ_PARAMS || i == HIP_REQ_FLAGS || i == HIP_REQ_SHADOW || i == HIP_REQ_ATTN_TICKETS;
+        reqs[i] = (backend_request){names[i], n, HIP_SCRATCH_ALIGN, persistent};
+    }
     return HIP_REQ_COUNT;
 }
 
