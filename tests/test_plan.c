@@ -199,6 +199,40 @@ static void test_run_executes_the_plan(void)
     plan_free(&p);
 }
 
+/* The CLI: `moert run` reports the arena `moert plan` printed, traced or not. */
+static json_int_t cli_arena(const char *cmd, const char *flags)
+{
+    size_t cap = (size_t)8 << 20;
+    char *out = malloc(cap), errb[4096];
+    json_int_t bytes = -1;
+    CU_ASSERT_FATAL(out != NULL);
+    CU_ASSERT_EQUAL(test_run_cmdf(out, cap, errb, sizeof errb, "./moert %s configs/qwen3moe.yaml --threads 2 --json %s",
+                                  cmd, flags),
+                    0);
+    json_error_t je;
+    json_t *o = json_loads(out, 0, &je);
+    CU_ASSERT_PTR_NOT_NULL(o);
+    if (o)
+        bytes = json_integer_value(json_object_get(o, "arena_bytes"));
+    json_decref(o);
+    free(out);
+    return bytes;
+}
+
+static void test_cli_run_matches_plan(void)
+{
+    char traced[512];
+    snprintf(traced, sizeof traced, "--trace %s/p.trace --trace-mode tensor --trace-positions all", test_tmpdir());
+    const char *variants[] = {"", traced};
+    for (int v = 0; v < 2; v++) {
+        json_int_t planned = cli_arena("plan", variants[v]);
+        CU_ASSERT(planned > 0);
+        char run[600];
+        snprintf(run, sizeof run, "--tokens 1,2,3 -n 2 %s", variants[v]);
+        CU_ASSERT_EQUAL(cli_arena("run", run), planned);
+    }
+}
+
 /* A backend request the planner cannot place is refused by name, like a schedule buffer. */
 static void test_scratch_bounds(void)
 {
@@ -286,6 +320,7 @@ void suite_plan(void)
     CU_add_test(s, "HIP scratch requests: sizes from the kernels' layouts, placed and proven", test_hip_requests);
     CU_add_test(s, "CPU scratch requests scale with the threads", test_cpu_requests);
     CU_add_test(s, "run executes the plan that plan prints", test_run_executes_the_plan);
+    CU_add_test(s, "run reports the arena plan printed, traced or not", test_cli_run_matches_plan);
     CU_add_test(s, "scratch bounds refused by name", test_scratch_bounds);
     CU_add_test(s, "plan --backend hip --json: 0 unplanned device bytes", test_cli_device_bytes);
     CU_add_test(s, "plan refuses a trace plan the contract rejects", test_plan_refuses_contract);
