@@ -35,7 +35,8 @@ LDFLAGS  += -fopenmp $(filter -fsanitize=%,$(OPT))
 STATIC_LIBS := -Wl,-Bstatic -lyaml -lutf8proc -ljansson -lpcre2-8 -lxxhash -Wl,-Bdynamic
 LDLIBS   += $(STATIC_LIBS) -lm -lpthread
 
-LIB_SRC  := $(wildcard runtime/*.c runtime/*/*.c arena/*.c ops/*.c)
+# hip/hip_scratch.c: the HIP backend's scratch requests, which every build's planner asks for.
+LIB_SRC  := $(wildcard runtime/*.c runtime/*/*.c arena/*.c ops/*.c) hip/hip_scratch.c
 LIB_SRC  := $(filter-out runtime/cli/main.c,$(LIB_SRC))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/contract_default.o
 # The allocation counter interposes malloc; it cannot share a process with ASan.

@@ -6,8 +6,10 @@
  * is uploaded once in its own dtype, block-quantized weights staying quantized (the kernels
  * dequantize them in registers), through pinned staging, chunked async copies and a
  * progress bar; the experts of a layer are contiguous, so a kernel finds expert e at base +
- * e * stride (bytes); a small auxiliary block
- * (step parameters, trace header shadows, decode attention partials, the MoE tile table).
+ * e * stride (bytes).  Those two are the only device allocations: the backend's scratch
+ * (step parameters, error flag, trace header shadows, decode attention partials, the MoE
+ * tile table, arg-max partials) is its planner request (hip_scratch.h), placed in the arena
+ * by the plan and proven by the checker like every schedule buffer.
  *
  * Steps: per-step values (pos0, n_rows, generation step, first traced row, parity, and the
  * input ids of a step of at most HIP_PARAM_TOKENS tokens, which write() holds back) go to a
@@ -91,8 +93,7 @@ typedef struct hip_ctx {
     dev_tensor embed, final_norm, lm_head;
     dev_layer *layers;
 
-    unsigned char *aux;
-    hip_step_params *d_params;
+    hip_step_params *d_params; /* the scratch below: planned, in the arena */
     int *d_err;
     int32_t *d_argmax;         /* the device's greedy pick of the last step */
     float *d_amax_v;           /* its per-block partials */
@@ -174,11 +175,6 @@ static float *fbuf(hip_ctx *c, int32_t id)
 }
 
 /* ---- weights ------------------------------------------------------------------------ */
-
-static uint64_t align256(uint64_t x)
-{
-    return (x + 255) & ~(uint64_t)255;
-}
 
 /* The kernel type of a weight dtype: HIP_DT_* equals ops_dtype for every type moert computes
  * with (plain floats and ggml's block types); -1 otherwise. */
@@ -409,7 +405,11 @@ static int init_check(hip_ctx *c, const backend_init *in, moert_err *err)
 {
     c->cpu.vt = &backend_cpu_vtable;
     c->cpu.ctx = NULL;
-    int st = backend_cpu_vtable.init(&c->cpu, in, err);
+    backend_init ci = *in;
+    ci.scratch0 = in->scratch0 + HIP_REQ_COUNT;
+    if (ci.scratch0 + CPU_REQ_COUNT > c->s->n_bufs)
+        return err_set(err, MOERT_EINTERNAL, "backend hip: the plan lacks the CPU scratch MOERT_HIP_CHECK needs");
+    int st = backend_cpu_vtable.init(&c->cpu, &ci, err);
     if (st) {
         c->cpu.vt = NULL;
         return err_prefix(err, "backend hip: MOERT_HIP_CHECK needs a CPU backend");
@@ -444,8 +444,7 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
     c->trace = (trace_rt *)in->trace;
     c->threads = in->threads;
     c->debug = env_on("MOERT_HIP_DEBUG");
-    const char *chk = getenv("MOERT_HIP_CHECK");
-    c->check = chk && *chk && strcmp(chk, "0") != 0 ? (strcmp(chk, "all") == 0 ? 2 : 1) : 0;
+    c->check = hip_check_mode(); /* its CPU scratch is planned after ours (backend_requests) */
     /* programmatic dependent launch: Hopper and newer; MOERT_HIP_NOPDL=1 turns it off */
     const char *prof = getenv("MOERT_HIP_PROFILE");
     c->profile = !prof || !*prof || !strcmp(prof, "0") ? 0 : !strcmp(prof, "ops") ? 2 : 1;
@@ -521,33 +520,27 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
         }
     }
 
-    /* auxiliary block */
+    /* the backend's scratch: its planned requests (hip_scratch.h), carved from the arena,
+     * which the clear above zeroed */
     {
-        int64_t E = t->num_experts, K = t->num_experts_per_tok;
-        bool any_sparse = false;
-        for (int64_t l = 0; l < t->num_hidden_layers; l++)
-            any_sparse = any_sparse || cfg_layer_is_sparse(t, l);
+        int32_t s0 = in->scratch0;
         c->n_trace = c->trace ? (int)trace_rt_count(c->trace) : 0;
-        c->max_splits = (int)((s->max_seq + HIP_ATTN_SPLIT - 1) / HIP_ATTN_SPLIT);
-        c->max_tiles = any_sparse ? (int)((s->max_rows * K + HIP_MOE_BM - 1) / HIP_MOE_BM + E) : 0;
-        size_t o_params = 0, o_err = 256, o_shadow = 512;
-        size_t o_part = align256(o_shadow + sizeof(unsigned long long) * 8 * (size_t)c->n_trace);
-        size_t o_tiles = align256(o_part + sizeof(float) * (size_t)t->num_attention_heads *
-                                               (size_t)c->max_splits * (size_t)(t->head_dim + 2));
-        size_t o_amax = align256(o_tiles + sizeof(int32_t) * (1 + 3 * (size_t)c->max_tiles));
-        size_t o_tick = align256(o_amax + 2 * sizeof(float) * HIP_ARGMAX_BLOCKS);
-        size_t total = align256(o_tick + sizeof(int) * (size_t)t->num_key_value_heads);
-        INIT_TRY(hipMalloc((void **)&c->aux, total), "allocating the auxiliary block");
-        INIT_TRY(hipMemsetAsync(c->aux, 0, total, c->stream), "clearing the auxiliary block");
-        c->d_params = (hip_step_params *)(c->aux + o_params);
-        c->d_err = (int *)(c->aux + o_err);
-        c->d_argmax = (int32_t *)(c->aux + o_err + 128);
-        c->d_amax_v = (float *)(c->aux + o_amax);
-        c->d_amax_i = (int *)(c->aux + o_amax + sizeof(float) * HIP_ARGMAX_BLOCKS);
-        c->d_attn_tickets = (int *)(c->aux + o_tick);
-        c->d_shadow = (unsigned long long *)(c->aux + o_shadow);
-        c->d_attn_part = (float *)(c->aux + o_part);
-        c->d_tiles = (int32_t *)(c->aux + o_tiles);
+        c->max_splits = (int)hip_scratch_max_splits(s);
+        c->max_tiles = (int)hip_scratch_max_tiles(s);
+        if (s0 < 0 || s0 + HIP_REQ_COUNT > s->n_bufs || hip_scratch_traced(s) != c->n_trace) {
+            st = err_set(err, MOERT_EINTERNAL, "backend hip: the plan lacks this backend's scratch requests");
+            goto fail;
+        }
+        unsigned char *flags = dbuf(c, s0 + HIP_REQ_FLAGS), *amax = dbuf(c, s0 + HIP_REQ_ARGMAX_PART);
+        c->d_params = (hip_step_params *)dbuf(c, s0 + HIP_REQ_PARAMS);
+        c->d_err = (int *)flags;
+        c->d_argmax = (int32_t *)(flags + HIP_FLAGS_ARGMAX_OFFSET);
+        c->d_amax_v = (float *)amax;
+        c->d_amax_i = (int *)(amax + sizeof(float) * HIP_ARGMAX_BLOCKS);
+        c->d_attn_tickets = (int *)dbuf(c, s0 + HIP_REQ_ATTN_TICKETS);
+        c->d_shadow = (unsigned long long *)dbuf(c, s0 + HIP_REQ_SHADOW);
+        c->d_attn_part = (float *)dbuf(c, s0 + HIP_REQ_ATTN_PART);
+        c->d_tiles = (int32_t *)dbuf(c, s0 + HIP_REQ_MOE_TILES);
     }
     /* mapped: the arg-max kernel stores the greedy pick straight into host memory, so reading
      * it costs no copy, only the wait for the step */
@@ -676,8 +669,6 @@ static void hip_shutdown(backend *b)
         (void)hipFree(c->dev_arena);
     if (c->dev_weights)
         (void)hipFree(c->dev_weights);
-    if (c->aux)
-        (void)hipFree(c->aux);
     if (c->h_params)
         (void)hipHostFree(c->h_params);
     if (c->h_argmax)
@@ -1182,7 +1173,8 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
 
 static bool check_copyable(hip_ctx *c, int32_t buf)
 {
-    return buf >= 0 && buf != c->s->known.panel && buf != c->s->known.rowptrs;
+    (void)c;
+    return buf >= 0;
 }
 
 /* Rows [r0, r1) of a buffer that an op writes this step. */

@@ -24,7 +24,8 @@ TEST_SRC := $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(REL)/%.o)
 
 HIP_SRC  := $(wildcard hip/*.hip)
-HIP_CSRC := $(wildcard hip/*.c)
+# hip_scratch.c is in the library already (the planner of every build needs it)
+HIP_CSRC := $(filter-out hip/hip_scratch.c,$(wildcard hip/*.c))
 HIP_DEPS := $(wildcard hip/*.h runtime/*.h runtime/*/*.h arena/*.h) hip/hip.mk
 
 # Static archives by path: linker flag order is not reliable through nvcc.

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "hip_compat.h"
+#include "hip_scratch.h"
 
 /* Weight element types: the values of ops_dtype.  The block types (ggml's layouts, ops.h)
  * stay quantized in device memory; the kernels dequantize them in registers exactly as
@@ -25,31 +26,13 @@ enum {
     HIP_DT_COUNT
 };
 
-/* Per-step values every kernel reads from device memory, so that a captured decode graph
- * replays with the new position and generation step. */
-#define HIP_PARAM_TOKENS 4
-typedef struct hip_step_params {
-    long long pos0;       /* position of row 0 */
-    long long n_rows;     /* rows of this step */
-    long long gen_step;   /* trace record step (0 = prompt) */
-    long long trace_row0; /* first captured row (trace_rt_rows rule); n_rows: none */
-    int parity;           /* step index & 1: which trace header shadow is current */
-    int n_tok;            /* > 0: the step's first n_tok input ids travel here (one copy per
-                           * step instead of two); the embed kernel stores them in the tokens
-                           * buffer as well */
-    int32_t tok[HIP_PARAM_TOKENS];
-    int pad[2];
-} hip_step_params;
-
 /* Block sizes (fixed: results never depend on the device). */
 #define HIP_GEMV_THREADS 128
 #define HIP_GEMV_RW 2          /* rows per warp in the GEMV */
 #define HIP_ATTN_THREADS 128
 #define HIP_ATTN_TILE 32       /* keys per attention tile */
-#ifndef HIP_ATTN_SPLIT
-#define HIP_ATTN_SPLIT 32      /* keys per decode split (at most one tile, or a multiple of it) */
-#endif
-#define HIP_MOE_BM 32          /* rows per grouped-GEMM tile (MoE) */
+/* HIP_ATTN_SPLIT, HIP_MOE_BM, HIP_ARGMAX_BLOCKS and hip_step_params: hip_scratch.h (the
+ * planner sizes the backend's scratch from them) */
 #define HIP_GEMM_BN 128
 
 /* ---- GEMV: y[n] = dot(x, W_seg[n]) over up to 3 row segments, one x row ------------
@@ -64,7 +47,6 @@ typedef struct hip_gemv_args {
     long long k;
 } hip_gemv_args;
 hipError_t hip_launch_gemv(int dtype, const hip_gemv_args *a, int grid, hipStream_t s);
-#define HIP_ARGMAX_BLOCKS 128
 /* pv, pi: HIP_ARGMAX_BLOCKS partials (device scratch); the pick goes to out and, when not
  * NULL, to host_out (mapped host memory) */
 hipError_t hip_launch_argmax(const float *logits, long long V, int all_rows, const hip_step_params *sp,

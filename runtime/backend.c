@@ -1,7 +1,20 @@
-/* backend: what every backend shares: binding schedule weight roles to tensors. */
+/* backend: what every backend shares: binding schedule weight roles to tensors, and the
+ * backends' scratch requests. */
 #include "backend.h"
 
 #include <stddef.h>
+
+#include "../hip/hip_scratch.h"
+
+int backend_requests(cfg_backend kind, const sched *s, backend_request *reqs)
+{
+    if (kind != CFG_BACKEND_HIP)
+        return backend_cpu_requests(s, reqs);
+    int n = hip_scratch_requests(s, reqs);
+    if (hip_check_mode()) /* it runs the CPU kernels alongside, on its host mirror */
+        n += backend_cpu_requests(s, reqs + n);
+    return n;
+}
 
 const model_tensor *backend_weight(const model_weights *w, sched_weight role, int32_t layer,
                                    int32_t index)

@@ -26,9 +26,34 @@ typedef struct exec_step {
     bool decode;        /* a single-token generation step */
 } exec_step;
 
+/* A backend's own scratch (matmul panels, attention partials, ...), stated before init as a
+ * planner request, as ggml's buffer types answer get_alloc_size: the plan places it in the
+ * arena with the schedule's buffers and the checker proves it, so the arena is the whole
+ * plan on every device. */
+typedef struct backend_request {
+    const char *name;   /* static: "cpu.panel", "hip.attn_part", ... */
+    uint64_t bytes;     /* > 0 */
+    uint64_t align;     /* power of two >= ARENA_MIN_ALIGN */
+    bool persistent;    /* kept across steps (zero at init); else alive through each step */
+} backend_request;
+
+#define BACKEND_MAX_REQUESTS 16
+
+/* The scratch backend `kind` needs to run schedule s: fills reqs[0..n) and returns n
+ * (<= BACKEND_MAX_REQUESTS).  Needs no device and no weights, so a CPU-only build plans
+ * the HIP backend's scratch too.  Sizes saturate (the planner refuses what is too large).
+ * Request i is the buffer backend_init.scratch0 + i. */
+int backend_requests(cfg_backend kind, const sched *s, backend_request *reqs);
+
+/* The CPU backend's requests (CPU_REQ_*), for backend_requests and for a backend that runs
+ * the CPU kernels alongside (the HIP backend's MOERT_HIP_CHECK). */
+enum { CPU_REQ_PANEL, CPU_REQ_ROWPTRS, CPU_REQ_SCORES, CPU_REQ_COUNT };
+int backend_cpu_requests(const sched *s, backend_request *reqs);
+
 typedef struct backend_init {
     const sched *s;
     const uint64_t *offsets;   /* per buffer, from the arena plan */
+    int32_t scratch0;          /* buffer id of this backend's first request */
     uint64_t arena_bytes;
     const model_weights *w;
     int32_t threads;           /* CPU worker threads (>= 1) */

@@ -19,6 +19,8 @@
 
 typedef struct cpu_ctx {
     const sched *s;
+    int32_t panel, rowptrs, scores; /* this backend's scratch (its requests) */
+    int64_t panel_floats;           /* per-thread share of panel */
     const model_weights *w;
     arena mem;
     uint8_t **ptr;        /* per buffer: base + offset */
@@ -90,7 +92,50 @@ static inline float *fbuf(cpu_ctx *c, int32_t id)
 
 static inline float *thread_panel(cpu_ctx *c, int tid)
 {
-    return fbuf(c, c->s->known.panel) + (size_t)tid * (size_t)c->s->panel_floats;
+    return fbuf(c, c->panel) + (size_t)tid * (size_t)c->panel_floats;
+}
+
+/* ---- scratch requests ------------------------------------------------------------------ */
+
+static uint64_t sat_mul(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+
+/* Floats of one thread's matmul panel (a 64-byte multiple) for the widest k of s. */
+static int64_t panel_floats(const sched *s)
+{
+    int64_t kmax = s->topo.hidden_size;
+    if (s->q_dim > kmax)
+        kmax = s->q_dim;
+    if (s->topo.moe_intermediate_size > kmax)
+        kmax = s->topo.moe_intermediate_size;
+    if (s->topo.intermediate_size > kmax)
+        kmax = s->topo.intermediate_size;
+    return ((int64_t)ops_matmul_panel_floats(kmax) + 15) / 16 * 16;
+}
+
+static int64_t topk_slots(const sched *s)
+{
+    return s->topo.num_experts_per_tok > 1 ? s->topo.num_experts_per_tok : 1;
+}
+
+int backend_cpu_requests(const sched *s, backend_request *reqs)
+{
+    uint64_t T = (uint64_t)s->threads, K = (uint64_t)topk_slots(s);
+    uint64_t group = (uint64_t)(s->topo.num_attention_heads / s->topo.num_key_value_heads);
+    /* per thread: one matmul panel */
+    reqs[CPU_REQ_PANEL] = (backend_request){"cpu.panel", sat_mul(sat_mul(T, (uint64_t)panel_floats(s)), 4),
+                                            ARENA_MIN_ALIGN, false};
+    /* two row-pointer arrays of max_rows * top-k entries, plus top-k per thread */
+    uint64_t ptrs = sat_mul(2 * K, (uint64_t)s->max_rows);
+    ptrs = ptrs + sat_mul(T, K) < ptrs ? UINT64_MAX : ptrs + sat_mul(T, K);
+    reqs[CPU_REQ_ROWPTRS] = (backend_request){"cpu.rowptrs", sat_mul(ptrs, sizeof(void *)), ARENA_MIN_ALIGN, false};
+    /* per thread: the scores of one KV head's group of query heads */
+    reqs[CPU_REQ_SCORES] = (backend_request){
+        "cpu.scores", sat_mul(sat_mul(sat_mul(T, group), (uint64_t)s->max_seq), 4), ARENA_MIN_ALIGN, false};
+    return CPU_REQ_COUNT;
 }
 
 /* out[r * ldo + n] = rows[r] . w[n] for r in [0, m), n in [n0, n1). */
@@ -120,6 +165,10 @@ static int cpu_init(backend *b, const backend_init *in, moert_err *err)
     c->s = in->s;
     c->w = in->w;
     c->threads = in->threads;
+    c->panel = in->scratch0 + CPU_REQ_PANEL;
+    c->rowptrs = in->scratch0 + CPU_REQ_ROWPTRS;
+    c->scores = in->scratch0 + CPU_REQ_SCORES;
+    c->panel_floats = panel_floats(in->s);
     c->trace = in->trace;
     c->attn_scale = (float)(1.0 / sqrt((double)in->s->topo.head_dim));
     c->ptr = calloc((size_t)in->s->n_bufs, sizeof *c->ptr);
@@ -308,10 +357,8 @@ static void matmul_segments(cpu_ctx *c, const float *const *rows, int64_t m, flo
 static const float **row_pointers(cpu_ctx *c, const float *base, int64_t n, int64_t stride,
                                   int which)
 {
-    const float **p = (const float **)c->ptr[c->s->known.rowptrs] +
-                      (size_t)which * (size_t)(c->s->max_rows * (c->s->topo.num_experts_per_tok > 1
-                                                                     ? c->s->topo.num_experts_per_tok
-                                                                     : 1));
+    const float **p = (const float **)c->ptr[c->rowptrs] +
+                      (size_t)which * (size_t)(c->s->max_rows * topk_slots(c->s));
     for (int64_t r = 0; r < n; r++)
         p[r] = base + r * stride;
     return p;
@@ -399,7 +446,7 @@ static void attn_item(void *ctx, int64_t it, int tid)
 static void run_attention(cpu_ctx *c, const sched_op *op, const exec_step *st)
 {
     attn_job j = {c, fbuf(c, op->in[0]), fbuf(c, op->in[1]), fbuf(c, op->in[2]),
-                  fbuf(c, op->out[0]), fbuf(c, op->scratch[0]), st->pos0};
+                  fbuf(c, op->out[0]), fbuf(c, c->scores), st->pos0};
     par_for(c->threads, st->n_rows * c->s->topo.num_key_value_heads, false, attn_item, &j);
 }
 
@@ -508,7 +555,7 @@ static void run_moe(cpu_ctx *c, const sched_op *op, const exec_step *st)
         order[p] = (int32_t)a;
         inv[a] = p;
     }
-    const float **xrows = (const float **)c->ptr[s->known.rowptrs];
+    const float **xrows = (const float **)c->ptr[c->rowptrs];
     const float **hrows = xrows + s->max_rows * K;
     for (int64_t p = 0; p < R * K; p++) {
         xrows[p] = xn + (order[p] / K) * H;

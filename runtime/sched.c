@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../ops/ops.h"
 
 typedef struct builder {
     sched *s;
@@ -194,8 +193,6 @@ static void build_layer(builder *b, int32_t l)
         return;
     op->in[0] = attn_norm;
     op->out[0] = qkv;
-    op->scratch[0] = s->known.panel;
-    op->scratch[1] = s->known.rowptrs;
     op->w[0] = SCHED_W_Q;
     op->w[1] = SCHED_W_K;
     op->w[2] = SCHED_W_V;
@@ -218,24 +215,18 @@ static void build_layer(builder *b, int32_t l)
     op->out[1] = s->known.v_cache[l];
 
     int32_t attn = layer_buf(b, l, "attn", SCHED_F32, R, s->q_dim);
-    /* per thread: the scores of one KV head's group of query heads */
-    int64_t group = t->num_attention_heads / t->num_key_value_heads;
-    int32_t scores = layer_buf(b, l, "scores", SCHED_F32, s->threads, sat_mul(group, s->max_seq));
     if (!(op = add_op(b, SCHED_ATTENTION, l)))
         return;
     op->in[0] = qkv;
     op->in[1] = s->known.k_cache[l];
     op->in[2] = s->known.v_cache[l];
     op->out[0] = attn;
-    op->scratch[0] = scores;
 
     int32_t attn_out = layer_buf(b, l, "attn_out", SCHED_F32, R, H);
     if (!(op = add_op(b, SCHED_MATMUL, l)))
         return;
     op->in[0] = attn;
     op->out[0] = attn_out;
-    op->scratch[0] = s->known.panel;
-    op->scratch[1] = s->known.rowptrs;
     op->w[0] = SCHED_W_O;
     op->n = H;
     op->k = s->q_dim;
@@ -264,8 +255,6 @@ static void build_layer(builder *b, int32_t l)
             return;
         op->in[0] = ffn_norm;
         op->out[0] = logits;
-        op->scratch[0] = s->known.panel;
-        op->scratch[1] = s->known.rowptrs;
         op->w[0] = SCHED_W_ROUTER;
         op->n = E;
         op->k = H;
@@ -315,8 +304,6 @@ static void build_layer(builder *b, int32_t l)
         op->out[0] = ffn_out;
         op->scratch[0] = h;
         op->scratch[1] = up;
-        op->scratch[2] = s->known.panel;
-        op->scratch[3] = s->known.rowptrs;
         op->w[0] = SCHED_W_MLP;
         op->n = H;
         op->k = I;
@@ -364,10 +351,6 @@ static void compute_lifetimes(sched *s)
     /* Written by the host before op 0; read by the host after the last op. */
     s->bufs[s->known.tokens].first = 0;
     s->bufs[s->known.logits].last = end;
-    s->bufs[s->known.panel].first = 0;
-    s->bufs[s->known.panel].last = end;
-    s->bufs[s->known.rowptrs].first = 0;
-    s->bufs[s->known.rowptrs].last = end;
 }
 
 int sched_build(const cfg_topology *topo, int64_t max_rows, int64_t max_seq, int32_t threads,
@@ -400,24 +383,8 @@ int sched_build(const cfg_topology *topo, int64_t max_rows, int64_t max_seq, int
         return err_set(err, MOERT_ENOMEM, "schedule: out of memory");
     }
 
-    int64_t kmax = H;
-    if (s->q_dim > kmax)
-        kmax = s->q_dim;
-    if (topo->moe_intermediate_size > kmax)
-        kmax = topo->moe_intermediate_size;
-    if (topo->intermediate_size > kmax)
-        kmax = topo->intermediate_size;
-    s->panel_floats = ((int64_t)ops_matmul_panel_floats(kmax) + 15) / 16 * 16;
-    int64_t k_sel = topo->num_experts_per_tok > 1 ? topo->num_experts_per_tok : 1;
-
     s->known.tokens = add_buf(&b, "tokens", SCHED_I32, 1, max_rows, false, -1);
     s->known.x = add_buf(&b, "x", SCHED_F32, max_rows, H, false, -1);
-    s->known.panel = add_buf(&b, "scratch.panel", SCHED_F32, threads, s->panel_floats, false, -1);
-    /* two row-pointer arrays of max_rows * top-k entries, plus top-k per thread */
-    s->known.rowptrs = add_buf(&b, "scratch.rowptrs", SCHED_BYTES, 1,
-                               sat_mul(sat_add(sat_mul(sat_mul(2, max_rows), k_sel), sat_mul(threads, k_sel)),
-                                       (int64_t)sizeof(void *)),
-                               false, -1);
     s->known.rope_cos = add_buf(&b, "rope.cos", SCHED_F32, max_seq, topo->head_dim / 2, true, -1);
     s->known.rope_sin = add_buf(&b, "rope.sin", SCHED_F32, max_seq, topo->head_dim / 2, true, -1);
     for (int32_t l = 0; l < L; l++) {
@@ -457,8 +424,6 @@ int sched_build(const cfg_topology *topo, int64_t max_rows, int64_t max_seq, int
     if ((op = add_op(&b, SCHED_LOGITS, -1))) {
         op->in[0] = s->known.final_norm;
         op->out[0] = s->known.logits;
-        op->scratch[0] = s->known.panel;
-        op->scratch[1] = s->known.rowptrs;
         op->w[0] = SCHED_W_LM_HEAD;
         op->n = V;
         op->k = H;
@@ -471,6 +436,27 @@ int sched_build(const cfg_topology *topo, int64_t max_rows, int64_t max_seq, int
     }
     compute_lifetimes(s);
     return MOERT_OK;
+}
+
+int32_t sched_add_scratch(sched *s, const char *name, uint64_t bytes, uint64_t align, bool persistent,
+                          moert_err *err)
+{
+    if (align & (align - 1)) {
+        err_set(err, MOERT_EINTERNAL, "schedule: scratch %s: alignment %llu is not a power of two", name,
+                (unsigned long long)align);
+        return SCHED_NO_BUF;
+    }
+    builder b = {.s = s, .cap_bufs = s->n_bufs, .err = err};
+    for (int32_t i = 0; i < s->n_bufs; i++)
+        b.total_bytes += s->bufs[i].bytes;
+    int64_t n = bytes > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)bytes;
+    int32_t id = add_buf(&b, name, SCHED_BYTES, 1, n, persistent, -1);
+    if (id == SCHED_NO_BUF)
+        return SCHED_NO_BUF;
+    s->bufs[id].align = align;
+    s->bufs[id].first = 0;
+    s->bufs[id].last = s->n_ops > 0 ? s->n_ops - 1 : 0;
+    return id;
 }
 
 void sched_free(sched *s)

@@ -55,6 +55,8 @@ typedef struct sched_buffer {
     int32_t first, last;       /* op-index lifetime (set by sched_build) */
     bool persistent;           /* alive across steps: KV cache, RoPE tables, trace rings */
     int32_t layer;             /* -1 when not a layer's */
+    uint64_t align;            /* offset alignment; 0: ARENA_MIN_ALIGN (a backend's scratch may
+                                  ask for more) */
 } sched_buffer;
 
 typedef struct sched_op {
@@ -63,7 +65,8 @@ typedef struct sched_op {
     int32_t stage;             /* cfg_stage captured (TRACE), or -1 */
     int32_t in[3];             /* buffer ids or SCHED_NO_BUF */
     int32_t out[2];
-    int32_t scratch[4];        /* op-private scratch buffers (scores, expert activations) */
+    int32_t scratch[4];        /* op-private scratch buffers (router probs, expert activations);
+                                  a backend's own scratch is its request (backend.h) */
     sched_weight w[3];         /* weights by role (MATMUL: segments in output order) */
     int64_t n, k;              /* output / input features where meaningful */
     int32_t trace_index;       /* TRACE: index of the traced (stage, layer) */
@@ -76,8 +79,6 @@ typedef struct sched_known {
     int32_t final_norm;        /* f32 [max_rows, H] */
     int32_t logits;            /* f32 [logit_rows, V] */
     int32_t rope_cos, rope_sin;/* f32 [max_seq, head_dim/2] */
-    int32_t panel;             /* f32 [threads, panel floats]: per-thread matmul scratch */
-    int32_t rowptrs;           /* bytes: row-pointer arrays a CPU backend builds per op */
     int32_t *k_cache, *v_cache;/* per layer f32 [kv heads * max_seq, head_dim]: [kv head][pos][d],
                                   so attention reads each kv head's keys as one contiguous run */
     /* sampling scratch, used between steps (persistent): radix-sort keys and ids */
@@ -89,9 +90,8 @@ typedef struct sched {
     int64_t max_rows;          /* prefill chunk */
     int64_t max_seq;           /* KV cache rows */
     int64_t logit_rows;        /* 1, or max_rows when logits of all rows are traced */
-    int32_t threads;           /* CPU threads the per-thread scratch is sized for */
+    int32_t threads;           /* CPU threads (sizes the CPU backend's per-thread scratch) */
     int64_t q_dim, kv_dim, qkv_dim;
-    int64_t panel_floats;      /* per-thread share of known.panel (64-byte multiple) */
     sched_op *ops;
     int32_t n_ops;
     sched_buffer *bufs;
@@ -119,6 +119,13 @@ typedef struct sched_trace_hooks {
 int sched_build(const cfg_topology *topo, int64_t max_rows, int64_t max_seq, int32_t threads,
                 const sched_trace_hooks *trace, sched *out, moert_err *err);
 void sched_free(sched *s);
+
+/* Appends a buffer that no op names: a backend's own scratch (backend_request), alive
+ * through every op of a step or, when persistent, across steps.  The size bounds of
+ * sched_build apply (MOERT_ECONFIG naming the buffer); align is a power of two or 0.
+ * Returns the buffer id, or SCHED_NO_BUF with err set. */
+int32_t sched_add_scratch(sched *s, const char *name, uint64_t bytes, uint64_t align, bool persistent,
+                          moert_err *err);
 
 const char *sched_kind_name(sched_kind k);
 const char *sched_weight_name(sched_weight w);

@@ -12,9 +12,6 @@
 #include "ggufmap.h"
 #include "synth.h"
 
-/* contracts/qwen3moe-trace-v1.yaml, compiled in (Makefile: build/<v>/gen/). */
-extern const char ctr_default_yaml[];
-
 static double now_seconds(void)
 {
     struct timespec ts;
@@ -48,57 +45,6 @@ static void err_prefix_source(const cfg_config *cfg, moert_err *err)
         err_prefix(err, "%s", cfg->source_path);
 }
 
-static int plan_arena(sess *s, moert_err *err)
-{
-    const sched *sc = &s->schedule;
-    arena_request *req = calloc((size_t)sc->n_bufs, sizeof *req);
-    s->offsets = calloc((size_t)sc->n_bufs, sizeof *s->offsets);
-    if (!req || !s->offsets) {
-        free(req);
-        return err_set(err, MOERT_ENOMEM, "arena plan: out of memory");
-    }
-    for (int32_t i = 0; i < sc->n_bufs; i++) {
-        const sched_buffer *b = &sc->bufs[i];
-        req[i].size = b->bytes ? b->bytes : 1;
-        req[i].align = ARENA_MIN_ALIGN;
-        req[i].first = b->first;
-        req[i].last = b->last;
-        req[i].persistent = b->persistent;
-    }
-    int st = arena_plan(req, (size_t)sc->n_bufs, s->offsets, &s->plan_stats, err);
-    free(req);
-    return st;
-}
-
-/* Loads the contract (the config's, or the built-in default) and refuses to start when a
- * traced stage's shape disagrees with it. */
-static int check_trace_contract(sess *s, moert_err *err)
-{
-    int st = s->cfg.contract_path[0]
-                 ? ctr_load(s->cfg.contract_path, &s->contract, err)
-                 : ctr_load_string(ctr_default_yaml, "contracts/qwen3moe-trace-v1.yaml (built in)",
-                                   &s->contract, err);
-    if (st || (st = ctr_resolve(&s->contract, &s->cfg.topo, err)))
-        return st;
-    for (size_t i = 0; i < trace_rt_count(s->trace); i++) {
-        const trace_slot_info *si = trace_rt_slot(s->trace, i);
-        char label[64];
-        trace_label(label, sizeof label, si->stage, si->layer);
-        int64_t shape[2] = {1, si->width};
-        const ctr_tensor *t = ctr_find(&s->contract, si->stage, "");
-        if (!t)
-            return err_set(err, MOERT_ECONFIG, "trace plan: stage %s is not in contract %s", label,
-                           s->contract.path);
-        const ctr_tensor *ids = si->has_ids ? ctr_find(&s->contract, si->stage, "experts") : NULL;
-        if (ctr_check_shape(t, label, 2, shape, CTR_F32, err) ||
-            (ids && ctr_check_shape(ids, label, 2, shape, CTR_I32, err))) {
-            err->code = MOERT_ECONFIG; /* refuses to start: the plan, not a run, is at fault */
-            return err_prefix(err, "trace plan does not satisfy contract %s", s->contract.name);
-        }
-    }
-    return MOERT_OK;
-}
-
 static int upload_rope(sess *s, moert_err *err)
 {
     const sched *sc = &s->schedule;
@@ -119,17 +65,26 @@ static int upload_rope(sess *s, moert_err *err)
     return st;
 }
 
-int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err)
+/* The session takes over the plan's parts (p is left empty). */
+static void adopt_plan(sess *s, plan_run *p)
+{
+    s->cfg = p->cfg;
+    s->threads = p->threads;
+    s->trace = p->trace;
+    s->contract = p->contract;
+    s->schedule = p->schedule;
+    s->scratch0 = p->scratch0;
+    s->offsets = p->offsets;
+    s->plan_stats = p->stats;
+    memset(p, 0, sizeof *p);
+}
+
+int sess_bind(sess *s, plan_run *p, unsigned flags, moert_err *err)
 {
     double t0 = now_seconds();
     memset(s, 0, sizeof *s);
-    s->cfg = *cfg;
-    if (flags & SESS_NO_TRACE)
-        s->cfg.trace.enabled = false;
-    s->threads = cfg->rt.threads > 0 ? cfg->rt.threads : omp_get_num_procs();
-    /* A run never offers a ring more records than positions: larger rings are waste. */
-    if (s->cfg.trace.capacity > s->cfg.rt.max_seq_len)
-        s->cfg.trace.capacity = s->cfg.rt.max_seq_len;
+    adopt_plan(s, p);
+    const cfg_config *cfg = &s->cfg;
     int st = load_weights(s, err);
     if (st) {
         if (st == MOERT_ECONFIG) /* synthesizing an unusable topology */
@@ -147,26 +102,6 @@ int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err)
     if (((flags & SESS_CHECK_WEIGHTS) || s->cfg.contract_path[0]) &&
         (st = model_check_finite(&s->weights, err)))
         goto fail;
-    sched_trace_hooks hooks = {0};
-    if (s->cfg.trace.enabled) {
-        st = trace_rt_create(&s->cfg.trace, &s->trace, err);
-        if (st)
-            goto fail;
-        hooks = trace_rt_hooks(s->trace, trace_rt_plan(s->trace));
-    }
-    st = sched_build(&s->cfg.topo, s->cfg.rt.prefill_chunk, s->cfg.rt.max_seq_len, s->threads,
-                     s->trace ? &hooks : NULL, &s->schedule, err);
-    if (st) {
-        err_prefix_source(cfg, err);
-        goto fail;
-    }
-    if (s->trace && ((st = trace_rt_bind(s->trace, &s->schedule, err)) ||
-                     (st = check_trace_contract(s, err))))
-        goto fail;
-    if ((st = plan_arena(s, err))) {
-        err_prefix_source(cfg, err);
-        goto fail;
-    }
     const backend_vtable *vt = pick_backend(s->cfg.rt.backend);
     if (!vt) {
         st = err_set(err, MOERT_ENODEV,
@@ -175,7 +110,7 @@ int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err)
         goto fail;
     }
     s->be.vt = vt;
-    backend_init bi = {.s = &s->schedule, .offsets = s->offsets,
+    backend_init bi = {.s = &s->schedule, .offsets = s->offsets, .scratch0 = s->scratch0,
                        .arena_bytes = s->plan_stats.arena_bytes, .w = &s->weights,
                        .threads = s->threads, .trace = s->trace};
     if ((st = vt->init(&s->be, &bi, err))) {
@@ -191,6 +126,21 @@ int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err)
 fail:
     sess_close(s);
     return st;
+}
+
+int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err)
+{
+    double t0 = now_seconds();
+    plan_run p;
+    int st = plan_build(cfg, flags & SESS_NO_TRACE ? PLAN_NO_TRACE : 0, &p, err);
+    if (st) {
+        memset(s, 0, sizeof *s);
+        return st;
+    }
+    if ((st = sess_bind(s, &p, flags, err)))
+        return st;
+    s->stats.init_seconds = now_seconds() - t0;
+    return MOERT_OK;
 }
 
 void sess_close(sess *s)

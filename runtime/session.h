@@ -1,9 +1,11 @@
 /* sess: one loaded model ready to run — the whole init path in one place.
  *
- * sess_open: weights (mmap'd safetensors, or a synthetic image) -> bound and checked
- * against the topology -> static schedule (with trace rings when traced) -> arena plan,
- * proven non-overlapping -> backend with one arena.  After sess_open returns, generating
- * allocates nothing: prefill, decode and sampling only touch the arena.
+ * sess_open = plan_build (plan.h: schedule, trace rings, contract check, the backend's
+ * scratch, arena offsets proven non-overlapping; no weights) + sess_bind: weights (mmap'd
+ * safetensors, or a synthetic image) bound and checked against the topology -> backend with
+ * one arena laid out by that plan.  `moert plan` prints the same plan_build.  After
+ * sess_open returns, generating allocates nothing: prefill, decode and sampling only touch
+ * the arena.
  */
 #ifndef MOERT_SESSION_H
 #define MOERT_SESSION_H
@@ -17,6 +19,7 @@
 #include "contract.h"
 #include "err.h"
 #include "model.h"
+#include "plan.h"
 #include "sample.h"
 #include "sched.h"
 #include "st.h"
@@ -36,16 +39,19 @@ typedef struct sess_profile {
 } sess_profile;
 
 typedef struct sess {
+    /* the plan's parts (plan.h), owned by the session once bound */
     cfg_config cfg;
-    st_set *weights_set;
-    model_weights weights;
     sched schedule;
     uint64_t *offsets;
     arena_stats plan_stats;
-    backend be;
+    int32_t scratch0;         /* the backend's first scratch buffer */
     trace_rt *trace;
     ctr_contract contract;    /* loaded and resolved when tracing */
     int32_t threads;
+    /* bound */
+    st_set *weights_set;
+    model_weights weights;
+    backend be;
     int64_t pos;              /* next position to fill */
     int64_t step_index;       /* steps run so far (prefill chunks + decode steps) */
     int64_t gen_step;         /* 0 during the prompt, then 1, 2, ... */
@@ -59,13 +65,17 @@ typedef struct sess {
 } sess;
 
 enum {
-    SESS_NO_TRACE = 1u << 0, /* ignore the config's trace plan */
+    SESS_NO_TRACE = 1u << 0, /* ignore the config's trace plan (PLAN_NO_TRACE) */
     SESS_CHECK_WEIGHTS = 1u << 1, /* scan the weights for NaN/Inf at init (model_check_finite);
                                      also done whenever the config names a contract */
 };
 
-/* Loads weights and builds everything.  cfg is copied.  On error nothing is left open. */
+/* Plans (plan_build), then binds weights and the backend (sess_bind).  cfg is copied.  On
+ * error nothing is left open. */
 int sess_open(sess *s, const cfg_config *cfg, unsigned flags, moert_err *err);
+/* Binds weights and a backend (the plan's cfg->rt.backend) to plan p, which the session
+ * takes over (p is left empty, on error too).  flags: SESS_CHECK_WEIGHTS. */
+int sess_bind(sess *s, plan_run *p, unsigned flags, moert_err *err);
 void sess_close(sess *s);
 
 /* Forgets the sequence: the next prefill starts at position 0. The RNG is reseeded. */

@@ -154,7 +154,7 @@ static const struct {
      "moert detokenize: token id 99999999 at position 0 is not in the vocabulary (ids 0..151668, out of range)\n"},
     /* configs that load but cannot run: the config is named */
     {"plan tests/bad_runs/schedule-overflow.yaml",
-     "moert plan: tests/bad_runs/schedule-overflow.yaml: schedule: buffer scratch.rowptrs needs more than 2^63 bytes, "
+     "moert plan: tests/bad_runs/schedule-overflow.yaml: schedule: buffer l0.router_logits needs more than 2^63 bytes, "
      "expected at most 281474976710656 bytes per buffer (lower prefill_chunk, max_seq_len or threads)\n"},
     {"run tests/bad_runs/topology-too-wide.yaml --tokens 1",
      "moert run: tests/bad_runs/topology-too-wide.yaml: topology: hidden_size is 33554432, expected 1..16777216\n"},

@@ -175,7 +175,7 @@ static void test_extreme_sizes_refused(void)
     sched s;
     int64_t big = INT64_C(2147483647);
     CU_ASSERT_EQUAL(sched_build(&t, big, big, 4096, NULL, &s, &err), MOERT_ECONFIG);
-    CU_ASSERT_STRING_EQUAL(err.msg, "schedule: buffer scratch.rowptrs needs more than 2^63 bytes, expected at most "
+    CU_ASSERT_STRING_EQUAL(err.msg, "schedule: buffer l0.router_logits needs more than 2^63 bytes, expected at most "
                                     "281474976710656 bytes per buffer (lower prefill_chunk, max_seq_len or threads)");
     /* under the per-buffer bound but not in all: the running total is named */
     t.num_experts = 8;

@@ -1,7 +1,6 @@
 /* moert plan: the resolved topology, the static schedule and the arena plan, without
  * running anything (and without weights, when they are absent). */
 #include <jansson.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,15 +10,17 @@
 #include "../../arena/arena.h"
 #include "cli.h"
 #include "cli_common.h"
+#include "../backend.h"
 #include "../ggufmap.h"
 #include "../model.h"
+#include "../plan.h"
 #include "../sched.h"
 #include "../st.h"
-#include "../trace/trace.h"
+#include "../wlayout.h"
 
 static const char plan_usage[] =
-    "usage: moert plan CONFIG|MODEL_DIR [--json] [--threads N] [--prefill-chunk K]\n"
-    "                  [--max-seq-len N] [--trace FILE --trace-mode M --trace-positions P]\n";
+    "usage: moert plan CONFIG|MODEL_DIR [--json] [--backend cpu|hip] [--threads N] [--prefill-chunk K]\n"
+    "                  [--max-seq-len N] [--trace FILE --trace-mode M --trace-positions P] [--contract FILE]\n";
 
 /* Parameters the topology implies, by tensor family. */
 static uint64_t param_count(const cfg_topology *t)
@@ -97,48 +98,28 @@ int cli_plan(int argc, char **argv, moert_err *err)
     if (!path)
         return err_set(err, MOERT_EUSAGE, "missing CONFIG or MODEL_DIR\n%s", plan_usage);
     cfg_config *cfg = malloc(sizeof *cfg);
-    if (!cfg)
+    plan_run *pl = malloc(sizeof *pl);
+    if (!cfg || !pl) {
+        free(cfg);
+        free(pl);
         return err_set(err, MOERT_ENOMEM, "out of memory");
-    sched s = {0};
-    uint64_t *offsets = NULL;
-    arena_request *req = NULL;
-    trace_rt *tr = NULL;
+    }
+    memset(pl, 0, sizeof *pl);
     st_set *set = NULL;
     model_weights mw = {0};
+    wlayout wl = {0};
     int st = cli_load_config(path, &ov, CFG_ALLOW_MISSING_WEIGHTS, cfg, err);
     if (st)
         goto done;
-    int32_t threads = cfg->rt.threads > 0 ? cfg->rt.threads : omp_get_num_procs();
-    if (cfg->trace.capacity > cfg->rt.max_seq_len) /* as sess_open does */
-        cfg->trace.capacity = cfg->rt.max_seq_len;
     double t0 = now_seconds();
-    sched_trace_hooks hooks = {0};
-    if (cfg->trace.enabled) {
-        if ((st = trace_rt_create(&cfg->trace, &tr, err)))
-            goto done;
-        hooks = trace_rt_hooks(tr, &cfg->trace);
-    }
-    if ((st = sched_build(&cfg->topo, cfg->rt.prefill_chunk, cfg->rt.max_seq_len, threads,
-                          tr ? &hooks : NULL, &s, err))) {
-        err_prefix(err, "%s", path); /* sizes that cannot be met are the config's doing */
+    /* the very plan `moert run` executes (sess_open calls plan_build with the same config) */
+    if ((st = plan_build(cfg, 0, pl, err)))
         goto done;
-    }
-    req = calloc((size_t)s.n_bufs, sizeof *req);
-    offsets = calloc((size_t)s.n_bufs, sizeof *offsets);
-    if (!req || !offsets) {
-        st = err_set(err, MOERT_ENOMEM, "out of memory");
-        goto done;
-    }
-    for (int32_t i = 0; i < s.n_bufs; i++)
-        req[i] = (arena_request){s.bufs[i].bytes ? s.bufs[i].bytes : 1, ARENA_MIN_ALIGN,
-                                 s.bufs[i].first, s.bufs[i].last, s.bufs[i].persistent};
-    arena_stats as;
-    if ((st = arena_plan(req, (size_t)s.n_bufs, offsets, &as, err)) ||
-        (st = arena_check(req, (size_t)s.n_bufs, offsets, as.arena_bytes, err))) {
-        err_prefix(err, "%s", path);
-        goto done;
-    }
     double plan_seconds = now_seconds() - t0;
+    const sched s = pl->schedule;
+    const uint64_t *offsets = pl->offsets;
+    const arena_stats as = pl->stats;
+    int32_t threads = pl->threads;
 
     /* Weight bytes: measured from the files when present, else implied by the topology. */
     uint64_t params = param_count(&cfg->topo);
@@ -163,6 +144,28 @@ int cli_plan(int argc, char **argv, moert_err *err)
         memcpy(by_dtype, mw.bytes_by_dtype, sizeof by_dtype);
         wtotal = mw.total_bytes;
         present = true;
+    }
+    /* Device memory: the arena (every buffer, the backend's scratch included) and, on a GPU,
+     * the weights region; nothing else is allocated on the device. */
+    bool gpu = cfg->rt.backend == CFG_BACKEND_HIP;
+    uint64_t wregion = wtotal;
+    if (gpu && mw.layers) {
+        if ((st = wlayout_plan(&mw, &wl, err)))
+            goto done;
+        wregion = wl.bytes;
+    }
+    /* the backend's statement of its scratch, against what the plan placed in the arena */
+    backend_request rq[BACKEND_MAX_REQUESTS];
+    int n_rq = backend_requests(cfg->rt.backend, &s, rq);
+    uint64_t scratch_bytes = 0, unplanned = 0;
+    for (int i = 0; i < n_rq; i++) {
+        int32_t id = pl->scratch0 + i;
+        const sched_buffer *b = i < pl->n_scratch ? &s.bufs[id] : NULL;
+        if (b && !strcmp(b->name, rq[i].name) && b->bytes >= rq[i].bytes &&
+            offsets[id] + b->bytes <= as.arena_bytes && offsets[id] % rq[i].align == 0)
+            scratch_bytes += b->bytes;
+        else
+            unplanned += rq[i].bytes;
     }
     double ratio = as.lower_bound_bytes ? (double)as.arena_bytes / (double)as.lower_bound_bytes : 1.0;
 
@@ -189,10 +192,10 @@ int cli_plan(int argc, char **argv, moert_err *err)
             json_array_append_new(mlp, json_integer(t->mlp_only_layers[i]));
         json_object_set_new(topo, "mlp_only_layers", mlp);
         json_object_set_new(o, "topology", topo);
-        json_object_set_new(o, "runtime", json_pack("{sI sI si}", "max_seq_len",
+        json_object_set_new(o, "runtime", json_pack("{sI sI si ss}", "max_seq_len",
                                                     (json_int_t)cfg->rt.max_seq_len, "prefill_chunk",
                                                     (json_int_t)cfg->rt.prefill_chunk, "threads",
-                                                    threads));
+                                                    threads, "backend", gpu ? "hip" : "cpu"));
         json_t *ops = json_array();
         for (int32_t i = 0; i < s.n_ops; i++) {
             const sched_op *op = &s.ops[i];
@@ -223,11 +226,14 @@ int cli_plan(int argc, char **argv, moert_err *err)
         json_t *bufs = json_array();
         for (int32_t i = 0; i < s.n_bufs; i++) {
             const sched_buffer *b = &s.bufs[i];
-            json_array_append_new(bufs, json_pack("{ss sI sI si si sb}", "name", b->name, "offset",
-                                                  (json_int_t)offsets[i], "bytes",
-                                                  (json_int_t)b->bytes, "first_op", b->first,
-                                                  "last_op", b->last, "persistent",
-                                                  (int)b->persistent));
+            json_t *jb = json_pack("{ss sI sI si si sb}", "name", b->name, "offset", (json_int_t)offsets[i],
+                                   "bytes", (json_int_t)b->bytes, "first_op", b->first, "last_op", b->last,
+                                   "persistent", (int)b->persistent);
+            if (b->align)
+                json_object_set_new(jb, "align", json_integer((json_int_t)b->align));
+            if (i >= pl->scratch0 && i < pl->scratch0 + pl->n_scratch)
+                json_object_set_new(jb, "backend_scratch", json_true());
+            json_array_append_new(bufs, jb);
         }
         json_object_set_new(o, "buffers", bufs);
         json_object_set_new(o, "arena_bytes", json_integer((json_int_t)as.arena_bytes));
@@ -236,6 +242,14 @@ int cli_plan(int argc, char **argv, moert_err *err)
         json_object_set_new(o, "persistent_bytes", json_integer((json_int_t)as.persistent_bytes));
         json_object_set_new(o, "arena_over_lower_bound", json_real(ratio));
         json_object_set_new(o, "plan_seconds", json_real(plan_seconds));
+        json_t *dv = json_object();
+        json_object_set_new(dv, "backend", json_string(gpu ? "hip" : "cpu"));
+        json_object_set_new(dv, "arena_bytes", json_integer((json_int_t)as.arena_bytes));
+        json_object_set_new(dv, "backend_scratch_buffers", json_integer(pl->n_scratch));
+        json_object_set_new(dv, "backend_scratch_bytes", json_integer((json_int_t)scratch_bytes));
+        json_object_set_new(dv, "weights_region_bytes", json_integer((json_int_t)(gpu ? wregion : 0)));
+        json_object_set_new(dv, "unplanned_device_bytes", json_integer((json_int_t)unplanned));
+        json_object_set_new(o, "device", dv);
         json_t *wj = json_object(), *bd = json_object();
         for (int d = 0; d < ST_DTYPE_COUNT; d++)
             if (by_dtype[d])
@@ -287,6 +301,10 @@ int cli_plan(int argc, char **argv, moert_err *err)
                (unsigned long long)as.arena_bytes, (double)as.arena_bytes / 1048576.0,
                (unsigned long long)as.lower_bound_bytes, (unsigned long long)as.naive_bytes, ratio,
                (unsigned long long)as.persistent_bytes, plan_seconds);
+        printf("backend %s: %d scratch buffers, %llu bytes, in the arena; device memory = arena + %s; "
+               "unplanned device bytes %llu\n",
+               gpu ? "hip" : "cpu", pl->n_scratch, (unsigned long long)scratch_bytes,
+               gpu ? "weights region" : "(weights mmap'd on the host)", (unsigned long long)unplanned);
         printf("weights: %llu parameters", (unsigned long long)params);
         if (present) {
             for (int d = 0; d < ST_DTYPE_COUNT; d++)
@@ -299,12 +317,11 @@ int cli_plan(int argc, char **argv, moert_err *err)
         }
     }
 done:
+    wlayout_free(&wl);
     model_unbind(&mw);
     st_close(set);
-    trace_rt_free(tr);
-    free(req);
-    free(offsets);
-    sched_free(&s);
+    plan_free(pl);
+    free(pl);
     free(cfg);
     return st;
 }

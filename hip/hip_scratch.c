@@ -1,0 +1,85 @@
+/* hip_scratch: the HIP backend's scratch requests (see hip_scratch.h).  Compiled into every
+ * build's library (Makefile LIB_SRC), not only the HIP ones. */
+#include "hip_scratch.h"
+
+#include "../runtime/backend.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t sat_mul(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+
+static uint64_t sat_add(uint64_t a, uint64_t b)
+{
+    return a + b < a ? UINT64_MAX : a + b;
+}
+
+int64_t hip_scratch_max_splits(const sched *s)
+{
+    return (s->max_seq + HIP_ATTN_SPLIT - 1) / HIP_ATTN_SPLIT;
+}
+
+int64_t hip_scratch_max_tiles(const sched *s)
+{
+    const cfg_topology *t = &s->topo;
+    bool any_sparse = false;
+    for (int64_t l = 0; l < t->num_hidden_layers; l++)
+        any_sparse = any_sparse || cfg_layer_is_sparse(t, l);
+    if (!any_sparse)
+        return 0;
+    uint64_t rk = sat_mul((uint64_t)s->max_rows, (uint64_t)t->num_experts_per_tok);
+    uint64_t tiles = sat_add(sat_add(rk, HIP_MOE_BM - 1) / HIP_MOE_BM, (uint64_t)t->num_experts);
+    return tiles > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)tiles;
+}
+
+int64_t hip_scratch_traced(const sched *s)
+{
+    int64_t n = 0;
+    for (int32_t i = 0; i < s->n_ops; i++)
+        n += s->ops[i].kind == SCHED_TRACE;
+    return n;
+}
+
+int hip_scratch_requests(const sched *s, backend_request *reqs)
+{
+    const cfg_topology *t = &s->topo;
+    uint64_t heads = (uint64_t)t->num_attention_heads, hd = (uint64_t)t->head_dim;
+    uint64_t part = sat_mul(sat_mul(sat_mul(heads, (uint64_t)hip_scratch_max_splits(s)), hd + 2), sizeof(float));
+    uint64_t tiles = sat_mul(sat_add(1, sat_mul(3, (uint64_t)hip_scratch_max_tiles(s))), sizeof(int32_t));
+    uint64_t shadow = sat_mul(sat_mul(2 * 4, (uint64_t)hip_scratch_traced(s)), sizeof(unsigned long long));
+    uint64_t bytes[HIP_REQ_COUNT] = {
+        [HIP_REQ_PARAMS] = sizeof(hip_step_params),
+        [HIP_REQ_FLAGS] = HIP_FLAGS_ARGMAX_OFFSET + sizeof(int32_t),
+        [HIP_REQ_SHADOW] = shadow,
+        [HIP_REQ_ATTN_PART] = part,
+        [HIP_REQ_ATTN_TICKETS] = sat_mul((uint64_t)t->num_key_value_heads, sizeof(int)),
+        [HIP_REQ_MOE_TILES] = tiles,
+        [HIP_REQ_ARGMAX_PART] = 2 * sizeof(float) * HIP_ARGMAX_BLOCKS,
+    };
+    static const char *const names[HIP_REQ_COUNT] = {
+        [HIP_REQ_PARAMS] = "hip.params", [HIP_REQ_FLAGS] = "hip.flags",
+        [HIP_REQ_SHADOW] = "hip.trace_shadow", [HIP_REQ_ATTN_PART] = "hip.attn_part",
+        [HIP_REQ_ATTN_TICKETS] = "hip.attn_tickets", [HIP_REQ_MOE_TILES] = "hip.moe_tiles",
+        [HIP_REQ_ARGMAX_PART] = "hip.argmax_part",
+    };
+    for (int i = 0; i < HIP_REQ_COUNT; i++) {
+        /* whole alignment units: a small piece never moves the activation buffers placed
+         * after it off a 256-byte boundary (coalesced rows) */
+        uint64_t n = sat_add(bytes[i] ? bytes[i] : 1, HIP_SCRATCH_ALIGN - 1) / HIP_SCRATCH_ALIGN * HIP_SCRATCH_ALIGN;
+        bool persistent = i == HIP_REQ_PARAMS || i == HIP_REQ_FLAGS || i == HIP_REQ_SHADOW || i == HIP_REQ_ATTN_TICKETS;
+        reqs[i] = (backend_request){names[i], n, HIP_SCRATCH_ALIGN, persistent};
+    }
+    return HIP_REQ_COUNT;
+}
+
+int hip_check_mode(void)
+{
+    const char *v = getenv("MOERT_HIP_CHECK");
+    if (!v || !*v || !strcmp(v, "0"))
+        return 0;
+    return strcmp(v, "all") == 0 ? 2 : 1;
+}

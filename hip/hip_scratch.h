@@ -1,0 +1,73 @@
+/* hip_scratch: the HIP backend's device scratch, stated as planner requests (backend.h).
+ *
+ * Plain C, without HIP headers: the planner of every build (a CPU-only one included) asks
+ * for the HIP backend's scratch, and the backend carves each piece from its planned offset
+ * in the one device arena, so the only device allocations are the arena and the weights
+ * region.  The sizes follow from the block sizes below, which the kernels share
+ * (hip_kernels.h includes this header).
+ */
+#ifndef MOERT_HIP_SCRATCH_H
+#define MOERT_HIP_SCRATCH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct sched;
+struct backend_request;
+
+/* Per-step values every kernel reads from device memory, so that a captured decode graph
+ * replays with the new position and generation step. */
+#define HIP_PARAM_TOKENS 4
+typedef struct hip_step_params {
+    long long pos0;       /* position of row 0 */
+    long long n_rows;     /* rows of this step */
+    long long gen_step;   /* trace record step (0 = prompt) */
+    long long trace_row0; /* first captured row (trace_rt_rows rule); n_rows: none */
+    int parity;           /* step index & 1: which trace header shadow is current */
+    int n_tok;            /* > 0: the step's first n_tok input ids travel here (one copy per
+                           * step instead of two); the embed kernel stores them in the tokens
+                           * buffer as well */
+    int32_t tok[HIP_PARAM_TOKENS];
+    int pad[2];
+} hip_step_params;
+
+#ifndef HIP_ATTN_SPLIT
+#define HIP_ATTN_SPLIT 32      /* keys per decode split (at most one tile, or a multiple of it) */
+#endif
+#define HIP_MOE_BM 32          /* rows per grouped-GEMM tile (MoE) */
+#define HIP_ARGMAX_BLOCKS 128  /* partials of the greedy pick */
+#define HIP_SCRATCH_ALIGN 256  /* every piece starts on a 256-byte boundary */
+
+/* The requests, in this order (request i is buffer backend_init.scratch0 + i). */
+enum {
+    HIP_REQ_PARAMS,       /* hip_step_params (persistent: written by each step's copy) */
+    HIP_REQ_FLAGS,        /* the device error flag (int at 0) and the greedy pick (int32 at 128) */
+    HIP_REQ_SHADOW,       /* trace header shadows: 2 parities x traced rings x 4 u64 */
+    HIP_REQ_ATTN_PART,    /* decode attention split partials: heads x splits x (head_dim + 2) f32 */
+    HIP_REQ_ATTN_TICKETS, /* per kv head: splits done (int; back to 0 after each use) */
+    HIP_REQ_MOE_TILES,    /* MoE tile table: 1 + 3 x max tiles int32 */
+    HIP_REQ_ARGMAX_PART,  /* the greedy pick's per-block partials: value f32, index int */
+    HIP_REQ_COUNT
+};
+#define HIP_FLAGS_ARGMAX_OFFSET 128
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Fills reqs[0..HIP_REQ_COUNT) for schedule s; returns HIP_REQ_COUNT. */
+int hip_scratch_requests(const struct sched *s, struct backend_request *reqs);
+/* Decode attention splits per head, and MoE tiles at most (0 when no layer is sparse). */
+int64_t hip_scratch_max_splits(const struct sched *s);
+int64_t hip_scratch_max_tiles(const struct sched *s);
+/* Traced rings: the TRACE ops of s. */
+int64_t hip_scratch_traced(const struct sched *s);
+/* MOERT_HIP_CHECK: 0 off, 1 the first prefill and decode step, 2 ("all") every step.  In
+ * check mode the backend runs the CPU kernels alongside and so needs their scratch too. */
+int hip_check_mode(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
