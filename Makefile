@@ -76,8 +76,8 @@ $(BUILD)/gen/%.o: $(BUILD)/gen/%.c
 .PHONY: FORCE
 $(BUILD)/gen/commit.h: FORCE
 	@mkdir -p $(dir $@)
-	@c=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown); \
-	 git diff --quiet HEAD -- 2>/dev/null || c="$$c-dirty"; \
+	@if c=$$(git rev-parse --short=12 HEAD 2>/dev/null); then \
+	   git diff --quiet HEAD -- 2>/dev/null || c="$$c-dirty"; else c=unknown; fi; \
 	 printf '#define MOERT_GIT_COMMIT "%s"\n' "$$c" > $@.tmp; \
 	 if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
 $(BUILD)/runtime/version.o: $(BUILD)/gen/commit.h
