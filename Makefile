@@ -72,6 +72,18 @@ build/%/gen/contract_default.c: contracts/qwen3moe-trace-v1.yaml
 $(BUILD)/gen/%.o: $(BUILD)/gen/%.c
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# The git commit for `moert --version` and the manifests (runtime/version.c): rewritten only
+# when it changes, so a rebuild follows a commit and nothing else.
+.PHONY: FORCE
+$(BUILD)/gen/commit.h: FORCE
+	@mkdir -p $(dir $@)
+	@if c=$$(git rev-parse --short=12 HEAD 2>/dev/null); then \
+	   git diff --quiet HEAD -- 2>/dev/null || c="$$c-dirty"; else c=unknown; fi; \
+	 printf '#define MOERT_GIT_COMMIT "%s"\n' "$$c" > $@.tmp; \
+	 if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+$(BUILD)/runtime/version.o: $(BUILD)/gen/commit.h
+$(BUILD)/runtime/version.o: CFLAGS += -I$(BUILD)/gen
+
 $(BUILD)/libmoert.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^

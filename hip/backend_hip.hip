@@ -1033,7 +1033,7 @@ static int run_trace(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     a.width = si->width;
     a.record_bytes = si->record_bytes;
     a.cap = c->tr_cap;
-    a.tensor_mode = c->tr_tensor;
+    a.tensor_mode = si->keeps_row; /* moe_router keeps its rows in stats mode too */
     a.overwrite = c->tr_overwrite;
     a.logits_last = si->stage == CFG_STAGE_LOGITS && !c->tr_all;
     a.sp = c->d_params;
@@ -1573,4 +1573,13 @@ static const backend_vtable hip_vtable = make_vtable();
 extern "C" const backend_vtable *backend_hip_vtable(void)
 {
     return &hip_vtable;
+}
+
+#ifndef MOERT_HIP_TARGET
+#define MOERT_HIP_TARGET "unknown"
+#endif
+
+extern "C" const char *backend_hip_target(void)
+{
+    return MOERT_HIP_TARGET;
 }

@@ -40,13 +40,14 @@ CFLAGS_HIP := -std=c11 -D_GNU_SOURCE -fopenmp -ffp-contract=off $(CWARN) -O2 -g 
 NV_DIR   := build/nvidia
 NV_OBJ   := $(HIP_SRC:hip/%.hip=$(NV_DIR)/hip/%.o) $(HIP_CSRC:hip/%.c=$(NV_DIR)/hip/%.o)
 NVFLAGS  := -x cu -arch=$(NV_ARCH) -O3 -std=c++17 --Werror all-warnings \
-            -Xcompiler -Wall,-Wextra,-Wshadow,-Werror
+            -Xcompiler -Wall,-Wextra,-Wshadow,-Werror -DMOERT_HIP_TARGET='"$(NV_ARCH)"'
 NVLINK   := -arch=$(NV_ARCH) --cudart=static
 
 # ---- AMD ---------------------------------------------------------------------------
 HIP_DIR  := build/hip
 HIP_OBJ  := $(HIP_SRC:hip/%.hip=$(HIP_DIR)/hip/%.o) $(HIP_CSRC:hip/%.c=$(HIP_DIR)/hip/%.o)
-HIPFLAGS := $(foreach t,$(GPU_TARGETS),--offload-arch=$(t)) -O3 -std=c++17 -Wall -Wextra -Wshadow -Werror
+HIPFLAGS := $(foreach t,$(GPU_TARGETS),--offload-arch=$(t)) -O3 -std=c++17 -Wall -Wextra -Wshadow -Werror \
+            -DMOERT_HIP_TARGET='"$(GPU_TARGETS)"'
 
 .PHONY: hip hip-nvidia c-parts c-tests
 hip: pdl-check moert-hip

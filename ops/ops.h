@@ -86,6 +86,11 @@ float ops_dot(const float *a, const void *b, ops_dtype bt, int64_t k);
  * a multiple of the block or t is unknown.  For synthetic models and tests. */
 size_t ops_quantize_row(void *dst, const float *src, ops_dtype t, int64_t k);
 
+/* Rounds n floats in place to the nearest value of t (BF16 or F16; round to nearest even,
+ * f16 overflow to inf, NaN stays NaN), exactly as ops_quantize_row encodes them; any other
+ * t leaves x as it is.  Element by element: the precision simulation of `--sim-precision`. */
+void ops_round_to(float *x, int64_t n, ops_dtype t);
+
 /* Matrix product against a row-major weight matrix w [N, K] (PyTorch Linear layout):
  *   out[m * ldo + n] = dot(x_rows[m], w[n], K)   for m in [0, M), n in [n0, n1).
  * x_rows[m] points at row m of the input (rows may be scattered: MoE gathers tokens this

@@ -138,6 +138,26 @@ static uint16_t f32_to_f16(float f)
     return (uint16_t)(sign | h);
 }
 
+/* f32 -> bf16, round to nearest even; NaN kept quiet. */
+static uint16_t f32_to_bf16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    return (x & 0x7fffffffu) > 0x7f800000u ? (uint16_t)(x >> 16 | 0x40u)
+                                           : (uint16_t)((x + 0x7fffu + (x >> 16 & 1)) >> 16);
+}
+
+void ops_round_to(float *x, int64_t n, ops_dtype t)
+{
+    if (t == OPS_BF16) {
+        for (int64_t i = 0; i < n; i++)
+            x[i] = ops_bf16_to_f32(f32_to_bf16(x[i]));
+    } else if (t == OPS_F16) {
+        for (int64_t i = 0; i < n; i++)
+            x[i] = ops_f16_to_f32(f32_to_f16(x[i]));
+    }
+}
+
 /* A block scale as f16: finite (saturated at 65504) so a huge block stays decodable. */
 static uint16_t scale_f16(float d)
 {
@@ -303,15 +323,7 @@ size_t ops_quantize_row(void *dst, const float *src, ops_dtype t, int64_t k)
     if (t == OPS_F16 || t == OPS_BF16) {
         for (int64_t i = 0; i < k; i++) {
             uint16_t h;
-            if (t == OPS_F16) {
-                h = f32_to_f16(src[i]);
-            } else { /* round to nearest even; NaN kept quiet */
-                uint32_t x;
-                memcpy(&x, &src[i], 4);
-                h = (x & 0x7fffffffu) > 0x7f800000u
-                        ? (uint16_t)(x >> 16 | 0x40u)
-                        : (uint16_t)((x + 0x7fffu + (x >> 16 & 1)) >> 16);
-            }
+            h = t == OPS_F16 ? f32_to_f16(src[i]) : f32_to_bf16(src[i]);
             wr16(out + 2 * i, h);
         }
         return rb;

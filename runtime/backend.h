@@ -58,6 +58,9 @@ typedef struct backend_init {
     const model_weights *w;
     int32_t threads;           /* CPU worker threads (>= 1) */
     void *trace;               /* the trace_rt capture context (may be NULL) */
+    const struct trace_route *route; /* routing replay: recorded routing replaces the
+                                        router's (trace/trace_route.h); NULL = off */
+    cfg_sim_precision sim;     /* precision simulation: op outputs rounded (CPU only) */
 } backend_init;
 
 typedef struct backend backend;
@@ -97,6 +100,8 @@ extern const backend_vtable backend_cpu_vtable;
 
 /* The HIP backend, or NULL when this binary was built without it. */
 const backend_vtable *backend_hip_vtable(void);
+/* The GPU target the HIP backend was compiled for ("sm_90", "gfx90a"), NULL without it. */
+const char *backend_hip_target(void);
 
 /* Runs the HIP kernels' weight loaders (hip/hip_wload.h, __host__ __device__) on the host
  * over random rows of every weight type and compares each element's bits with ops_to_f32:

@@ -16,6 +16,7 @@
 #include "../ops/ops.h"
 #include "backend.h"
 #include "trace/trace.h"
+#include "trace/trace_route.h"
 
 typedef struct cpu_ctx {
     const sched *s;
@@ -27,6 +28,8 @@ typedef struct cpu_ctx {
     int32_t threads;
     float attn_scale;
     trace_rt *trace;
+    const trace_route *route; /* routing replay, or NULL */
+    ops_dtype sim;            /* precision simulation: BF16 / F16, or F32 = off */
 } cpu_ctx;
 
 #define BLOCK OPS_PANEL_ROWS
@@ -170,6 +173,8 @@ static int cpu_init(backend *b, const backend_init *in, moert_err *err)
     c->scores = in->scratch0 + CPU_REQ_SCORES;
     c->panel_floats = panel_floats(in->s);
     c->trace = in->trace;
+    c->route = in->route;
+    c->sim = in->sim == CFG_SIM_BF16 ? OPS_BF16 : in->sim == CFG_SIM_F16 ? OPS_F16 : OPS_F32;
     c->attn_scale = (float)(1.0 / sqrt((double)in->s->topo.head_dim));
     c->ptr = calloc((size_t)in->s->n_bufs, sizeof *c->ptr);
     if (!c->ptr) {
@@ -455,15 +460,46 @@ static void run_add(cpu_ctx *c, const sched_op *op, const exec_step *st)
     ops_add(fbuf(c, op->out[0]), fbuf(c, op->in[0]), st->n_rows * op->n);
 }
 
-static void run_route(cpu_ctx *c, const sched_op *op, const exec_step *st)
+static int run_route(cpu_ctx *c, const sched_op *op, const exec_step *st, moert_err *err)
 {
     const float *logits = fbuf(c, op->in[0]);
     float *w = fbuf(c, op->out[0]), *probs = fbuf(c, op->scratch[0]);
     int32_t *ids = (int32_t *)c->ptr[op->out[1]];
     int64_t K = op->n, E = op->k;
     bool norm = c->s->topo.norm_topk_prob;
-    for (int64_t r = 0; r < st->n_rows; r++)
+    for (int64_t r = 0; r < st->n_rows; r++) {
+        if (c->route) { /* routing replay: the recording's choice, not the router's */
+            const int32_t *rid;
+            const float *rw;
+            if (!trace_route_row(c->route, op->layer, st->pos0 + r, &rid, &rw))
+                return err_set(err, MOERT_EUSAGE, "--route-from %s: no recorded routing for layer %d, position %lld",
+                               trace_route_path(c->route), op->layer, (long long)(st->pos0 + r));
+            memcpy(ids + r * K, rid, (size_t)K * sizeof *ids);
+            memcpy(w + r * K, rw, (size_t)K * sizeof *w);
+            continue;
+        }
         ops_topk_route(logits + r * E, E, K, norm, ids + r * K, w + r * K, probs + r * E);
+    }
+    return MOERT_OK;
+}
+
+/* --sim-precision: the op's activation outputs rounded to the simulated format.  The KV
+ * cache (persistent) receives rows already rounded by the op before it; expert ids are not
+ * floats; a replayed routing is an input, not this run's arithmetic. */
+static void sim_round(cpu_ctx *c, const sched_op *op, const exec_step *st)
+{
+    if (op->kind == SCHED_ROUTE && c->route)
+        return;
+    for (int i = 0; i < 2; i++) {
+        int32_t id = op->out[i];
+        if (id < 0)
+            continue;
+        const sched_buffer *b = &c->s->bufs[id];
+        if (b->elem != SCHED_F32 || b->persistent)
+            continue;
+        int64_t rows = st->n_rows < b->rows ? st->n_rows : b->rows;
+        ops_round_to(fbuf(c, id), rows * b->cols, c->sim);
+    }
 }
 
 /* Routed experts.  Assignments (token t, slot j) are grouped by expert so each expert is
@@ -624,7 +660,12 @@ static int cpu_run(backend *b, const sched_op *op, const exec_step *st, moert_er
     case SCHED_KV_STORE: run_kv_store(c, op, st); break;
     case SCHED_ATTENTION: run_attention(c, op, st); break;
     case SCHED_ADD: run_add(c, op, st); break;
-    case SCHED_ROUTE: run_route(c, op, st); break;
+    case SCHED_ROUTE: {
+        int rc = run_route(c, op, st, err);
+        if (rc)
+            return rc;
+        break;
+    }
     case SCHED_MOE: run_moe(c, op, st); break;
     case SCHED_MLP: run_mlp(c, op, st); break;
     case SCHED_LOGITS: run_logits(c, op, st); break;
@@ -635,6 +676,8 @@ static int cpu_run(backend *b, const sched_op *op, const exec_step *st, moert_er
     default:
         return err_set(err, MOERT_EINTERNAL, "cpu backend: unknown op kind %d", (int)op->kind);
     }
+    if (c->sim != OPS_F32)
+        sim_round(c, op, st);
     return MOERT_OK;
 }
 

@@ -13,3 +13,8 @@ int backend_hip_dequant_selftest(char *why, size_t cap)
         why[0] = 0;
     return -1;
 }
+
+const char *backend_hip_target(void)
+{
+    return NULL;
+}

@@ -34,6 +34,21 @@ int cfg_stage_from_name(const char *name)
     return -1;
 }
 
+static const char *const sim_names[] = {"none", "bf16", "f16"}; /* cfg_sim_precision order */
+
+const char *cfg_sim_precision_name(cfg_sim_precision p)
+{
+    return (unsigned)p < sizeof sim_names / sizeof *sim_names ? sim_names[p] : "?";
+}
+
+int cfg_sim_precision_from_name(const char *name)
+{
+    for (size_t i = 0; name && i < sizeof sim_names / sizeof *sim_names; i++)
+        if (!strcmp(sim_names[i], name))
+            return (int)i;
+    return -1;
+}
+
 bool cfg_stage_is_per_layer(cfg_stage s)
 {
     return s >= CFG_STAGE_ATTN_NORM && s <= CFG_STAGE_OUTPUT;

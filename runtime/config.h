@@ -92,11 +92,20 @@ typedef struct cfg_weights {
     bool missing;               /* only under CFG_ALLOW_MISSING_WEIGHTS: `path` does not exist */
 } cfg_weights;
 
+/* Precision simulation (CPU backend): every op's output activations rounded to this format
+ * (round to nearest even), weights unchanged. */
+typedef enum cfg_sim_precision { CFG_SIM_NONE = 0, CFG_SIM_BF16 = 1, CFG_SIM_F16 = 2 } cfg_sim_precision;
+const char *cfg_sim_precision_name(cfg_sim_precision p); /* "none", "bf16", "f16" */
+int cfg_sim_precision_from_name(const char *name);       /* -1 when unknown */
+
 typedef struct cfg_runtime {
     int64_t max_seq_len;        /* KV cache rows; prompt + generated must fit */
     int64_t prefill_chunk;      /* max tokens per prefill step */
     int32_t threads;            /* CPU worker threads; results never depend on it */
     cfg_backend backend;
+    cfg_sim_precision sim_precision; /* --sim-precision (command line only) */
+    char route_from[CFG_PATH_MAX];   /* --route-from: a trace whose recorded routing replaces
+                                        the router's choice (routing replay), or "" */
 } cfg_runtime;
 
 typedef struct cfg_sampling {

@@ -50,6 +50,7 @@ const char *err_name(int code)
     case MOERT_ENOMEM: return "memory";
     case MOERT_ECHECK: return "check";
     case MOERT_ENODEV: return "device";
+    case MOERT_EINTR: return "interrupted";
     default: return "internal";
     }
 }
@@ -59,6 +60,7 @@ int moert_exit_code(int code)
     switch (code) {
     case MOERT_OK: return 0;
     case MOERT_ECHECK: return 1;
+    case MOERT_EINTR: return 130;
     case MOERT_EUSAGE:
     case MOERT_ECONFIG:
     case MOERT_EFORMAT:

@@ -19,6 +19,7 @@ enum moert_status {
     MOERT_ECHECK,    /* a check ran and found violations (validate, replay, parity) */
     MOERT_ENODEV,    /* the requested backend has no device */
     MOERT_EINTERNAL, /* an invariant of moert itself broke: a bug */
+    MOERT_EINTR,     /* stopped early by SIGINT / SIGTERM (what was done is kept): exit 130 */
 };
 
 typedef struct moert_err {
@@ -42,7 +43,7 @@ const char *err_name(int code);
 
 /* Process exit code for a status: 0 ok, 1 a check ran and found violations, 2 anything
  * that kept the command from doing its job (usage, bad or missing input, I/O, memory, no
- * device), 3 an internal bug. */
+ * device), 3 an internal bug, 130 interrupted (128 + SIGINT, as shells report it). */
 int moert_exit_code(int code);
 
 /* Several problems in one message: as many as fit, then a count of the rest

@@ -102,6 +102,16 @@ int sess_bind(sess *s, plan_run *p, unsigned flags, moert_err *err)
     if (((flags & SESS_CHECK_WEIGHTS) || s->cfg.contract_path[0]) &&
         (st = model_check_finite(&s->weights, err)))
         goto fail;
+    /* Routing replay and precision simulation change the CPU's arithmetic; a device runs its own. */
+    if ((s->cfg.rt.route_from[0] || s->cfg.rt.sim_precision != CFG_SIM_NONE) &&
+        s->cfg.rt.backend != CFG_BACKEND_CPU) {
+        st = err_set(err, MOERT_EUSAGE, "%s: the hip backend does not implement it; run it with --backend cpu",
+                     s->cfg.rt.route_from[0] ? "--route-from (routing replay)" : "--sim-precision");
+        goto fail;
+    }
+    if (s->cfg.rt.route_from[0] &&
+        (st = trace_route_open(s->cfg.rt.route_from, &s->cfg.topo, &s->route, err)))
+        goto fail;
     const backend_vtable *vt = pick_backend(s->cfg.rt.backend);
     if (!vt) {
         st = err_set(err, MOERT_ENODEV,
@@ -112,7 +122,8 @@ int sess_bind(sess *s, plan_run *p, unsigned flags, moert_err *err)
     s->be.vt = vt;
     backend_init bi = {.s = &s->schedule, .offsets = s->offsets, .scratch0 = s->scratch0,
                        .arena_bytes = s->plan_stats.arena_bytes, .w = &s->weights,
-                       .threads = s->threads, .trace = s->trace};
+                       .threads = s->threads, .trace = s->trace, .route = s->route,
+                       .sim = s->cfg.rt.sim_precision};
     if ((st = vt->init(&s->be, &bi, err))) {
         err_prefix_source(cfg, err); /* e.g. an arena too large to map */
         s->be.vt = NULL;
@@ -153,6 +164,8 @@ void sess_close(sess *s)
     sched_free(&s->schedule);
     trace_rt_free(s->trace);
     s->trace = NULL;
+    trace_route_close(s->route);
+    s->route = NULL;
     model_unbind(&s->weights);
     st_close(s->weights_set);
     s->weights_set = NULL;
@@ -162,6 +175,7 @@ void sess_reset(sess *s)
 {
     s->pos = 0;
     s->gen_step = 0;
+    s->interrupted = false;
     sample_seed(&s->rng, s->cfg.sampling.seed);
     double init = s->stats.init_seconds;
     memset(&s->stats, 0, sizeof s->stats);
@@ -227,10 +241,17 @@ int sess_prefill(sess *s, const int32_t *ids, int64_t n, moert_err *err)
     int rc = check_ids(s, ids, n, err);
     if (rc)
         return rc;
+    if (s->route && s->pos == 0 && (rc = trace_route_check_prompt(s->route, ids, n, err)))
+        return rc;
     double t0 = now_seconds();
-    int64_t chunk = s->schedule.max_rows;
+    int64_t chunk = s->schedule.max_rows, done = 0;
     for (int64_t i = 0; i < n; i += chunk) {
         int64_t m = n - i < chunk ? n - i : chunk;
+        if (s->stop && *s->stop) {
+            s->interrupted = true;
+            break;
+        }
+        done += m;
         if ((rc = run_step(s, ids + i, m, false, i + m == n, err)))
             return rc;
     }
@@ -238,7 +259,7 @@ int sess_prefill(sess *s, const int32_t *ids, int64_t n, moert_err *err)
     if ((rc = s->be.vt->sync(&s->be, err)))
         return rc;
     s->stats.prefill_seconds += now_seconds() - t0;
-    s->stats.prompt_tokens += n;
+    s->stats.prompt_tokens += done;
     return MOERT_OK;
 }
 
@@ -296,9 +317,11 @@ int sess_generate(sess *s, const int32_t *prompt, int64_t n_prompt, int64_t n_ne
         return err_set(err, MOERT_EUSAGE,
                        "prompt (%lld tokens) + %lld new tokens exceed max_seq_len %lld (raise --max-seq-len)",
                        (long long)n_prompt, (long long)n_new, (long long)s->cfg.rt.max_seq_len);
-    int rc = sess_prefill(s, prompt, n_prompt, err);
-    if (rc)
+    int rc = s->route ? trace_route_check_length(s->route, s->pos + n_prompt, n_new, err) : MOERT_OK;
+    if (rc || (rc = sess_prefill(s, prompt, n_prompt, err)))
         return rc;
+    if (s->interrupted)
+        return MOERT_OK;
     double t0 = now_seconds();
     for (int64_t i = 0; i < n_new; i++) {
         int32_t id = sess_sample(s);
@@ -309,6 +332,10 @@ int sess_generate(sess *s, const int32_t *prompt, int64_t n_prompt, int64_t n_ne
         s->stats.generated_tokens++;
         if (on_token && !on_token(ctx, id))
             break;
+        if (i + 1 < n_new && s->stop && *s->stop) {
+            s->interrupted = true;
+            break;
+        }
         if (i + 1 < n_new && (rc = sess_decode(s, id, err)))
             return rc;
     }

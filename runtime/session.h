@@ -24,6 +24,9 @@
 #include "sched.h"
 #include "st.h"
 #include "trace/trace.h"
+#include "trace/trace_route.h"
+
+#include <signal.h>
 
 typedef struct sess_stats {
     int64_t prompt_tokens, generated_tokens;
@@ -62,6 +65,11 @@ typedef struct sess {
     sess_stats stats;
     bool profile;             /* collect prof */
     sess_profile prof;
+    trace_route *route;       /* --route-from: the recorded routing (NULL = the router's own) */
+    /* Set by the caller (a signal handler's flag): prefill and generation stop after the
+     * step in progress, and `interrupted` says so.  NULL = never. */
+    const volatile sig_atomic_t *stop;
+    bool interrupted;
 } sess;
 
 enum {
@@ -82,7 +90,9 @@ void sess_close(sess *s);
 void sess_reset(sess *s);
 
 /* Runs the prompt in chunks of at most the configured prefill chunk.  Checks ids and that
- * the sequence fits max_seq_len.  Afterwards sess_logits() holds the last row's logits. */
+ * the sequence fits max_seq_len (and, replaying routing, that it is the recorded prompt).
+ * Afterwards sess_logits() holds the last row's logits -- unless *stop was set, which ends
+ * it after the chunk in progress with `interrupted` set (MOERT_OK). */
 int sess_prefill(sess *s, const int32_t *ids, int64_t n, moert_err *err);
 
 /* One decode step feeding `id` at the next position. */
@@ -98,7 +108,9 @@ const float *sess_logits(sess *s);
 int32_t sess_sample(sess *s);
 
 /* Prompt + n_new generated tokens; calls on_token (may be NULL) after each new token; stops
- * early when on_token returns false.  Generated ids go to out_ids (cap >= n_new). */
+ * early when on_token returns false, or after the step in progress when *stop is set
+ * (`interrupted`, MOERT_OK).  Generated ids go to out_ids (cap >= n_new).  Replaying
+ * routing, a run longer than the recording is refused before the first step. */
 typedef bool (*sess_token_fn)(void *ctx, int32_t id);
 int sess_generate(sess *s, const int32_t *prompt, int64_t n_prompt, int64_t n_new,
                   int32_t *out_ids, int64_t *n_out, sess_token_fn on_token, void *ctx,

@@ -77,6 +77,39 @@ static void test_no_alloc_sampling_traced(void)
     run_counted(true, 0.0, 1);
 }
 
+/* Routing replay reads the mapped trace and precision simulation rounds in place: neither
+ * allocates.  The replay fixture's own prompt and tokens are run, forced to its routing. */
+static void test_no_alloc_route_sim(void)
+{
+    cfg_config cfg;
+    moert_err err = {0};
+    CU_ASSERT_EQUAL_FATAL(cfg_load("configs/qwen3moe.yaml", &cfg, &err), MOERT_OK);
+    cfg.rt.threads = 2;
+    cfg.rt.prefill_chunk = 4;
+    cfg.rt.sim_precision = CFG_SIM_BF16;
+    snprintf(cfg.rt.route_from, sizeof cfg.rt.route_from, "tests/fixtures/replay/default.trace");
+    cfg.trace.enabled = true;
+    cfg.trace.positions = CFG_TRACE_ALL;
+    cfg.trace.stages = (1u << CFG_STAGE_COUNT) - 1;
+    cfg.trace.all_layers = true;
+    cfg.trace.capacity = 64;
+    snprintf(cfg.trace.out_path, sizeof cfg.trace.out_path, "%s/alloc-route.trace", test_tmpdir());
+    sess s;
+    CU_ASSERT_EQUAL_FATAL(sess_open(&s, &cfg, 0, &err), MOERT_OK);
+    const int32_t *prompt, *gen;
+    int64_t n_prompt, n_gen;
+    trace_route_ids(s.route, &prompt, &n_prompt, &gen, &n_gen);
+    CU_ASSERT_FATAL(n_gen > 2);
+    alloc_count_start();
+    int st = sess_prefill(&s, prompt, n_prompt, &err);
+    for (int64_t i = 0; i + 1 < n_gen && st == MOERT_OK; i++)
+        st = sess_decode(&s, gen[i], &err);
+    uint64_t n = alloc_count_stop();
+    CU_ASSERT_EQUAL(st, MOERT_OK);
+    CU_ASSERT_EQUAL(n, 0);
+    sess_close(&s);
+}
+
 /* The counter itself must see allocations, or the tests above prove nothing. */
 static void test_counter_counts(void)
 {
@@ -93,4 +126,5 @@ void suite_alloc(void)
     CU_add_test(s, "no allocation after init: prefill + 32 greedy decode steps", test_no_alloc_greedy);
     CU_add_test(s, "no allocation after init: sampling, tensor tracing", test_no_alloc_sampling_traced);
     CU_add_test(s, "no allocation after init: GGUF models", test_no_alloc_gguf);
+    CU_add_test(s, "no allocation after init: --route-from, --sim-precision", test_no_alloc_route_sim);
 }

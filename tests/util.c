@@ -200,3 +200,26 @@ const char *test_synth_gguf_tied(const char *mix)
 {
     return synth_gguf(mix, true);
 }
+
+long test_st_offset(const char *file, const char *name)
+{
+    FILE *f = fopen(file, "rb");
+    if (!f)
+        return -1;
+    uint64_t n = 0;
+    long off = -1;
+    if (fread(&n, 8, 1, f) == 1 && n <= (1u << 26)) {
+        char *hdr = calloc(1, n + 1);
+        if (hdr && fread(hdr, 1, n, f) == n) {
+            json_error_t je;
+            json_t *h = json_loads(hdr, 0, &je);
+            json_t *offs = json_object_get(json_object_get(h, name), "data_offsets");
+            if (offs)
+                off = (long)(8 + n + (uint64_t)json_integer_value(json_array_get(offs, 0)));
+            json_decref(h);
+        }
+        free(hdr);
+    }
+    fclose(f);
+    return off;
+}

@@ -37,6 +37,10 @@ bool test_reference_prompt(const char *dir, char *ids, size_t cap);
 int test_run_cmdf(char *out, size_t out_cap, char *errbuf, size_t err_cap, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
+/* Byte offset of tensor `name`'s data in the single safetensors file `file` (a weights
+ * shard or a trace), from the file's own header; -1 when absent or unreadable. */
+long test_st_offset(const char *file, const char *name);
+
 /* A fresh empty directory under build/test-tmp/ for this process. */
 const char *test_tmpdir(void);
 

@@ -146,7 +146,8 @@ def capture(model, ids):
     for i, layer in enumerate(m.layers):
         gate = getattr(layer.mlp, "gate", None)
         if gate is not None and hasattr(gate, "weight"):
-            out[f"l{i}.router_logits"] = F.linear(out[f"l{i}.ffn_norm"], gate.weight.double())
+            x = out[f"l{i}.ffn_norm"]
+            out[f"l{i}.router_logits"] = F.linear(x, gate.weight.to(x.dtype))
     return out
 
 
@@ -163,14 +164,16 @@ def greedy(model, ids, n):
     return gen, margins
 
 
-def load(dirname):
+def load(dirname, dtype=torch.float64):
+    """The HF model of a snapshot directory in `dtype` (float64 by default), eval mode;
+    exits when HF reports missing, unexpected or mismatched weights."""
     # The grouped-mm experts kernel has no float64 path: ask for the eager per-expert loop.
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(dirname, dtype=torch.float64,
+        model, info = AutoModelForCausalLM.from_pretrained(dirname, dtype=dtype,
                                                            output_loading_info=True,
                                                            experts_implementation="eager")
     except (TypeError, ValueError):
-        model, info = AutoModelForCausalLM.from_pretrained(dirname, dtype=torch.float64,
+        model, info = AutoModelForCausalLM.from_pretrained(dirname, dtype=dtype,
                                                            output_loading_info=True)
     for mod in model.modules():
         cfg = getattr(mod, "config", None)

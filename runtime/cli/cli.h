@@ -5,8 +5,7 @@
 #define MOERT_CLI_H
 
 #include "../err.h"
-
-#define MOERT_VERSION "0.1.0"
+#include "../version.h"
 
 typedef int (*cli_fn)(int argc, char **argv, moert_err *err);
 

@@ -299,6 +299,7 @@ int cli_bench(int argc, char **argv, moert_err *err)
     if (json) {
         json_t *o = json_object();
         json_object_set_new(o, "config", json_string(path));
+        json_object_set_new(o, "build", ver_json());
         json_object_set_new(o, "backend", json_string(backend_name));
         json_object_set_new(o, "device", json_string(device));
         json_object_set_new(o, "threads", json_integer(threads));

@@ -1,11 +1,13 @@
 /* moert run: load, prefill, decode, print; optionally trace. */
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 #include "cli_common.h"
+#include "../afile.h"
 #include "../session.h"
 #include "../tok.h"
 #include "../trace/trace_file.h"
@@ -22,7 +24,22 @@ static const char run_usage[] =
     "  --threads N  --prefill-chunk K  --max-seq-len N  --backend cpu|hip  --weights PATH\n"
     "  --seed S  --temp T  --top-k K  --top-p P    sampling (temp 0 = greedy)\n"
     "  --trace FILE  --trace-mode stats|tensor  --trace-positions last|all  --contract FILE\n"
-    "  --check-weights       scan the weights for NaN/Inf at init (also done with --contract)\n";
+    "  --check-weights       scan the weights for NaN/Inf at init (also done with --contract)\n"
+    "  --route-from TRACE    routing replay: every layer's experts and routing weights at every\n"
+    "                        position are the ones TRACE recorded (same prompt and topology; a\n"
+    "                        trace recorded with --trace-positions all), not the router's (cpu)\n"
+    "  --sim-precision bf16|f16  round every op's output activations to that format, weights\n"
+    "                        unchanged: the precision noise floor of a reduced-precision device (cpu)\n"
+    "  SIGINT / SIGTERM stop after the step in progress: the trace of what ran is written\n"
+    "  (\"interrupted\": true in its manifest), the speed line printed, exit 130.\n";
+
+/* The signal that asked the run to stop (0 = none); sess_generate polls it between steps. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+}
 
 typedef struct run_out {
     tok_tokenizer *tok;
@@ -100,6 +117,7 @@ int cli_run(int argc, char **argv, moert_err *err)
 {
     cli_overrides ov = {0};
     const char *path = NULL, *tokens = NULL, *prompt = NULL;
+    const char *route_from = NULL, *sim = NULL;
     bool chat = false, json = false, ignore_eos = false, check_weights = false;
     int64_t n_new = 16;
     for (int i = 1; i < argc;) {
@@ -112,10 +130,15 @@ int cli_run(int argc, char **argv, moert_err *err)
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(run_usage, stdout);
             return MOERT_OK;
-        } else if (!strcmp(a, "--tokens") || !strcmp(a, "--prompt") || !strcmp(a, "-n")) {
+        } else if (!strcmp(a, "--tokens") || !strcmp(a, "--prompt") || !strcmp(a, "-n") ||
+                   !strcmp(a, "--route-from") || !strcmp(a, "--sim-precision")) {
             if (i + 1 >= argc)
                 return err_set(err, MOERT_EUSAGE, "%s needs a value", a);
-            if (!strcmp(a, "--tokens"))
+            if (!strcmp(a, "--route-from"))
+                route_from = argv[i + 1];
+            else if (!strcmp(a, "--sim-precision"))
+                sim = argv[i + 1];
+            else if (!strcmp(a, "--tokens"))
                 tokens = argv[i + 1];
             else if (!strcmp(a, "--prompt"))
                 prompt = argv[i + 1];
@@ -149,6 +172,12 @@ int cli_run(int argc, char **argv, moert_err *err)
         return err_set(err, MOERT_EUSAGE, "give exactly one of --tokens or --prompt\n%s", run_usage);
     if (chat && !prompt)
         return err_set(err, MOERT_EUSAGE, "--chat needs --prompt");
+    int sim_p = sim ? cfg_sim_precision_from_name(sim) : CFG_SIM_NONE;
+    if (sim_p < 0 || (sim && sim_p == CFG_SIM_NONE))
+        return err_set(err, MOERT_EUSAGE, "--sim-precision: expected bf16 or f16, got '%s'", sim);
+    if (route_from && (!route_from[0] || strlen(route_from) >= CFG_PATH_MAX))
+        return err_set(err, MOERT_EUSAGE, "--route-from: expected a trace file path of 1 to %d bytes",
+                       CFG_PATH_MAX - 1);
 
     cfg_config *cfg = malloc(sizeof *cfg);
     if (!cfg)
@@ -158,8 +187,12 @@ int cli_run(int argc, char **argv, moert_err *err)
     int32_t *prompt_ids = NULL, *gen_ids = NULL;
     int64_t n_prompt = 0, n_gen = 0;
     sess *s = NULL;
+    afile probe = {.fd = -1};
     if (st)
         goto done;
+    cfg->rt.sim_precision = (cfg_sim_precision)sim_p;
+    if (route_from)
+        snprintf(cfg->rt.route_from, sizeof cfg->rt.route_from, "%s", route_from);
     int64_t cap = cfg->rt.max_seq_len;
     prompt_ids = malloc((size_t)cap * sizeof *prompt_ids);
     gen_ids = malloc((size_t)(n_new ? n_new : 1) * sizeof *gen_ids);
@@ -193,10 +226,35 @@ int cli_run(int argc, char **argv, moert_err *err)
         add_stop(&out, cfg->eos_ids[i]);
     out.print_text = !json && prompt != NULL;
     out.print_ids = !json && prompt == NULL;
+    /* An unwritable trace path is found now, not after every token was generated: its temp
+     * file is created here (the writer reuses the same name) and stays until the trace is. */
+    if (cfg->trace.enabled && (st = afile_open(&probe, cfg->trace.out_path, err))) {
+        err_prefix(err, "--trace");
+        goto done;
+    }
+    struct sigaction sa = {.sa_handler = on_stop_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     if ((st = sess_open(s, cfg, check_weights ? SESS_CHECK_WEIGHTS : 0, err)))
         goto done;
+    s->stop = &stop_signal;
     if ((st = sess_generate(s, prompt_ids, n_prompt, n_new, gen_ids, &n_gen, on_token, &out, err)))
         goto done;
+    if (s->route) {
+        /* forced routing of the recorded tokens: a different sampled token feeds another input */
+        const int32_t *rp, *rg;
+        int64_t nrp, nrg;
+        trace_route_ids(s->route, &rp, &nrp, &rg, &nrg);
+        for (int64_t i = 0; i < n_gen && i < nrg; i++)
+            if (gen_ids[i] != rg[i]) {
+                fprintf(stderr,
+                        "moert run: generated token %lld is %d, the routing recording's is %d: later positions "
+                        "replay routing recorded for other tokens\n",
+                        (long long)i, gen_ids[i], rg[i]);
+                break;
+            }
+    }
     if (out.print_text) {
         char buf[16];
         size_t len = 0;
@@ -244,9 +302,16 @@ int cli_run(int argc, char **argv, moert_err *err)
         json_object_set_new(o, "weight_bytes", json_integer((json_int_t)s->weights.total_bytes));
         json_object_set_new(o, "threads", json_integer(s->threads));
         json_object_set_new(o, "backend", json_string(s->be.vt->name));
+        json_object_set_new(o, "interrupted", json_boolean(s->interrupted));
         st = cli_print_json(o, JSON_COMPACT, err);
     }
+    if (!st && s->interrupted)
+        st = err_set(err, MOERT_EINTR, "interrupted by %s after %lld prompt and %lld generated tokens%s%s",
+                     stop_signal == SIGTERM ? "SIGTERM" : "SIGINT", (long long)s->stats.prompt_tokens,
+                     (long long)n_gen, s->trace ? "; trace written to " : "", s->trace ? cfg->trace.out_path : "");
 done:
+    /* after a written trace its temp name is gone: this only closes the probe's descriptor */
+    afile_abort(&probe);
     if (s) {
         sess_close(s);
         free(s);

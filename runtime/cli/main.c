@@ -34,10 +34,6 @@ int main(int argc, char **argv)
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
-        printf("moert %s\n", MOERT_VERSION);
-        return 0;
-    }
     /* MOERT_KERNELS picks a kernel level (all give identical results): for comparing them. */
     const char *kern = getenv("MOERT_KERNELS");
     if (kern && *kern) {
@@ -49,6 +45,13 @@ int main(int argc, char **argv)
             return 2;
         }
         ops_set_level((ops_level)lv);
+    }
+    /* after MOERT_KERNELS: it names the kernel family in use */
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        char text[1024];
+        ver_format(text, sizeof text);
+        fputs(text, stdout);
+        return 0;
     }
     for (const cli_command *c = commands; c->name; c++) {
         if (strcmp(argv[1], c->name) != 0)

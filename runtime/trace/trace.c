@@ -17,7 +17,7 @@ struct trace_rt {
 static uint64_t record_bytes(const cfg_trace_plan *plan, cfg_stage stage, int64_t width)
 {
     uint64_t b = sizeof(trace_record);
-    if (plan->mode == CFG_TRACE_TENSOR) {
+    if (plan->mode == CFG_TRACE_TENSOR || stage == CFG_STAGE_MOE_ROUTER) {
         b += (uint64_t)width * sizeof(float);
         if (stage == CFG_STAGE_MOE_ROUTER)
             b += (uint64_t)width * sizeof(int32_t);
@@ -84,6 +84,7 @@ int trace_rt_bind(trace_rt *t, const sched *s, moert_err *err)
         si->layer = op->layer;
         si->width = op->n;
         si->has_ids = op->stage == CFG_STAGE_MOE_ROUTER;
+        si->keeps_row = t->plan.mode == CFG_TRACE_TENSOR || si->has_ids;
         si->record_bytes = record_bytes(&t->plan, si->stage, op->n);
         si->ring_buf = op->out[0];
     }
@@ -230,7 +231,7 @@ int trace_capture_host(trace_rt *t, const sched_op *op, const exec_step *st, con
         uint64_t vb = (uint64_t)si->width * sizeof(float);
         rec->hash = trace_row_hash(row, vb, ids, ids ? vb : 0);
         trace_row_stats(row, si->width, rec->stats);
-        if (t->plan.mode == CFG_TRACE_TENSOR) {
+        if (si->keeps_row) {
             memcpy(rec + 1, row, vb);
             if (ids)
                 memcpy((uint8_t *)(rec + 1) + vb, ids, vb);

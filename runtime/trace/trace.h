@@ -43,7 +43,7 @@ typedef struct trace_ring_header {
 } trace_ring_header;
 
 /* Fixed part of each record; the row's values (f32) and, for moe_router, the expert ids
- * (i32) follow in tensor mode. */
+ * (i32) follow in tensor mode, and for moe_router in stats mode too. */
 typedef struct trace_record {
     int64_t step;
     int64_t pos;
@@ -60,6 +60,8 @@ typedef struct trace_slot_info {
     int32_t layer;
     int64_t width;           /* elements per row */
     bool has_ids;            /* moe_router: an i32 companion row */
+    bool keeps_row;          /* records hold the row itself: tensor mode, and moe_router's
+                                ids and weights in every mode (small; routing replay reads them) */
     uint64_t record_bytes;
     int32_t ring_buf;        /* schedule buffer id of its ring */
 } trace_slot_info;

@@ -7,7 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../cli/cli.h"
+#include "../version.h"
+#include "trace_route.h"
 
 
 /* ---- manifest ---------------------------------------------------------------------- */
@@ -59,6 +60,7 @@ static json_t *manifest_json(sess *s, const trace_run_info *info, uint64_t finge
     json_object_set_new(m, "format", json_string("moert-trace"));
     json_object_set_new(m, "format_version", json_integer(1));
     json_object_set_new(m, "moert_version", json_string(MOERT_VERSION));
+    json_object_set_new(m, "build", ver_json());
     json_object_set_new(m, "topology", topology_json(&c->topo));
     json_t *w = json_object();
     if (c->weights.synth) {
@@ -75,6 +77,15 @@ static json_t *manifest_json(sess *s, const trace_run_info *info, uint64_t finge
     json_object_set_new(m, "weights", w);
     json_object_set_new(m, "backend", json_string(s->be.vt->name));
     json_object_set_new(m, "threads", json_integer(s->threads));
+    json_object_set_new(m, "sim_precision", json_string(cfg_sim_precision_name(c->rt.sim_precision)));
+    if (s->route) {
+        snprintf(hex, sizeof hex, "%016" PRIx64, trace_route_fingerprint(s->route));
+        json_object_set_new(m, "route_from", json_pack("{ss ss}", "path", trace_route_path(s->route),
+                                                       "fingerprint", hex));
+    } else {
+        json_object_set_new(m, "route_from", json_null());
+    }
+    json_object_set_new(m, "interrupted", json_boolean(s->interrupted));
     json_object_set_new(m, "prefill_chunk", json_integer(c->rt.prefill_chunk));
     json_object_set_new(m, "max_seq_len", json_integer(c->rt.max_seq_len));
     json_t *sp = json_object();
@@ -147,7 +158,6 @@ int trace_file_write(sess *s, const char *path, const trace_run_info *info, moer
     backend *be = &s->be;
     size_t n_rings = trace_rt_count(s->trace);
     const cfg_trace_plan *plan = trace_rt_plan(s->trace);
-    bool tensor = plan->mode == CFG_TRACE_TENSOR;
     uint64_t cap = (uint64_t)plan->capacity;
     trace_ring_header *hdrs = calloc(n_rings ? n_rings : 1, sizeof *hdrs);
     const uint8_t **rings = calloc(n_rings ? n_rings : 1, sizeof *rings);
@@ -173,7 +183,7 @@ int trace_file_write(sess *s, const char *path, const trace_run_info *info, moer
         int64_t n = (int64_t)hdrs[i].stored;
         char label[64];
         trace_label(label, sizeof label, si->stage, si->layer);
-        if (tensor) {
+        if (si->keeps_row) {
             snprintf(names[n_specs], sizeof names[0], "%s", label);
             specs[n_specs] = (st_write_spec){names[n_specs], ST_F32, 2, {n, si->width}};
             n_specs++;
@@ -206,7 +216,7 @@ int trace_file_write(sess *s, const char *path, const trace_run_info *info, moer
     for (size_t i = 0; i < n_rings && !st; i++) {
         const trace_slot_info *si = trace_rt_slot(s->trace, i);
         uint64_t n = hdrs[i].stored, vb = (uint64_t)si->width * sizeof(float);
-        if (tensor) {
+        if (si->keeps_row) {
             for (uint64_t j = 0; j < n && !st; j++)
                 st = st_writer_write(w, ring_record(rings[i], &hdrs[i], cap, si->record_bytes, j) + 1,
                                      vb, err);
@@ -473,7 +483,8 @@ static int open_ring(trace_file *out, const char *path, size_t i, const json_t *
                        path, where, v->label, (long long)n, sname, (long long)n, mname, (long long)n,
                        describe_tensor(out->set, sname, got_s, sizeof got_s),
                        describe_tensor(out->set, mname, got_m, sizeof got_m));
-    if (out->tensor_mode) {
+    /* moe_router keeps its ids and weights in stats mode too */
+    if (out->tensor_mode || v->stage == CFG_STAGE_MOE_ROUTER) {
         v->values = tensor_as(out->set, v->label, ST_F32, n, width);
         if (v->stage == CFG_STAGE_MOE_ROUTER) {
             char ename[96];
@@ -624,6 +635,22 @@ static int manifest_config(const json_t *m, const char *path, cfg_config *cfg, m
         return st;
     cfg->rt.threads = (int32_t)v;
     cfg->rt.backend = (cfg_backend)which;
+    /* precision simulation and routing replay: absent from older traces (= off) */
+    if (json_object_get(m, "sim_precision")) {
+        const char *const sims[] = {cfg_sim_precision_name(CFG_SIM_NONE), cfg_sim_precision_name(CFG_SIM_BF16),
+                                    cfg_sim_precision_name(CFG_SIM_F16), NULL};
+        if ((st = want_enum(m, "sim_precision", sims, &which, path, "", err)))
+            return st;
+        cfg->rt.sim_precision = (cfg_sim_precision)which;
+    }
+    const json_t *rf = json_object_get(m, "route_from");
+    if (rf && !json_is_null(rf)) {
+        const json_t *p = json_object_get(rf, "path");
+        if (!json_is_object(rf) || !json_is_string(p) || !json_string_length(p) ||
+            json_string_length(p) >= sizeof cfg->rt.route_from || strlen(json_string_value(p)) != json_string_length(p))
+            return bad_field(err, path, "route_from", "path", p, "a path of 1 to 1023 bytes");
+        snprintf(cfg->rt.route_from, sizeof cfg->rt.route_from, "%s", json_string_value(p));
+    }
     cfg_sampling *s = &cfg->sampling;
     if ((st = want_num(sp, "temperature", 0, 1e6, &s->temperature, path, "sampling", err)) ||
         (st = want_int(sp, "top_k", 0, t->vocab_size, &v, path, "sampling", err)))

@@ -11,7 +11,9 @@
  *   "<label>@meta"     I64 [n, 3]       generation step, position, trace_row_hash of the row
  * __metadata__: "format" = "moert-trace", "moert_version", and "manifest": a JSON document
  * with the resolved topology, weights source and fingerprint, backend, threads, sampling,
- * prompt and generated ids, trace plan, contract name/version and per-ring drop counts.
+ * prompt and generated ids, trace plan, contract name/version and per-ring drop counts; the
+ * build (version.h), sim_precision, route_from ({path, fingerprint} or null) and
+ * "interrupted" (the session stopped early on a signal).
  * Written atomically (temp file, fsync, rename).
  */
 #ifndef MOERT_TRACE_FILE_H
