@@ -64,7 +64,18 @@ typedef struct dev_layer {
     long long estride_gu, estride_d;   /* bytes */
 } dev_layer;
 
-enum { OPF_SKIP = 1, OPF_FUSE_NEXT = 2 };
+/* OPF_SNAP: a decode MATMUL whose traced output the op after the TRACE rewrites in place
+ * (qkv): in the graph its GEMV also writes the snapshot the side capture reads.
+ * OPF_FROM_SNAP: that TRACE. */
+enum { OPF_SKIP = 1, OPF_FUSE_NEXT = 2, OPF_SNAP = 4, OPF_FROM_SNAP = 8 };
+
+/* A trace capture running on a side stream of the decode graph: the bytes it reads. */
+#define HIP_TR_STREAMS 4
+typedef struct tr_pending {
+    int ti;
+    const unsigned char *p[2];
+    uint64_t n[2];
+} tr_pending;
 
 typedef struct hip_ctx {
     const sched *s;
@@ -119,6 +130,15 @@ typedef struct hip_ctx {
 
     /* decode graph */
     bool use_graph, capturing, graph_ready, graph_failed, graph_launched;
+    /* traces beside the graph's chain (tr_side): streams, the fork event, one completion
+     * event per trace slot, the captures not yet joined, the qkv snapshot */
+    bool tr_side;
+    hipStream_t tr_ss[HIP_TR_STREAMS];
+    hipEvent_t tr_fork;
+    hipEvent_t *tr_ev;
+    tr_pending *tr_pend;
+    int n_tr_pend, tr_rr;
+    float *d_tr_snap;
     hipGraph_t graph;
     hipGraphExec_t gexec;
 
@@ -387,20 +407,56 @@ static bool env_on(const char *name)
 
 static void hip_shutdown(backend *b);
 
-/* Decides the fusions (see the file comment). */
+/* The op that op i would fuse with: the next one, except that a residual ADD looks past
+ * TRACE ops capturing its stream (the fused norm writes another buffer, so they read the
+ * same x either way, and a traced step keeps the fusion). */
+static int32_t fuse_partner(const sched *s, int32_t i)
+{
+    int32_t j = i + 1;
+    if (s->ops[i].kind == SCHED_ADD)
+        while (j < s->n_ops && s->ops[j].kind == SCHED_TRACE && s->ops[j].in[0] == s->ops[i].out[0] &&
+               s->ops[j].in[1] == SCHED_NO_BUF)
+            j++;
+    return j;
+}
+
+static bool op_writes_buf(const sched_op *op, int32_t buf)
+{
+    for (int i = 0; i < 2; i++)
+        if (op->out[i] == buf)
+            return true;
+    for (int i = 0; i < 4; i++)
+        if (op->scratch[i] == buf)
+            return true;
+    return false;
+}
+
+/* Decides the fusions (see the file comment) and the traced rows that need a snapshot in
+ * the decode graph (a TRACE whose next op rewrites its source in place). */
 static void plan_fusions(hip_ctx *c)
 {
     const sched *s = c->s;
     for (int32_t i = 0; i + 1 < s->n_ops; i++) {
-        const sched_op *op = &s->ops[i], *nx = &s->ops[i + 1];
+        int32_t j = fuse_partner(s, i);
+        if (j >= s->n_ops)
+            continue;
+        const sched_op *op = &s->ops[i], *nx = &s->ops[j];
         if (op->kind == SCHED_ADD && nx->kind == SCHED_RMSNORM && nx->in[0] == op->out[0] &&
             nx->n == op->n && !(c->opf[i] & OPF_SKIP)) {
             c->opf[i] |= OPF_FUSE_NEXT;
-            c->opf[i + 1] |= OPF_SKIP;
+            c->opf[j] |= OPF_SKIP;
         } else if (op->kind == SCHED_QK_NORM_ROPE && nx->kind == SCHED_KV_STORE &&
                    nx->in[0] == op->out[0] && nx->layer == op->layer) {
             c->opf[i] |= OPF_FUSE_NEXT;
-            c->opf[i + 1] |= OPF_SKIP;
+            c->opf[j] |= OPF_SKIP;
+        }
+    }
+    for (int32_t i = 0; i + 2 < s->n_ops; i++) {
+        const sched_op *op = &s->ops[i], *tr = &s->ops[i + 1], *nx = &s->ops[i + 2];
+        if (op->kind == SCHED_MATMUL && tr->kind == SCHED_TRACE && tr->in[0] == op->out[0] &&
+            tr->in[1] == SCHED_NO_BUF && op_writes_buf(nx, op->out[0])) {
+            c->opf[i] |= OPF_SNAP;
+            c->opf[i + 1] |= OPF_FROM_SNAP;
         }
     }
 }
@@ -609,6 +665,24 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
         goto fail;
     }
     plan_fusions(c);
+    if (c->trace && c->use_graph && !env_on("MOERT_HIP_TRACE_INLINE")) {
+        /* side streams for the decode graph's trace captures (see side_trace) */
+        c->tr_ev = (hipEvent_t *)calloc((size_t)(c->n_trace > 0 ? c->n_trace : 1), sizeof *c->tr_ev);
+        c->tr_pend = (tr_pending *)calloc((size_t)(c->n_trace > 0 ? c->n_trace : 1), sizeof *c->tr_pend);
+        if (!c->tr_ev || !c->tr_pend) {
+            st = err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
+            goto fail;
+        }
+        for (int i = 0; i < HIP_TR_STREAMS; i++)
+            INIT_TRY(hipStreamCreateWithFlags(&c->tr_ss[i], hipStreamNonBlocking), "hipStreamCreate");
+        INIT_TRY(hipEventCreateWithFlags(&c->tr_fork, hipEventDisableTiming), "hipEventCreate");
+        for (int i = 0; i < c->n_trace; i++)
+            INIT_TRY(hipEventCreateWithFlags(&c->tr_ev[i], hipEventDisableTiming), "hipEventCreate");
+        /* NOT in the plan yet: qkv_dim floats, the decode graph's qkv snapshot */
+        INIT_TRY(hipMalloc((void **)&c->d_tr_snap, sizeof(float) * (size_t)(s->qkv_dim > 0 ? s->qkv_dim : 1)),
+                 "allocating the trace snapshot");
+        c->tr_side = true;
+    }
 
     if ((st = upload_weights(c, err)))
         goto fail;
@@ -690,6 +764,18 @@ static void hip_shutdown(backend *b)
     }
     if (c->stream)
         (void)hipStreamDestroy(c->stream);
+    for (int i = 0; i < HIP_TR_STREAMS; i++)
+        if (c->tr_ss[i])
+            (void)hipStreamDestroy(c->tr_ss[i]);
+    for (int i = 0; c->tr_ev && i < c->n_trace; i++)
+        if (c->tr_ev[i])
+            (void)hipEventDestroy(c->tr_ev[i]);
+    if (c->tr_fork)
+        (void)hipEventDestroy(c->tr_fork);
+    if (c->d_tr_snap)
+        (void)hipFree(c->d_tr_snap);
+    free(c->tr_ev);
+    free(c->tr_pend);
     free(c->layers);
     free(c->opf);
     free(c);
@@ -790,8 +876,9 @@ static int launch_err(hipError_t e, const sched_op *op, moert_err *err)
                    sched_kind_name(op->kind), op->layer, hipGetErrorString(e));
 }
 
+/* snap: NULL, or where a decode GEMV also writes its outputs (a traced row's snapshot) */
 static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long long rows,
-                           float *out, long long ldo, moert_err *err)
+                           float *out, long long ldo, float *snap, moert_err *err)
 {
     const dev_tensor *seg[3] = {NULL, NULL, NULL};
     int nseg = 0;
@@ -837,6 +924,7 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
                 a.seg_end[i] = end;
             }
             a.y = out + begin;
+            a.y2 = snap ? snap + begin : NULL;
             a.n_total = end;
             a.k = op->k;
             int st = launch_err(hip_launch_gemv(seg[i0]->dt, &a, gemv_grid(c, end), c->stream), op, err);
@@ -1026,14 +1114,16 @@ static int run_mlp(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     return launch_err(hip_launch_gemm(L->mlp_down.dt, HIP_A_SWIGLU, 64, &a, c->stream), op, err);
 }
 
-static int run_trace(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
+/* src: NULL (the op's input), or the snapshot holding it; launched on stream `ss` */
+static int run_trace(hip_ctx *c, const sched_op *op, int rows, const float *src, hipStream_t ss,
+                     moert_err *err)
 {
     if (!c->trace || op->trace_index < 0 || op->trace_index >= c->n_trace)
         return err_set(err, MOERT_EINTERNAL, "backend hip: TRACE op without a bound trace context");
     const trace_slot_info *si = trace_rt_slot(c->trace, (size_t)op->trace_index);
     hip_trace_args a;
     memset(&a, 0, sizeof a);
-    a.src = fbuf(c, op->in[0]);
+    a.src = src ? src : fbuf(c, op->in[0]);
     a.src2 = op->in[1] >= 0 ? (const int32_t *)dbuf(c, op->in[1]) : NULL;
     a.ring = dbuf(c, op->out[0]);
     a.shadow = c->d_shadow;
@@ -1046,7 +1136,7 @@ static int run_trace(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     a.overwrite = c->tr_overwrite;
     a.logits_last = si->stage == CFG_STAGE_LOGITS && !c->tr_all;
     a.sp = c->d_params;
-    return launch_err(hip_launch_trace(&a, c->tr_all ? rows : 1, c->stream), op, err);
+    return launch_err(hip_launch_trace(&a, c->tr_all ? rows : 1, ss), op, err);
 }
 
 static int32_t op_index(hip_ctx *c, const sched_op *op)
@@ -1107,7 +1197,9 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
                           op, err);
     }
     case SCHED_MATMUL:
-        return run_matmul_rows(c, op, fbuf(c, op->in[0]), rows, fbuf(c, op->out[0]), op->n, err);
+        return run_matmul_rows(c, op, fbuf(c, op->in[0]), rows, fbuf(c, op->out[0]), op->n,
+                               (f & OPF_SNAP) && c->capturing && c->tr_side && rows == 1 ? c->d_tr_snap : NULL,
+                               err);
     case SCHED_QK_NORM_ROPE: {
         hip_qkn_args a;
         qkn_args(c, op, f, &a);
@@ -1143,7 +1235,7 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
     }
     case SCHED_ADD:
         if (f & OPF_FUSE_NEXT) {
-            const sched_op *nx = op + 1;
+            const sched_op *nx = &s->ops[fuse_partner(s, oi)];
             const dev_tensor *w = dev_weight(c, nx->w[0], nx->layer);
             return launch_err(hip_launch_add_rmsnorm(fbuf(c, op->out[0]), fbuf(c, op->in[0]), w->d, w->dt,
                                                      fbuf(c, nx->out[0]), op->n, c->eps, rows, c->stream),
@@ -1163,7 +1255,7 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
         long long H = t->hidden_size;
         const float *fn = fbuf(c, op->in[0]);
         long long first = s->logit_rows == 1 ? rows - 1 : 0;
-        int rc = run_matmul_rows(c, op, fn + first * H, rows - first, fbuf(c, op->out[0]), op->n, err);
+        int rc = run_matmul_rows(c, op, fn + first * H, rows - first, fbuf(c, op->out[0]), op->n, NULL, err);
         if (rc)
             return rc;
         /* the greedy pick, inside the step (and the decode graph) */
@@ -1172,10 +1264,107 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
                                             c->stream),
                           op, err);
     }
-    case SCHED_TRACE: return run_trace(c, op, rows, err);
+    case SCHED_TRACE: return run_trace(c, op, rows, NULL, c->stream, err);
     default:
         return err_set(err, MOERT_EINTERNAL, "backend hip: unknown op kind %d", (int)op->kind);
     }
+}
+
+/* ---- traces beside the decode graph's chain -------------------------------------------
+ * Inline, each TRACE kernel sits on the chain of dependent kernels: 111 of them made a
+ * traced decode step 70% slower.  While the decode graph is captured (tr_side), a TRACE op
+ * instead forks onto a side stream after its producer, and the chain joins it (waits for
+ * its event) only before the first later op that writes what it reads, or at the end of the
+ * step.  The capture kernel and its inputs are the same, so the records are the same bits.
+ * A row the op after its TRACE rewrites in place (qkv, by QK_NORM_ROPE) would force an
+ * immediate join: its GEMV writes a copy into a snapshot instead, and the capture reads that
+ * (the next snapshot write, one layer later, joins it). */
+
+/* The device byte ranges op `op` writes (outputs, scratch, the snapshot); at most 7. */
+static int op_write_ranges(hip_ctx *c, const sched_op *op, const unsigned char **p, uint64_t *n)
+{
+    const sched *s = c->s;
+    int k = 0;
+    int32_t ids[6] = {op->out[0], op->out[1], op->scratch[0], op->scratch[1], op->scratch[2], op->scratch[3]};
+    for (int i = 0; i < 6; i++) {
+        /* the GPU never touches the CPU's panel and row pointers */
+        if (ids[i] < 0 || ids[i] == s->known.panel || ids[i] == s->known.rowptrs)
+            continue;
+        p[k] = dbuf(c, ids[i]);
+        n[k++] = s->bufs[ids[i]].bytes;
+    }
+    if (c->opf[op_index(c, op)] & OPF_SNAP) {
+        p[k] = (const unsigned char *)c->d_tr_snap;
+        n[k++] = (uint64_t)s->qkv_dim * sizeof(float);
+    }
+    return k;
+}
+
+/* Before op runs in the graph: the chain waits for every pending capture that reads bytes
+ * op (with the op fused into it) writes. */
+static int side_join(hip_ctx *c, const sched_op *op, moert_err *err)
+{
+    int32_t oi = op_index(c, op);
+    if (c->opf[oi] & OPF_SKIP)
+        return MOERT_OK; /* its writes were those of the launch it is fused into */
+    const unsigned char *p[14];
+    uint64_t n[14];
+    int k = op_write_ranges(c, op, p, n);
+    if (c->opf[oi] & OPF_FUSE_NEXT)
+        k += op_write_ranges(c, &c->s->ops[fuse_partner(c->s, oi)], p + k, n + k);
+    for (int i = 0; i < c->n_tr_pend;) {
+        const tr_pending *t = &c->tr_pend[i];
+        bool hit = false;
+        for (int a = 0; a < 2 && !hit; a++)
+            for (int w = 0; w < k && !hit && t->p[a]; w++)
+                hit = t->p[a] < p[w] + n[w] && p[w] < t->p[a] + t->n[a];
+        if (!hit) {
+            i++;
+            continue;
+        }
+        HIP_TRY(hipStreamWaitEvent(c->stream, c->tr_ev[t->ti], 0), "joining a trace capture");
+        c->tr_pend[i] = c->tr_pend[--c->n_tr_pend];
+    }
+    return MOERT_OK;
+}
+
+static int side_join_all(hip_ctx *c, moert_err *err)
+{
+    for (int i = 0; i < c->n_tr_pend; i++)
+        HIP_TRY(hipStreamWaitEvent(c->stream, c->tr_ev[c->tr_pend[i].ti], 0), "joining a trace capture");
+    c->n_tr_pend = 0;
+    return MOERT_OK;
+}
+
+static int side_trace(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
+{
+    const sched *s = c->s;
+    int ti = op->trace_index;
+    if (ti < 0 || ti >= c->n_trace || c->n_tr_pend >= c->n_trace)
+        return err_set(err, MOERT_EINTERNAL, "backend hip: trace slot %d out of range", ti);
+    const bool snap = (c->opf[op_index(c, op)] & OPF_FROM_SNAP) && rows == 1;
+    hipStream_t ss = c->tr_ss[c->tr_rr++ % HIP_TR_STREAMS];
+    HIP_TRY(hipEventRecord(c->tr_fork, c->stream), "forking a trace capture");
+    HIP_TRY(hipStreamWaitEvent(ss, c->tr_fork, 0), "forking a trace capture");
+    int rc = run_trace(c, op, rows, snap ? c->d_tr_snap : NULL, ss, err);
+    if (rc)
+        return rc;
+    HIP_TRY(hipEventRecord(c->tr_ev[ti], ss), "a trace capture");
+    tr_pending *t = &c->tr_pend[c->n_tr_pend++];
+    memset(t, 0, sizeof *t);
+    t->ti = ti;
+    if (snap) {
+        t->p[0] = (const unsigned char *)c->d_tr_snap;
+        t->n[0] = (uint64_t)s->qkv_dim * sizeof(float);
+    } else {
+        t->p[0] = dbuf(c, op->in[0]);
+        t->n[0] = s->bufs[op->in[0]].bytes;
+    }
+    if (op->in[1] >= 0) {
+        t->p[1] = dbuf(c, op->in[1]);
+        t->n[1] = s->bufs[op->in[1]].bytes;
+    }
+    return MOERT_OK;
 }
 
 /* ---- MOERT_HIP_CHECK ---------------------------------------------------------------- */
@@ -1388,11 +1577,19 @@ static int hip_run(backend *b, const sched_op *op, const exec_step *st, moert_er
     int32_t oi = c->profile == 2 ? op_index(c, op) : -1;
     if (oi >= 0)
         HIP_TRY(hipEventRecord(c->prof_ev[2 * oi], c->stream), "profile");
-    rc = launch_op(c, op, st, err);
+    if (c->capturing && c->tr_side) {
+        rc = side_join(c, op, err);
+        if (!rc)
+            rc = op->kind == SCHED_TRACE ? side_trace(c, op, (int)st->n_rows, err) : launch_op(c, op, st, err);
+    } else {
+        rc = launch_op(c, op, st, err);
+    }
     if (oi >= 0 && !rc)
         HIP_TRY(hipEventRecord(c->prof_ev[2 * oi + 1], c->stream), "profile");
     if (rc) {
         if (c->capturing) { /* leave the stream usable */
+            moert_err ignored;
+            (void)side_join_all(c, &ignored);
             hipGraph_t g = NULL;
             (void)hipStreamEndCapture(c->stream, &g);
             if (g)
@@ -1449,7 +1646,16 @@ static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
     }
     if (!c->capturing)
         return MOERT_OK;
+    int rj = side_join_all(c, err);
     c->capturing = false;
+    if (rj) {
+        hipGraph_t g0 = NULL;
+        (void)hipStreamEndCapture(c->stream, &g0);
+        if (g0)
+            (void)hipGraphDestroy(g0);
+        c->graph_failed = true;
+        return rj;
+    }
     hipGraph_t g = NULL;
     hipError_t e = hipStreamEndCapture(c->stream, &g);
     if (e == hipSuccess && g) {

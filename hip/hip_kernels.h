@@ -60,6 +60,7 @@ typedef struct hip_gemv_args {
     const void *w[3];
     long long seg_end[3];  /* cumulative row ends; unused segments repeat n_total */
     float *y;
+    float *y2;             /* NULL, or a second copy of y (a traced row's snapshot) */
     long long n_total;
     long long k;
 } hip_gemv_args;

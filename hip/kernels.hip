@@ -335,8 +335,11 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS) k_gemv(hip_gemv_args a)
         if (lane == 0) {
 #pragma unroll
             for (int i = 0; i < HIP_GEMV_RW; i++)
-                if (valid[i])
+                if (valid[i]) {
                     a.y[rows[i]] = acc[i];
+                    if (a.y2)
+                        a.y2[rows[i]] = acc[i];
+                }
         }
     }
 }
@@ -1583,8 +1586,12 @@ __global__ void __launch_bounds__(SG_T) k_sgemv(hip_gemv_args a)
         sg_load<DT, R, CU>(wv, wr, c0, nc);
     }
     sg_reduce<R>(acc, red);
-    if (threadIdx.x < R && r0 + threadIdx.x < a.n_total)
-        a.y[r0 + threadIdx.x] = sg_total(red[threadIdx.x]);
+    if (threadIdx.x < R && r0 + threadIdx.x < a.n_total) {
+        const float v = sg_total(red[threadIdx.x]);
+        a.y[r0 + threadIdx.x] = v;
+        if (a.y2)
+            a.y2[r0 + threadIdx.x] = v;
+    }
 }
 
 /* MoE gate/up for one token: block = (slot j, rows n0 .. n0 + R - 1 of its expert's gate
