@@ -64,18 +64,7 @@ typedef struct dev_layer {
     long long estride_gu, estride_d;   /* bytes */
 } dev_layer;
 
-/* OPF_SNAP: a decode MATMUL whose traced output the op after the TRACE rewrites in place
- * (qkv): in the graph its GEMV also writes the snapshot the side capture reads.
- * OPF_FROM_SNAP: that TRACE. */
-enum { OPF_SKIP = 1, OPF_FUSE_NEXT = 2, OPF_SNAP = 4, OPF_FROM_SNAP = 8 };
-
-/* A trace capture running on a side stream of the decode graph: the bytes it reads. */
-#define HIP_TR_STREAMS 4
-typedef struct tr_pending {
-    int ti;
-    const unsigned char *p[2];
-    uint64_t n[2];
-} tr_pending;
+enum { OPF_SKIP = 1, OPF_FUSE_NEXT = 2 };
 
 typedef struct hip_ctx {
     const sched *s;
@@ -130,15 +119,15 @@ typedef struct hip_ctx {
 
     /* decode graph */
     bool use_graph, capturing, graph_ready, graph_failed, graph_launched;
-    /* traces beside the graph's chain (tr_side): streams, the fork event, one completion
-     * event per trace slot, the captures not yet joined, the qkv snapshot */
-    bool tr_side;
-    hipStream_t tr_ss[HIP_TR_STREAMS];
-    hipEvent_t tr_fork;
-    hipEvent_t *tr_ev;
-    tr_pending *tr_pend;
-    int n_tr_pend, tr_rr;
+    /* one-row steps capture every trace slot at the step's end (see plan_trace_batch):
+     * tr_snap[2 * op + o]: where op's launch also writes its output o (NULL: nowhere);
+     * d_tr_tab: the narrow slots' capture arguments (device); tr_wide: the other slots */
+    bool tr_batch, tr_batch_step;
+    float **tr_snap;
     float *d_tr_snap;
+    hip_trace_args *d_tr_tab;
+    int n_tr_tab, n_tr_wide;
+    hip_trace_args *tr_wide;
     hipGraph_t graph;
     hipGraphExec_t gexec;
 
@@ -191,6 +180,18 @@ static unsigned char *dbuf(hip_ctx *c, int32_t id)
 static float *fbuf(hip_ctx *c, int32_t id)
 {
     return (float *)(c->dev_arena + c->offsets[id]);
+}
+
+static int32_t op_index(hip_ctx *c, const sched_op *op)
+{
+    return (int32_t)(op - c->s->ops);
+}
+
+/* Where op oi's launch also writes a copy of its output o this step (a traced row's
+ * snapshot, see plan_trace_batch), or NULL. */
+static float *snap_of(hip_ctx *c, int32_t oi, int o)
+{
+    return c->tr_batch_step && c->tr_snap ? c->tr_snap[2 * oi + o] : NULL;
 }
 
 /* ---- weights ------------------------------------------------------------------------ */
@@ -406,6 +407,8 @@ static bool env_on(const char *name)
 }
 
 static void hip_shutdown(backend *b);
+static bool plan_trace_batch(hip_ctx *c, size_t *snap_floats);
+static void plan_trace_batch_fill(hip_ctx *c);
 
 /* The op that op i would fuse with: the next one, except that a residual ADD looks past
  * TRACE ops capturing its stream (the fused norm writes another buffer, so they read the
@@ -420,19 +423,7 @@ static int32_t fuse_partner(const sched *s, int32_t i)
     return j;
 }
 
-static bool op_writes_buf(const sched_op *op, int32_t buf)
-{
-    for (int i = 0; i < 2; i++)
-        if (op->out[i] == buf)
-            return true;
-    for (int i = 0; i < 4; i++)
-        if (op->scratch[i] == buf)
-            return true;
-    return false;
-}
-
-/* Decides the fusions (see the file comment) and the traced rows that need a snapshot in
- * the decode graph (a TRACE whose next op rewrites its source in place). */
+/* Decides the fusions (see the file comment). */
 static void plan_fusions(hip_ctx *c)
 {
     const sched *s = c->s;
@@ -449,14 +440,6 @@ static void plan_fusions(hip_ctx *c)
                    nx->in[0] == op->out[0] && nx->layer == op->layer) {
             c->opf[i] |= OPF_FUSE_NEXT;
             c->opf[j] |= OPF_SKIP;
-        }
-    }
-    for (int32_t i = 0; i + 2 < s->n_ops; i++) {
-        const sched_op *op = &s->ops[i], *tr = &s->ops[i + 1], *nx = &s->ops[i + 2];
-        if (op->kind == SCHED_MATMUL && tr->kind == SCHED_TRACE && tr->in[0] == op->out[0] &&
-            tr->in[1] == SCHED_NO_BUF && op_writes_buf(nx, op->out[0])) {
-            c->opf[i] |= OPF_SNAP;
-            c->opf[i + 1] |= OPF_FROM_SNAP;
         }
     }
 }
@@ -665,23 +648,29 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
         goto fail;
     }
     plan_fusions(c);
-    if (c->trace && c->use_graph && !env_on("MOERT_HIP_TRACE_INLINE")) {
-        /* side streams for the decode graph's trace captures (see side_trace) */
-        c->tr_ev = (hipEvent_t *)calloc((size_t)(c->n_trace > 0 ? c->n_trace : 1), sizeof *c->tr_ev);
-        c->tr_pend = (tr_pending *)calloc((size_t)(c->n_trace > 0 ? c->n_trace : 1), sizeof *c->tr_pend);
-        if (!c->tr_ev || !c->tr_pend) {
-            st = err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
-            goto fail;
+    {
+        /* one-row steps capture their trace slots at the end (MOERT_HIP_TRACE_INLINE=1: at each
+         * TRACE op, as prefill always does; check mode compares each TRACE op, so inline too) */
+        size_t snap_floats = 0;
+        if (c->trace && c->n_trace > 0 && !c->check && !env_on("MOERT_HIP_TRACE_INLINE") &&
+            plan_trace_batch(c, &snap_floats)) {
+            c->tr_snap = (float **)calloc((size_t)s->n_ops * 2, sizeof *c->tr_snap);
+            c->tr_wide = (hip_trace_args *)calloc((size_t)c->n_trace, sizeof *c->tr_wide);
+            if (!c->tr_snap || !c->tr_wide) {
+                st = err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
+                goto fail;
+            }
+            /* NOT in the plan yet (device scratch of this backend): the snapshots, then the table */
+            size_t o_tab = align256(sizeof(float) * (snap_floats ? snap_floats : 1));
+            size_t bytes = o_tab + sizeof(hip_trace_args) * (size_t)(c->n_tr_tab ? c->n_tr_tab : 1);
+            INIT_TRY(hipMalloc((void **)&c->d_tr_snap, bytes), "allocating the trace snapshots");
+            c->d_tr_tab = (hip_trace_args *)((unsigned char *)c->d_tr_snap + o_tab);
+            plan_trace_batch_fill(c);
+            INIT_TRY(hipMemcpy(c->d_tr_tab, c->tr_wide, sizeof(hip_trace_args) * (size_t)c->n_tr_tab,
+                               hipMemcpyHostToDevice),
+                     "uploading the trace table");
+            c->tr_batch = true;
         }
-        for (int i = 0; i < HIP_TR_STREAMS; i++)
-            INIT_TRY(hipStreamCreateWithFlags(&c->tr_ss[i], hipStreamNonBlocking), "hipStreamCreate");
-        INIT_TRY(hipEventCreateWithFlags(&c->tr_fork, hipEventDisableTiming), "hipEventCreate");
-        for (int i = 0; i < c->n_trace; i++)
-            INIT_TRY(hipEventCreateWithFlags(&c->tr_ev[i], hipEventDisableTiming), "hipEventCreate");
-        /* NOT in the plan yet: qkv_dim floats, the decode graph's qkv snapshot */
-        INIT_TRY(hipMalloc((void **)&c->d_tr_snap, sizeof(float) * (size_t)(s->qkv_dim > 0 ? s->qkv_dim : 1)),
-                 "allocating the trace snapshot");
-        c->tr_side = true;
     }
 
     if ((st = upload_weights(c, err)))
@@ -764,18 +753,10 @@ static void hip_shutdown(backend *b)
     }
     if (c->stream)
         (void)hipStreamDestroy(c->stream);
-    for (int i = 0; i < HIP_TR_STREAMS; i++)
-        if (c->tr_ss[i])
-            (void)hipStreamDestroy(c->tr_ss[i]);
-    for (int i = 0; c->tr_ev && i < c->n_trace; i++)
-        if (c->tr_ev[i])
-            (void)hipEventDestroy(c->tr_ev[i]);
-    if (c->tr_fork)
-        (void)hipEventDestroy(c->tr_fork);
     if (c->d_tr_snap)
         (void)hipFree(c->d_tr_snap);
-    free(c->tr_ev);
-    free(c->tr_pend);
+    free(c->tr_snap);
+    free(c->tr_wide);
     free(c->layers);
     free(c->opf);
     free(c);
@@ -985,6 +966,7 @@ static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
         a.H = H;
         a.h = g;
         a.out = out;
+        a.out2 = snap_of(c, op_index(c, op), 0);
         a.err_flag = c->d_err;
         int st = launch_err(hip_launch_moe_gateup_dec(L->gate.dt, &a, gemv_grid(c, 2LL * K * I),
                                                       c->stream),
@@ -1076,6 +1058,7 @@ static int run_mlp(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
         a.H = H;
         a.h = g;
         a.out = out;
+        a.out2 = snap_of(c, op_index(c, op), 0);
         a.err_flag = c->d_err;
         int st = launch_err(hip_launch_moe_gateup_dec(L->mlp_gate.dt, &a, gemv_grid(c, 2 * I), c->stream),
                             op, err);
@@ -1115,33 +1098,36 @@ static int run_mlp(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
 }
 
 /* src: NULL (the op's input), or the snapshot holding it; launched on stream `ss` */
-static int run_trace(hip_ctx *c, const sched_op *op, int rows, const float *src, hipStream_t ss,
-                     moert_err *err)
+/* The capture arguments of TRACE op `op`, reading src (and src2: router ids, or NULL). */
+static void fill_trace_args(hip_ctx *c, const sched_op *op, const float *src, const int32_t *src2,
+                            hip_trace_args *a)
+{
+    const trace_slot_info *si = trace_rt_slot(c->trace, (size_t)op->trace_index);
+    memset(a, 0, sizeof *a);
+    a->src = src;
+    a->src2 = src2;
+    a->ring = dbuf(c, op->out[0]);
+    a->shadow = c->d_shadow;
+    a->ti = op->trace_index;
+    a->n_trace = c->n_trace;
+    a->width = si->width;
+    a->record_bytes = si->record_bytes;
+    a->cap = c->tr_cap;
+    a->tensor_mode = c->tr_tensor;
+    a->overwrite = c->tr_overwrite;
+    a->logits_last = si->stage == CFG_STAGE_LOGITS && !c->tr_all;
+    a->sp = c->d_params;
+}
+
+static int run_trace(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
 {
     if (!c->trace || op->trace_index < 0 || op->trace_index >= c->n_trace)
         return err_set(err, MOERT_EINTERNAL, "backend hip: TRACE op without a bound trace context");
-    const trace_slot_info *si = trace_rt_slot(c->trace, (size_t)op->trace_index);
+    if (c->tr_batch_step)
+        return MOERT_OK; /* captured at the end of the step (trace_batch_launch) */
     hip_trace_args a;
-    memset(&a, 0, sizeof a);
-    a.src = src ? src : fbuf(c, op->in[0]);
-    a.src2 = op->in[1] >= 0 ? (const int32_t *)dbuf(c, op->in[1]) : NULL;
-    a.ring = dbuf(c, op->out[0]);
-    a.shadow = c->d_shadow;
-    a.ti = op->trace_index;
-    a.n_trace = c->n_trace;
-    a.width = si->width;
-    a.record_bytes = si->record_bytes;
-    a.cap = c->tr_cap;
-    a.tensor_mode = c->tr_tensor;
-    a.overwrite = c->tr_overwrite;
-    a.logits_last = si->stage == CFG_STAGE_LOGITS && !c->tr_all;
-    a.sp = c->d_params;
-    return launch_err(hip_launch_trace(&a, c->tr_all ? rows : 1, ss), op, err);
-}
-
-static int32_t op_index(hip_ctx *c, const sched_op *op)
-{
-    return (int32_t)(op - c->s->ops);
+    fill_trace_args(c, op, fbuf(c, op->in[0]), op->in[1] >= 0 ? (const int32_t *)dbuf(c, op->in[1]) : NULL, &a);
+    return launch_err(hip_launch_trace(&a, c->tr_all ? rows : 1, c->stream), op, err);
 }
 
 /* The arguments of QK_NORM_ROPE op `op` (flags f: with the KV store fused or not). */
@@ -1187,19 +1173,19 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
     switch (op->kind) {
     case SCHED_EMBED:
         return launch_err(hip_launch_embed((int32_t *)dbuf(c, op->in[0]), c->d_params, c->embed.d, c->embed.dt,
-                                           fbuf(c, op->out[0]), op->n, t->vocab_size, rows, c->d_err,
+                                           fbuf(c, op->out[0]), snap_of(c, oi, 0), op->n, t->vocab_size, rows,
+                                           c->d_err,
                                            c->stream),
                           op, err);
     case SCHED_RMSNORM: {
         const dev_tensor *w = dev_weight(c, op->w[0], op->layer);
-        return launch_err(hip_launch_rmsnorm(fbuf(c, op->in[0]), w->d, w->dt, fbuf(c, op->out[0]), op->n,
-                                             c->eps, rows, c->stream),
+        return launch_err(hip_launch_rmsnorm(fbuf(c, op->in[0]), w->d, w->dt, fbuf(c, op->out[0]),
+                                             snap_of(c, oi, 0), op->n, c->eps, rows, c->stream),
                           op, err);
     }
     case SCHED_MATMUL:
         return run_matmul_rows(c, op, fbuf(c, op->in[0]), rows, fbuf(c, op->out[0]), op->n,
-                               (f & OPF_SNAP) && c->capturing && c->tr_side && rows == 1 ? c->d_tr_snap : NULL,
-                               err);
+                               rows == 1 ? snap_of(c, oi, 0) : NULL, err);
     case SCHED_QK_NORM_ROPE: {
         hip_qkn_args a;
         qkn_args(c, op, f, &a);
@@ -1235,18 +1221,21 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
     }
     case SCHED_ADD:
         if (f & OPF_FUSE_NEXT) {
-            const sched_op *nx = &s->ops[fuse_partner(s, oi)];
+            const int32_t ni = fuse_partner(s, oi);
+            const sched_op *nx = &s->ops[ni];
             const dev_tensor *w = dev_weight(c, nx->w[0], nx->layer);
             return launch_err(hip_launch_add_rmsnorm(fbuf(c, op->out[0]), fbuf(c, op->in[0]), w->d, w->dt,
-                                                     fbuf(c, nx->out[0]), op->n, c->eps, rows, c->stream),
+                                                     fbuf(c, nx->out[0]), snap_of(c, oi, 0), snap_of(c, ni, 0),
+                                                     op->n, c->eps, rows, c->stream),
                               op, err);
         }
-        return launch_err(hip_launch_add(fbuf(c, op->out[0]), fbuf(c, op->in[0]), (long long)rows * op->n,
-                                         c->stream),
+        return launch_err(hip_launch_add(fbuf(c, op->out[0]), fbuf(c, op->in[0]), snap_of(c, oi, 0),
+                                         (long long)rows * op->n, c->stream),
                           op, err);
     case SCHED_ROUTE:
         return launch_err(hip_launch_route(fbuf(c, op->in[0]), fbuf(c, op->out[0]),
-                                           (int32_t *)dbuf(c, op->out[1]), (int)op->k, (int)op->n,
+                                           (int32_t *)dbuf(c, op->out[1]), snap_of(c, oi, 0),
+                                           (int32_t *)snap_of(c, oi, 1), (int)op->k, (int)op->n,
                                            t->norm_topk_prob ? 1 : 0, rows, c->stream),
                           op, err);
     case SCHED_MOE: return run_moe(c, op, rows, err);
@@ -1264,23 +1253,23 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
                                             c->stream),
                           op, err);
     }
-    case SCHED_TRACE: return run_trace(c, op, rows, NULL, c->stream, err);
+    case SCHED_TRACE: return run_trace(c, op, rows, err);
     default:
         return err_set(err, MOERT_EINTERNAL, "backend hip: unknown op kind %d", (int)op->kind);
     }
 }
 
-/* ---- traces beside the decode graph's chain -------------------------------------------
- * Inline, each TRACE kernel sits on the chain of dependent kernels: 111 of them made a
- * traced decode step 70% slower.  While the decode graph is captured (tr_side), a TRACE op
- * instead forks onto a side stream after its producer, and the chain joins it (waits for
- * its event) only before the first later op that writes what it reads, or at the end of the
- * step.  The capture kernel and its inputs are the same, so the records are the same bits.
- * A row the op after its TRACE rewrites in place (qkv, by QK_NORM_ROPE) would force an
- * immediate join: its GEMV writes a copy into a snapshot instead, and the capture reads that
- * (the next snapshot write, one layer later, joins it). */
+/* ---- trace capture at the end of a one-row step -------------------------------------
+ * Inline, each TRACE op is one small kernel on the chain of dependent kernels: 111 of them
+ * made a traced decode step 70% slower.  In a one-row step (decode) the TRACE ops launch
+ * nothing; instead every slot is captured at the end of the step by one kernel (block b:
+ * slot b) plus one per wide slot (logits, 1024 threads).  A slot's row is read in place when
+ * no later op of the step writes its bytes; otherwise the op that produced it also writes a
+ * copy into the slot's snapshot (the second output of the GEMV, the norms, the add, embed,
+ * route, MoE down), which is the same bits the inline capture would read.  Same kernel code
+ * and block size, so the records are the same bits. */
 
-/* The device byte ranges op `op` writes (outputs, scratch, the snapshot); at most 7. */
+/* The device byte ranges op `op` writes (outputs and scratch); at most 6. */
 static int op_write_ranges(hip_ctx *c, const sched_op *op, const unsigned char **p, uint64_t *n)
 {
     const sched *s = c->s;
@@ -1293,77 +1282,119 @@ static int op_write_ranges(hip_ctx *c, const sched_op *op, const unsigned char *
         p[k] = dbuf(c, ids[i]);
         n[k++] = s->bufs[ids[i]].bytes;
     }
-    if (c->opf[op_index(c, op)] & OPF_SNAP) {
-        p[k] = (const unsigned char *)c->d_tr_snap;
-        n[k++] = (uint64_t)s->qkv_dim * sizeof(float);
-    }
     return k;
 }
 
-/* Before op runs in the graph: the chain waits for every pending capture that reads bytes
- * op (with the op fused into it) writes. */
-static int side_join(hip_ctx *c, const sched_op *op, moert_err *err)
-{
-    int32_t oi = op_index(c, op);
-    if (c->opf[oi] & OPF_SKIP)
-        return MOERT_OK; /* its writes were those of the launch it is fused into */
-    const unsigned char *p[14];
-    uint64_t n[14];
-    int k = op_write_ranges(c, op, p, n);
-    if (c->opf[oi] & OPF_FUSE_NEXT)
-        k += op_write_ranges(c, &c->s->ops[fuse_partner(c->s, oi)], p + k, n + k);
-    for (int i = 0; i < c->n_tr_pend;) {
-        const tr_pending *t = &c->tr_pend[i];
-        bool hit = false;
-        for (int a = 0; a < 2 && !hit; a++)
-            for (int w = 0; w < k && !hit && t->p[a]; w++)
-                hit = t->p[a] < p[w] + n[w] && p[w] < t->p[a] + t->n[a];
-        if (!hit) {
-            i++;
-            continue;
-        }
-        HIP_TRY(hipStreamWaitEvent(c->stream, c->tr_ev[t->ti], 0), "joining a trace capture");
-        c->tr_pend[i] = c->tr_pend[--c->n_tr_pend];
-    }
-    return MOERT_OK;
-}
-
-static int side_join_all(hip_ctx *c, moert_err *err)
-{
-    for (int i = 0; i < c->n_tr_pend; i++)
-        HIP_TRY(hipStreamWaitEvent(c->stream, c->tr_ev[c->tr_pend[i].ti], 0), "joining a trace capture");
-    c->n_tr_pend = 0;
-    return MOERT_OK;
-}
-
-static int side_trace(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
+/* Does any op after op t write bytes of buffer `buf`? */
+static bool written_after(hip_ctx *c, int32_t t, int32_t buf)
 {
     const sched *s = c->s;
-    int ti = op->trace_index;
-    if (ti < 0 || ti >= c->n_trace || c->n_tr_pend >= c->n_trace)
-        return err_set(err, MOERT_EINTERNAL, "backend hip: trace slot %d out of range", ti);
-    const bool snap = (c->opf[op_index(c, op)] & OPF_FROM_SNAP) && rows == 1;
-    hipStream_t ss = c->tr_ss[c->tr_rr++ % HIP_TR_STREAMS];
-    HIP_TRY(hipEventRecord(c->tr_fork, c->stream), "forking a trace capture");
-    HIP_TRY(hipStreamWaitEvent(ss, c->tr_fork, 0), "forking a trace capture");
-    int rc = run_trace(c, op, rows, snap ? c->d_tr_snap : NULL, ss, err);
-    if (rc)
-        return rc;
-    HIP_TRY(hipEventRecord(c->tr_ev[ti], ss), "a trace capture");
-    tr_pending *t = &c->tr_pend[c->n_tr_pend++];
-    memset(t, 0, sizeof *t);
-    t->ti = ti;
-    if (snap) {
-        t->p[0] = (const unsigned char *)c->d_tr_snap;
-        t->n[0] = (uint64_t)s->qkv_dim * sizeof(float);
-    } else {
-        t->p[0] = dbuf(c, op->in[0]);
-        t->n[0] = s->bufs[op->in[0]].bytes;
+    const unsigned char *b = dbuf(c, buf);
+    uint64_t nb = s->bufs[buf].bytes;
+    for (int32_t i = t + 1; i < s->n_ops; i++) {
+        const unsigned char *p[6];
+        uint64_t n[6];
+        int k = op_write_ranges(c, &s->ops[i], p, n);
+        for (int w = 0; w < k; w++)
+            if (p[w] < b + nb && b < p[w] + n[w])
+                return true;
     }
-    if (op->in[1] >= 0) {
-        t->p[1] = dbuf(c, op->in[1]);
-        t->n[1] = s->bufs[op->in[1]].bytes;
+    return false;
+}
+
+/* Can op kind `kind` write a copy of its output o (one row)? */
+static bool snap_capable(sched_kind kind, int o)
+{
+    switch (kind) {
+    case SCHED_EMBED: case SCHED_RMSNORM: case SCHED_MATMUL: case SCHED_ADD: case SCHED_MOE: case SCHED_MLP:
+        return o == 0;
+    case SCHED_ROUTE: return o == 0 || o == 1;
+    default: return false;
     }
+}
+
+static void fill_trace_args(hip_ctx *c, const sched_op *op, const float *src, const int32_t *src2,
+                            hip_trace_args *a);
+
+/* Decides, at init, whether one-row steps can capture at their end: false (captures stay
+ * inline) when a slot's row is rewritten later in the step and the op that produced it
+ * cannot keep a copy.  Sets the slot counts and *snap_floats, the snapshots' size. */
+static bool plan_trace_batch(hip_ctx *c, size_t *snap_floats)
+{
+    const sched *s = c->s;
+    size_t off = 0;
+    c->n_tr_tab = c->n_tr_wide = 0;
+    for (int32_t t = 0; t < s->n_ops; t++) {
+        const sched_op *op = &s->ops[t];
+        if (op->kind != SCHED_TRACE)
+            continue;
+        const trace_slot_info *si = trace_rt_slot(c->trace, (size_t)op->trace_index);
+        for (int q = 0; q < 2; q++) {
+            int32_t buf = op->in[q];
+            if (buf < 0 || !written_after(c, t, buf))
+                continue;
+            /* the producer: the op right before it (past other TRACE ops) writes buf */
+            int32_t p = t - 1;
+            while (p >= 0 && s->ops[p].kind == SCHED_TRACE)
+                p--;
+            int o = p >= 0 ? (s->ops[p].out[0] == buf ? 0 : s->ops[p].out[1] == buf ? 1 : -1) : -1;
+            if (o < 0 || !snap_capable(s->ops[p].kind, o) || (size_t)s->bufs[buf].cols != (size_t)si->width)
+                return false;
+            off += ((size_t)si->width + 63) & ~(size_t)63;
+        }
+        if (hip_trace_threads(si->width) == HIP_TRACE_BATCH_THREADS)
+            c->n_tr_tab++;
+        else
+            c->n_tr_wide++;
+    }
+    *snap_floats = off;
+    return true;
+}
+
+/* pass 1 of plan_trace_batch, once d_tr_snap and the host tables exist */
+static void plan_trace_batch_fill(hip_ctx *c)
+{
+    const sched *s = c->s;
+    size_t off = 0;
+    int nt = 0, nw = 0;
+    for (int32_t t = 0; t < s->n_ops; t++) {
+        const sched_op *op = &s->ops[t];
+        if (op->kind != SCHED_TRACE)
+            continue;
+        const trace_slot_info *si = trace_rt_slot(c->trace, (size_t)op->trace_index);
+        const float *src = fbuf(c, op->in[0]);
+        const int32_t *src2 = op->in[1] >= 0 ? (const int32_t *)dbuf(c, op->in[1]) : NULL;
+        for (int q = 0; q < 2; q++) {
+            int32_t buf = op->in[q];
+            if (buf < 0 || !written_after(c, t, buf))
+                continue;
+            int32_t p = t - 1;
+            while (p >= 0 && s->ops[p].kind == SCHED_TRACE)
+                p--;
+            int o = s->ops[p].out[0] == buf ? 0 : 1;
+            float *d = c->d_tr_snap + off;
+            off += ((size_t)si->width + 63) & ~(size_t)63;
+            c->tr_snap[2 * p + o] = d;
+            if (q == 0)
+                src = d;
+            else
+                src2 = (const int32_t *)d;
+        }
+        bool wide = hip_trace_threads(si->width) != HIP_TRACE_BATCH_THREADS;
+        /* narrow slots first (they go to the device table), wide ones after them */
+        fill_trace_args(c, op, src, src2, wide ? &c->tr_wide[c->n_tr_tab + nw++] : &c->tr_wide[nt++]);
+    }
+}
+
+/* The captures of a one-row step, after its last op. */
+static int trace_batch_launch(hip_ctx *c, moert_err *err)
+{
+    hipError_t e = hip_launch_trace_batch(c->d_tr_tab, c->n_tr_tab, c->stream);
+    if (e != hipSuccess)
+        return hip_fail(err, e, "launching the trace capture");
+    for (int i = 0; i < c->n_tr_wide; i++)
+        if ((e = hip_launch_trace(&c->tr_wide[c->n_tr_tab + i], 1, c->stream)) != hipSuccess)
+            return hip_fail(err, e, "launching the trace capture");
     return MOERT_OK;
 }
 
@@ -1544,6 +1575,7 @@ static int hip_begin_step(backend *b, const exec_step *st, bool *ops_done, moert
         HIP_TRY(hipEventRecord(c->prof_ev[2 * c->s->n_ops], c->stream), "profile");
     }
     c->checking_step = false;
+    c->tr_batch_step = c->tr_batch && st->n_rows == 1;
     if (c->check) {
         bool first = st->decode ? !c->checked_decode : !c->checked_prefill;
         c->checking_step = c->check == 2 || first;
@@ -1577,19 +1609,11 @@ static int hip_run(backend *b, const sched_op *op, const exec_step *st, moert_er
     int32_t oi = c->profile == 2 ? op_index(c, op) : -1;
     if (oi >= 0)
         HIP_TRY(hipEventRecord(c->prof_ev[2 * oi], c->stream), "profile");
-    if (c->capturing && c->tr_side) {
-        rc = side_join(c, op, err);
-        if (!rc)
-            rc = op->kind == SCHED_TRACE ? side_trace(c, op, (int)st->n_rows, err) : launch_op(c, op, st, err);
-    } else {
-        rc = launch_op(c, op, st, err);
-    }
+    rc = launch_op(c, op, st, err);
     if (oi >= 0 && !rc)
         HIP_TRY(hipEventRecord(c->prof_ev[2 * oi + 1], c->stream), "profile");
     if (rc) {
         if (c->capturing) { /* leave the stream usable */
-            moert_err ignored;
-            (void)side_join_all(c, &ignored);
             hipGraph_t g = NULL;
             (void)hipStreamEndCapture(c->stream, &g);
             if (g)
@@ -1633,6 +1657,20 @@ static int profile_step(hip_ctx *c, const exec_step *st, moert_err *err)
 static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
 {
     hip_ctx *c = (hip_ctx *)b->ctx;
+    if (c->tr_batch_step && !c->graph_launched) {
+        int rb = trace_batch_launch(c, err);
+        if (rb) {
+            if (c->capturing) {
+                hipGraph_t g0 = NULL;
+                (void)hipStreamEndCapture(c->stream, &g0);
+                if (g0)
+                    (void)hipGraphDestroy(g0);
+                c->capturing = false;
+                c->graph_failed = true;
+            }
+            return rb;
+        }
+    }
     if (c->profile && !c->capturing) {
         int rc = profile_step(c, st, err);
         if (rc)
@@ -1646,16 +1684,7 @@ static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
     }
     if (!c->capturing)
         return MOERT_OK;
-    int rj = side_join_all(c, err);
     c->capturing = false;
-    if (rj) {
-        hipGraph_t g0 = NULL;
-        (void)hipStreamEndCapture(c->stream, &g0);
-        if (g0)
-            (void)hipGraphDestroy(g0);
-        c->graph_failed = true;
-        return rj;
-    }
     hipGraph_t g = NULL;
     hipError_t e = hipStreamEndCapture(c->stream, &g);
     if (e == hipSuccess && g) {
@@ -1680,7 +1709,7 @@ static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
         if (rc)
             return rc;
     }
-    return MOERT_OK;
+    return c->tr_batch_step ? trace_batch_launch(c, err) : MOERT_OK;
 }
 
 static int hip_sync(backend *b, moert_err *err)

@@ -522,7 +522,7 @@ __global__ void __launch_bounds__(BM * 4) k_gemm(hip_gemm_args a)
 
 template <int DT>
 __global__ void __launch_bounds__(256) k_embed(int32_t *tok, const hip_step_params *sp, const void *emb,
-                                               float *x, long long H, long long V, int *err)
+                                               float *x, float *x2, long long H, long long V, int *err)
 {
     moert_pdl_wait();
     int r = blockIdx.x;
@@ -536,8 +536,12 @@ __global__ void __launch_bounds__(256) k_embed(int32_t *tok, const hip_step_para
         t = 0;
     }
     /* rows are whole blocks, so row t's element i is element t * H + i of the flat matrix */
-    for (long long i = threadIdx.x; i < H; i += blockDim.x)
-        x[(long long)r * H + i] = load_t<DT>(emb, t * H + i);
+    for (long long i = threadIdx.x; i < H; i += blockDim.x) {
+        const float v = load_t<DT>(emb, t * H + i);
+        x[(long long)r * H + i] = v;
+        if (x2)
+            x2[(long long)r * H + i] = v;
+    }
 }
 
 /* RMSNorm of one row per block: sum of squares (per-thread serial, then the block tree),
@@ -550,7 +554,7 @@ __global__ void __launch_bounds__(256) k_embed(int32_t *tok, const hip_step_para
 
 __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(const float *__restrict__ x, const void *w,
                                                           int dt, float *__restrict__ out,
-                                                          long long n, float eps)
+                                                          float *__restrict__ out2, long long n, float eps)
 {
     PDL_EARLY_READS;
     const bool regs = n <= (long long)NORM_PER_THREAD * blockDim.x;
@@ -566,6 +570,7 @@ __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(const float *__restric
     __shared__ float sm[MAX_WARPS];
     const float *xr = x + (long long)blockIdx.x * n;
     float *o = out + (long long)blockIdx.x * n;
+    float *o2 = out2 ? out2 + (long long)blockIdx.x * n : nullptr;
     float v[NORM_PER_THREAD];
     float s = 0.0f;
     if (regs) {
@@ -587,19 +592,26 @@ __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(const float *__restric
 #pragma unroll
         for (int k = 0; k < NORM_PER_THREAD; k++) {
             long long i = threadIdx.x + (long long)k * blockDim.x;
-            if (i < n)
+            if (i < n) {
                 o[i] = wv[k] * (v[k] * r);
+                if (o2)
+                    o2[i] = o[i];
+            }
         }
     } else {
-        for (long long i = threadIdx.x; i < n; i += blockDim.x)
+        for (long long i = threadIdx.x; i < n; i += blockDim.x) {
             o[i] = load_elem(w, dt, i) * (xr[i] * r);
+            if (o2)
+                o2[i] = o[i];
+        }
     }
 }
 
 __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *__restrict__ x,
                                                               const float *__restrict__ y,
                                                               const void *w, int dt,
-                                                              float *__restrict__ out, long long n,
+                                                              float *__restrict__ out, float *__restrict__ x2,
+                                                              float *__restrict__ out2, long long n,
                                                               float eps)
 {
     PDL_EARLY_READS;
@@ -617,6 +629,8 @@ __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *__restrict_
     float *xr = x + (long long)blockIdx.x * n;
     const float *yr = y + (long long)blockIdx.x * n;
     float *o = out + (long long)blockIdx.x * n;
+    float *x2r = x2 ? x2 + (long long)blockIdx.x * n : nullptr;
+    float *o2 = out2 ? out2 + (long long)blockIdx.x * n : nullptr;
     float v[NORM_PER_THREAD];
     float s = 0.0f;
     if (regs) {
@@ -628,14 +642,19 @@ __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *__restrict_
 #pragma unroll
         for (int k = 0; k < NORM_PER_THREAD; k++) {
             long long i = threadIdx.x + (long long)k * blockDim.x;
-            if (i < n)
+            if (i < n) {
                 xr[i] = v[k];
+                if (x2r)
+                    x2r[i] = v[k];
+            }
             s = fmaf(v[k], v[k], s);
         }
     } else {
         for (long long i = threadIdx.x; i < n; i += blockDim.x) {
             float t = xr[i] + yr[i];
             xr[i] = t;
+            if (x2r)
+                x2r[i] = t;
             s = fmaf(t, t, s);
         }
     }
@@ -645,20 +664,29 @@ __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *__restrict_
 #pragma unroll
         for (int k = 0; k < NORM_PER_THREAD; k++) {
             long long i = threadIdx.x + (long long)k * blockDim.x;
-            if (i < n)
+            if (i < n) {
                 o[i] = wv[k] * (v[k] * r);
+                if (o2)
+                    o2[i] = o[i];
+            }
         }
     } else {
-        for (long long i = threadIdx.x; i < n; i += blockDim.x) /* own writes: no barrier needed */
+        for (long long i = threadIdx.x; i < n; i += blockDim.x) { /* own writes: no barrier needed */
             o[i] = load_elem(w, dt, i) * (xr[i] * r);
+            if (o2)
+                o2[i] = o[i];
+        }
     }
 }
-__global__ void __launch_bounds__(256) k_add(float *x, const float *y, long long n)
+__global__ void __launch_bounds__(256) k_add(float *x, const float *y, float *x2, long long n)
 {
     moert_pdl_wait();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
+    if (i < n) {
         x[i] += y[i];
+        if (x2)
+            x2[i] = x[i];
+    }
 }
 
 /* ---- QK norm + RoPE (+ KV store) ---------------------------------------------------
@@ -1256,8 +1284,8 @@ DEV void route_warp(float *w_row, int32_t *id_row, int E, int K, int norm, void 
     }
 }
 
-__global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int32_t *ids, int E,
-                                              int K, int norm)
+__global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int32_t *ids, float *w2,
+                                              int32_t *ids2, int E, int K, int norm)
 {
     moert_pdl_wait();
     if (threadIdx.x >= MOERT_WARP)
@@ -1266,6 +1294,12 @@ __global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int
     float *probs = (float *)dyn_smem4;
     stage_lane_owned(probs, logits + (long long)r * E, E, lane);
     route_warp(w + (long long)r * K, ids + (long long)r * K, E, K, norm, dyn_smem4);
+    if (w2 && lane == 0) { /* the snapshot of a traced row: lane 0 wrote all of it */
+        for (int j = 0; j < K; j++) {
+            w2[(long long)r * K + j] = w[(long long)r * K + j];
+            ids2[(long long)r * K + j] = ids[(long long)r * K + j];
+        }
+    }
 }
 
 /* ---- MoE grouping (prefill) ------------------------------------------------------------
@@ -1477,8 +1511,11 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS, MOERT_MOE_MINB) k_moe_down_d
                     res = j == 0 ? a.tw[0] * acc[q] : fmaf(a.tw[j], acc[q], res);
             }
         }
-        if (lane == 0)
+        if (lane == 0) {
             a.out[i] = res;
+            if (a.out2)
+                a.out2[i] = res;
+        }
     }
 }
 
@@ -1721,6 +1758,8 @@ __global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
                 res = j == 0 ? a.tw[0] * d[0] : fmaf(a.tw[j], d[j], res);
         }
         a.out[i0 + threadIdx.x] = res;
+        if (a.out2)
+            a.out2[i0 + threadIdx.x] = res;
     }
 }
 
@@ -1772,9 +1811,10 @@ DEV void block_stats(double &sum, double &sumsq, double &fin, double &n_nan, dou
  * i-th record of the step follows from the ring header as of the step's start (kept in a
  * shadow, double-buffered by step parity, because the real header is rewritten by block 0
  * during the kernel).  Stats in double with the block trees; the hash is an integer sum. */
-__global__ void __launch_bounds__(1024) k_trace(hip_trace_args a)
+/* One slot's capture by blocks bid of nb (the rows are split over them; block 0 writes the
+ * ring header).  The block size matters (the stats' order): 256 threads, 1024 for wide rows. */
+DEV void trace_slot(const hip_trace_args &a, int bid, int nb)
 {
-    moert_pdl_wait();
     __shared__ double smd[MAX_WARPS];
     __shared__ stats_smem sms;
     const hip_step_params *sp = a.sp;
@@ -1786,7 +1826,7 @@ __global__ void __launch_bounds__(1024) k_trace(hip_trace_args a)
     const long long cap = a.cap;
     const long long shift = a.logits_last ? n_rows - 1 : 0;
     const long long W = a.width;
-    for (long long r = row0 + blockIdx.x; r < n_rows && cap > 0; r += gridDim.x) {
+    for (long long r = row0 + bid; r < n_rows && cap > 0; r += nb) {
         const long long i = r - row0;
         const bool accepted = a.overwrite ? (i + cap >= n) : ((long long)stored0 + i < cap);
         if (!accepted)
@@ -1856,7 +1896,7 @@ __global__ void __launch_bounds__(1024) k_trace(hip_trace_args a)
             }
         }
     }
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
+    if (bid == 0 && threadIdx.x == 0) {
         unsigned long long un = (unsigned long long)n, ucap = (unsigned long long)(cap > 0 ? cap : 0);
         unsigned long long stored, drops, next;
         if (a.overwrite) {
@@ -1877,6 +1917,19 @@ __global__ void __launch_bounds__(1024) k_trace(hip_trace_args a)
         hdr[2] = hout[2] = drops;
         hdr[3] = hout[3] = next;
     }
+}
+
+__global__ void __launch_bounds__(1024) k_trace(hip_trace_args a)
+{
+    moert_pdl_wait();
+    trace_slot(a, blockIdx.x, gridDim.x);
+}
+
+/* The captures of a whole decode step at its end: block b does slot tab[b] (one row). */
+__global__ void __launch_bounds__(HIP_TRACE_BATCH_THREADS) k_trace_batch(const hip_trace_args *tab)
+{
+    moert_pdl_wait();
+    trace_slot(tab[blockIdx.x], 0, 1);
 }
 
 /* ---- launchers ------------------------------------------------------------------------ */
@@ -2019,35 +2072,35 @@ hipError_t hip_launch_gemm(int dtype, int amode, int bm, const hip_gemm_args *a,
     return hipGetLastError();
 }
 
-hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt, float *x, long long H,
-                            long long V, int rows, int *err_flag, hipStream_t s)
+hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt, float *x,
+                            float *x2, long long H, long long V, int rows, int *err_flag, hipStream_t s)
 {
     if (!with_dt(dt, [&](auto t) {
-            MOERT_LAUNCH((k_embed<decltype(t)::v>), rows, 256, 0, s, tok, sp, emb, x, H, V, err_flag);
+            MOERT_LAUNCH((k_embed<decltype(t)::v>), rows, 256, 0, s, tok, sp, emb, x, x2, H, V, err_flag);
         }))
         return hipErrorInvalidValue;
     return hipGetLastError();
 }
 
-hipError_t hip_launch_rmsnorm(const float *x, const void *w, int dt, float *out, long long n,
+hipError_t hip_launch_rmsnorm(const float *x, const void *w, int dt, float *out, float *out2, long long n,
                               float eps, int rows, hipStream_t s)
 {
-    MOERT_LAUNCH(k_rmsnorm, rows, NORM_THREADS, 0, s, x, w, dt, out, n, eps);
+    MOERT_LAUNCH(k_rmsnorm, rows, NORM_THREADS, 0, s, x, w, dt, out, out2, n, eps);
     return hipGetLastError();
 }
 
-hipError_t hip_launch_add_rmsnorm(float *x, const float *y, const void *w, int dt, float *out,
-                                  long long n, float eps, int rows, hipStream_t s)
+hipError_t hip_launch_add_rmsnorm(float *x, const float *y, const void *w, int dt, float *out, float *x2,
+                                  float *out2, long long n, float eps, int rows, hipStream_t s)
 {
-    MOERT_LAUNCH(k_add_rmsnorm, rows, NORM_THREADS, 0, s, x, y, w, dt, out, n, eps);
+    MOERT_LAUNCH(k_add_rmsnorm, rows, NORM_THREADS, 0, s, x, y, w, dt, out, x2, out2, n, eps);
     return hipGetLastError();
 }
 
-hipError_t hip_launch_add(float *x, const float *y, long long n, hipStream_t s)
+hipError_t hip_launch_add(float *x, const float *y, float *x2, long long n, hipStream_t s)
 {
     if (n <= 0)
         return hipSuccess;
-    MOERT_LAUNCH(k_add, (unsigned)((n + 255) / 256), 256, 0, s, x, y, n);
+    MOERT_LAUNCH(k_add, (unsigned)((n + 255) / 256), 256, 0, s, x, y, x2, n);
     return hipGetLastError();
 }
 
@@ -2089,11 +2142,11 @@ hipError_t hip_launch_attention(const hip_attn_args *a, int rows, bool split, hi
     return hipGetLastError();
 }
 
-hipError_t hip_launch_route(const float *logits, float *w, int32_t *ids, int E, int K, int norm,
-                            int rows, hipStream_t s)
+hipError_t hip_launch_route(const float *logits, float *w, int32_t *ids, float *w2, int32_t *ids2, int E,
+                            int K, int norm, int rows, hipStream_t s)
 {
     size_t sm = (size_t)E * (sizeof(float) + sizeof(int)) + (size_t)K * sizeof(float);
-    MOERT_LAUNCH(k_route, rows, 64, sm, s, logits, w, ids, E, K, norm);
+    MOERT_LAUNCH(k_route, rows, 64, sm, s, logits, w, ids, w2, ids2, E, K, norm);
     return hipGetLastError();
 }
 
@@ -2187,7 +2240,15 @@ hipError_t hip_launch_trace(const hip_trace_args *a, int grid, hipStream_t s)
     if (grid < 1)
         grid = 1;
     /* one block per captured row: wide rows (logits) get more threads */
-    MOERT_LAUNCH(k_trace, grid, a->width > 16384 ? 1024 : 256, 0, s, *a);
+    MOERT_LAUNCH(k_trace, grid, hip_trace_threads(a->width), 0, s, *a);
+    return hipGetLastError();
+}
+
+hipError_t hip_launch_trace_batch(const hip_trace_args *tab, int n, hipStream_t s)
+{
+    if (n <= 0)
+        return hipSuccess;
+    MOERT_LAUNCH(k_trace_batch, n, HIP_TRACE_BATCH_THREADS, 0, s, tab);
     return hipGetLastError();
 }
 

@@ -13,13 +13,13 @@
 #   3. tests      the CUnit suites `hip` and `forward` (MOERT_TEST_BACKEND=hip)
 #   4. check-big  MOERT_HIP_CHECK=all on configs/bench-gpu.yaml's shapes (synth weights,
 #                 100-token prompt in chunks of 64, 3 decode steps)
-#   5. trace      the decode graph's trace captures (side streams) against inline captures
+#   5. trace      decode steps' trace captures (at the step end) against inline captures
 #                 (MOERT_HIP_TRACE_INLINE=1): the trace files are identical, stats and tensor
 #                 mode, every stage of every layer
 #   6. bench      moert bench configs/bench-gpu.yaml --json --trace-overhead
 #   7. bench48    the same on configs/bench-gpu-48.yaml (Qwen3-30B-A3B's 48 layers, 61 GB)
 # and prints a summary table last (figures against the targets of issue 13).  Logs go to
-# $OUT when set (10 files), else to build/gpu-check.  GPU_CHECK_STEPS="smoke tests" runs a
+# $OUT when set (8 files: the device tool returns no more), else to build/gpu-check.  GPU_CHECK_STEPS="smoke tests" runs a
 # subset.
 set -u
 
@@ -40,11 +40,12 @@ if [ ! -x "$BIN" ]; then
     exit 2
 fi
 if command -v nvidia-smi >/dev/null 2>&1; then
-    { nvidia-smi -L; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv; } >"$LOG/gpu.txt" 2>&1
+    GPU=$({ nvidia-smi -L; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv; } 2>&1)
 else
-    echo "no nvidia-smi" >"$LOG/gpu.txt"
+    GPU="no nvidia-smi"
 fi
-cat "$LOG/gpu.txt"
+echo "$GPU"
+: >"$LOG/runs.log"
 
 IDS13=11,48,85,122,159,196,233,250,7,44,81,118,155
 IDS100=$(seq -s, 1 100)
@@ -52,11 +53,13 @@ IDS100=$(seq -s, 1 100)
 # 1. smoke
 if want smoke; then
     if timeout 120 "$BIN" run tests/fixtures/hf/long-prompt --backend hip --tokens "$IDS13" -n 8 \
-        >"$LOG/smoke.log" 2>&1; then
-        row smoke ok "$(head -c 120 "$LOG/smoke.log" | tr '\n' ' ')"
+        >"$LOG/smoke.tmp" 2>&1; then
+        row smoke ok "$(head -c 120 "$LOG/smoke.tmp" | tr '\n' ' ')"
     else
-        row smoke FAIL "rc=$? $(tail -c 300 "$LOG/smoke.log" | tr '\n' ' ')"
+        row smoke FAIL "rc=$? $(tail -c 300 "$LOG/smoke.tmp" | tr '\n' ' ')"
     fi
+    { echo "== smoke"; cat "$LOG/smoke.tmp"; } >>"$LOG/runs.log"
+    rm -f "$LOG/smoke.tmp"
 fi
 
 # 2. per-op check on the fixtures
@@ -125,25 +128,24 @@ if want check-big; then
     fi
 fi
 
-# 5. trace captures: side streams (the graph) == inline, bit for bit
+# 5. trace captures: at the end of each decode step == inline (at each TRACE op), bit for bit
 if want trace; then
-    : >"$LOG/trace.log"
     TT=${TMPDIR:-/tmp}/moert-gpu-check-trace
     mkdir -p "$TT"
     ok=1
     for mode in stats tensor; do
-        timeout 120 "$BIN" run "$BENCH_CFG" --backend hip --tokens "$IDS13" -n 8 --trace "$TT/side-$mode.trace" \
-            --trace-mode $mode >>"$LOG/trace.log" 2>&1 || ok=0
+        timeout 120 "$BIN" run "$BENCH_CFG" --backend hip --tokens "$IDS13" -n 8 --trace "$TT/batch-$mode.trace" \
+            --trace-mode $mode >>"$LOG/runs.log" 2>&1 || ok=0
         MOERT_HIP_TRACE_INLINE=1 timeout 120 "$BIN" run "$BENCH_CFG" --backend hip --tokens "$IDS13" -n 8 \
-            --trace "$TT/inline-$mode.trace" --trace-mode $mode >>"$LOG/trace.log" 2>&1 || ok=0
-        cmp "$TT/side-$mode.trace" "$TT/inline-$mode.trace" >>"$LOG/trace.log" 2>&1 || ok=0
-        ls -l "$TT/side-$mode.trace" "$TT/inline-$mode.trace" >>"$LOG/trace.log" 2>&1
+            --trace "$TT/inline-$mode.trace" --trace-mode $mode >>"$LOG/runs.log" 2>&1 || ok=0
+        cmp "$TT/batch-$mode.trace" "$TT/inline-$mode.trace" >>"$LOG/runs.log" 2>&1 || ok=0
+        ls -l "$TT/batch-$mode.trace" "$TT/inline-$mode.trace" >>"$LOG/runs.log" 2>&1
     done
     rm -rf "$TT"
     if [ $ok -eq 1 ]; then
-        row trace ok "graph (side-stream) captures == inline captures, bit for bit (stats, tensor)"
+        row trace ok "decode captures at the step end == inline captures, bit for bit (stats, tensor)"
     else
-        row trace FAIL "see trace.log: $(tail -c 200 "$LOG/trace.log" | tr '\n' ' ')"
+        row trace FAIL "see runs.log: $(tail -c 200 "$LOG/runs.log" | tr '\n' ' ')"
     fi
 fi
 
@@ -179,6 +181,7 @@ for b in bench bench48; do
 done
 
 echo
-echo "== gpu_check summary ($(head -1 "$LOG/gpu.txt" 2>/dev/null))"
+echo "== gpu_check summary ($(echo "$GPU" | head -1))"
 cat "$SUMMARY"
+{ echo "$GPU"; cat "$SUMMARY"; } >"$SUMMARY.tmp" && mv "$SUMMARY.tmp" "$SUMMARY"
 ! grep -q ' FAIL ' "$SUMMARY"
