@@ -122,7 +122,7 @@ typedef struct hip_ctx {
     /* one-row steps capture every trace slot at the step's end (see plan_trace_batch):
      * tr_snap[2 * op + o]: where op's launch also writes its output o (NULL: nowhere);
      * d_tr_tab: the narrow slots' capture arguments (device); tr_wide: the other slots */
-    bool tr_batch, tr_batch_step;
+    bool tr_batch, tr_batch_step, tr_wide1;
     float **tr_snap;
     float *d_tr_snap;
     hip_trace_args *d_tr_tab;
@@ -662,14 +662,19 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
             }
             /* NOT in the plan yet (device scratch of this backend): the snapshots, then the table */
             size_t o_tab = align256(sizeof(float) * (snap_floats ? snap_floats : 1));
-            size_t bytes = o_tab + sizeof(hip_trace_args) * (size_t)(c->n_tr_tab ? c->n_tr_tab : 1);
+            size_t o_part = align256(o_tab + sizeof(hip_trace_args) * (size_t)(c->n_tr_tab ? c->n_tr_tab : 1));
+            size_t bytes = o_part + (size_t)HIP_TRACE_WIDE_PART_BYTES * (size_t)c->n_tr_wide;
             INIT_TRY(hipMalloc((void **)&c->d_tr_snap, bytes), "allocating the trace snapshots");
             c->d_tr_tab = (hip_trace_args *)((unsigned char *)c->d_tr_snap + o_tab);
             plan_trace_batch_fill(c);
+            for (int i = 0; i < c->n_tr_wide; i++)
+                c->tr_wide[c->n_tr_tab + i].part =
+                    (unsigned char *)c->d_tr_snap + o_part + (size_t)HIP_TRACE_WIDE_PART_BYTES * (size_t)i;
             INIT_TRY(hipMemcpy(c->d_tr_tab, c->tr_wide, sizeof(hip_trace_args) * (size_t)c->n_tr_tab,
                                hipMemcpyHostToDevice),
                      "uploading the trace table");
             c->tr_batch = true;
+            c->tr_wide1 = env_on("MOERT_HIP_TRACE_WIDE1");
         }
     }
 
@@ -1392,9 +1397,13 @@ static int trace_batch_launch(hip_ctx *c, moert_err *err)
     hipError_t e = hip_launch_trace_batch(c->d_tr_tab, c->n_tr_tab, c->stream);
     if (e != hipSuccess)
         return hip_fail(err, e, "launching the trace capture");
-    for (int i = 0; i < c->n_tr_wide; i++)
-        if ((e = hip_launch_trace(&c->tr_wide[c->n_tr_tab + i], 1, c->stream)) != hipSuccess)
+    for (int i = 0; i < c->n_tr_wide; i++) {
+        /* MOERT_HIP_TRACE_WIDE1=1: on one block, as inline (for A/B) */
+        e = c->tr_wide1 ? hip_launch_trace(&c->tr_wide[c->n_tr_tab + i], 1, c->stream)
+                        : hip_launch_trace_wide(&c->tr_wide[c->n_tr_tab + i], c->stream);
+        if (e != hipSuccess)
             return hip_fail(err, e, "launching the trace capture");
+    }
     return MOERT_OK;
 }
 

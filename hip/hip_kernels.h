@@ -184,6 +184,7 @@ typedef struct hip_trace_args {
     long long cap;
     int tensor_mode, overwrite, logits_last;
     const hip_step_params *sp;
+    void *part;            /* hip_launch_trace_wide: HIP_TRACE_WIDE_PART_BYTES of scratch */
 } hip_trace_args;
 hipError_t hip_launch_trace(const hip_trace_args *a, int grid, hipStream_t s);
 /* The block size of a slot's capture (it fixes the order of the stats' sums). */
@@ -195,6 +196,10 @@ static inline int hip_trace_threads(long long width)
 /* n slots of one row each, block b capturing tab[b] (device memory), every one with
  * hip_trace_threads(width) == HIP_TRACE_BATCH_THREADS: the same records as hip_launch_trace. */
 hipError_t hip_launch_trace_batch(const hip_trace_args *tab, int n, hipStream_t s);
+/* A wide slot's one-row capture (hip_trace_threads(width) == 1024) on 16 blocks of 64
+ * threads, in three kernels: the same record as hip_launch_trace with grid 1. */
+#define HIP_TRACE_WIDE_PART_BYTES 2304 /* at most 32 warps x (8 + 1) x 8 bytes */
+hipError_t hip_launch_trace_wide(const hip_trace_args *a, hipStream_t s);
 
 /* Raises the dynamic shared-memory limit of the kernels that need more than 48 KB for this
  * model (GEMV x rows, attention); returns the first failure. */
