@@ -17,7 +17,8 @@
  * (begin_step sets *ops_done).  Prefill steps run eagerly.  Nothing is allocated per step.
  *
  * Fusions (pure launch savings; the buffers hold what the unfused ops would write): a
- * residual ADD immediately followed by the RMSNORM of the same stream is one kernel, and a
+ * residual ADD followed by the RMSNORM of the same stream (past TRACE ops of that stream) is
+ * one kernel, and a
  * KV_STORE right after its layer's QK_NORM_ROPE is done by that kernel.  (Three more decode
  * fusions were measured slower under graphs + PDL and removed: see hip/NOTES.md.)
  *
