@@ -19,8 +19,8 @@
  * Fusions (pure launch savings; the buffers hold what the unfused ops would write): a
  * residual ADD followed by the RMSNORM of the same stream (past TRACE ops of that stream) is
  * one kernel, and a KV_STORE right after its layer's QK_NORM_ROPE is done by that kernel.
- * (Three more decode
- * fusions were measured slower under graphs + PDL and removed: see hip/NOTES.md.)
+ * (Three more decode fusions were measured slower under graphs + PDL and removed: see
+ * hip/NOTES.md.)
  *
  * Debugging: MOERT_HIP_DEBUG=1 synchronises after every op and checks the launch status
  * and the device guard flag; MOERT_HIP_CHECK=1 runs a CPU backend alongside and compares
