@@ -1103,7 +1103,6 @@ static int run_mlp(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     return launch_err(hip_launch_gemm(L->mlp_down.dt, HIP_A_SWIGLU, 64, &a, c->stream), op, err);
 }
 
-/* src: NULL (the op's input), or the snapshot holding it; launched on stream `ss` */
 /* The capture arguments of TRACE op `op`, reading src (and src2: router ids, or NULL). */
 static void fill_trace_args(hip_ctx *c, const sched_op *op, const float *src, const int32_t *src2,
                             hip_trace_args *a)
@@ -1319,9 +1318,6 @@ static bool snap_capable(sched_kind kind, int o)
     }
 }
 
-static void fill_trace_args(hip_ctx *c, const sched_op *op, const float *src, const int32_t *src2,
-                            hip_trace_args *a);
-
 /* Decides, at init, whether one-row steps can capture at their end: false (captures stay
  * inline) when a slot's row is rewritten later in the step and the op that produced it
  * cannot keep a copy.  Sets the slot counts and *snap_floats, the snapshots' size. */
@@ -1357,7 +1353,8 @@ static bool plan_trace_batch(hip_ctx *c, size_t *snap_floats)
     return true;
 }
 
-/* pass 1 of plan_trace_batch, once d_tr_snap and the host tables exist */
+/* After plan_trace_batch, once d_tr_snap and the host tables exist: the producers'
+ * snapshot pointers and every slot's capture arguments (narrow slots first). */
 static void plan_trace_batch_fill(hip_ctx *c)
 {
     const sched *s = c->s;
