@@ -1265,8 +1265,8 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
 }
 
 /* ---- trace capture at the end of a one-row step -------------------------------------
- * Inline, each TRACE op is one small kernel on the chain of dependent kernels: 99 of them at 12 layers
- * made a traced decode step 70% slower.  In a one-row step (decode) the TRACE ops launch
+ * Inline, each TRACE op is one small kernel on the chain of dependent kernels: 99 of them
+ * (12 layers) made a traced decode step 70% slower.  In a one-row step (decode) the TRACE ops launch
  * nothing; instead every slot is captured at the end of the step by one kernel (block b:
  * slot b) plus one per wide slot (logits, 1024 threads).  A slot's row is read in place when
  * no later op of the step writes its bytes; otherwise the op that produced it also writes a
