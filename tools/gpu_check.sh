@@ -19,8 +19,8 @@
 #   6. bench      moert bench configs/bench-gpu.yaml --json --trace-overhead
 #   7. bench48    the same on configs/bench-gpu-48.yaml (Qwen3-30B-A3B's 48 layers, 61 GB)
 # and prints a summary table last (figures against the targets of issue 13).  Logs go to
-# $OUT when set (8 files: the device tool returns no more), else to build/gpu-check.  GPU_CHECK_STEPS="smoke tests" runs a
-# subset.
+# $OUT when set (8 files: the device tool returns no more), else to build/gpu-check.
+# GPU_CHECK_STEPS="smoke tests" runs a subset.
 set -u
 
 BIN=${BIN:-./moert-nvidia}
