@@ -19,9 +19,10 @@
  * (begin_step sets *ops_done).  Prefill steps run eagerly.  Nothing is allocated per step.
  *
  * Fusions (pure launch savings; the buffers hold what the unfused ops would write): a
- * residual ADD immediately followed by the RMSNORM of the same stream is one kernel, and a
- * KV_STORE right after its layer's QK_NORM_ROPE is done by that kernel.  (Three more decode
- * fusions were measured slower under graphs + PDL and removed: see hip/NOTES.md.)
+ * residual ADD followed by the RMSNORM of the same stream (past TRACE ops of that stream) is
+ * one kernel, and a KV_STORE right after its layer's QK_NORM_ROPE is done by that kernel.
+ * (Three more decode fusions were measured slower under graphs + PDL and removed: see
+ * hip/NOTES.md.)
  *
  * Debugging: MOERT_HIP_DEBUG=1 synchronises after every op and checks the launch status
  * and the device guard flag; MOERT_HIP_CHECK=1 runs a CPU backend alongside and compares
@@ -120,6 +121,15 @@ typedef struct hip_ctx {
 
     /* decode graph */
     bool use_graph, capturing, graph_ready, graph_failed, graph_launched;
+    /* one-row steps capture every trace slot at the step's end (see plan_trace_batch):
+     * tr_snap[2 * op + o]: where op's launch also writes its output o (NULL: nowhere);
+     * d_tr_tab: the narrow slots' capture arguments (device); tr_wide: the other slots */
+    bool tr_batch, tr_batch_step, tr_wide1;
+    float **tr_snap;
+    float *d_tr_snap;
+    hip_trace_args *d_tr_tab;
+    int n_tr_tab, n_tr_wide;
+    hip_trace_args *tr_wide;
     hipGraph_t graph;
     hipGraphExec_t gexec;
 
@@ -172,6 +182,18 @@ static unsigned char *dbuf(hip_ctx *c, int32_t id)
 static float *fbuf(hip_ctx *c, int32_t id)
 {
     return (float *)(c->dev_arena + c->offsets[id]);
+}
+
+static int32_t op_index(hip_ctx *c, const sched_op *op)
+{
+    return (int32_t)(op - c->s->ops);
+}
+
+/* Where op oi's launch also writes a copy of its output o this step (a traced row's
+ * snapshot, see plan_trace_batch), or NULL. */
+static float *snap_of(hip_ctx *c, int32_t oi, int o)
+{
+    return c->tr_batch_step && c->tr_snap ? c->tr_snap[2 * oi + o] : NULL;
 }
 
 /* ---- weights ------------------------------------------------------------------------ */
@@ -382,21 +404,40 @@ static bool env_on(const char *name)
 }
 
 static void hip_shutdown(backend *b);
+static bool plan_trace_batch(hip_ctx *c, size_t *snap_floats);
+static_assert(sizeof(hip_trace_args) <= HIP_TRACE_ARGS_MAX_BYTES, "hip_scratch.h's bound on a capture table entry");
+static void plan_trace_batch_fill(hip_ctx *c);
+
+/* The op that op i would fuse with: the next one, except that a residual ADD looks past
+ * TRACE ops capturing its stream (the fused norm writes another buffer, so they read the
+ * same x either way, and a traced step keeps the fusion). */
+static int32_t fuse_partner(const sched *s, int32_t i)
+{
+    int32_t j = i + 1;
+    if (s->ops[i].kind == SCHED_ADD)
+        while (j < s->n_ops && s->ops[j].kind == SCHED_TRACE && s->ops[j].in[0] == s->ops[i].out[0] &&
+               s->ops[j].in[1] == SCHED_NO_BUF)
+            j++;
+    return j;
+}
 
 /* Decides the fusions (see the file comment). */
 static void plan_fusions(hip_ctx *c)
 {
     const sched *s = c->s;
     for (int32_t i = 0; i + 1 < s->n_ops; i++) {
-        const sched_op *op = &s->ops[i], *nx = &s->ops[i + 1];
+        int32_t j = fuse_partner(s, i);
+        if (j >= s->n_ops)
+            continue;
+        const sched_op *op = &s->ops[i], *nx = &s->ops[j];
         if (op->kind == SCHED_ADD && nx->kind == SCHED_RMSNORM && nx->in[0] == op->out[0] &&
             nx->n == op->n && !(c->opf[i] & OPF_SKIP)) {
             c->opf[i] |= OPF_FUSE_NEXT;
-            c->opf[i + 1] |= OPF_SKIP;
+            c->opf[j] |= OPF_SKIP;
         } else if (op->kind == SCHED_QK_NORM_ROPE && nx->kind == SCHED_KV_STORE &&
                    nx->in[0] == op->out[0] && nx->layer == op->layer) {
             c->opf[i] |= OPF_FUSE_NEXT;
-            c->opf[i + 1] |= OPF_SKIP;
+            c->opf[j] |= OPF_SKIP;
         }
     }
 }
@@ -602,6 +643,40 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
         goto fail;
     }
     plan_fusions(c);
+    {
+        /* one-row steps capture their trace slots at the end (MOERT_HIP_TRACE_INLINE=1: at each
+         * TRACE op, as prefill always does; check mode compares each TRACE op, so inline too) */
+        size_t snap_floats = 0;
+        if (c->trace && c->n_trace > 0 && !c->check && !env_on("MOERT_HIP_TRACE_INLINE") &&
+            plan_trace_batch(c, &snap_floats)) {
+            c->tr_snap = (float **)calloc((size_t)s->n_ops * 2, sizeof *c->tr_snap);
+            c->tr_wide = (hip_trace_args *)calloc((size_t)c->n_trace, sizeof *c->tr_wide);
+            if (!c->tr_snap || !c->tr_wide) {
+                st = err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
+                goto fail;
+            }
+            /* the planned region (hip_scratch.h): snapshots, the table, the wide partials */
+            hip_trace_layout tl = hip_scratch_trace_layout(s, (int64_t)snap_floats);
+            int32_t rq = in->scratch0 + HIP_REQ_TRACE_BATCH;
+            if ((uint64_t)snap_floats * sizeof(float) > tl.snap_bytes_max ||
+                tl.part_offset + (uint64_t)HIP_TRACE_WIDE_PART_BYTES * (uint64_t)c->n_tr_wide > (uint64_t)s->bufs[rq].bytes) {
+                st = err_set(err, MOERT_EINTERNAL, "backend hip: the trace snapshots exceed their planned region");
+                goto fail;
+            }
+            c->d_tr_snap = (float *)dbuf(c, rq);
+            c->d_tr_tab = (hip_trace_args *)((unsigned char *)c->d_tr_snap + tl.tab_offset);
+            size_t o_part = (size_t)tl.part_offset;
+            plan_trace_batch_fill(c);
+            for (int i = 0; i < c->n_tr_wide; i++)
+                c->tr_wide[c->n_tr_tab + i].part =
+                    (unsigned char *)c->d_tr_snap + o_part + (size_t)HIP_TRACE_WIDE_PART_BYTES * (size_t)i;
+            INIT_TRY(hipMemcpy(c->d_tr_tab, c->tr_wide, sizeof(hip_trace_args) * (size_t)c->n_tr_tab,
+                               hipMemcpyHostToDevice),
+                     "uploading the trace table");
+            c->tr_batch = true;
+            c->tr_wide1 = env_on("MOERT_HIP_TRACE_WIDE1");
+        }
+    }
 
     if ((st = upload_weights(c, err)))
         goto fail;
@@ -681,6 +756,8 @@ static void hip_shutdown(backend *b)
     }
     if (c->stream)
         (void)hipStreamDestroy(c->stream);
+    free(c->tr_snap);
+    free(c->tr_wide);
     free(c->layers);
     free(c->opf);
     free(c);
@@ -781,8 +858,9 @@ static int launch_err(hipError_t e, const sched_op *op, moert_err *err)
                    sched_kind_name(op->kind), op->layer, hipGetErrorString(e));
 }
 
+/* snap: NULL, or where a decode GEMV also writes its outputs (a traced row's snapshot) */
 static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long long rows,
-                           float *out, long long ldo, moert_err *err)
+                           float *out, long long ldo, float *snap, moert_err *err)
 {
     const dev_tensor *seg[3] = {NULL, NULL, NULL};
     int nseg = 0;
@@ -828,6 +906,7 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
                 a.seg_end[i] = end;
             }
             a.y = out + begin;
+            a.y2 = snap ? snap + begin : NULL;
             a.n_total = end;
             a.k = op->k;
             int st = launch_err(hip_launch_gemv(seg[i0]->dt, &a, gemv_grid(c, end), c->stream), op, err);
@@ -888,6 +967,7 @@ static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
         a.H = H;
         a.h = g;
         a.out = out;
+        a.out2 = snap_of(c, op_index(c, op), 0);
         a.err_flag = c->d_err;
         int st = launch_err(hip_launch_moe_gateup_dec(L->gate.dt, &a, gemv_grid(c, 2LL * K * I),
                                                       c->stream),
@@ -979,6 +1059,7 @@ static int run_mlp(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
         a.H = H;
         a.h = g;
         a.out = out;
+        a.out2 = snap_of(c, op_index(c, op), 0);
         a.err_flag = c->d_err;
         int st = launch_err(hip_launch_moe_gateup_dec(L->mlp_gate.dt, &a, gemv_grid(c, 2 * I), c->stream),
                             op, err);
@@ -1017,32 +1098,36 @@ static int run_mlp(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     return launch_err(hip_launch_gemm(L->mlp_down.dt, HIP_A_SWIGLU, 64, &a, c->stream), op, err);
 }
 
+/* The capture arguments of TRACE op `op`, reading src (and src2: router ids, or NULL). */
+static void fill_trace_args(hip_ctx *c, const sched_op *op, const float *src, const int32_t *src2,
+                            hip_trace_args *a)
+{
+    const trace_slot_info *si = trace_rt_slot(c->trace, (size_t)op->trace_index);
+    memset(a, 0, sizeof *a);
+    a->src = src;
+    a->src2 = src2;
+    a->ring = dbuf(c, op->out[0]);
+    a->shadow = c->d_shadow;
+    a->ti = op->trace_index;
+    a->n_trace = c->n_trace;
+    a->width = si->width;
+    a->record_bytes = si->record_bytes;
+    a->cap = c->tr_cap;
+    a->tensor_mode = si->keeps_row; /* moe_router keeps its rows in stats mode too */
+    a->overwrite = c->tr_overwrite;
+    a->logits_last = si->stage == CFG_STAGE_LOGITS && !c->tr_all;
+    a->sp = c->d_params;
+}
+
 static int run_trace(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
 {
     if (!c->trace || op->trace_index < 0 || op->trace_index >= c->n_trace)
         return err_set(err, MOERT_EINTERNAL, "backend hip: TRACE op without a bound trace context");
-    const trace_slot_info *si = trace_rt_slot(c->trace, (size_t)op->trace_index);
+    if (c->tr_batch_step)
+        return MOERT_OK; /* captured at the end of the step (trace_batch_launch) */
     hip_trace_args a;
-    memset(&a, 0, sizeof a);
-    a.src = fbuf(c, op->in[0]);
-    a.src2 = op->in[1] >= 0 ? (const int32_t *)dbuf(c, op->in[1]) : NULL;
-    a.ring = dbuf(c, op->out[0]);
-    a.shadow = c->d_shadow;
-    a.ti = op->trace_index;
-    a.n_trace = c->n_trace;
-    a.width = si->width;
-    a.record_bytes = si->record_bytes;
-    a.cap = c->tr_cap;
-    a.tensor_mode = si->keeps_row; /* moe_router keeps its rows in stats mode too */
-    a.overwrite = c->tr_overwrite;
-    a.logits_last = si->stage == CFG_STAGE_LOGITS && !c->tr_all;
-    a.sp = c->d_params;
+    fill_trace_args(c, op, fbuf(c, op->in[0]), op->in[1] >= 0 ? (const int32_t *)dbuf(c, op->in[1]) : NULL, &a);
     return launch_err(hip_launch_trace(&a, c->tr_all ? rows : 1, c->stream), op, err);
-}
-
-static int32_t op_index(hip_ctx *c, const sched_op *op)
-{
-    return (int32_t)(op - c->s->ops);
 }
 
 /* The arguments of QK_NORM_ROPE op `op` (flags f: with the KV store fused or not). */
@@ -1088,17 +1173,19 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
     switch (op->kind) {
     case SCHED_EMBED:
         return launch_err(hip_launch_embed((int32_t *)dbuf(c, op->in[0]), c->d_params, c->embed.d, c->embed.dt,
-                                           fbuf(c, op->out[0]), op->n, t->vocab_size, rows, c->d_err,
+                                           fbuf(c, op->out[0]), snap_of(c, oi, 0), op->n, t->vocab_size, rows,
+                                           c->d_err,
                                            c->stream),
                           op, err);
     case SCHED_RMSNORM: {
         const dev_tensor *w = dev_weight(c, op->w[0], op->layer);
-        return launch_err(hip_launch_rmsnorm(fbuf(c, op->in[0]), w->d, w->dt, fbuf(c, op->out[0]), op->n,
-                                             c->eps, rows, c->stream),
+        return launch_err(hip_launch_rmsnorm(fbuf(c, op->in[0]), w->d, w->dt, fbuf(c, op->out[0]),
+                                             snap_of(c, oi, 0), op->n, c->eps, rows, c->stream),
                           op, err);
     }
     case SCHED_MATMUL:
-        return run_matmul_rows(c, op, fbuf(c, op->in[0]), rows, fbuf(c, op->out[0]), op->n, err);
+        return run_matmul_rows(c, op, fbuf(c, op->in[0]), rows, fbuf(c, op->out[0]), op->n,
+                               rows == 1 ? snap_of(c, oi, 0) : NULL, err);
     case SCHED_QK_NORM_ROPE: {
         hip_qkn_args a;
         qkn_args(c, op, f, &a);
@@ -1134,18 +1221,21 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
     }
     case SCHED_ADD:
         if (f & OPF_FUSE_NEXT) {
-            const sched_op *nx = op + 1;
+            const int32_t ni = fuse_partner(s, oi);
+            const sched_op *nx = &s->ops[ni];
             const dev_tensor *w = dev_weight(c, nx->w[0], nx->layer);
             return launch_err(hip_launch_add_rmsnorm(fbuf(c, op->out[0]), fbuf(c, op->in[0]), w->d, w->dt,
-                                                     fbuf(c, nx->out[0]), op->n, c->eps, rows, c->stream),
+                                                     fbuf(c, nx->out[0]), snap_of(c, oi, 0), snap_of(c, ni, 0),
+                                                     op->n, c->eps, rows, c->stream),
                               op, err);
         }
-        return launch_err(hip_launch_add(fbuf(c, op->out[0]), fbuf(c, op->in[0]), (long long)rows * op->n,
-                                         c->stream),
+        return launch_err(hip_launch_add(fbuf(c, op->out[0]), fbuf(c, op->in[0]), snap_of(c, oi, 0),
+                                         (long long)rows * op->n, c->stream),
                           op, err);
     case SCHED_ROUTE:
         return launch_err(hip_launch_route(fbuf(c, op->in[0]), fbuf(c, op->out[0]),
-                                           (int32_t *)dbuf(c, op->out[1]), (int)op->k, (int)op->n,
+                                           (int32_t *)dbuf(c, op->out[1]), snap_of(c, oi, 0),
+                                           (int32_t *)snap_of(c, oi, 1), (int)op->k, (int)op->n,
                                            t->norm_topk_prob ? 1 : 0, rows, c->stream),
                           op, err);
     case SCHED_MOE: return run_moe(c, op, rows, err);
@@ -1154,7 +1244,7 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
         long long H = t->hidden_size;
         const float *fn = fbuf(c, op->in[0]);
         long long first = s->logit_rows == 1 ? rows - 1 : 0;
-        int rc = run_matmul_rows(c, op, fn + first * H, rows - first, fbuf(c, op->out[0]), op->n, err);
+        int rc = run_matmul_rows(c, op, fn + first * H, rows - first, fbuf(c, op->out[0]), op->n, NULL, err);
         if (rc)
             return rc;
         /* the greedy pick, inside the step (and the decode graph) */
@@ -1167,6 +1257,147 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
     default:
         return err_set(err, MOERT_EINTERNAL, "backend hip: unknown op kind %d", (int)op->kind);
     }
+}
+
+/* ---- trace capture at the end of a one-row step -------------------------------------
+ * Inline, each TRACE op is one small kernel on the chain of dependent kernels: 99 of them
+ * (12 layers) made a traced decode step 70% slower.  In a one-row step (decode) the TRACE ops launch
+ * nothing; instead every slot is captured at the end of the step by one kernel (block b:
+ * slot b) plus one per wide slot (logits, 1024 threads).  A slot's row is read in place when
+ * no later op of the step writes its bytes; otherwise the op that produced it also writes a
+ * copy into the slot's snapshot (the second output of the GEMV, the norms, the add, embed,
+ * route, MoE down), which is the same bits the inline capture would read.  Same kernel code
+ * and block size, so the records are the same bits. */
+
+/* The device byte ranges op `op` writes (outputs and scratch); at most 6. */
+static int op_write_ranges(hip_ctx *c, const sched_op *op, const unsigned char **p, uint64_t *n)
+{
+    const sched *s = c->s;
+    int k = 0;
+    int32_t ids[6] = {op->out[0], op->out[1], op->scratch[0], op->scratch[1], op->scratch[2], op->scratch[3]};
+    for (int i = 0; i < 6; i++) {
+        /* (the backends' own scratch lives for the whole step: it never shares bytes with a row) */
+        if (ids[i] < 0)
+            continue;
+        p[k] = dbuf(c, ids[i]);
+        n[k++] = s->bufs[ids[i]].bytes;
+    }
+    return k;
+}
+
+/* Does any op after op t write bytes of buffer `buf`? */
+static bool written_after(hip_ctx *c, int32_t t, int32_t buf)
+{
+    const sched *s = c->s;
+    const unsigned char *b = dbuf(c, buf);
+    uint64_t nb = s->bufs[buf].bytes;
+    for (int32_t i = t + 1; i < s->n_ops; i++) {
+        const unsigned char *p[6];
+        uint64_t n[6];
+        int k = op_write_ranges(c, &s->ops[i], p, n);
+        for (int w = 0; w < k; w++)
+            if (p[w] < b + nb && b < p[w] + n[w])
+                return true;
+    }
+    return false;
+}
+
+/* Can op kind `kind` write a copy of its output o (one row)? */
+static bool snap_capable(sched_kind kind, int o)
+{
+    switch (kind) {
+    case SCHED_EMBED: case SCHED_RMSNORM: case SCHED_MATMUL: case SCHED_ADD: case SCHED_MOE: case SCHED_MLP:
+        return o == 0;
+    case SCHED_ROUTE: return o == 0 || o == 1;
+    default: return false;
+    }
+}
+
+/* Decides, at init, whether one-row steps can capture at their end: false (captures stay
+ * inline) when a slot's row is rewritten later in the step and the op that produced it
+ * cannot keep a copy.  Sets the slot counts and *snap_floats, the snapshots' size. */
+static bool plan_trace_batch(hip_ctx *c, size_t *snap_floats)
+{
+    const sched *s = c->s;
+    size_t off = 0;
+    c->n_tr_tab = c->n_tr_wide = 0;
+    for (int32_t t = 0; t < s->n_ops; t++) {
+        const sched_op *op = &s->ops[t];
+        if (op->kind != SCHED_TRACE)
+            continue;
+        const trace_slot_info *si = trace_rt_slot(c->trace, (size_t)op->trace_index);
+        for (int q = 0; q < 2; q++) {
+            int32_t buf = op->in[q];
+            if (buf < 0 || !written_after(c, t, buf))
+                continue;
+            /* the producer: the op right before it (past other TRACE ops) writes buf */
+            int32_t p = t - 1;
+            while (p >= 0 && s->ops[p].kind == SCHED_TRACE)
+                p--;
+            int o = p >= 0 ? (s->ops[p].out[0] == buf ? 0 : s->ops[p].out[1] == buf ? 1 : -1) : -1;
+            if (o < 0 || !snap_capable(s->ops[p].kind, o) || (size_t)s->bufs[buf].cols != (size_t)si->width)
+                return false;
+            off += ((size_t)si->width + 63) & ~(size_t)63;
+        }
+        if (hip_trace_threads(si->width) == HIP_TRACE_BATCH_THREADS)
+            c->n_tr_tab++;
+        else
+            c->n_tr_wide++;
+    }
+    *snap_floats = off;
+    return true;
+}
+
+/* After plan_trace_batch, once d_tr_snap and the host tables exist: the producers'
+ * snapshot pointers and every slot's capture arguments (narrow slots first). */
+static void plan_trace_batch_fill(hip_ctx *c)
+{
+    const sched *s = c->s;
+    size_t off = 0;
+    int nt = 0, nw = 0;
+    for (int32_t t = 0; t < s->n_ops; t++) {
+        const sched_op *op = &s->ops[t];
+        if (op->kind != SCHED_TRACE)
+            continue;
+        const trace_slot_info *si = trace_rt_slot(c->trace, (size_t)op->trace_index);
+        const float *src = fbuf(c, op->in[0]);
+        const int32_t *src2 = op->in[1] >= 0 ? (const int32_t *)dbuf(c, op->in[1]) : NULL;
+        for (int q = 0; q < 2; q++) {
+            int32_t buf = op->in[q];
+            if (buf < 0 || !written_after(c, t, buf))
+                continue;
+            int32_t p = t - 1;
+            while (p >= 0 && s->ops[p].kind == SCHED_TRACE)
+                p--;
+            int o = s->ops[p].out[0] == buf ? 0 : 1;
+            float *d = c->d_tr_snap + off;
+            off += ((size_t)si->width + 63) & ~(size_t)63;
+            c->tr_snap[2 * p + o] = d;
+            if (q == 0)
+                src = d;
+            else
+                src2 = (const int32_t *)d;
+        }
+        bool wide = hip_trace_threads(si->width) != HIP_TRACE_BATCH_THREADS;
+        /* narrow slots first (they go to the device table), wide ones after them */
+        fill_trace_args(c, op, src, src2, wide ? &c->tr_wide[c->n_tr_tab + nw++] : &c->tr_wide[nt++]);
+    }
+}
+
+/* The captures of a one-row step, after its last op. */
+static int trace_batch_launch(hip_ctx *c, moert_err *err)
+{
+    hipError_t e = hip_launch_trace_batch(c->d_tr_tab, c->n_tr_tab, c->stream);
+    if (e != hipSuccess)
+        return hip_fail(err, e, "launching the trace capture");
+    for (int i = 0; i < c->n_tr_wide; i++) {
+        /* MOERT_HIP_TRACE_WIDE1=1: on one block, as inline (for A/B) */
+        e = c->tr_wide1 ? hip_launch_trace(&c->tr_wide[c->n_tr_tab + i], 1, c->stream)
+                        : hip_launch_trace_wide(&c->tr_wide[c->n_tr_tab + i], c->stream);
+        if (e != hipSuccess)
+            return hip_fail(err, e, "launching the trace capture");
+    }
+    return MOERT_OK;
 }
 
 /* ---- MOERT_HIP_CHECK ---------------------------------------------------------------- */
@@ -1347,6 +1578,7 @@ static int hip_begin_step(backend *b, const exec_step *st, bool *ops_done, moert
         HIP_TRY(hipEventRecord(c->prof_ev[2 * c->s->n_ops], c->stream), "profile");
     }
     c->checking_step = false;
+    c->tr_batch_step = c->tr_batch && st->n_rows == 1;
     if (c->check) {
         bool first = st->decode ? !c->checked_decode : !c->checked_prefill;
         c->checking_step = c->check == 2 || first;
@@ -1428,6 +1660,20 @@ static int profile_step(hip_ctx *c, const exec_step *st, moert_err *err)
 static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
 {
     hip_ctx *c = (hip_ctx *)b->ctx;
+    if (c->tr_batch_step && !c->graph_launched) {
+        int rb = trace_batch_launch(c, err);
+        if (rb) {
+            if (c->capturing) {
+                hipGraph_t g0 = NULL;
+                (void)hipStreamEndCapture(c->stream, &g0);
+                if (g0)
+                    (void)hipGraphDestroy(g0);
+                c->capturing = false;
+                c->graph_failed = true;
+            }
+            return rb;
+        }
+    }
     if (c->profile && !c->capturing) {
         int rc = profile_step(c, st, err);
         if (rc)
@@ -1466,7 +1712,7 @@ static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
         if (rc)
             return rc;
     }
-    return MOERT_OK;
+    return c->tr_batch_step ? trace_batch_launch(c, err) : MOERT_OK;
 }
 
 static int hip_sync(backend *b, moert_err *err)

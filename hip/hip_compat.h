@@ -100,6 +100,7 @@ typedef cudaDeviceProp hipDeviceProp_t;
 #define hipStreamSynchronize cudaStreamSynchronize
 #define hipStreamBeginCapture cudaStreamBeginCapture
 #define hipStreamEndCapture cudaStreamEndCapture
+#define hipStreamWaitEvent cudaStreamWaitEvent
 #define hipStreamCaptureModeThreadLocal cudaStreamCaptureModeThreadLocal
 #define hipStreamCaptureModeRelaxed cudaStreamCaptureModeRelaxed
 

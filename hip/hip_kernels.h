@@ -43,6 +43,7 @@ typedef struct hip_gemv_args {
     const void *w[3];
     long long seg_end[3];  /* cumulative row ends; unused segments repeat n_total */
     float *y;
+    float *y2;             /* NULL, or a second copy of y (a traced row's snapshot) */
     long long n_total;
     long long k;
 } hip_gemv_args;
@@ -74,14 +75,16 @@ hipError_t hip_launch_gemm(int dtype, int amode, int bm, const hip_gemm_args *a,
 /* ---- element-wise and row kernels --------------------------------------------------- */
 /* tok: the tokens buffer (written from sp->tok first when sp->n_tok > 0) */
 /* emb: [V, H] of any weight type (rows dequantized exactly) */
-hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt, float *x, long long H,
-                            long long V, int rows, int *err_flag, hipStream_t s);
-hipError_t hip_launch_rmsnorm(const float *x, const void *w, int dt, float *out, long long n,
+/* x2, out2, w2, ids2 (here and below): NULL, or a second copy of what the kernel writes to x,
+ * out, w, ids (the snapshot of a traced row, read by the step's trace capture at its end) */
+hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt, float *x,
+                            float *x2, long long H, long long V, int rows, int *err_flag, hipStream_t s);
+hipError_t hip_launch_rmsnorm(const float *x, const void *w, int dt, float *out, float *out2, long long n,
                               float eps, int rows, hipStream_t s);
 /* x += y, then out = rmsnorm(x): the residual add fused with the next layer norm. */
-hipError_t hip_launch_add_rmsnorm(float *x, const float *y, const void *w, int dt, float *out,
-                                  long long n, float eps, int rows, hipStream_t s);
-hipError_t hip_launch_add(float *x, const float *y, long long n, hipStream_t s);
+hipError_t hip_launch_add_rmsnorm(float *x, const float *y, const void *w, int dt, float *out, float *x2,
+                                  float *out2, long long n, float eps, int rows, hipStream_t s);
+hipError_t hip_launch_add(float *x, const float *y, float *x2, long long n, hipStream_t s);
 
 typedef struct hip_qkn_args {
     float *qkv;
@@ -116,8 +119,8 @@ size_t hip_attn_smem_bytes(int nh, int nkv, int hd);
 /* Prefill: one block per (row, kv head).  Decode (rows == 1): split over keys + combine. */
 hipError_t hip_launch_attention(const hip_attn_args *a, int rows, bool split, hipStream_t s);
 
-hipError_t hip_launch_route(const float *logits, float *w, int32_t *ids, int E, int K, int norm,
-                            int rows, hipStream_t s);
+hipError_t hip_launch_route(const float *logits, float *w, int32_t *ids, float *w2, int32_t *ids2, int E,
+                            int K, int norm, int rows, hipStream_t s);
 
 /* ---- MoE ------------------------------------------------------------------------------ */
 typedef struct hip_moe_index_args {
@@ -145,6 +148,7 @@ typedef struct hip_moe_dec_args {
     long long I, H;
     float *h;              /* [kslots, I] silu(gate) * up */
     float *out;            /* [H] */
+    float *out2;           /* NULL, or a copy of out */
     int *err_flag;
 } hip_moe_dec_args;
 hipError_t hip_launch_moe_gateup_dec(int dtype, const hip_moe_dec_args *a, int grid, hipStream_t s);
@@ -162,8 +166,21 @@ typedef struct hip_trace_args {
     long long cap;
     int tensor_mode, overwrite, logits_last;
     const hip_step_params *sp;
+    void *part;            /* hip_launch_trace_wide: HIP_TRACE_WIDE_PART_BYTES of scratch */
 } hip_trace_args;
 hipError_t hip_launch_trace(const hip_trace_args *a, int grid, hipStream_t s);
+/* The block size of a slot's capture (it fixes the order of the stats' sums). */
+#define HIP_TRACE_BATCH_THREADS 256
+static inline int hip_trace_threads(long long width)
+{
+    return width > 16384 ? 1024 : HIP_TRACE_BATCH_THREADS;
+}
+/* n slots of one row each, block b capturing tab[b] (device memory), every one with
+ * hip_trace_threads(width) == HIP_TRACE_BATCH_THREADS: the same records as hip_launch_trace. */
+hipError_t hip_launch_trace_batch(const hip_trace_args *tab, int n, hipStream_t s);
+/* A wide slot's one-row capture (hip_trace_threads(width) == 1024) on 16 blocks of 64
+ * threads, in three kernels: the same record as hip_launch_trace with grid 1. */
+hipError_t hip_launch_trace_wide(const hip_trace_args *a, hipStream_t s);
 
 /* Raises the dynamic shared-memory limit of the kernels that need more than 48 KB for this
  * model (GEMV x rows, attention); returns the first failure. */

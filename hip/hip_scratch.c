@@ -44,6 +44,32 @@ int64_t hip_scratch_traced(const sched *s)
     return n;
 }
 
+static uint64_t round_up(uint64_t v, uint64_t a)
+{
+    return sat_add(v, a - 1) / a * a;
+}
+
+hip_trace_layout hip_scratch_trace_layout(const sched *s, int64_t snap_floats)
+{
+    hip_trace_layout L = {0};
+    uint64_t floats = 0;
+    for (int32_t i = 0; i < s->n_ops; i++) {
+        const sched_op *op = &s->ops[i];
+        if (op->kind != SCHED_TRACE)
+            continue;
+        for (int q = 0; q < 2; q++)
+            if (op->in[q] >= 0 && op->in[q] < s->n_bufs)
+                floats = sat_add(floats, round_up((uint64_t)s->bufs[op->in[q]].cols, 64));
+    }
+    uint64_t n = (uint64_t)hip_scratch_traced(s);
+    L.snap_bytes_max = sat_mul(floats, sizeof(float));
+    uint64_t snap = snap_floats < 0 ? L.snap_bytes_max : sat_mul((uint64_t)snap_floats, sizeof(float));
+    L.tab_offset = round_up(snap ? snap : 1, HIP_SCRATCH_ALIGN);
+    L.part_offset = round_up(sat_add(L.tab_offset, sat_mul(n ? n : 1, HIP_TRACE_ARGS_MAX_BYTES)), HIP_SCRATCH_ALIGN);
+    L.bytes = sat_add(L.part_offset, sat_mul(n, HIP_TRACE_WIDE_PART_BYTES));
+    return L;
+}
+
 int hip_scratch_requests(const sched *s, backend_request *reqs)
 {
     const cfg_topology *t = &s->topo;
@@ -59,18 +85,20 @@ int hip_scratch_requests(const sched *s, backend_request *reqs)
         [HIP_REQ_ATTN_TICKETS] = sat_mul((uint64_t)t->num_key_value_heads, sizeof(int)),
         [HIP_REQ_MOE_TILES] = tiles,
         [HIP_REQ_ARGMAX_PART] = 2 * sizeof(float) * HIP_ARGMAX_BLOCKS,
+        [HIP_REQ_TRACE_BATCH] = hip_scratch_traced(s) ? hip_scratch_trace_layout(s, -1).bytes : 0,
     };
     static const char *const names[HIP_REQ_COUNT] = {
         [HIP_REQ_PARAMS] = "hip.params", [HIP_REQ_FLAGS] = "hip.flags",
         [HIP_REQ_SHADOW] = "hip.trace_shadow", [HIP_REQ_ATTN_PART] = "hip.attn_part",
         [HIP_REQ_ATTN_TICKETS] = "hip.attn_tickets", [HIP_REQ_MOE_TILES] = "hip.moe_tiles",
-        [HIP_REQ_ARGMAX_PART] = "hip.argmax_part",
+        [HIP_REQ_ARGMAX_PART] = "hip.argmax_part", [HIP_REQ_TRACE_BATCH] = "hip.trace_batch",
     };
     for (int i = 0; i < HIP_REQ_COUNT; i++) {
         /* whole alignment units: a small piece never moves the activation buffers placed
          * after it off a 256-byte boundary (coalesced rows) */
         uint64_t n = sat_add(bytes[i] ? bytes[i] : 1, HIP_SCRATCH_ALIGN - 1) / HIP_SCRATCH_ALIGN * HIP_SCRATCH_ALIGN;
-        bool persistent = i == HIP_REQ_PARAMS || i == HIP_REQ_FLAGS || i == HIP_REQ_SHADOW || i == HIP_REQ_ATTN_TICKETS;
+        bool persistent = i == HIP_REQ_PARAMS || i == HIP_REQ_FLAGS || i == HIP_REQ_SHADOW || i == HIP_REQ_ATTN_TICKETS ||
+                          i == HIP_REQ_TRACE_BATCH; /* the table is uploaded once at init */
         reqs[i] = (backend_request){names[i], n, HIP_SCRATCH_ALIGN, persistent};
     }
     return HIP_REQ_COUNT;

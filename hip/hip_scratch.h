@@ -47,9 +47,20 @@ enum {
     HIP_REQ_ATTN_TICKETS, /* per kv head: splits done (int; back to 0 after each use) */
     HIP_REQ_MOE_TILES,    /* MoE tile table: 1 + 3 x max tiles int32 */
     HIP_REQ_ARGMAX_PART,  /* the greedy pick's per-block partials: value f32, index int */
+    HIP_REQ_TRACE_BATCH,  /* end-of-step trace capture (hip_scratch_trace_layout) */
     HIP_REQ_COUNT
 };
 #define HIP_FLAGS_ARGMAX_OFFSET 128
+/* End-of-step capture of a decode step's trace slots: the producers' row snapshots (at most
+ * two inputs per TRACE op, each rounded up to 64 floats), then a table of capture arguments
+ * (at most HIP_TRACE_ARGS_MAX_BYTES per slot; the backend asserts its struct fits), then
+ * HIP_TRACE_WIDE_PART_BYTES of partial sums per wide slot.  The plan holds the bound over
+ * every slot; the backend uses what its analysis at init needs, never more. */
+#define HIP_TRACE_ARGS_MAX_BYTES 128
+#define HIP_TRACE_WIDE_PART_BYTES 2304 /* at most 32 warps x (8 + 1) x 8 bytes */
+typedef struct hip_trace_layout {
+    uint64_t snap_bytes_max, tab_offset, part_offset, bytes;
+} hip_trace_layout;
 
 #ifdef __cplusplus
 extern "C" {
@@ -60,6 +71,9 @@ int hip_scratch_requests(const struct sched *s, struct backend_request *reqs);
 /* Decode attention splits per head, and MoE tiles at most (0 when no layer is sparse). */
 int64_t hip_scratch_max_splits(const struct sched *s);
 int64_t hip_scratch_max_tiles(const struct sched *s);
+/* The trace-batch region for snapshots of snap_floats floats (the bound when
+ * snap_floats < 0): offsets of the table and the wide partials, total bytes. */
+hip_trace_layout hip_scratch_trace_layout(const struct sched *s, int64_t snap_floats);
 /* Traced rings: the TRACE ops of s. */
 int64_t hip_scratch_traced(const struct sched *s);
 /* MOERT_HIP_CHECK: 0 off, 1 the first prefill and decode step, 2 ("all") every step.  In

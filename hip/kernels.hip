@@ -335,8 +335,11 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS) k_gemv(hip_gemv_args a)
         if (lane == 0) {
 #pragma unroll
             for (int i = 0; i < HIP_GEMV_RW; i++)
-                if (valid[i])
+                if (valid[i]) {
                     a.y[rows[i]] = acc[i];
+                    if (a.y2)
+                        a.y2[rows[i]] = acc[i];
+                }
         }
     }
 }
@@ -519,7 +522,7 @@ __global__ void __launch_bounds__(BM * 4) k_gemm(hip_gemm_args a)
 
 template <int DT>
 __global__ void __launch_bounds__(256) k_embed(int32_t *tok, const hip_step_params *sp, const void *emb,
-                                               float *x, long long H, long long V, int *err)
+                                               float *x, float *x2, long long H, long long V, int *err)
 {
     moert_pdl_wait();
     int r = blockIdx.x;
@@ -533,8 +536,12 @@ __global__ void __launch_bounds__(256) k_embed(int32_t *tok, const hip_step_para
         t = 0;
     }
     /* rows are whole blocks, so row t's element i is element t * H + i of the flat matrix */
-    for (long long i = threadIdx.x; i < H; i += blockDim.x)
-        x[(long long)r * H + i] = load_t<DT>(emb, t * H + i);
+    for (long long i = threadIdx.x; i < H; i += blockDim.x) {
+        const float v = load_t<DT>(emb, t * H + i);
+        x[(long long)r * H + i] = v;
+        if (x2)
+            x2[(long long)r * H + i] = v;
+    }
 }
 
 /* RMSNorm of one row per block: sum of squares (per-thread serial, then the block tree),
@@ -547,7 +554,7 @@ __global__ void __launch_bounds__(256) k_embed(int32_t *tok, const hip_step_para
 
 __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(const float *__restrict__ x, const void *w,
                                                           int dt, float *__restrict__ out,
-                                                          long long n, float eps)
+                                                          float *__restrict__ out2, long long n, float eps)
 {
     PDL_EARLY_READS;
     const bool regs = n <= (long long)NORM_PER_THREAD * blockDim.x;
@@ -563,6 +570,7 @@ __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(const float *__restric
     __shared__ float sm[MAX_WARPS];
     const float *xr = x + (long long)blockIdx.x * n;
     float *o = out + (long long)blockIdx.x * n;
+    float *o2 = out2 ? out2 + (long long)blockIdx.x * n : nullptr;
     float v[NORM_PER_THREAD];
     float s = 0.0f;
     if (regs) {
@@ -584,19 +592,26 @@ __global__ void __launch_bounds__(NORM_THREADS) k_rmsnorm(const float *__restric
 #pragma unroll
         for (int k = 0; k < NORM_PER_THREAD; k++) {
             long long i = threadIdx.x + (long long)k * blockDim.x;
-            if (i < n)
+            if (i < n) {
                 o[i] = wv[k] * (v[k] * r);
+                if (o2)
+                    o2[i] = o[i];
+            }
         }
     } else {
-        for (long long i = threadIdx.x; i < n; i += blockDim.x)
+        for (long long i = threadIdx.x; i < n; i += blockDim.x) {
             o[i] = load_elem(w, dt, i) * (xr[i] * r);
+            if (o2)
+                o2[i] = o[i];
+        }
     }
 }
 
 __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *__restrict__ x,
                                                               const float *__restrict__ y,
                                                               const void *w, int dt,
-                                                              float *__restrict__ out, long long n,
+                                                              float *__restrict__ out, float *__restrict__ x2,
+                                                              float *__restrict__ out2, long long n,
                                                               float eps)
 {
     PDL_EARLY_READS;
@@ -614,6 +629,8 @@ __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *__restrict_
     float *xr = x + (long long)blockIdx.x * n;
     const float *yr = y + (long long)blockIdx.x * n;
     float *o = out + (long long)blockIdx.x * n;
+    float *x2r = x2 ? x2 + (long long)blockIdx.x * n : nullptr;
+    float *o2 = out2 ? out2 + (long long)blockIdx.x * n : nullptr;
     float v[NORM_PER_THREAD];
     float s = 0.0f;
     if (regs) {
@@ -625,14 +642,19 @@ __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *__restrict_
 #pragma unroll
         for (int k = 0; k < NORM_PER_THREAD; k++) {
             long long i = threadIdx.x + (long long)k * blockDim.x;
-            if (i < n)
+            if (i < n) {
                 xr[i] = v[k];
+                if (x2r)
+                    x2r[i] = v[k];
+            }
             s = fmaf(v[k], v[k], s);
         }
     } else {
         for (long long i = threadIdx.x; i < n; i += blockDim.x) {
             float t = xr[i] + yr[i];
             xr[i] = t;
+            if (x2r)
+                x2r[i] = t;
             s = fmaf(t, t, s);
         }
     }
@@ -642,20 +664,29 @@ __global__ void __launch_bounds__(NORM_THREADS) k_add_rmsnorm(float *__restrict_
 #pragma unroll
         for (int k = 0; k < NORM_PER_THREAD; k++) {
             long long i = threadIdx.x + (long long)k * blockDim.x;
-            if (i < n)
+            if (i < n) {
                 o[i] = wv[k] * (v[k] * r);
+                if (o2)
+                    o2[i] = o[i];
+            }
         }
     } else {
-        for (long long i = threadIdx.x; i < n; i += blockDim.x) /* own writes: no barrier needed */
+        for (long long i = threadIdx.x; i < n; i += blockDim.x) { /* own writes: no barrier needed */
             o[i] = load_elem(w, dt, i) * (xr[i] * r);
+            if (o2)
+                o2[i] = o[i];
+        }
     }
 }
-__global__ void __launch_bounds__(256) k_add(float *x, const float *y, long long n)
+__global__ void __launch_bounds__(256) k_add(float *x, const float *y, float *x2, long long n)
 {
     moert_pdl_wait();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
+    if (i < n) {
         x[i] += y[i];
+        if (x2)
+            x2[i] = x[i];
+    }
 }
 
 /* ---- QK norm + RoPE (+ KV store) ---------------------------------------------------
@@ -1253,8 +1284,8 @@ DEV void route_warp(float *w_row, int32_t *id_row, int E, int K, int norm, void 
     }
 }
 
-__global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int32_t *ids, int E,
-                                              int K, int norm)
+__global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int32_t *ids, float *w2,
+                                              int32_t *ids2, int E, int K, int norm)
 {
     moert_pdl_wait();
     if (threadIdx.x >= MOERT_WARP)
@@ -1263,6 +1294,12 @@ __global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int
     float *probs = (float *)dyn_smem4;
     stage_lane_owned(probs, logits + (long long)r * E, E, lane);
     route_warp(w + (long long)r * K, ids + (long long)r * K, E, K, norm, dyn_smem4);
+    if (w2 && lane == 0) { /* the snapshot of a traced row: lane 0 wrote all of it */
+        for (int j = 0; j < K; j++) {
+            w2[(long long)r * K + j] = w[(long long)r * K + j];
+            ids2[(long long)r * K + j] = ids[(long long)r * K + j];
+        }
+    }
 }
 
 /* ---- MoE grouping (prefill) ------------------------------------------------------------
@@ -1474,8 +1511,11 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS, MOERT_MOE_MINB) k_moe_down_d
                     res = j == 0 ? a.tw[0] * acc[q] : fmaf(a.tw[j], acc[q], res);
             }
         }
-        if (lane == 0)
+        if (lane == 0) {
             a.out[i] = res;
+            if (a.out2)
+                a.out2[i] = res;
+        }
     }
 }
 
@@ -1583,8 +1623,12 @@ __global__ void __launch_bounds__(SG_T) k_sgemv(hip_gemv_args a)
         sg_load<DT, R, CU>(wv, wr, c0, nc);
     }
     sg_reduce<R>(acc, red);
-    if (threadIdx.x < R && r0 + threadIdx.x < a.n_total)
-        a.y[r0 + threadIdx.x] = sg_total(red[threadIdx.x]);
+    if (threadIdx.x < R && r0 + threadIdx.x < a.n_total) {
+        const float v = sg_total(red[threadIdx.x]);
+        a.y[r0 + threadIdx.x] = v;
+        if (a.y2)
+            a.y2[r0 + threadIdx.x] = v;
+    }
 }
 
 /* MoE gate/up for one token: block = (slot j, rows n0 .. n0 + R - 1 of its expert's gate
@@ -1714,50 +1758,9 @@ __global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
                 res = j == 0 ? a.tw[0] * d[0] : fmaf(a.tw[j], d[j], res);
         }
         a.out[i0 + threadIdx.x] = res;
+        if (a.out2)
+            a.out2[i0 + threadIdx.x] = res;
     }
-}
-
-/* The seven statistics and the hash of a row, reduced over the block in one round (warp
- * butterflies, one shared-memory exchange, every warp finishing the same partials). */
-typedef struct stats_smem {
-    double d[7][MAX_WARPS];
-    unsigned long long h[MAX_WARPS];
-} stats_smem;
-
-DEV void block_stats(double &sum, double &sumsq, double &fin, double &n_nan, double &n_inf,
-                     double &mn, double &mx, unsigned long long &h, stats_smem &sm)
-{
-    int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP;
-    int nw = blockDim.x / MOERT_WARP;
-    sum = warp_sum_d(sum);
-    sumsq = warp_sum_d(sumsq);
-    fin = warp_sum_d(fin);
-    n_nan = warp_sum_d(n_nan);
-    n_inf = warp_sum_d(n_inf);
-    mn = warp_min_d(mn);
-    mx = warp_max_d(mx);
-    h = warp_sum_u64(h);
-    __syncthreads();
-    if (lane == 0) {
-        sm.d[0][w] = sum;
-        sm.d[1][w] = sumsq;
-        sm.d[2][w] = fin;
-        sm.d[3][w] = n_nan;
-        sm.d[4][w] = n_inf;
-        sm.d[5][w] = mn;
-        sm.d[6][w] = mx;
-        sm.h[w] = h;
-    }
-    __syncthreads();
-    bool in = lane < nw;
-    sum = warp_sum_d(in ? sm.d[0][lane] : 0.0);
-    sumsq = warp_sum_d(in ? sm.d[1][lane] : 0.0);
-    fin = warp_sum_d(in ? sm.d[2][lane] : 0.0);
-    n_nan = warp_sum_d(in ? sm.d[3][lane] : 0.0);
-    n_inf = warp_sum_d(in ? sm.d[4][lane] : 0.0);
-    mn = warp_min_d(in ? sm.d[5][lane] : INFINITY);
-    mx = warp_max_d(in ? sm.d[6][lane] : -INFINITY);
-    h = warp_sum_u64(in ? sm.h[lane] : 0ull);
 }
 
 /* ---- trace capture -----------------------------------------------------------------
@@ -1765,111 +1768,290 @@ DEV void block_stats(double &sum, double &sumsq, double &fin, double &n_nan, dou
  * i-th record of the step follows from the ring header as of the step's start (kept in a
  * shadow, double-buffered by step parity, because the real header is rewritten by block 0
  * during the kernel).  Stats in double with the block trees; the hash is an integer sum. */
+/* The pieces of one slot's capture, shared by the one-block capture (trace_slot) and the
+ * wide one (k_trace_wide*), so that both compute the same bits. */
+typedef struct trace_acc {
+    double sum, sumsq, fin, n_nan, n_inf, mn, mx;
+    unsigned long long h;
+} trace_acc;
+
+/* Ring state as of the step's start, and where record i of the step goes. */
+typedef struct trace_pos {
+    long long n_rows, row0, n, cap, shift, W;
+    int par;
+    unsigned long long written0, stored0, drops0, next0;
+} trace_pos;
+
+DEV trace_pos trace_pos_of(const hip_trace_args &a)
+{
+    trace_pos p;
+    const hip_step_params *sp = a.sp;
+    p.n_rows = sp->n_rows;
+    p.row0 = sp->trace_row0 < 0 ? 0 : sp->trace_row0;
+    p.n = p.row0 < p.n_rows ? p.n_rows - p.row0 : 0;
+    p.par = sp->parity & 1;
+    const unsigned long long *hin = a.shadow + ((long long)p.par * a.n_trace + a.ti) * 4;
+    p.written0 = hin[0];
+    p.stored0 = hin[1];
+    p.drops0 = hin[2];
+    p.next0 = hin[3];
+    p.cap = a.cap;
+    p.shift = a.logits_last ? p.n_rows - 1 : 0;
+    p.W = a.width;
+    return p;
+}
+
+/* Row r's record, or NULL when the ring does not take it. */
+DEV unsigned char *trace_rec_of(const hip_trace_args &a, const trace_pos &p, long long r)
+{
+    const long long i = r - p.row0;
+    const bool accepted = a.overwrite ? (i + p.cap >= p.n) : ((long long)p.stored0 + i < p.cap);
+    if (!accepted)
+        return nullptr;
+    const unsigned long long slot = (p.next0 + (unsigned long long)i) % (unsigned long long)p.cap;
+    return a.ring + 64 + slot * a.record_bytes;
+}
+
+/* Virtual thread t of `nt`: its serial share of the first pass. */
+DEV trace_acc trace_pass1(const float *row, const int32_t *ids, long long W, long long t, long long nt)
+{
+    const unsigned *rw = (const unsigned *)row;
+    trace_acc s = {0, 0, 0, 0, 0, INFINITY, -INFINITY, 0};
+    for (long long k = t; k < W; k += nt) {
+        float v = row[k];
+        s.h += mix64(((unsigned long long)k << 32) | rw[k]);
+        if (isnan(v)) {
+            s.n_nan += 1;
+        } else if (isinf(v)) {
+            s.n_inf += 1;
+        } else {
+            double d = v;
+            s.fin += 1;
+            s.sum += d;
+            s.sumsq += d * d;
+            s.mn = fmin(s.mn, d);
+            s.mx = fmax(s.mx, d);
+        }
+    }
+    if (ids)
+        for (long long k = t; k < W; k += nt)
+            s.h += mix64(((unsigned long long)(W + k) << 32) | (unsigned)ids[k]);
+    return s;
+}
+
+DEV double trace_pass2(const float *row, long long W, double mean, long long t, long long nt)
+{
+    double var = 0;
+    for (long long k = t; k < W; k += nt) {
+        float v = row[k];
+        if (isfinite(v)) {
+            double d = (double)v - mean;
+            var += d * d;
+        }
+    }
+    return var;
+}
+
+/* The first (in-warp) stage of block_stats. */
+DEV void trace_warp_reduce(trace_acc &s)
+{
+    s.sum = warp_sum_d(s.sum);
+    s.sumsq = warp_sum_d(s.sumsq);
+    s.fin = warp_sum_d(s.fin);
+    s.n_nan = warp_sum_d(s.n_nan);
+    s.n_inf = warp_sum_d(s.n_inf);
+    s.mn = warp_min_d(s.mn);
+    s.mx = warp_max_d(s.mx);
+    s.h = warp_sum_u64(s.h);
+}
+
+/* The second stage of block_stats over nw warp results (lane l holds warp l's, if l < nw). */
+DEV void trace_warps_reduce(trace_acc &s, const trace_acc &mine, bool in)
+{
+    s.sum = warp_sum_d(in ? mine.sum : 0.0);
+    s.sumsq = warp_sum_d(in ? mine.sumsq : 0.0);
+    s.fin = warp_sum_d(in ? mine.fin : 0.0);
+    s.n_nan = warp_sum_d(in ? mine.n_nan : 0.0);
+    s.n_inf = warp_sum_d(in ? mine.n_inf : 0.0);
+    s.mn = warp_min_d(in ? mine.mn : INFINITY);
+    s.mx = warp_max_d(in ? mine.mx : -INFINITY);
+    s.h = warp_sum_u64(in ? mine.h : 0ull);
+}
+
+DEV void trace_write_rec(unsigned char *rec, const hip_trace_args &a, long long r, long long W, bool ids,
+                         const trace_acc &s, double mean, double var)
+{
+    long long *hd = (long long *)rec;
+    hd[0] = a.sp->gen_step;
+    hd[1] = a.sp->pos0 + r;
+    unsigned long long nw = (unsigned long long)W + (ids ? (unsigned long long)W : 0ull);
+    ((unsigned long long *)rec)[2] = mix64(s.h ^ nw);
+    hd[3] = 0;
+    double *st = (double *)(rec + 32);
+    st[0] = (double)W;
+    st[1] = sqrt(s.sumsq);
+    st[2] = mean;
+    st[3] = s.fin > 0 ? sqrt(var / s.fin) : NAN;
+    st[4] = s.fin > 0 ? s.mn : NAN;
+    st[5] = s.fin > 0 ? s.mx : NAN;
+    st[6] = s.n_nan;
+    st[7] = s.n_inf;
+}
+
+/* Tensor mode: the row's values (and ids) after the stats; threads t of nt. */
+DEV void trace_copy_values(unsigned char *rec, const float *row, const int32_t *ids, long long W, long long t,
+                           long long nt)
+{
+    const unsigned *rw = (const unsigned *)row;
+    unsigned *dv = (unsigned *)(rec + 96);
+    for (long long k = t; k < W; k += nt)
+        dv[k] = rw[k];
+    if (ids) {
+        int32_t *di = (int32_t *)(rec + 96 + W * 4);
+        for (long long k = t; k < W; k += nt)
+            di[k] = ids[k];
+    }
+}
+
+DEV void trace_write_header(const hip_trace_args &a, const trace_pos &p)
+{
+    unsigned long long un = (unsigned long long)p.n, ucap = (unsigned long long)(p.cap > 0 ? p.cap : 0);
+    unsigned long long stored, drops, next;
+    if (a.overwrite) {
+        stored = p.stored0 + un < ucap ? p.stored0 + un : ucap;
+        drops = p.drops0 + un - (stored - p.stored0);
+        next = ucap ? (p.next0 + un) % ucap : 0;
+    } else {
+        unsigned long long room = ucap > p.stored0 ? ucap - p.stored0 : 0;
+        unsigned long long acc = un < room ? un : room;
+        stored = p.stored0 + acc;
+        drops = p.drops0 + un - acc;
+        next = ucap ? (p.next0 + acc) % ucap : 0;
+    }
+    unsigned long long *hdr = (unsigned long long *)a.ring;
+    unsigned long long *hout = a.shadow + ((long long)(p.par ^ 1) * a.n_trace + a.ti) * 4;
+    hdr[0] = hout[0] = p.written0 + un;
+    hdr[1] = hout[1] = stored;
+    hdr[2] = hout[2] = drops;
+    hdr[3] = hout[3] = next;
+}
+
+/* One slot's capture by blocks bid of nb (the rows are split over them; block 0 writes the
+ * ring header).  The block size matters (the stats' order): 256 threads, 1024 for wide rows. */
+DEV void trace_slot(const hip_trace_args &a, int bid, int nb)
+{
+    __shared__ double smd[MAX_WARPS];
+    __shared__ trace_acc smw[MAX_WARPS];
+    const trace_pos p = trace_pos_of(a);
+    const long long W = p.W;
+    const int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP;
+    const int nw = blockDim.x / MOERT_WARP;
+    for (long long r = p.row0 + bid; r < p.n_rows && p.cap > 0; r += nb) {
+        unsigned char *rec = trace_rec_of(a, p, r);
+        if (!rec)
+            continue;
+        const float *row = a.src + (r - p.shift) * W;
+        const int32_t *ids = a.src2 ? a.src2 + (r - p.shift) * W : nullptr;
+        trace_acc s = trace_pass1(row, ids, W, threadIdx.x, blockDim.x);
+        trace_warp_reduce(s);
+        __syncthreads();
+        if (lane == 0)
+            smw[w] = s;
+        __syncthreads();
+        trace_warps_reduce(s, smw[lane < nw ? lane : 0], lane < nw);
+        const double mean = s.fin > 0 ? s.sum / s.fin : NAN;
+        double var = block_sum_d(trace_pass2(row, W, mean, threadIdx.x, blockDim.x), smd);
+        if (threadIdx.x == 0)
+            trace_write_rec(rec, a, r, W, ids != nullptr, s, mean, var);
+        if (a.tensor_mode)
+            trace_copy_values(rec, row, ids, W, threadIdx.x, blockDim.x);
+    }
+    if (bid == 0 && threadIdx.x == 0)
+        trace_write_header(a, p);
+}
+
 __global__ void __launch_bounds__(1024) k_trace(hip_trace_args a)
 {
     moert_pdl_wait();
-    __shared__ double smd[MAX_WARPS];
-    __shared__ stats_smem sms;
-    const hip_step_params *sp = a.sp;
-    const long long n_rows = sp->n_rows, row0 = sp->trace_row0 < 0 ? 0 : sp->trace_row0;
-    const long long n = row0 < n_rows ? n_rows - row0 : 0;
-    const int par = sp->parity & 1;
-    const unsigned long long *hin = a.shadow + ((long long)par * a.n_trace + a.ti) * 4;
-    const unsigned long long written0 = hin[0], stored0 = hin[1], drops0 = hin[2], next0 = hin[3];
-    const long long cap = a.cap;
-    const long long shift = a.logits_last ? n_rows - 1 : 0;
-    const long long W = a.width;
-    for (long long r = row0 + blockIdx.x; r < n_rows && cap > 0; r += gridDim.x) {
-        const long long i = r - row0;
-        const bool accepted = a.overwrite ? (i + cap >= n) : ((long long)stored0 + i < cap);
-        if (!accepted)
-            continue;
-        const unsigned long long slot = (next0 + (unsigned long long)i) % (unsigned long long)cap;
-        unsigned char *rec = a.ring + 64 + slot * a.record_bytes;
-        const float *row = a.src + (r - shift) * W;
-        const int32_t *ids = a.src2 ? a.src2 + (r - shift) * W : nullptr;
-        const unsigned *rw = (const unsigned *)row;
-        double sum = 0, sumsq = 0, mn = INFINITY, mx = -INFINITY, fin = 0, n_nan = 0, n_inf = 0;
-        unsigned long long h = 0;
-        for (long long k = threadIdx.x; k < W; k += blockDim.x) {
-            float v = row[k];
-            h += mix64(((unsigned long long)k << 32) | rw[k]);
-            if (isnan(v)) {
-                n_nan += 1;
-            } else if (isinf(v)) {
-                n_inf += 1;
-            } else {
-                double d = v;
-                fin += 1;
-                sum += d;
-                sumsq += d * d;
-                mn = fmin(mn, d);
-                mx = fmax(mx, d);
-            }
-        }
-        if (ids)
-            for (long long k = threadIdx.x; k < W; k += blockDim.x)
-                h += mix64(((unsigned long long)(W + k) << 32) | (unsigned)ids[k]);
-        block_stats(sum, sumsq, fin, n_nan, n_inf, mn, mx, h, sms);
-        const double mean = fin > 0 ? sum / fin : NAN;
-        double var = 0;
-        for (long long k = threadIdx.x; k < W; k += blockDim.x) {
-            float v = row[k];
-            if (isfinite(v)) {
-                double d = (double)v - mean;
-                var += d * d;
-            }
-        }
-        var = block_sum_d(var, smd);
-        if (threadIdx.x == 0) {
-            long long *hd = (long long *)rec;
-            hd[0] = sp->gen_step;
-            hd[1] = sp->pos0 + r;
-            unsigned long long nw = (unsigned long long)W + (ids ? (unsigned long long)W : 0ull);
-            ((unsigned long long *)rec)[2] = mix64(h ^ nw);
-            hd[3] = 0;
-            double *st = (double *)(rec + 32);
-            st[0] = (double)W;
-            st[1] = sqrt(sumsq);
-            st[2] = mean;
-            st[3] = fin > 0 ? sqrt(var / fin) : NAN;
-            st[4] = fin > 0 ? mn : NAN;
-            st[5] = fin > 0 ? mx : NAN;
-            st[6] = n_nan;
-            st[7] = n_inf;
-        }
-        if (a.tensor_mode) {
-            unsigned *dv = (unsigned *)(rec + 96);
-            for (long long k = threadIdx.x; k < W; k += blockDim.x)
-                dv[k] = rw[k];
-            if (ids) {
-                int32_t *di = (int32_t *)(rec + 96 + W * 4);
-                for (long long k = threadIdx.x; k < W; k += blockDim.x)
-                    di[k] = ids[k];
-            }
-        }
+    trace_slot(a, blockIdx.x, gridDim.x);
+}
+
+/* The captures of a whole decode step at its end: block b does slot tab[b] (one row). */
+__global__ void __launch_bounds__(HIP_TRACE_BATCH_THREADS) k_trace_batch(const hip_trace_args *tab)
+{
+    moert_pdl_wait();
+    trace_slot(tab[blockIdx.x], 0, 1);
+}
+
+/* A wide slot's one-row capture spread over TW / TWB blocks: thread j of block b plays
+ * thread t = b * TWB + j of the 1024-thread block of k_trace, so each pass's per-thread sums
+ * and in-warp trees are that thread's and that warp's (TWB is a multiple of the warp); the
+ * across-warp tree runs over the warps' results (a.part), by every warp of pass 2 and of the
+ * final kernel.  Same bits as k_trace, 16 SMs instead of one. */
+#define TW 1024
+#define TWB 64
+__global__ void __launch_bounds__(TWB) k_trace_wide1(hip_trace_args a)
+{
+    moert_pdl_wait();
+    const trace_pos p = trace_pos_of(a);
+    const long long r = p.row0;
+    unsigned char *rec = r < p.n_rows && p.cap > 0 ? trace_rec_of(a, p, r) : nullptr;
+    if (!rec)
+        return;
+    const long long t = (long long)blockIdx.x * TWB + threadIdx.x;
+    const float *row = a.src + (r - p.shift) * p.W;
+    const int32_t *ids = a.src2 ? a.src2 + (r - p.shift) * p.W : nullptr;
+    trace_acc s = trace_pass1(row, ids, p.W, t, TW);
+    trace_warp_reduce(s);
+    if (t % MOERT_WARP == 0)
+        ((trace_acc *)a.part)[t / MOERT_WARP] = s;
+    if (a.tensor_mode)
+        trace_copy_values(rec, row, ids, p.W, t, TW);
+}
+
+DEV void trace_wide_stats(const hip_trace_args &a, trace_acc &s, double &mean)
+{
+    const int nwarps = TW / MOERT_WARP, lane = threadIdx.x % MOERT_WARP;
+    const bool in = lane < nwarps;
+    const trace_acc *part = (const trace_acc *)a.part;
+    trace_warps_reduce(s, part[in ? lane : 0], in);
+    mean = s.fin > 0 ? s.sum / s.fin : NAN;
+}
+
+__global__ void __launch_bounds__(TWB) k_trace_wide2(hip_trace_args a)
+{
+    moert_pdl_wait();
+    const trace_pos p = trace_pos_of(a);
+    const long long r = p.row0;
+    if (!(r < p.n_rows && p.cap > 0 && trace_rec_of(a, p, r)))
+        return;
+    trace_acc s;
+    double mean;
+    trace_wide_stats(a, s, mean);
+    const long long t = (long long)blockIdx.x * TWB + threadIdx.x;
+    double var = warp_sum_d(trace_pass2(a.src + (r - p.shift) * p.W, p.W, mean, t, TW));
+    if (t % MOERT_WARP == 0)
+        ((double *)((trace_acc *)a.part + TW / MOERT_WARP))[t / MOERT_WARP] = var;
+}
+
+__global__ void __launch_bounds__(TWB) k_trace_wide3(hip_trace_args a)
+{
+    moert_pdl_wait();
+    const trace_pos p = trace_pos_of(a);
+    const long long r = p.row0;
+    unsigned char *rec = r < p.n_rows && p.cap > 0 ? trace_rec_of(a, p, r) : nullptr;
+    if (rec) {
+        trace_acc s;
+        double mean;
+        trace_wide_stats(a, s, mean);
+        const int nwarps = TW / MOERT_WARP, lane = threadIdx.x % MOERT_WARP;
+        const double *vp = (const double *)((const trace_acc *)a.part + nwarps);
+        double var = warp_sum_d(lane < nwarps ? vp[lane] : 0.0);
+        if (threadIdx.x == 0)
+            trace_write_rec(rec, a, r, p.W, a.src2 != nullptr, s, mean, var);
     }
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-        unsigned long long un = (unsigned long long)n, ucap = (unsigned long long)(cap > 0 ? cap : 0);
-        unsigned long long stored, drops, next;
-        if (a.overwrite) {
-            stored = stored0 + un < ucap ? stored0 + un : ucap;
-            drops = drops0 + un - (stored - stored0);
-            next = ucap ? (next0 + un) % ucap : 0;
-        } else {
-            unsigned long long room = ucap > stored0 ? ucap - stored0 : 0;
-            unsigned long long acc = un < room ? un : room;
-            stored = stored0 + acc;
-            drops = drops0 + un - acc;
-            next = ucap ? (next0 + acc) % ucap : 0;
-        }
-        unsigned long long *hdr = (unsigned long long *)a.ring;
-        unsigned long long *hout = a.shadow + ((long long)(par ^ 1) * a.n_trace + a.ti) * 4;
-        hdr[0] = hout[0] = written0 + un;
-        hdr[1] = hout[1] = stored;
-        hdr[2] = hout[2] = drops;
-        hdr[3] = hout[3] = next;
-    }
+    if (threadIdx.x == 0)
+        trace_write_header(a, p);
 }
 
 /* ---- launchers ------------------------------------------------------------------------ */
@@ -2012,35 +2194,35 @@ hipError_t hip_launch_gemm(int dtype, int amode, int bm, const hip_gemm_args *a,
     return hipGetLastError();
 }
 
-hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt, float *x, long long H,
-                            long long V, int rows, int *err_flag, hipStream_t s)
+hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt, float *x,
+                            float *x2, long long H, long long V, int rows, int *err_flag, hipStream_t s)
 {
     if (!with_dt(dt, [&](auto t) {
-            MOERT_LAUNCH((k_embed<decltype(t)::v>), rows, 256, 0, s, tok, sp, emb, x, H, V, err_flag);
+            MOERT_LAUNCH((k_embed<decltype(t)::v>), rows, 256, 0, s, tok, sp, emb, x, x2, H, V, err_flag);
         }))
         return hipErrorInvalidValue;
     return hipGetLastError();
 }
 
-hipError_t hip_launch_rmsnorm(const float *x, const void *w, int dt, float *out, long long n,
+hipError_t hip_launch_rmsnorm(const float *x, const void *w, int dt, float *out, float *out2, long long n,
                               float eps, int rows, hipStream_t s)
 {
-    MOERT_LAUNCH(k_rmsnorm, rows, NORM_THREADS, 0, s, x, w, dt, out, n, eps);
+    MOERT_LAUNCH(k_rmsnorm, rows, NORM_THREADS, 0, s, x, w, dt, out, out2, n, eps);
     return hipGetLastError();
 }
 
-hipError_t hip_launch_add_rmsnorm(float *x, const float *y, const void *w, int dt, float *out,
-                                  long long n, float eps, int rows, hipStream_t s)
+hipError_t hip_launch_add_rmsnorm(float *x, const float *y, const void *w, int dt, float *out, float *x2,
+                                  float *out2, long long n, float eps, int rows, hipStream_t s)
 {
-    MOERT_LAUNCH(k_add_rmsnorm, rows, NORM_THREADS, 0, s, x, y, w, dt, out, n, eps);
+    MOERT_LAUNCH(k_add_rmsnorm, rows, NORM_THREADS, 0, s, x, y, w, dt, out, x2, out2, n, eps);
     return hipGetLastError();
 }
 
-hipError_t hip_launch_add(float *x, const float *y, long long n, hipStream_t s)
+hipError_t hip_launch_add(float *x, const float *y, float *x2, long long n, hipStream_t s)
 {
     if (n <= 0)
         return hipSuccess;
-    MOERT_LAUNCH(k_add, (unsigned)((n + 255) / 256), 256, 0, s, x, y, n);
+    MOERT_LAUNCH(k_add, (unsigned)((n + 255) / 256), 256, 0, s, x, y, x2, n);
     return hipGetLastError();
 }
 
@@ -2082,11 +2264,11 @@ hipError_t hip_launch_attention(const hip_attn_args *a, int rows, bool split, hi
     return hipGetLastError();
 }
 
-hipError_t hip_launch_route(const float *logits, float *w, int32_t *ids, int E, int K, int norm,
-                            int rows, hipStream_t s)
+hipError_t hip_launch_route(const float *logits, float *w, int32_t *ids, float *w2, int32_t *ids2, int E,
+                            int K, int norm, int rows, hipStream_t s)
 {
     size_t sm = (size_t)E * (sizeof(float) + sizeof(int)) + (size_t)K * sizeof(float);
-    MOERT_LAUNCH(k_route, rows, 64, sm, s, logits, w, ids, E, K, norm);
+    MOERT_LAUNCH(k_route, rows, 64, sm, s, logits, w, ids, w2, ids2, E, K, norm);
     return hipGetLastError();
 }
 
@@ -2180,7 +2362,25 @@ hipError_t hip_launch_trace(const hip_trace_args *a, int grid, hipStream_t s)
     if (grid < 1)
         grid = 1;
     /* one block per captured row: wide rows (logits) get more threads */
-    MOERT_LAUNCH(k_trace, grid, a->width > 16384 ? 1024 : 256, 0, s, *a);
+    MOERT_LAUNCH(k_trace, grid, hip_trace_threads(a->width), 0, s, *a);
+    return hipGetLastError();
+}
+
+hipError_t hip_launch_trace_wide(const hip_trace_args *a, hipStream_t s)
+{
+    if (!a->part || hip_trace_threads(a->width) != TW)
+        return hipErrorInvalidValue;
+    MOERT_LAUNCH(k_trace_wide1, TW / TWB, TWB, 0, s, *a);
+    MOERT_LAUNCH(k_trace_wide2, TW / TWB, TWB, 0, s, *a);
+    MOERT_LAUNCH(k_trace_wide3, 1, TWB, 0, s, *a);
+    return hipGetLastError();
+}
+
+hipError_t hip_launch_trace_batch(const hip_trace_args *tab, int n, hipStream_t s)
+{
+    if (n <= 0)
+        return hipSuccess;
+    MOERT_LAUNCH(k_trace_batch, n, HIP_TRACE_BATCH_THREADS, 0, s, tab);
     return hipGetLastError();
 }
 

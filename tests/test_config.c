@@ -500,6 +500,14 @@ static void test_bench_configs(void)
     CU_ASSERT_EQUAL(cfg.rt.backend, CFG_BACKEND_HIP);
     CU_ASSERT_EQUAL(cfg.rt.max_seq_len, 1024);
     CU_ASSERT_EQUAL(cfg.rt.prefill_chunk, 512);
+
+    /* the same with all 48 layers: Qwen3-30B-A3B's hub topology exactly */
+    CU_ASSERT_EQUAL_FATAL(cfg_load("configs/bench-gpu-48.yaml", &cfg, &e), MOERT_OK);
+    want.num_hidden_layers = 48;
+    CU_ASSERT_TRUE(topo_equal(&cfg.topo, &want));
+    CU_ASSERT_TRUE(cfg.weights.synth);
+    CU_ASSERT_EQUAL(cfg.weights.synth_dtype, CFG_DTYPE_BF16);
+    CU_ASSERT_EQUAL(cfg.rt.backend, CFG_BACKEND_HIP);
 }
 
 /* tiny-bf16 / tiny-f32 as their config.json files say (transformers-5 spelling). */

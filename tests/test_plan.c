@@ -86,6 +86,14 @@ static void test_hip_requests(void)
     CU_ASSERT_EQUAL(p.n_scratch, HIP_REQ_COUNT);
     int64_t rings = (int64_t)trace_rt_count(p.trace);
     CU_ASSERT(rings > 0);
+    /* end-of-step capture: a snapshot of every TRACE op's inputs (64-float units), a table
+     * entry of at most 128 bytes and 2304 bytes of wide partials per ring */
+    uint64_t snap = 0;
+    for (int32_t i = 0; i < s->n_ops; i++)
+        for (int q = 0; q < 2; q++)
+            if (s->ops[i].kind == SCHED_TRACE && s->ops[i].in[q] >= 0)
+                snap += ceil_div((uint64_t)s->bufs[s->ops[i].in[q]].cols, 64) * 64 * 4;
+    uint64_t batch = ceil_div(ceil_div(snap, 256) * 256 + 128 * (uint64_t)rings, 256) * 256 + 2304 * (uint64_t)rings;
     struct {
         const char *name;
         uint64_t bytes;
@@ -102,6 +110,7 @@ static void test_hip_requests(void)
          4 * (1 + 3 * (ceil_div((uint64_t)(s->max_rows * t->num_experts_per_tok), 32) + (uint64_t)t->num_experts)),
          false},
         {"hip.argmax_part", 2 * 4 * 128, false},
+        {"hip.trace_batch", batch, true},
     };
     CU_ASSERT_EQUAL_FATAL(sizeof want / sizeof want[0], HIP_REQ_COUNT);
     for (int i = 0; i < HIP_REQ_COUNT; i++) {

@@ -116,7 +116,8 @@ static void plan_config(const char *path, bool traced)
 static void test_real_schedules(void)
 {
     const char *configs[] = {"configs/qwen3moe.yaml", "configs/qwen3-30b-a3b.yaml",
-                             "configs/bench-cpu.yaml", "configs/bench-gpu.yaml"};
+                             "configs/bench-cpu.yaml", "configs/bench-gpu.yaml",
+                             "configs/bench-gpu-48.yaml"};
     for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++) {
         plan_config(configs[i], false);
         plan_config(configs[i], true);

@@ -13,18 +13,24 @@
 #   3. tests      the CUnit suites `hip` and `forward` (MOERT_TEST_BACKEND=hip)
 #   4. check-big  MOERT_HIP_CHECK=all on configs/bench-gpu.yaml's shapes (synth weights,
 #                 100-token prompt in chunks of 64, 3 decode steps)
-#   5. bench      moert bench configs/bench-gpu.yaml --json --trace-overhead
-# and prints a summary table last.  Logs go to $OUT when set (at most 8 files), else to
-# build/gpu-check.  GPU_CHECK_STEPS="smoke tests" runs a subset.
+#   5. trace      decode steps' trace captures (at the step end) against inline captures
+#                 (MOERT_HIP_TRACE_INLINE=1): the trace files are identical, stats and tensor
+#                 mode, every stage of every layer
+#   6. bench      moert bench configs/bench-gpu.yaml --json --trace-overhead
+#   7. bench48    the same on configs/bench-gpu-48.yaml (Qwen3-30B-A3B's 48 layers, 61 GB)
+# and prints a summary table last (figures against the targets of issue 13).  Logs go to
+# $OUT when set (8 files: the device tool returns no more), else to build/gpu-check.
+# GPU_CHECK_STEPS="smoke tests" runs a subset.
 set -u
 
 BIN=${BIN:-./moert-nvidia}
 RUNNER=${RUNNER:-build/nvidia/test_runner}
 LOG=${OUT:-build/gpu-check}
-STEPS=${GPU_CHECK_STEPS:-"smoke check-fix tests check-big bench"}
+STEPS=${GPU_CHECK_STEPS:-"smoke check-fix tests check-big trace bench bench48"}
 mkdir -p "$LOG"
 SUMMARY="$LOG/summary.txt"
 : >"$SUMMARY"
+: >"$LOG/bench.err"
 
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 row() { printf '%-10s %-6s %s\n' "$1" "$2" "$3" >>"$SUMMARY"; }
@@ -34,11 +40,12 @@ if [ ! -x "$BIN" ]; then
     exit 2
 fi
 if command -v nvidia-smi >/dev/null 2>&1; then
-    { nvidia-smi -L; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv; } >"$LOG/gpu.txt" 2>&1
+    GPU=$({ nvidia-smi -L; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv; } 2>&1)
 else
-    echo "no nvidia-smi" >"$LOG/gpu.txt"
+    GPU="no nvidia-smi"
 fi
-cat "$LOG/gpu.txt"
+echo "$GPU"
+: >"$LOG/runs.log"
 
 IDS13=11,48,85,122,159,196,233,250,7,44,81,118,155
 IDS100=$(seq -s, 1 100)
@@ -46,11 +53,13 @@ IDS100=$(seq -s, 1 100)
 # 1. smoke
 if want smoke; then
     if timeout 120 "$BIN" run tests/fixtures/hf/long-prompt --backend hip --tokens "$IDS13" -n 8 \
-        >"$LOG/smoke.log" 2>&1; then
-        row smoke ok "$(head -c 120 "$LOG/smoke.log" | tr '\n' ' ')"
+        >"$LOG/smoke.tmp" 2>&1; then
+        row smoke ok "$(head -c 120 "$LOG/smoke.tmp" | tr '\n' ' ')"
     else
-        row smoke FAIL "rc=$? $(tail -c 300 "$LOG/smoke.log" | tr '\n' ' ')"
+        row smoke FAIL "rc=$? $(tail -c 300 "$LOG/smoke.tmp" | tr '\n' ' ')"
     fi
+    { echo "== smoke"; cat "$LOG/smoke.tmp"; } >>"$LOG/runs.log"
+    rm -f "$LOG/smoke.tmp"
 fi
 
 # 2. per-op check on the fixtures
@@ -94,12 +103,17 @@ if want tests; then
     fi
 fi
 
-# configs/bench-gpu.yaml names a tokenizer under build/ (not carried): use a copy without it.
-BENCH_CFG=configs/bench-gpu.yaml
-if [ ! -s build/tokenizer/qwen3/tokenizer.json ]; then
-    BENCH_CFG=configs/.bench-gpu-notok.yaml
-    grep -v '^tokenizer:' configs/bench-gpu.yaml >"$BENCH_CFG"
-fi
+# configs/bench-gpu*.yaml name a tokenizer under build/ (not carried): use copies without it.
+notok() {
+    if [ -s build/tokenizer/qwen3/tokenizer.json ]; then
+        echo "configs/$1.yaml"
+    else
+        grep -v '^tokenizer:' "configs/$1.yaml" >"configs/.$1-notok.yaml"
+        echo "configs/.$1-notok.yaml"
+    fi
+}
+BENCH_CFG=$(notok bench-gpu)
+BENCH48_CFG=$(notok bench-gpu-48)
 
 # 4. per-op check at the benchmark's shapes
 if want check-big; then
@@ -114,31 +128,60 @@ if want check-big; then
     fi
 fi
 
-# 5. bench
-if want bench; then
-    timeout 590 "$BIN" bench "$BENCH_CFG" --json --trace-overhead >"$LOG/bench.json" 2>"$LOG/bench.err"
-    rc=$?
-    if [ $rc -eq 0 ]; then
-        sum=$(python3 - "$LOG/bench.json" <<'EOF' 2>/dev/null
-import json, sys
-j = json.load(open(sys.argv[1]))
-bw = j.get("memory_bandwidth_GBps", 0)
-act = j.get("active_weight_bytes_per_token", 1)
-target = 0.5 * bw * 1e9 / act if act else 0
-print("decode %.0f tok/s (target >= %.0f: 50%% of %.0f GB/s / %.2f GB) | prefill %.0f tok/s (target >= 10000) | "
-      "traced decode %.0f tok/s (%+.1f%%) | roofline %.0f%%" % (
-      j.get("decode_tokens_per_s", 0), target, bw, act / 1e9, j.get("prefill_tokens_per_s", 0),
-      j.get("traced_decode_tokens_per_s", 0), 100 * j.get("trace_decode_overhead", 0),
-      100 * j.get("roofline_fraction", 0)))
-EOF
-)
-        row bench ok "${sum:-see bench.json}"
+# 5. trace captures: at the end of each decode step == inline (at each TRACE op), bit for bit
+if want trace; then
+    TT=${TMPDIR:-/tmp}/moert-gpu-check-trace
+    mkdir -p "$TT"
+    ok=1
+    for mode in stats tensor; do
+        timeout 120 "$BIN" run "$BENCH_CFG" --backend hip --tokens "$IDS13" -n 8 --trace "$TT/batch-$mode.trace" \
+            --trace-mode $mode >>"$LOG/runs.log" 2>&1 || ok=0
+        MOERT_HIP_TRACE_INLINE=1 timeout 120 "$BIN" run "$BENCH_CFG" --backend hip --tokens "$IDS13" -n 8 \
+            --trace "$TT/inline-$mode.trace" --trace-mode $mode >>"$LOG/runs.log" 2>&1 || ok=0
+        cmp "$TT/batch-$mode.trace" "$TT/inline-$mode.trace" >>"$LOG/runs.log" 2>&1 || ok=0
+        ls -l "$TT/batch-$mode.trace" "$TT/inline-$mode.trace" >>"$LOG/runs.log" 2>&1
+    done
+    rm -rf "$TT"
+    if [ $ok -eq 1 ]; then
+        row trace ok "decode captures at the step end == inline captures, bit for bit (stats, tensor)"
     else
-        row bench FAIL "rc=$rc $(tail -c 300 "$LOG/bench.err" | tr '\n' ' ')"
+        row trace FAIL "see runs.log: $(tail -c 200 "$LOG/runs.log" | tr '\n' ' ')"
     fi
 fi
 
+# bench figures against the targets (decode: a fraction of the copy-bandwidth roofline)
+bench_row() {
+    python3 - "$1" "$2" "$3" <<'EOF' 2>/dev/null
+import json, sys
+j = json.load(open(sys.argv[1]))
+frac, pp = float(sys.argv[2]), float(sys.argv[3])
+bw = j.get("memory_bandwidth_GBps", 0)
+act = j.get("active_weight_bytes_per_token", 1)
+target = frac * bw * 1e9 / act if act else 0
+print("decode %.0f tok/s = %.1f%% of roofline (target >= %.0f%%: %.0f) | prefill %.0f tok/s (target >= %.0f) | "
+      "traced decode %.0f tok/s (%+.1f%%, target <= +5%%)" % (
+      j.get("decode_tokens_per_s", 0), 100 * j.get("roofline_fraction", 0), 100 * frac, target,
+      j.get("prefill_tokens_per_s", 0), pp,
+      j.get("traced_decode_tokens_per_s", 0), 100 * j.get("trace_decode_overhead", 0)))
+EOF
+}
+
+# 6. bench (12 layers), 7. bench48 (48 layers)
+for b in bench bench48; do
+    want $b || continue
+    if [ $b = bench ]; then cfg=$BENCH_CFG frac=0.70 pp=20000; else cfg=$BENCH48_CFG frac=0.65 pp=9000; fi
+    timeout 590 "$BIN" bench "$cfg" --json --trace-overhead >"$LOG/$b.json" 2>>"$LOG/bench.err"
+    rc=$?
+    if [ $rc -eq 0 ]; then
+        sum=$(bench_row "$LOG/$b.json" $frac $pp)
+        row $b ok "${sum:-see $b.json}"
+    else
+        row $b FAIL "rc=$rc $(tail -c 300 "$LOG/bench.err" | tr '\n' ' ')"
+    fi
+done
+
 echo
-echo "== gpu_check summary ($(head -1 "$LOG/gpu.txt" 2>/dev/null))"
+echo "== gpu_check summary ($(echo "$GPU" | head -1))"
 cat "$SUMMARY"
+{ echo "$GPU"; cat "$SUMMARY"; } >"$SUMMARY.tmp" && mv "$SUMMARY.tmp" "$SUMMARY"
 ! grep -q ' FAIL ' "$SUMMARY"
