@@ -512,8 +512,10 @@ INL512VB void q6_k_rows512(const float *x, const uint8_t *const rw[4], int R, in
             __m512 x0 = _mm512_loadu_ps(xb + 32 * st), x1 = _mm512_loadu_ps(xb + 32 * st + 16);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
-                __m128i q0 = _mm512_extracti32x4_epi32(qb[r][st / 2], (st % 2) * 2);
-                __m128i q1 = _mm512_extracti32x4_epi32(qb[r][st / 2], (st % 2) * 2 + 1);
+                /* immediates spelled out: at -O1 (the sanitizer build) st is not folded */
+                __m512i v = qb[r][st / 2];
+                __m128i q0 = st % 2 ? _mm512_extracti32x4_epi32(v, 2) : _mm512_extracti32x4_epi32(v, 0);
+                __m128i q1 = st % 2 ? _mm512_extracti32x4_epi32(v, 3) : _mm512_extracti32x4_epi32(v, 1);
                 __m512 w0 = _mm512_mul_ps(_mm512_set1_ps(pr[r].sc[2 * st]), cvt16s(q0));
                 __m512 w1 = _mm512_mul_ps(_mm512_set1_ps(pr[r].sc[2 * st + 1]), cvt16s(q1));
                 acc[r][0] = _mm512_fmadd_ps(x0, w0, acc[r][0]);
