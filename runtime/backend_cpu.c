@@ -237,6 +237,7 @@ static void cpu_shutdown(backend *b)
     if (!c)
         return;
     arena_free(&c->mem);
+    comm_free(&c->comm);
     free(c->ptr);
     free(c);
     b->ctx = NULL;
