@@ -122,14 +122,15 @@ test-asan: moert
 
 test-fast: test-release
 
-# The HIP backend is compiled (hipcc, AMD target) on every test run: CI has no GPU, but
-# the kernels must keep building.
-test: test-release test-asan hip fuzz-ci $(if $(NCCL_HEADER),comm-nccl)
-
 # The NCCL transport of runtime/comm.c (compile-guarded by MOERT_NCCL) is compiled wherever
 # the CUDA toolkit ships nccl.h; running it needs GPUs.
 CUDA_HOME   ?= /usr/local/cuda
 NCCL_HEADER := $(wildcard $(CUDA_HOME)/include/nccl.h)
+
+# The HIP backend is compiled (hipcc, AMD target) on every test run: CI has no GPU, but
+# the kernels must keep building.
+test: test-release test-asan hip fuzz-ci $(if $(NCCL_HEADER),comm-nccl)
+
 comm-nccl:
 	@mkdir -p build/nccl
 	$(CC) $(CFLAGS) -DMOERT_NCCL -isystem $(CUDA_HOME)/include -c runtime/comm.c -o build/nccl/comm.o
