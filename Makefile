@@ -47,7 +47,7 @@ endif
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 SUITES   := $(patsubst tests/test_%.c,%,$(filter tests/test_%.c,$(filter-out tests/test_main.c,$(TEST_SRC))))
 
-.PHONY: all run test test-fast test-release test-asan test-objs deps hip hip-nvidia clean bench-cpu \
+.PHONY: all run test test-fast test-release test-asan test-objs deps hip hip-nvidia clean bench-cpu comm-nccl \
         fuzz fuzz-build fuzz-ci
 all: moert
 
@@ -122,9 +122,18 @@ test-asan: moert
 
 test-fast: test-release
 
+# The NCCL transport of runtime/comm.c (compile-guarded by MOERT_NCCL) is compiled wherever
+# the CUDA toolkit ships nccl.h; running it needs GPUs.
+CUDA_HOME   ?= /usr/local/cuda
+NCCL_HEADER := $(wildcard $(CUDA_HOME)/include/nccl.h)
+
 # The HIP backend is compiled (hipcc, AMD target) on every test run: CI has no GPU, but
 # the kernels must keep building.
-test: test-release test-asan hip fuzz-ci
+test: test-release test-asan hip fuzz-ci $(if $(NCCL_HEADER),comm-nccl)
+
+comm-nccl:
+	@mkdir -p build/nccl
+	$(CC) $(CFLAGS) -DMOERT_NCCL -isystem $(CUDA_HOME)/include -c runtime/comm.c -o build/nccl/comm.o
 
 run: moert
 	./moert run configs/qwen3moe.yaml --prompt "Hello" -n 16

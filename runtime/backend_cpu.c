@@ -15,12 +15,16 @@
 #include "../arena/arena.h"
 #include "../ops/ops.h"
 #include "backend.h"
+#include "comm.h"
+#include "shard.h"
 #include "trace/trace.h"
 #include "trace/trace_route.h"
 
 typedef struct cpu_ctx {
     const sched *s;
-    int32_t panel, rowptrs, scores; /* this backend's scratch (its requests) */
+    int32_t panel, rowptrs, scores, gather; /* this backend's scratch (its requests) */
+    int32_t ranks;                  /* expert-parallel ranks simulated (runtime.gpus) */
+    comm comm;                      /* their collectives: the in-process loopback */
     int64_t panel_floats;           /* per-thread share of panel */
     const model_weights *w;
     arena mem;
@@ -138,6 +142,9 @@ int backend_cpu_requests(const sched *s, backend_request *reqs)
     /* per thread: the scores of one KV head's group of query heads */
     reqs[CPU_REQ_SCORES] = (backend_request){
         "cpu.scores", sat_mul(sat_mul(sat_mul(T, group), (uint64_t)s->max_seq), 4), ARENA_MIN_ALIGN, false};
+    /* expert parallelism (s->gpus ranks): every rank's slot outputs, gathered (shard.h) */
+    uint64_t gather = shard_gather_bytes(s, s->gpus);
+    reqs[CPU_REQ_GATHER] = (backend_request){"cpu.ep_gather", gather ? gather : 64, ARENA_MIN_ALIGN, false};
     return CPU_REQ_COUNT;
 }
 
@@ -171,6 +178,13 @@ static int cpu_init(backend *b, const backend_init *in, moert_err *err)
     c->panel = in->scratch0 + CPU_REQ_PANEL;
     c->rowptrs = in->scratch0 + CPU_REQ_ROWPTRS;
     c->scores = in->scratch0 + CPU_REQ_SCORES;
+    c->gather = in->scratch0 + CPU_REQ_GATHER;
+    c->ranks = in->s->gpus > 1 ? in->s->gpus : 1;
+    int cst = comm_init(&c->comm, COMM_LOOPBACK, c->ranks, err);
+    if (cst) {
+        free(c);
+        return cst;
+    }
     c->panel_floats = panel_floats(in->s);
     c->trace = in->trace;
     c->route = in->route;
@@ -223,6 +237,7 @@ static void cpu_shutdown(backend *b)
     if (!c)
         return;
     arena_free(&c->mem);
+    comm_free(&c->comm);
     free(c->ptr);
     free(c);
     b->ctx = NULL;
@@ -514,6 +529,10 @@ typedef struct moe_job {
     float *gate, *up, *down, *out;
     const float **slot_base;
     int64_t K, H, I, iblocks, hblocks;
+    const int32_t *ids;      /* expert parallelism: each (token, slot)'s expert, */
+    const float *gathered;   /* the gathered slot outputs [ranks][RK][H], */
+    int64_t RK;              /* rows * top-k, */
+    int32_t ranks;           /* and the rank count */
 } moe_job;
 
 /* Items [*lo, hi) are (active expert, block) pairs, nblocks blocks per expert: the next run
@@ -563,7 +582,55 @@ static void moe_combine(void *ctx, int64_t t, int tid)
     ops_weighted_sum(j->out + t * j->H, slots, j->tw + t * j->K, j->K, j->H);
 }
 
-static void run_moe(cpu_ctx *c, const sched_op *op, const exec_step *st)
+/* Expert parallelism: slot (t, k)'s output read from its owner's slice of the gather. */
+static void moe_combine_ep(void *ctx, int64_t t, int tid)
+{
+    const moe_job *j = ctx;
+    const float **slots = j->slot_base + (size_t)tid * (size_t)j->K;
+    for (int64_t k = 0; k < j->K; k++) {
+        int64_t a = t * j->K + k;
+        slots[k] = j->gathered + ((int64_t)shard_expert_owner(j->ids[a], j->ranks) * j->RK + a) * j->H;
+    }
+    ops_weighted_sum(j->out + t * j->H, slots, j->tw + t * j->K, j->K, j->H);
+}
+
+/* N simulated ranks (shard.h): rank r computes only the active experts it owns, exactly as
+ * the one-rank path computes them (the same tokens per expert, so the same products), and
+ * packs its slots' outputs, in (token, slot) order, into its slice of the gather buffer;
+ * the all-gather shares the slices and the combine walks each token's slots in top-k order
+ * as the one-rank path does.  No sum depends on N: only where a slot's row is read from. */
+static int moe_expert_parallel(cpu_ctx *c, moe_job *j, const int32_t *active, int64_t n_active,
+                               int32_t *rank_active, int64_t R, moert_err *err)
+{
+    const int32_t N = c->ranks;
+    float *gath = fbuf(c, c->gather);
+    j->gathered = gath;
+    j->RK = R * j->K;
+    for (int32_t r = 0; r < N; r++) {
+        int64_t n = 0;
+        for (int64_t i = 0; i < n_active; i++)
+            if (shard_expert_owner(active[i], N) == r)
+                rank_active[n++] = active[i];
+        j->active = rank_active;
+        par_ranges(c->threads, n * j->iblocks, R > 1, moe_gate_up, j);
+        par_ranges(c->threads, n * j->hblocks, R > 1, moe_down, j);
+        float *slice = gath + (int64_t)r * j->RK * j->H;
+        for (int64_t a = 0; a < j->RK; a++)
+            if (shard_expert_owner(j->ids[a], N) == r)
+                memcpy(slice + a * j->H, j->down + (int64_t)j->inv[a] * j->H, (size_t)j->H * sizeof *slice);
+    }
+    /* every simulated rank's gather buffer is this one arena buffer */
+    void *bufs[COMM_MAX_RANKS];
+    for (int32_t r = 0; r < N; r++)
+        bufs[r] = gath;
+    int st = comm_allgather(&c->comm, bufs, (size_t)(j->RK * j->H) * sizeof *gath, err);
+    if (st)
+        return st;
+    par_for(c->threads, R, false, moe_combine_ep, j);
+    return MOERT_OK;
+}
+
+static int run_moe(cpu_ctx *c, const sched_op *op, const exec_step *st, moert_err *err)
 {
     const sched *s = c->s;
     int64_t E = s->topo.num_experts, K = s->topo.num_experts_per_tok;
@@ -600,12 +667,15 @@ static void run_moe(cpu_ctx *c, const sched_op *op, const exec_step *st)
     moe_job j = {c, &c->w->layers[op->layer], offs, active, inv, xrows, hrows,
                  fbuf(c, op->in[1]), gate, fbuf(c, op->scratch[2]), fbuf(c, op->scratch[3]),
                  fbuf(c, op->out[0]), hrows + s->max_rows * K, K, H, I,
-                 (I + BLOCK - 1) / BLOCK, (H + BLOCK - 1) / BLOCK};
+                 (I + BLOCK - 1) / BLOCK, (H + BLOCK - 1) / BLOCK, ids, NULL, 0, c->ranks};
+    if (c->ranks > 1) /* the cursors are done with: they list each rank's experts */
+        return moe_expert_parallel(c, &j, active, n_active, cursor, R, err);
     /* Prefill: experts carry unequal loads, so items are handed out dynamically; a decode
      * step's items are equal and a static split keeps each thread's weights contiguous. */
     par_ranges(c->threads, n_active * j.iblocks, R > 1, moe_gate_up, &j);
     par_ranges(c->threads, n_active * j.hblocks, R > 1, moe_down, &j);
     par_for(c->threads, R, false, moe_combine, &j);
+    return MOERT_OK;
 }
 
 typedef struct mlp_job {
@@ -666,7 +736,12 @@ static int cpu_run(backend *b, const sched_op *op, const exec_step *st, moert_er
             return rc;
         break;
     }
-    case SCHED_MOE: run_moe(c, op, st); break;
+    case SCHED_MOE: {
+        int rc = run_moe(c, op, st, err);
+        if (rc)
+            return rc;
+        break;
+    }
     case SCHED_MLP: run_mlp(c, op, st); break;
     case SCHED_LOGITS: run_logits(c, op, st); break;
     case SCHED_TRACE:

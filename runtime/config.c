@@ -79,6 +79,7 @@ void cfg_defaults(cfg_config *out)
     out->rt.max_seq_len = DEFAULT_MAX_SEQ_LEN;
     out->rt.prefill_chunk = DEFAULT_PREFILL_CHUNK;
     out->rt.threads = 0;
+    out->rt.gpus = 1;
     out->rt.backend = CFG_BACKEND_CPU;
     out->sampling.temperature = 0.0;
     out->sampling.top_k = 0;
@@ -831,12 +832,13 @@ static int parse_runtime(load_ctx *c, yaml_node_t *r, moert_err *err)
     yamldoc *d = c->d;
     cfg_runtime *rt = &c->out->rt;
     const cfg_topology *t = &c->out->topo;
-    static const char *const keys[] = {"max_seq_len", "prefill_chunk", "threads", "backend", NULL};
+    static const char *const keys[] = {"max_seq_len", "prefill_chunk", "threads", "backend", "gpus", NULL};
     int rc;
     if (r && (rc = yamldoc_check_map(d, r, "runtime", keys, err)))
         return rc;
     yaml_node_t *msl = yamldoc_get(d, r, "max_seq_len"), *pc = yamldoc_get(d, r, "prefill_chunk");
     yaml_node_t *th = yamldoc_get(d, r, "threads"), *be = yamldoc_get(d, r, "backend");
+    yaml_node_t *gp = yamldoc_get(d, r, "gpus");
     if (msl) {
         if ((rc = yamldoc_int(d, msl, "runtime.max_seq_len", &rt->max_seq_len, err)))
             return rc;
@@ -878,7 +880,21 @@ static int parse_runtime(load_ctx *c, yaml_node_t *r, moert_err *err)
             return rc;
         rt->backend = (cfg_backend)which;
     }
+    if (gp) {
+        int64_t v;
+        if ((rc = yamldoc_int(d, gp, "runtime.gpus", &v, err)))
+            return rc;
+        if (!cfg_gpus_valid(v))
+            return yamldoc_errf(d, gp, err, MOERT_ECONFIG, "runtime.gpus = %lld, expected 1, 2, 4 or 8",
+                                (long long)v);
+        rt->gpus = (int32_t)v;
+    }
     return MOERT_OK;
+}
+
+bool cfg_gpus_valid(int64_t n)
+{
+    return n == 1 || n == 2 || n == 4 || n == 8;
 }
 
 static int parse_sampling(load_ctx *c, yaml_node_t *n, moert_err *err)

@@ -25,7 +25,7 @@
  *   weights:   a path (file or directory), or {synth: {seed: N, dtype: f32|bf16|f16}}
  *              (seed 0 and bf16 by default).
  *   tokenizer, contract: paths, "" = none.  runtime: {max_seq_len, prefill_chunk, threads,
- *   backend: cpu|hip}.  sampling: {temperature, top_k, top_p, seed}.  trace: {enabled, out,
+ *   backend: cpu|hip, gpus: 1|2|4|8 (default 1)}.  sampling: {temperature, top_k, top_p, seed}.  trace: {enabled, out,
  *   mode: stats|tensor, positions: last|all, stages: all|[names], layers: all|[indices],
  *   capacity, on_full: overwrite|stop}.
  * Relative paths resolve against the YAML file's directory, lexically (base/rel, no
@@ -103,10 +103,16 @@ typedef struct cfg_runtime {
     int64_t prefill_chunk;      /* max tokens per prefill step */
     int32_t threads;            /* CPU worker threads; results never depend on it */
     cfg_backend backend;
+    int32_t gpus;               /* runtime.gpus / --gpus: expert-parallel ranks, 1, 2, 4 or 8
+                                   (cfg_gpus_valid); > 1 runs on the CPU through the in-process
+                                   loopback (comm.h); the hip backend runs 1 */
     cfg_sim_precision sim_precision; /* --sim-precision (command line only) */
     char route_from[CFG_PATH_MAX];   /* --route-from: a trace whose recorded routing replaces
                                         the router's choice (routing replay), or "" */
 } cfg_runtime;
+
+/* The GPU counts runtime.gpus accepts: 1, 2, 4, 8. */
+bool cfg_gpus_valid(int64_t n);
 
 typedef struct cfg_sampling {
     double temperature;         /* 0 = greedy */

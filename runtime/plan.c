@@ -98,6 +98,7 @@ int plan_build(const cfg_config *cfg, unsigned flags, plan_run *p, moert_err *er
                      p->trace ? &hooks : NULL, &p->schedule, err);
     if (st)
         goto fail_config;
+    p->schedule.gpus = cfg->rt.gpus > 1 ? cfg->rt.gpus : 1;
     if (p->trace && ((st = trace_rt_bind(p->trace, &p->schedule, err)) || (st = check_trace_contract(p, err))))
         goto fail;
     if ((st = add_backend_scratch(p, err)) || (st = place(p, err)))

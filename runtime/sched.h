@@ -91,6 +91,8 @@ typedef struct sched {
     int64_t max_seq;           /* KV cache rows */
     int64_t logit_rows;        /* 1, or max_rows when logits of all rows are traced */
     int32_t threads;           /* CPU threads (sizes the CPU backend's per-thread scratch) */
+    int32_t gpus;              /* expert-parallel ranks (runtime.gpus; sizes the CPU backend's
+                                  gather buffer): set by plan_build, 0 or 1 = one */
     int64_t q_dim, kv_dim, qkv_dim;
     sched_op *ops;
     int32_t n_ops;

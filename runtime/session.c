@@ -85,7 +85,17 @@ int sess_bind(sess *s, plan_run *p, unsigned flags, moert_err *err)
     memset(s, 0, sizeof *s);
     adopt_plan(s, p);
     const cfg_config *cfg = &s->cfg;
-    int st = load_weights(s, err);
+    /* Expert parallelism over NCCL is planned (moert plan --gpus) but not built: only the CPU
+     * runs N ranks, through the in-process loopback. */
+    int st;
+    if (s->cfg.rt.gpus > 1 && s->cfg.rt.backend != CFG_BACKEND_CPU) {
+        st = err_set(err, MOERT_EUSAGE,
+                     "runtime.gpus = %d: the hip backend runs one GPU (multi-GPU expert parallelism over "
+                     "NCCL is not built); use --gpus 1, or --backend cpu for the loopback simulation",
+                     (int)s->cfg.rt.gpus);
+        goto fail;
+    }
+    st = load_weights(s, err);
     if (st) {
         if (st == MOERT_ECONFIG) /* synthesizing an unusable topology */
             err_prefix_source(cfg, err);

@@ -10,13 +10,14 @@
 #include "alloc_count.h"
 #include "util.h"
 
-static void run_counted_on(const char *model, bool trace, double temperature, int32_t threads)
+static void run_counted_gpus(const char *model, bool trace, double temperature, int32_t threads, int32_t gpus)
 {
     cfg_config cfg;
     moert_err err = {0};
     CU_ASSERT_PTR_NOT_NULL_FATAL(model);
     CU_ASSERT_EQUAL_FATAL(cfg_load(model, &cfg, &err), MOERT_OK);
     cfg.rt.threads = threads;
+    cfg.rt.gpus = gpus;
     cfg.rt.prefill_chunk = 8;
     cfg.sampling.temperature = temperature;
     cfg.sampling.top_k = temperature > 0 ? 40 : 0;
@@ -52,6 +53,11 @@ static void run_counted_on(const char *model, bool trace, double temperature, in
     }
     CU_ASSERT_EQUAL(n, 0);
     sess_close(&s);
+}
+
+static void run_counted_on(const char *model, bool trace, double temperature, int32_t threads)
+{
+    run_counted_gpus(model, trace, temperature, threads, 1);
 }
 
 static void run_counted(bool trace, double temperature, int32_t threads)
@@ -110,6 +116,14 @@ static void test_no_alloc_route_sim(void)
     sess_close(&s);
 }
 
+/* Expert parallelism on the CPU (4 simulated ranks, the loopback's all-gather): its
+ * gather buffer is an arena request, so nothing allocates either. */
+static void test_no_alloc_expert_parallel(void)
+{
+    run_counted_gpus("configs/qwen3moe.yaml", true, 0.8, 2, 4);
+    run_counted_gpus("configs/qwen3moe.yaml", false, 0.0, 1, 2);
+}
+
 /* The counter itself must see allocations, or the tests above prove nothing. */
 static void test_counter_counts(void)
 {
@@ -127,4 +141,5 @@ void suite_alloc(void)
     CU_add_test(s, "no allocation after init: sampling, tensor tracing", test_no_alloc_sampling_traced);
     CU_add_test(s, "no allocation after init: GGUF models", test_no_alloc_gguf);
     CU_add_test(s, "no allocation after init: --route-from, --sim-precision", test_no_alloc_route_sim);
+    CU_add_test(s, "no allocation after init: --gpus 2, 4 (CPU loopback)", test_no_alloc_expert_parallel);
 }

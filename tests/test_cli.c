@@ -164,7 +164,7 @@ static const struct {
     {"synth tests/bad_runs/topology-too-wide.yaml --out {T}/never",
      "moert synth: tests/bad_runs/topology-too-wide.yaml: topology: hidden_size is 33554432, expected 1..16777216\n"},
     {"run tests/bad_runs/arena-unmappable.yaml --tokens 1 -n 1",
-     "moert run: tests/bad_runs/arena-unmappable.yaml: arena: cannot map 282583078817280 bytes: Cannot allocate memory\n"},
+     "moert run: tests/bad_runs/arena-unmappable.yaml: arena: cannot map 282583078817344 bytes: Cannot allocate memory\n"},
 };
 
 static void subst_tmp(const char *in, char *dst, size_t cap)

@@ -17,7 +17,7 @@
 static const char bench_usage[] =
     "usage: moert bench CONFIG|MODEL_DIR [--json] [--prompt-tokens N] [--gen N] [--repeat R]\n"
     "                   [--trace-overhead] [--profile] [--threads N] [--backend cpu|hip]\n"
-    "                   [--weights PATH] [--check-weights]\n"
+    "                   [--weights PATH] [--check-weights] [--gpus N (cpu loopback; hip: 1)]\n"
     "  prefill tok/s for an N-token prompt (default 512), decode tok/s over --gen tokens\n"
     "  (default 128, greedy), each the median of R measured runs (default 3) after a warm-up,\n"
     "  weight bytes read per decoded token, the memory-bandwidth\n"

@@ -198,6 +198,7 @@ int cli_take_override(int argc, char **argv, int *i, cli_overrides *o, moert_err
         {"--prefill-chunk", offsetof(cli_overrides, prefill_chunk)},
         {"--max-seq-len", offsetof(cli_overrides, max_seq_len)},
         {"--backend", offsetof(cli_overrides, backend)},
+        {"--gpus", offsetof(cli_overrides, gpus)},
         {"--weights", offsetof(cli_overrides, weights)},
         {"--seed", offsetof(cli_overrides, seed)},
         {"--temp", offsetof(cli_overrides, temp)},
@@ -268,6 +269,13 @@ int cli_load_config(const char *path, const cli_overrides *o, unsigned cfg_flags
         else
             return err_set(err, MOERT_EUSAGE, "--backend: expected cpu or hip, got '%s'",
                            o->backend);
+    }
+    if (o->gpus) {
+        if ((st = cli_parse_i64("--gpus", o->gpus, 1, 8, &v, err)))
+            return st;
+        if (!cfg_gpus_valid(v))
+            return err_set(err, MOERT_EUSAGE, "--gpus: expected 1, 2, 4 or 8, got %s", o->gpus);
+        cfg->rt.gpus = (int32_t)v;
     }
     if (o->weights) {
         if (!path_exists(o->weights))

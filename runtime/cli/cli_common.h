@@ -14,7 +14,7 @@
 #include "../err.h"
 
 typedef struct cli_overrides {
-    const char *threads, *prefill_chunk, *max_seq_len, *backend, *weights;
+    const char *threads, *prefill_chunk, *max_seq_len, *backend, *weights, *gpus;
     const char *seed, *temp, *top_k, *top_p;
     const char *trace_file, *trace_mode, *trace_positions, *contract;
 } cli_overrides;

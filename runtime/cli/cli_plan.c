@@ -15,28 +15,23 @@
 #include "../model.h"
 #include "../plan.h"
 #include "../sched.h"
+#include "../shard.h"
 #include "../st.h"
 #include "../wlayout.h"
 
 static const char plan_usage[] =
     "usage: moert plan CONFIG|MODEL_DIR [--json] [--backend cpu|hip] [--threads N] [--prefill-chunk K]\n"
-    "                  [--max-seq-len N] [--trace FILE --trace-mode M --trace-positions P] [--contract FILE]\n";
+    "                  [--max-seq-len N] [--trace FILE --trace-mode M --trace-positions P] [--contract FILE]\n"
+    "                  [--gpus 1|2|4|8] [--device-memory GiB]\n"
+    "--gpus N plans N expert-parallel GPUs (each holds the replicated tensors and every N-th\n"
+    "expert of every layer) and refuses a plan whose GPU exceeds --device-memory (default 139).\n";
 
-/* Parameters the topology implies, by tensor family. */
+/* Parameters the topology implies (shard.h counts them by tensor family). */
 static uint64_t param_count(const cfg_topology *t)
 {
-    uint64_t H = (uint64_t)t->hidden_size, V = (uint64_t)t->vocab_size, hd = (uint64_t)t->head_dim;
-    uint64_t q = (uint64_t)t->num_attention_heads * hd, kv = (uint64_t)t->num_key_value_heads * hd;
-    uint64_t n = V * H * (t->tie_word_embeddings ? 1 : 2) + H;
-    for (int64_t l = 0; l < t->num_hidden_layers; l++) {
-        n += 2 * H + q * H + 2 * kv * H + H * q + 2 * hd;
-        if (cfg_layer_is_sparse(t, l))
-            n += (uint64_t)t->num_experts * H +
-                 (uint64_t)t->num_experts * 3 * (uint64_t)t->moe_intermediate_size * H;
-        else
-            n += 3 * (uint64_t)t->intermediate_size * H;
-    }
-    return n;
+    uint64_t rep, experts;
+    shard_params(t, &rep, &experts);
+    return rep + experts;
 }
 
 static double now_seconds(void)
@@ -75,6 +70,7 @@ int cli_plan(int argc, char **argv, moert_err *err)
     cli_overrides ov = {0};
     const char *path = NULL;
     bool json = false;
+    const char *devmem_arg = NULL;
     for (int i = 1; i < argc;) {
         int t = cli_take_override(argc, argv, &i, &ov, err);
         if (t < 0)
@@ -86,6 +82,10 @@ int cli_plan(int argc, char **argv, moert_err *err)
             return MOERT_OK;
         } else if (!strcmp(argv[i], "--json")) {
             json = true;
+        } else if (!strcmp(argv[i], "--device-memory")) {
+            if (i + 1 >= argc)
+                return err_set(err, MOERT_EUSAGE, "--device-memory needs a value (GiB)");
+            devmem_arg = argv[++i];
         } else if (argv[i][0] == '-') {
             return err_set(err, MOERT_EUSAGE, "unknown option %s\n%s", argv[i], plan_usage);
         } else if (!path) {
@@ -97,6 +97,9 @@ int cli_plan(int argc, char **argv, moert_err *err)
     }
     if (!path)
         return err_set(err, MOERT_EUSAGE, "missing CONFIG or MODEL_DIR\n%s", plan_usage);
+    double devmem_gib = 139.0; /* an H200's usable memory */
+    if (devmem_arg && cli_parse_f64("--device-memory", devmem_arg, 0.001, 1048576.0, &devmem_gib, err))
+        return MOERT_EUSAGE;
     cfg_config *cfg = malloc(sizeof *cfg);
     plan_run *pl = malloc(sizeof *pl);
     if (!cfg || !pl) {
@@ -153,6 +156,26 @@ int cli_plan(int argc, char **argv, moert_err *err)
         if ((st = wlayout_plan(&mw, &wl, err)))
             goto done;
         wregion = wl.bytes;
+    }
+    /* Per-GPU memory under expert parallelism (shard.h); checked against the device memory
+     * when the plan is for a device or the command line asks for GPUs. */
+    int32_t gpus = cfg->rt.gpus > 1 ? cfg->rt.gpus : 1;
+    shard_weights sw[SHARD_MAX_GPUS];
+    if (mw.layers)
+        shard_weights_bound(&mw, gpus, sw);
+    else
+        shard_weights_topo(&cfg->topo,
+                           cfg->weights.synth && cfg->weights.synth_dtype == CFG_DTYPE_F32 ? 4 : 2, gpus, sw);
+    shard_plan sp;
+    bool check_fit = gpu || gpus > 1 || ov.gpus || devmem_arg;
+    moert_err fit_err = {0};
+    int fit = shard_plan_build(&s, as.arena_bytes, gpus, sw, (uint64_t)(devmem_gib * 1073741824.0), &sp,
+                               &fit_err);
+    if (fit && check_fit) {
+        *err = fit_err;
+        err_prefix(err, "%s", path);
+        st = MOERT_ECONFIG;
+        goto done;
     }
     /* the backend's statement of its scratch, against what the plan placed in the arena */
     backend_request rq[BACKEND_MAX_REQUESTS];
@@ -250,6 +273,24 @@ int cli_plan(int argc, char **argv, moert_err *err)
         json_object_set_new(dv, "weights_region_bytes", json_integer((json_int_t)(gpu ? wregion : 0)));
         json_object_set_new(dv, "unplanned_device_bytes", json_integer((json_int_t)unplanned));
         json_object_set_new(o, "device", dv);
+        json_t *gj = json_object(), *ga = json_array();
+        json_object_set_new(gj, "gpus", json_integer(gpus));
+        json_object_set_new(gj, "expert_placement", json_string("expert e on GPU e % gpus"));
+        json_object_set_new(gj, "device_memory_bytes", json_integer((json_int_t)sp.device_bytes));
+        json_object_set_new(gj, "checked", json_boolean(check_fit));
+        json_object_set_new(gj, "fits", json_boolean(sp.fits));
+        for (int32_t g = 0; g < gpus; g++) {
+            const shard_gpu *pg = &sp.gpu[g];
+            json_array_append_new(ga, json_pack("{si sI sI sI sI sI sI sI}", "gpu", (int)g, "experts_per_layer",
+                                                (json_int_t)pg->w.experts_per_layer, "replicated_bytes",
+                                                (json_int_t)pg->w.replicated_bytes, "expert_bytes",
+                                                (json_int_t)pg->w.expert_bytes, "weights_bytes",
+                                                (json_int_t)pg->weights_bytes, "arena_bytes",
+                                                (json_int_t)pg->arena_bytes, "kv_bytes", (json_int_t)pg->kv_bytes,
+                                                "total_bytes", (json_int_t)pg->total_bytes));
+        }
+        json_object_set_new(gj, "per_gpu", ga);
+        json_object_set_new(o, "sharding", gj);
         json_t *wj = json_object(), *bd = json_object();
         for (int d = 0; d < ST_DTYPE_COUNT; d++)
             if (by_dtype[d])
@@ -305,6 +346,18 @@ int cli_plan(int argc, char **argv, moert_err *err)
                "unplanned device bytes %llu\n",
                gpu ? "hip" : "cpu", pl->n_scratch, (unsigned long long)scratch_bytes,
                gpu ? "weights region" : "(weights mmap'd on the host)", (unsigned long long)unplanned);
+        printf("gpus: %d (expert e on GPU e %% %d; attention, router, norms, embeddings replicated); "
+               "device memory %.2f GiB%s\n",
+               (int)gpus, (int)gpus, devmem_gib, check_fit ? "" : " (not checked: cpu plan without --gpus)");
+        for (int32_t g = 0; g < gpus; g++) {
+            const shard_gpu *pg = &sp.gpu[g];
+            printf("  gpu %d: %lld experts/layer; weights %llu bytes (replicated %llu + experts %llu); "
+                   "arena %llu (KV %llu); total %llu bytes (%.2f GiB)\n",
+                   (int)g, (long long)pg->w.experts_per_layer, (unsigned long long)pg->weights_bytes,
+                   (unsigned long long)pg->w.replicated_bytes, (unsigned long long)pg->w.expert_bytes,
+                   (unsigned long long)pg->arena_bytes, (unsigned long long)pg->kv_bytes,
+                   (unsigned long long)pg->total_bytes, (double)pg->total_bytes / 1073741824.0);
+        }
         printf("weights: %llu parameters", (unsigned long long)params);
         if (present) {
             for (int d = 0; d < ST_DTYPE_COUNT; d++)

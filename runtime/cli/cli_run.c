@@ -22,6 +22,8 @@ static const char run_usage[] =
     "  --ignore-eos          generate all N tokens\n"
     "  --json                print one JSON object instead of text\n"
     "  --threads N  --prefill-chunk K  --max-seq-len N  --backend cpu|hip  --weights PATH\n"
+    "  --gpus 1|2|4|8        expert-parallel ranks; on the cpu, simulated through the in-process\n"
+    "                        loopback (bit-identical to 1); the hip backend runs 1\n"
     "  --seed S  --temp T  --top-k K  --top-p P    sampling (temp 0 = greedy)\n"
     "  --trace FILE  --trace-mode stats|tensor  --trace-positions last|all  --contract FILE\n"
     "  --check-weights       scan the weights for NaN/Inf at init (also done with --contract)\n"
