@@ -15,6 +15,7 @@
 #include "hip_compat.h"
 #include "hip_kernels.h"
 #include "hip_wload.h"
+#include "../runtime/trace/record.h"
 
 /* Tuning switches (chosen by measurement on an H200; see hip/NOTES.md) */
 #ifndef MOERT_GEMV_U
@@ -1774,8 +1775,9 @@ __global__ void __launch_bounds__(1024) k_trace(hip_trace_args a)
     const long long n_rows = sp->n_rows, row0 = sp->trace_row0 < 0 ? 0 : sp->trace_row0;
     const long long n = row0 < n_rows ? n_rows - row0 : 0;
     const int par = sp->parity & 1;
-    const unsigned long long *hin = a.shadow + ((long long)par * a.n_trace + a.ti) * 4;
-    const unsigned long long written0 = hin[0], stored0 = hin[1], drops0 = hin[2], next0 = hin[3];
+    const unsigned long long *hin = a.shadow + ((long long)par * a.n_trace + a.ti) * TRACE_HDR_WORDS;
+    const unsigned long long written0 = hin[TRACE_HDR_WRITTEN], stored0 = hin[TRACE_HDR_STORED],
+                             drops0 = hin[TRACE_HDR_DROPS], next0 = hin[TRACE_HDR_NEXT];
     const long long cap = a.cap;
     const long long shift = a.logits_last ? n_rows - 1 : 0;
     const long long W = a.width;
@@ -1785,7 +1787,7 @@ __global__ void __launch_bounds__(1024) k_trace(hip_trace_args a)
         if (!accepted)
             continue;
         const unsigned long long slot = (next0 + (unsigned long long)i) % (unsigned long long)cap;
-        unsigned char *rec = a.ring + 64 + slot * a.record_bytes;
+        unsigned char *rec = a.ring + TRACE_RING_HEADER + slot * a.record_bytes;
         const float *row = a.src + (r - shift) * W;
         const int32_t *ids = a.src2 ? a.src2 + (r - shift) * W : nullptr;
         const unsigned *rw = (const unsigned *)row;
@@ -1822,28 +1824,27 @@ __global__ void __launch_bounds__(1024) k_trace(hip_trace_args a)
         }
         var = block_sum_d(var, smd);
         if (threadIdx.x == 0) {
-            long long *hd = (long long *)rec;
-            hd[0] = sp->gen_step;
-            hd[1] = sp->pos0 + r;
+            *(long long *)(rec + TRACE_REC_STEP_OFF) = sp->gen_step;
+            *(long long *)(rec + TRACE_REC_POS_OFF) = sp->pos0 + r;
             unsigned long long nw = (unsigned long long)W + (ids ? (unsigned long long)W : 0ull);
-            ((unsigned long long *)rec)[2] = mix64(h ^ nw);
-            hd[3] = 0;
-            double *st = (double *)(rec + 32);
-            st[0] = (double)W;
-            st[1] = sqrt(sumsq);
-            st[2] = mean;
-            st[3] = fin > 0 ? sqrt(var / fin) : NAN;
-            st[4] = fin > 0 ? mn : NAN;
-            st[5] = fin > 0 ? mx : NAN;
-            st[6] = n_nan;
-            st[7] = n_inf;
+            *(unsigned long long *)(rec + TRACE_REC_HASH_OFF) = mix64(h ^ nw);
+            *(long long *)(rec + TRACE_REC_PAD_OFF) = 0;
+            double *st = (double *)(rec + TRACE_REC_STATS_OFF);
+            st[TRACE_STAT_COUNT] = (double)W;
+            st[TRACE_STAT_L2] = sqrt(sumsq);
+            st[TRACE_STAT_MEAN] = mean;
+            st[TRACE_STAT_STD] = fin > 0 ? sqrt(var / fin) : NAN;
+            st[TRACE_STAT_MIN] = fin > 0 ? mn : NAN;
+            st[TRACE_STAT_MAX] = fin > 0 ? mx : NAN;
+            st[TRACE_STAT_NAN] = n_nan;
+            st[TRACE_STAT_INF] = n_inf;
         }
         if (a.tensor_mode) {
-            unsigned *dv = (unsigned *)(rec + 96);
+            unsigned *dv = (unsigned *)(rec + TRACE_REC_VALUES_OFF);
             for (long long k = threadIdx.x; k < W; k += blockDim.x)
                 dv[k] = rw[k];
             if (ids) {
-                int32_t *di = (int32_t *)(rec + 96 + W * 4);
+                int32_t *di = (int32_t *)(rec + TRACE_REC_VALUES_OFF + W * 4);
                 for (long long k = threadIdx.x; k < W; k += blockDim.x)
                     di[k] = ids[k];
             }
@@ -1864,11 +1865,11 @@ __global__ void __launch_bounds__(1024) k_trace(hip_trace_args a)
             next = ucap ? (next0 + acc) % ucap : 0;
         }
         unsigned long long *hdr = (unsigned long long *)a.ring;
-        unsigned long long *hout = a.shadow + ((long long)(par ^ 1) * a.n_trace + a.ti) * 4;
-        hdr[0] = hout[0] = written0 + un;
-        hdr[1] = hout[1] = stored;
-        hdr[2] = hout[2] = drops;
-        hdr[3] = hout[3] = next;
+        unsigned long long *hout = a.shadow + ((long long)(par ^ 1) * a.n_trace + a.ti) * TRACE_HDR_WORDS;
+        hdr[TRACE_HDR_WRITTEN] = hout[TRACE_HDR_WRITTEN] = written0 + un;
+        hdr[TRACE_HDR_STORED] = hout[TRACE_HDR_STORED] = stored;
+        hdr[TRACE_HDR_DROPS] = hout[TRACE_HDR_DROPS] = drops;
+        hdr[TRACE_HDR_NEXT] = hout[TRACE_HDR_NEXT] = next;
     }
 }
 

@@ -22,7 +22,7 @@ static uint64_t record_bytes(const cfg_trace_plan *plan, cfg_stage stage, int64_
         if (stage == CFG_STAGE_MOE_ROUTER)
             b += (uint64_t)width * sizeof(int32_t);
     }
-    return (b + 15) / 16 * 16;
+    return (b + TRACE_REC_ALIGN - 1) / TRACE_REC_ALIGN * TRACE_REC_ALIGN;
 }
 
 int trace_rt_create(const cfg_trace_plan *plan, trace_rt **out, moert_err *err)
