@@ -36,6 +36,10 @@ typedef struct trace_divergence {
     int64_t record, step, pos;
     bool have_values;     /* cos/max_abs/rel from the values; else from the stats */
     double cos, max_abs, rel;
+    int stat;             /* stats only: the TRACE_STAT_* that differs most, or -1 when only
+                             the hashes differ */
+    double stat_rec, stat_rep; /* its recorded and replayed values */
+    uint64_t hash_rec, hash_rep;
     bool experts_differ;  /* moe_router: another expert set */
     bool count_differs;   /* the rings hold different numbers of records */
 } trace_divergence;
@@ -50,8 +54,15 @@ typedef struct trace_replay_result {
     char have[32], want[32];
 } trace_replay_result;
 
-/* Opens the recording and reads the run it records (trace_manifest_run).  On failure
- * nothing stays open. */
+/* Checks that a trace agrees with itself: every stored row (values, and expert ids for
+ * moe_router) hashes to its recorded hash and gives its recorded stats (within 1e-9
+ * relative: a GPU sums in another order), and every record's stats are possible (count =
+ * width, NaN + Inf <= count, min <= mean <= max, std >= 0).  MOERT_EFORMAT naming `path`,
+ * stage, layer, record, step and position when it does not. */
+int trace_verify(const trace_file *tf, const char *path, moert_err *err);
+
+/* Opens the recording, refuses it when it disagrees with itself (trace_verify) and reads
+ * the run it records (trace_manifest_run).  On failure nothing stays open. */
 int trace_replay_open(const char *path, trace_replay *r, moert_err *err);
 void trace_replay_close(trace_replay *r);
 

@@ -242,6 +242,27 @@ out:
     return st;
 }
 
+size_t trace_file_dropped(sess *s, char *buf, size_t cap)
+{
+    size_t n = 0, len = 0;
+    if (cap)
+        buf[0] = 0;
+    for (size_t i = 0; s->trace && i < trace_rt_count(s->trace); i++) {
+        const trace_slot_info *si = trace_rt_slot(s->trace, i);
+        trace_ring_header h; /* the host copy trace_file_write read back */
+        memcpy(&h, s->be.vt->host_ptr(&s->be, si->ring_buf), sizeof h);
+        if (!h.drops)
+            continue;
+        char label[64];
+        trace_label(label, sizeof label, si->stage, si->layer);
+        if (len < cap)
+            len += (size_t)snprintf(buf + len, cap - len, "%s%s (%llu of %llu)", n ? ", " : "", label,
+                                    (unsigned long long)h.drops, (unsigned long long)h.written);
+        n++;
+    }
+    return n;
+}
+
 /* ---- reading ----------------------------------------------------------------------- */
 
 /* Bounds on what a manifest may say: the writer never produces more, and every count that

@@ -7,11 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../st.h"
+
 typedef struct vlist {
     json_t *violations;
     json_t *skipped;
     int64_t checks;
-    size_t total; /* violations found, kept or not */
+    size_t total;      /* violations found, kept or not */
+    int32_t layer;     /* of the ring being checked; CFG_MAX_LAYERS: none */
 } vlist;
 
 static void violation(vlist *v, const char *label, int64_t rec, const int64_t *meta,
@@ -28,6 +31,8 @@ static void violation(vlist *v, const char *label, int64_t rec, const int64_t *m
     va_end(ap);
     json_t *o = json_object();
     json_object_set_new(o, "stage", json_string(label));
+    if (v->layer != CFG_MAX_LAYERS)
+        json_object_set_new(o, "layer", json_integer(v->layer));
     json_object_set_new(o, "record", json_integer(rec));
     if (meta && rec >= 0) {
         json_object_set_new(o, "step", json_integer(meta[rec * 3]));
@@ -200,11 +205,22 @@ static void validate_tensor(vlist *v, const trace_file *tf, const trace_ring_vie
 int trace_validate(const char *contract_path, const char *trace_path, const trace_vopts *o,
                    json_t **report, moert_err *err)
 {
-    (void)o;
     *report = NULL;
+    /* `validate TRACE CONTRACT`: say so rather than a YAML parser's view of a binary file */
+    st_set *probe = NULL;
+    moert_err ignored = {0};
+    if (st_open(contract_path, &probe, &ignored) == MOERT_OK) {
+        const char *fmt = st_metadata(probe, "format");
+        bool is_trace = fmt && !strcmp(fmt, "moert-trace");
+        st_close(probe);
+        if (is_trace)
+            return err_set(err, MOERT_EUSAGE,
+                           "the arguments are in the wrong order: %s is a trace and comes second "
+                           "(usage: moert validate CONTRACT TRACE)", contract_path);
+    }
     ctr_contract *c = malloc(sizeof *c);
     trace_file tf = {0};
-    vlist v = {json_array(), json_array(), 0, 0};
+    vlist v = {json_array(), json_array(), 0, 0, CFG_MAX_LAYERS};
     const char **labels = NULL;
     int st = c ? ctr_load(contract_path, c, err) : err_set(err, MOERT_ENOMEM, "out of memory");
     if (st)
@@ -244,6 +260,12 @@ int trace_validate(const char *contract_path, const char *trace_path, const trac
         const trace_ring_view *rv = &tf.rings[r];
         records += rv->n;
         json_array_append_new(stages, json_string(rv->label));
+        v.layer = rv->layer;
+        if (rv->drops > 0 && !o->allow_drops)
+            violation(&v, rv->label, -1, NULL, "drops",
+                      "the ring dropped %lld of %lld records (it was full); record with a larger --trace-capacity, "
+                      "or --allow-drops accepts this",
+                      (long long)rv->drops, (long long)rv->written);
         bool any = false;
         for (int k = 0; k < c->n_tensors; k++) {
             const ctr_tensor *ct = &c->tensors[k];
@@ -256,6 +278,7 @@ int trace_validate(const char *contract_path, const char *trace_path, const trac
             violation(&v, rv->label, -1, NULL, "known", "stage %s is not in contract %s",
                       cfg_stage_name(rv->stage), c->name);
     }
+    v.layer = CFG_MAX_LAYERS;
     size_t nv = v.total;
     json_t *rep = json_pack("{ss si ss sb sI sI}", "contract", c->name, "version", c->version, "trace",
                             trace_path, "passed", nv == 0, "records", (json_int_t)records, "checks",
@@ -309,8 +332,9 @@ char *trace_junit_xml(const json_t *report)
     char name[160], detail[600];
     xml_escape(name, sizeof name, json_string_value(json_object_get(report, "contract")));
     PUT("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    PUT("<testsuites><testsuite name=\"moert validate %s\" tests=\"%zu\" failures=\"%lld\">\n", name,
-        json_array_size(stages), (long long)json_integer_value(json_object_get(report, "violation_count")));
+    PUT("<testsuites><testsuite name=\"moert validate %s\" tests=\"%zu\" failures=\"%lld\" skipped=\"%zu\">\n",
+        name, json_array_size(stages), (long long)json_integer_value(json_object_get(report, "violation_count")),
+        json_array_size(skip));
     size_t i, k;
     json_t *s, *o;
     json_array_foreach(stages, i, s)
@@ -321,8 +345,27 @@ char *trace_junit_xml(const json_t *report)
         {
             if (!of_stage(o, label))
                 continue;
-            xml_escape(detail, sizeof detail, json_string_value(json_object_get(o, "detail")));
+            char where[160] = "";
+            if (json_integer_value(json_object_get(o, "record")) >= 0)
+                snprintf(where, sizeof where, " (record %lld, step %lld, position %lld)",
+                         (long long)json_integer_value(json_object_get(o, "record")),
+                         (long long)json_integer_value(json_object_get(o, "step")),
+                         (long long)json_integer_value(json_object_get(o, "position")));
+            char full[700];
+            snprintf(full, sizeof full, "%s%s: %s", json_string_value(json_object_get(o, "stage")), where,
+                     json_string_value(json_object_get(o, "detail")));
+            xml_escape(detail, sizeof detail, full);
             PUT("<failure message=\"%s: %s\"/>", json_string_value(json_object_get(o, "rule")), detail);
+        }
+        json_array_foreach(skip, k, o)
+        {
+            if (!of_stage(o, label))
+                continue;
+            char full[400];
+            snprintf(full, sizeof full, "%s: %s not checked: %s", json_string_value(json_object_get(o, "stage")),
+                     json_string_value(json_object_get(o, "rule")), json_string_value(json_object_get(o, "why")));
+            xml_escape(detail, sizeof detail, full);
+            PUT("<skipped message=\"%s\"/>", detail);
         }
         PUT("</testcase>\n");
     }

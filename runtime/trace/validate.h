@@ -2,6 +2,9 @@
  * rules record by record (in stats mode, what the stats can prove; the rest is reported as
  * skipped); every tensor of the file must belong to a traced stage.
  *
+ * A ring that dropped records (full) is a violation unless allow_drops.  A contract path
+ * that is in fact a trace (arguments swapped) is MOERT_EUSAGE saying so.
+ *
  * The report is a JSON object (what `validate --json` prints):
  *   contract, version, trace, passed, records, checks, stages (ring labels, schedule order),
  *   violations [{stage, layer, record, step, position, rule, detail}] (the first
