@@ -683,6 +683,11 @@ static const struct {
      "moert replay: {T}: manifest trace: \"layers[1]\" is 100000, expected a layer index in [0, 4) not listed before\n"},
     {"trace/mode", "\"full\"", "replay {T}",
      "moert replay: {T}: manifest trace: \"mode\" is \"full\", expected one of: stats, tensor\n"},
+    /* an unknown mode once read as stats: every reader refuses it */
+    {"trace/mode", "\"Tensor\"", "validate contracts/qwen3moe-trace-v1.yaml {T}",
+     "moert validate: {T}: manifest trace: \"mode\" is \"Tensor\", expected one of: stats, tensor\n"},
+    {"trace/mode", "-", "diff {T} {T}",
+     "moert diff: {T}: manifest trace: \"mode\" is missing, expected one of: stats, tensor\n"},
     {"backend", "\"tpu\"", "replay {T}", "moert replay: {T}: manifest: \"backend\" is \"tpu\", expected one of: cpu, hip\n"},
     {"weights/source", "\"s3\"", "replay {T}",
      "moert replay: {T}: manifest weights: \"source\" is \"s3\", expected one of: synth, path\n"},

@@ -243,11 +243,12 @@ int cli_replay(int argc, char **argv, moert_err *err)
         cfg->rt.prefill_chunk = k;
     }
     if (ov.backend) {
-        if (strcmp(ov.backend, "cpu") && strcmp(ov.backend, "hip")) {
+        int b = cfg_name_index(cfg_backend_names, ov.backend);
+        if (b < 0) {
             st = err_set(err, MOERT_EUSAGE, "--backend: expected cpu or hip, got '%s'", ov.backend);
             goto done;
         }
-        cfg->rt.backend = !strcmp(ov.backend, "hip") ? CFG_BACKEND_HIP : CFG_BACKEND_CPU;
+        cfg->rt.backend = (cfg_backend)b;
     }
     if (ov.weights) {
         cfg->weights.synth = false;
