@@ -18,7 +18,6 @@
 #define MOERT_TRACE_H
 
 #include <stdbool.h>
-#include <stddef.h>
 #include <stdint.h>
 
 #include "../backend.h"
@@ -46,21 +45,6 @@ typedef struct trace_record {
     int64_t pad;
     double stats[TRACE_N_STATS];
 } trace_record;
-
-/* The structs are the C view of record.h's layout. */
-_Static_assert(sizeof(trace_ring_header) == TRACE_RING_HEADER, "ring header size");
-_Static_assert(offsetof(trace_ring_header, written) == 8 * TRACE_HDR_WRITTEN &&
-                   offsetof(trace_ring_header, stored) == 8 * TRACE_HDR_STORED &&
-                   offsetof(trace_ring_header, drops) == 8 * TRACE_HDR_DROPS &&
-                   offsetof(trace_ring_header, next) == 8 * TRACE_HDR_NEXT,
-               "ring header words");
-_Static_assert(offsetof(trace_record, step) == TRACE_REC_STEP_OFF &&
-                   offsetof(trace_record, pos) == TRACE_REC_POS_OFF &&
-                   offsetof(trace_record, hash) == TRACE_REC_HASH_OFF &&
-                   offsetof(trace_record, pad) == TRACE_REC_PAD_OFF &&
-                   offsetof(trace_record, stats) == TRACE_REC_STATS_OFF &&
-                   sizeof(trace_record) == TRACE_REC_VALUES_OFF,
-               "record layout");
 
 typedef struct trace_rt trace_rt;
 
