@@ -961,6 +961,7 @@ static void test_diff_gate(void)
     CU_ASSERT_EQUAL_FATAL(rewrite_trace(t, bad, edit_expert), 0);
     CU_ASSERT_EQUAL(sh("./moert diff %s %s --tolerance 1", bad, t), 1);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "top-k differs at step 0, position 1: 3 of the experts agree; router-logit margin"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "first divergence: l3.moe_router at step 0, position 1"));
     /* other prompts are refused, --force compares anyway */
     const char *p = tmp("g-other.trace");
     CU_ASSERT_EQUAL_FATAL(sh("./moert run configs/qwen3moe.yaml --tokens 9707,11,1879,0,577 -n 4 --trace %s "

@@ -465,6 +465,10 @@ static int compare_router(const diff_side *A, const diff_side *B, const char *la
         json_object_set_new(o, "topk_positions", json_integer(n_pos));
         json_object_set_new(o, "topk_positions_differing", json_integer(n_flip));
         json_object_set(o, "topk_flips", flips);
+        json_t *f0 = json_array_get(flips, 0);
+        if (f0 && !json_object_get(o, "first_beyond"))
+            json_object_set_new(o, "first_beyond", json_pack("{sO sO}", "step", json_object_get(f0, "step"), "position",
+                                                             json_object_get(f0, "position")));
         if (!json_object_get(o, "rows"))
             json_object_set_new(o, "rows", json_integer(n_pos));
         *bad |= n_flip > 0;
