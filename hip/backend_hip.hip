@@ -1428,7 +1428,7 @@ static bool ring_equal(hip_ctx *c, const sched_op *op, const unsigned char *g, c
                        char *why, size_t cap)
 {
     const trace_slot_info *si = trace_rt_slot(c->trace, (size_t)op->trace_index);
-    if (memcmp(g, h, 32) != 0) {
+    if (memcmp(g, h, 8 * TRACE_HDR_WORDS) != 0) {
         const uint64_t *a = (const uint64_t *)g, *b = (const uint64_t *)h;
         snprintf(why, cap, "ring header gpu {%llu %llu %llu %llu} cpu {%llu %llu %llu %llu}",
                  (unsigned long long)a[0], (unsigned long long)a[1], (unsigned long long)a[2],
@@ -1436,18 +1436,18 @@ static bool ring_equal(hip_ctx *c, const sched_op *op, const unsigned char *g, c
                  (unsigned long long)b[2], (unsigned long long)b[3]);
         return false;
     }
-    uint64_t stored = ((const uint64_t *)h)[1];
+    uint64_t stored = ((const uint64_t *)h)[TRACE_HDR_STORED];
     for (uint64_t r = 0; r < stored; r++) {
         const unsigned char *ga = g + TRACE_RING_HEADER + r * si->record_bytes;
         const unsigned char *ha = h + TRACE_RING_HEADER + r * si->record_bytes;
-        if (memcmp(ga, ha, 24) != 0) {
+        if (memcmp(ga, ha, TRACE_REC_ID_BYTES) != 0) {
             const long long *x = (const long long *)ga, *y = (const long long *)ha;
             snprintf(why, cap, "record %llu: step/pos/hash gpu {%lld %lld %016llx} cpu {%lld %lld %016llx}",
                      (unsigned long long)r, x[0], x[1], (unsigned long long)x[2], y[0], y[1],
                      (unsigned long long)y[2]);
             return false;
         }
-        const double *gs = (const double *)(ga + 32), *hs = (const double *)(ha + 32);
+        const double *gs = (const double *)(ga + TRACE_REC_STATS_OFF), *hs = (const double *)(ha + TRACE_REC_STATS_OFF);
         for (int k = 0; k < TRACE_N_STATS; k++) {
             double d = fabs(gs[k] - hs[k]), m = fabs(hs[k]);
             bool same = (isnan(gs[k]) && isnan(hs[k])) || d <= 1e-9 * (m > 1 ? m : 1);
@@ -1457,7 +1457,7 @@ static bool ring_equal(hip_ctx *c, const sched_op *op, const unsigned char *g, c
                 return false;
             }
         }
-        if (memcmp(ga + 96, ha + 96, si->record_bytes - 96) != 0) {
+        if (memcmp(ga + TRACE_REC_VALUES_OFF, ha + TRACE_REC_VALUES_OFF, si->record_bytes - TRACE_REC_VALUES_OFF) != 0) {
             snprintf(why, cap, "record %llu: values differ", (unsigned long long)r);
             return false;
         }

@@ -3,6 +3,7 @@
 #include "hip_scratch.h"
 
 #include "../runtime/backend.h"
+#include "../runtime/trace/record.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -76,7 +77,7 @@ int hip_scratch_requests(const sched *s, backend_request *reqs)
     uint64_t heads = (uint64_t)t->num_attention_heads, hd = (uint64_t)t->head_dim;
     uint64_t part = sat_mul(sat_mul(sat_mul(heads, (uint64_t)hip_scratch_max_splits(s)), hd + 2), sizeof(float));
     uint64_t tiles = sat_mul(sat_add(1, sat_mul(3, (uint64_t)hip_scratch_max_tiles(s))), sizeof(int32_t));
-    uint64_t shadow = sat_mul(sat_mul(2 * 4, (uint64_t)hip_scratch_traced(s)), sizeof(unsigned long long));
+    uint64_t shadow = sat_mul(sat_mul(2 * TRACE_HDR_WORDS, (uint64_t)hip_scratch_traced(s)), sizeof(unsigned long long));
     uint64_t bytes[HIP_REQ_COUNT] = {
         [HIP_REQ_PARAMS] = sizeof(hip_step_params),
         [HIP_REQ_FLAGS] = HIP_FLAGS_ARGMAX_OFFSET + sizeof(int32_t),

@@ -15,6 +15,7 @@
 #include "hip_compat.h"
 #include "hip_kernels.h"
 #include "hip_wload.h"
+#include "../runtime/trace/record.h"
 
 /* Tuning switches (chosen by measurement on an H200; see hip/NOTES.md) */
 #ifndef MOERT_GEMV_U
@@ -1790,11 +1791,11 @@ DEV trace_pos trace_pos_of(const hip_trace_args &a)
     p.row0 = sp->trace_row0 < 0 ? 0 : sp->trace_row0;
     p.n = p.row0 < p.n_rows ? p.n_rows - p.row0 : 0;
     p.par = sp->parity & 1;
-    const unsigned long long *hin = a.shadow + ((long long)p.par * a.n_trace + a.ti) * 4;
-    p.written0 = hin[0];
-    p.stored0 = hin[1];
-    p.drops0 = hin[2];
-    p.next0 = hin[3];
+    const unsigned long long *hin = a.shadow + ((long long)p.par * a.n_trace + a.ti) * TRACE_HDR_WORDS;
+    p.written0 = hin[TRACE_HDR_WRITTEN];
+    p.stored0 = hin[TRACE_HDR_STORED];
+    p.drops0 = hin[TRACE_HDR_DROPS];
+    p.next0 = hin[TRACE_HDR_NEXT];
     p.cap = a.cap;
     p.shift = a.logits_last ? p.n_rows - 1 : 0;
     p.W = a.width;
@@ -1809,7 +1810,7 @@ DEV unsigned char *trace_rec_of(const hip_trace_args &a, const trace_pos &p, lon
     if (!accepted)
         return nullptr;
     const unsigned long long slot = (p.next0 + (unsigned long long)i) % (unsigned long long)p.cap;
-    return a.ring + 64 + slot * a.record_bytes;
+    return a.ring + TRACE_RING_HEADER + slot * a.record_bytes;
 }
 
 /* Virtual thread t of `nt`: its serial share of the first pass. */
@@ -1882,20 +1883,20 @@ DEV void trace_write_rec(unsigned char *rec, const hip_trace_args &a, long long 
                          const trace_acc &s, double mean, double var)
 {
     long long *hd = (long long *)rec;
-    hd[0] = a.sp->gen_step;
-    hd[1] = a.sp->pos0 + r;
+    hd[TRACE_REC_STEP_OFF / 8] = a.sp->gen_step;
+    hd[TRACE_REC_POS_OFF / 8] = a.sp->pos0 + r;
     unsigned long long nw = (unsigned long long)W + (ids ? (unsigned long long)W : 0ull);
-    ((unsigned long long *)rec)[2] = mix64(s.h ^ nw);
-    hd[3] = 0;
-    double *st = (double *)(rec + 32);
-    st[0] = (double)W;
-    st[1] = sqrt(s.sumsq);
-    st[2] = mean;
-    st[3] = s.fin > 0 ? sqrt(var / s.fin) : NAN;
-    st[4] = s.fin > 0 ? s.mn : NAN;
-    st[5] = s.fin > 0 ? s.mx : NAN;
-    st[6] = s.n_nan;
-    st[7] = s.n_inf;
+    *(unsigned long long *)(rec + TRACE_REC_HASH_OFF) = mix64(s.h ^ nw);
+    hd[TRACE_REC_PAD_OFF / 8] = 0;
+    double *st = (double *)(rec + TRACE_REC_STATS_OFF);
+    st[TRACE_STAT_COUNT] = (double)W;
+    st[TRACE_STAT_L2] = sqrt(s.sumsq);
+    st[TRACE_STAT_MEAN] = mean;
+    st[TRACE_STAT_STD] = s.fin > 0 ? sqrt(var / s.fin) : NAN;
+    st[TRACE_STAT_MIN] = s.fin > 0 ? s.mn : NAN;
+    st[TRACE_STAT_MAX] = s.fin > 0 ? s.mx : NAN;
+    st[TRACE_STAT_NAN] = s.n_nan;
+    st[TRACE_STAT_INF] = s.n_inf;
 }
 
 /* Tensor mode: the row's values (and ids) after the stats; threads t of nt. */
@@ -1903,11 +1904,11 @@ DEV void trace_copy_values(unsigned char *rec, const float *row, const int32_t *
                            long long nt)
 {
     const unsigned *rw = (const unsigned *)row;
-    unsigned *dv = (unsigned *)(rec + 96);
+    unsigned *dv = (unsigned *)(rec + TRACE_REC_VALUES_OFF);
     for (long long k = t; k < W; k += nt)
         dv[k] = rw[k];
     if (ids) {
-        int32_t *di = (int32_t *)(rec + 96 + W * 4);
+        int32_t *di = (int32_t *)(rec + TRACE_REC_VALUES_OFF + W * 4);
         for (long long k = t; k < W; k += nt)
             di[k] = ids[k];
     }
@@ -1929,11 +1930,11 @@ DEV void trace_write_header(const hip_trace_args &a, const trace_pos &p)
         next = ucap ? (p.next0 + acc) % ucap : 0;
     }
     unsigned long long *hdr = (unsigned long long *)a.ring;
-    unsigned long long *hout = a.shadow + ((long long)(p.par ^ 1) * a.n_trace + a.ti) * 4;
-    hdr[0] = hout[0] = p.written0 + un;
-    hdr[1] = hout[1] = stored;
-    hdr[2] = hout[2] = drops;
-    hdr[3] = hout[3] = next;
+    unsigned long long *hout = a.shadow + ((long long)(p.par ^ 1) * a.n_trace + a.ti) * TRACE_HDR_WORDS;
+    hdr[TRACE_HDR_WRITTEN] = hout[TRACE_HDR_WRITTEN] = p.written0 + un;
+    hdr[TRACE_HDR_STORED] = hout[TRACE_HDR_STORED] = stored;
+    hdr[TRACE_HDR_DROPS] = hout[TRACE_HDR_DROPS] = drops;
+    hdr[TRACE_HDR_NEXT] = hout[TRACE_HDR_NEXT] = next;
 }
 
 /* One slot's capture by blocks bid of nb (the rows are split over them; block 0 writes the

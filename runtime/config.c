@@ -24,6 +24,20 @@ const char *cfg_stage_name(cfg_stage s)
     return (unsigned)s < CFG_STAGE_COUNT ? stage_names[s] : "?";
 }
 
+const char *const cfg_dtype_names[] = {"f32", "bf16", "f16", NULL};
+const char *const cfg_backend_names[] = {"cpu", "hip", NULL};
+const char *const cfg_trace_mode_names[] = {"stats", "tensor", NULL};
+const char *const cfg_trace_positions_names[] = {"last", "all", NULL};
+const char *const cfg_trace_on_full_names[] = {"overwrite", "stop", NULL};
+
+int cfg_name_index(const char *const *table, const char *name)
+{
+    for (int i = 0; name && table[i]; i++)
+        if (!strcmp(table[i], name))
+            return i;
+    return -1;
+}
+
 int cfg_stage_from_name(const char *name)
 {
     if (!name)
@@ -781,7 +795,7 @@ static int parse_weights(load_ctx *c, yaml_node_t *w, moert_err *err)
         yaml_node_t *seed = yamldoc_get(d, syn, "seed"), *dt = yamldoc_get(d, syn, "dtype");
         if (seed && (rc = yamldoc_u64(d, seed, "weights.synth.seed", &cw->synth_seed, err)))
             return rc;
-        static const char *const dtypes[] = {"f32", "bf16", "f16", NULL}; /* cfg_dtype order */
+        const char *const *dtypes = cfg_dtype_names;
         int which;
         if (dt) {
             if ((rc = yaml_enum(d, dt, "weights.synth.dtype", dtypes, &which, err)))
@@ -874,7 +888,7 @@ static int parse_runtime(load_ctx *c, yaml_node_t *r, moert_err *err)
         rt->threads = (int32_t)v;
     }
     if (be) {
-        static const char *const names[] = {"cpu", "hip", NULL};
+        const char *const *names = cfg_backend_names;
         int which;
         if ((rc = yaml_enum(d, be, "runtime.backend", names, &which, err)))
             return rc;
@@ -956,9 +970,8 @@ static int parse_trace(load_ctx *c, yaml_node_t *n, moert_err *err)
         return rc;
     if ((v = yamldoc_get(d, n, "out")) && (rc = parse_path(c, v, "trace.out", false, tp->out_path, err)))
         return rc;
-    static const char *const modes[] = {"stats", "tensor", NULL};
-    static const char *const positions[] = {"last", "all", NULL};
-    static const char *const on_full[] = {"overwrite", "stop", NULL};
+    const char *const *modes = cfg_trace_mode_names, *const *positions = cfg_trace_positions_names;
+    const char *const *on_full = cfg_trace_on_full_names;
     if ((v = yamldoc_get(d, n, "mode"))) {
         if ((rc = yaml_enum(d, v, "trace.mode", modes, &which, err)))
             return rc;

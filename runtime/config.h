@@ -146,6 +146,16 @@ typedef enum cfg_trace_mode { CFG_TRACE_STATS = 0, CFG_TRACE_TENSOR = 1 } cfg_tr
 typedef enum cfg_trace_positions { CFG_TRACE_LAST = 0, CFG_TRACE_ALL = 1 } cfg_trace_positions;
 typedef enum cfg_trace_on_full { CFG_TRACE_OVERWRITE = 0, CFG_TRACE_STOP = 1 } cfg_trace_on_full;
 
+/* Name tables, in enum order and NULL-terminated: the one spelling that the config, the
+ * trace manifest writer and its reader share.  An unknown name is an error everywhere. */
+extern const char *const cfg_dtype_names[];          /* cfg_dtype: f32, bf16, f16 */
+extern const char *const cfg_backend_names[];        /* cfg_backend: cpu, hip */
+extern const char *const cfg_trace_mode_names[];     /* cfg_trace_mode: stats, tensor */
+extern const char *const cfg_trace_positions_names[]; /* cfg_trace_positions: last, all */
+extern const char *const cfg_trace_on_full_names[];  /* cfg_trace_on_full: overwrite, stop */
+/* The index of name in a NULL-terminated table; -1 when absent (or name is NULL). */
+int cfg_name_index(const char *const *table, const char *name);
+
 typedef struct cfg_trace_plan {
     bool enabled;
     char out_path[CFG_PATH_MAX];   /* may be empty: then only --trace FILE enables output */

@@ -12,7 +12,13 @@
 
 #include "../runtime/session.h"
 #include "../runtime/st.h"
+#include "../runtime/trace/diff.h"
+#include "../runtime/trace/record.h"
+#include "../runtime/trace/replay.h"
+#include "../runtime/trace/rowcmp.h"
+#include "../runtime/trace/trace.h"
 #include "../runtime/trace/trace_file.h"
+#include "../runtime/trace/validate.h"
 #include "util.h"
 
 #define OUTCAP 65536
@@ -502,7 +508,7 @@ static void test_wide_and_long_inputs(void)
           cf);
     fclose(cf);
     CU_ASSERT_EQUAL(sh("./moert validate %s %s", c, t), 1);
-    CU_ASSERT_PTR_NOT_NULL(strstr(out, "FAIL l0.moe_router.experts record 0 (step 0, position 0): distinct: id 0 "
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "FAIL l0.moe_router.experts record 0 (layer 0, step 0, position 0): distinct: id 0 "
                                        "repeated at column 999999"));
     /* two plain files of a million rows each: rows matched by position */
     const st_write_spec col[] = {{"embed", ST_F32, 2, {W, 1}}};
@@ -514,7 +520,9 @@ static void test_wide_and_long_inputs(void)
         CU_ASSERT_EQUAL(st_writer_write(w, f, (size_t)W * 4, &e), MOERT_OK);
         CU_ASSERT_EQUAL_FATAL(st_writer_finish(w, &e), MOERT_OK);
     }
-    CU_ASSERT_EQUAL(sh("./moert diff %s %s --json", a, b), 0);
+    /* they differ by 0.5 everywhere: beyond the default tolerance, within --atol 0.5 */
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s --atol 0.5", a, b), 0);
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s --json", a, b), 1);
     json_error_t je;
     json_t *j = json_loads(out, 0, &je);
     CU_ASSERT_PTR_NOT_NULL_FATAL(j);
@@ -675,6 +683,11 @@ static const struct {
      "moert replay: {T}: manifest trace: \"layers[1]\" is 100000, expected a layer index in [0, 4) not listed before\n"},
     {"trace/mode", "\"full\"", "replay {T}",
      "moert replay: {T}: manifest trace: \"mode\" is \"full\", expected one of: stats, tensor\n"},
+    /* an unknown mode once read as stats: every reader refuses it */
+    {"trace/mode", "\"Tensor\"", "validate contracts/qwen3moe-trace-v1.yaml {T}",
+     "moert validate: {T}: manifest trace: \"mode\" is \"Tensor\", expected one of: stats, tensor\n"},
+    {"trace/mode", "-", "diff {T} {T}",
+     "moert diff: {T}: manifest trace: \"mode\" is missing, expected one of: stats, tensor\n"},
     {"backend", "\"tpu\"", "replay {T}", "moert replay: {T}: manifest: \"backend\" is \"tpu\", expected one of: cpu, hip\n"},
     {"weights/source", "\"s3\"", "replay {T}",
      "moert replay: {T}: manifest weights: \"source\" is \"s3\", expected one of: synth, path\n"},
@@ -736,6 +749,293 @@ static void test_bad_manifest_catalogue(void)
     }
 }
 
+
+/* ---- the engines, planted cases --------------------------------------------------- */
+
+/* rowcmp against hand-computed figures: a = (1, 2, NaN, 2), b = (1, 2, 3, Inf) */
+static void test_rowcmp(void)
+{
+    const float a[] = {1, 2, NAN, 2}, b[] = {1, 2, 3, INFINITY}, c[] = {2, 2, 3, 4};
+    trace_cmp x = {0};
+    trace_cmp_add(&x, a, b, 4);
+    CU_ASSERT_EQUAL(x.nan_a, 1);
+    CU_ASSERT_EQUAL(x.inf_b, 1);
+    CU_ASSERT_EQUAL(x.nonfinite, 2);
+    CU_ASSERT_DOUBLE_EQUAL(trace_cmp_cos(&x), 1.0, 1e-15); /* over the finite pairs only */
+    trace_cmp y = {0};
+    trace_cmp_add(&y, c, b + 0, 2); /* (2, 2) vs (1, 2) */
+    CU_ASSERT_DOUBLE_EQUAL(y.max_abs, 1.0, 0);
+    CU_ASSERT_DOUBLE_EQUAL(trace_cmp_rel(&y), 1.0 / sqrt(5.0), 1e-15);
+    CU_ASSERT_DOUBLE_EQUAL(trace_cmp_cos(&y), 6.0 / (sqrt(8.0) * sqrt(5.0)), 1e-15);
+}
+
+static void flip_hash(const char *name, st_write_spec *spec, uint8_t *data, size_t *len)
+{
+    (void)spec;
+    (void)len;
+    if (!strcmp(name, "l1.attn_out@meta"))
+        ((int64_t *)data)[2 * TRACE_META_COLS + TRACE_META_HASH] ^= 1; /* record 2 */
+}
+
+static void scale_stage(const char *name, st_write_spec *spec, uint8_t *data, size_t *len)
+{
+    (void)spec;
+    if (!strcmp(name, "l2.ffn_norm"))
+        for (size_t i = 0; i < *len / 4; i++)
+            ((float *)data)[i] *= 1.001f;
+}
+
+static void edit_expert(const char *name, st_write_spec *spec, uint8_t *data, size_t *len)
+{
+    (void)spec;
+    (void)len;
+    if (!strcmp(name, "l3.moe_router.experts"))
+        ((int32_t *)data)[5] ^= 1;
+}
+
+static void inf_in_qkv(const char *name, st_write_spec *spec, uint8_t *data, size_t *len)
+{
+    (void)spec;
+    (void)len;
+    if (!strcmp(name, "l0.qkv"))
+        ((float *)data)[7] = INFINITY;
+}
+
+static void nan_inf_in_output(const char *name, st_write_spec *spec, uint8_t *data, size_t *len)
+{
+    (void)spec;
+    (void)len;
+    if (!strcmp(name, "l1.output")) {
+        ((float *)data)[3] = NAN;
+        ((float *)data)[4] = INFINITY;
+    }
+}
+
+static void impossible_stats(const char *name, st_write_spec *spec, uint8_t *data, size_t *len)
+{
+    (void)spec;
+    (void)len;
+    if (!strcmp(name, "embed@stats"))
+        ((double *)data)[1 * TRACE_N_STATS + TRACE_STAT_STD] = -1; /* record 1 */
+}
+
+/* replay checks the recording against itself first: every tampered row or hash is refused
+ * as corrupt (exit 2), naming stage, layer and record; the engine says the same. */
+static void test_replay_refuses_corrupt(void)
+{
+    const char *fx = "tests/fixtures/replay/default.trace";
+    const char *t = default_trace("c.trace", 2, 64, "tensor"), *bad = tmp("corrupt.trace");
+    CU_ASSERT_EQUAL(sh("./moert replay %s", t), 0);
+    struct {
+        const char *src;
+        mutate_fn fn;
+        const char *want;
+    } cases[] = {
+        {t, nan_in_output, "stage output (layer 0), record 0"},
+        {t, inf_in_qkv, "stage qkv (layer 0), record 0"},
+        {t, edit_expert, "stage moe_router (layer 3), record 1"},
+        {t, scale_stage, "stage ffn_norm (layer 2), record 0"},
+        {t, flip_hash, "stage attn_out (layer 1), record 2"},
+        {fx, impossible_stats, "stage embed (layer -1), record 1"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        CU_ASSERT_EQUAL_FATAL(rewrite_trace(cases[i].src, bad, cases[i].fn), 0);
+        CU_ASSERT_EQUAL(sh("./moert replay %s", bad), 2);
+        CU_ASSERT_PTR_NOT_NULL(strstr(errb, "corrupt trace"));
+        if (!strstr(errb, cases[i].want))
+            fprintf(stderr, "\n    case %zu: %s", i, errb);
+        CU_ASSERT_PTR_NOT_NULL(strstr(errb, cases[i].want));
+        CU_ASSERT_PTR_NULL(strstr(out, "bit-exact"));
+    }
+    /* the engine alone */
+    CU_ASSERT_EQUAL_FATAL(rewrite_trace(t, bad, flip_hash), 0);
+    trace_file tf;
+    moert_err e = {0};
+    CU_ASSERT_EQUAL_FATAL(trace_file_open(bad, &tf, &e), MOERT_OK);
+    CU_ASSERT_EQUAL(trace_verify(&tf, bad, &e), MOERT_EFORMAT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "hashes to"));
+    trace_file_close(&tf);
+    CU_ASSERT_EQUAL_FATAL(trace_file_open(t, &tf, &e), MOERT_OK);
+    CU_ASSERT_EQUAL(trace_verify(&tf, t, &e), MOERT_OK);
+    trace_file_close(&tf);
+}
+
+/* A changed weight byte, recorded in stats mode: replay names the stat and both values;
+ * diff of the two stats traces names the first divergent record. */
+static void test_stats_divergence(void)
+{
+    const char *dir = tmp("model-s");
+    CU_ASSERT_EQUAL_FATAL(sh("./moert synth configs/qwen3moe.yaml --out %s --shard-mb 16", dir), 0);
+    const char *a = tmp("s-a.trace"), *b = tmp("s-b.trace");
+    /* -n 1: the prompt only (a later step would see another token: other inputs, not drift) */
+    const char *run = "./moert run %s --tokens 9707,11,1879 -n 1 --trace %s --trace-positions all";
+    CU_ASSERT_EQUAL_FATAL(sh(run, dir, a), 0);
+    char shard[1024];
+    long off = tensor_file_offset(dir, "model.layers.2.self_attn.o_proj.weight", shard, sizeof shard);
+    CU_ASSERT_FATAL(off > 0);
+    FILE *f = fopen(shard, "r+b");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fseek(f, off + 1, SEEK_SET);
+    int byte = fgetc(f);
+    fseek(f, off + 1, SEEK_SET);
+    fputc(byte ^ 0x40, f);
+    fclose(f);
+    CU_ASSERT_EQUAL_FATAL(sh(run, dir, b), 0);
+    /* different weights: refused unless --force */
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s", a, b), 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "different weights"));
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s --force", a, b), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "first divergence: l2.attn_out at step 0, position 0"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "first divergent record 0 (step 0, position 0): l2 "));
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s --force --json", a, b), 1);
+    json_error_t je;
+    json_t *j = json_loads(out, 0, &je);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    size_t i;
+    json_t *x;
+    int identical = 0;
+    json_array_foreach(json_object_get(j, "stages"), i, x)
+    {
+        const char *name = json_string_value(json_object_get(x, "name"));
+        bool before = !strncmp(name, "l0.", 3) || !strncmp(name, "l1.", 3) || !strcmp(name, "embed") ||
+                      !strcmp(name, "l2.attn_norm") || !strcmp(name, "l2.qkv");
+        if (strstr(name, "moe_router")) {
+            /* stats traces keep the router's ids and weights: compared by value */
+            CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(x, "compared")), "values");
+            CU_ASSERT_EQUAL(json_real_value(json_object_get(x, "max_abs")) == 0.0, before);
+            continue;
+        }
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(x, "compared")), "stats");
+        CU_ASSERT_EQUAL(json_is_true(json_object_get(x, "identical")), before);
+        identical += before;
+        if (!strcmp(name, "l2.attn_out")) {
+            json_t *fr = json_object_get(x, "first_divergent_record");
+            CU_ASSERT_EQUAL(json_integer_value(json_object_get(fr, "step")), 0);
+            CU_ASSERT_EQUAL(json_integer_value(json_object_get(fr, "position")), 0);
+            CU_ASSERT(json_array_size(json_object_get(fr, "stats")) > 0);
+        }
+    }
+    CU_ASSERT(identical >= 10);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_object_get(j, "first_divergence"), "stage")),
+                           "l2.attn_out");
+    json_decref(j);
+    /* replay of the stats recording against the changed weights: which stat, both values */
+    CU_ASSERT_EQUAL(sh("./moert replay %s --weights %s --force", a, dir), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "layer 2, stage attn_out"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "recorded"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "replayed"));
+    CU_ASSERT_PTR_NULL(strstr(out, "difference 0 "));
+}
+
+/* diff: NaN and Inf in the text table and a mismatch; tolerance exits 0 / 1 / 2; other
+ * prompts and other models refused. */
+static void test_diff_gate(void)
+{
+    const char *t = default_trace("g.trace", 2, 64, "tensor"), *bad = tmp("g-bad.trace");
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s", t, t), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "bit-identical"));
+    /* NaN and Inf: in the text table, beyond any tolerance */
+    CU_ASSERT_EQUAL_FATAL(rewrite_trace(t, bad, nan_inf_in_output), 0);
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s --tolerance 1", bad, t), 1);
+    const char *line = strstr(out, "\nl1.output ");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(line);
+    char row[256];
+    snprintf(row, sizeof row, "%.*s", (int)strcspn(line + 1, "\n"), line + 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(row, " 1/0 ")); /* nan a/b */
+    CU_ASSERT_PTR_NOT_NULL(strstr(row, "BEYOND"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "first divergence: l1.output at step 0, position 0"));
+    /* a stage scaled by 1.001: relative error 1e-3 */
+    CU_ASSERT_EQUAL_FATAL(rewrite_trace(t, bad, scale_stage), 0);
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s", bad, t), 1);
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s --tolerance 1e-4", bad, t), 1);
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s --tolerance 2e-3", bad, t), 0);
+    const char *jf = tmp("g-positions.json");
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s --tolerance 2e-3 --json --positions > %s", bad, t, jf), 0);
+    json_error_t je;
+    json_t *j = json_load_file(jf, 0, &je);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    size_t i;
+    json_t *x;
+    json_array_foreach(json_object_get(j, "stages"), i, x)
+        if (!strcmp(json_string_value(json_object_get(x, "name")), "l2.ffn_norm")) {
+            CU_ASSERT_DOUBLE_EQUAL(json_real_value(json_object_get(x, "rel_err")), 1e-3, 2e-5);
+            CU_ASSERT_EQUAL(json_array_size(json_object_get(x, "positions")), 8); /* 5 prompt + 3 decoded */
+        }
+    json_decref(j);
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s --tolerance -1", bad, t), 2);
+    /* an edited expert id: a top-k flip, with the router-logit margin there */
+    CU_ASSERT_EQUAL_FATAL(rewrite_trace(t, bad, edit_expert), 0);
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s --tolerance 1", bad, t), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "top-k differs at step 0, position 1: 3 of the experts agree; router-logit margin"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "first divergence: l3.moe_router at step 0, position 1"));
+    /* other prompts are refused, --force compares anyway */
+    const char *p = tmp("g-other.trace");
+    CU_ASSERT_EQUAL_FATAL(sh("./moert run configs/qwen3moe.yaml --tokens 9707,11,1879,0,577 -n 4 --trace %s "
+                             "--trace-mode tensor --trace-positions all", p), 0);
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s", t, p), 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "different prompts"));
+    CU_ASSERT_EQUAL(sh("./moert diff %s %s --force", t, p), 1);
+    /* another model's reference file: refused */
+    CU_ASSERT_EQUAL(sh("./moert diff %s tests/fixtures/hf/gqa4-hd24/reference.safetensors", t), 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "not a reference of"));
+    /* the engine: a missing file is unusable input, no report */
+    json_t *rep = (json_t *)1;
+    moert_err e = {0};
+    trace_diff_opts o = {.rtol = -1};
+    CU_ASSERT_EQUAL(trace_diff(t, tmp("nope.trace"), &o, &rep, &e), MOERT_EIO);
+    CU_ASSERT_PTR_NULL(rep);
+    CU_ASSERT_EQUAL(trace_diff(t, t, &o, &rep, &e), MOERT_OK);
+    CU_ASSERT(json_is_true(json_object_get(json_array_get(json_object_get(rep, "stages"), 0), "beyond_tolerance")) == 0);
+    json_decref(rep);
+}
+
+/* validate: drops are a violation (--allow-drops accepts them) and `run` names the rings;
+ * unproven rules are JUnit <skipped/>; swapped arguments are recognised. */
+static void test_validate_drops_and_skipped(void)
+{
+    const char *cfgp = tmp("drops.yaml"), *t = tmp("drops.trace"), *junit = tmp("drops.xml");
+    CU_ASSERT_EQUAL_FATAL(sh("sed -e 's/capacity: 4096 /capacity: 3    /' -e 's#\\.\\./#%s/#g' "
+                             "configs/qwen3moe.yaml > %s", getcwd((char[1024]){0}, 1024), cfgp), 0);
+    int rc = sh("./moert run %s --prompt Hello -n 8 --trace %s", cfgp, t);
+    if (rc)
+        fprintf(stderr, "\n    %s", errb);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "warning: 33 trace rings were full and dropped records: embed (5 of 8), l0.attn_norm (5 of 8)"));
+    CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s --junit %s", t, junit), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "FAIL embed: drops: the ring dropped 5 of 8 records"));
+    CU_ASSERT_EQUAL(sh("xmllint --noout %s", junit), 0);
+    CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s --allow-drops --junit %s", t, junit), 0);
+    CU_ASSERT_EQUAL(sh("xmllint --xpath 'count(//testcase[@name=\"l1.moe_router\"]/skipped)' %s", junit), 0);
+    CU_ASSERT_EQUAL(atoi(out), 2); /* index_range and distinct of its expert ids */
+    CU_ASSERT_EQUAL(sh("xmllint --xpath 'string(//testcase[@name=\"l1.moe_router\"]/skipped[1]/@message)' %s", junit), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "not checked: needs the values"));
+    CU_ASSERT_EQUAL(sh("xmllint --xpath 'string(//testsuite/@skipped)' %s", junit), 0);
+    CU_ASSERT_EQUAL(atoi(out), 6); /* the same two in each of the 3 routed layers */
+    CU_ASSERT_EQUAL(sh("./moert validate %s contracts/qwen3moe-trace-v1.yaml", t), 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "wrong order"));
+    /* a failure in JUnit names record, step and position */
+    const char *v = default_trace("jv.trace", 2, 64, "tensor"), *bad = tmp("jv-bad.trace");
+    CU_ASSERT_EQUAL_FATAL(rewrite_trace(v, bad, nan_in_output), 0);
+    CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s --junit %s", bad, junit), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "FAIL l0.output record 0 (layer 0, step 0, position 0): finite"));
+    CU_ASSERT_EQUAL(sh("xmllint --xpath 'string(//testcase[@name=\"l0.output\"]/failure/@message)' %s", junit), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "l0.output (record 0, step 0, position 0)"));
+    /* the engine alone */
+    json_t *rep = NULL;
+    moert_err e = {0};
+    trace_vopts o = {.allow_drops = false};
+    CU_ASSERT_EQUAL(trace_validate("contracts/qwen3moe-trace-v1.yaml", t, &o, &rep, &e), MOERT_ECHECK);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(rep, "violation_count")), 33);
+    json_decref(rep);
+    o.allow_drops = true;
+    CU_ASSERT_EQUAL(trace_validate("contracts/qwen3moe-trace-v1.yaml", t, &o, &rep, &e), MOERT_OK);
+    char *xml = trace_junit_xml(rep);
+    CU_ASSERT_PTR_NOT_NULL(xml);
+    CU_ASSERT_PTR_NOT_NULL(strstr(xml, "<skipped message=\"l1.moe_router.experts: index_range not checked"));
+    free(xml);
+    json_decref(rep);
+}
+
 void suite_trace(void)
 {
     CU_pSuite s = CU_add_suite("trace", NULL, NULL);
@@ -749,4 +1049,9 @@ void suite_trace(void)
     CU_add_test(s, "contract mismatch refuses to start", test_contract_refuses_plan);
     CU_add_test(s, "bad manifest catalogue: exit 2, the field named", test_bad_manifest_catalogue);
     CU_add_test(s, "a million ids in a row, a million rows: no quadratic work", test_wide_and_long_inputs);
+    CU_add_test(s, "rowcmp: hand-computed figures", test_rowcmp);
+    CU_add_test(s, "replay refuses tampered rows and flipped hashes", test_replay_refuses_corrupt);
+    CU_add_test(s, "stats traces of a changed weight byte: first divergent record", test_stats_divergence);
+    CU_add_test(s, "diff as a gate: NaN/Inf, tolerance exits, refusals, top-k flips", test_diff_gate);
+    CU_add_test(s, "validate: drops, JUnit skipped (xmllint), swapped arguments", test_validate_drops_and_skipped);
 }

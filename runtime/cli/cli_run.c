@@ -270,6 +270,10 @@ int cli_run(int argc, char **argv, moert_err *err)
                                .generated_ids = gen_ids, .n_generated = n_gen};
         if ((st = trace_file_write(s, cfg->trace.out_path, &info, err)))
             goto done;
+        char dropped[2048];
+        size_t nd = trace_file_dropped(s, dropped, sizeof dropped);
+        if (nd)
+            fprintf(stderr, "moert: warning: %zu trace rings were full and dropped records: %s\n", nd, dropped);
     }
     const sess_stats *ss = &s->stats;
     int64_t decode_steps = ss->generated_tokens > 1 ? ss->generated_tokens - 1 : 0;

@@ -2,9 +2,26 @@
 #include "trace.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The structs are the C view of record.h's layout (checked here, not in trace.h: C++ reads
+ * that header too). */
+_Static_assert(sizeof(trace_ring_header) == TRACE_RING_HEADER, "ring header size");
+_Static_assert(offsetof(trace_ring_header, written) == 8 * TRACE_HDR_WRITTEN &&
+                   offsetof(trace_ring_header, stored) == 8 * TRACE_HDR_STORED &&
+                   offsetof(trace_ring_header, drops) == 8 * TRACE_HDR_DROPS &&
+                   offsetof(trace_ring_header, next) == 8 * TRACE_HDR_NEXT,
+               "ring header words");
+_Static_assert(offsetof(trace_record, step) == TRACE_REC_STEP_OFF &&
+                   offsetof(trace_record, pos) == TRACE_REC_POS_OFF &&
+                   offsetof(trace_record, hash) == TRACE_REC_HASH_OFF &&
+                   offsetof(trace_record, pad) == TRACE_REC_PAD_OFF &&
+                   offsetof(trace_record, stats) == TRACE_REC_STATS_OFF &&
+                   sizeof(trace_record) == TRACE_REC_VALUES_OFF,
+               "record layout");
 
 struct trace_rt {
     cfg_trace_plan plan;
@@ -22,7 +39,7 @@ static uint64_t record_bytes(const cfg_trace_plan *plan, cfg_stage stage, int64_
         if (stage == CFG_STAGE_MOE_ROUTER)
             b += (uint64_t)width * sizeof(int32_t);
     }
-    return (b + 15) / 16 * 16;
+    return (b + TRACE_REC_ALIGN - 1) / TRACE_REC_ALIGN * TRACE_REC_ALIGN;
 }
 
 int trace_rt_create(const cfg_trace_plan *plan, trace_rt **out, moert_err *err)

@@ -24,14 +24,8 @@
 #include "../config.h"
 #include "../err.h"
 #include "../sched.h"
+#include "record.h"
 
-/* ActivationStats, in this order in files (F64). */
-enum {
-    TRACE_STAT_COUNT = 0, TRACE_STAT_L2, TRACE_STAT_MEAN, TRACE_STAT_STD, TRACE_STAT_MIN,
-    TRACE_STAT_MAX, TRACE_STAT_NAN, TRACE_STAT_INF, TRACE_N_STATS
-};
-
-#define TRACE_RING_HEADER 64u
 
 /* Ring header at the start of every ring buffer. */
 typedef struct trace_ring_header {

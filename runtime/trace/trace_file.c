@@ -38,11 +38,6 @@ static json_t *topology_json(const cfg_topology *t)
     return o;
 }
 
-static const char *dtype_name(cfg_dtype d)
-{
-    return d == CFG_DTYPE_F32 ? "f32" : d == CFG_DTYPE_F16 ? "f16" : "bf16";
-}
-
 static json_t *ids_json(const int32_t *ids, int64_t n)
 {
     json_t *a = json_array();
@@ -66,7 +61,7 @@ static json_t *manifest_json(sess *s, const trace_run_info *info, uint64_t finge
     if (c->weights.synth) {
         json_object_set_new(w, "source", json_string("synth"));
         json_object_set_new(w, "seed", json_integer((json_int_t)c->weights.synth_seed));
-        json_object_set_new(w, "dtype", json_string(dtype_name(c->weights.synth_dtype)));
+        json_object_set_new(w, "dtype", json_string(cfg_dtype_names[c->weights.synth_dtype]));
     } else {
         json_object_set_new(w, "source", json_string("path"));
         json_object_set_new(w, "path", json_string(c->weights.path));
@@ -98,10 +93,10 @@ static json_t *manifest_json(sess *s, const trace_run_info *info, uint64_t finge
     json_object_set_new(m, "generated_ids", ids_json(info->generated_ids, info->n_generated));
     const cfg_trace_plan *p = &c->trace;
     json_t *tp = json_object();
-    json_object_set_new(tp, "mode", json_string(p->mode == CFG_TRACE_TENSOR ? "tensor" : "stats"));
-    json_object_set_new(tp, "positions", json_string(p->positions == CFG_TRACE_ALL ? "all" : "last"));
+    json_object_set_new(tp, "mode", json_string(cfg_trace_mode_names[p->mode]));
+    json_object_set_new(tp, "positions", json_string(cfg_trace_positions_names[p->positions]));
     json_object_set_new(tp, "capacity", json_integer(p->capacity));
-    json_object_set_new(tp, "on_full", json_string(p->on_full == CFG_TRACE_STOP ? "stop" : "overwrite"));
+    json_object_set_new(tp, "on_full", json_string(cfg_trace_on_full_names[p->on_full]));
     json_t *stages = json_array();
     for (int st = 0; st < CFG_STAGE_COUNT; st++)
         if (p->stages & (1u << st))
@@ -250,6 +245,27 @@ out:
     free(specs);
     free(names);
     return st;
+}
+
+size_t trace_file_dropped(sess *s, char *buf, size_t cap)
+{
+    size_t n = 0, len = 0;
+    if (cap)
+        buf[0] = 0;
+    for (size_t i = 0; s->trace && i < trace_rt_count(s->trace); i++) {
+        const trace_slot_info *si = trace_rt_slot(s->trace, i);
+        trace_ring_header h; /* the host copy trace_file_write read back */
+        memcpy(&h, s->be.vt->host_ptr(&s->be, si->ring_buf), sizeof h);
+        if (!h.drops)
+            continue;
+        char label[64];
+        trace_label(label, sizeof label, si->stage, si->layer);
+        if (len < cap)
+            len += (size_t)snprintf(buf + len, cap - len, "%s%s (%llu of %llu)", n ? ", " : "", label,
+                                    (unsigned long long)h.drops, (unsigned long long)h.written);
+        n++;
+    }
+    return n;
 }
 
 /* ---- reading ----------------------------------------------------------------------- */
@@ -520,8 +536,10 @@ int trace_file_open(const char *path, trace_file *out, moert_err *err)
         goto fail;
     }
     const json_t *tp = json_object_get(out->manifest, "trace");
-    const json_t *mode = json_object_get(tp, "mode");
-    out->tensor_mode = json_is_string(mode) && !strcmp(json_string_value(mode), "tensor");
+    int mode;
+    if ((st = want_enum(tp, "mode", cfg_trace_mode_names, &mode, path, "trace", err)))
+        goto fail;
+    out->tensor_mode = mode == CFG_TRACE_TENSOR;
     const json_t *rings = json_object_get(out->manifest, "rings");
     if (!json_is_array(rings) || json_array_size(rings) > MF_MAX_RINGS) {
         st = err_set(err, MOERT_EFORMAT, "%s: manifest: \"rings\" is %s%s, expected an array of at most %zu rings",
@@ -599,11 +617,9 @@ static int manifest_config(const json_t *m, const char *path, cfg_config *cfg, m
     const json_t *w = json_object_get(m, "weights"), *tp = json_object_get(m, "trace");
     const json_t *sp = json_object_get(m, "sampling");
     static const char *const sources[] = {"synth", "path", NULL};
-    static const char *const dtypes[] = {"f32", "bf16", "f16", NULL}; /* cfg_dtype order */
-    static const char *const backends[] = {"cpu", "hip", NULL};       /* cfg_backend order */
-    static const char *const modes[] = {"stats", "tensor", NULL};
-    static const char *const positions[] = {"last", "all", NULL};
-    static const char *const on_full[] = {"overwrite", "stop", NULL};
+    const char *const *dtypes = cfg_dtype_names, *const *backends = cfg_backend_names;
+    const char *const *modes = cfg_trace_mode_names, *const *positions = cfg_trace_positions_names;
+    const char *const *on_full = cfg_trace_on_full_names;
     const char *sections[] = {"weights", "trace", "sampling"};
     const json_t *sv[] = {w, tp, sp};
     for (int i = 0; i < 3; i++)

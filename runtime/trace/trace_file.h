@@ -37,6 +37,10 @@ typedef struct trace_run_info {
 /* Writes the session's rings and manifest to `path`. */
 int trace_file_write(sess *s, const char *path, const trace_run_info *info, moert_err *err);
 
+/* After trace_file_write: the rings that dropped records, as "LABEL (D of W)" joined by
+ * ", " into buf (cut to fit); returns how many rings dropped (0: buf is ""). */
+size_t trace_file_dropped(sess *s, char *buf, size_t cap);
+
 
 /* ---- reading ------------------------------------------------------------------------ */
 

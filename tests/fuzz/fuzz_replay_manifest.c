@@ -1,9 +1,11 @@
 /* A trace manifest (the fuzzer's bytes) inside the tensors of a small recorded trace
  * (tests/fuzz/data/tiny.trace): trace_file_open's ring checks, then replay's checks of the
- * recorded run (trace_manifest_run).  Nothing is run. */
+ * recorded run (trace_manifest_run), and the recording's self-consistency check
+ * (trace_verify, as trace_replay_open does).  Nothing is run. */
 #include <string.h>
 
 #include "../../runtime/st.h"
+#include "../../runtime/trace/replay.h"
 #include "../../runtime/trace/trace_file.h"
 #include "fuzz.h"
 
@@ -64,6 +66,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_check_status(st, &e, false);
     if (st)
         return 0;
+    moert_err ev = {0};
+    int vst = trace_verify(&tf, path, &ev);
+    fuzz_check_status(vst, &ev, false);
     int32_t *prompt, *gen;
     int64_t np, ng;
     st = trace_manifest_run(tf.manifest, path, &cfg, &prompt, &np, &gen, &ng, &e);
