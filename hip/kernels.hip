@@ -1295,12 +1295,15 @@ __global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int
     float *probs = (float *)dyn_smem4;
     stage_lane_owned(probs, logits + (long long)r * E, E, lane);
     route_warp(w + (long long)r * K, ids + (long long)r * K, E, K, norm, dyn_smem4);
-    if (w2 && lane == 0) { /* the snapshot of a traced row: lane 0 wrote all of it */
+    /* the snapshots of traced rows (each output on its own: either may be rewritten later
+     * in the step without the other); lane 0 wrote all of both */
+    if (lane == 0)
         for (int j = 0; j < K; j++) {
-            w2[(long long)r * K + j] = w[(long long)r * K + j];
-            ids2[(long long)r * K + j] = ids[(long long)r * K + j];
+            if (w2)
+                w2[(long long)r * K + j] = w[(long long)r * K + j];
+            if (ids2)
+                ids2[(long long)r * K + j] = ids[(long long)r * K + j];
         }
-    }
 }
 
 /* ---- MoE grouping (prefill) ------------------------------------------------------------
