@@ -161,6 +161,13 @@ static void test_plan_cli(void)
     CU_ASSERT_EQUAL(sh("./moert plan %s --gpus 4 --device-memory lots", cfg), 2);
     /* a CPU plan checks device memory only when asked */
     CU_ASSERT_EQUAL(sh("./moert plan %s --backend cpu --max-seq-len 64", "configs/qwen3-30b-a3b.yaml"), 0);
+    /* the CLI's replay takes --gpus: a 4-rank trace replays bit-exactly on 2; 3 is refused */
+    CU_ASSERT_EQUAL(sh("./moert run configs/qwen3moe.yaml --tokens 1,2,3 -n 3 --gpus 4 --trace build/test-gpus4.trace"), 0);
+    CU_ASSERT_EQUAL(sh("./moert replay build/test-gpus4.trace --gpus 2"), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "bit-exact"));
+    CU_ASSERT_EQUAL(sh("./moert replay build/test-gpus4.trace --gpus 3"), 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "expected 1, 2, 4 or 8"));
+    remove("build/test-gpus4.trace");
     /* the hip backend refuses more than one GPU by name (before any weights are made) */
     CU_ASSERT_EQUAL(sh("./moert run configs/qwen3moe.yaml --backend hip --gpus 2 --tokens 1,2"), 2);
     CU_ASSERT_PTR_NOT_NULL(strstr(errb, "runtime.gpus = 2"));

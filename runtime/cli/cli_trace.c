@@ -223,7 +223,7 @@ int cli_replay(int argc, char **argv, moert_err *err)
         i++;
     }
     if (!path)
-        return err_set(err, MOERT_EUSAGE, "usage: moert replay TRACE [--tolerance X] [--backend B] [--threads N]");
+        return err_set(err, MOERT_EUSAGE, "usage: moert replay TRACE [--tolerance X] [--backend B] [--threads N] [--gpus N]");
     if (ov.trace_file || ov.trace_mode || ov.trace_positions || ov.seed || ov.temp || ov.top_k || ov.top_p)
         return err_set(err, MOERT_EUSAGE, "replay takes the trace plan and sampling from the recording");
     trace_replay r;
@@ -249,6 +249,15 @@ int cli_replay(int argc, char **argv, moert_err *err)
             goto done;
         }
         cfg->rt.backend = (cfg_backend)b;
+    }
+    if (ov.gpus) { /* a trace recorded on N ranks replays on any other count */
+        if ((st = cli_parse_i64("--gpus", ov.gpus, 1, 8, &k, err)))
+            goto done;
+        if (!cfg_gpus_valid(k)) {
+            st = err_set(err, MOERT_EUSAGE, "--gpus: expected 1, 2, 4 or 8, got %s", ov.gpus);
+            goto done;
+        }
+        cfg->rt.gpus = (int32_t)k;
     }
     if (ov.weights) {
         cfg->weights.synth = false;
