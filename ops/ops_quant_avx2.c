@@ -458,93 +458,11 @@ INL512 void q_rows512(ops_dtype t, const float *x, const uint8_t *const rw[4], i
         *out[r] = ops_x86_combine_pairs(acc[r][0], acc[r][1]);
 }
 
-/* Q6_K with VBMI: a super-block's 256 quants as q - 32 in four registers of signed bytes,
- * 64 at a time: the low nibbles and the two high bits merged by one ternary-logic op (bits
- * 6-7 left as they fall), then vpermb, which reads index bits 0-5 only, maps q to q - 32.
- * Register j holds elements 64j .. 64j + 63 in order, i.e. steps 2j and 2j + 1. */
-#define AVX512VB __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi")))
-#define INL512VB AVX512VB static inline __attribute__((always_inline))
-
-INL512VB void q6_k_bytes512(const uint8_t *b, __m512i out[4])
-{
-    const __m512i minus32 = _mm512_set_epi8(
-        31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5,
-        4, 3, 2, 1, 0, -1, -2, -3, -4, -5, -6, -7, -8, -9, -10, -11, -12, -13, -14, -15, -16, -17, -18, -19, -20,
-        -21, -22, -23, -24, -25, -26, -27, -28, -29, -30, -31, -32);
-    /* per 16-bit lane shift counts: elements 0-31 of a half take qh bits 0-1 (or 4-5), 32-63
-     * bits 2-3 (or 6-7) */
-    const __m512i up01 = _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi16(4), _mm512_set1_epi16(2));
-    const __m512i dn23 = _mm512_mask_blend_epi64(0xf0, _mm512_setzero_si512(), _mm512_set1_epi16(2));
-    const __m512i m15 = _mm512_set1_epi8(15);
-    for (int h = 0; h < 2; h++) {
-        __m512i ql = _mm512_loadu_si512(b + 64 * h);
-        __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h)));
-        /* m15 ? ql : qh, bit by bit */
-        __m512i i01 = _mm512_ternarylogic_epi32(m15, ql, _mm512_sllv_epi16(qh, up01), 0xca);
-        __m512i i23 = _mm512_ternarylogic_epi32(m15, _mm512_srli_epi16(ql, 4), _mm512_srlv_epi16(qh, dn23), 0xca);
-        out[2 * h] = _mm512_permutexvar_epi8(i01, minus32);
-        out[2 * h + 1] = _mm512_permutexvar_epi8(i23, minus32);
-    }
-}
-
-/* As q_rows512 for Q6_K: every row's bytes built first, then each step feeds all rows. */
-INL512VB void q6_k_rows512(const float *x, const uint8_t *const rw[4], int R, int64_t nb, size_t bb,
-                           float *out[4])
-{
-    __m512 acc[4][2];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        qprep pr[4];
-        __m512i qb[4][4];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const uint8_t *rb = rw[r] + (size_t)i * bb;
-            for (size_t o = 0; o < bb; o += 64)
-                _mm_prefetch((const char *)rb + QGEMV_PREFETCH + o, _MM_HINT_T0);
-            q_prep(OPS_Q6_K, rb, &pr[r]);
-            q6_k_bytes512(rb, qb[r]);
-        }
-        const float *xb = x + i * 256;
-#pragma GCC unroll 8
-        for (int st = 0; st < 8; st++) {
-            __m512 x0 = _mm512_loadu_ps(xb + 32 * st), x1 = _mm512_loadu_ps(xb + 32 * st + 16);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                /* immediates spelled out: at -O1 (the sanitizer build) st is not folded */
-                __m512i v = qb[r][st / 2];
-                __m128i q0 = st % 2 ? _mm512_extracti32x4_epi32(v, 2) : _mm512_extracti32x4_epi32(v, 0);
-                __m128i q1 = st % 2 ? _mm512_extracti32x4_epi32(v, 3) : _mm512_extracti32x4_epi32(v, 1);
-                __m512 w0 = _mm512_mul_ps(_mm512_set1_ps(pr[r].sc[2 * st]), cvt16s(q0));
-                __m512 w1 = _mm512_mul_ps(_mm512_set1_ps(pr[r].sc[2 * st + 1]), cvt16s(q1));
-                acc[r][0] = _mm512_fmadd_ps(x0, w0, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(x1, w1, acc[r][1]);
-            }
-        }
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-        *out[r] = ops_x86_combine_pairs(acc[r][0], acc[r][1]);
-}
-
-AVX512VB static void q6_k_rows512_any(const float *x, const uint8_t *const rw[4], int R, int64_t nb,
-                                      size_t bb, float *out[4])
-{
-    if (R == 4)
-        q6_k_rows512(x, rw, 4, nb, bb, out);
-    else if (R == 2)
-        q6_k_rows512(x, rw, 2, nb, bb, out);
-    else
-        q6_k_rows512(x, rw, 1, nb, bb, out);
-}
-
 INL512 void q_gemv512(ops_dtype t, float *out, const float *x, const uint8_t *w, int64_t k, int64_t n0,
                       int64_t n1)
 {
     size_t bb = ops_dtype_block_bytes(t), rb = ops_row_bytes(t, k);
     int64_t nb = k / ops_dtype_block_elems(t);
-    const bool has_vbmi = t == OPS_Q6_K && __builtin_cpu_supports("avx512vbmi");
     /* quarters of the range stream together (rows n, n + q, n + 2q, n + 3q), then halves of
      * what is left, then a last row alone */
     for (int R = 4; R >= 1; R /= 2) {
@@ -557,9 +475,7 @@ INL512 void q_gemv512(ops_dtype t, float *out, const float *x, const uint8_t *w,
                 rw[r] = w + (size_t)row * rb;
                 o[r] = &out[row];
             }
-            if (t == OPS_Q6_K && has_vbmi)
-                q6_k_rows512_any(x, rw, R, nb, bb, o);
-            else if (R == 4)
+            if (R == 4)
                 q_rows512(t, x, rw, 4, nb, bb, o);
             else if (R == 2)
                 q_rows512(t, x, rw, 2, nb, bb, o);

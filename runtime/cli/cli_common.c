@@ -229,16 +229,10 @@ static int path_exists(const char *p)
     return stat(p, &st) == 0;
 }
 
-int cli_load_config(const char *path, const cli_overrides *o, unsigned cfg_flags, cfg_config *cfg,
-                    moert_err *err)
+int cli_apply_runtime(const cli_overrides *o, unsigned cfg_flags, cfg_config *cfg, moert_err *err)
 {
-    if (o->weights)
-        cfg_flags |= CFG_ALLOW_MISSING_WEIGHTS; /* the override replaces them */
-    int st = cfg_load_ex(path, cfg_flags, cfg, err);
-    if (st)
-        return st;
     int64_t v;
-    double d;
+    int st;
     if (o->threads) {
         if ((st = cli_parse_i64("--threads", o->threads, 1, 1024, &v, err)))
             return st;
@@ -262,13 +256,11 @@ int cli_load_config(const char *path, const cli_overrides *o, unsigned cfg_flags
         cfg->rt.prefill_chunk = cfg->rt.max_seq_len;
     }
     if (o->backend) {
-        if (!strcmp(o->backend, "cpu"))
-            cfg->rt.backend = CFG_BACKEND_CPU;
-        else if (!strcmp(o->backend, "hip"))
-            cfg->rt.backend = CFG_BACKEND_HIP;
-        else
+        int b = cfg_name_index(cfg_backend_names, o->backend);
+        if (b < 0)
             return err_set(err, MOERT_EUSAGE, "--backend: expected cpu or hip, got '%s'",
                            o->backend);
+        cfg->rt.backend = (cfg_backend)b;
     }
     if (o->gpus) {
         if ((st = cli_parse_i64("--gpus", o->gpus, 1, 8, &v, err)))
@@ -286,6 +278,21 @@ int cli_load_config(const char *path, const cli_overrides *o, unsigned cfg_flags
                !(cfg_flags & CFG_ALLOW_MISSING_WEIGHTS)) {
         return err_set(err, MOERT_EUSAGE, "weights %s do not exist", cfg->weights.path);
     }
+    return MOERT_OK;
+}
+
+int cli_load_config(const char *path, const cli_overrides *o, unsigned cfg_flags, cfg_config *cfg,
+                    moert_err *err)
+{
+    if (o->weights)
+        cfg_flags |= CFG_ALLOW_MISSING_WEIGHTS; /* the override replaces them */
+    int st = cfg_load_ex(path, cfg_flags, cfg, err);
+    if (st)
+        return st;
+    if ((st = cli_apply_runtime(o, cfg_flags, cfg, err)))
+        return st;
+    int64_t v;
+    double d;
     if (o->seed) {
         if ((st = cli_parse_i64("--seed", o->seed, 0, INT64_MAX, &v, err)))
             return st;

@@ -24,6 +24,10 @@ typedef struct cli_overrides {
  * missing. */
 int cli_take_override(int argc, char **argv, int *i, cli_overrides *o, moert_err *err);
 
+/* Applies the runtime overrides (threads, prefill chunk, max_seq_len, backend, gpus,
+ * weights) to a loaded config, checking each value: what run and replay share. */
+int cli_apply_runtime(const cli_overrides *o, unsigned cfg_flags, cfg_config *cfg, moert_err *err);
+
 /* Loads path (YAML or model directory) and applies the overrides, checking each value. */
 int cli_load_config(const char *path, const cli_overrides *o, unsigned cfg_flags, cfg_config *cfg,
                     moert_err *err);

@@ -224,45 +224,18 @@ int cli_replay(int argc, char **argv, moert_err *err)
     }
     if (!path)
         return err_set(err, MOERT_EUSAGE, "usage: moert replay TRACE [--tolerance X] [--backend B] [--threads N] [--gpus N]");
-    if (ov.trace_file || ov.trace_mode || ov.trace_positions || ov.seed || ov.temp || ov.top_k || ov.top_p)
-        return err_set(err, MOERT_EUSAGE, "replay takes the trace plan and sampling from the recording");
+    if (ov.trace_file || ov.trace_mode || ov.trace_positions || ov.seed || ov.temp || ov.top_k || ov.top_p ||
+        ov.contract)
+        return err_set(err, MOERT_EUSAGE, "replay takes the trace plan, contract and sampling from the recording");
     trace_replay r;
     int st = trace_replay_open(path, &r, err);
     if (st)
         return st;
     cfg_config *cfg = r.cfg;
-    /* Command-line overrides: backend, threads, chunking, weights. */
-    int64_t k;
-    if (ov.threads && (st = cli_parse_i64("--threads", ov.threads, 1, 1024, &k, err)))
+    /* Command-line overrides: backend, threads, chunking, gpus, weights (the recorded
+     * weights path need not exist here: the run names it if it is missing). */
+    if ((st = cli_apply_runtime(&ov, CFG_ALLOW_MISSING_WEIGHTS, cfg, err)))
         goto done;
-    if (ov.threads)
-        cfg->rt.threads = (int32_t)k;
-    if (ov.prefill_chunk) {
-        if ((st = cli_parse_i64("--prefill-chunk", ov.prefill_chunk, 1, cfg->rt.max_seq_len, &k, err)))
-            goto done;
-        cfg->rt.prefill_chunk = k;
-    }
-    if (ov.backend) {
-        int b = cfg_name_index(cfg_backend_names, ov.backend);
-        if (b < 0) {
-            st = err_set(err, MOERT_EUSAGE, "--backend: expected cpu or hip, got '%s'", ov.backend);
-            goto done;
-        }
-        cfg->rt.backend = (cfg_backend)b;
-    }
-    if (ov.gpus) { /* a trace recorded on N ranks replays on any other count */
-        if ((st = cli_parse_i64("--gpus", ov.gpus, 1, 8, &k, err)))
-            goto done;
-        if (!cfg_gpus_valid(k)) {
-            st = err_set(err, MOERT_EUSAGE, "--gpus: expected 1, 2, 4 or 8, got %s", ov.gpus);
-            goto done;
-        }
-        cfg->rt.gpus = (int32_t)k;
-    }
-    if (ov.weights) {
-        cfg->weights.synth = false;
-        snprintf(cfg->weights.path, sizeof cfg->weights.path, "%s", ov.weights);
-    }
     trace_replay_result res;
     if ((st = trace_replay_run(&r, &ro, &res, err)))
         goto done;
