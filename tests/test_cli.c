@@ -362,9 +362,9 @@ static void test_plan_30b(void)
 
 static void test_model_dir(void)
 {
-    const char *shared = test_shared_reference();
+    const char *shared = test_shared_parts("tiny-bf16");
     if (!shared) {
-        TEST_SKIP("../shared/reference is absent: `moert run MODEL_DIR --json` not checked on tiny-bf16");
+        TEST_SKIP("../shared/reference (tiny-bf16) is absent: `moert run MODEL_DIR --json` not checked on tiny-bf16");
         return;
     }
     char path[600], dir[600], ids[2048];

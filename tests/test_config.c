@@ -534,9 +534,9 @@ static void assert_tiny(const cfg_topology *t, bool bf16)
 
 static void test_tiny_configs_and_model_dirs(void)
 {
-    const char *ref = test_shared_reference();
+    const char *ref = test_shared_parts("tiny-f32 tiny-bf16");
     if (!ref) {
-        TEST_SKIP("../shared/reference absent");
+        TEST_SKIP("../shared/reference (tiny-f32, tiny-bf16) is absent");
         return;
     }
     for (int v = 0; v < 2; v++) {
@@ -592,9 +592,9 @@ static void test_hub_and_transformers5_spellings_agree(void)
     CU_ASSERT_EQUAL_FATAL(cfg_load_string(yaml, "inline.yaml", NULL, &cfg, &e), MOERT_OK);
     CU_ASSERT_TRUE(topo_equal(&cfg.topo, &hub));
 
-    const char *ref = test_shared_reference();
+    const char *ref = test_shared_parts("tiny-bf16");
     if (!ref) {
-        TEST_SKIP("../shared/reference absent: tiny-bf16 hub/transformers-5 comparison");
+        TEST_SKIP("../shared/reference (tiny-bf16) is absent: tiny-bf16 hub/transformers-5 comparison");
         return;
     }
     char path[600];

@@ -208,9 +208,9 @@ static void stages_2(const refcase *rc)
 
 static void test_parity_shared(void)
 {
-    const char *shared = test_shared_reference();
+    const char *shared = test_shared_parts("tiny-f32 tiny-bf16");
     if (!shared) {
-        TEST_SKIP("../shared/reference is absent (fresh clone): shared HF parity not checked");
+        TEST_SKIP("../shared/reference (tiny-f32, tiny-bf16) is absent: shared HF parity not checked");
         return;
     }
     refcase rc;
@@ -244,9 +244,9 @@ static void test_parity_fixtures(void)
  * each file encodes. */
 static void test_parity_gguf_shared(void)
 {
-    const char *shared = test_shared_reference();
+    const char *shared = test_shared_parts("gguf-tiny gguf-vocab");
     if (!shared) {
-        TEST_SKIP("../shared/reference is absent (fresh clone): llama.cpp GGUF parity not checked");
+        TEST_SKIP("../shared/reference (gguf-tiny, gguf-vocab) is absent: llama.cpp GGUF parity not checked");
         return;
     }
     static refcase rc;

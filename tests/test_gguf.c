@@ -1030,9 +1030,9 @@ static void expect_u64(const gguf_file *g, const char *key, uint64_t want)
 
 static void test_reference_tiny(void)
 {
-    const char *ref = test_shared_reference();
+    const char *ref = test_shared_parts("gguf-tiny");
     if (!ref) {
-        TEST_SKIP("../shared/reference is absent");
+        TEST_SKIP("../shared/reference (gguf-tiny) is absent");
         return;
     }
     static const struct {
@@ -1105,11 +1105,11 @@ static void test_reference_tiny(void)
 
 static void test_reference_vocab(void)
 {
-    const char *ref = test_shared_reference();
+    const char *ref = test_shared_parts("gguf-vocab");
     char path[1200];
     struct stat sb;
     if (!ref || (snprintf(path, sizeof path, "%s/gguf-vocab/model-q8_0.gguf", ref), stat(path, &sb) != 0)) {
-        TEST_SKIP("../shared/reference/gguf-vocab is absent");
+        TEST_SKIP("../shared/reference (gguf-vocab) is absent");
         return;
     }
     CU_ASSERT_EQUAL(sb.st_size, 11116992);

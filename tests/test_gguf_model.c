@@ -28,9 +28,9 @@
 
 static void test_topology_shared(void)
 {
-    const char *shared = test_shared_reference();
+    const char *shared = test_shared_parts("gguf-tiny gguf-vocab");
     if (!shared) {
-        TEST_SKIP("../shared/reference is absent (fresh clone): llama.cpp GGUF metadata not checked");
+        TEST_SKIP("../shared/reference (gguf-tiny, gguf-vocab) is absent: llama.cpp GGUF metadata not checked");
         return;
     }
     const char *types[] = {"q8_0", "q4_k_m", "q5_k_m", "q6_k"};
@@ -84,9 +84,9 @@ static const model_tensor *layer_tensor(const model_weights *w, int64_t l, const
 /* The type table of gguf-tiny's README, through the hub-named binding. */
 static void test_binding_shared(void)
 {
-    const char *shared = test_shared_reference();
+    const char *shared = test_shared_parts("gguf-tiny");
     if (!shared) {
-        TEST_SKIP("../shared/reference is absent (fresh clone): llama.cpp GGUF binding not checked");
+        TEST_SKIP("../shared/reference (gguf-tiny) is absent: llama.cpp GGUF binding not checked");
         return;
     }
     char path[600];
@@ -126,12 +126,12 @@ static void test_binding_shared(void)
  * tokenizer.json, and the ids decode to the same bytes. */
 static void test_tokenizer_shared(void)
 {
-    const char *shared = test_shared_reference();
+    const char *shared = test_shared_parts("gguf-vocab");
     FILE *f = fopen(TOKENIZER_JSON, "r");
     if (!shared || !f) {
         if (f)
             fclose(f);
-        TEST_SKIP(!shared ? "../shared/reference is absent (fresh clone): the GGUF tokenizer is not compared"
+        TEST_SKIP(!shared ? "../shared/reference (gguf-vocab) is absent: the GGUF tokenizer is not compared"
                           : TOKENIZER_JSON " is absent (tools/deps.sh fetches it)");
         return;
     }
@@ -581,9 +581,9 @@ static void test_cli(void)
  * decoding gives the reference continuation. */
 static void test_one_file_run_shared(void)
 {
-    const char *shared = test_shared_reference();
+    const char *shared = test_shared_parts("gguf-vocab");
     if (!shared) {
-        TEST_SKIP("../shared/reference is absent (fresh clone): the one-file GGUF run is not checked");
+        TEST_SKIP("../shared/reference (gguf-vocab) is absent: the one-file GGUF run is not checked");
         return;
     }
     char ref[600];

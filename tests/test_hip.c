@@ -278,14 +278,14 @@ static int gguf_cases(char paths[MAX_CASES][512])
     CU_ASSERT_PTR_NOT_NULL(tied);
     if (tied)
         snprintf(paths[n++], 512, "%s", tied);
-    const char *shared = test_shared_reference();
+    const char *shared = test_shared_parts("gguf-tiny gguf-vocab");
     if (shared) {
         static const char *const types[] = {"q8_0", "q4_k_m", "q5_k_m", "q6_k"};
         for (size_t i = 0; i < sizeof types / sizeof *types; i++)
             snprintf(paths[n++], 512, "%s/gguf-tiny/model-%s.gguf", shared, types[i]);
         snprintf(paths[n++], 512, "%s/gguf-vocab/model-q8_0.gguf", shared);
     } else {
-        test_skip("test_gguf (hip)", "../shared/reference is absent: llama.cpp's GGUF files not run on the GPU");
+        test_skip("test_gguf (hip)", "../shared/reference (gguf-tiny, gguf-vocab) is absent: llama.cpp's GGUF files not run on the GPU");
     }
     return n;
 }

@@ -63,9 +63,9 @@ static uint16_t u16_at(const model_tensor *t, size_t i)
 
 static void test_reference_f32(void)
 {
-    const char *ref = test_shared_reference();
+    const char *ref = test_shared_parts("tiny-f32");
     if (!ref) {
-        TEST_SKIP("../shared/reference is absent");
+        TEST_SKIP("../shared/reference (tiny-f32) is absent");
         return;
     }
     char dir[1100];
@@ -138,9 +138,9 @@ static void test_reference_f32(void)
 
 static void test_reference_bf16(void)
 {
-    const char *ref = test_shared_reference();
+    const char *ref = test_shared_parts("tiny-bf16");
     if (!ref) {
-        TEST_SKIP("../shared/reference is absent");
+        TEST_SKIP("../shared/reference (tiny-bf16) is absent");
         return;
     }
     char dir[1100];

@@ -199,9 +199,9 @@ static void test_validate_stats_and_bad_input(void)
     CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s", junk), 2);
     CU_ASSERT_PTR_NOT_NULL(strstr(errb, "junk.trace"));
     char ref[512];
-    if (test_shared_reference()) {
+    if (test_shared_parts("tiny-f32")) {
         /* a safetensors file that is not a trace */
-        snprintf(ref, sizeof ref, "%s/tiny-f32/reference.safetensors", test_shared_reference());
+        snprintf(ref, sizeof ref, "%s/tiny-f32/reference.safetensors", test_shared_parts("tiny-f32"));
         CU_ASSERT_EQUAL(sh("./moert validate contracts/qwen3moe-trace-v1.yaml %s", ref), 2);
         CU_ASSERT_PTR_NOT_NULL(strstr(errb, "not a moert trace"));
     }
@@ -381,9 +381,9 @@ static void diff_against_reference(const char *dir)
 static void test_diff_reference(void)
 {
     diff_against_reference("tests/fixtures/hf/gqa4-hd24");
-    const char *shared = test_shared_reference();
+    const char *shared = test_shared_parts("tiny-bf16");
     if (!shared) {
-        TEST_SKIP("../shared/reference is absent: diff against tiny-bf16 not checked");
+        TEST_SKIP("../shared/reference (tiny-bf16) is absent: diff against tiny-bf16 not checked");
         return;
     }
     char dir[600];

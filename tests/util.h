@@ -10,8 +10,9 @@
 #include <stddef.h>
 
 /* Directory of the HF reference checkpoints (../shared/reference relative to the repo root,
- * or $MOERT_SHARED_REFERENCE); NULL when absent. */
-const char *test_shared_reference(void);
+ * or $MOERT_SHARED_REFERENCE) when every entry of `parts` (space-separated names inside it,
+ * e.g. "gguf-tiny gguf-vocab") exists; NULL otherwise. */
+const char *test_shared_parts(const char *parts);
 
 /* Repo-relative path joined into buf (tests run from the repo root). */
 const char *test_path(char *buf, size_t cap, const char *fmt, ...)
