@@ -126,6 +126,12 @@ static const struct {
     {"bench configs/qwen3moe.yaml --prompt-tokens x",
      "moert bench: --prompt-tokens: expected an integer in [1, 1048576], got 'x'\n"},
     {"bench configs/qwen3moe.yaml --repeat 0", "moert bench: --repeat: 0 is outside [1, 32]\n"},
+    /* name-table flags: the message lists the table */
+    {"run " Q3 " --backend tpu", "moert run: --backend: expected cpu or hip, got 'tpu'\n"},
+    {"run " Q3 " --trace {T}/never.trace --trace-mode full",
+     "moert run: --trace-mode: expected stats or tensor, got 'full'\n"},
+    {"run " Q3 " --trace {T}/never.trace --trace-positions first",
+     "moert run: --trace-positions: expected last or all, got 'first'\n"},
     {"synth configs/qwen3moe.yaml --out {T}/never --shard-mb 0", "moert synth: --shard-mb: 0 is outside [1, 1048576]\n"},
     {"synth configs/qwen3moe.yaml --out {T}/never --seed 1.5",
      "moert synth: --seed: expected an integer in [0, 9223372036854775807], got '1.5'\n"},

@@ -229,6 +229,21 @@ static int path_exists(const char *p)
     return stat(p, &st) == 0;
 }
 
+/* A flag whose value is one of a config name table; the message lists the table. */
+static int parse_name(const char *flag, const char *const *table, const char *val, int *out,
+                      moert_err *err)
+{
+    *out = cfg_name_index(table, val);
+    if (*out >= 0)
+        return MOERT_OK;
+    char list[128] = "";
+    size_t n = 0;
+    for (int i = 0; table[i]; i++)
+        n += (size_t)snprintf(list + n, n < sizeof list ? sizeof list - n : 0, "%s%s",
+                              i == 0 ? "" : table[i + 1] ? ", " : " or ", table[i]);
+    return err_set(err, MOERT_EUSAGE, "%s: expected %s, got '%s'", flag, list, val);
+}
+
 int cli_apply_runtime(const cli_overrides *o, unsigned cfg_flags, cfg_config *cfg, moert_err *err)
 {
     int64_t v;
@@ -256,10 +271,9 @@ int cli_apply_runtime(const cli_overrides *o, unsigned cfg_flags, cfg_config *cf
         cfg->rt.prefill_chunk = cfg->rt.max_seq_len;
     }
     if (o->backend) {
-        int b = cfg_name_index(cfg_backend_names, o->backend);
-        if (b < 0)
-            return err_set(err, MOERT_EUSAGE, "--backend: expected cpu or hip, got '%s'",
-                           o->backend);
+        int b;
+        if ((st = parse_name("--backend", cfg_backend_names, o->backend, &b, err)))
+            return st;
         cfg->rt.backend = (cfg_backend)b;
     }
     if (o->gpus) {
@@ -324,22 +338,16 @@ int cli_load_config(const char *path, const cli_overrides *o, unsigned cfg_flags
         snprintf(cfg->trace.out_path, sizeof cfg->trace.out_path, "%s", o->trace_file);
     }
     if (o->trace_mode) {
-        if (!strcmp(o->trace_mode, "stats"))
-            cfg->trace.mode = CFG_TRACE_STATS;
-        else if (!strcmp(o->trace_mode, "tensor"))
-            cfg->trace.mode = CFG_TRACE_TENSOR;
-        else
-            return err_set(err, MOERT_EUSAGE, "--trace-mode: expected stats or tensor, got '%s'",
-                           o->trace_mode);
+        int m;
+        if ((st = parse_name("--trace-mode", cfg_trace_mode_names, o->trace_mode, &m, err)))
+            return st;
+        cfg->trace.mode = (cfg_trace_mode)m;
     }
     if (o->trace_positions) {
-        if (!strcmp(o->trace_positions, "last"))
-            cfg->trace.positions = CFG_TRACE_LAST;
-        else if (!strcmp(o->trace_positions, "all"))
-            cfg->trace.positions = CFG_TRACE_ALL;
-        else
-            return err_set(err, MOERT_EUSAGE, "--trace-positions: expected last or all, got '%s'",
-                           o->trace_positions);
+        int p;
+        if ((st = parse_name("--trace-positions", cfg_trace_positions_names, o->trace_positions, &p, err)))
+            return st;
+        cfg->trace.positions = (cfg_trace_positions)p;
     }
     if (o->contract) {
         if (!path_exists(o->contract))
