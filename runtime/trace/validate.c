@@ -95,9 +95,12 @@ static void validate_tensor(vlist *v, const trace_file *tf, const trace_ring_vie
     snprintf(name, sizeof name, suffix[0] ? "%s.%s" : "%s", r->label, suffix);
     moert_err e = {0};
     v->checks++;
-    const st_tensor *t = tf->tensor_mode ? st_find(tf->set, name) : NULL;
-    if (tf->tensor_mode && !t) {
-        violation(v, name, -1, NULL, "present", "tensor mode trace lacks tensor %s", name);
+    /* moe_router keeps its rows in stats mode too, so its value rules are checked there */
+    bool has_rows = tf->tensor_mode || r->stage == CFG_STAGE_MOE_ROUTER;
+    const st_tensor *t = has_rows ? st_find(tf->set, name) : NULL;
+    if (has_rows && !t) {
+        violation(v, name, -1, NULL, "present", "%s mode trace lacks tensor %s",
+                  tf->tensor_mode ? "tensor" : "stats", name);
         return;
     }
     int64_t shape[ST_MAX_DIMS] = {r->n, r->width};
