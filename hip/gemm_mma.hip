@@ -38,25 +38,22 @@
 #define DEV static __device__ __forceinline__
 
 #if defined(MMA_NV) || defined(MMA_AMD)
-/* bf16 bits of v rounded to nearest even (NaN stays NaN, overflow gives Inf) */
-DEV uint32_t bf16_rn(float v)
-{
-    uint32_t u = __float_as_uint(v);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (u >> 16) | 0x40u;
-    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-}
-
-/* v = hi + lo + lo2 within 2^-27 |v|: both remainders are exact in fp32 */
+/* v = hi + lo + lo2 exactly, each term the truncated top half of what is left: hi holds the
+ * significand's first 8 bits, lo the next 8 (v - hi has at most 16 significant bits, and
+ * the subtraction is exact), lo2 the last 8 (exact in bf16).  Returns the three fp32 bit
+ * patterns; their high halves are the bf16 terms.  Inf and NaN travel in hi alone. */
 DEV void split3(float v, uint32_t *hi, uint32_t *lo, uint32_t *lo2)
 {
-    *hi = bf16_rn(v);
-    float r = v - __uint_as_float(*hi << 16);
-    if (!(r == r) || r - r != 0.0f) /* v infinite or NaN: hi carries it */
-        r = 0.0f;
-    *lo = bf16_rn(r);
-    float r2 = r - __uint_as_float(*lo << 16);
-    *lo2 = bf16_rn(r2);
+    uint32_t u = __float_as_uint(v);
+    *hi = u & 0xffff0000u;
+    float r = (u & 0x7f800000u) == 0x7f800000u ? 0.0f : v - __uint_as_float(*hi);
+    *lo = __float_as_uint(r) & 0xffff0000u;
+    *lo2 = __float_as_uint(r - __uint_as_float(*lo));
+}
+/* the bf16 pair (high halves of x, y) as one 32-bit word, x in the low half */
+DEV uint32_t pack_hi(uint32_t x, uint32_t y)
+{
+    return (x >> 16) | (y & 0xffff0000u);
 }
 #endif
 
@@ -75,6 +72,14 @@ DEV void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+/* the same with C = 0: a k tile's first product starts its partial sums */
+DEV void mma_16816_z(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
+                 : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
+}
 /* per 32 x 32 warp tile: 2 m16 x 4 n8 fragments of 4 floats */
 #define MMA_ACC 32
 #elif defined(MMA_AMD)
@@ -83,6 +88,37 @@ typedef float mma_f4 __attribute__((ext_vector_type(4)));
 /* per 32 x 32 wave tile: 2 x 2 16 x 16 fragments of 4 floats */
 #define MMA_ACC 16
 #endif
+
+/* W tiles travel global -> shared without registers: cp.async on NVIDIA (a ring of
+ * MMA_STAGES tiles in flight), an ordinary load and store elsewhere. */
+#define MMA_STAGES 4
+#if defined(MMA_NV)
+DEV void copy16(void *sdst, const void *gsrc, bool valid)
+{
+    unsigned sa = (unsigned)__cvta_generic_to_shared(sdst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sa), "l"(gsrc), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+DEV void copy_commit(void)
+{
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int N> DEV void copy_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+#elif defined(MMA_AMD)
+DEV void copy16(void *sdst, const void *gsrc, bool valid)
+{
+    *(uint4 *)sdst = valid ? *(const uint4 *)gsrc : make_uint4(0u, 0u, 0u, 0u);
+}
+DEV void copy_commit(void) {}
+template <int N> DEV void copy_wait(void) {}
+#endif
+
+/* dynamic shared memory of k_gemm_mma<., BM, BN>: the split A tiles (2 buffers x 3 terms)
+ * and the W ring */
+#define MMA_SMEM_BYTES(BM, BN) ((2 * MMA_TERMS * (BM) + MMA_STAGES * (BN)) * MMA_LDS * 2)
 
 template <int AMODE, int BM, int BN>
 __global__ void __launch_bounds__((BM / 32) * (BN / 32) * MMA_WARP) k_gemm_mma(hip_gemm_args a)
@@ -95,8 +131,11 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * MMA_WARP) k_gemm_mma(h
     constexpr int BCH = BN * BK / 8 / NT; /* W 16-byte chunks per thread per k tile */
     static_assert(ACH >= 1 && ACH * NT * 4 == BM * BK && BCH >= 1 && BCH * NT * 8 == BN * BK,
                   "k_gemm_mma: tile / thread split");
-    __shared__ __align__(16) uint16_t As[2][MMA_TERMS][BM][LDS];
-    __shared__ __align__(16) uint16_t Bs[2][BN][LDS];
+    extern __shared__ __align__(16) unsigned char mma_smem[];
+    typedef uint16_t a_tile[MMA_TERMS][BM][LDS];
+    typedef uint16_t b_tile[BN][LDS];
+    a_tile *As = (a_tile *)mma_smem;
+    b_tile *Bs = (b_tile *)(mma_smem + 2 * sizeof(a_tile));
     const int tid = threadIdx.x, lane = tid % MMA_WARP, warp = tid / MMA_WARP;
     const int wm = warp / WN, wn = warp % WN;
     const int n0 = blockIdx.x * BN;
@@ -144,8 +183,18 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * MMA_WARP) k_gemm_mma(h
     }
 
     float4 ra[ACH];
-    uint4 rb[BCH];
-    auto load_tile = [&](long long k0) {
+    auto copy_w = [&](int t) {
+        const long long k0 = (long long)t * BK;
+        b_tile &dst = Bs[t % MMA_STAGES];
+#pragma unroll
+        for (int i = 0; i < BCH; i++) {
+            int c = tid + i * NT;
+            long long kb = k0 + (c % 4) * 8;
+            bool ok = w_ok[i] && kb < K;
+            copy16(&dst[c / 4][(c % 4) * 8], ok ? (const void *)(wrow[i] + kb) : (const void *)wrow[i], ok);
+        }
+    };
+    auto load_a = [&](long long k0) {
 #pragma unroll
         for (int i = 0; i < ACH; i++) {
             long long ka = k0 + ((tid + i * NT) % 8) * 4;
@@ -163,16 +212,8 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * MMA_WARP) k_gemm_mma(h
                 ra[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             }
         }
-#pragma unroll
-        for (int i = 0; i < BCH; i++) {
-            long long kb = k0 + ((tid + i * NT) % 4) * 8;
-            if (w_ok[i] && kb < K)
-                rb[i] = *(const uint4 *)(wrow[i] + kb);
-            else
-                rb[i] = make_uint4(0u, 0u, 0u, 0u);
-        }
     };
-    auto store_tile = [&](int buf) {
+    auto store_a = [&](int buf) {
 #pragma unroll
         for (int i = 0; i < ACH; i++) {
             int c = tid + i * NT, r = c / 8, k = (c % 8) * 4;
@@ -181,33 +222,47 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * MMA_WARP) k_gemm_mma(h
 #pragma unroll
             for (int q = 0; q < 4; q++)
                 split3(v[q], &h[q], &l[q], &l2[q]);
-            *(uint2 *)&As[buf][0][r][k] = make_uint2(h[0] | h[1] << 16, h[2] | h[3] << 16);
-            *(uint2 *)&As[buf][1][r][k] = make_uint2(l[0] | l[1] << 16, l[2] | l[3] << 16);
-            *(uint2 *)&As[buf][2][r][k] = make_uint2(l2[0] | l2[1] << 16, l2[2] | l2[3] << 16);
-        }
-#pragma unroll
-        for (int i = 0; i < BCH; i++) {
-            int c = tid + i * NT;
-            *(uint4 *)&Bs[buf][c / 4][(c % 4) * 8] = rb[i];
+            *(uint2 *)&As[buf][0][r][k] = make_uint2(pack_hi(h[0], h[1]), pack_hi(h[2], h[3]));
+            *(uint2 *)&As[buf][1][r][k] = make_uint2(pack_hi(l[0], l[1]), pack_hi(l[2], l[3]));
+            *(uint2 *)&As[buf][2][r][k] = make_uint2(pack_hi(l2[0], l2[1]), pack_hi(l2[2], l2[3]));
         }
     };
 
     float acc[MMA_ACC], part[MMA_ACC];
 #pragma unroll
     for (int i = 0; i < MMA_ACC; i++)
-        acc[i] = 0.0f;
+        acc[i] = part[i] = 0.0f;
+    /* m16 fragments holding no row of this tile are skipped (warp-uniform): grouped tiles
+     * are often partly filled */
+    const bool mb_on[2] = {m0 + wm * 32 < m_end, m0 + wm * 32 + 16 < m_end};
 
+    /* Iteration t: A of tile t + 1 into registers, W of tile t + STAGES - 1 on its way,
+     * products of tile t, A of t + 1 split into shared memory, then one barrier once W of
+     * t + 1 has landed.  Every copy group is committed (empty ones too), so the wait count
+     * is fixed. */
     const int ntiles = (int)((K + BK - 1) / BK);
-    load_tile(0);
-    store_tile(0);
+#pragma unroll
+    for (int t = 0; t < MMA_STAGES - 1; t++) {
+        if (t < ntiles)
+            copy_w(t);
+        copy_commit();
+    }
+    load_a(0);
+    store_a(0);
+    copy_wait<MMA_STAGES - 2>();
     __syncthreads();
     for (int t = 0; t < ntiles; t++) {
-        const int cur = t & 1;
+        const int cur = t & 1, wb = t % MMA_STAGES;
         if (t + 1 < ntiles)
-            load_tile((long long)(t + 1) * BK);
+            load_a((long long)(t + 1) * BK);
+        if (t + MMA_STAGES - 1 < ntiles)
+            copy_w(t + MMA_STAGES - 1);
+        copy_commit();
+#if !defined(MMA_NV)
 #pragma unroll
         for (int i = 0; i < MMA_ACC; i++)
             part[i] = 0.0f;
+#endif
 #pragma unroll
         for (int ks = 0; ks < BK / 16; ks++) {
 #if defined(MMA_NV)
@@ -216,7 +271,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * MMA_WARP) k_gemm_mma(h
 #pragma unroll
             for (int nb = 0; nb < 2; nb++) {
                 uint32_t r[4];
-                ldsm_x4(r, &Bs[cur][wn * 32 + nb * 16 + (lane & 7) + ((lane >> 4) << 3)]
+                ldsm_x4(r, &Bs[wb][wn * 32 + nb * 16 + (lane & 7) + ((lane >> 4) << 3)]
                               [ks * 16 + ((lane >> 3) & 1) * 8]);
                 b[2 * nb][0] = r[0];
                 b[2 * nb][1] = r[1];
@@ -227,21 +282,29 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * MMA_WARP) k_gemm_mma(h
             for (int q = 0; q < MMA_TERMS; q++)
 #pragma unroll
                 for (int mb = 0; mb < 2; mb++) {
+                    if (!mb_on[mb])
+                        continue;
                     uint32_t af[4];
                     ldsm_x4(af, &As[cur][q][wm * 32 + mb * 16 + (lane & 15)][ks * 16 + (lane >> 4) * 8]);
 #pragma unroll
-                    for (int j = 0; j < 4; j++)
-                        mma_16816(&part[(mb * 4 + j) * 4], af, b[j][0], b[j][1]);
+                    for (int j = 0; j < 4; j++) {
+                        if (ks == 0 && q == 0)
+                            mma_16816_z(&part[(mb * 4 + j) * 4], af, b[j][0], b[j][1]);
+                        else
+                            mma_16816(&part[(mb * 4 + j) * 4], af, b[j][0], b[j][1]);
+                    }
                 }
 #else
             mma_s4 b[2];
 #pragma unroll
             for (int nb = 0; nb < 2; nb++)
-                b[nb] = *(const mma_s4 *)&Bs[cur][wn * 32 + nb * 16 + (lane & 15)][ks * 16 + (lane >> 4) * 4];
+                b[nb] = *(const mma_s4 *)&Bs[wb][wn * 32 + nb * 16 + (lane & 15)][ks * 16 + (lane >> 4) * 4];
 #pragma unroll
             for (int q = 0; q < MMA_TERMS; q++)
 #pragma unroll
                 for (int mb = 0; mb < 2; mb++) {
+                    if (!mb_on[mb])
+                        continue;
                     mma_s4 av = *(const mma_s4 *)&As[cur][q][wm * 32 + mb * 16 + (lane & 15)]
                                                     [ks * 16 + (lane >> 4) * 4];
 #pragma unroll
@@ -262,7 +325,8 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * MMA_WARP) k_gemm_mma(h
         for (int i = 0; i < MMA_ACC; i++)
             acc[i] += part[i];
         if (t + 1 < ntiles)
-            store_tile(cur ^ 1);
+            store_a(cur ^ 1);
+        copy_wait<MMA_STAGES - 2>();
         __syncthreads();
     }
 
@@ -295,7 +359,15 @@ static bool aligned16(const void *p)
     return ((uintptr_t)p & 15u) == 0;
 }
 
-/* Once per process: the MOERT_HIP_GEMM choice and whether the device has the instructions. */
+template <int AM, int BM, int BN>
+static bool smem_attr(void)
+{
+    return hipFuncSetAttribute((const void *)(k_gemm_mma<AM, BM, BN>), hipFuncAttributeMaxDynamicSharedMemorySize,
+                               MMA_SMEM_BYTES(BM, BN)) == hipSuccess;
+}
+
+/* Once per process: the MOERT_HIP_GEMM choice, whether the device has the instructions,
+ * and the kernels' shared-memory allowance (above the default 48 KB). */
 static bool mma_enabled(void)
 {
     static int on = -1;
@@ -316,6 +388,10 @@ static bool mma_enabled(void)
                 on = major >= 8;
 #endif
         }
+        if (on == 1)
+            on = smem_attr<HIP_A_PLAIN, 64, MMA_DENSE_BN>() && smem_attr<HIP_A_SWIGLU, 64, MMA_DENSE_BN>() &&
+                 smem_attr<HIP_A_GATHER, HIP_MOE_BM, MMA_MOE_BN>() &&
+                 smem_attr<HIP_A_SWIGLU, HIP_MOE_BM, MMA_MOE_BN>();
     }
     return on == 1;
 }
@@ -334,7 +410,8 @@ template <int AM, int BM, int BN>
 static void launch_mma(const hip_gemm_args *a, hipStream_t s)
 {
     dim3 grid((unsigned)((a->n + BN - 1) / BN), (unsigned)(a->tiles ? a->max_tiles : (a->m + BM - 1) / BM));
-    MOERT_LAUNCH((k_gemm_mma<AM, BM, BN>), grid, (BM / 32) * (BN / 32) * MMA_WARP, 0, s, *a);
+    MOERT_LAUNCH((k_gemm_mma<AM, BM, BN>), grid, (BM / 32) * (BN / 32) * MMA_WARP, MMA_SMEM_BYTES(BM, BN), s,
+                 *a);
 }
 
 hipError_t hip_launch_gemm_mma(int amode, int bm, const hip_gemm_args *a, hipStream_t s)

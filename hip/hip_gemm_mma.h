@@ -2,8 +2,8 @@
  * rows, SwiGLU applied on load) on tensor cores, for BF16 weights (hip/gemm_mma.hip).
  *
  * Numerics: the weights are bf16, so exact as MMA operands; each fp32 activation a is split
- * into three bf16 terms hi + lo + lo2 (each the rounded remainder of the one before), which
- * equal a within 2^-27 |a|.  Every product is then exact; a k tile of 32 is summed by the
+ * into three bf16 terms hi + lo + lo2 (8 significand bits each, by truncation), whose sum is
+ * a exactly.  Every product is then exact; a k tile of 32 is summed by the
  * MMA unit into a zeroed accumulator and added to the fp32 result with one IEEE addition,
  * so the rounding is that of an fp32 sum of 32-element partials (hip/NOTES.md has the
  * measured error).  One fixed order per output: bit-identical run to run, no atomics.
