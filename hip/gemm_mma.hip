@@ -6,7 +6,9 @@
  * split into hi / lo / lo2 and stored as three bf16 tiles.  W (bf16) is copied as is.
  * Dense: 64 x 64 tiles; grouped (MoE): HIP_MOE_BM x 128 tiles, one per tile-table entry.
  */
+#include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +16,9 @@
 #include "hip_devmath.h"
 #include "hip_gemm_mma.h"
 #include "hip_kernels.h"
+extern "C" {
+#include "../runtime/backend.h"
+}
 
 /* Threads per warp of the devices this kernel runs on (CDNA is wave64), known to the host
  * too: the launch is sized from it. */
@@ -37,25 +42,41 @@
 
 #define DEV static __device__ __forceinline__
 
-#if defined(MMA_NV) || defined(MMA_AMD)
+/* float bits both ways, on the host (the self-test) and the device */
+#define HD static __host__ __device__ __forceinline__
+HD uint32_t f2u(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return u;
+}
+HD float u2f(uint32_t u)
+{
+    float v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
 /* v = hi + lo + lo2 exactly, each term the truncated top half of what is left: hi holds the
  * significand's first 8 bits, lo the next 8 (v - hi has at most 16 significant bits, and
  * the subtraction is exact), lo2 the last 8 (exact in bf16).  Returns the three fp32 bit
- * patterns; their high halves are the bf16 terms.  Inf and NaN travel in hi alone. */
-DEV void split3(float v, uint32_t *hi, uint32_t *lo, uint32_t *lo2)
+ * patterns; their high halves are the bf16 terms.  Exact for |v| >= 2^-103 (every remainder
+ * is then a normal float); below, within 2^-126.  Inf and NaN travel in hi alone. */
+HD void split3(float v, uint32_t *hi, uint32_t *lo, uint32_t *lo2)
 {
-    uint32_t u = __float_as_uint(v);
-    *hi = u & 0xffff0000u;
-    float r = (u & 0x7f800000u) == 0x7f800000u ? 0.0f : v - __uint_as_float(*hi);
-    *lo = __float_as_uint(r) & 0xffff0000u;
-    *lo2 = __float_as_uint(r - __uint_as_float(*lo));
+    uint32_t u = f2u(v);
+    bool special = (u & 0x7f800000u) == 0x7f800000u;
+    /* a NaN whose payload lies in the low half must not truncate to Inf: set the quiet bit */
+    *hi = (u & 0xffff0000u) | (special && (u & 0x007fffffu) ? 0x00400000u : 0u);
+    float r = special ? 0.0f : v - u2f(*hi);
+    *lo = f2u(r) & 0xffff0000u;
+    *lo2 = f2u(r - u2f(*lo));
 }
 /* the bf16 pair (high halves of x, y) as one 32-bit word, x in the low half */
-DEV uint32_t pack_hi(uint32_t x, uint32_t y)
+HD uint32_t pack_hi(uint32_t x, uint32_t y)
 {
     return (x >> 16) | (y & 0xffff0000u);
 }
-#endif
 
 #if defined(MMA_NV)
 DEV void ldsm_x4(uint32_t r[4], const void *p)
@@ -429,4 +450,63 @@ hipError_t hip_launch_gemm_mma(int amode, int bm, const hip_gemm_args *a, hipStr
     else
         return hipErrorInvalidValue;
     return hipGetLastError();
+}
+
+/* ---- host self-test of the activation split (backend.h) ------------------------------ */
+
+static bool split_ok(float v, char *why, size_t cap)
+{
+    uint32_t h, l, l2;
+    split3(v, &h, &l, &l2);
+    const char *bad = NULL;
+    /* what the MMA sees: the high halves */
+    double sum = (double)u2f(h) + (double)u2f(l) + (double)u2f(l2 & 0xffff0000u);
+    if (isnan(v)) {
+        if (!isnan(u2f(h)) || (h >> 31) != (f2u(v) >> 31) || l != 0 || l2 != 0)
+            bad = "NaN not carried by hi alone";
+    } else if (isinf(v)) {
+        if (h != f2u(v) || l != 0 || l2 != 0)
+            bad = "Inf not carried by hi alone";
+    } else if (fabs(v) >= 0x1p-103) {
+        if ((l2 & 0xffffu) != 0)
+            bad = "lo2 is not a bf16 value";
+        else if (sum != (double)v)
+            bad = "hi + lo + lo2 != v";
+    } else if (fabs(sum - (double)v) >= 0x1p-126) {
+        bad = "tiny value: hi + lo + lo2 off by 2^-126 or more";
+    }
+    if (bad)
+        snprintf(why, cap, "activation split of %a (bits 0x%08x): %s (terms 0x%08x 0x%08x 0x%08x)", (double)v,
+                 f2u(v), bad, h, l, l2);
+    return bad == NULL;
+}
+
+extern "C" int backend_hip_mma_split_selftest(char *why, size_t cap)
+{
+    if (why && cap)
+        why[0] = 0;
+    static const uint32_t edge[] = {0x00000000u, 0x80000000u, 0x00000001u, 0x007fffffu, 0x00800000u,
+                                    0x00ffffffu, 0x3f800000u, 0x3fffffffu, 0xbf7fffffu, 0x7f7fffffu,
+                                    0xff7fffffu, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7f800001u,
+                                    0x3f80ffffu, 0x3f808080u, 0x33800001u};
+    for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++)
+        if (!split_ok(u2f(edge[i]), why, cap))
+            return 1;
+    /* random bit patterns over every exponent, and activations' usual range */
+    uint64_t z = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < 1 << 20; i++) {
+        z ^= z << 13;
+        z ^= z >> 7;
+        z ^= z << 17;
+        uint32_t u = (uint32_t)(z >> 32);
+        if (i & 1)
+            u = (u & 0x807fffffu) | ((uint32_t)(112 + (z & 31)) << 23); /* |v| in [2^-15, 2^16) */
+        if (!split_ok(u2f(u), why, cap))
+            return 1;
+    }
+    if (pack_hi(0x12340000u, 0xabcd0000u) != 0xabcd1234u) {
+        snprintf(why, cap, "pack_hi: 0x%08x, expected 0xabcd1234", pack_hi(0x12340000u, 0xabcd0000u));
+        return 1;
+    }
+    return 0;
 }

@@ -3,7 +3,8 @@
  *
  * Numerics: the weights are bf16, so exact as MMA operands; each fp32 activation a is split
  * into three bf16 terms hi + lo + lo2 (8 significand bits each, by truncation), whose sum is
- * a exactly.  Every product is then exact; a k tile of 32 is summed by the
+ * a exactly (for |a| >= 2^-103; within 2^-126 below).  Every product is then exact; a k
+ * tile of 32 is summed by the
  * MMA unit into a zeroed accumulator and added to the fp32 result with one IEEE addition,
  * so the rounding is that of an fp32 sum of 32-element partials (hip/NOTES.md has the
  * measured error).  One fixed order per output: bit-identical run to run, no atomics.
