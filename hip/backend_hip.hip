@@ -142,6 +142,8 @@ typedef struct hip_ctx {
     unsigned char *chk_host;
     uint64_t chk_bytes;
     long long chk_ops, chk_bad;
+    double chk_worst;      /* largest rel L2 error of a float output in this step */
+    int chk_worst_op;
 
     /* MOERT_HIP_PROFILE=ops: eager steps with an event pair around every op, summed per
      * op kind; =steps: events around each whole step (graph replay included) */
@@ -1526,6 +1528,10 @@ static int check_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_e
                     }
                 }
                 double rel = sqrt(num) / (den > 0 ? sqrt(den) : 1.0);
+                if (rel > c->chk_worst) {
+                    c->chk_worst = rel;
+                    c->chk_worst_op = op_index(c, op);
+                }
                 if (nan_bad || !(rel <= 1e-4)) {
                     ok = false;
                     snprintf(why, sizeof why, "rel L2 err %.3e over rows [%lld, %lld), max |diff| %.3e "
@@ -1680,9 +1686,13 @@ static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
             return rc;
     }
     if (c->checking_step && c->check) {
-        fprintf(stderr, "hip check: step %lld (%s, %lld rows): %lld ops compared so far, %lld mismatches\n",
+        const sched_op *wop = &c->s->ops[c->chk_worst_op];
+        fprintf(stderr, "hip check: step %lld (%s, %lld rows): %lld ops compared so far, %lld mismatches; "
+                "worst rel L2 err of the step %.3e (op %d %s layer %d)\n",
                 (long long)st->index, st->decode ? "decode" : "prefill", (long long)st->n_rows,
-                c->chk_ops, c->chk_bad);
+                c->chk_ops, c->chk_bad, c->chk_worst, c->chk_worst_op, sched_kind_name(wop->kind), wop->layer);
+        c->chk_worst = 0;
+        c->chk_worst_op = 0;
         c->checking_step = false;
     }
     if (!c->capturing)

@@ -15,6 +15,8 @@
 #include "hip_compat.h"
 #include "hip_kernels.h"
 #include "hip_wload.h"
+#include "hip_devmath.h"
+#include "hip_gemm_mma.h"
 #include "../runtime/trace/record.h"
 
 /* Tuning switches (chosen by measurement on an H200; see hip/NOTES.md) */
@@ -69,11 +71,6 @@ DEV unsigned long long mix64(unsigned long long z)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
-}
-
-DEV float silu_mul(float g, float u)
-{
-    return g / (1.0f + expf(-g)) * u;
 }
 
 /* Warp reductions: the butterfly with masks 1, 2, 4, ... ; every lane ends with the same
@@ -2189,6 +2186,8 @@ hipError_t hip_launch_gemm(int dtype, int amode, int bm, const hip_gemm_args *a,
     if ((bm == 64 && amode == HIP_A_GATHER) || (bm != 64 && amode == HIP_A_PLAIN) ||
         (bm != 64 && bm != HIP_MOE_BM))
         return hipErrorInvalidValue;
+    if (hip_gemm_mma_takes(dtype, amode, bm, a))
+        return hip_launch_gemm_mma(amode, bm, a, s);
     bool vec = a->k % 8 == 0 && a->lda % 4 == 0 && aligned16(a->a) && aligned16(a->w) &&
                (amode != HIP_A_SWIGLU || aligned16(a->a2));
     dim3 grid((unsigned)((a->n + HIP_GEMM_BN - 1) / HIP_GEMM_BN),

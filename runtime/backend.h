@@ -108,6 +108,12 @@ const char *backend_hip_target(void);
  * 0 when all equal, 1 on the first difference (described in why), -1 in a build without the
  * HIP backend.  Needs no GPU. */
 int backend_hip_dequant_selftest(char *why, size_t cap);
+/* Runs the tensor-core GEMM's activation split (hip/gemm_mma.hip) on the host over edge
+ * cases and random floats: 0 when every value equals hi + lo + lo2 exactly with each term a
+ * bf16 value (|a| >= 2^-103; smaller ones within 2^-126; Inf and NaN in hi alone), 1 on the
+ * first failure (described in why), -1 in a
+ * build without the HIP backend.  Needs no GPU. */
+int backend_hip_mma_split_selftest(char *why, size_t cap);
 
 /* The bound tensor a schedule weight role names for `layer`.  SCHED_W_EXPERTS: index =
  * expert * 3 + part; SCHED_W_MLP: index = part; part 0 gate, 1 up, 2 down.  NULL when the

@@ -324,6 +324,20 @@ static void test_dequant_host(void)
     CU_ASSERT_EQUAL(r, 0);
 }
 
+/* The tensor-core GEMM's activation split (hip/gemm_mma.hip) runs on the host: exact. */
+static void test_mma_split_host(void)
+{
+    char why[512] = "";
+    int r = backend_hip_mma_split_selftest(why, sizeof why);
+    if (r < 0) {
+        test_skip(__func__, "built without the HIP backend (make hip-nvidia / make hip)");
+        return;
+    }
+    if (r)
+        fprintf(stderr, "\n    %s\n", why);
+    CU_ASSERT_EQUAL(r, 0);
+}
+
 /* Compares GPU rings with the CPU's (see the file comment). */
 static void compare_rings(const char *dir, const run_result *g, const run_result *c, bool tensor)
 {
@@ -412,6 +426,7 @@ void suite_hip(void)
     CU_add_test(s, "GPU bit-identical run to run, graph == eager", test_determinism);
     CU_add_test(s, "GPU trace rings vs CPU; device hash and stats", test_trace_rings);
     CU_add_test(s, "device weight loaders (on the host) == ops_to_f32, every type", test_dequant_host);
+    CU_add_test(s, "tensor-core GEMM's activation split (on the host): hi + lo + lo2 == a", test_mma_split_host);
     CU_add_test(s, "GPU logits vs CPU, GGUF models (weights quantized on the device)", test_gguf_logits_vs_cpu);
     CU_add_test(s, "GPU bit-identical run to run, graph == eager, GGUF models", test_gguf_determinism);
 }

@@ -1,0 +1,512 @@
+/* gemm_mma: the tensor-core prefill GEMM (hip_gemm_mma.h says what it promises).
+ *
+ * Block tile BM x BN, k tiles of 32 double-buffered in shared memory as bf16, k-contiguous
+ * rows padded to 80 bytes (conflict-free 16-byte row reads); warps own 32 x 32 outputs.
+ * A (fp32 activations) goes through registers: loaded one k tile ahead, SwiGLU applied,
+ * split into hi / lo / lo2 and stored as three bf16 tiles.  W (bf16) is copied as is.
+ * Dense: 64 x 64 tiles; grouped (MoE): HIP_MOE_BM x 128 tiles, one per tile-table entry.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hip_compat.h"
+#include "hip_devmath.h"
+#include "hip_gemm_mma.h"
+#include "hip_kernels.h"
+extern "C" {
+#include "../runtime/backend.h"
+}
+
+/* Threads per warp of the devices this kernel runs on (CDNA is wave64), known to the host
+ * too: the launch is sized from it. */
+#if defined(MOERT_HIP_AMD)
+#define MMA_WARP 64
+#else
+#define MMA_WARP 32
+#endif
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define MMA_NV 1
+#elif defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__)
+#define MMA_AMD 1
+#endif
+
+#define MMA_BK 32            /* k per tile */
+#define MMA_LDS (MMA_BK + 8) /* bf16 per shared-memory row */
+#define MMA_TERMS 3          /* activation terms: hi, lo, lo2 */
+#define MMA_DENSE_BN 64
+#define MMA_MOE_BN 128
+
+#define DEV static __device__ __forceinline__
+
+/* float bits both ways, on the host (the self-test) and the device */
+#define HD static __host__ __device__ __forceinline__
+HD uint32_t f2u(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return u;
+}
+HD float u2f(uint32_t u)
+{
+    float v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+/* v = hi + lo + lo2 exactly, each term the truncated top half of what is left: hi holds the
+ * significand's first 8 bits, lo the next 8 (v - hi has at most 16 significant bits, and
+ * the subtraction is exact), lo2 the last 8 (exact in bf16).  Returns the three fp32 bit
+ * patterns; their high halves are the bf16 terms.  Exact for |v| >= 2^-103 (every remainder
+ * is then a normal float); below, within 2^-126.  Inf and NaN travel in hi alone. */
+HD void split3(float v, uint32_t *hi, uint32_t *lo, uint32_t *lo2)
+{
+    uint32_t u = f2u(v);
+    bool special = (u & 0x7f800000u) == 0x7f800000u;
+    /* a NaN whose payload lies in the low half must not truncate to Inf: set the quiet bit */
+    *hi = (u & 0xffff0000u) | (special && (u & 0x007fffffu) ? 0x00400000u : 0u);
+    float r = special ? 0.0f : v - u2f(*hi);
+    *lo = f2u(r) & 0xffff0000u;
+    *lo2 = f2u(r - u2f(*lo));
+}
+/* the bf16 pair (high halves of x, y) as one 32-bit word, x in the low half */
+HD uint32_t pack_hi(uint32_t x, uint32_t y)
+{
+    return (x >> 16) | (y & 0xffff0000u);
+}
+
+#if defined(MMA_NV)
+DEV void ldsm_x4(uint32_t r[4], const void *p)
+{
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+DEV void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* the same with C = 0: a k tile's first product starts its partial sums */
+DEV void mma_16816_z(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
+                 : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
+}
+/* per 32 x 32 warp tile: 2 m16 x 4 n8 fragments of 4 floats */
+#define MMA_ACC 32
+#elif defined(MMA_AMD)
+typedef short mma_s4 __attribute__((ext_vector_type(4)));
+typedef float mma_f4 __attribute__((ext_vector_type(4)));
+/* per 32 x 32 wave tile: 2 x 2 16 x 16 fragments of 4 floats */
+#define MMA_ACC 16
+#endif
+
+/* W tiles travel global -> shared without registers: cp.async on NVIDIA (a ring of
+ * MMA_STAGES tiles in flight), an ordinary load and store elsewhere. */
+#define MMA_STAGES 4
+#if defined(MMA_NV)
+DEV void copy16(void *sdst, const void *gsrc, bool valid)
+{
+    unsigned sa = (unsigned)__cvta_generic_to_shared(sdst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sa), "l"(gsrc), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+DEV void copy_commit(void)
+{
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int N> DEV void copy_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+#elif defined(MMA_AMD)
+DEV void copy16(void *sdst, const void *gsrc, bool valid)
+{
+    *(uint4 *)sdst = valid ? *(const uint4 *)gsrc : make_uint4(0u, 0u, 0u, 0u);
+}
+DEV void copy_commit(void) {}
+template <int N> DEV void copy_wait(void) {}
+#endif
+
+/* dynamic shared memory of k_gemm_mma<., BM, BN>: the split A tiles (2 buffers x 3 terms)
+ * and the W ring */
+#define MMA_SMEM_BYTES(BM, BN) ((2 * MMA_TERMS * (BM) + MMA_STAGES * (BN)) * MMA_LDS * 2)
+
+template <int AMODE, int BM, int BN>
+__global__ void __launch_bounds__((BM / 32) * (BN / 32) * MMA_WARP) k_gemm_mma(hip_gemm_args a)
+{
+    moert_pdl_wait();
+#if defined(MMA_NV) || defined(MMA_AMD)
+    constexpr int BK = MMA_BK, LDS = MMA_LDS;
+    constexpr int WN = BN / 32, NT = (BM / 32) * WN * MMA_WARP;
+    constexpr int ACH = BM * BK / 4 / NT; /* A float4 chunks per thread per k tile */
+    constexpr int BCH = BN * BK / 8 / NT; /* W 16-byte chunks per thread per k tile */
+    static_assert(ACH >= 1 && ACH * NT * 4 == BM * BK && BCH >= 1 && BCH * NT * 8 == BN * BK,
+                  "k_gemm_mma: tile / thread split");
+    extern __shared__ __align__(16) unsigned char mma_smem[];
+    typedef uint16_t a_tile[MMA_TERMS][BM][LDS];
+    typedef uint16_t b_tile[BN][LDS];
+    a_tile *As = (a_tile *)mma_smem;
+    b_tile *Bs = (b_tile *)(mma_smem + 2 * sizeof(a_tile));
+    const int tid = threadIdx.x, lane = tid % MMA_WARP, warp = tid / MMA_WARP;
+    const int wm = warp / WN, wn = warp % WN;
+    const int n0 = blockIdx.x * BN;
+    long long e = 0;
+    int m0, m_end;
+    if (a.tiles) {
+        int t = blockIdx.y;
+        if (t >= a.tiles[0])
+            return;
+        e = a.tiles[1 + 3 * t];
+        m0 = a.tiles[2 + 3 * t];
+        m_end = a.tiles[3 + 3 * t];
+    } else {
+        m0 = blockIdx.y * BM;
+        m_end = min(m0 + BM, a.m);
+    }
+    const long long K = a.k;
+
+    /* A chunk i: row (tid + i NT) / 8, float4 (tid + i NT) % 8 of the k tile */
+    const float *arow[ACH], *arow2[ACH];
+    bool a_ok[ACH];
+#pragma unroll
+    for (int i = 0; i < ACH; i++) {
+        int p = m0 + (tid + i * NT) / 8;
+        a_ok[i] = p < m_end;
+        arow[i] = arow2[i] = a.a;
+        if (a_ok[i]) {
+            if (AMODE == HIP_A_GATHER)
+                arow[i] = a.a + (long long)(a.gather[p] / a.gdiv) * a.lda;
+            else
+                arow[i] = a.a + (long long)p * a.lda;
+            if (AMODE == HIP_A_SWIGLU)
+                arow2[i] = a.a2 + (long long)p * a.lda;
+        }
+    }
+    /* W chunk i: row (tid + i NT) / 4, 8 bf16 at (tid + i NT) % 4 of the k tile */
+    const uint16_t *wrow[BCH];
+    bool w_ok[BCH];
+#pragma unroll
+    for (int i = 0; i < BCH; i++) {
+        int n = n0 + (tid + i * NT) / 4;
+        w_ok[i] = n < a.n;
+        wrow[i] = (const uint16_t *)((const unsigned char *)a.w + e * a.w_estride) +
+                  (long long)(w_ok[i] ? n : 0) * K;
+    }
+
+    float4 ra[ACH];
+    auto copy_w = [&](int t) {
+        const long long k0 = (long long)t * BK;
+        b_tile &dst = Bs[t % MMA_STAGES];
+#pragma unroll
+        for (int i = 0; i < BCH; i++) {
+            int c = tid + i * NT;
+            long long kb = k0 + (c % 4) * 8;
+            bool ok = w_ok[i] && kb < K;
+            copy16(&dst[c / 4][(c % 4) * 8], ok ? (const void *)(wrow[i] + kb) : (const void *)wrow[i], ok);
+        }
+    };
+    auto load_a = [&](long long k0) {
+#pragma unroll
+        for (int i = 0; i < ACH; i++) {
+            long long ka = k0 + ((tid + i * NT) % 8) * 4;
+            if (a_ok[i] && ka < K) {
+                float4 v = *(const float4 *)(arow[i] + ka);
+                if (AMODE == HIP_A_SWIGLU) {
+                    float4 u = *(const float4 *)(arow2[i] + ka);
+                    v.x = silu_mul(v.x, u.x);
+                    v.y = silu_mul(v.y, u.y);
+                    v.z = silu_mul(v.z, u.z);
+                    v.w = silu_mul(v.w, u.w);
+                }
+                ra[i] = v;
+            } else {
+                ra[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+        }
+    };
+    auto store_a = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < ACH; i++) {
+            int c = tid + i * NT, r = c / 8, k = (c % 8) * 4;
+            float v[4] = {ra[i].x, ra[i].y, ra[i].z, ra[i].w};
+            uint32_t h[4], l[4], l2[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                split3(v[q], &h[q], &l[q], &l2[q]);
+            *(uint2 *)&As[buf][0][r][k] = make_uint2(pack_hi(h[0], h[1]), pack_hi(h[2], h[3]));
+            *(uint2 *)&As[buf][1][r][k] = make_uint2(pack_hi(l[0], l[1]), pack_hi(l[2], l[3]));
+            *(uint2 *)&As[buf][2][r][k] = make_uint2(pack_hi(l2[0], l2[1]), pack_hi(l2[2], l2[3]));
+        }
+    };
+
+    float acc[MMA_ACC], part[MMA_ACC];
+#pragma unroll
+    for (int i = 0; i < MMA_ACC; i++)
+        acc[i] = part[i] = 0.0f;
+    /* m16 fragments holding no row of this tile are skipped (warp-uniform): grouped tiles
+     * are often partly filled */
+    const bool mb_on[2] = {m0 + wm * 32 < m_end, m0 + wm * 32 + 16 < m_end};
+
+    /* Iteration t: A of tile t + 1 into registers, W of tile t + STAGES - 1 on its way,
+     * products of tile t, A of t + 1 split into shared memory, then one barrier once W of
+     * t + 1 has landed.  Every copy group is committed (empty ones too), so the wait count
+     * is fixed. */
+    const int ntiles = (int)((K + BK - 1) / BK);
+#pragma unroll
+    for (int t = 0; t < MMA_STAGES - 1; t++) {
+        if (t < ntiles)
+            copy_w(t);
+        copy_commit();
+    }
+    load_a(0);
+    store_a(0);
+    copy_wait<MMA_STAGES - 2>();
+    __syncthreads();
+    for (int t = 0; t < ntiles; t++) {
+        const int cur = t & 1, wb = t % MMA_STAGES;
+        if (t + 1 < ntiles)
+            load_a((long long)(t + 1) * BK);
+        if (t + MMA_STAGES - 1 < ntiles)
+            copy_w(t + MMA_STAGES - 1);
+        copy_commit();
+#if !defined(MMA_NV)
+#pragma unroll
+        for (int i = 0; i < MMA_ACC; i++)
+            part[i] = 0.0f;
+#endif
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ks++) {
+#if defined(MMA_NV)
+            /* b[j]: n8 fragment j of the warp's 32 columns (ldmatrix: 2 per x4) */
+            uint32_t b[4][2];
+#pragma unroll
+            for (int nb = 0; nb < 2; nb++) {
+                uint32_t r[4];
+                ldsm_x4(r, &Bs[wb][wn * 32 + nb * 16 + (lane & 7) + ((lane >> 4) << 3)]
+                              [ks * 16 + ((lane >> 3) & 1) * 8]);
+                b[2 * nb][0] = r[0];
+                b[2 * nb][1] = r[1];
+                b[2 * nb + 1][0] = r[2];
+                b[2 * nb + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int q = 0; q < MMA_TERMS; q++)
+#pragma unroll
+                for (int mb = 0; mb < 2; mb++) {
+                    if (!mb_on[mb])
+                        continue;
+                    uint32_t af[4];
+                    ldsm_x4(af, &As[cur][q][wm * 32 + mb * 16 + (lane & 15)][ks * 16 + (lane >> 4) * 8]);
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        if (ks == 0 && q == 0)
+                            mma_16816_z(&part[(mb * 4 + j) * 4], af, b[j][0], b[j][1]);
+                        else
+                            mma_16816(&part[(mb * 4 + j) * 4], af, b[j][0], b[j][1]);
+                    }
+                }
+#else
+            mma_s4 b[2];
+#pragma unroll
+            for (int nb = 0; nb < 2; nb++)
+                b[nb] = *(const mma_s4 *)&Bs[wb][wn * 32 + nb * 16 + (lane & 15)][ks * 16 + (lane >> 4) * 4];
+#pragma unroll
+            for (int q = 0; q < MMA_TERMS; q++)
+#pragma unroll
+                for (int mb = 0; mb < 2; mb++) {
+                    if (!mb_on[mb])
+                        continue;
+                    mma_s4 av = *(const mma_s4 *)&As[cur][q][wm * 32 + mb * 16 + (lane & 15)]
+                                                    [ks * 16 + (lane >> 4) * 4];
+#pragma unroll
+                    for (int nb = 0; nb < 2; nb++) {
+                        float *pp = &part[(mb * 2 + nb) * 4];
+                        mma_f4 cv = {pp[0], pp[1], pp[2], pp[3]};
+                        cv = __builtin_amdgcn_mfma_f32_16x16x16bf16_1k(av, b[nb], cv, 0, 0, 0);
+                        pp[0] = cv[0];
+                        pp[1] = cv[1];
+                        pp[2] = cv[2];
+                        pp[3] = cv[3];
+                    }
+                }
+#endif
+        }
+        /* one IEEE addition per k tile: the MMA unit's own rounding stays within 32 terms */
+#pragma unroll
+        for (int i = 0; i < MMA_ACC; i++)
+            acc[i] += part[i];
+        if (t + 1 < ntiles)
+            store_a(cur ^ 1);
+        copy_wait<MMA_STAGES - 2>();
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int i = 0; i < MMA_ACC; i++) {
+#if defined(MMA_NV)
+        /* fragment f = mb * 4 + j, element q: row g (+ 8 for q >= 2), columns 2 tig + (q & 1) */
+        int f = i / 4, q = i % 4, mb = f / 4, j = f % 4;
+        int r = wm * 32 + mb * 16 + (lane >> 2) + (q >> 1) * 8;
+        int col = wn * 32 + j * 8 + (lane & 3) * 2 + (q & 1);
+#else
+        /* fragment f = mb * 2 + nb, element q: row 4 (lane / 16) + q, column lane % 16 */
+        int f = i / 4, q = i % 4, mb = f / 2, nb = f % 2;
+        int r = wm * 32 + mb * 16 + (lane >> 4) * 4 + q;
+        int col = wn * 32 + nb * 16 + (lane & 15);
+#endif
+        int p = m0 + r, n = n0 + col;
+        if (p < m_end && n < a.n)
+            a.c[(long long)p * a.ldc + n] = acc[i];
+    }
+#else
+    (void)a;
+#endif
+}
+
+/* ---- host side ----------------------------------------------------------------------- */
+
+static bool aligned16(const void *p)
+{
+    return ((uintptr_t)p & 15u) == 0;
+}
+
+template <int AM, int BM, int BN>
+static bool smem_attr(void)
+{
+    return hipFuncSetAttribute((const void *)(k_gemm_mma<AM, BM, BN>), hipFuncAttributeMaxDynamicSharedMemorySize,
+                               MMA_SMEM_BYTES(BM, BN)) == hipSuccess;
+}
+
+/* Once per process: the MOERT_HIP_GEMM choice, whether the device has the instructions,
+ * and the kernels' shared-memory allowance (above the default 48 KB). */
+static bool mma_enabled(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("MOERT_HIP_GEMM");
+        int dev = 0;
+        on = 0;
+        if (v && strcmp(v, "fma") == 0) {
+            on = 0;
+        } else if (hipGetDevice(&dev) == hipSuccess) {
+#if defined(MOERT_HIP_AMD)
+            hipDeviceProp_t p;
+            if (v && strcmp(v, "mma") == 0 && hipGetDeviceProperties(&p, dev) == hipSuccess)
+                on = strncmp(p.gcnArchName, "gfx90a", 6) == 0 || strncmp(p.gcnArchName, "gfx94", 5) == 0;
+#else
+            int major = 0;
+            if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess)
+                on = major >= 8;
+#endif
+        }
+        if (on == 1)
+            on = smem_attr<HIP_A_PLAIN, 64, MMA_DENSE_BN>() && smem_attr<HIP_A_SWIGLU, 64, MMA_DENSE_BN>() &&
+                 smem_attr<HIP_A_GATHER, HIP_MOE_BM, MMA_MOE_BN>() &&
+                 smem_attr<HIP_A_SWIGLU, HIP_MOE_BM, MMA_MOE_BN>();
+    }
+    return on == 1;
+}
+
+bool hip_gemm_mma_takes(int dtype, int amode, int bm, const hip_gemm_args *a)
+{
+    if (dtype != HIP_DT_BF16 || (bm != 64 && bm != HIP_MOE_BM))
+        return false;
+    if (a->k % 8 != 0 || a->lda % 4 != 0 || a->w_estride % 16 != 0 || !aligned16(a->a) ||
+        !aligned16(a->w) || (amode == HIP_A_SWIGLU && !aligned16(a->a2)))
+        return false;
+    return mma_enabled();
+}
+
+template <int AM, int BM, int BN>
+static void launch_mma(const hip_gemm_args *a, hipStream_t s)
+{
+    dim3 grid((unsigned)((a->n + BN - 1) / BN), (unsigned)(a->tiles ? a->max_tiles : (a->m + BM - 1) / BM));
+    MOERT_LAUNCH((k_gemm_mma<AM, BM, BN>), grid, (BM / 32) * (BN / 32) * MMA_WARP, MMA_SMEM_BYTES(BM, BN), s,
+                 *a);
+}
+
+hipError_t hip_launch_gemm_mma(int amode, int bm, const hip_gemm_args *a, hipStream_t s)
+{
+    if (a->n <= 0 || (!a->tiles && a->m <= 0))
+        return hipSuccess;
+    if (bm == 64 && amode == HIP_A_PLAIN)
+        launch_mma<HIP_A_PLAIN, 64, MMA_DENSE_BN>(a, s);
+    else if (bm == 64 && amode == HIP_A_SWIGLU)
+        launch_mma<HIP_A_SWIGLU, 64, MMA_DENSE_BN>(a, s);
+    else if (bm == HIP_MOE_BM && amode == HIP_A_GATHER)
+        launch_mma<HIP_A_GATHER, HIP_MOE_BM, MMA_MOE_BN>(a, s);
+    else if (bm == HIP_MOE_BM && amode == HIP_A_SWIGLU)
+        launch_mma<HIP_A_SWIGLU, HIP_MOE_BM, MMA_MOE_BN>(a, s);
+    else
+        return hipErrorInvalidValue;
+    return hipGetLastError();
+}
+
+/* ---- host self-test of the activation split (backend.h) ------------------------------ */
+
+static bool split_ok(float v, char *why, size_t cap)
+{
+    uint32_t h, l, l2;
+    split3(v, &h, &l, &l2);
+    const char *bad = NULL;
+    /* what the MMA sees: the high halves */
+    double sum = (double)u2f(h) + (double)u2f(l) + (double)u2f(l2 & 0xffff0000u);
+    if (isnan(v)) {
+        if (!isnan(u2f(h)) || (h >> 31) != (f2u(v) >> 31) || l != 0 || l2 != 0)
+            bad = "NaN not carried by hi alone";
+    } else if (isinf(v)) {
+        if (h != f2u(v) || l != 0 || l2 != 0)
+            bad = "Inf not carried by hi alone";
+    } else if (fabs(v) >= 0x1p-103) {
+        if ((l2 & 0xffffu) != 0)
+            bad = "lo2 is not a bf16 value";
+        else if (sum != (double)v)
+            bad = "hi + lo + lo2 != v";
+    } else if (fabs(sum - (double)v) >= 0x1p-126) {
+        bad = "tiny value: hi + lo + lo2 off by 2^-126 or more";
+    }
+    if (bad)
+        snprintf(why, cap, "activation split of %a (bits 0x%08x): %s (terms 0x%08x 0x%08x 0x%08x)", (double)v,
+                 f2u(v), bad, h, l, l2);
+    return bad == NULL;
+}
+
+extern "C" int backend_hip_mma_split_selftest(char *why, size_t cap)
+{
+    if (why && cap)
+        why[0] = 0;
+    static const uint32_t edge[] = {0x00000000u, 0x80000000u, 0x00000001u, 0x007fffffu, 0x00800000u,
+                                    0x00ffffffu, 0x3f800000u, 0x3fffffffu, 0xbf7fffffu, 0x7f7fffffu,
+                                    0xff7fffffu, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7f800001u,
+                                    0x3f80ffffu, 0x3f808080u, 0x33800001u};
+    for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++)
+        if (!split_ok(u2f(edge[i]), why, cap))
+            return 1;
+    /* random bit patterns over every exponent, and activations' usual range */
+    uint64_t z = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < 1 << 20; i++) {
+        z ^= z << 13;
+        z ^= z >> 7;
+        z ^= z << 17;
+        uint32_t u = (uint32_t)(z >> 32);
+        if (i & 1)
+            u = (u & 0x807fffffu) | ((uint32_t)(112 + (z & 31)) << 23); /* |v| in [2^-15, 2^16) */
+        if (!split_ok(u2f(u), why, cap))
+            return 1;
+    }
+    if (pack_hi(0x12340000u, 0xabcd0000u) != 0xabcd1234u) {
+        snprintf(why, cap, "pack_hi: 0x%08x, expected 0xabcd1234", pack_hi(0x12340000u, 0xabcd0000u));
+        return 1;
+    }
+    return 0;
+}
