@@ -125,6 +125,14 @@ typedef struct hip_ctx {
      * tr_snap[2 * op + o]: where op's launch also writes its output o (NULL: nowhere);
      * d_tr_tab: the narrow slots' capture arguments (device); tr_wide: the other slots */
     bool tr_batch, tr_batch_step, tr_wide1;
+    /* captures beside the chain (trace_fork): [0] the narrow slots, [1] the wide ones, each
+     * on its own stream, forked after op tr_fork_op[i] (-1: run on the chain at the step's
+     * end) and joined at the step's end; MOERT_HIP_TRACE_SERIAL=1 keeps both on the chain,
+     * MOERT_HIP_TRACE_NOCAPTURE=1 (measurement only: records stay empty) launches none */
+    hipStream_t tr_ss[2];
+    hipEvent_t tr_fork[2], tr_join[2];
+    int32_t tr_fork_op[2];
+    bool tr_forked[2], tr_nocap;
     float **tr_snap;
     float *d_tr_snap;
     hip_trace_args *d_tr_tab;
@@ -409,6 +417,8 @@ static void hip_shutdown(backend *b);
 static bool plan_trace_batch(hip_ctx *c, size_t *snap_floats);
 static_assert(sizeof(hip_trace_args) <= HIP_TRACE_ARGS_MAX_BYTES, "hip_scratch.h's bound on a capture table entry");
 static void plan_trace_batch_fill(hip_ctx *c);
+static void plan_trace_forks(hip_ctx *c);
+static int trace_fork(hip_ctx *c, int side, moert_err *err);
 
 /* The op that op i would fuse with: the next one, except that a residual ADD looks past
  * TRACE ops capturing its stream (the fused norm writes another buffer, so they read the
@@ -481,6 +491,7 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
     if (!c)
         return err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
     b->ctx = c;
+    c->tr_fork_op[0] = c->tr_fork_op[1] = -1;
     c->s = in->s;
     c->offsets = in->offsets;
     c->w = in->w;
@@ -677,6 +688,17 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
                      "uploading the trace table");
             c->tr_batch = true;
             c->tr_wide1 = env_on("MOERT_HIP_TRACE_WIDE1");
+            c->tr_nocap = env_on("MOERT_HIP_TRACE_NOCAPTURE");
+            c->tr_fork_op[0] = c->tr_fork_op[1] = -1;
+            if (!c->tr_nocap && !env_on("MOERT_HIP_TRACE_SERIAL"))
+                plan_trace_forks(c);
+            if (c->tr_fork_op[0] >= 0 || c->tr_fork_op[1] >= 0) {
+                for (int i = 0; i < 2; i++) {
+                    INIT_TRY(hipStreamCreateWithFlags(&c->tr_ss[i], hipStreamNonBlocking), "hipStreamCreate");
+                    INIT_TRY(hipEventCreateWithFlags(&c->tr_fork[i], hipEventDisableTiming), "hipEventCreate");
+                    INIT_TRY(hipEventCreateWithFlags(&c->tr_join[i], hipEventDisableTiming), "hipEventCreate");
+                }
+            }
         }
     }
 
@@ -709,10 +731,12 @@ static void print_profile(const hip_ctx *c)
         if (!c->prof_steps[ph])
             continue;
         double n = (double)c->prof_steps[ph];
+        /* whether decode replayed its graph: a capture that failed (decoding eagerly) shows here */
         fprintf(stderr, "hip profile, %s (%lld steps%s): device %.3f ms/step, host %.3f ms/step\n",
                 ph ? "decode" : "prefill", c->prof_steps[ph],
-                c->profile == 2 ? ", eager, one event pair per op" : "", c->prof_step_ms[ph] / n,
-                c->prof_host_ms[ph] / n);
+                c->profile == 2 ? ", eager, one event pair per op"
+                : ph && c->graph_ready ? ", graph" : ph ? ", eager" : "",
+                c->prof_step_ms[ph] / n, c->prof_host_ms[ph] / n);
         for (int k = 0; k < SCHED_KIND_COUNT && c->profile == 2; k++)
             if (c->prof_calls[ph][k])
                 fprintf(stderr, "  %-13s %9.4f ms/step  %6.1f us/call  (%lld calls)\n",
@@ -758,6 +782,16 @@ static void hip_shutdown(backend *b)
     }
     if (c->stream)
         (void)hipStreamDestroy(c->stream);
+    for (int i = 0; i < 2; i++) {
+        if (c->tr_ss[i]) {
+            (void)hipStreamSynchronize(c->tr_ss[i]);
+            (void)hipStreamDestroy(c->tr_ss[i]);
+        }
+        if (c->tr_fork[i])
+            (void)hipEventDestroy(c->tr_fork[i]);
+        if (c->tr_join[i])
+            (void)hipEventDestroy(c->tr_join[i]);
+    }
     free(c->tr_snap);
     free(c->tr_wide);
     free(c->layers);
@@ -1125,8 +1159,8 @@ static int run_trace(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
 {
     if (!c->trace || op->trace_index < 0 || op->trace_index >= c->n_trace)
         return err_set(err, MOERT_EINTERNAL, "backend hip: TRACE op without a bound trace context");
-    if (c->tr_batch_step)
-        return MOERT_OK; /* captured at the end of the step (trace_batch_launch) */
+    if (c->tr_batch_step) /* captured beside the chain from here, or at the step's end */
+        return op_index(c, op) == c->tr_fork_op[0] ? trace_fork(c, 0, err) : MOERT_OK;
     hip_trace_args a;
     fill_trace_args(c, op, fbuf(c, op->in[0]), op->in[1] >= 0 ? (const int32_t *)dbuf(c, op->in[1]) : NULL, &a);
     return launch_err(hip_launch_trace(&a, c->tr_all ? rows : 1, c->stream), op, err);
@@ -1248,6 +1282,9 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
         long long first = s->logit_rows == 1 ? rows - 1 : 0;
         int rc = run_matmul_rows(c, op, fn + first * H, rows - first, fbuf(c, op->out[0]), op->n, NULL, err);
         if (rc)
+            return rc;
+        /* the logits capture runs beside the arg-max */
+        if (c->tr_batch_step && oi == c->tr_fork_op[1] && (rc = trace_fork(c, 1, err)))
             return rc;
         /* the greedy pick, inside the step (and the decode graph) */
         return launch_err(hip_launch_argmax(fbuf(c, op->out[0]), op->n, s->logit_rows > 1,
@@ -1386,19 +1423,79 @@ static void plan_trace_batch_fill(hip_ctx *c)
     }
 }
 
-/* The captures of a one-row step, after its last op. */
-static int trace_batch_launch(hip_ctx *c, moert_err *err)
+/* Where the captures may leave the chain (c->tr_fork_op), decided at init from the
+ * schedule: nothing rewrites a slot's source after its TRACE op (plan_trace_batch proved it,
+ * or the producer keeps a snapshot), so the narrow slots can all be captured as soon as the
+ * last of their TRACE ops is reached, beside the ops after it (the LM head streams for
+ * ~135 us there); the wide slot (logits) as soon as the LM head GEMV has written it, beside
+ * the arg-max.  Only where ops follow: otherwise the capture stays at the step's end. */
+static void plan_trace_forks(hip_ctx *c)
 {
-    hipError_t e = hip_launch_trace_batch(c->d_tr_tab, c->n_tr_tab, c->stream);
+    const sched *s = c->s;
+    int32_t last_op = -1, last_narrow = -1, logits_op = -1;
+    bool wide_after_logits = true;
+    for (int32_t i = 0; i < s->n_ops; i++) {
+        const sched_op *op = &s->ops[i];
+        if (op->kind != SCHED_TRACE) {
+            last_op = i;
+            if (op->kind == SCHED_LOGITS)
+                logits_op = i;
+            continue;
+        }
+        const trace_slot_info *si = trace_rt_slot(c->trace, (size_t)op->trace_index);
+        if (hip_trace_threads(si->width) == HIP_TRACE_BATCH_THREADS)
+            last_narrow = i;
+        else
+            wide_after_logits = wide_after_logits && logits_op >= 0 && op->in[0] == s->ops[logits_op].out[0];
+    }
+    if (c->n_tr_tab > 0 && last_narrow >= 0 && last_narrow < last_op)
+        c->tr_fork_op[0] = last_narrow;
+    if (c->n_tr_wide > 0 && wide_after_logits && logits_op >= 0 && logits_op == last_op)
+        c->tr_fork_op[1] = logits_op;
+}
+
+static hipError_t launch_wide(hip_ctx *c, hipStream_t st)
+{
+    hipError_t e = hipSuccess;
+    for (int i = 0; i < c->n_tr_wide && e == hipSuccess; i++)
+        /* MOERT_HIP_TRACE_WIDE1=1: on one block, as inline (for A/B) */
+        e = c->tr_wide1 ? hip_launch_trace(&c->tr_wide[c->n_tr_tab + i], 1, st)
+                        : hip_launch_trace_wide(&c->tr_wide[c->n_tr_tab + i], st);
+    return e;
+}
+
+/* Starts capture group `side` (0 narrow, 1 wide) on its stream after what the chain has
+ * launched so far; trace_end_launch joins it. */
+static int trace_fork(hip_ctx *c, int side, moert_err *err)
+{
+    hipStream_t ss = c->tr_ss[side];
+    HIP_TRY(hipEventRecord(c->tr_fork[side], c->stream), "forking the trace capture");
+    HIP_TRY(hipStreamWaitEvent(ss, c->tr_fork[side], 0), "forking the trace capture");
+    hipError_t e = side == 0 ? hip_launch_trace_batch(c->d_tr_tab, c->n_tr_tab, ss) : launch_wide(c, ss);
     if (e != hipSuccess)
         return hip_fail(err, e, "launching the trace capture");
-    for (int i = 0; i < c->n_tr_wide; i++) {
-        /* MOERT_HIP_TRACE_WIDE1=1: on one block, as inline (for A/B) */
-        e = c->tr_wide1 ? hip_launch_trace(&c->tr_wide[c->n_tr_tab + i], 1, c->stream)
-                        : hip_launch_trace_wide(&c->tr_wide[c->n_tr_tab + i], c->stream);
-        if (e != hipSuccess)
-            return hip_fail(err, e, "launching the trace capture");
-    }
+    HIP_TRY(hipEventRecord(c->tr_join[side], ss), "the trace capture");
+    c->tr_forked[side] = true;
+    return MOERT_OK;
+}
+
+/* The captures of a one-row step after its last op: those still to run, and the joins of
+ * those that ran beside the chain (the step ends when they do). */
+static int trace_end_launch(hip_ctx *c, moert_err *err)
+{
+    if (c->tr_nocap)
+        return MOERT_OK;
+    hipError_t e = hipSuccess;
+    if (!c->tr_forked[0])
+        e = hip_launch_trace_batch(c->d_tr_tab, c->n_tr_tab, c->stream);
+    if (e == hipSuccess && !c->tr_forked[1])
+        e = launch_wide(c, c->stream);
+    if (e != hipSuccess)
+        return hip_fail(err, e, "launching the trace capture");
+    for (int i = 0; i < 2; i++)
+        if (c->tr_forked[i])
+            HIP_TRY(hipStreamWaitEvent(c->stream, c->tr_join[i], 0), "joining the trace capture");
+    c->tr_forked[0] = c->tr_forked[1] = false;
     return MOERT_OK;
 }
 
@@ -1585,6 +1682,7 @@ static int hip_begin_step(backend *b, const exec_step *st, bool *ops_done, moert
     }
     c->checking_step = false;
     c->tr_batch_step = c->tr_batch && st->n_rows == 1;
+    c->tr_forked[0] = c->tr_forked[1] = false;
     if (c->check) {
         bool first = st->decode ? !c->checked_decode : !c->checked_prefill;
         c->checking_step = c->check == 2 || first;
@@ -1667,7 +1765,7 @@ static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
 {
     hip_ctx *c = (hip_ctx *)b->ctx;
     if (c->tr_batch_step && !c->graph_launched) {
-        int rb = trace_batch_launch(c, err);
+        int rb = trace_end_launch(c, err);
         if (rb) {
             if (c->capturing) {
                 hipGraph_t g0 = NULL;
@@ -1717,12 +1815,13 @@ static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
     if (c->debug)
         fprintf(stderr, "backend hip: decode graph unavailable (%s); decoding eagerly\n",
                 hipGetErrorString(e));
+    c->tr_forked[0] = c->tr_forked[1] = false; /* the forks went into the failed capture */
     for (int32_t i = 0; i < c->s->n_ops; i++) {
         int rc = launch_op(c, &c->s->ops[i], st, err);
         if (rc)
             return rc;
     }
-    return c->tr_batch_step ? trace_batch_launch(c, err) : MOERT_OK;
+    return c->tr_batch_step ? trace_end_launch(c, err) : MOERT_OK;
 }
 
 static int hip_sync(backend *b, moert_err *err)

@@ -1813,14 +1813,39 @@ DEV unsigned char *trace_rec_of(const hip_trace_args &a, const trace_pos &p, lon
     return a.ring + TRACE_RING_HEADER + slot * a.record_bytes;
 }
 
+/* The capture loops visit a virtual thread's elements t, t + nt, ... in that order (the
+ * order of its sums), TRACE_LOADS at a time, with the next round's loads issued before this
+ * round's elements are taken: a loop that waited for each load (L2 latency) made the
+ * capture of a 151,936-wide row take tens of us. */
+#define TRACE_LOADS 8
+DEV void trace_load_round(float (&v)[TRACE_LOADS], const float *row, long long W, long long k0, long long nt)
+{
+#pragma unroll
+    for (int j = 0; j < TRACE_LOADS; j++)
+        v[j] = k0 + j * nt < W ? row[k0 + j * nt] : 0.0f;
+}
+template <typename F> DEV void trace_each(const float *row, long long W, long long t, long long nt, F &&f)
+{
+    float v[TRACE_LOADS], nv[TRACE_LOADS];
+    trace_load_round(v, row, W, t, nt);
+    for (long long k0 = t; k0 < W; k0 += TRACE_LOADS * nt) {
+        trace_load_round(nv, row, W, k0 + TRACE_LOADS * nt, nt);
+#pragma unroll
+        for (int j = 0; j < TRACE_LOADS; j++)
+            if (k0 + j * nt < W)
+                f(v[j], k0 + j * nt);
+#pragma unroll
+        for (int j = 0; j < TRACE_LOADS; j++)
+            v[j] = nv[j];
+    }
+}
+
 /* Virtual thread t of `nt`: its serial share of the first pass. */
 DEV trace_acc trace_pass1(const float *row, const int32_t *ids, long long W, long long t, long long nt)
 {
-    const unsigned *rw = (const unsigned *)row;
     trace_acc s = {0, 0, 0, 0, 0, INFINITY, -INFINITY, 0};
-    for (long long k = t; k < W; k += nt) {
-        float v = row[k];
-        s.h += mix64(((unsigned long long)k << 32) | rw[k]);
+    trace_each(row, W, t, nt, [&](float v, long long k) {
+        s.h += mix64(((unsigned long long)k << 32) | __float_as_uint(v));
         if (isnan(v)) {
             s.n_nan += 1;
         } else if (isinf(v)) {
@@ -1833,9 +1858,9 @@ DEV trace_acc trace_pass1(const float *row, const int32_t *ids, long long W, lon
             s.mn = fmin(s.mn, d);
             s.mx = fmax(s.mx, d);
         }
-    }
+    });
     if (ids)
-        for (long long k = t; k < W; k += nt)
+        for (long long k = t; k < W; k += nt) /* an integer sum: its order does not matter */
             s.h += mix64(((unsigned long long)(W + k) << 32) | (unsigned)ids[k]);
     return s;
 }
@@ -1843,13 +1868,12 @@ DEV trace_acc trace_pass1(const float *row, const int32_t *ids, long long W, lon
 DEV double trace_pass2(const float *row, long long W, double mean, long long t, long long nt)
 {
     double var = 0;
-    for (long long k = t; k < W; k += nt) {
-        float v = row[k];
+    trace_each(row, W, t, nt, [&](float v, long long) {
         if (isfinite(v)) {
             double d = (double)v - mean;
             var += d * d;
         }
-    }
+    });
     return var;
 }
 
@@ -1903,10 +1927,8 @@ DEV void trace_write_rec(unsigned char *rec, const hip_trace_args &a, long long 
 DEV void trace_copy_values(unsigned char *rec, const float *row, const int32_t *ids, long long W, long long t,
                            long long nt)
 {
-    const unsigned *rw = (const unsigned *)row;
     unsigned *dv = (unsigned *)(rec + TRACE_REC_VALUES_OFF);
-    for (long long k = t; k < W; k += nt)
-        dv[k] = rw[k];
+    trace_each(row, W, t, nt, [&](float v, long long k) { dv[k] = __float_as_uint(v); });
     if (ids) {
         int32_t *di = (int32_t *)(rec + TRACE_REC_VALUES_OFF + W * 4);
         for (long long k = t; k < W; k += nt)

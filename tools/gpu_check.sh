@@ -15,7 +15,9 @@
 #                 100-token prompt in chunks of 64, 3 decode steps)
 #   5. trace      decode steps' trace captures (at the step end) against inline captures
 #                 (MOERT_HIP_TRACE_INLINE=1): the trace files are identical, stats and tensor
-#                 mode, every stage of every layer
+#                 mode, every stage of every layer; with BASE_BIN=another moert-nvidia (say the
+#                 last commit's), also its records against this binary's (in the modes of
+#                 BASE_MODES, default stats): identical but for the manifest's build facts
 #   6. bench      moert bench configs/bench-gpu.yaml --json --trace-overhead
 #   7. bench48    the same on configs/bench-gpu-48.yaml (Qwen3-30B-A3B's 48 layers, 61 GB)
 # and prints a summary table last (figures against the targets of issue 13).  Logs go to
@@ -128,11 +130,34 @@ if want check-big; then
     fi
 fi
 
+# Two trace files of different binaries hold the same records: the same tensors, bytes and
+# manifest but for its "build" (the commit differs).
+trace_same() {
+    python3 - "$1" "$2" <<'EOF'
+import json, struct, sys
+def load(p):
+    b = open(p, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    m = h.pop("__metadata__", {})
+    if "manifest" in m:
+        j = json.loads(m["manifest"])
+        j.pop("build", None)
+        m["manifest"] = j
+    return h, m, b[8 + n:]
+a, b = load(sys.argv[1]), load(sys.argv[2])
+same = a == b
+print("%s %s %s (%d data bytes)" % (sys.argv[1], "==" if same else "DIFFERS FROM", sys.argv[2], len(a[2])))
+sys.exit(0 if same else 1)
+EOF
+}
+
 # 5. trace captures: at the end of each decode step == inline (at each TRACE op), bit for bit
 if want trace; then
     TT=${TMPDIR:-/tmp}/moert-gpu-check-trace
     mkdir -p "$TT"
     ok=1
+    based=""
     for mode in stats tensor; do
         timeout 120 "$BIN" run "$BENCH_CFG" --backend hip --tokens "$IDS13" -n 8 --trace "$TT/batch-$mode.trace" \
             --trace-mode $mode >>"$LOG/runs.log" 2>&1 || ok=0
@@ -140,10 +165,16 @@ if want trace; then
             --trace "$TT/inline-$mode.trace" --trace-mode $mode >>"$LOG/runs.log" 2>&1 || ok=0
         cmp "$TT/batch-$mode.trace" "$TT/inline-$mode.trace" >>"$LOG/runs.log" 2>&1 || ok=0
         ls -l "$TT/batch-$mode.trace" "$TT/inline-$mode.trace" >>"$LOG/runs.log" 2>&1
+        [ -n "${BASE_BIN:-}" ] || continue
+        case " ${BASE_MODES:-stats} " in *" $mode "*) ;; *) continue ;; esac
+        timeout 120 "$BASE_BIN" run "$BENCH_CFG" --backend hip --tokens "$IDS13" -n 8 --trace "$TT/base-$mode.trace" \
+            --trace-mode $mode >>"$LOG/runs.log" 2>&1 || ok=0
+        trace_same "$TT/base-$mode.trace" "$TT/batch-$mode.trace" >>"$LOG/runs.log" 2>&1 || ok=0
+        based="$based $mode"
     done
     rm -rf "$TT"
     if [ $ok -eq 1 ]; then
-        row trace ok "decode captures at the step end == inline captures, bit for bit (stats, tensor)"
+        row trace ok "decode captures at the step end == inline captures, bit for bit (stats, tensor)${based:+; == BASE_BIN's records:$based}"
     else
         row trace FAIL "see runs.log: $(tail -c 200 "$LOG/runs.log" | tr '\n' ' ')"
     fi
