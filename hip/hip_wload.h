@@ -555,4 +555,182 @@ template <> struct W8<HIP_DT_Q6_K> {
     }
 };
 
+/* ---- 64-element units of the K-quant types (the decode GEMVs) --------------------------
+ * WQ<DT> loads one unit u of a row (64 weights) with wide loads, decodes its block's scales
+ * once (prep), and hands out groups of 4 consecutive elements (get4, g = 0 .. 15) at element
+ * xbase(u) + xo(g) of the row, in registers.  A W8 chunk re-reads and re-decodes its block's
+ * scales for every 8 weights; a unit does it once per 64.  The values are W8's, bit for bit.
+ * wq_unit<DT>::ok says which types have one. */
+template <int DT> struct wq_unit {
+    static const bool ok = false;
+};
+template <> struct wq_unit<HIP_DT_Q4_K> {
+    static const bool ok = true;
+};
+template <> struct wq_unit<HIP_DT_Q5_K> {
+    static const bool ok = true;
+};
+template <> struct wq_unit<HIP_DT_Q6_K> {
+    static const bool ok = true;
+};
+template <> struct wq_unit<HIP_DT_Q8_0> {
+    static const bool ok = true;
+};
+#define WQ_UE 64 /* elements per unit */
+
+template <int DT> struct WQ;
+
+/* Q4_K / Q5_K: unit u = 32-byte quant group g = u % 4 of block u / 4: sub-blocks 2g (low
+ * nibbles) and 2g + 1 (high nibbles), elements 64u .. 64u + 63 of the row.  Word j (bytes
+ * 4j .. 4j + 3) holds elements 4j .. of sub-block 2g and 32 + 4j .. of 2g + 1. Rows 16-byte
+ * aligned (as W8K). */
+template <int DT> struct WQK {
+    uint4 hdr, q0, q1, h0, h1;
+    int g;
+    float ds[2], dm[2];
+    WMHD static long long xbase(long long u) { return 64 * u; }
+    WMHD static int xo(int G) { return 4 * (G >> 1) + 32 * (G & 1); }
+    template <bool CS> WMHD void fetch(const unsigned char *row, long long u)
+    {
+        const unsigned char *b = row + (u >> 2) * dt_layout<DT>::bb;
+        g = (int)(u & 3);
+        hdr = ld_u128<CS>(b);
+        const unsigned char *qs = b + (DT == HIP_DT_Q5_K ? 48 : 16) + 32 * g;
+        q0 = ld_u128<CS>(qs);
+        q1 = ld_u128<CS>(qs + 16);
+        if (DT == HIP_DT_Q5_K) {
+            h0 = ld_u128<CS>(b + 16);
+            h1 = ld_u128<CS>(b + 32);
+        }
+    }
+    WMHD void zero()
+    {
+        hdr.x = hdr.y = hdr.z = hdr.w = 0u;
+        q0 = q1 = h0 = h1 = hdr;
+        g = 0;
+    }
+    WMHD void prep()
+    {
+        MOERT_NO_CONTRACT
+        const float d = scale_f16(hdr.x & 0xffffu), dmin = scale_f16(hdr.x >> 16);
+        MOERT_WL_UNROLL
+        for (int i = 0; i < 2; i++) {
+            unsigned sc, mn;
+            kq_scale(hdr.y, hdr.z, hdr.w, 2 * g + i, sc, mn);
+            ds[i] = wl_mul(d, (float)sc);
+            dm[i] = wl_mul(dmin, (float)mn);
+        }
+    }
+    WMHD static unsigned word(const uint4 &a, const uint4 &b, int j)
+    {
+        const uint4 &v = j < 4 ? a : b;
+        const int k = j & 3;
+        return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
+    }
+    WMHD void get4(int G, float f[4]) const
+    {
+        MOERT_NO_CONTRACT
+        const int j = G >> 1, hi = G & 1;
+        unsigned w = (word(q0, q1, j) >> (4 * hi)) & 0x0f0f0f0fu;
+        if (DT == HIP_DT_Q5_K)
+            w |= ((word(h0, h1, j) >> (2 * g + hi)) & 0x01010101u) << 4;
+        MOERT_WL_UNROLL
+        for (int t = 0; t < 4; t++)
+            f[t] = wl_sub(wl_mul(ds[hi], byte_magic(w, t) - WL_MAGIC), dm[hi]);
+    }
+};
+template <> struct WQ<HIP_DT_Q4_K> : WQK<HIP_DT_Q4_K> {};
+
+/* Q8_0: unit u = blocks 2u and 2u + 1 (68 bytes, elements 64u .. 64u + 63), read as 17
+ * aligned words: the row must be 4-byte aligned (k % 64 == 0: the launcher's check).  Word
+ * 0 holds d of the first block and its first two quants, word 8 its last two and d of the
+ * second, words 9 .. 16 the second block's quants. */
+template <> struct WQ<HIP_DT_Q8_0> {
+    unsigned w[17];
+    float d0, d1;
+    WMHD static long long xbase(long long u) { return 64 * u; }
+    WMHD static int xo(int G) { return 4 * G; }
+    template <bool CS> WMHD void fetch(const unsigned char *row, long long u)
+    {
+        const unsigned char *p = row + u * 68;
+        MOERT_WL_UNROLL
+        for (int i = 0; i < 17; i++)
+            w[i] = ld_u32<CS>(p + 4 * i);
+    }
+    WMHD void zero()
+    {
+        for (int i = 0; i < 17; i++)
+            w[i] = 0u;
+    }
+    WMHD void prep()
+    {
+        d0 = scale_f16(w[0] & 0xffffu);
+        d1 = scale_f16(w[8] >> 16);
+    }
+    WMHD void get4(int G, float f[4]) const
+    {
+        MOERT_NO_CONTRACT
+        const unsigned q = (G < 8 ? funnel(w[G], w[G + 1], 16u) : w[G + 1]) ^ 0x80808080u;
+        const float d = G < 8 ? d0 : d1;
+        MOERT_WL_UNROLL
+        for (int t = 0; t < 4; t++)
+            f[t] = wl_mul(byte_magic(q, t) - (WL_MAGIC + 128.0f), d);
+    }
+};
+template <> struct WQ<HIP_DT_Q5_K> : WQK<HIP_DT_Q5_K> {};
+
+/* Q6_K: unit u = half h = (u >> 1) & 1 and l0 = 16 (u & 1) of block u / 4: elements
+ * 128h + 32tq + l0 + (0 .. 15) for tq = 0 .. 3 (4 runs of 16), from the 16 low-nibble bytes
+ * at 64h + l0 (tq 0, 2) and at 64h + 32 + l0 (tq 1, 3), the 16 high-pair bytes at
+ * 128 + 32h + l0, scales 8h + 2tq + (u & 1).  Blocks are 2-byte aligned: ld_words_a2. */
+template <> struct WQ<HIP_DT_Q6_K> {
+    unsigned a[4], b[4], c[4], sc[2], d;
+    float dsc[4];
+    WMHD static long long xbase(long long u) { return 256 * (u >> 2) + 128 * ((u >> 1) & 1) + 16 * (u & 1); }
+    WMHD static int xo(int G) { return 32 * (G >> 2) + 4 * (G & 3); }
+    template <bool CS> WMHD void fetch(const unsigned char *row, long long u)
+    {
+        const unsigned char *blk = row + (u >> 2) * 210;
+        const int h = (int)((u >> 1) & 1), l0 = 16 * (int)(u & 1);
+        ld_words_a2<CS, 4>(blk + 64 * h + l0, a);
+        ld_words_a2<CS, 4>(blk + 64 * h + 32 + l0, b);
+        ld_words_a2<CS, 4>(blk + 128 + 32 * h + l0, c);
+        ld_words_a2<CS, 2>(blk + 192 + 8 * h, sc);
+        d = ld_u16<CS>(blk + 208) | (unsigned)(u & 1) << 16; /* bit 16: which scale of each pair */
+    }
+    WMHD void zero()
+    {
+        for (int i = 0; i < 4; i++)
+            a[i] = b[i] = c[i] = 0u;
+        sc[0] = sc[1] = 0u;
+        d = 0u;
+    }
+    WMHD void prep()
+    {
+        MOERT_NO_CONTRACT
+        const float df = scale_f16(d & 0xffffu);
+        const unsigned odd = d >> 16;
+        MOERT_WL_UNROLL
+        for (int tq = 0; tq < 4; tq++) {
+            const int i = 2 * tq + (int)odd; /* byte i of the 8 scale bytes */
+            const int s8 = (int)(signed char)((sc[i >> 2] >> (8 * (i & 3))) & 0xffu);
+            dsc[tq] = wl_mul(df, (float)s8);
+        }
+    }
+    WMHD static unsigned pick(const unsigned (&v)[4], int i)
+    {
+        return i == 0 ? v[0] : i == 1 ? v[1] : i == 2 ? v[2] : v[3];
+    }
+    WMHD void get4(int G, float f[4]) const
+    {
+        MOERT_NO_CONTRACT
+        const int tq = G >> 2, w = G & 3;
+        const unsigned lo = pick(tq & 1 ? b : a, w);
+        const unsigned q = q6_word(lo, pick(c, w), 4 * (tq >> 1), 2 * tq);
+        MOERT_WL_UNROLL
+        for (int t = 0; t < 4; t++)
+            f[t] = wl_mul(dsc[tq], byte_magic(q, t) - (WL_MAGIC + 32.0f));
+    }
+};
+
 #endif

@@ -1767,6 +1767,251 @@ __global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
     }
 }
 
+/* ---- K-quant decode GEMVs in 64-weight units (hip_wload.h's WQ) ------------------------
+ * The same three decode GEMVs for Q4_K, Q5_K and Q6_K weights, but a thread's unit of work
+ * is 64 weights of a row (one W8 chunk is 8): a block's scales are decoded once per unit,
+ * its quants come in 16-byte loads (Q6_K: 4-byte loads joined by funnel shifts), and the x
+ * values of a group of 4 are loaded once for every row the thread holds.  A row has
+ * nu = k / 64 units: a block's SG_T threads form SG_T / tpg groups of tpg = min(nu, SG_T)
+ * threads; thread uo of a group takes units uo, uo + tpg, ... of each of its rows.  Order
+ * per output: a serial FMA chain per thread (units in increasing order, each unit's groups
+ * in a fixed order), then the group's partials added in thread order through shared
+ * memory.  One fixed order per shape; the grid never changes it. */
+#ifndef MOERT_QUNIT
+#define MOERT_QUNIT 1 /* 0: the K-quants take the W8 streaming kernels */
+#endif
+#define QD_RO 2 /* output rows per block of k_qmoe_down */
+/* Which block types take the unit kernels (bit DT; hip_kernels_set_qunit): measured per type */
+static unsigned qunit_mask = (1u << HIP_DT_Q4_K) | (1u << HIP_DT_Q5_K) | (1u << HIP_DT_Q6_K) | (1u << HIP_DT_Q8_0);
+void hip_kernels_set_qunit(unsigned mask)
+{
+    qunit_mask = mask;
+}
+/* Rows of k elements of type DT can take the unit kernels (Q8_0 units need 4-byte aligned rows). */
+template <int DT> static bool qunit_fits(long long k)
+{
+    return wq_unit<DT>::ok && MOERT_QUNIT && (qunit_mask >> DT & 1u) && k % WQ_UE == 0 &&
+           (DT != HIP_DT_Q8_0 || k % 64 == 0);
+}
+static __host__ __device__ inline int qg_tpg(long long nu)
+{
+    return nu >= SG_T ? SG_T : (int)nu;
+}
+
+/* Unit u of every row in wr (zero where the row is absent or u is past the end). */
+template <int DT, int N>
+DEV void qg_fetch(WQ<DT> (&wv)[N], const unsigned char *const (&wr)[N], long long u, long long nu)
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        if (wr[i] && u < nu)
+            wv[i].template fetch<true>(wr[i], u);
+        else
+            wv[i].zero();
+    }
+}
+
+/* acc[i] += unit . x for every held row, x = the unit's 64 x values' base (xbase(u)). */
+template <int DT, int N> DEV void qg_fma(WQ<DT> *wv, const float *xu, float *acc)
+{
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        wv[i].prep();
+#pragma unroll
+    for (int G = 0; G < WQ_UE / 4; G++) {
+        const float4 xv = *(const float4 *)(xu + WQ<DT>::xo(G));
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            float f[4];
+            wv[i].get4(G, f);
+            float v = acc[i];
+            v = fmaf(xv.x, f[0], v);
+            v = fmaf(xv.y, f[1], v);
+            v = fmaf(xv.z, f[2], v);
+            v = fmaf(xv.w, f[3], v);
+            acc[i] = v;
+        }
+    }
+}
+
+/* The tpg partials of one output, added in thread order. */
+DEV float qg_total(const float *p, int tpg)
+{
+    float s = p[0];
+    for (int q = 1; q < tpg; q++)
+        s += p[q];
+    return s;
+}
+
+/* Dense / LM-head GEMV: group g takes rows r0 + g * RPG .. + RPG - 1 of the block's. */
+template <int DT, int RPG>
+__global__ void __launch_bounds__(SG_T) k_qgemv(hip_gemv_args a)
+{
+    PDL_EARLY_READS;
+    __shared__ float part[SG_T * RPG];
+    const long long nu = a.k / WQ_UE;
+    const int tpg = qg_tpg(nu), groups = SG_T / tpg;
+    const int g = (int)threadIdx.x / tpg, uo = (int)threadIdx.x % tpg;
+    const long long rb = (long long)groups * RPG, rblk = (long long)blockIdx.x * rb, r0 = rblk + (long long)g * RPG;
+    const bool on = g < groups;
+    const unsigned char *wr[RPG];
+#pragma unroll
+    for (int i = 0; i < RPG; i++)
+        wr[i] = on && r0 + i < a.n_total ? gemv_row<DT>(a, r0 + i) : nullptr;
+    float acc[RPG];
+#pragma unroll
+    for (int i = 0; i < RPG; i++)
+        acc[i] = 0.0f;
+    WQ<DT> wv[RPG];
+    long long u = uo;
+    qg_fetch<DT, RPG>(wv, wr, u, nu);
+    moert_pdl_wait();
+    if (on) {
+        for (;;) {
+            qg_fma<DT, RPG>(wv, a.x + WQ<DT>::xbase(u), acc);
+            u += tpg;
+            if (u >= nu)
+                break;
+            qg_fetch<DT, RPG>(wv, wr, u, nu);
+        }
+#pragma unroll
+        for (int i = 0; i < RPG; i++)
+            part[(g * RPG + i) * tpg + uo] = acc[i];
+    }
+    __syncthreads();
+    if (threadIdx.x < rb && rblk + threadIdx.x < a.n_total) {
+        const float v = qg_total(part + threadIdx.x * tpg, tpg);
+        a.y[rblk + threadIdx.x] = v;
+        if (a.y2)
+            a.y2[rblk + threadIdx.x] = v;
+    }
+}
+
+/* MoE gate/up for one token: block = (slot j, groups * RPG rows of its expert's gate and
+ * up); group g holds RPG gate rows and the same RPG up rows (x shared by all 2 RPG). */
+template <int DT, int RPG>
+__global__ void __launch_bounds__(SG_T) k_qmoe_gateup(hip_moe_dec_args a)
+{
+    moert_pdl_wait();
+    __shared__ float part[SG_T * 2 * RPG];
+    const long long nu = a.H / WQ_UE;
+    const int tpg = qg_tpg(nu), groups = SG_T / tpg;
+    const int g = (int)threadIdx.x / tpg, uo = (int)threadIdx.x % tpg;
+    const long long rb = (long long)groups * RPG, bps = (a.I + rb - 1) / rb;
+    const int j = (int)(blockIdx.x / bps);
+    const long long nblk = (blockIdx.x % bps) * rb, n0 = nblk + (long long)g * RPG;
+    const long long rowb = row_bytes_t<DT>(a.H);
+    const long long e = a.ids ? safe_expert(a.ids[j], a.E, a.err_flag) : 0;
+    const bool on = g < groups;
+    if (on) {
+        const unsigned char *wr[2 * RPG];
+#pragma unroll
+        for (int i = 0; i < RPG; i++) {
+            const bool ok = n0 + i < a.I;
+            wr[i] = ok ? (const unsigned char *)a.gate + e * a.estride_gu + (n0 + i) * rowb : nullptr;
+            wr[RPG + i] = ok ? (const unsigned char *)a.up + e * a.estride_gu + (n0 + i) * rowb : nullptr;
+        }
+        float acc[2 * RPG];
+#pragma unroll
+        for (int i = 0; i < 2 * RPG; i++)
+            acc[i] = 0.0f;
+        WQ<DT> wv[2 * RPG];
+        for (long long u = uo; u < nu; u += tpg) {
+            qg_fetch<DT, 2 * RPG>(wv, wr, u, nu);
+            qg_fma<DT, 2 * RPG>(wv, a.x + WQ<DT>::xbase(u), acc);
+        }
+#pragma unroll
+        for (int i = 0; i < 2 * RPG; i++)
+            part[(g * 2 * RPG + i) * tpg + uo] = acc[i];
+    }
+    __syncthreads();
+    if (threadIdx.x < rb && nblk + threadIdx.x < a.I) {
+        const int t = (int)threadIdx.x, gg = t / RPG, i = t % RPG;
+        const float gs = qg_total(part + (gg * 2 * RPG + i) * tpg, tpg);
+        const float us = qg_total(part + (gg * 2 * RPG + RPG + i) * tpg, tpg);
+        a.h[(long long)j * a.I + nblk + t] = silu_mul(gs, us);
+    }
+}
+
+/* Before the wait: L2 prefetch of the block's down rows of every slot (the expert ids were
+ * written two launches back; a stale one would only waste the prefetch). */
+template <int DT, int RO> DEV void pdl_prefetch_qdown(const hip_moe_dec_args &a)
+{
+    const int lane = threadIdx.x % MOERT_WARP, warp = threadIdx.x / MOERT_WARP, nw = blockDim.x / MOERT_WARP;
+    const long long bytes = row_bytes_t<DT>(a.I), i0 = (long long)blockIdx.x * RO;
+    for (int q = warp; q < RO * a.kslots; q += nw) {
+        const long long i = i0 + q / a.kslots;
+        const int j = q % a.kslots, id = a.ids ? a.ids[j] : 0;
+        if (i >= a.H || id < 0 || id >= a.E)
+            continue;
+        const unsigned char *w = (const unsigned char *)a.down + (long long)id * a.estride_d + i * bytes;
+        for (long long off = (long long)lane * 128; off < bytes; off += (long long)MOERT_WARP * 128)
+            moert_prefetch_l2(w + off);
+    }
+}
+
+/* MoE down for one token (and the dense MLP's down: ids == NULL, one slot, no weight):
+ * block = RO output rows; its RO * kslots (row, slot) dots are items, group g takes items
+ * g, g + groups, ... (IPG of them in flight); thread t < RO then combines its row's slots
+ * in slot order as the CPU does.  Dynamic shared memory: RO * kslots * tpg floats. */
+template <int DT, int RO, int IPG>
+__global__ void __launch_bounds__(SG_T) k_qmoe_down(hip_moe_dec_args a)
+{
+    pdl_prefetch_qdown<DT, RO>(a);
+    moert_pdl_wait();
+    float *part = (float *)dyn_smem4;
+    const long long nu = a.I / WQ_UE;
+    const int tpg = qg_tpg(nu), groups = SG_T / tpg;
+    const int g = (int)threadIdx.x / tpg, uo = (int)threadIdx.x % tpg;
+    const long long i0 = (long long)blockIdx.x * RO, rowb = row_bytes_t<DT>(a.I);
+    const int items = RO * a.kslots;
+    if (g < groups) {
+        for (int q0 = g; q0 < items; q0 += groups * IPG) {
+            const unsigned char *wr[IPG];
+            const float *hr[IPG];
+#pragma unroll
+            for (int m = 0; m < IPG; m++) {
+                const int q = q0 + m * groups, j = q % a.kslots;
+                const long long i = i0 + q / a.kslots;
+                const bool ok = q < items && i < a.H;
+                const long long e = ok && a.ids ? safe_expert(a.ids[j], a.E, a.err_flag) : 0;
+                wr[m] = ok ? (const unsigned char *)a.down + e * a.estride_d + i * rowb : nullptr;
+                hr[m] = a.h + (long long)(ok ? j : 0) * a.I;
+            }
+            float acc[IPG];
+#pragma unroll
+            for (int m = 0; m < IPG; m++)
+                acc[m] = 0.0f;
+            for (long long u = uo; u < nu; u += tpg) {
+                WQ<DT> wv[IPG];
+                qg_fetch<DT, IPG>(wv, wr, u, nu);
+#pragma unroll
+                for (int m = 0; m < IPG; m++)
+                    qg_fma<DT, 1>(&wv[m], hr[m] + WQ<DT>::xbase(u), &acc[m]);
+            }
+#pragma unroll
+            for (int m = 0; m < IPG; m++)
+                if (q0 + m * groups < items)
+                    part[(q0 + m * groups) * tpg + uo] = acc[m];
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < RO && i0 + threadIdx.x < a.H) {
+        const float *d = part + (long long)threadIdx.x * a.kslots * tpg;
+        float res = 0.0f;
+        for (int j = 0; j < a.kslots; j++) {
+            const float dj = qg_total(d + (long long)j * tpg, tpg);
+            if (!a.tw)
+                res = dj;
+            else
+                res = j == 0 ? a.tw[0] * dj : fmaf(a.tw[j], dj, res);
+        }
+        a.out[i0 + threadIdx.x] = res;
+        if (a.out2)
+            a.out2[i0 + threadIdx.x] = res;
+    }
+}
+
 /* ---- trace capture -----------------------------------------------------------------
  * Same rings and records as runtime/trace/trace.c.  Blocks take captured rows; the slot of the
  * i-th record of the step follows from the ring header as of the step's start (kept in a
@@ -2127,6 +2372,17 @@ template <int DT>
 static void launch_gemv_t(const hip_gemv_args *a, int grid, hipStream_t s, bool vec)
 {
     size_t sm = (size_t)a->k * sizeof(float);
+    if constexpr (wq_unit<DT>::ok) {
+        if (vec && qunit_fits<DT>(a->k)) { /* 4 (Q6_K: 2) units of rows in flight per thread */
+            const int rpg = DT == HIP_DT_Q6_K ? 2 : 4;
+            const long long rb = (long long)(SG_T / qg_tpg(a->k / WQ_UE)) * rpg;
+            if (rpg == 2)
+                MOERT_LAUNCH((k_qgemv<DT, 2>), blocks_for(a->n_total, (int)rb), SG_T, 0, s, *a);
+            else
+                MOERT_LAUNCH((k_qgemv<DT, 4>), blocks_for(a->n_total, (int)rb), SG_T, 0, s, *a);
+            return;
+        }
+    }
     if (MOERT_SGEMV && vec) { /* about 8 weight loads in flight per thread */
         const long long nc = a->k / 8;
         if (nc <= SG_T)
@@ -2298,6 +2554,22 @@ template <int DT>
 static void launch_moe_dec_t(bool down, const hip_moe_dec_args *a, int grid, hipStream_t s,
                              bool vec)
 {
+    if constexpr (wq_unit<DT>::ok) {
+        if (vec && !down && qunit_fits<DT>(a->H)) { /* 2 gate + 2 up rows (Q6_K: 1 + 1) in flight per thread */
+            const long long rb = (long long)(SG_T / qg_tpg(a->H / WQ_UE)) * (DT == HIP_DT_Q6_K ? 1 : 2);
+            const unsigned grid_gu = (unsigned)a->kslots * blocks_for(a->I, (int)rb);
+            if (DT == HIP_DT_Q6_K)
+                MOERT_LAUNCH((k_qmoe_gateup<DT, 1>), grid_gu, SG_T, 0, s, *a);
+            else
+                MOERT_LAUNCH((k_qmoe_gateup<DT, 2>), grid_gu, SG_T, 0, s, *a);
+            return;
+        }
+        if (vec && down && qunit_fits<DT>(a->I)) { /* 2 output rows per block, 2 (row, slot) dots in flight per thread */
+            const size_t sm = (size_t)QD_RO * (size_t)a->kslots * (size_t)qg_tpg(a->I / WQ_UE) * sizeof(float);
+            MOERT_LAUNCH((k_qmoe_down<DT, QD_RO, 2>), blocks_for(a->H, QD_RO), SG_T, sm, s, *a);
+            return;
+        }
+    }
     if (MOERT_SGEMV && vec) {
         if (!down) {
             const long long nc = a->H / 8;
@@ -2506,6 +2778,55 @@ template <int DT> static int selftest_dt(unsigned long long seed, char *why, siz
                     snprintf(why, cap, "%s: a zeroed W8 gives %.9g", ops_dtype_name((ops_dtype)DT), (double)f[t]);
                     bad = 1;
                 }
+        }
+        if constexpr (wq_unit<DT>::ok) { /* the decode GEMVs' 64-weight units */
+            for (long long u = 0; u < K / WQ_UE && !bad; u++)
+                for (int cs = 0; cs < 2 && !bad; cs++) {
+                    WQ<DT> w;
+                    if (cs)
+                        w.template fetch<true>(row, u);
+                    else
+                        w.template fetch<false>(row, u);
+                    w.prep();
+                    for (int G = 0; G < WQ_UE / 4 && !bad; G++) {
+                        float f[4];
+                        w.get4(G, f);
+                        for (int t = 0; t < 4 && !bad; t++) {
+                            const long long e = WQ<DT>::xbase(u) + WQ<DT>::xo(G) + t;
+                            const float g = f[t], c = ref[r * K + e];
+                            if (memcmp(&g, &c, sizeof g) != 0) {
+                                snprintf(why, cap, "%s row %lld element %lld: WQ unit %lld%s %.9g vs ops %.9g",
+                                         ops_dtype_name((ops_dtype)DT), r, e, u, cs ? " (streaming)" : "",
+                                         (double)g, (double)c);
+                                bad = 1;
+                            }
+                        }
+                    }
+                }
+            /* every element of the row is in exactly one unit's group */
+            unsigned char seen[512] = {0};
+            for (long long u = 0; u < K / WQ_UE; u++)
+                for (int G = 0; G < WQ_UE / 4; G++)
+                    for (int t = 0; t < 4; t++)
+                        seen[WQ<DT>::xbase(u) + WQ<DT>::xo(G) + t]++;
+            for (long long e = 0; e < K && !bad; e++)
+                if (seen[e] != 1) {
+                    snprintf(why, cap, "%s: element %lld is in %d WQ groups", ops_dtype_name((ops_dtype)DT), e,
+                             (int)seen[e]);
+                    bad = 1;
+                }
+            WQ<DT> zw;
+            zw.zero();
+            zw.prep();
+            for (int G = 0; G < WQ_UE / 4 && !bad; G++) {
+                float f[4];
+                zw.get4(G, f);
+                for (int t = 0; t < 4 && !bad; t++)
+                    if (f[t] != 0.0f) {
+                        snprintf(why, cap, "%s: a zeroed WQ gives %.9g", ops_dtype_name((ops_dtype)DT), (double)f[t]);
+                        bad = 1;
+                    }
+            }
         }
         for (long long i = 0; i < K && !bad; i++) {
             const float g = load_t<DT>(row, i), c = ref[r * K + i];
