@@ -215,10 +215,10 @@ WHD unsigned funnel(unsigned lo, unsigned hi, unsigned sh)
 #endif
 }
 
-/* n (<= 4) little-endian words of the bytes at p, which is only 2-byte aligned: aligned
- * 4-byte loads (one more when p is not 4-aligned) joined by funnel shifts.  No byte outside
- * [p - 2, p + 4n + 2) that lies outside [p, p + 4n) is read past an aligned word holding
- * some of them, so nothing beyond the row's own words is touched. */
+/* N little-endian words of the bytes at p, which is only 2-byte aligned: aligned 4-byte
+ * loads (one more when p is not 4-aligned) joined by funnel shifts.  When p is not 4-aligned
+ * the loads also cover the 2 bytes before p and the 2 after p + 4N (WQ<Q6_K> uses it only
+ * where those lie inside the tensor). */
 template <bool CS, int N> WHD void ld_words_a2(const unsigned char *p, unsigned (&out)[N])
 {
     const unsigned long long a = (unsigned long long)(size_t)p;
