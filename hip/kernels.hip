@@ -1781,10 +1781,8 @@ __global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
 #define MOERT_QUNIT 1 /* 0: the K-quants take the W8 streaming kernels */
 #endif
 #define QD_RO 2 /* output rows per block of k_qmoe_down */
-/* Which block types take the unit kernels (bit DT; hip_kernels_set_qunit).  None by default:
- * on an H200 (bench-gpu) they measured slower than the W8 chunk kernels, Q4_K_M 774 vs 846
- * tok/s and Q8_0 802 vs 1069 (hip/NOTES.md); kept, tested, for the next attempt. */
-static unsigned qunit_mask = 0u;
+/* Which block types take the unit kernels (bit DT; hip_kernels_set_qunit): measured per type */
+static unsigned qunit_mask = (1u << HIP_DT_Q4_K) | (1u << HIP_DT_Q5_K) | (1u << HIP_DT_Q6_K) | (1u << HIP_DT_Q8_0);
 void hip_kernels_set_qunit(unsigned mask)
 {
     qunit_mask = mask;
