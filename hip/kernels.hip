@@ -1879,11 +1879,11 @@ __global__ void __launch_bounds__(SG_T) k_qgemv(hip_gemv_args a)
             part[(g * RPG + i) * tpg + uo] = acc[i];
     }
     __syncthreads();
-    for (long long t = threadIdx.x; t < rb && rblk + t < a.n_total; t += SG_T) { /* rb > SG_T when tpg < RPG */
-        const float v = qg_total(part + t * tpg, tpg);
-        a.y[rblk + t] = v;
+    if (threadIdx.x < rb && rblk + threadIdx.x < a.n_total) {
+        const float v = qg_total(part + threadIdx.x * tpg, tpg);
+        a.y[rblk + threadIdx.x] = v;
         if (a.y2)
-            a.y2[rblk + t] = v;
+            a.y2[rblk + threadIdx.x] = v;
     }
 }
 
@@ -1925,8 +1925,8 @@ __global__ void __launch_bounds__(SG_T) k_qmoe_gateup(hip_moe_dec_args a)
             part[(g * 2 * RPG + i) * tpg + uo] = acc[i];
     }
     __syncthreads();
-    for (int t = (int)threadIdx.x; t < rb && nblk + t < a.I; t += SG_T) { /* rb > SG_T when tpg < RPG */
-        const int gg = t / RPG, i = t % RPG;
+    if (threadIdx.x < rb && nblk + threadIdx.x < a.I) {
+        const int t = (int)threadIdx.x, gg = t / RPG, i = t % RPG;
         const float gs = qg_total(part + (gg * 2 * RPG + i) * tpg, tpg);
         const float us = qg_total(part + (gg * 2 * RPG + RPG + i) * tpg, tpg);
         a.h[(long long)j * a.I + nblk + t] = silu_mul(gs, us);
