@@ -510,10 +510,6 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
 #if !defined(MOERT_HIP_AMD)
     moert_set_pdl(c->props.major >= 9 && !env_on("MOERT_HIP_NOPDL"));
 #endif
-    /* MOERT_HIP_QUNIT=MASK (bit HIP_DT_* per block type): which types take the 64-weight
-     * unit GEMVs in decode; for measuring one against the other */
-    if (getenv("MOERT_HIP_QUNIT"))
-        hip_kernels_set_qunit((unsigned)strtoul(getenv("MOERT_HIP_QUNIT"), NULL, 0));
     c->sms = c->props.multiProcessorCount > 0 ? c->props.multiProcessorCount : 1;
     {
         int optin = 0;

@@ -185,9 +185,5 @@ hipError_t hip_launch_trace_wide(const hip_trace_args *a, hipStream_t s);
 /* Raises the dynamic shared-memory limit of the kernels that need more than 48 KB for this
  * model (GEMV x rows, attention); returns the first failure. */
 hipError_t hip_kernels_set_smem(size_t gemv_bytes, size_t moe_down_bytes, size_t attn_bytes);
-/* The block types (bit HIP_DT_*) whose decode GEMVs run in 64-weight units (default: Q4_K,
- * Q5_K, Q6_K, Q8_0); the others keep the 8-element chunk kernels.  Same results either way
- * within 1e-4 of the CPU; a knob for measuring (MOERT_HIP_QUNIT). */
-void hip_kernels_set_qunit(unsigned mask);
 
 #endif
