@@ -192,48 +192,6 @@ WHD unsigned byte8(uint2 v, int t)
     return ((t < 4 ? v.x : v.y) >> (8 * (t & 3))) & 0xffu;
 }
 
-WHD unsigned ld_u32_raw(const unsigned char *p) /* 4-byte aligned */
-{
-    return *(const unsigned *)p;
-}
-template <bool CS> WHD unsigned ld_u32(const unsigned char *p) /* 4-byte aligned */
-{
-#if defined(__CUDA_ARCH__) && MOERT_LDCS
-    if (CS)
-        return __ldcs((const unsigned *)p);
-#endif
-    return ld_u32_raw(p);
-}
-
-/* The 32 bits of hi:lo from bit sh (0..32) up: one funnel shift. */
-WHD unsigned funnel(unsigned lo, unsigned hi, unsigned sh)
-{
-#if defined(__CUDA_ARCH__)
-    return __funnelshift_rc(lo, hi, sh);
-#else
-    return (unsigned)((((unsigned long long)hi << 32) | lo) >> sh);
-#endif
-}
-
-/* N little-endian words of the bytes at p, which is only 2-byte aligned: aligned 4-byte
- * loads (one more when p is not 4-aligned) joined by funnel shifts.  When p is not 4-aligned
- * the loads also cover the 2 bytes before p and the 2 after p + 4N (WQ<Q6_K> uses it only
- * where those lie inside the tensor). */
-template <bool CS, int N> WHD void ld_words_a2(const unsigned char *p, unsigned (&out)[N])
-{
-    const unsigned long long a = (unsigned long long)(size_t)p;
-    const unsigned sh = (unsigned)(a & 2u) * 8u;
-    const unsigned char *base = p - (a & 2u);
-    unsigned w[N + 1];
-    MOERT_WL_UNROLL
-    for (int i = 0; i < N; i++)
-        w[i] = ld_u32<CS>(base + 4 * i);
-    w[N] = sh ? ld_u32<CS>(base + 4 * N) : 0u;
-    MOERT_WL_UNROLL
-    for (int i = 0; i < N; i++)
-        out[i] = funnel(w[i], w[i + 1], sh);
-}
-
 /* Byte permute (CUDA's __byte_perm): byte i of the result is byte (s >> 4i) & 7 of y:x. */
 WHD unsigned wl_prmt(unsigned x, unsigned y, unsigned s)
 {
