@@ -98,6 +98,19 @@ WHD float bf16_hi(unsigned w)
 }
 
 /* Exact f16 -> f32 (the same values ops_f16_to_f32 gives). */
+WHD float f16_to_f32(unsigned h);
+/* A block scale widened: the hardware conversion on NVIDIA (exact for every finite or
+ * infinite f16; a NaN scale may come out as another NaN), f16_to_f32 elsewhere. */
+WHD float scale_f16(unsigned h)
+{
+#if defined(__CUDA_ARCH__)
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((unsigned short)h));
+    return f;
+#else
+    return f16_to_f32(h);
+#endif
+}
 WHD float f16_to_f32(unsigned h)
 {
     unsigned sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu;
@@ -179,6 +192,29 @@ WHD unsigned byte8(uint2 v, int t)
     return ((t < 4 ? v.x : v.y) >> (8 * (t & 3))) & 0xffu;
 }
 
+/* Byte permute (CUDA's __byte_perm): byte i of the result is byte (s >> 4i) & 7 of y:x. */
+WHD unsigned wl_prmt(unsigned x, unsigned y, unsigned s)
+{
+#if defined(MOERT_WL_DEVICE)
+    return __byte_perm(x, y, s);
+#else
+    const unsigned long long v = ((unsigned long long)y << 32) | x;
+    unsigned r = 0;
+    for (int i = 0; i < 4; i++)
+        r |= (unsigned)((v >> (8 * ((s >> (4 * i)) & 7u))) & 0xffu) << (8 * i);
+    return r;
+#endif
+}
+
+/* Byte t (0..3) of w as the float 2^23 + byte, exactly (the byte fills the low mantissa
+ * bits of 2^23): one byte permute and, by the caller, one exact subtraction give the byte's
+ * value as a float with no integer-to-float conversion (a quarter-rate instruction). */
+WHD float byte_magic(unsigned w, int t)
+{
+    return u2f(wl_prmt(w, 0x4b000000u, 0x7540u | (unsigned)t));
+}
+#define WL_MAGIC 8388608.0f /* 2^23 */
+
 /* ---- one element (scalar paths) ------------------------------------------------------ */
 
 WHD unsigned rd16(const unsigned char *p)
@@ -248,6 +284,18 @@ template <int DT> WHD float load_t(const void *p, long long i)
     if (DT == HIP_DT_F32)
         return ((const float *)p)[i];
     return q_elem<DT>(block_of<DT>((const unsigned char *)p, i), (int)(i % dt_layout<DT>::be));
+}
+
+/* Bits 0..3 of b, one to the low bit of each byte of the result. */
+WHD unsigned spread4(unsigned b)
+{
+    return (b & 1u) | (b & 2u) << 7 | (b & 4u) << 14 | (b & 8u) << 21;
+}
+/* Q6_K: four 6-bit quants (unsigned, 0..63), one per byte, from four low-nibble bytes
+ * (nibble at bit shl) and four high-pair bytes (pair at bit shh). */
+WHD unsigned q6_word(unsigned ql, unsigned qh, int shl, int shh)
+{
+    return ((ql >> shl) & 0x0f0f0f0fu) | ((qh >> shh) & 0x03030303u) << 4;
 }
 
 /* ---- 8 elements at a time ------------------------------------------------------------- */
@@ -322,10 +370,11 @@ template <> struct W8<HIP_DT_Q8_0> {
     WMHD void get(float f[8]) const
     {
         MOERT_NO_CONTRACT
-        const float df = f16_to_f32(d);
+        const float df = scale_f16(d);
+        const unsigned w[2] = {q.x ^ 0x80808080u, q.y ^ 0x80808080u}; /* q + 128, unsigned */
         MOERT_WL_UNROLL
         for (int t = 0; t < 8; t++)
-            f[t] = wl_mul((float)(signed char)byte8(q, t), df);
+            f[t] = wl_mul(byte_magic(w[t >> 2], t & 3) - (WL_MAGIC + 128.0f), df);
     }
 };
 
@@ -349,10 +398,11 @@ template <> struct W8<HIP_DT_Q4_0> {
     WMHD void get(float f[8]) const
     {
         MOERT_NO_CONTRACT
-        const float df = f16_to_f32(d);
+        const float df = scale_f16(d);
+        const unsigned w[2] = {(q.x >> sh) & 0x0f0f0f0fu, (q.y >> sh) & 0x0f0f0f0fu};
         MOERT_WL_UNROLL
         for (int t = 0; t < 8; t++)
-            f[t] = wl_mul(df, (float)((int)((byte8(q, t) >> sh) & 15u) - 8));
+            f[t] = wl_mul(df, byte_magic(w[t >> 2], t & 3) - (WL_MAGIC + 8.0f));
     }
 };
 
@@ -377,12 +427,12 @@ template <> struct W8<HIP_DT_Q5_0> {
     WMHD void get(float f[8]) const
     {
         MOERT_NO_CONTRACT
-        const float df = f16_to_f32(d);
+        const float df = scale_f16(d);
+        const unsigned w[2] = {((q.x >> sh) & 0x0f0f0f0fu) | spread4(hb) << 4,
+                               ((q.y >> sh) & 0x0f0f0f0fu) | spread4(hb >> 4) << 4};
         MOERT_WL_UNROLL
-        for (int t = 0; t < 8; t++) {
-            const int v = (int)((byte8(q, t) >> sh) & 15u) | (int)((hb >> t) & 1u) << 4;
-            f[t] = wl_mul(df, (float)(v - 16));
-        }
+        for (int t = 0; t < 8; t++)
+            f[t] = wl_mul(df, byte_magic(w[t >> 2], t & 3) - (WL_MAGIC + 16.0f));
     }
 };
 
@@ -415,16 +465,17 @@ template <int DT> struct W8K {
         MOERT_NO_CONTRACT
         unsigned sc, mn;
         kq_scale(hdr.y, hdr.z, hdr.w, s, sc, mn);
-        const float ds = wl_mul(f16_to_f32(hdr.x & 0xffffu), (float)sc);
-        const float dm = wl_mul(f16_to_f32(hdr.x >> 16), (float)mn);
+        const float ds = wl_mul(scale_f16(hdr.x & 0xffffu), (float)sc);
+        const float dm = wl_mul(scale_f16(hdr.x >> 16), (float)mn);
         const int sh = 4 * (s & 1);
-        MOERT_WL_UNROLL
-        for (int t = 0; t < 8; t++) {
-            int v = (int)((byte8(q, t) >> sh) & 15u);
-            if (DT == HIP_DT_Q5_K)
-                v |= (int)((byte8(qh, t) >> s) & 1u) << 4;
-            f[t] = wl_sub(wl_mul(ds, (float)v), dm);
+        unsigned w[2] = {(q.x >> sh) & 0x0f0f0f0fu, (q.y >> sh) & 0x0f0f0f0fu};
+        if (DT == HIP_DT_Q5_K) {
+            w[0] |= ((qh.x >> s) & 0x01010101u) << 4;
+            w[1] |= ((qh.y >> s) & 0x01010101u) << 4;
         }
+        MOERT_WL_UNROLL
+        for (int t = 0; t < 8; t++)
+            f[t] = wl_sub(wl_mul(ds, byte_magic(w[t >> 2], t & 3) - WL_MAGIC), dm);
     }
 };
 template <> struct W8<HIP_DT_Q4_K> : W8K<HIP_DT_Q4_K> {};
@@ -453,13 +504,12 @@ template <> struct W8<HIP_DT_Q6_K> {
     WMHD void get(float f[8]) const
     {
         MOERT_NO_CONTRACT
-        const float dsc = wl_mul(f16_to_f32(d), (float)sc);
+        const float dsc = wl_mul(scale_f16(d), (float)sc);
         const int shl = 4 * (tq >> 1), shh = 2 * tq;
+        const unsigned w[2] = {q6_word(ql.x, qh.x, shl, shh), q6_word(ql.y, qh.y, shl, shh)};
         MOERT_WL_UNROLL
-        for (int t = 0; t < 8; t++) {
-            const int lo = (int)((byte8(ql, t) >> shl) & 15u), hi = (int)((byte8(qh, t) >> shh) & 3u);
-            f[t] = wl_mul(dsc, (float)((lo | hi << 4) - 32));
-        }
+        for (int t = 0; t < 8; t++)
+            f[t] = wl_mul(dsc, byte_magic(w[t >> 2], t & 3) - (WL_MAGIC + 32.0f));
     }
 };
 

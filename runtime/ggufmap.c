@@ -5,6 +5,7 @@
 #include "synth.h"
 
 #include <inttypes.h>
+#include <omp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -476,12 +477,14 @@ typedef struct wtensor {
 typedef struct wctx {
     const st_set *src;
     const wtensor *t;
-    float *row;     /* ne[0] floats */
-    uint8_t *qrow;  /* one encoded row */
+    int nthreads;   /* encoders working on one chunk's whole rows */
+    int64_t max_k;  /* the longest row */
+    float *row;     /* nthreads * max_k floats: each encoder's widened row */
+    uint8_t *qrow;  /* nthreads * max_k * 4 bytes: each encoder's encoded row */
 } wctx;
 
-/* Row `i` (over all slices) of tensor t, encoded. */
-static int encode_row(wctx *c, const wtensor *t, int64_t i, moert_err *err)
+/* Row `i` (over all slices) of tensor t, encoded into qrow through the float row `row`. */
+static int encode_row(const wctx *c, const wtensor *t, int64_t i, float *row, uint8_t *qrow, moert_err *err)
 {
     char nm[160];
     int64_t rows_per_slice = t->ndim == 1 ? 1 : t->ne[1];
@@ -499,19 +502,52 @@ static int encode_row(wctx *c, const wtensor *t, int64_t i, moert_err *err)
                        s ? "is not a plain float type" : "is missing");
     const int64_t k = t->ne[0];
     size_t src_row = (size_t)st_dtype_row_bytes(s->dtype, (uint64_t)k);
-    ops_to_f32(c->row, (const uint8_t *)s->data + (size_t)rr * src_row, (ops_dtype)so, k);
+    ops_to_f32(row, (const uint8_t *)s->data + (size_t)rr * src_row, (ops_dtype)so, k);
     switch (t->dtype) {
-    case ST_F32: memcpy(c->qrow, c->row, (size_t)k * 4); break;
+    case ST_F32: memcpy(qrow, row, (size_t)k * 4); break;
     case ST_F16:
     case ST_BF16:
         for (int64_t j = 0; j < k; j++) {
-            uint16_t h = t->dtype == ST_F16 ? synth_f32_to_f16(c->row[j]) : synth_f32_to_bf16(c->row[j]);
-            memcpy(c->qrow + 2 * j, &h, 2);
+            uint16_t h = t->dtype == ST_F16 ? synth_f32_to_f16(row[j]) : synth_f32_to_bf16(row[j]);
+            memcpy(qrow + 2 * j, &h, 2);
         }
         break;
-    default: ops_quantize_row(c->qrow, c->row, (ops_dtype)st_dtype_ops(t->dtype), k); break;
+    default: ops_quantize_row(qrow, row, (ops_dtype)st_dtype_ops(t->dtype), k); break;
     }
     return MOERT_OK;
+}
+
+/* Whole rows first .. first + n - 1 of t encoded straight into out, split over the encoders
+ * (every row is encoded alone, so the bytes do not depend on the split).  The first
+ * failure's message is kept (the lowest row that failed). */
+static int encode_rows(wctx *c, const wtensor *t, int64_t first, int64_t n, uint8_t *out, moert_err *err)
+{
+    int st = MOERT_OK;
+    int64_t bad = n;
+    moert_err first_err;
+    err_clear(&first_err);
+#pragma omp parallel for num_threads(c->nthreads) schedule(static) if (n >= 2 * c->nthreads)
+    for (int64_t r = 0; r < n; r++) {
+        const int me = omp_get_thread_num();
+        float *row = c->row + (size_t)me * (size_t)c->max_k;
+        uint8_t *qrow = c->qrow + (size_t)me * (size_t)c->max_k * 4;
+        moert_err e;
+        err_clear(&e);
+        int rs = encode_row(c, t, first + r, row, qrow, &e);
+        if (rs) {
+#pragma omp critical(ggufmap_encode_err)
+            if (r < bad) {
+                bad = r;
+                st = rs;
+                first_err = e;
+            }
+        } else {
+            memcpy(out + (size_t)r * t->row_bytes, qrow, (size_t)t->row_bytes);
+        }
+    }
+    if (st && err)
+        *err = first_err;
+    return st;
 }
 
 static int fill_tensor(void *ctx, size_t index, uint64_t off, void *buf, size_t nbytes, moert_err *err)
@@ -522,7 +558,17 @@ static int fill_tensor(void *ctx, size_t index, uint64_t off, void *buf, size_t 
     while (nbytes) {
         int64_t i = (int64_t)(off / t->row_bytes);
         uint64_t in_row = off % t->row_bytes;
-        int st = encode_row(c, t, i, err);
+        if (in_row == 0 && nbytes >= t->row_bytes) {
+            int64_t n = (int64_t)(nbytes / t->row_bytes);
+            int st = encode_rows(c, t, i, n, out, err);
+            if (st)
+                return st;
+            out += (size_t)n * t->row_bytes;
+            off += (uint64_t)n * t->row_bytes;
+            nbytes -= (size_t)n * t->row_bytes;
+            continue;
+        }
+        int st = encode_row(c, t, i, c->row, c->qrow, err);
         if (st)
             return st;
         size_t take = (size_t)(t->row_bytes - in_row) < nbytes ? (size_t)(t->row_bytes - in_row) : nbytes;
@@ -605,8 +651,10 @@ int ggufmap_write(const char *path, const cfg_topology *topo, const st_set *src,
         (st = gguf_writer_add_u32(w, ARCH ".vocab_size", (uint32_t)T->vocab_size, err)) ||
         (st = gguf_writer_add_str(w, "tokenizer.ggml.model", "none", err)))
         goto out;
-    c.row = malloc((size_t)max_k * sizeof *c.row);
-    c.qrow = malloc((size_t)max_k * sizeof(float));
+    c.nthreads = omp_get_max_threads();
+    c.max_k = max_k;
+    c.row = malloc((size_t)c.nthreads * (size_t)max_k * sizeof *c.row);
+    c.qrow = malloc((size_t)c.nthreads * (size_t)max_k * sizeof(float));
     if (!c.row || !c.qrow)
         goto out_nomem;
     st = gguf_writer_write_file(w, path, fill_tensor, &c, err);

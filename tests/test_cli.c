@@ -292,6 +292,21 @@ static void test_synth_dir_equals_image(void)
     json_decref(ja);
 }
 
+/* synth --format gguf encodes a chunk's rows in parallel: the file is the same bytes for one
+ * encoder thread as for two. */
+static void test_synth_gguf_threads(void)
+{
+    const char *t = test_tmpdir();
+    CU_ASSERT_EQUAL_FATAL(sh("OMP_NUM_THREADS=1 ./moert synth tests/fixtures/hf/gqa4-hd24 --format gguf --dtype q4_k_m "
+                             "--out %s/thr1.gguf",
+                             t),
+                          0);
+    CU_ASSERT_EQUAL_FATAL(sh("OMP_NUM_THREADS=2 ./moert synth tests/fixtures/hf/gqa4-hd24 --format gguf --dtype q4_k_m "
+                             "--out %s/thr2.gguf",
+                             t),
+                          0);
+    CU_ASSERT_EQUAL(sh("cmp %s/thr1.gguf %s/thr2.gguf", t, t), 0);
+}
 
 /* A NaN weight runs silently unless asked: --check-weights (run, bench, replay) or a
  * contract names the first non-finite element and exits 2. */
@@ -410,6 +425,7 @@ void suite_cli(void)
     CU_add_test(s, "run: embedded default", test_run_embedded_default);
     CU_add_test(s, "run: --prompt, --chat, streaming", test_run_prompt_and_chat);
     CU_add_test(s, "synth: directory equals the in-memory image", test_synth_dir_equals_image);
+    CU_add_test(s, "synth: a GGUF's bytes do not depend on the encoder threads", test_synth_gguf_threads);
     CU_add_test(s, "plan: Qwen3-30B-A3B without weights", test_plan_30b);
     CU_add_test(s, "--check-weights and contracts name a NaN weight", test_check_weights);
     CU_add_test(s, "run MODEL_DIR reproduces HF greedy ids", test_model_dir);
