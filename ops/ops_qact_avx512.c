@@ -213,23 +213,12 @@ INLV __m512i q6k_block(const uint8_t *b, const __m512i x[4], __m256i bs)
     return _mm512_sub_epi32(acc, _mm512_zextsi256_si512(corr));
 }
 
-/* Q4_K / Q5_K super-block: sum_s sc_s * sum q * x in 16 dwords, and sum_s m_s * bsum_s in
- * 8 (*mins). */
-INLV __m512i q45k_block(ops_dtype t, const uint8_t *b, const __m512i xa[2], const __m512i xb[2], __m256i bs,
-                        __m256i *mins)
+/* Q4_K / Q5_K super-block: sum_s sc_s * sum q * x in 16 dwords; scw holds the row's 8 scales
+ * as words at word offset `o` (0 or 8) of its 256-bit half. */
+INLV __m512i q45k_block(ops_dtype t, const uint8_t *b, const __m512i xa[2], const __m512i xb[2], __m512i scz,
+                        int o)
 {
     const __m512i m0f = _mm512_set1_epi8(15), m10 = _mm512_set1_epi8(16);
-    uint32_t a, m, c;
-    memcpy(&a, b + 4, 4);
-    memcpy(&m, b + 8, 4);
-    memcpy(&c, b + 12, 4);
-    uint32_t sc_lo = a & 0x3f3f3f3fu, mn_lo = m & 0x3f3f3f3fu;
-    uint32_t sc_hi = (c & 0x0f0f0f0fu) | (a >> 2 & 0x30303030u);
-    uint32_t mn_hi = (c >> 4 & 0x0f0f0f0fu) | (m >> 2 & 0x30303030u);
-    __m512i scz = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_setr_epi32((int)sc_lo, (int)sc_hi, 0, 0)));
-    __m128i mnw = _mm_cvtepu8_epi16(_mm_setr_epi32((int)mn_lo, (int)mn_hi, 0, 0));
-    __m256i m16 = _mm256_set_m128i(_mm_unpackhi_epi16(mnw, mnw), _mm_unpacklo_epi16(mnw, mnw));
-    *mins = _mm256_madd_epi16(m16, bs);
     const uint8_t *qs = t == OPS_Q5_K ? b + 48 : b + 16;
     __m512i hb = _mm512_setzero_si512();
     if (t == OPS_Q5_K)
@@ -246,18 +235,61 @@ INLV __m512i q45k_block(ops_dtype t, const uint8_t *b, const __m512i xa[2], cons
             A = _mm512_or_si512(A, _mm512_and_si512(ha, m10));
             B = _mm512_or_si512(B, _mm512_and_si512(hbb, m10));
         }
-        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(A, xa[p]), _mm512_permutexvar_epi16(idx16(4 * p, 4 * p + 2), scz));
+        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(A, xa[p]),
+                                  _mm512_permutexvar_epi16(idx16(o + 4 * p, o + 4 * p + 2), scz));
         acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(B, xb[p]),
-                                  _mm512_permutexvar_epi16(idx16(4 * p + 1, 4 * p + 3), scz));
+                                  _mm512_permutexvar_epi16(idx16(o + 4 * p + 1, o + 4 * p + 3), scz));
     }
     return acc;
 }
 
-INLV float f16_at(const uint8_t *p)
+INLV uint32_t ld32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* The K-quant scales of four rows' blocks at once (quants.py get_scale_min on 32-bit words:
+ * bytes 4-7 a, 8-11 m, 12-15 c of each block): rows 0-1 and 2-3's scales and mins as
+ * words (row r at word 8 (r % 2) of its vector), and the rows' d and dmin. */
+typedef struct k45_prep {
+    __m256i sc01, sc23, mn01, mn23;
+    __m128 d, dmin;
+} k45_prep;
+
+INLV void k45_prepare(const uint8_t *const b[4], k45_prep *p)
+{
+    __m128i a = _mm_setr_epi32((int)ld32(b[0] + 4), (int)ld32(b[1] + 4), (int)ld32(b[2] + 4), (int)ld32(b[3] + 4));
+    __m128i m = _mm_setr_epi32((int)ld32(b[0] + 8), (int)ld32(b[1] + 8), (int)ld32(b[2] + 8), (int)ld32(b[3] + 8));
+    __m128i c = _mm_setr_epi32((int)ld32(b[0] + 12), (int)ld32(b[1] + 12), (int)ld32(b[2] + 12), (int)ld32(b[3] + 12));
+    __m128i dd = _mm_setr_epi32((int)ld32(b[0]), (int)ld32(b[1]), (int)ld32(b[2]), (int)ld32(b[3]));
+    const __m128i m3f = _mm_set1_epi8(0x3f), m0f = _mm_set1_epi8(15), m30 = _mm_set1_epi8(0x30);
+    __m128i sc_lo = _mm_and_si128(a, m3f), mn_lo = _mm_and_si128(m, m3f);
+    __m128i sc_hi = _mm_or_si128(_mm_and_si128(c, m0f), _mm_and_si128(_mm_srli_epi32(a, 2), m30));
+    __m128i mn_hi = _mm_or_si128(_mm_and_si128(_mm_srli_epi32(c, 4), m0f), _mm_and_si128(_mm_srli_epi32(m, 2), m30));
+    p->sc01 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi32(sc_lo, sc_hi));
+    p->sc23 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi32(sc_lo, sc_hi));
+    p->mn01 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi32(mn_lo, mn_hi));
+    p->mn23 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi32(mn_lo, mn_hi));
+    __m256 h = _mm256_cvtph_ps(dd); /* d0, dmin0, d1, dmin1, ... */
+    p->d = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0)));
+    p->dmin = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(h, _mm256_setr_epi32(1, 3, 5, 7, 0, 0, 0, 0)));
+}
+
+/* sum_s m_s * (bs16[2s] + bs16[2s+1]) of two rows' mins (words, row r at 8 r): dwords 0-3 row
+ * 0's partial sums, 4-7 row 1's.  blo / bhi: the block's bs16 words 0-7 / 8-15 in both halves. */
+INLV __m256i k45_mins2(__m256i mn, __m256i blo, __m256i bhi)
+{
+    return _mm256_add_epi32(_mm256_madd_epi16(_mm256_unpacklo_epi16(mn, mn), blo),
+                            _mm256_madd_epi16(_mm256_unpackhi_epi16(mn, mn), bhi));
+}
+
+INLV uint16_t rd16(const uint8_t *p)
 {
     uint16_t h;
     memcpy(&h, p, 2);
-    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+    return h;
 }
 
 INLV __m512i cat256(const int8_t *lo, const int8_t *hi)
@@ -267,7 +299,8 @@ INLV __m512i cat256(const int8_t *lo, const int8_t *hi)
 }
 
 /* R (1..4) rows of a K-quant at once: every activation load feeds all of them, and the
- * four rows' integer sums are reduced together; the float combine runs one row per lane. */
+ * four rows' integer sums are reduced together; the float combine runs one row per lane.
+ * Rows past R repeat row 0 (read, never stored). */
 INLV void qk_rows(ops_dtype t, const ops_qact_view *a, const uint8_t *const rw[4], int R, int64_t nb,
                   size_t bb, float *out[4])
 {
@@ -275,43 +308,48 @@ INLV void qk_rows(ops_dtype t, const ops_qact_view *a, const uint8_t *const rw[4
     for (int64_t i = 0; i < nb; i++) {
         const int8_t *xq = a->q256 + 256 * i;
         __m256i bs = _mm256_loadu_si256((const __m256i *)(a->bs16 + 16 * i));
-        __m512i x[4], xa[2], xb[2];
+        const uint8_t *b[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            b[r] = rw[r < R ? r : 0] + (size_t)i * bb;
+            if (r < R)
+                for (size_t o = 0; o < bb; o += 64)
+                    _mm_prefetch((const char *)b[r] + QACT_PREFETCH + o, _MM_HINT_T0);
+        }
+        __m256i is[4];
+        __m128 da = _mm_set1_ps(a->d256[i]), term;
         if (t == OPS_Q6_K) {
+            __m512i x[4];
             for (int g = 0; g < 4; g++)
                 x[g] = _mm512_loadu_si512((const void *)(xq + 64 * g));
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+                is[r] = r < R ? fold512(q6k_block(b[r], x, bs)) : _mm256_setzero_si256();
+            __m128 dw = _mm_cvtph_ps(_mm_setr_epi16((short)rd16(b[0] + 208), (short)rd16(b[1] + 208),
+                                                    (short)rd16(b[2] + 208), (short)rd16(b[3] + 208), 0, 0, 0, 0));
+            term = _mm_mul_ps(_mm_mul_ps(dw, da), _mm_cvtepi32_ps(hsum4_256(is[0], is[1], is[2], is[3])));
         } else {
+            __m512i xa[2], xb[2];
             for (int p = 0; p < 2; p++) {
                 xa[p] = cat256(xq + 128 * p, xq + 128 * p + 64);
                 xb[p] = cat256(xq + 128 * p + 32, xq + 128 * p + 96);
             }
-        }
-        __m256i is[4], im[4];
-        float dw[4] = {0}, dm[4] = {0};
+            k45_prep kp;
+            k45_prepare(b, &kp);
 #pragma GCC unroll 4
-        for (int r = 0; r < 4; r++) {
-            if (r >= R) {
-                is[r] = im[r] = _mm256_setzero_si256();
-                continue;
-            }
-            const uint8_t *b = rw[r] + (size_t)i * bb;
-            for (size_t o = 0; o < bb; o += 64)
-                _mm_prefetch((const char *)b + QACT_PREFETCH + o, _MM_HINT_T0);
-            if (t == OPS_Q6_K) {
-                is[r] = fold512(q6k_block(b, x, bs));
-                im[r] = _mm256_setzero_si256();
-                dw[r] = f16_at(b + 208);
-            } else {
-                is[r] = fold512(q45k_block(t, b, xa, xb, bs, &im[r]));
-                dw[r] = f16_at(b);
-                dm[r] = f16_at(b + 2);
-            }
+            for (int r = 0; r < 4; r++)
+                is[r] = r < R ? fold512(q45k_block(t, b[r], xa, xb, _mm512_castsi256_si512(r < 2 ? kp.sc01 : kp.sc23),
+                                                   8 * (r % 2)))
+                              : _mm256_setzero_si256();
+            __m256i blo = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(bs));
+            __m256i bhi = _mm256_broadcastsi128_si256(_mm256_extracti128_si256(bs, 1));
+            /* rows 0, 1 in the halves of m01, rows 2, 3 of m23: four partials each */
+            __m256i h = _mm256_hadd_epi32(k45_mins2(kp.mn01, blo, bhi), k45_mins2(kp.mn23, blo, bhi));
+            h = _mm256_hadd_epi32(h, h); /* half 0: rows 0, 2; half 1: rows 1, 3 */
+            __m128i im = _mm_unpacklo_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            term = _mm_sub_ps(_mm_mul_ps(_mm_mul_ps(kp.d, da), _mm_cvtepi32_ps(hsum4_256(is[0], is[1], is[2], is[3]))),
+                              _mm_mul_ps(_mm_mul_ps(kp.dmin, da), _mm_cvtepi32_ps(im)));
         }
-        __m128 da = _mm_set1_ps(a->d256[i]);
-        __m128 term = _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(dw), da),
-                                 _mm_cvtepi32_ps(hsum4_256(is[0], is[1], is[2], is[3])));
-        if (t != OPS_Q6_K)
-            term = _mm_sub_ps(term, _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(dm), da),
-                                               _mm_cvtepi32_ps(hsum4_256(im[0], im[1], im[2], im[3]))));
         acc = _mm_add_ps(acc, term);
     }
     float o[4];
