@@ -67,6 +67,10 @@ bool ops_avx512_qact_available(void);
 void ops_avx512_qact_row(void *dst, const float *x, int64_t k);
 void ops_avx512_qact_gemv(float *out, const void *qrow, const uint8_t *w, ops_dtype t, int64_t k,
                           int64_t n0, int64_t n1);
+/* Several input rows at once, the weights unpacked once per row for all of them (false,
+ * nothing done, for a type it does not take). */
+bool ops_avx512_qact_gemm(float *out, int64_t ldo, const void *const *qrows, int64_t m, const uint8_t *w,
+                          ops_dtype t, int64_t k, int64_t n0, int64_t n1);
 
 #define OPS_CHAINS 4
 #define OPS_STEP 32 /* elements per step of the four chains */

@@ -201,6 +201,8 @@ void ops_matmul_qact(float *out, int64_t ldo, const void *const *qrows, int64_t 
         return;
     }
     bool vnni = use_vnni();
+    if (vnni && m > 1 && ops_avx512_qact_gemm(out, ldo, qrows, m, w, wt, k, n0, n1))
+        return;
     for (int64_t s0 = n0; s0 < n1; s0 += QACT_STRETCH) {
         int64_t s1 = n1 - s0 < QACT_STRETCH ? n1 : s0 + QACT_STRETCH;
         if (m == 1)

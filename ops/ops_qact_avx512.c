@@ -169,6 +169,55 @@ INLV float q32_row(ops_dtype t, const ops_qact_view *a, const uint8_t *row, int6
     return hsum16(acc);
 }
 
+/* One weight row against M (1..4) input rows (prefill): each group's weights unpacked and
+ * scales gathered once; per input row the same operations as q32_row. */
+INLV void q32_cols(ops_dtype t, const ops_qact_view *a, int M, const uint8_t *row, int64_t nb, size_t bb,
+                   float *out[4])
+{
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512i boff = _mm512_mullo_epi32(perm, _mm512_set1_epi32((int)bb));
+    const int sh = t == OPS_Q8_0 ? 7 : t == OPS_Q4_0 ? 3 : 4;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t g = 0; g < nb; g += 16) {
+        int n = nb - g < 16 ? (int)(nb - g) : 16;
+        const uint8_t *gb = row + (size_t)g * bb;
+        __m512i wq[8];
+#pragma GCC unroll 8
+        for (int p = 0; p < 8; p++) {
+            int b0 = 2 * p;
+            const uint8_t *p0 = gb + (size_t)(b0 < n ? b0 : 0) * bb, *p1 = b0 + 1 < n ? p0 + bb : p0;
+            wq[p] = b0 < n ? pair_bytes(t, p0, p1) : _mm512_setzero_si512();
+        }
+        __mmask16 bm = (__mmask16)((1u << n) - 1u);
+        __mmask16 lm = _mm512_cmplt_epi32_mask(perm, _mm512_set1_epi32(n));
+        __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lm, boff, gb, 1)));
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            if (r >= M)
+                continue;
+            __m512i v[8];
+#pragma GCC unroll 8
+            for (int p = 0; p < 8; p++) {
+                int b0 = 2 * p;
+                if (b0 >= n) {
+                    v[p] = _mm512_setzero_si512();
+                    continue;
+                }
+                const int8_t *xq = a[r].q32 + 32 * (g + b0);
+                __m512i x = b0 + 1 < n ? _mm512_loadu_si512((const void *)xq)
+                                       : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)xq));
+                v[p] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[p], x);
+            }
+            __m512i bs = _mm512_permutexvar_epi32(perm, _mm512_maskz_loadu_epi32(bm, a[r].bs32 + g));
+            __m512i is = _mm512_sub_epi32(reduce16(v), _mm512_slli_epi32(bs, sh));
+            __m512 da = _mm512_permutexvar_ps(perm, _mm512_maskz_loadu_ps(bm, a[r].d32 + g));
+            acc[r] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dw, da), acc[r], lm);
+        }
+    }
+    for (int r = 0; r < M; r++)
+        *out[r] = hsum16(acc[r]);
+}
+
 /* ---- K-quants: Q4_K, Q5_K, Q6_K ------------------------------------------------------ */
 
 /* The sums of four vectors' dwords (exact: integers). */
@@ -358,6 +407,128 @@ INLV void qk_rows(ops_dtype t, const ops_qact_view *a, const uint8_t *const rw[4
         *out[r] = o[r];
 }
 
+/* One weight row of a K-quant against M (1..4) input rows: the weights are unpacked once
+ * per block for all of them (prefill); each (input row, weight row) pair computes exactly
+ * the integers and float operations of qk_rows (d * da is the same product either way). */
+INLV void qk_cols(ops_dtype t, const ops_qact_view *a, int M, const uint8_t *row, int64_t nb, size_t bb,
+                  float *out[4])
+{
+    const __m512i m0f = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30), m10 = _mm512_set1_epi8(16);
+    __m128 acc = _mm_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *b = row + (size_t)i * bb;
+        int ar[4]; /* the input row of each lane (lanes past M repeat row 0) */
+        for (int r = 0; r < 4; r++)
+            ar[r] = r < M ? r : 0;
+        __m256i is[4];
+        __m128 da = _mm_setr_ps(a[ar[0]].d256[i], a[ar[1]].d256[i], a[ar[2]].d256[i], a[ar[3]].d256[i]), term;
+        if (t == OPS_Q6_K) {
+            __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 192)));
+            __m512i scz = _mm512_castsi256_si512(sc16), wq[4], sw[4];
+            const __m512i i0 = _mm512_set_epi64(0x0003000300030003ll, 0x0003000300030003ll, 0x0002000200020002ll,
+                                                0x0002000200020002ll, 0x0001000100010001ll, 0x0001000100010001ll, 0, 0);
+            for (int h = 0; h < 2; h++) { /* as q6k_block */
+                __m512i v = _mm512_loadu_si512((const void *)(b + 64 * h));
+                __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h)));
+                wq[2 * h] = _mm512_or_si512(_mm512_and_si512(v, m0f), _mm512_and_si512(_mm512_sllv_epi16(hb, idx16(4, 2)), m30));
+                wq[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 4), m0f),
+                                                _mm512_and_si512(_mm512_srlv_epi16(hb, idx16(0, 2)), m30));
+                __m512i g0 = _mm512_add_epi16(i0, _mm512_set1_epi16((short)(8 * h)));
+                sw[2 * h] = _mm512_permutexvar_epi16(g0, scz);
+                sw[2 * h + 1] = _mm512_permutexvar_epi16(_mm512_add_epi16(g0, _mm512_set1_epi16(4)), scz);
+            }
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                if (r >= M) {
+                    is[r] = _mm256_setzero_si256();
+                    continue;
+                }
+                const int8_t *xq = a[r].q256 + 256 * i;
+                __m512i s = _mm512_setzero_si512();
+                for (int g = 0; g < 4; g++)
+                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wq[g], _mm512_loadu_si512((const void *)(xq + 64 * g))), sw[g]);
+                __m256i bs = _mm256_loadu_si256((const __m256i *)(a[r].bs16 + 16 * i));
+                __m256i corr = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5);
+                is[r] = fold512(_mm512_sub_epi32(s, _mm512_zextsi256_si512(corr)));
+            }
+            __m128 dw = _mm_cvtph_ps(_mm_set1_epi16((short)rd16(b + 208)));
+            term = _mm_mul_ps(_mm_mul_ps(dw, da), _mm_cvtepi32_ps(hsum4_256(is[0], is[1], is[2], is[3])));
+        } else {
+            const uint8_t *bq[4] = {b, b, b, b};
+            k45_prep kp;
+            k45_prepare(bq, &kp);
+            __m512i scz = _mm512_castsi256_si512(kp.sc01), wa[2], wb[2], swa[2], swb[2];
+            const uint8_t *qs = t == OPS_Q5_K ? b + 48 : b + 16;
+            __m512i hb = _mm512_setzero_si512();
+            if (t == OPS_Q5_K)
+                hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16)));
+            for (int p = 0; p < 2; p++) { /* as q45k_block */
+                __m512i v = _mm512_loadu_si512((const void *)(qs + 64 * p));
+                wa[p] = _mm512_and_si512(v, m0f);
+                wb[p] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
+                if (t == OPS_Q5_K) {
+                    __m512i ha = p == 0 ? _mm512_sllv_epi16(hb, idx16(4, 2)) : _mm512_srlv_epi16(hb, idx16(0, 2));
+                    __m512i hbb = p == 0 ? _mm512_sllv_epi16(hb, idx16(3, 1)) : _mm512_srlv_epi16(hb, idx16(1, 3));
+                    wa[p] = _mm512_or_si512(wa[p], _mm512_and_si512(ha, m10));
+                    wb[p] = _mm512_or_si512(wb[p], _mm512_and_si512(hbb, m10));
+                }
+                swa[p] = _mm512_permutexvar_epi16(idx16(4 * p, 4 * p + 2), scz);
+                swb[p] = _mm512_permutexvar_epi16(idx16(4 * p + 1, 4 * p + 3), scz);
+            }
+            __m128i mnw = _mm256_castsi256_si128(kp.mn01); /* the row's 8 mins */
+            __m256i m16 = _mm256_set_m128i(_mm_unpackhi_epi16(mnw, mnw), _mm_unpacklo_epi16(mnw, mnw));
+            __m256i im[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                if (r >= M) {
+                    is[r] = im[r] = _mm256_setzero_si256();
+                    continue;
+                }
+                const int8_t *xq = a[r].q256 + 256 * i;
+                __m512i s = _mm512_setzero_si512();
+                for (int p = 0; p < 2; p++) {
+                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wa[p], cat256(xq + 128 * p, xq + 128 * p + 64)), swa[p]);
+                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wb[p], cat256(xq + 128 * p + 32, xq + 128 * p + 96)), swb[p]);
+                }
+                is[r] = fold512(s);
+                im[r] = _mm256_madd_epi16(m16, _mm256_loadu_si256((const __m256i *)(a[r].bs16 + 16 * i)));
+            }
+            __m128 d = _mm_set1_ps(_mm_cvtss_f32(kp.d)), dmin = _mm_set1_ps(_mm_cvtss_f32(kp.dmin));
+            term = _mm_sub_ps(_mm_mul_ps(_mm_mul_ps(d, da), _mm_cvtepi32_ps(hsum4_256(is[0], is[1], is[2], is[3]))),
+                              _mm_mul_ps(_mm_mul_ps(dmin, da), _mm_cvtepi32_ps(hsum4_256(im[0], im[1], im[2], im[3]))));
+        }
+        acc = _mm_add_ps(acc, term);
+    }
+    float o[4];
+    _mm_storeu_ps(o, acc);
+    for (int r = 0; r < M; r++)
+        *out[r] = o[r];
+}
+
+/* Prefill: weight rows [n0, n1) against m input rows, four input rows per pass over each
+ * weight row. */
+INLV void qact_gemm(ops_dtype t, float *out, int64_t ldo, const void *const *qrows, int64_t m, const uint8_t *w,
+                    int64_t k, int64_t n0, int64_t n1)
+{
+    size_t bb = ops_dtype_block_bytes(t), rb = ops_row_bytes(t, k);
+    int64_t nb = k / ops_dtype_block_elems(t);
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t r0 = 0; r0 < m; r0 += 4) {
+            int M = m - r0 < 4 ? (int)(m - r0) : 4;
+            ops_qact_view a[4];
+            float *o[4];
+            for (int r = 0; r < 4; r++) {
+                int64_t rr = r0 + (r < M ? r : 0);
+                a[r] = ops_qact_at(qrows[rr], k);
+                o[r] = out + rr * ldo + n;
+            }
+            if (t == OPS_Q8_0 || t == OPS_Q4_0 || t == OPS_Q5_0)
+                q32_cols(t, a, M, w + (size_t)n * rb, nb, bb, o);
+            else
+                qk_cols(t, a, M, w + (size_t)n * rb, nb, bb, o);
+        }
+}
+
 INLV void qact_gemv(ops_dtype t, float *out, const void *qrow, const uint8_t *w, int64_t k, int64_t n0,
                     int64_t n1)
 {
@@ -398,6 +569,18 @@ INLV void qact_gemv(ops_dtype t, float *out, const void *qrow, const uint8_t *w,
     {                                                                                                  \
         qact_gemv(T, out, qrow, w, k, n0, n1);                                                         \
     }
+#define QACT_GEMM(T, name)                                                                             \
+    VNNI static void qact_gemm_##name(float *out, int64_t ldo, const void *const *qrows, int64_t m,    \
+                                      const uint8_t *w, int64_t k, int64_t n0, int64_t n1)             \
+    {                                                                                                  \
+        qact_gemm(T, out, ldo, qrows, m, w, k, n0, n1);                                                \
+    }
+QACT_GEMM(OPS_Q4_0, q4_0)
+QACT_GEMM(OPS_Q5_0, q5_0)
+QACT_GEMM(OPS_Q8_0, q8_0)
+QACT_GEMM(OPS_Q4_K, q4_k)
+QACT_GEMM(OPS_Q5_K, q5_k)
+QACT_GEMM(OPS_Q6_K, q6_k)
 QACT_KERNEL(OPS_Q4_0, q4_0)
 QACT_KERNEL(OPS_Q5_0, q5_0)
 QACT_KERNEL(OPS_Q8_0, q8_0)
@@ -416,5 +599,19 @@ VNNI void ops_avx512_qact_gemv(float *out, const void *qrow, const uint8_t *w, o
     case OPS_Q5_K: qact_gemv_q5_k(out, qrow, w, k, n0, n1); break;
     case OPS_Q6_K: qact_gemv_q6_k(out, qrow, w, k, n0, n1); break;
     default: break;
+    }
+}
+
+VNNI bool ops_avx512_qact_gemm(float *out, int64_t ldo, const void *const *qrows, int64_t m, const uint8_t *w,
+                               ops_dtype t, int64_t k, int64_t n0, int64_t n1)
+{
+    switch (t) {
+    case OPS_Q4_0: qact_gemm_q4_0(out, ldo, qrows, m, w, k, n0, n1); return true;
+    case OPS_Q5_0: qact_gemm_q5_0(out, ldo, qrows, m, w, k, n0, n1); return true;
+    case OPS_Q8_0: qact_gemm_q8_0(out, ldo, qrows, m, w, k, n0, n1); return true;
+    case OPS_Q4_K: qact_gemm_q4_k(out, ldo, qrows, m, w, k, n0, n1); return true;
+    case OPS_Q5_K: qact_gemm_q5_k(out, ldo, qrows, m, w, k, n0, n1); return true;
+    case OPS_Q6_K: qact_gemm_q6_k(out, ldo, qrows, m, w, k, n0, n1); return true;
+    default: return false;
     }
 }
