@@ -131,42 +131,54 @@ INLV float hsum16(__m512 v) /* v[j] + v[j + 8], then the canonical lane tree */
     return _mm_cvtss_f32(h);
 }
 
-INLV float q32_row(ops_dtype t, const ops_qact_view *a, const uint8_t *row, int64_t nb, size_t bb)
+/* R (1 or 2) weight rows against one input row: every activation load feeds both. */
+INLV void q32_rows(ops_dtype t, const ops_qact_view *a, const uint8_t *const rw[2], int R, int64_t nb, size_t bb,
+                   float *out[2])
 {
     /* lane l holds block perm[l] = 4 (l % 4) + l / 4 of each group of 16 */
     const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     const __m512i boff = _mm512_mullo_epi32(perm, _mm512_set1_epi32((int)bb));
     const int sh = t == OPS_Q8_0 ? 7 : t == OPS_Q4_0 ? 3 : 4;
-    __m512 acc = _mm512_setzero_ps();
+    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t g = 0; g < nb; g += 16) {
         int n = nb - g < 16 ? (int)(nb - g) : 16;
-        const uint8_t *gb = row + (size_t)g * bb;
-        for (size_t o = 0; o < 16 * bb; o += 64)
-            _mm_prefetch((const char *)gb + QACT_PREFETCH + o, _MM_HINT_T0);
-        __m512i v[8];
+        const uint8_t *gb[2];
+        for (int r = 0; r < R; r++) {
+            gb[r] = rw[r] + (size_t)g * bb;
+            for (size_t o = 0; o < 16 * bb; o += 64)
+                _mm_prefetch((const char *)gb[r] + QACT_PREFETCH + o, _MM_HINT_T0);
+        }
+        __m512i v[2][8];
 #pragma GCC unroll 8
         for (int p = 0; p < 8; p++) {
             int b0 = 2 * p;
             if (b0 >= n) {
-                v[p] = _mm512_setzero_si512();
+                v[0][p] = v[1][p] = _mm512_setzero_si512();
                 continue;
             }
-            const uint8_t *p0 = gb + (size_t)b0 * bb, *p1 = b0 + 1 < n ? p0 + bb : p0;
             const int8_t *xq = a->q32 + 32 * (g + b0);
             __m512i x = b0 + 1 < n ? _mm512_loadu_si512((const void *)xq)
                                    : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)xq));
-            v[p] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), pair_bytes(t, p0, p1), x);
+#pragma GCC unroll 2
+            for (int r = 0; r < R; r++) {
+                const uint8_t *p0 = gb[r] + (size_t)b0 * bb, *p1 = b0 + 1 < n ? p0 + bb : p0;
+                v[r][p] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), pair_bytes(t, p0, p1), x);
+            }
         }
         __mmask16 bm = (__mmask16)((1u << n) - 1u); /* blocks present, in block order */
         __mmask16 lm = _mm512_cmplt_epi32_mask(perm, _mm512_set1_epi32(n)); /* ... in lane order */
-        __m512i bs = _mm512_permutexvar_epi32(perm, _mm512_maskz_loadu_epi32(bm, a->bs32 + g));
-        __m512i is = _mm512_sub_epi32(reduce16(v), _mm512_slli_epi32(bs, sh));
-        __m512i dwi = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lm, boff, gb, 1);
-        __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dwi));
+        __m512i bs = _mm512_slli_epi32(_mm512_permutexvar_epi32(perm, _mm512_maskz_loadu_epi32(bm, a->bs32 + g)), sh);
         __m512 da = _mm512_permutexvar_ps(perm, _mm512_maskz_loadu_ps(bm, a->d32 + g));
-        acc = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dw, da), acc, lm);
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++) {
+            __m512i is = _mm512_sub_epi32(reduce16(v[r]), bs);
+            __m512i dwi = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lm, boff, gb[r], 1);
+            __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dwi));
+            acc[r] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dw, da), acc[r], lm);
+        }
     }
-    return hsum16(acc);
+    for (int r = 0; r < R; r++)
+        *out[r] = hsum16(acc[r]);
 }
 
 /* One weight row against M (1..4) input rows (prefill): each group's weights unpacked and
@@ -535,9 +547,18 @@ INLV void qact_gemv(ops_dtype t, float *out, const void *qrow, const uint8_t *w,
     ops_qact_view a = ops_qact_at(qrow, k);
     size_t bb = ops_dtype_block_bytes(t), rb = ops_row_bytes(t, k);
     int64_t nb = k / ops_dtype_block_elems(t);
-    if (t == OPS_Q8_0 || t == OPS_Q4_0 || t == OPS_Q5_0) {
-        for (int64_t n = n0; n < n1; n++)
-            out[n] = q32_row(t, &a, w + (size_t)n * rb, nb, bb);
+    if (t == OPS_Q8_0 || t == OPS_Q4_0 || t == OPS_Q5_0) { /* rows n and n + half together */
+        int64_t half = (n1 - n0) / 2;
+        for (int64_t n = n0; n < n0 + half; n++) {
+            const uint8_t *rw[2] = {w + (size_t)n * rb, w + (size_t)(n + half) * rb};
+            float *o[2] = {&out[n], &out[n + half]};
+            q32_rows(t, &a, rw, 2, nb, bb, o);
+        }
+        if ((n1 - n0) % 2) {
+            const uint8_t *rw[2] = {w + (size_t)(n1 - 1) * rb, w + (size_t)(n1 - 1) * rb};
+            float *o[2] = {&out[n1 - 1], &out[n1 - 1]};
+            q32_rows(t, &a, rw, 1, nb, bb, o);
+        }
         return;
     }
     /* four rows n, n + q, n + 2q, n + 3q stream together (as the exact GEMV), then pairs,
