@@ -8,8 +8,6 @@
 #include "ops.h"
 #include "ops_impl.h"
 
-#define QACT_TINY 0x1p-100f /* a block below this is quantized to zeros */
-
 size_t ops_qact_row_bytes(int64_t k)
 {
     if (k <= 0 || k % 32)
@@ -34,7 +32,7 @@ static float quant_block(int8_t *q, const float *x, int n)
         else if (fabsf(x[i]) > amax)
             amax = fabsf(x[i]);
     }
-    if (bad || amax < QACT_TINY) {
+    if (bad || amax < OPS_QACT_TINY) {
         memset(q, 0, (size_t)n);
         return bad ? NAN : 0.0f;
     }
@@ -69,17 +67,6 @@ static void scalar_qact_row(void *dst, const float *x, int64_t k)
         for (int i = 0; i < 16; i++)
             s += q256[16 * j + i];
         bs16[j] = (int16_t)s;
-    }
-}
-
-/* quants.py Q4_K.get_scale_min (as ops_quant.c) */
-static void kq_scale_min(const uint8_t *s, int sc[8], int mn[8])
-{
-    for (int j = 0; j < 4; j++) {
-        sc[j] = s[j] & 63;
-        mn[j] = s[j + 4] & 63;
-        sc[j + 4] = (s[j + 8] & 15) | (s[j] >> 6) << 4;
-        mn[j + 4] = (s[j + 8] >> 4) | (s[j + 4] >> 6) << 4;
     }
 }
 
@@ -140,8 +127,8 @@ static float qdot_k(const ops_qact_view *a, const uint8_t *w, ops_dtype t, int64
             float ds = ops_f16_to_f32(rd16(blk + 208)) * da;
             term = ds * (float)isum;
         } else { /* Q4_K, Q5_K */
-            int sc[8], mn[8];
-            kq_scale_min(blk + 4, sc, mn);
+            uint8_t sc[8], mn[8];
+            ops_kq_scale_min(blk + 4, sc, mn);
             const uint8_t *qh = blk + 16, *qs = t == OPS_Q5_K ? blk + 48 : blk + 16;
             int32_t isum = 0, imin = 0;
             for (int s = 0; s < 8; s++) {

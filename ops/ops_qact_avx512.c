@@ -11,7 +11,6 @@
 #define VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #define INLV VNNI static inline __attribute__((always_inline))
 
-#define QACT_TINY 0x1p-100f  /* as ops_qact.c */
 #define QACT_PREFETCH 1024   /* bytes ahead of each weight stream */
 
 bool ops_avx512_qact_available(void)
@@ -39,7 +38,7 @@ INLV float qblock(int8_t *q, int32_t *s16, const float *x, int n)
         mx = _mm512_max_ps(mx, _mm512_abs_ps(v));
     }
     float amax = _mm512_reduce_max_ps(mx); /* exact: a max of finite values */
-    if (bad || amax < QACT_TINY) {
+    if (bad || amax < OPS_QACT_TINY) {
         memset(q, 0, (size_t)n);
         for (int j = 0; j < n / 16; j++)
             s16[j] = 0;
