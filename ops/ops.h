@@ -105,6 +105,37 @@ void ops_matmul(float *out, int64_t ldo, const float *const *x_rows, int64_t m,
 size_t ops_matmul_panel_floats(int64_t k);
 #define OPS_PANEL_ROWS 16 /* weight rows widened per panel */
 
+/* ---- activation-quantized products (runtime.numerics: act-q8) -------------------------
+ * An opt-in second numerics for block-quantized weights, as llama.cpp's CPU kernels do it:
+ * the input row is quantized to int8, multiplied with the weight quants in exact integer
+ * arithmetic, and the scales are combined in float in one fixed order.  Every step is
+ * defined below, so the scalar and the SIMD kernels agree bit for bit and the result does
+ * not depend on threads, chunking or batch: only the numbers differ from exact mode.
+ *
+ * ops_qact_row quantizes a row x of k floats (k a multiple of 32) in two forms:
+ *   A: blocks of 32 (for Q8_0, Q4_0, Q5_0 weights), B: blocks of 256 (K-quants; only when
+ *   k is a multiple of 256).  Per block: amax = max |x_i|; amax < 2^-100 gives d = 0 and
+ *   q = 0; otherwise d = amax / 127 and q_i = rne(x_i * (127 / amax)) clamped to [-127, 127]
+ *   (each a float32 operation).  A block holding NaN or Inf gets d = NaN and q = 0, so its
+ *   outputs come out NaN.  Form A keeps each block's sum of q, form B the sum of each 16.
+ * ops_matmul_qact: out[m * ldo + n] = qdot(qrows[m], w[n]) for the rows of ops_matmul,
+ * w block-quantized (plain types are not taken: every output NaN).  qdot:
+ *   Q8_0, Q4_0, Q5_0 (form A): per block b, i_b = sum of (signed weight quant) * q, exact;
+ *     f = fmaf((float)i_b, dw_b * da_b, acc[l]) into accumulator l = 4 (b % 4) + (b % 16) / 4
+ *     of 16; then v[j] = acc[j] + acc[j + 8] and the canonical lane tree of ops.h.
+ *   Q4_K, Q5_K (form B): per super-block, i = sum over sub-blocks s of sc_s * sum q_w * q,
+ *     m = sum of mn_s * (sum of q over s), exact; t = (d * da) * (float)i - (dmin * da) *
+ *     (float)m; Q6_K: i = sum over the 16 sub-blocks of sc_j * sum (q_w - 32) * q,
+ *     t = (d * da) * (float)i; then acc = acc + t in super-block order from 0.
+ * Each product, difference and sum above is one float32 rounding (never fused). */
+size_t ops_qact_row_bytes(int64_t k); /* bytes of one quantized row (a 64-multiple); 0 if k % 32 */
+void ops_qact_row(void *dst, const float *x, int64_t k);
+void ops_matmul_qact(float *out, int64_t ldo, const void *const *qrows, int64_t m, const void *w,
+                     ops_dtype wt, int64_t k, int64_t n0, int64_t n1);
+/* The kernel family ops_matmul_qact uses: "avx512-vnni", or "scalar" (also at the AVX2
+ * level: no 256-bit twin yet). */
+const char *ops_qact_kernels(void);
+
 /* RMSNorm of one row: out = w * (x * 1/sqrt(mean(x^2) + eps)); w of type wt, n elements.
  * wt must be a plain type (F32, BF16, F16: GGUF keeps norms in F32); a block type is
  * refused loudly, every output NaN (the model binding rejects such a file first).

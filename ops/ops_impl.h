@@ -41,6 +41,54 @@ void ops_avx2_q_gemv(float *out, const float *x, const uint8_t *w, ops_dtype t, 
 void ops_avx512_q_gemv(float *out, const float *x, const uint8_t *w, ops_dtype t, int64_t k,
                        int64_t n0, int64_t n1);
 
+/* quants.py Q4_K.get_scale_min: 8 six-bit scales and mins from 12 bytes.  Sub-blocks 0-3
+ * keep theirs in the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); sub-blocks 4-7 take
+ * their low 4 bits from bytes 8-11 (scale low nibble, min high nibble) and their top 2 bits
+ * from bits 6-7 of bytes 0-3 (scales) and 4-7 (mins). */
+static inline void ops_kq_scale_min(const uint8_t *s, uint8_t sc[8], uint8_t mn[8])
+{
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (uint8_t)((s[j + 8] & 15) | (s[j] >> 6) << 4);
+        mn[j + 4] = (uint8_t)((s[j + 8] >> 4) | (s[j + 4] >> 6) << 4);
+    }
+}
+
+/* act-q8: a block whose largest magnitude is below this is quantized to zeros (ops.h). */
+#define OPS_QACT_TINY 0x1p-100f
+
+/* A quantized activation row (ops_qact_row): where each array of a row of k lies. */
+typedef struct ops_qact_view {
+    const int8_t *q32, *q256;  /* form A / form B quants [k] */
+    const float *d32, *d256;   /* scales [k / 32], [k / 256] */
+    const int32_t *bs32;       /* form A block sums [k / 32] */
+    const int16_t *bs16;       /* form B sums of each 16 [k / 16] */
+} ops_qact_view;
+
+static inline ops_qact_view ops_qact_at(const void *row, int64_t k)
+{
+    const uint8_t *p = row;
+    ops_qact_view v;
+    v.q32 = (const int8_t *)p;
+    v.q256 = (const int8_t *)(p + k);
+    v.d32 = (const float *)(p + 2 * k);
+    v.bs32 = (const int32_t *)(p + 2 * k + k / 8);
+    v.d256 = (const float *)(p + 2 * k + k / 4);
+    v.bs16 = (const int16_t *)(p + 2 * k + k / 4 + k / 64);
+    return v;
+}
+
+/* The AVX-512 VNNI twins of the act-q8 kernels (ops_qact_avx512.c): the same bits. */
+bool ops_avx512_qact_available(void);
+void ops_avx512_qact_row(void *dst, const float *x, int64_t k);
+void ops_avx512_qact_gemv(float *out, const void *qrow, const uint8_t *w, ops_dtype t, int64_t k,
+                          int64_t n0, int64_t n1);
+/* Several input rows at once, the weights unpacked once per row for all of them (false,
+ * nothing done, for a type it does not take). */
+bool ops_avx512_qact_gemm(float *out, int64_t ldo, const void *const *qrows, int64_t m, const uint8_t *w,
+                          ops_dtype t, int64_t k, int64_t n0, int64_t n1);
+
 #define OPS_CHAINS 4
 #define OPS_STEP 32 /* elements per step of the four chains */
 

@@ -20,20 +20,6 @@ static inline uint32_t rd32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* quants.py Q4_K.get_scale_min: 8 six-bit scales and mins from 12 bytes.  Sub-blocks 0-3
- * keep theirs in the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); sub-blocks 4-7 take
- * their low 4 bits from bytes 8-11 (scale low nibble, min high nibble) and their top 2 bits
- * from bits 6-7 of bytes 0-3 (scales) and 4-7 (mins). */
-static void kq_scale_min(const uint8_t *s, uint8_t sc[8], uint8_t mn[8])
-{
-    for (int j = 0; j < 4; j++) {
-        sc[j] = s[j] & 63;
-        mn[j] = s[j + 4] & 63;
-        sc[j + 4] = (uint8_t)((s[j + 8] & 15) | (s[j] >> 6) << 4);
-        mn[j + 4] = (uint8_t)((s[j + 8] >> 4) | (s[j + 4] >> 6) << 4);
-    }
-}
-
 void ops_q_dequant_block(float *y, const uint8_t *b, ops_dtype t)
 {
     switch (t) {
@@ -62,7 +48,7 @@ void ops_q_dequant_block(float *y, const uint8_t *b, ops_dtype t)
     case OPS_Q5_K: { /* per sub-block s: (d * sc) * q - (dmin * m) */
         float d = ops_f16_to_f32(rd16(b)), dmin = ops_f16_to_f32(rd16(b + 2));
         uint8_t sc[8], mn[8];
-        kq_scale_min(b + 4, sc, mn);
+        ops_kq_scale_min(b + 4, sc, mn);
         const uint8_t *qh = b + 16, *qs = t == OPS_Q5_K ? b + 48 : b + 16;
         for (int s = 0; s < 8; s++) {
             float ds = d * (float)sc[s], dm = dmin * (float)mn[s];

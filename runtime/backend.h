@@ -47,7 +47,7 @@ int backend_requests(cfg_backend kind, const sched *s, backend_request *reqs);
 
 /* The CPU backend's requests (CPU_REQ_*), for backend_requests and for a backend that runs
  * the CPU kernels alongside (the HIP backend's MOERT_HIP_CHECK). */
-enum { CPU_REQ_PANEL, CPU_REQ_ROWPTRS, CPU_REQ_SCORES, CPU_REQ_GATHER, CPU_REQ_COUNT };
+enum { CPU_REQ_PANEL, CPU_REQ_ROWPTRS, CPU_REQ_SCORES, CPU_REQ_GATHER, CPU_REQ_QACT, CPU_REQ_COUNT };
 int backend_cpu_requests(const sched *s, backend_request *reqs);
 
 typedef struct backend_init {

@@ -34,6 +34,9 @@ typedef struct cpu_ctx {
     trace_rt *trace;
     const trace_route *route; /* routing replay, or NULL */
     ops_dtype sim;            /* precision simulation: BF16 / F16, or F32 = off */
+    bool qact;                /* numerics act-q8: block-quantized products take int8 rows */
+    const void **qptr_a, **qptr_b; /* act-q8 row pointers: inputs, MoE hidden rows */
+    uint8_t *qrows_a, *qrows_b;    /* ... and the quantized rows they point at */
 } cpu_ctx;
 
 #define BLOCK OPS_PANEL_ROWS
@@ -128,6 +131,33 @@ static int64_t topk_slots(const sched *s)
     return s->topo.num_experts_per_tok > 1 ? s->topo.num_experts_per_tok : 1;
 }
 
+/* act-q8: bytes of one quantized row of width up to k */
+static uint64_t qact_bytes(int64_t k)
+{
+    return ops_qact_row_bytes((k + 31) / 32 * 32);
+}
+
+/* The widest input of a matmul other than the MoE's hidden rows. */
+static int64_t qact_kmax(const sched *s)
+{
+    int64_t k = s->topo.hidden_size;
+    if (s->q_dim > k)
+        k = s->q_dim;
+    if (s->topo.intermediate_size > k)
+        k = s->topo.intermediate_size;
+    return k;
+}
+
+/* act-q8 scratch: two pointer arrays of max_rows * top-k, then max_rows input rows and
+ * max_rows * top-k MoE hidden rows, quantized (ops_qact_row). */
+static uint64_t qact_scratch(const sched *s)
+{
+    uint64_t rk = sat_mul((uint64_t)s->max_rows, (uint64_t)topk_slots(s));
+    uint64_t p = sat_mul(2 * rk, sizeof(void *)), a = sat_mul((uint64_t)s->max_rows, qact_bytes(qact_kmax(s)));
+    uint64_t b = sat_mul(rk, qact_bytes(s->topo.moe_intermediate_size));
+    return p + a < p || p + a + b < p + a ? UINT64_MAX : p + a + b;
+}
+
 int backend_cpu_requests(const sched *s, backend_request *reqs)
 {
     uint64_t T = (uint64_t)s->threads, K = (uint64_t)topk_slots(s);
@@ -145,24 +175,63 @@ int backend_cpu_requests(const sched *s, backend_request *reqs)
     /* expert parallelism (s->gpus ranks): every rank's slot outputs, gathered (shard.h) */
     uint64_t gather = shard_gather_bytes(s, s->gpus);
     reqs[CPU_REQ_GATHER] = (backend_request){"cpu.ep_gather", gather ? gather : 64, ARENA_MIN_ALIGN, false};
+    /* numerics act-q8: the quantized activations */
+    reqs[CPU_REQ_QACT] = (backend_request){"cpu.act_q8", s->act_q8 ? qact_scratch(s) : 64, ARENA_MIN_ALIGN, false};
     return CPU_REQ_COUNT;
 }
 
-/* out[r * ldo + n] = rows[r] . w[n] for r in [0, m), n in [n0, n1). */
-static void matmul_tensor(float *out, int64_t ldo, const float *const *rows, int64_t m,
-                          const model_tensor *w, int64_t k, int64_t n0, int64_t n1, float *panel)
+/* out[r * ldo + n] = rows[r] . w[n] for r in [0, m), n in [n0, n1); with act-q8 rows (qrows,
+ * the same rows quantized) a block-quantized w takes the integer products. */
+static void matmul_tensor(float *out, int64_t ldo, const float *const *rows, const void *const *qrows,
+                          int64_t m, const model_tensor *w, int64_t k, int64_t n0, int64_t n1, float *panel)
 {
-    ops_matmul(out, ldo, rows, m, w->data, ops_type(w->dtype), k, n0, n1, panel);
+    ops_dtype t = ops_type(w->dtype);
+    if (qrows && ops_dtype_block_elems(t) > 1)
+        ops_matmul_qact(out, ldo, qrows, m, w->data, t, k, n0, n1);
+    else
+        ops_matmul(out, ldo, rows, m, w->data, t, k, n0, n1, panel);
+}
+
+/* act-q8: rows r (rows[r], or x + r * stride; k wide) quantized into dst, qb bytes apart,
+ * with ptrs[r] pointing at each (ptrs may be NULL). */
+typedef struct qact_job {
+    const float *const *rows;
+    const float *x;
+    int64_t k, stride;
+    uint8_t *dst;
+    size_t qb;
+    const void **ptrs;
+} qact_job;
+
+static void qact_item(void *ctx, int64_t r, int tid)
+{
+    const qact_job *j = ctx;
+    (void)tid;
+    ops_qact_row(j->dst + (size_t)r * j->qb, j->rows ? j->rows[r] : j->x + r * j->stride, j->k);
+    if (j->ptrs)
+        j->ptrs[r] = j->dst + (size_t)r * j->qb;
+}
+
+/* Quantizes n rows when the mode is on and k whole 32-blocks; returns their pointers, or
+ * NULL (the exact kernels then run). */
+static const void *const *qact_rows(cpu_ctx *c, const float *const *rows, const float *x, int64_t n,
+                                    int64_t k, int64_t stride, uint8_t *dst, const void **ptrs)
+{
+    if (!c->qact || k % 32)
+        return NULL;
+    qact_job j = {rows, x, k, stride, dst, ops_qact_row_bytes(k), ptrs};
+    par_for(c->threads, n, false, qact_item, &j);
+    return ptrs;
 }
 
 /* Columns [n0, n1) of gate = silu(rows . g) * (rows . u) for m rows of width k, both
  * outputs with row stride ld (up is scratch). */
-static void gate_up_swiglu(float *gate, float *up, const float *const *rows, int64_t m,
-                           const model_tensor *g, const model_tensor *u, int64_t k, int64_t ld,
+static void gate_up_swiglu(float *gate, float *up, const float *const *rows, const void *const *qrows,
+                           int64_t m, const model_tensor *g, const model_tensor *u, int64_t k, int64_t ld,
                            int64_t n0, int64_t n1, float *panel)
 {
-    matmul_tensor(gate, ld, rows, m, g, k, n0, n1, panel);
-    matmul_tensor(up, ld, rows, m, u, k, n0, n1, panel);
+    matmul_tensor(gate, ld, rows, qrows, m, g, k, n0, n1, panel);
+    matmul_tensor(up, ld, rows, qrows, m, u, k, n0, n1, panel);
     for (int64_t r = 0; r < m; r++)
         ops_swiglu(gate + r * ld + n0, gate + r * ld + n0, up + r * ld + n0, n1 - n0);
 }
@@ -189,6 +258,7 @@ static int cpu_init(backend *b, const backend_init *in, moert_err *err)
     c->trace = in->trace;
     c->route = in->route;
     c->sim = in->sim == CFG_SIM_BF16 ? OPS_BF16 : in->sim == CFG_SIM_F16 ? OPS_F16 : OPS_F32;
+    c->qact = in->s->act_q8;
     c->attn_scale = (float)(1.0 / sqrt((double)in->s->topo.head_dim));
     c->ptr = calloc((size_t)in->s->n_bufs, sizeof *c->ptr);
     if (!c->ptr) {
@@ -203,6 +273,13 @@ static int cpu_init(backend *b, const backend_init *in, moert_err *err)
     }
     for (int32_t i = 0; i < in->s->n_bufs; i++)
         c->ptr[i] = c->mem.base + in->offsets[i];
+    if (c->qact) {
+        int64_t rk = in->s->max_rows * topk_slots(in->s);
+        c->qptr_a = (const void **)c->ptr[in->scratch0 + CPU_REQ_QACT];
+        c->qptr_b = c->qptr_a + rk;
+        c->qrows_a = (uint8_t *)(c->qptr_b + rk);
+        c->qrows_b = c->qrows_a + (size_t)in->s->max_rows * qact_bytes(qact_kmax(in->s));
+    }
     omp_set_dynamic(0);
     /* Start the worker team now so that its creation is part of init, not of token 1, and
      * pin each worker to its own CPU of the process's set (decode streams weights: a thread
@@ -333,6 +410,7 @@ static void run_rmsnorm(cpu_ctx *c, const sched_op *op, const exec_step *st)
 typedef struct mm_job {
     cpu_ctx *c;
     const float *const *rows;
+    const void *const *qrows; /* act-q8, or NULL */
     int64_t m, ldo, k;
     float *out;
     const model_tensor *const *seg;
@@ -352,7 +430,7 @@ static void mm_range(void *ctx, int64_t lo, int64_t hi, int tid)
         const model_tensor *w = j->seg[i];
         int64_t b1 = hi < end ? hi : end;
         int64_t n0 = (lo - first) * BLOCK, n1 = (b1 - first) * BLOCK;
-        matmul_tensor(j->out + j->seg_begin[i], j->ldo, j->rows, j->m, w, j->k, n0,
+        matmul_tensor(j->out + j->seg_begin[i], j->ldo, j->rows, j->qrows, j->m, w, j->k, n0,
                       n1 < w->rows ? n1 : w->rows, thread_panel(j->c, tid));
         lo = b1;
     }
@@ -363,7 +441,9 @@ static void mm_range(void *ctx, int64_t lo, int64_t hi, int tid)
 static void matmul_segments(cpu_ctx *c, const float *const *rows, int64_t m, float *out,
                             int64_t ldo, const model_tensor *const *seg, int n_seg, int64_t k)
 {
-    mm_job j = {.c = c, .rows = rows, .m = m, .ldo = ldo, .k = k, .out = out, .seg = seg,
+    /* act-q8: the rows quantized once, for every segment and thread */
+    const void *const *q = qact_rows(c, rows, NULL, m, k, 0, c->qrows_a, c->qptr_a);
+    mm_job j = {.c = c, .rows = rows, .qrows = q, .m = m, .ldo = ldo, .k = k, .out = out, .seg = seg,
                 .n_seg = n_seg};
     int64_t total_blocks = 0;
     for (int i = 0; i < n_seg; i++) {
@@ -525,6 +605,7 @@ typedef struct moe_job {
     const model_layer *L;
     const int32_t *offs, *active, *inv;
     const float *const *xrows, *const *hrows;
+    const void *const *qx, *const *qh; /* act-q8: the same rows quantized, or NULL */
     const float *tw;
     float *gate, *up, *down, *out;
     const float **slot_base;
@@ -556,7 +637,7 @@ static void moe_gate_up(void *ctx, int64_t lo, int64_t hi, int tid)
     while (lo < hi) {
         int64_t e = expert_run(j, &lo, hi, j->iblocks, I, &n0, &n1);
         int64_t o = j->offs[e], m = j->offs[e + 1] - o;
-        gate_up_swiglu(j->gate + o * I, j->up + o * I, j->xrows + o, m, &j->L->gate[e],
+        gate_up_swiglu(j->gate + o * I, j->up + o * I, j->xrows + o, j->qx ? j->qx + o : NULL, m, &j->L->gate[e],
                        &j->L->up[e], j->H, I, n0, n1, thread_panel(j->c, tid));
     }
 }
@@ -568,7 +649,7 @@ static void moe_down(void *ctx, int64_t lo, int64_t hi, int tid)
     while (lo < hi) {
         int64_t e = expert_run(j, &lo, hi, j->hblocks, H, &n0, &n1);
         int64_t o = j->offs[e], m = j->offs[e + 1] - o;
-        matmul_tensor(j->down + o * H, H, j->hrows + o, m, &j->L->down[e], j->I, n0, n1,
+        matmul_tensor(j->down + o * H, H, j->hrows + o, j->qh ? j->qh + o : NULL, m, &j->L->down[e], j->I, n0, n1,
                       thread_panel(j->c, tid));
     }
 }
@@ -594,6 +675,18 @@ static void moe_combine_ep(void *ctx, int64_t t, int tid)
     ops_weighted_sum(j->out + t * j->H, slots, j->tw + t * j->K, j->K, j->H);
 }
 
+/* act-q8: the hidden rows of the listed experts quantized for their down products. */
+static void moe_qact_hidden(cpu_ctx *c, const moe_job *j, const int32_t *experts, int64_t n)
+{
+    if (!j->qh)
+        return;
+    size_t qb = ops_qact_row_bytes(j->I);
+    for (int64_t i = 0; i < n; i++) {
+        int64_t o = j->offs[experts[i]], m = j->offs[experts[i] + 1] - o;
+        qact_rows(c, NULL, j->gate + o * j->I, m, j->I, j->I, c->qrows_b + (size_t)o * qb, c->qptr_b + o);
+    }
+}
+
 /* N simulated ranks (shard.h): rank r computes only the active experts it owns, exactly as
  * the one-rank path computes them (the same tokens per expert, so the same products), and
  * packs its slots' outputs, in (token, slot) order, into its slice of the gather buffer;
@@ -613,6 +706,7 @@ static int moe_expert_parallel(cpu_ctx *c, moe_job *j, const int32_t *active, in
                 rank_active[n++] = active[i];
         j->active = rank_active;
         par_ranges(c->threads, n * j->iblocks, R > 1, moe_gate_up, j);
+        moe_qact_hidden(c, j, rank_active, n);
         par_ranges(c->threads, n * j->hblocks, R > 1, moe_down, j);
         float *slice = gath + (int64_t)r * j->RK * j->H;
         for (int64_t a = 0; a < j->RK; a++)
@@ -664,8 +758,16 @@ static int run_moe(cpu_ctx *c, const sched_op *op, const exec_step *st, moert_er
         xrows[p] = xn + (order[p] / K) * H;
         hrows[p] = gate + p * I;
     }
-    moe_job j = {c, &c->w->layers[op->layer], offs, active, inv, xrows, hrows,
-                 fbuf(c, op->in[1]), gate, fbuf(c, op->scratch[2]), fbuf(c, op->scratch[3]),
+    const void **qx = NULL;
+    if (c->qact && H % 32 == 0) { /* each token's row quantized once, for its k experts */
+        size_t qb = ops_qact_row_bytes(H);
+        qact_rows(c, NULL, xn, R, H, H, c->qrows_a, NULL);
+        for (int64_t p = 0; p < R * K; p++)
+            c->qptr_a[p] = c->qrows_a + (size_t)(order[p] / K) * qb;
+        qx = c->qptr_a;
+    }
+    moe_job j = {c, &c->w->layers[op->layer], offs, active, inv, xrows, hrows, qx,
+                 c->qact && I % 32 == 0 ? c->qptr_b : NULL, fbuf(c, op->in[1]), gate, fbuf(c, op->scratch[2]), fbuf(c, op->scratch[3]),
                  fbuf(c, op->out[0]), hrows + s->max_rows * K, K, H, I,
                  (I + BLOCK - 1) / BLOCK, (H + BLOCK - 1) / BLOCK, ids, NULL, 0, c->ranks};
     if (c->ranks > 1) /* the cursors are done with: they list each rank's experts */
@@ -673,6 +775,7 @@ static int run_moe(cpu_ctx *c, const sched_op *op, const exec_step *st, moert_er
     /* Prefill: experts carry unequal loads, so items are handed out dynamically; a decode
      * step's items are equal and a static split keeps each thread's weights contiguous. */
     par_ranges(c->threads, n_active * j.iblocks, R > 1, moe_gate_up, &j);
+    moe_qact_hidden(c, &j, active, n_active);
     par_ranges(c->threads, n_active * j.hblocks, R > 1, moe_down, &j);
     par_for(c->threads, R, false, moe_combine, &j);
     return MOERT_OK;
@@ -682,6 +785,7 @@ typedef struct mlp_job {
     cpu_ctx *c;
     const model_tensor *g, *u;
     const float *const *xrows;
+    const void *const *qrows; /* act-q8, or NULL */
     float *gate, *up;
     int64_t R, H, I;
 } mlp_job;
@@ -690,7 +794,7 @@ static void mlp_gate_up(void *ctx, int64_t lo, int64_t hi, int tid)
 {
     const mlp_job *j = ctx;
     int64_t I = j->I, n0 = lo * BLOCK, n1 = hi * BLOCK < I ? hi * BLOCK : I;
-    gate_up_swiglu(j->gate, j->up, j->xrows, j->R, j->g, j->u, j->H, I, n0, n1,
+    gate_up_swiglu(j->gate, j->up, j->xrows, j->qrows, j->R, j->g, j->u, j->H, I, n0, n1,
                    thread_panel(j->c, tid));
 }
 
@@ -699,9 +803,10 @@ static void run_mlp(cpu_ctx *c, const sched_op *op, const exec_step *st)
     const sched *s = c->s;
     int64_t H = s->topo.hidden_size, I = s->topo.intermediate_size, R = st->n_rows;
     float *gate = fbuf(c, op->scratch[0]);
+    const float **xrows = row_pointers(c, fbuf(c, op->in[0]), R, H, 0);
     mlp_job j = {c, backend_weight(c->w, SCHED_W_MLP, op->layer, 0),
-                 backend_weight(c->w, SCHED_W_MLP, op->layer, 1),
-                 row_pointers(c, fbuf(c, op->in[0]), R, H, 0), gate, fbuf(c, op->scratch[1]), R, H, I};
+                 backend_weight(c->w, SCHED_W_MLP, op->layer, 1), xrows,
+                 qact_rows(c, xrows, NULL, R, H, 0, c->qrows_a, c->qptr_a), gate, fbuf(c, op->scratch[1]), R, H, I};
     par_ranges(c->threads, (I + BLOCK - 1) / BLOCK, false, mlp_gate_up, &j);
     const model_tensor *segs[1] = {backend_weight(c->w, SCHED_W_MLP, op->layer, 2)};
     matmul_segments(c, row_pointers(c, gate, R, I, 1), R, fbuf(c, op->out[0]), H, segs, 1, I);

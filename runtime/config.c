@@ -48,6 +48,8 @@ int cfg_stage_from_name(const char *name)
     return -1;
 }
 
+const char *const cfg_numerics_names[] = {"exact", "act-q8", NULL};
+
 static const char *const sim_names[] = {"none", "bf16", "f16"}; /* cfg_sim_precision order */
 
 const char *cfg_sim_precision_name(cfg_sim_precision p)
@@ -846,13 +848,13 @@ static int parse_runtime(load_ctx *c, yaml_node_t *r, moert_err *err)
     yamldoc *d = c->d;
     cfg_runtime *rt = &c->out->rt;
     const cfg_topology *t = &c->out->topo;
-    static const char *const keys[] = {"max_seq_len", "prefill_chunk", "threads", "backend", "gpus", NULL};
+    static const char *const keys[] = {"max_seq_len", "prefill_chunk", "threads", "backend", "gpus", "numerics", NULL};
     int rc;
     if (r && (rc = yamldoc_check_map(d, r, "runtime", keys, err)))
         return rc;
     yaml_node_t *msl = yamldoc_get(d, r, "max_seq_len"), *pc = yamldoc_get(d, r, "prefill_chunk");
     yaml_node_t *th = yamldoc_get(d, r, "threads"), *be = yamldoc_get(d, r, "backend");
-    yaml_node_t *gp = yamldoc_get(d, r, "gpus");
+    yaml_node_t *gp = yamldoc_get(d, r, "gpus"), *nu = yamldoc_get(d, r, "numerics");
     if (msl) {
         if ((rc = yamldoc_int(d, msl, "runtime.max_seq_len", &rt->max_seq_len, err)))
             return rc;
@@ -902,6 +904,12 @@ static int parse_runtime(load_ctx *c, yaml_node_t *r, moert_err *err)
             return yamldoc_errf(d, gp, err, MOERT_ECONFIG, "runtime.gpus = %lld, expected 1, 2, 4 or 8",
                                 (long long)v);
         rt->gpus = (int32_t)v;
+    }
+    if (nu) {
+        int which;
+        if ((rc = yaml_enum(d, nu, "runtime.numerics", cfg_numerics_names, &which, err)))
+            return rc;
+        rt->numerics = (cfg_numerics)which;
     }
     return MOERT_OK;
 }

@@ -25,7 +25,7 @@
  *   weights:   a path (file or directory), or {synth: {seed: N, dtype: f32|bf16|f16}}
  *              (seed 0 and bf16 by default).
  *   tokenizer, contract: paths, "" = none.  runtime: {max_seq_len, prefill_chunk, threads,
- *   backend: cpu|hip, gpus: 1|2|4|8 (default 1)}.  sampling: {temperature, top_k, top_p, seed}.  trace: {enabled, out,
+ *   backend: cpu|hip, gpus: 1|2|4|8 (default 1), numerics: exact|act-q8 (default exact)}.  sampling: {temperature, top_k, top_p, seed}.  trace: {enabled, out,
  *   mode: stats|tensor, positions: last|all, stages: all|[names], layers: all|[indices],
  *   capacity, on_full: overwrite|stop}.
  * Relative paths resolve against the YAML file's directory, lexically (base/rel, no
@@ -98,6 +98,13 @@ typedef enum cfg_sim_precision { CFG_SIM_NONE = 0, CFG_SIM_BF16 = 1, CFG_SIM_F16
 const char *cfg_sim_precision_name(cfg_sim_precision p); /* "none", "bf16", "f16" */
 int cfg_sim_precision_from_name(const char *name);       /* -1 when unknown */
 
+/* Numerics of the products with block-quantized weights (ops.h): exact (weights dequantized
+ * exactly, activations f32; the default) or act-q8 (activations quantized to int8, integer
+ * dot products, as llama.cpp's CPU kernels; deterministic as well).  Plain-type weights
+ * keep the exact kernels either way.  cfg_numerics_names is the one name table. */
+typedef enum cfg_numerics { CFG_NUMERICS_EXACT = 0, CFG_NUMERICS_ACT_Q8 = 1 } cfg_numerics;
+extern const char *const cfg_numerics_names[]; /* "exact", "act-q8", NULL */
+
 typedef struct cfg_runtime {
     int64_t max_seq_len;        /* KV cache rows; prompt + generated must fit */
     int64_t prefill_chunk;      /* max tokens per prefill step */
@@ -106,6 +113,7 @@ typedef struct cfg_runtime {
     int32_t gpus;               /* runtime.gpus / --gpus: expert-parallel ranks, 1, 2, 4 or 8
                                    (cfg_gpus_valid); > 1 runs on the CPU through the in-process
                                    loopback (comm.h); the hip backend runs 1 */
+    cfg_numerics numerics;      /* runtime.numerics / --numerics (default exact) */
     cfg_sim_precision sim_precision; /* --sim-precision (command line only) */
     char route_from[CFG_PATH_MAX];   /* --route-from: a trace whose recorded routing replaces
                                         the router's choice (routing replay), or "" */

@@ -93,6 +93,8 @@ typedef struct sched {
     int32_t threads;           /* CPU threads (sizes the CPU backend's per-thread scratch) */
     int32_t gpus;              /* expert-parallel ranks (runtime.gpus; sizes the CPU backend's
                                   gather buffer): set by plan_build, 0 or 1 = one */
+    bool act_q8;               /* runtime.numerics act-q8 (sizes the CPU backend's quantized
+                                  activations): set by plan_build */
     int64_t q_dim, kv_dim, qkv_dim;
     sched_op *ops;
     int32_t n_ops;

@@ -113,10 +113,13 @@ int sess_bind(sess *s, plan_run *p, unsigned flags, moert_err *err)
         (st = model_check_finite(&s->weights, err)))
         goto fail;
     /* Routing replay and precision simulation change the CPU's arithmetic; a device runs its own. */
-    if ((s->cfg.rt.route_from[0] || s->cfg.rt.sim_precision != CFG_SIM_NONE) &&
+    if ((s->cfg.rt.route_from[0] || s->cfg.rt.sim_precision != CFG_SIM_NONE ||
+         s->cfg.rt.numerics != CFG_NUMERICS_EXACT) &&
         s->cfg.rt.backend != CFG_BACKEND_CPU) {
         st = err_set(err, MOERT_EUSAGE, "%s: the hip backend does not implement it; run it with --backend cpu",
-                     s->cfg.rt.route_from[0] ? "--route-from (routing replay)" : "--sim-precision");
+                     s->cfg.rt.route_from[0]                     ? "--route-from (routing replay)"
+                     : s->cfg.rt.sim_precision != CFG_SIM_NONE ? "--sim-precision"
+                                                               : "numerics act-q8 (--numerics)");
         goto fail;
     }
     if (s->cfg.rt.route_from[0] &&

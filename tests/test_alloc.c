@@ -10,7 +10,8 @@
 #include "alloc_count.h"
 #include "util.h"
 
-static void run_counted_gpus(const char *model, bool trace, double temperature, int32_t threads, int32_t gpus)
+static void run_counted_mode(const char *model, bool trace, double temperature, int32_t threads, int32_t gpus,
+                             cfg_numerics numerics)
 {
     cfg_config cfg;
     moert_err err = {0};
@@ -18,6 +19,7 @@ static void run_counted_gpus(const char *model, bool trace, double temperature, 
     CU_ASSERT_EQUAL_FATAL(cfg_load(model, &cfg, &err), MOERT_OK);
     cfg.rt.threads = threads;
     cfg.rt.gpus = gpus;
+    cfg.rt.numerics = numerics;
     cfg.rt.prefill_chunk = 8;
     cfg.sampling.temperature = temperature;
     cfg.sampling.top_k = temperature > 0 ? 40 : 0;
@@ -55,6 +57,11 @@ static void run_counted_gpus(const char *model, bool trace, double temperature, 
     sess_close(&s);
 }
 
+static void run_counted_gpus(const char *model, bool trace, double temperature, int32_t threads, int32_t gpus)
+{
+    run_counted_mode(model, trace, temperature, threads, gpus, CFG_NUMERICS_EXACT);
+}
+
 static void run_counted_on(const char *model, bool trace, double temperature, int32_t threads)
 {
     run_counted_gpus(model, trace, temperature, threads, 1);
@@ -70,6 +77,14 @@ static void test_no_alloc_gguf(void)
 {
     run_counted_on(test_synth_gguf("q4_k_m"), false, 0.0, 2);
     run_counted_on(test_synth_gguf("q8_0"), true, 0.8, 2);
+}
+
+/* numerics act-q8 quantizes into arena scratch: nothing allocates (prefill chunks, decode,
+ * the simulated ranks' path too). */
+static void test_no_alloc_act_q8(void)
+{
+    run_counted_mode(test_synth_gguf("q4_k_m"), true, 0.0, 2, 1, CFG_NUMERICS_ACT_Q8);
+    run_counted_mode(test_synth_gguf("q5_0"), false, 0.8, 2, 2, CFG_NUMERICS_ACT_Q8);
 }
 
 static void test_no_alloc_greedy(void)
@@ -140,6 +155,7 @@ void suite_alloc(void)
     CU_add_test(s, "no allocation after init: prefill + 32 greedy decode steps", test_no_alloc_greedy);
     CU_add_test(s, "no allocation after init: sampling, tensor tracing", test_no_alloc_sampling_traced);
     CU_add_test(s, "no allocation after init: GGUF models", test_no_alloc_gguf);
+    CU_add_test(s, "no allocation after init: numerics act-q8", test_no_alloc_act_q8);
     CU_add_test(s, "no allocation after init: --route-from, --sim-precision", test_no_alloc_route_sim);
     CU_add_test(s, "no allocation after init: --gpus 2, 4 (CPU loopback)", test_no_alloc_expert_parallel);
 }

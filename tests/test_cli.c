@@ -142,10 +142,14 @@ static const struct {
     {"replay tests/fixtures/replay/default.trace --prefill-chunk 65",
      "moert replay: --prefill-chunk 65 exceeds max_seq_len 64\n"},
     {"replay tests/fixtures/replay/default.trace --top-k 5",
-     "moert replay: replay takes the trace plan, contract and sampling from the recording\n"},
+     "moert replay: replay takes the trace plan, contract, numerics and sampling from the recording\n"},
     {"replay tests/fixtures/replay/default.trace --contract contracts/qwen3moe-trace-v1.yaml",
-     "moert replay: replay takes the trace plan, contract and sampling from the recording\n"},
+     "moert replay: replay takes the trace plan, contract, numerics and sampling from the recording\n"},
     {"replay tests/fixtures/replay/default.trace --gpus 3", "moert replay: --gpus: expected 1, 2, 4 or 8, got 3\n"},
+    {"replay tests/fixtures/replay/default.trace --numerics act-q8",
+     "moert replay: replay takes the trace plan, contract, numerics and sampling from the recording\n"},
+    {"run configs/qwen3moe.yaml --tokens 1 --numerics q4", "moert run: --numerics: expected exact or act-q8, got 'q4'\n"},
+    {"bench configs/qwen3moe.yaml --numerics", "moert bench: --numerics needs a value\n"},
     {"tokenize " TOK " --repeat 0 </dev/null", "moert tokenize: --repeat: 0 is outside [1, 100000]\n"},
     {"tokenize " TOK " --repeat </dev/null", "moert tokenize: --repeat needs a value\n"},
     {"plan configs/qwen3moe.yaml --threads 0", "moert plan: --threads: 0 is outside [1, 1024]\n"},
@@ -173,7 +177,7 @@ static const struct {
     {"synth tests/bad_runs/topology-too-wide.yaml --out {T}/never",
      "moert synth: tests/bad_runs/topology-too-wide.yaml: topology: hidden_size is 33554432, expected 1..16777216\n"},
     {"run tests/bad_runs/arena-unmappable.yaml --tokens 1 -n 1",
-     "moert run: tests/bad_runs/arena-unmappable.yaml: arena: cannot map 282583078817344 bytes: Cannot allocate memory\n"},
+     "moert run: tests/bad_runs/arena-unmappable.yaml: arena: cannot map 282583078817408 bytes: Cannot allocate memory\n"},
 };
 
 static void subst_tmp(const char *in, char *dst, size_t cap)

@@ -249,6 +249,8 @@ static const struct {
      ":4:77: lists and mappings nest more than 64 deep here, expected at most 64 levels"},
     {"79-nesting-depth-block.yaml",
      ":66:65: lists and mappings nest more than 64 deep here, expected at most 64 levels"},
+    {"80-bad-numerics.yaml",
+     ":13:21: runtime.numerics: got the string \"q4\", expected one of: exact, act-q8"},
 };
 
 #define N_BAD (sizeof bad_configs / sizeof bad_configs[0])

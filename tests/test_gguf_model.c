@@ -19,6 +19,7 @@
 #include "../runtime/model.h"
 #include "../runtime/session.h"
 #include "../runtime/tok.h"
+#include "../runtime/trace/trace_file.h"
 #include "util.h"
 
 #define PATH_MAX_TEST 4096
@@ -373,6 +374,88 @@ static void test_q4km_threads_chunks(void)
     free(other);
 }
 
+/* numerics act-q8: bit-exact across threads, chunking, kernel family and simulated ranks
+ * for every block type (the six mixes hold all of them), different from exact mode, and
+ * close to it (relative L2 of the prompt's logits below 5%). */
+static void test_act_q8_threads_chunks(void)
+{
+    static const char *const mixes[] = {"q4_k_m", "q8_0", "q4_0", "q5_0", "q5_k_m", "q6_k"};
+    for (size_t m = 0; m < sizeof mixes / sizeof *mixes; m++) {
+        const char *gguf = test_synth_gguf(mixes[m]);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(gguf);
+        cfg_config cfg;
+        moert_err err = {0};
+        CU_ASSERT_EQUAL_FATAL(cfg_load(gguf, &cfg, &err), MOERT_OK);
+        size_t V = (size_t)cfg.topo.vocab_size;
+        float *base = malloc(V * sizeof *base), *other = malloc(V * sizeof *other);
+        cfg_config q = cfg;
+        q.rt.numerics = CFG_NUMERICS_ACT_Q8;
+        CU_ASSERT_FATAL(run_logits(&q, 1, 13, true, base));
+        const struct {
+            int threads;
+            int64_t chunk;
+            bool simd;
+            int gpus;
+        } v[] = {{2, 13, true, 1}, {2, 1, true, 1}, {3, 4, true, 1}, {1, 7, false, 1}, {2, 5, true, 2}};
+        for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+            cfg_config c = q;
+            c.rt.gpus = v[i].gpus;
+            CU_ASSERT_FATAL(run_logits(&c, v[i].threads, v[i].chunk, v[i].simd, other));
+            bool same = memcmp(base, other, V * sizeof *base) == 0;
+            if (!same)
+                fprintf(stderr, "\n    %s act-q8 logits differ: threads %d chunk %lld simd %d gpus %d\n", mixes[m],
+                        v[i].threads, (long long)v[i].chunk, v[i].simd, v[i].gpus);
+            CU_ASSERT(same);
+        }
+        CU_ASSERT_FATAL(run_logits_n(&q, 2, 5, true, base, 0));
+        CU_ASSERT_FATAL(run_logits_n(&cfg, 2, 5, true, other, 0));
+        double num = 0, den = 0;
+        for (size_t i = 0; i < V; i++) {
+            num += ((double)base[i] - other[i]) * ((double)base[i] - other[i]);
+            den += (double)other[i] * other[i];
+        }
+        double rel = sqrt(num / den);
+        if (!(rel > 0 && rel < 0.05))
+            fprintf(stderr, "\n    %s: act-q8 logits rel err %.3e vs exact, expected (0, 0.05)\n", mixes[m], rel);
+        CU_ASSERT(rel > 0 && rel < 0.05);
+        free(base);
+        free(other);
+    }
+}
+
+/* act-q8 through the CLI: the manifest names the mode; replay re-runs a recording in its
+ * mode (bit-exact, at other thread counts too; an exact re-run would differ, as diff
+ * shows); diff names both sides' numerics; the hip backend refuses the mode by name. */
+static void test_act_q8_cli(void)
+{
+    const char *gguf = test_synth_gguf("q4_k_m");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(gguf);
+    char out[16384], errb[4096], a[600], b[600];
+    snprintf(a, sizeof a, "%s/exact.trace", test_tmpdir());
+    snprintf(b, sizeof b, "%s/act-q8.trace", test_tmpdir());
+    const char *run = "./moert run %s --tokens 5,6,7,8,9 -n 4 --ignore-eos --trace-mode tensor --trace-positions all "
+                      "--trace %s %s";
+    CU_ASSERT_EQUAL_FATAL(test_run_cmdf(out, sizeof out, errb, sizeof errb, run, gguf, a, ""), 0);
+    CU_ASSERT_EQUAL_FATAL(test_run_cmdf(out, sizeof out, errb, sizeof errb, run, gguf, b, "--numerics act-q8"), 0);
+    moert_err err = {0};
+    trace_file ta, tb;
+    CU_ASSERT_EQUAL_FATAL(trace_file_open(a, &ta, &err), MOERT_OK);
+    CU_ASSERT_EQUAL_FATAL(trace_file_open(b, &tb, &err), MOERT_OK);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(ta.manifest, "numerics")), "exact");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(tb.manifest, "numerics")), "act-q8");
+    trace_file_close(&ta);
+    trace_file_close(&tb);
+    CU_ASSERT_EQUAL(test_run_cmdf(out, sizeof out, errb, sizeof errb, "./moert replay %s", b), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "bit-exact"));
+    CU_ASSERT_EQUAL(test_run_cmdf(out, sizeof out, errb, sizeof errb, "./moert replay %s --threads 1 --prefill-chunk 2", b), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "bit-exact"));
+    CU_ASSERT_EQUAL(test_run_cmdf(out, sizeof out, errb, sizeof errb, "./moert diff %s %s", a, b), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "numerics: a exact, b act-q8"));
+    CU_ASSERT_EQUAL(test_run_cmdf(out, sizeof out, errb, sizeof errb, "./moert run %s --tokens 5 -n 1 --numerics act-q8 --backend hip",
+                                  gguf), 2);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errb, "numerics act-q8 (--numerics): the hip backend does not implement it"));
+}
+
 /* --check-weights dequantizes every block: a NaN scale is named by tensor and element. */
 static void test_check_weights_gguf(void)
 {
@@ -678,9 +761,12 @@ void suite_gguf_model(void)
     CU_add_test(s, "type mixes and their fallbacks", test_mix_types);
     CU_add_test(s, "quantized run equals its dequantized weights, every mix", test_quantized_equals_dequantized);
     CU_add_test(s, "Q4_K_M bit-exact across threads, chunking, SIMD", test_q4km_threads_chunks);
+    CU_add_test(s, "act-q8: every type bit-exact across threads, chunking, SIMD, ranks; near exact",
+                test_act_q8_threads_chunks);
     CU_add_test(s, "a YAML config with model: {gguf: FILE}", test_yaml_gguf_model);
     CU_add_test(s, "--check-weights names a NaN block scale", test_check_weights_gguf);
     CU_add_test(s, "bad models refused by their GGUF names", test_bad_models);
     CU_add_test(s, "CLI: run and plan a GGUF; a bad one exits 2", test_cli);
+    CU_add_test(s, "act-q8 CLI: manifest, replay in its mode, diff, hip refusal", test_act_q8_cli);
     CU_add_test(s, "generation stops at config.json's eos_token_id", test_eos_safetensors);
 }

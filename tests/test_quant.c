@@ -588,6 +588,159 @@ static void test_quant_edges(void)
     ops_use_simd(true);
 }
 
+/* ---- act-q8 (ops_qact_row, ops_matmul_qact) ------------------------------------------ */
+
+static uint8_t *qact_rows(const float *x, int64_t m, int64_t k, const void **ptrs)
+{
+    size_t qb = ops_qact_row_bytes(k);
+    uint8_t *q = aligned_alloc(64, qb * (size_t)m);
+    for (int64_t r = 0; r < m; r++) {
+        ops_qact_row(q + (size_t)r * qb, x + r * k, k);
+        ptrs[r] = q + (size_t)r * qb;
+    }
+    return q;
+}
+
+/* Hand-computed: a Q8_0 weight block with d = 1 and a one-hot quant picks out one
+ * quantized activation, q * (amax / 127); and a block with NaN, and one below 2^-100. */
+static void test_qact_hand(void)
+{
+    uint8_t w[4][34] = {{0}};
+    for (int r = 0; r < 4; r++)
+        put16(w[r], 0x3c00); /* 1.0 */
+    w[0][2 + 1] = 1;  /* element 1 */
+    w[1][2 + 2] = 1;  /* element 2 */
+    w[2][2 + 5] = 2;  /* 2 x element 5 */
+    w[3][2 + 0] = (uint8_t)-1;
+    float x[3][32] = {{0}};
+    x[0][0] = 1.0f;   /* amax: q = 127, d = 1 / 127 */
+    x[0][1] = -0.5f;  /* -63.5: a tie, to even -64 */
+    x[0][2] = 0.25f;  /* 31.75 -> 32 */
+    x[0][5] = 0.75f;  /* 95.25 -> 95 */
+    x[1][3] = NAN;
+    x[1][0] = 1.0f;
+    for (int i = 0; i < 32; i++)
+        x[2][i] = 1e-31f;
+    const float da = 1.0f / 127.0f;
+    for (int lvl = 0; lvl < 2; lvl++) {
+        ops_set_level(lvl ? OPS_LEVEL_AVX512 : OPS_LEVEL_SCALAR);
+        const void *q[3];
+        uint8_t *buf = qact_rows(&x[0][0], 3, 32, q);
+        float o[3][4];
+        for (int r = 0; r < 3; r++)
+            ops_matmul_qact(o[r], 4, &q[r], 1, w, OPS_Q8_0, 32, 0, 4);
+        CU_ASSERT_EQUAL(o[0][0], -64.0f * da);
+        CU_ASSERT_EQUAL(o[0][1], 32.0f * da);
+        CU_ASSERT_EQUAL(o[0][2], fmaf(190.0f, da, 0.0f));
+        CU_ASSERT_EQUAL(o[0][3], -127.0f * da);
+        for (int n = 0; n < 4; n++) {
+            CU_ASSERT(isnan(o[1][n]));
+            CU_ASSERT(o[2][n] == 0.0f);
+        }
+        /* a plain-type weight is refused loudly */
+        float f[32] = {0};
+        ops_matmul_qact(o[0], 4, &q[0], 1, f, OPS_F32, 32, 0, 1);
+        CU_ASSERT(isnan(o[0][0]));
+        free(buf);
+    }
+    ops_use_simd(true);
+}
+
+/* The SIMD kernels equal the scalar reference bit for bit (quantized rows and outputs) for
+ * every type, k and row range, decode and prefill; a row's result does not depend on the
+ * batch; and each result lies within the activation-rounding bound of the exact dot:
+ * |qdot - dot| <= sum_i |w_i| * (amax of x_i's block) / 254, plus float slack. */
+static void test_qact_simd_equals_scalar(void)
+{
+    if (ops_level_available() < OPS_LEVEL_AVX512) {
+        TEST_SKIP("no AVX-512 on this CPU: the act-q8 SIMD kernels are not exercised");
+        return;
+    }
+    enum { NMAX = 16, M = 5 };
+    const int64_t ks[] = {256, 384, 1024, 544, 768};
+    const int64_t ranges[3][2] = {{0, 16}, {0, 13}, {5, 6}};
+    bool ok = true, within = true;
+    ops_set_level(OPS_LEVEL_AVX512);
+    CU_ASSERT_STRING_EQUAL(ops_qact_kernels(), "avx512-vnni");
+    for (int ti = 0; ti < N_QTYPES; ti++)
+        for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++) {
+            ops_dtype t = qtypes[ti];
+            int64_t k = ks[ki];
+            size_t rb = ops_row_bytes(t, k);
+            if (!rb)
+                continue;
+            uint8_t *w = malloc(rb * NMAX);
+            float *x = malloc(sizeof(float) * (size_t)(M * k)), *wf = malloc(sizeof(float) * (size_t)k);
+            for (int n = 0; n < NMAX; n++)
+                random_row(w + (size_t)n * rb, t, k);
+            for (int64_t i = 0; i < M * k; i++)
+                x[i] = rng_uniform() * (i % 97 == 0 ? 8.0f : 1.0f);
+            for (int i = 0; i < 32; i++) /* row 1: a zero block; row 2: a tiny one */
+                x[k + 32 + i] = 0.0f, x[2 * k + i] = 1e-33f;
+            const void *qs[M], *qv[M];
+            ops_set_level(OPS_LEVEL_SCALAR);
+            uint8_t *bs = qact_rows(x, M, k, qs);
+            ops_set_level(OPS_LEVEL_AVX512);
+            uint8_t *bv = qact_rows(x, M, k, qv);
+            bool qsame = true;
+            for (int r = 0; r < M; r++) /* form B is only written when k % 256 == 0 */
+                qsame = qsame && (k % 256 ? memcmp(qs[r], qv[r], (size_t)k) == 0 && /* no form B */
+                                                memcmp((const uint8_t *)qs[r] + 2 * k, (const uint8_t *)qv[r] + 2 * k, (size_t)(k / 4)) == 0
+                                          : memcmp(qs[r], qv[r], (size_t)(2 * k + k / 4 + k / 64 + k / 8)) == 0);
+            if (!qsame)
+                printf("\n    act-q8 k %lld: quantized rows differ\n", (long long)k);
+            ok = ok && qsame;
+            for (int ri = 0; ri < 3; ri++)
+                for (int m = 1; m <= M; m += M - 1) {
+                    float o[3][M * NMAX];
+                    for (int l = 0; l < 3; l++)
+                        for (int i = 0; i < M * NMAX; i++)
+                            o[l][i] = -1.0f;
+                    ops_set_level(OPS_LEVEL_SCALAR);
+                    ops_matmul_qact(o[0], NMAX, qs, m, w, t, k, ranges[ri][0], ranges[ri][1]);
+                    ops_set_level(OPS_LEVEL_AVX512);
+                    ops_matmul_qact(o[1], NMAX, qv, m, w, t, k, ranges[ri][0], ranges[ri][1]);
+                    for (int r = 0; r < m; r++) /* each row alone */
+                        ops_matmul_qact(o[2] + r * NMAX, NMAX, &qv[r], 1, w, t, k, ranges[ri][0], ranges[ri][1]);
+                    bool same = same_bits(o[0], o[1], M * NMAX) && same_bits(o[0], o[2], M * NMAX);
+                    if (!same)
+                        printf("\n    act-q8 %s k %lld m %d rows [%lld, %lld): kernels differ\n", ops_dtype_name(t),
+                               (long long)k, m, (long long)ranges[ri][0], (long long)ranges[ri][1]);
+                    ok = ok && same;
+                    for (int r = 0; r < m && ri == 0; r++)
+                        for (int n = 0; n < NMAX; n++) {
+                            ops_to_f32(wf, w + (size_t)n * rb, t, k);
+                            double exact = 0, bound = 0;
+                            int64_t bsz = t >= OPS_Q4_K ? 256 : 32; /* the activation block */
+                            double amax = 0;
+                            for (int64_t i = 0; i < k; i++) {
+                                if (i % bsz == 0) {
+                                    amax = 0;
+                                    for (int64_t e = i; e < i + bsz; e++)
+                                        amax = fmax(amax, fabs(x[r * k + e]));
+                                }
+                                exact += (double)wf[i] * x[r * k + i];
+                                bound += fabs((double)wf[i]) * amax / 254.0;
+                            }
+                            double err = fabs(o[1][r * NMAX + n] - exact);
+                            if (!(err <= bound * 1.01 + 1e-5 * fabs(exact) + 1e-6)) {
+                                within = false;
+                                printf("\n    act-q8 %s k %lld row %d out %d: %g vs exact %g, bound %g\n",
+                                       ops_dtype_name(t), (long long)k, r, n, o[1][r * NMAX + n], exact, bound);
+                            }
+                        }
+                }
+            free(w);
+            free(x);
+            free(wf);
+            free(bs);
+            free(bv);
+        }
+    ops_use_simd(true);
+    CU_ASSERT(ok);
+    CU_ASSERT(within);
+}
+
 void suite_quant(void)
 {
     CU_pSuite s = CU_add_suite("quant", NULL, NULL);
@@ -598,6 +751,8 @@ void suite_quant(void)
     CU_add_test(s, "Q5_K hand-computed", test_hand_q5_k);
     CU_add_test(s, "Q6_K hand-computed", test_hand_q6_k);
     CU_add_test(s, "simd equals scalar", test_simd_equals_scalar_q);
+    CU_add_test(s, "act-q8 hand-computed", test_qact_hand);
+    CU_add_test(s, "act-q8: AVX-512 VNNI equals scalar, within the rounding bound", test_qact_simd_equals_scalar);
     CU_add_test(s, "AVX-512 level equals AVX2 and scalar (decode and prefill)", test_avx512_levels);
     CU_add_test(s, "quantized equals dequantized f32", test_quant_equals_dequant);
     CU_add_test(s, "canonical order", test_quant_order);

@@ -18,6 +18,7 @@ static const char bench_usage[] =
     "usage: moert bench CONFIG|MODEL_DIR [--json] [--prompt-tokens N] [--gen N] [--repeat R]\n"
     "                   [--trace-overhead] [--profile] [--threads N] [--backend cpu|hip]\n"
     "                   [--weights PATH] [--check-weights] [--gpus N (cpu loopback; hip: 1)]\n"
+    "                   [--numerics exact|act-q8]\n"
     "  prefill tok/s for an N-token prompt (default 512), decode tok/s over --gen tokens\n"
     "  (default 128, greedy), each the median of R measured runs (default 3) after a warm-up,\n"
     "  weight bytes read per decoded token, the memory-bandwidth\n"
@@ -303,6 +304,7 @@ int cli_bench(int argc, char **argv, moert_err *err)
         json_object_set_new(o, "backend", json_string(backend_name));
         json_object_set_new(o, "device", json_string(device));
         json_object_set_new(o, "threads", json_integer(threads));
+        json_object_set_new(o, "numerics", json_string(cfg_numerics_names[cfg->rt.numerics]));
         json_object_set_new(o, "prompt_tokens", json_integer(n_prompt));
         json_object_set_new(o, "decode_tokens", json_integer(plain.decode_steps));
         json_object_set_new(o, "repeat", json_integer(repeat));
@@ -329,7 +331,8 @@ int cli_bench(int argc, char **argv, moert_err *err)
         }
         st = cli_print_json(o, JSON_INDENT(1), err);
     } else {
-        printf("bench %s on %s (%s, %d threads)\n", path, device, backend_name, threads);
+        printf("bench %s on %s (%s, %d threads, numerics %s)\n", path, device, backend_name, threads,
+               cfg_numerics_names[cfg->rt.numerics]);
         printf("  prefill  %6lld tokens  %9.1f tok/s  (median of %lld; %.1f .. %.1f)\n", (long long)n_prompt,
                plain.prefill_tps, (long long)repeat, plain.prefill_min, plain.prefill_max);
         printf("  decode   %6lld tokens  %9.1f tok/s  (median of %lld; %.1f .. %.1f; %.2f GB/s of weights: %.1f MB per token)\n",

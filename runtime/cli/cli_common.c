@@ -199,6 +199,7 @@ int cli_take_override(int argc, char **argv, int *i, cli_overrides *o, moert_err
         {"--max-seq-len", offsetof(cli_overrides, max_seq_len)},
         {"--backend", offsetof(cli_overrides, backend)},
         {"--gpus", offsetof(cli_overrides, gpus)},
+        {"--numerics", offsetof(cli_overrides, numerics)},
         {"--weights", offsetof(cli_overrides, weights)},
         {"--seed", offsetof(cli_overrides, seed)},
         {"--temp", offsetof(cli_overrides, temp)},
@@ -282,6 +283,12 @@ int cli_apply_runtime(const cli_overrides *o, unsigned cfg_flags, cfg_config *cf
         if (!cfg_gpus_valid(v))
             return err_set(err, MOERT_EUSAGE, "--gpus: expected 1, 2, 4 or 8, got %s", o->gpus);
         cfg->rt.gpus = (int32_t)v;
+    }
+    if (o->numerics) {
+        int n = cfg_name_index(cfg_numerics_names, o->numerics);
+        if (n < 0)
+            return err_set(err, MOERT_EUSAGE, "--numerics: expected exact or act-q8, got '%s'", o->numerics);
+        cfg->rt.numerics = (cfg_numerics)n;
     }
     if (o->weights) {
         if (!path_exists(o->weights))

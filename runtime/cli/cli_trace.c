@@ -225,8 +225,8 @@ int cli_replay(int argc, char **argv, moert_err *err)
     if (!path)
         return err_set(err, MOERT_EUSAGE, "usage: moert replay TRACE [--tolerance X] [--backend B] [--threads N] [--gpus N]");
     if (ov.trace_file || ov.trace_mode || ov.trace_positions || ov.seed || ov.temp || ov.top_k || ov.top_p ||
-        ov.contract)
-        return err_set(err, MOERT_EUSAGE, "replay takes the trace plan, contract and sampling from the recording");
+        ov.contract || ov.numerics)
+        return err_set(err, MOERT_EUSAGE, "replay takes the trace plan, contract, numerics and sampling from the recording");
     trace_replay r;
     int st = trace_replay_open(path, &r, err);
     if (st)
@@ -277,7 +277,10 @@ static void print_stats_diffs(const json_t *arr)
 
 static void print_diff(const json_t *rep)
 {
-    const json_t *stages = json_object_get(rep, "stages");
+    const json_t *stages = json_object_get(rep, "stages"), *nu = json_object_get(rep, "numerics");
+    const char *nua = json_string_value(json_array_get(nu, 0)), *nub = json_string_value(json_array_get(nu, 1));
+    if (nua && nub && strcmp(nua, nub))
+        printf("numerics: a %s, b %s\n", nua, nub);
     printf("%-22s %6s %14s %12s %12s %11s %11s %8s  %s\n", "stage", "rows", "cosine", "rel_err", "max_abs",
            "nan a/b", "inf a/b", "top-k", "verdict");
     size_t i, k;

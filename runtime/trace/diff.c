@@ -477,6 +477,14 @@ static int compare_router(const diff_side *A, const diff_side *B, const char *la
     return MOERT_OK;
 }
 
+static const char *side_numerics(const diff_side *s)
+{
+    if (!s->is_trace)
+        return "reference";
+    const char *n = json_string_value(json_object_get(s->tf.manifest, "numerics"));
+    return n ? n : "exact";
+}
+
 int trace_diff(const char *pa, const char *pb, const trace_diff_opts *opt, json_t **report, moert_err *err)
 {
     *report = NULL;
@@ -547,6 +555,8 @@ int trace_diff(const char *pa, const char *pb, const trace_diff_opts *opt, json_
         json_t *r = json_pack("{ss ss sf sf sb sI}", "a", pa, "b", pb, "tolerance", rtol, "atol", opt->atol,
                               "forced", opt->force, "stages_beyond", (json_int_t)n_beyond);
         json_object_set(r, "stages", stages);
+        /* each side's numerics (manifest; absent = exact), so an act-q8 deviation is named */
+        json_object_set_new(r, "numerics", json_pack("[ss]", side_numerics(&A), side_numerics(&B)));
         if (two_traces) { /* teacher forcing is replay's: here later steps may see other tokens */
             const json_t *ga = json_object_get(A.tf.manifest, "generated_ids"), *gb = json_object_get(B.tf.manifest, "generated_ids");
             size_t k = 0;

@@ -8,7 +8,8 @@
  * position) and the stats that differ there.
  *
  * The report is a JSON object (what `diff --json` prints): a, b, tolerance, atol, forced,
- * stages_beyond, first_divergence {stage, layer, at} (the first stage in forward order
+ * numerics [a, b] (each trace's manifest numerics, "exact" when absent; "reference" for a
+ * reference file), stages_beyond, first_divergence {stage, layer, at} (the first stage in forward order
  * beyond tolerance), and stages [{name, compared ("values"|"stats"), rows,
  * beyond_tolerance; values: cos, rel_err, max_abs, nan [a, b], inf [a, b], nonfinite,
  * first_beyond {step, position, ...}; stats: identical, records_differing,
