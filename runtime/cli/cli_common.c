@@ -285,9 +285,9 @@ int cli_apply_runtime(const cli_overrides *o, unsigned cfg_flags, cfg_config *cf
         cfg->rt.gpus = (int32_t)v;
     }
     if (o->numerics) {
-        int n = cfg_name_index(cfg_numerics_names, o->numerics);
-        if (n < 0)
-            return err_set(err, MOERT_EUSAGE, "--numerics: expected exact or act-q8, got '%s'", o->numerics);
+        int n;
+        if ((st = parse_name("--numerics", cfg_numerics_names, o->numerics, &n, err)))
+            return st;
         cfg->rt.numerics = (cfg_numerics)n;
     }
     if (o->weights) {
