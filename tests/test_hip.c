@@ -310,13 +310,13 @@ static void test_gguf_determinism(void)
     determinism(paths, n);
 }
 
-/* The kernels' weight loaders (hip/hip_wload.h) run on the host: no GPU needed. */
-static void test_dequant_host(void)
+/* A host self-test of the HIP build (no GPU needed); < 0: built without the backend. */
+static void host_selftest(const char *test, int (*selftest)(char *why, size_t cap))
 {
     char why[512] = "";
-    int r = backend_hip_dequant_selftest(why, sizeof why);
+    int r = selftest(why, sizeof why);
     if (r < 0) {
-        test_skip(__func__, "built without the HIP backend (make hip-nvidia / make hip)");
+        test_skip(test, "built without the HIP backend (make hip-nvidia / make hip)");
         return;
     }
     if (r)
@@ -324,18 +324,16 @@ static void test_dequant_host(void)
     CU_ASSERT_EQUAL(r, 0);
 }
 
+/* The kernels' weight loaders (hip/hip_wload.h) run on the host. */
+static void test_dequant_host(void)
+{
+    host_selftest(__func__, backend_hip_dequant_selftest);
+}
+
 /* The tensor-core GEMM's activation split (hip/gemm_mma.hip) runs on the host: exact. */
 static void test_mma_split_host(void)
 {
-    char why[512] = "";
-    int r = backend_hip_mma_split_selftest(why, sizeof why);
-    if (r < 0) {
-        test_skip(__func__, "built without the HIP backend (make hip-nvidia / make hip)");
-        return;
-    }
-    if (r)
-        fprintf(stderr, "\n    %s\n", why);
-    CU_ASSERT_EQUAL(r, 0);
+    host_selftest(__func__, backend_hip_mma_split_selftest);
 }
 
 /* Compares GPU rings with the CPU's (see the file comment). */
