@@ -689,7 +689,6 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
             c->tr_batch = true;
             c->tr_wide1 = env_on("MOERT_HIP_TRACE_WIDE1");
             c->tr_nocap = env_on("MOERT_HIP_TRACE_NOCAPTURE");
-            c->tr_fork_op[0] = c->tr_fork_op[1] = -1;
             if (!c->tr_nocap && !env_on("MOERT_HIP_TRACE_SERIAL"))
                 plan_trace_forks(c);
             if (c->tr_fork_op[0] >= 0 || c->tr_fork_op[1] >= 0) {

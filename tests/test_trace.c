@@ -292,6 +292,20 @@ static long tensor_file_offset(const char *dir, const char *name, char *shard, s
     return off;
 }
 
+/* Changes one byte of layer 2's attention output projection in the model dir's shard: the
+ * high byte of its first bf16 (sign and exponent). */
+static bool flip_o_proj_l2(const char *dir)
+{
+    char shard[1024];
+    long off = tensor_file_offset(dir, "model.layers.2.self_attn.o_proj.weight", shard, sizeof shard);
+    FILE *f = off > 0 ? fopen(shard, "r+b") : NULL;
+    if (!f)
+        return false;
+    int byte = fseek(f, off + 1, SEEK_SET) == 0 ? fgetc(f) : EOF;
+    bool ok = byte != EOF && fseek(f, off + 1, SEEK_SET) == 0 && fputc(byte ^ 0x40, f) != EOF;
+    return fclose(f) == 0 && ok;
+}
+
 static void test_replay_changed_weight(void)
 {
     const char *fx = "tests/fixtures/replay/default.trace";
@@ -301,16 +315,7 @@ static void test_replay_changed_weight(void)
     CU_ASSERT_EQUAL(sh("./moert replay %s --weights %s", fx, dir), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "bit-exact"));
     /* one byte of layer 2's attention output projection changes */
-    char shard[1024];
-    long off = tensor_file_offset(dir, "model.layers.2.self_attn.o_proj.weight", shard, sizeof shard);
-    CU_ASSERT_FATAL(off > 0);
-    FILE *f = fopen(shard, "r+b");
-    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-    fseek(f, off + 1, SEEK_SET); /* high byte of the first bf16: sign and exponent */
-    int byte = fgetc(f);
-    fseek(f, off + 1, SEEK_SET);
-    fputc(byte ^ 0x40, f);
-    fclose(f);
+    CU_ASSERT_FATAL(flip_o_proj_l2(dir));
     /* the fingerprint catches it... */
     CU_ASSERT_EQUAL(sh("./moert replay %s --weights %s", fx, dir), 2);
     CU_ASSERT_PTR_NOT_NULL(strstr(errb, "fingerprint"));
@@ -695,6 +700,11 @@ static const struct {
     {"trace/mode", "-", "diff {T} {T}",
      "moert diff: {T}: manifest trace: \"mode\" is missing, expected one of: stats, tensor\n"},
     {"backend", "\"tpu\"", "replay {T}", "moert replay: {T}: manifest: \"backend\" is \"tpu\", expected one of: cpu, hip\n"},
+    /* numerics: checked by every reader (diff names each side's from the checked value) */
+    {"numerics", "\"int8\"", "replay {T}",
+     "moert replay: {T}: manifest: \"numerics\" is \"int8\", expected one of: exact, act-q8\n"},
+    {"numerics", "7", "diff {T} {T}",
+     "moert diff: {T}: manifest: \"numerics\" is 7, expected one of: exact, act-q8\n"},
     {"weights/source", "\"s3\"", "replay {T}",
      "moert replay: {T}: manifest weights: \"source\" is \"s3\", expected one of: synth, path\n"},
     {"weights/dtype", "\"int4\"", "replay {T}",
@@ -876,16 +886,7 @@ static void test_stats_divergence(void)
     /* -n 1: the prompt only (a later step would see another token: other inputs, not drift) */
     const char *run = "./moert run %s --tokens 9707,11,1879 -n 1 --trace %s --trace-positions all";
     CU_ASSERT_EQUAL_FATAL(sh(run, dir, a), 0);
-    char shard[1024];
-    long off = tensor_file_offset(dir, "model.layers.2.self_attn.o_proj.weight", shard, sizeof shard);
-    CU_ASSERT_FATAL(off > 0);
-    FILE *f = fopen(shard, "r+b");
-    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-    fseek(f, off + 1, SEEK_SET);
-    int byte = fgetc(f);
-    fseek(f, off + 1, SEEK_SET);
-    fputc(byte ^ 0x40, f);
-    fclose(f);
+    CU_ASSERT_FATAL(flip_o_proj_l2(dir));
     CU_ASSERT_EQUAL_FATAL(sh(run, dir, b), 0);
     /* different weights: refused unless --force */
     CU_ASSERT_EQUAL(sh("./moert diff %s %s", a, b), 2);

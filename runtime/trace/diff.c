@@ -481,8 +481,7 @@ static const char *side_numerics(const diff_side *s)
 {
     if (!s->is_trace)
         return "reference";
-    const char *n = json_string_value(json_object_get(s->tf.manifest, "numerics"));
-    return n ? n : "exact";
+    return cfg_numerics_names[s->tf.numerics];
 }
 
 int trace_diff(const char *pa, const char *pb, const trace_diff_opts *opt, json_t **report, moert_err *err)

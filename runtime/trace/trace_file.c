@@ -343,6 +343,16 @@ static int want_enum(const json_t *o, const char *key, const char *const *names,
     return bad_field(err, path, where, key, v, exp);
 }
 
+/* The manifest's numerics; absent in older traces (= exact). */
+static int want_numerics(const json_t *m, cfg_numerics *out, const char *path, moert_err *err)
+{
+    int which = CFG_NUMERICS_EXACT;
+    int st = json_object_get(m, "numerics") ? want_enum(m, "numerics", cfg_numerics_names, &which, path, "", err)
+                                            : MOERT_OK;
+    *out = (cfg_numerics)which;
+    return st;
+}
+
 /* A finite number in [lo, hi]. */
 static int want_num(const json_t *o, const char *key, double lo, double hi, double *out,
                     const char *path, const char *where, moert_err *err)
@@ -541,6 +551,8 @@ int trace_file_open(const char *path, trace_file *out, moert_err *err)
     if ((st = want_enum(tp, "mode", cfg_trace_mode_names, &mode, path, "trace", err)))
         goto fail;
     out->tensor_mode = mode == CFG_TRACE_TENSOR;
+    if ((st = want_numerics(out->manifest, &out->numerics, path, err)))
+        goto fail;
     const json_t *rings = json_object_get(out->manifest, "rings");
     if (!json_is_array(rings) || json_array_size(rings) > MF_MAX_RINGS) {
         st = err_set(err, MOERT_EFORMAT, "%s: manifest: \"rings\" is %s%s, expected an array of at most %zu rings",
@@ -654,11 +666,8 @@ static int manifest_config(const json_t *m, const char *path, cfg_config *cfg, m
     cfg->rt.backend = (cfg_backend)which;
     /* numerics, precision simulation and routing replay: absent from older traces (= the
      * defaults: exact, off, off) */
-    if (json_object_get(m, "numerics")) {
-        if ((st = want_enum(m, "numerics", cfg_numerics_names, &which, path, "", err)))
-            return st;
-        cfg->rt.numerics = (cfg_numerics)which;
-    }
+    if ((st = want_numerics(m, &cfg->rt.numerics, path, err)))
+        return st;
     if (json_object_get(m, "sim_precision")) {
         const char *const sims[] = {cfg_sim_precision_name(CFG_SIM_NONE), cfg_sim_precision_name(CFG_SIM_BF16),
                                     cfg_sim_precision_name(CFG_SIM_F16), NULL};

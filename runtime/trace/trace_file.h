@@ -63,12 +63,14 @@ typedef struct trace_file {
     trace_ring_view *rings;    /* in schedule order */
     size_t n_rings;
     bool tensor_mode;
+    cfg_numerics numerics;     /* the manifest's (absent: exact) */
 } trace_file;
 
 /* Opens and checks a trace file's structure: safetensors validity, a well-formed manifest,
  * and for every ring of the manifest (at most one per (stage, layer)) its fields (stage,
  * layer in range for the stage, label = trace_label(stage, layer), width in [1, 2^31),
- * records, written, drops), and its @stats and @meta tensors with the recorded count.
+ * records, written, drops), and its @stats and @meta tensors with the recorded count; the
+ * numerics, when present, is one of cfg_numerics_names.
  * Every message names the file, the ring (rings[i]) and the field.
  * A stage tensor whose shape or dtype is not what the ring needs is not an error here:
  * its pointer is left NULL and `validate` reports it from the raw tensors. */
