@@ -20,6 +20,9 @@
 #                 BASE_MODES, default stats): identical but for the manifest's build facts
 #   6. bench      moert bench configs/bench-gpu.yaml --json --trace-overhead
 #   7. bench48    the same on configs/bench-gpu-48.yaml (Qwen3-30B-A3B's 48 layers, 61 GB)
+#   8. bench-q    bench-gpu's shapes as Q8_0 and Q4_K_M GGUF files (synthesized): decode and
+#                 prefill in each numerics mode (exact, act-q8; a mode the binary refuses is a
+#                 named skip) against issue 13's targets: decode >= 2x, prefill >= 1x llama.cpp's
 # and prints a summary table last (figures against the targets of issue 13).  Logs go to
 # $OUT when set (8 files: the device tool returns no more), else to build/gpu-check.
 # GPU_CHECK_STEPS="smoke tests" runs a subset.
@@ -28,7 +31,7 @@ set -u
 BIN=${BIN:-./moert-nvidia}
 RUNNER=${RUNNER:-build/nvidia/test_runner}
 LOG=${OUT:-build/gpu-check}
-STEPS=${GPU_CHECK_STEPS:-"smoke check-fix tests check-big trace bench bench48"}
+STEPS=${GPU_CHECK_STEPS:-"smoke check-fix tests check-big trace bench bench48 bench-q"}
 mkdir -p "$LOG"
 SUMMARY="$LOG/summary.txt"
 : >"$SUMMARY"
@@ -210,6 +213,48 @@ for b in bench bench48; do
         row $b FAIL "rc=$rc $(tail -c 300 "$LOG/bench.err" | tr '\n' ' ')"
     fi
 done
+
+# 8. quantized weights at speed.  llama.cpp b10573 on an H200 (issue 13's table, 2026-12-01,
+# `llama-bench -ngl 99 -fa 1 -p 512 -n 128` on the same weights): decode / prefill tok/s.
+if want bench-q; then
+    QG=${TMPDIR:-/tmp}/moert-gpu-check-q
+    mkdir -p "$QG"
+    : >"$LOG/bench-q.json"
+    for q in "q8_0 904 35967" "q4_k_m 923 33310"; do
+        set -- $q
+        t=$1 lc_tg=$2 lc_pp=$3
+        if ! timeout 300 "$BIN" synth "$BENCH_CFG" --format gguf --dtype "$t" --out "$QG/$t.gguf" \
+            >>"$LOG/bench.err" 2>&1; then
+            row "q-$t" FAIL "synth: $(tail -c 200 "$LOG/bench.err" | tr '\n' ' ')"
+            continue
+        fi
+        for mode in exact act-q8; do
+            : >"$LOG/bench-q.err"
+            if timeout 300 "$BIN" bench "$BENCH_CFG" --weights "$QG/$t.gguf" --numerics $mode --json \
+                >"$QG/bench.json" 2>"$LOG/bench-q.err"; then
+                { echo "== $t $mode"; cat "$QG/bench.json"; } >>"$LOG/bench-q.json"
+                sum=$(python3 - "$QG/bench.json" "$lc_tg" "$lc_pp" <<'EOF' 2>/dev/null
+import json, sys
+j = json.load(open(sys.argv[1]))
+tg, pp = float(sys.argv[2]), float(sys.argv[3])
+d, p = j.get("decode_tokens_per_s", 0), j.get("prefill_tokens_per_s", 0)
+print("decode %.0f tok/s = %.2fx llama.cpp (target >= 2x: %.0f) | prefill %.0f tok/s = %.2fx (target >= 1x: %.0f)"
+      % (d, d / tg, 2 * tg, p, p / pp, pp))
+EOF
+)
+                row "q-$t" ok "$mode: ${sum:-see bench-q.json}"
+            elif [ $mode = act-q8 ] && grep -q "act-q8" "$LOG/bench-q.err"; then
+                row "q-$t" skip "$mode refused by this binary: $(tail -c 120 "$LOG/bench-q.err" | tr '\n' ' ')"
+            else
+                row "q-$t" FAIL "$mode: $(tail -c 200 "$LOG/bench-q.err" | tr '\n' ' ')"
+            fi
+            cat "$LOG/bench-q.err" >>"$LOG/bench.err"
+            rm -f "$LOG/bench-q.err"
+        done
+        rm -f "$QG/$t.gguf"
+    done
+    rm -rf "$QG"
+fi
 
 echo
 echo "== gpu_check summary ($(echo "$GPU" | head -1))"
