@@ -22,6 +22,8 @@
 
 #include "../runtime/session.h"
 #include "../runtime/trace/trace.h"
+#include "../hip/hip_qunpack.h"
+#include "../ops/ops.h"
 #include "util.h"
 
 #define N_PROMPT 13
@@ -417,6 +419,246 @@ static void test_trace_rings(void)
     }
 }
 
+/* ---- act-q8 tensor-core GEMM (hip/gemm_qmma.hip, hip/hip_qunpack.h) ------------------- */
+
+static const ops_dtype qmma_types[] = {OPS_Q8_0, OPS_Q4_0, OPS_Q5_0, OPS_Q4_K, OPS_Q5_K, OPS_Q6_K};
+#define QMMA_NTYPES (int)(sizeof qmma_types / sizeof qmma_types[0])
+
+static uint64_t qmma_rng(uint64_t *z)
+{
+    *z ^= *z << 13;
+    *z ^= *z >> 7;
+    *z ^= *z << 17;
+    return *z;
+}
+/* uniform in [-1, 1) */
+static float qmma_unit(uint64_t *z)
+{
+    return (float)((double)(qmma_rng(z) >> 11) * 0x1p-52 - 1.0);
+}
+/* a random finite, normal f16 with |v| in [2^-14, 2^2) */
+static uint16_t qmma_f16(uint64_t *z)
+{
+    uint64_t r = qmma_rng(z);
+    unsigned ex = 1 + (unsigned)(r >> 20) % 16;
+    return (uint16_t)((r & 0x83ffu) | ex << 10);
+}
+
+/* The operands and scales of hip_qunpack.h put back together with ops' own formulas and
+ * order (ops_quant.c) give exactly ops_to_f32's values, for blocks from the quantizer and
+ * for random quant bytes.  Runs on the host, in every build. */
+static void test_qmma_unpack_host(void)
+{
+    uint64_t z = 0x51ed2701f3a5c7b9ull;
+    for (int ti = 0; ti < QMMA_NTYPES; ti++) {
+        ops_dtype t = qmma_types[ti];
+        int be = (int)ops_dtype_block_elems(t), bb = (int)ops_dtype_block_bytes(t);
+        uint8_t blk[256];
+        float x[256], y[256];
+        long bad = 0;
+        for (int it = 0; it < 400; it++) {
+            if (it % 2 == 0) {
+                for (int i = 0; i < be; i++)
+                    x[i] = qmma_unit(&z) * (it % 7 == 0 ? 100.0f : 1.0f);
+                CU_ASSERT_EQUAL_FATAL(ops_quantize_row(blk, x, t, be), (size_t)bb);
+            } else { /* any quant bytes, finite scales */
+                for (int i = 0; i < bb; i++)
+                    blk[i] = (uint8_t)qmma_rng(&z);
+                uint16_t d = qmma_f16(&z), dm = qmma_f16(&z);
+                int off = HIP_QU_D_OFF(t);
+                blk[off] = (uint8_t)d, blk[off + 1] = (uint8_t)(d >> 8);
+                if (t == OPS_Q4_K || t == OPS_Q5_K)
+                    blk[2] = (uint8_t)dm, blk[3] = (uint8_t)(dm >> 8);
+            }
+            ops_to_f32(y, blk, t, be);
+            float d = ops_f16_to_f32((uint16_t)(blk[HIP_QU_D_OFF(t)] | blk[HIP_QU_D_OFF(t) + 1] << 8));
+            float dmin = ops_f16_to_f32((uint16_t)(blk[2] | blk[3] << 8));
+            for (int e = 0; e < be; e += 4) {
+                uint32_t w4 = hip_qu_pack4(blk, t, e);
+                for (int i = 0; i < 4; i++) {
+                    int q = (int8_t)(uint8_t)(w4 >> 8 * i), el = e + i;
+                    float v;
+                    if (t == OPS_Q8_0) {
+                        v = (float)q * d;
+                    } else if (t == OPS_Q4_0 || t == OPS_Q5_0) {
+                        v = d * (float)q;
+                    } else if (t == OPS_Q6_K) {
+                        v = (d * (float)hip_qu_q6scale(blk, el / 16)) * (float)q;
+                    } else {
+                        int sc, mn;
+                        hip_qu_kscale(blk, el / 32, &sc, &mn);
+                        float ds = d * (float)sc, dmm = dmin * (float)mn;
+                        v = ds * (float)q - dmm;
+                    }
+                    if (memcmp(&v, &y[el], sizeof v) != 0 && bad++ == 0)
+                        fprintf(stderr, "\n    %s block %d element %d: operand %d gives %.9g, ops_to_f32 %.9g\n",
+                                ops_dtype_name(t), it, el, q, (double)v, (double)y[el]);
+                    /* the operand ranges the MMA relies on */
+                    int lo = t == OPS_Q8_0 ? -128 : t == OPS_Q4_0 ? -8 : t == OPS_Q5_0 ? -16 : t == OPS_Q6_K ? -32 : 0;
+                    int hi = t == OPS_Q8_0 ? 127 : t == OPS_Q4_0 ? 7 : t == OPS_Q5_0 ? 15 : t == OPS_Q6_K ? 31
+                           : t == OPS_Q4_K ? 15 : 31;
+                    if ((q < lo || q > hi) && bad++ == 0)
+                        fprintf(stderr, "\n    %s: operand %d outside [%d, %d]\n", ops_dtype_name(t), q, lo, hi);
+                }
+            }
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+    }
+}
+
+/* Random weights [n_exp][n][k] of type t (from the quantizer) and n_arows activation rows
+ * quantized on the host with ops_qact_row; NULL on no memory. */
+static uint8_t *qmma_weights(ops_dtype t, int n_exp, int n, int k, uint64_t *z)
+{
+    size_t rb = ops_row_bytes(t, k);
+    uint8_t *w = malloc(rb * (size_t)n * (size_t)n_exp);
+    float *x = malloc(sizeof(float) * (size_t)k);
+    if (w && x)
+        for (size_t r = 0; r < (size_t)n * (size_t)n_exp; r++) {
+            float sc = 0.02f * (1.0f + (float)(r % 5));
+            for (int i = 0; i < k; i++)
+                x[i] = qmma_unit(z) * sc;
+            ops_quantize_row(w + r * rb, x, t, k);
+        }
+    free(x);
+    return w;
+}
+static uint8_t *qmma_acts(int rows, int k, uint64_t *z)
+{
+    size_t ab = ops_qact_row_bytes(k);
+    uint8_t *a = aligned_alloc(64, ab * (size_t)rows);
+    float *x = malloc(sizeof(float) * (size_t)k);
+    if (a && x)
+        for (int r = 0; r < rows; r++) {
+            float sc = 1.0f + (float)(r % 9);
+            for (int i = 0; i < k; i++) /* a few outliers per row, as real activations have */
+                x[i] = qmma_unit(z) * sc * (i % 97 == 13 ? 20.0f : 1.0f);
+            ops_qact_row(a + (size_t)r * ab, x, k);
+        }
+    free(x);
+    return a;
+}
+
+typedef struct qmma_stat {
+    double worst;
+    long exact, total, cases;
+} qmma_stat;
+
+/* GPU (twice: bit-identical) vs ops_matmul_qact over the rows qrows; false to skip. */
+static bool qmma_case(ops_dtype t, const uint8_t *acts, int n_arows, const uint8_t *w, int n_exp, int n, int k,
+                      const int32_t *tiles, int n_tiles, const int32_t *gather, int gdiv, int m, qmma_stat *st)
+{
+    float *g = malloc(sizeof(float) * (size_t)m * (size_t)n), *g2 = malloc(sizeof(float) * (size_t)m * (size_t)n);
+    float *c = malloc(sizeof(float) * (size_t)m * (size_t)n);
+    const void **rows = malloc(sizeof(void *) * (size_t)m);
+    CU_ASSERT_FATAL(g && g2 && c && rows);
+    char why[512] = "";
+    int r = backend_hip_qgemm_run(t, acts, n_arows, w, n_exp, n, k, tiles, n_tiles, gather, gdiv, m, g, why, sizeof why);
+    bool ran = r == 0;
+    if (r < 0) {
+        test_skip("test_qmma_gpu", r == -1 ? "built without the HIP backend (make hip-nvidia / make hip)" : why);
+        goto out;
+    }
+    if (r > 0)
+        fprintf(stderr, "\n    %s: %s\n", ops_dtype_name(t), why);
+    CU_ASSERT_EQUAL_FATAL(r, 0);
+    CU_ASSERT_EQUAL_FATAL(backend_hip_qgemm_run(t, acts, n_arows, w, n_exp, n, k, tiles, n_tiles, gather, gdiv, m, g2,
+                                                why, sizeof why), 0);
+    CU_ASSERT(memcmp(g, g2, sizeof(float) * (size_t)m * (size_t)n) == 0);
+    size_t ab = ops_qact_row_bytes(k), mat = ops_row_bytes(t, k) * (size_t)n;
+    if (!tiles) {
+        for (int p = 0; p < m; p++)
+            rows[p] = acts + (size_t)p * ab;
+        ops_matmul_qact(c, n, rows, m, w, t, k, 0, n);
+    } else {
+        for (int i = 0; i < tiles[0]; i++) {
+            int e = tiles[1 + 3 * i], p0 = tiles[2 + 3 * i], p1 = tiles[3 + 3 * i];
+            for (int p = p0; p < p1; p++)
+                rows[p - p0] = acts + (size_t)(gather[p] / gdiv) * ab;
+            ops_matmul_qact(c + (size_t)p0 * n, n, rows, p1 - p0, w + (size_t)e * mat, t, k, 0, n);
+        }
+    }
+    double rel = rel_l2(g, c, (int64_t)m * n);
+    long ex = 0;
+    for (size_t i = 0; i < (size_t)m * (size_t)n; i++)
+        ex += memcmp(&g[i], &c[i], sizeof(float)) == 0;
+    if (!(rel <= 1e-6))
+        fprintf(stderr, "\n    %s m %d n %d k %d%s: rel L2 %.3e vs ops_matmul_qact\n", ops_dtype_name(t), m, n, k,
+                tiles ? " (grouped)" : "", rel);
+    CU_ASSERT(rel <= 1e-6);
+    if (!(rel <= st->worst))
+        st->worst = rel;
+    st->exact += ex;
+    st->total += (long)m * n;
+    st->cases++;
+out:
+    free(g);
+    free(g2);
+    free(c);
+    free(rows);
+    return ran;
+}
+
+/* The act-q8 tensor-core GEMM on the GPU against ops_matmul_qact, every block type: dense
+ * for m = 1, 5, 64, 200 at the bench model's shapes (k 2048 and 768, n 768 .. 5120; a
+ * ragged k and n for the 32-blocks), and grouped-expert GEMMs through a tile table and a
+ * row table; relative L2 <= 1e-6, and bit-identical run to run. */
+static void test_qmma_gpu(void)
+{
+    static const int dense[][3] = {{1, 5120, 2048}, {5, 768, 2048}, {64, 2048, 768}, {200, 768, 2048}, {5, 100, 416}};
+    uint64_t z = 0x2545f4914f6cdd1dull;
+    for (int ti = 0; ti < QMMA_NTYPES; ti++) {
+        ops_dtype t = qmma_types[ti];
+        qmma_stat st = {0, 0, 0, 0};
+        for (size_t c = 0; c < sizeof dense / sizeof dense[0]; c++) {
+            int m = dense[c][0], n = dense[c][1], k = dense[c][2];
+            if (k % ops_dtype_block_elems(t))
+                continue;
+            uint8_t *w = qmma_weights(t, 1, n, k, &z), *a = qmma_acts(m, k, &z);
+            CU_ASSERT_FATAL(w && a);
+            bool ran = qmma_case(t, a, m, w, 1, n, k, NULL, 0, NULL, 1, m, &st);
+            free(w);
+            free(a);
+            if (!ran)
+                return;
+        }
+        /* grouped: 48 tokens, each routed to 2 of 5 experts (row table entry token * 2 + slot),
+         * tiles of at most 32 rows; gate/up-like and down-like shapes */
+        static const int grouped[][2] = {{768, 2048}, {2048, 768}};
+        enum { T = 48, E = 5, TOPK = 2 };
+        int32_t gather[T * TOPK], tiles[1 + 3 * (T * TOPK)];
+        int p = 0, nt = 0;
+        for (int e = 0; e < E; e++) {
+            int p0 = p;
+            for (int tok = 0; tok < T; tok++) {
+                int e1 = (tok * 7 + tok / 5) % E, e2 = (e1 + 1 + tok % (E - 1)) % E; /* distinct */
+                if (e1 == e)
+                    gather[p++] = tok * TOPK;
+                if (e2 == e)
+                    gather[p++] = tok * TOPK + 1;
+            }
+            for (int q = p0; q < p; q += 32) {
+                tiles[1 + 3 * nt] = e;
+                tiles[2 + 3 * nt] = q;
+                tiles[3 + 3 * nt] = q + 32 < p ? q + 32 : p;
+                nt++;
+            }
+        }
+        tiles[0] = nt;
+        for (size_t c = 0; c < sizeof grouped / sizeof grouped[0]; c++) {
+            int n = grouped[c][0], k = grouped[c][1];
+            uint8_t *w = qmma_weights(t, E, n, k, &z), *a = qmma_acts(T, k, &z);
+            CU_ASSERT_FATAL(w && a);
+            qmma_case(t, a, T, w, E, n, k, tiles, nt, gather, TOPK, p, &st);
+            free(w);
+            free(a);
+        }
+        fprintf(stderr, "\n    act-q8 GEMM %s: %ld cases, worst rel L2 %.3e vs ops_matmul_qact, %ld of %ld outputs "
+                        "bit-equal",
+                ops_dtype_name(t), st.cases, st.worst, st.exact, st.total);
+    }
+}
+
 void suite_hip(void)
 {
     CU_pSuite s = CU_add_suite("hip", NULL, NULL);
@@ -427,4 +669,7 @@ void suite_hip(void)
     CU_add_test(s, "tensor-core GEMM's activation split (on the host): hi + lo + lo2 == a", test_mma_split_host);
     CU_add_test(s, "GPU logits vs CPU, GGUF models (weights quantized on the device)", test_gguf_logits_vs_cpu);
     CU_add_test(s, "GPU bit-identical run to run, graph == eager, GGUF models", test_gguf_determinism);
+    CU_add_test(s, "act-q8 GEMM's weight operands (on the host) == ops_to_f32, every block type",
+                test_qmma_unpack_host);
+    CU_add_test(s, "act-q8 tensor-core GEMM vs ops_matmul_qact, dense and grouped, every block type", test_qmma_gpu);
 }
