@@ -65,14 +65,49 @@ template <int DT> struct qm_t {
     static constexpr bool kq = DT >= HIP_DT_Q4_K;
 };
 
-/* dynamic shared memory of k_qgemm<DT, BM, BN> */
+/* dynamic shared memory of k_qgemm<DT, BM, BN>: two stages of the A side (quants, and per
+ * row 16 words of scales: 32-blocks d[8]; K-quants d at word 0, the bs16 sums at words 8-15),
+ * one of the W side (block bytes, operands, scales) */
 template <int DT, int BM, int BN> struct qm_smem {
-    static constexpr size_t aq = (size_t)BM * QM_LDQ, wq = (size_t)BN * QM_LDQ;
+    static constexpr size_t aq = (size_t)BM * QM_LDQ, asc = (size_t)BM * 16 * 4;
+    static constexpr size_t astage = aq + asc;
+    static constexpr size_t wq = (size_t)BN * QM_LDQ;
     static constexpr size_t raw = (size_t)BN * qm_t<DT>::rw * 4;
-    static constexpr size_t ad = (size_t)BM * 8 * 4, abs_ = (size_t)BM * 8 * 4;
     static constexpr size_t wd = (size_t)BN * 8 * 4, wsc = (size_t)BN * 16 * 4;
-    static constexpr size_t bytes = aq + wq + raw + ad + abs_ + wd + wsc;
+    static constexpr size_t bytes = 2 * astage + wq + raw + wd + wsc;
 };
+
+/* Global -> shared without registers: cp.async on NVIDIA (4 bytes of which src_bytes are
+ * read, the rest zero; 16 bytes or zeros), a plain load and store elsewhere. */
+#if defined(QM_NV)
+DEV void cp4(void *sdst, const void *gsrc, int src_bytes)
+{
+    unsigned sa = (unsigned)__cvta_generic_to_shared(sdst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(sa), "l"(gsrc), "r"(src_bytes) : "memory");
+}
+DEV void cp16(void *sdst, const void *gsrc, bool valid)
+{
+    unsigned sa = (unsigned)__cvta_generic_to_shared(sdst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sa), "l"(gsrc), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+DEV void cp_wait_all(void)
+{
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+#elif defined(QM_AMD)
+DEV void cp4(void *sdst, const void *gsrc, int src_bytes)
+{
+    *(uint32_t *)sdst = src_bytes == 4 ? *(const uint32_t *)gsrc
+                        : src_bytes == 2 ? (uint32_t) * (const uint16_t *)gsrc
+                                         : 0u;
+}
+DEV void cp16(void *sdst, const void *gsrc, bool valid)
+{
+    *(uint4 *)sdst = valid ? *(const uint4 *)gsrc : make_uint4(0u, 0u, 0u, 0u);
+}
+DEV void cp_wait_all(void) {}
+#endif
 
 /* the layout of an A row (ops_qact_at), as byte offsets from the row start */
 struct qm_aoff {
@@ -217,14 +252,12 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
     typedef qm_t<DT> L;
     typedef qm_smem<DT, BM, BN> S;
     constexpr int WN = BN / 32, NT = (BM / 32) * WN * QM_WARP;
-    constexpr int ACH = BM * 16 / NT; /* A 16-byte chunks per thread per k tile */
+    constexpr int ACH = BM * 16 / NT; /* A items per thread per k tile */
     static_assert(ACH >= 1 && ACH * NT == BM * 16, "k_qgemm: tile / thread split");
     extern __shared__ __align__(16) unsigned char qm_smem_buf[];
-    uint8_t *Aq = qm_smem_buf, *Wq = Aq + S::aq;
+    uint8_t *Wq = qm_smem_buf + 2 * S::astage;
     uint32_t *raw = (uint32_t *)(Wq + S::wq);
-    float *ad = (float *)((unsigned char *)raw + S::raw);
-    int *abs_ = (int *)((unsigned char *)ad + S::ad);
-    float *wd = (float *)((unsigned char *)abs_ + S::abs_);
+    float *wd = (float *)((unsigned char *)raw + S::raw);
     int *wsc = (int *)((unsigned char *)wd + S::wd);
 
     const hip_qgemm_args &a = P.a;
@@ -245,20 +278,57 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
         m_end = min(m0 + BM, a.m);
     }
     const int K = a.k, nblk = K / L::be; /* blocks of a row */
-    const uint8_t *abase = (const uint8_t *)a.a;
     const uint8_t *wbase = (const uint8_t *)a.w + e * a.w_estride;
-    auto arow = [&](int p) -> const uint8_t * {
-        long long r = a.gather ? (long long)(a.gather[p] / a.gdiv) : (long long)p;
-        return abase + r * a.a_stride;
-    };
-    /* A chunk i of a k tile: row (tid + i NT) / 16, bytes 16 ((tid + i NT) % 16) */
-    const uint8_t *aq_row[ACH];
+    /* A item i of a k tile (quants: 16-byte chunk, scales: word): row (tid + i NT) / 16,
+     * (tid + i NT) % 16; the rows' addresses looked up once */
+    const uint8_t *a_row[ACH];
 #pragma unroll
     for (int i = 0; i < ACH; i++) {
         int p = m0 + (tid + i * NT) / 16;
-        aq_row[i] = p < m_end ? arow(p) + P.off.q : NULL;
+        long long r = p < m_end ? (a.gather ? (long long)(a.gather[p] / a.gdiv) : (long long)p) : -1;
+        a_row[i] = r >= 0 ? (const uint8_t *)a.a + r * a.a_stride : NULL;
     }
     const bool mb_on[2] = {m0 + wm * 32 < m_end, m0 + wm * 32 + 16 < m_end};
+    const int ntiles = (K + QM_BK - 1) / QM_BK;
+    auto tile_blocks = [&](int t) { return min(QM_BK / L::be, nblk - t * (QM_BK / L::be)); };
+    /* the k tile's first byte of weight row r of the block tile, from a 4-byte boundary */
+    auto w_shift = [&](int r, int t) {
+        return (int)(((uintptr_t)wbase + (long long)(n0 + r) * P.wrb + (long long)t * L::tb) & 3u);
+    };
+
+    /* A side of tile t into stage t % 2: quants and scales */
+    auto copy_a = [&](int t) {
+        uint8_t *Aq = qm_smem_buf + (t & 1) * S::astage;
+        uint32_t *asc = (uint32_t *)(Aq + S::aq);
+        const int k0 = t * QM_BK, tblk = tile_blocks(t);
+#pragma unroll
+        for (int i = 0; i < ACH; i++) {
+            int c = tid + i * NT, r = c / 16, j = c % 16;
+            const uint8_t *ar = a_row[i];
+            bool ok = ar && k0 + 16 * j < K;
+            cp16(Aq + (size_t)r * QM_LDQ + 16 * j, ok ? ar + P.off.q + k0 + 16 * j : a.a, ok);
+            const uint8_t *src = NULL;
+            if (ar && !L::kq && j < tblk)
+                src = ar + P.off.d + 4 * (t * 8 + j);
+            else if (ar && L::kq && j == 0)
+                src = ar + P.off.d + 4 * t;
+            else if (ar && L::kq && j >= 8)
+                src = ar + P.off.bs + 32 * t + 4 * (j - 8);
+            cp4(asc + c, src ? src : a.a, src ? 4 : 0);
+        }
+    };
+    /* W block bytes of tile t: aligned words; the last one of a row may hold 2 bytes */
+    auto copy_w = [&](int t) {
+        const int tbytes = tile_blocks(t) * L::bb;
+        for (int c = tid; c < BN * L::rw; c += NT) {
+            int r = c / L::rw, wi = c % L::rw, n = n0 + r;
+            int sh = w_shift(r, t), nb = 0;
+            const uint8_t *al = wbase + (long long)n * P.wrb + (long long)t * L::tb - sh + 4 * wi;
+            if (n < a.n && 4 * wi < sh + tbytes)
+                nb = 4 * wi + 4 <= sh + tbytes ? 4 : 2;
+            cp4(raw + c, nb ? (const void *)al : a.w, nb);
+        }
+    };
 
     float acc[QM_ACC];
     int isum[QM_ACC], s[QM_ACC];
@@ -266,64 +336,25 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
     for (int i = 0; i < QM_ACC; i++)
         acc[i] = 0.0f;
 
-    const int ntiles = (K + QM_BK - 1) / QM_BK;
+    /* Iteration t: W bytes of t unpacked, barrier, A of t + 1 and W bytes of t + 1 on their
+     * way (the raw buffer is free once unpacked; A goes to the other stage), products of t,
+     * wait, barrier. */
+    copy_a(0);
+    copy_w(0);
+    cp_wait_all();
+    __syncthreads();
     for (int t = 0; t < ntiles; t++) {
-        const int k0 = t * QM_BK;
-        const int tblk = min(QM_BK / L::be, nblk - t * (QM_BK / L::be)); /* blocks in this tile */
-        const int tbytes = tblk * L::bb;
-        /* ---- copy: A quants and scales, W block bytes */
-#pragma unroll
-        for (int i = 0; i < ACH; i++) {
-            int c = tid + i * NT, r = c / 16, kb = (c % 16) * 16;
-            uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (aq_row[i] && k0 + kb < K)
-                v = *(const uint4 *)(aq_row[i] + k0 + kb);
-            *(uint4 *)(Aq + (size_t)r * QM_LDQ + kb) = v;
-        }
-        for (int c = tid; c < BM * 8; c += NT) {
-            int r = c / 8, j = c % 8, p = m0 + r;
-            float dv = 0.0f;
-            int bs = 0;
-            if (p < m_end) {
-                const uint8_t *ar = arow(p);
-                if (!L::kq) {
-                    if (j < tblk)
-                        dv = ((const float *)(ar + P.off.d))[t * 8 + j];
-                } else {
-                    if (j == 0)
-                        dv = ((const float *)(ar + P.off.d))[t];
-                    const int16_t *b16 = (const int16_t *)(ar + P.off.bs) + 16 * t;
-                    bs = b16[2 * j] + b16[2 * j + 1];
-                }
-            }
-            ad[c] = dv;
-            abs_[c] = bs;
-        }
-        for (int c = tid; c < BN * L::rw; c += NT) {
-            int r = c / L::rw, wi = c % L::rw, n = n0 + r;
-            uint32_t v = 0u;
-            if (n < a.n) {
-                long long start = (long long)n * P.wrb + (long long)t * L::tb; /* even */
-                int sh = (int)(((uintptr_t)wbase + start) & 3u);
-                const uint8_t *al = wbase + start - sh;
-                if (4 * wi < sh + tbytes) {
-                    if (4 * wi + 4 <= sh + tbytes)
-                        v = *(const uint32_t *)(al + 4 * wi);
-                    else /* the last two bytes: never read past the row's end */
-                        v = *(const uint16_t *)(al + 4 * wi);
-                }
-            }
-            raw[c] = v;
-        }
-        __syncthreads();
+        const int tblk = tile_blocks(t);
+        const uint8_t *Aq = qm_smem_buf + (t & 1) * S::astage;
+        const float *asf = (const float *)(Aq + S::aq);
+        const int16_t *asb = (const int16_t *)(Aq + S::aq);
         /* ---- unpack: int8 operand rows and the weight scales */
         for (int c = tid; c < BN * (QM_BK / 4); c += NT) {
             int r = c / (QM_BK / 4), el = (c % (QM_BK / 4)) * 4, n = n0 + r;
             uint32_t v = 0u;
             int bi = el / L::be;
             if (n < a.n && bi < tblk) {
-                int sh = (int)(((uintptr_t)wbase + (long long)n * P.wrb + (long long)t * L::tb) & 3u);
-                const uint8_t *blk = (const uint8_t *)(raw + (size_t)r * L::rw) + sh + bi * L::bb;
+                const uint8_t *blk = (const uint8_t *)(raw + (size_t)r * L::rw) + w_shift(r, t) + bi * L::bb;
                 v = hip_qu_pack4(blk, DT, el % L::be);
             }
             *(uint32_t *)(Wq + (size_t)r * QM_LDQ + el) = v;
@@ -331,8 +362,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
         constexpr int NSC = DT == HIP_DT_Q6_K ? 16 : 8;
         for (int c = tid; c < BN * NSC; c += NT) {
             int r = c / NSC, j = c % NSC, n = n0 + r;
-            int sh = (int)(((uintptr_t)wbase + (long long)n * P.wrb + (long long)t * L::tb) & 3u);
-            const uint8_t *rb = (const uint8_t *)(raw + (size_t)r * L::rw) + sh;
+            const uint8_t *rb = (const uint8_t *)(raw + (size_t)r * L::rw) + w_shift(r, t);
             bool ok = n < a.n;
             if (!L::kq) {
                 wd[r * 8 + j] = ok && j < tblk ? scale_f16(rd16(rb + j * L::bb)) : 0.0f;
@@ -353,9 +383,13 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
             }
         }
         __syncthreads();
+        if (t + 1 < ntiles) {
+            copy_a(t + 1);
+            copy_w(t + 1);
+        }
         /* ---- products and the float combine (hip_gemm_qmma.h's order) */
-        const float *adw = ad + (size_t)wm * 32 * 8;
-        const int *absw = abs_ + (size_t)wm * 32 * 8;
+        const float *adw = asf + (size_t)wm * 32 * 16;
+        const int16_t *absw = asb + (size_t)wm * 32 * 32 + 16; /* the bs16 words 8-15 of a row */
         const float *wdw = wd + (size_t)wn * 32 * 8;
         const int *wscw = wsc + (size_t)wn * 32 * 16;
         if (!L::kq) {
@@ -363,7 +397,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
                 warp_products<32>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on);
 #pragma unroll
                 for (int i = 0; i < QM_ACC; i++) {
-                    float sc = wl_mul(wdw[acc_col(i, lane) * 8 + j], adw[acc_row(i, lane) * 8 + j]);
+                    float sc = wl_mul(wdw[acc_col(i, lane) * 8 + j], adw[acc_row(i, lane) * 16 + j]);
                     acc[i] = fmaf((float)s[i], sc, acc[i]);
                 }
             }
@@ -381,7 +415,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
                 }
 #pragma unroll
                 for (int i = 0; i < QM_ACC; i++) {
-                    float ds = wl_mul(wdw[acc_col(i, lane) * 8], adw[acc_row(i, lane) * 8]);
+                    float ds = wl_mul(wdw[acc_col(i, lane) * 8], adw[acc_row(i, lane) * 16]);
                     acc[i] = qm_add(acc[i], wl_mul(ds, (float)isum[i]));
                 }
             } else {
@@ -394,17 +428,19 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
                 }
 #pragma unroll
                 for (int i = 0; i < QM_ACC; i++) {
-                    const int *mn = wscw + acc_col(i, lane) * 16 + 8, *bs = absw + acc_row(i, lane) * 8;
+                    const int *mn = wscw + acc_col(i, lane) * 16 + 8;
+                    const int16_t *bs = absw + acc_row(i, lane) * 32;
                     int imin = 0;
 #pragma unroll
                     for (int j = 0; j < 8; j++)
-                        imin += mn[j] * bs[j];
-                    float da = adw[acc_row(i, lane) * 8];
+                        imin += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+                    float da = adw[acc_row(i, lane) * 16];
                     float ds = wl_mul(wdw[acc_col(i, lane) * 8], da), dm = wl_mul(wdw[acc_col(i, lane) * 8 + 1], da);
                     acc[i] = qm_add(acc[i], wl_sub(wl_mul(ds, (float)isum[i]), wl_mul(dm, (float)imin)));
                 }
             }
         }
+        cp_wait_all();
         __syncthreads();
     }
 
