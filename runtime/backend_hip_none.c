@@ -21,6 +21,13 @@ int backend_hip_mma_split_selftest(char *why, size_t cap)
     return -1;
 }
 
+int backend_hip_qact_selftest(char *why, size_t cap)
+{
+    if (why && cap)
+        why[0] = 0;
+    return -1;
+}
+
 const char *backend_hip_target(void)
 {
     return NULL;
