@@ -41,9 +41,11 @@
 #include "hip_compat.h"
 #include "hip_host.h"
 #include "hip_kernels.h"
+#include "hip_qact.h"
 
 extern "C" {
 #include "../arena/arena.h"
+#include "../ops/ops.h"
 #include "../runtime/backend.h"
 #include "../runtime/err.h"
 #include "../runtime/trace/trace.h"
@@ -105,6 +107,10 @@ typedef struct hip_ctx {
     unsigned long long *d_shadow;
     float *d_attn_part;
     int32_t *d_tiles;
+    /* numerics act-q8 (hip_scratch.h's HIP_REQ_QACT): region A (matmul inputs, token rows)
+     * and B (MoE / MLP hidden rows), quantized in ops_qact_row's layout */
+    bool qact;
+    unsigned char *d_qa, *d_qb;
     int max_splits, max_tiles, n_trace;
 
     hip_step_params *h_params; /* pinned */
@@ -595,6 +601,16 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
         c->d_shadow = (unsigned long long *)dbuf(c, s0 + HIP_REQ_SHADOW);
         c->d_attn_part = (float *)dbuf(c, s0 + HIP_REQ_ATTN_PART);
         c->d_tiles = (int32_t *)dbuf(c, s0 + HIP_REQ_MOE_TILES);
+        c->qact = s->act_q8;
+        if (c->qact) {
+            hip_qact_layout ql = hip_scratch_qact_layout(s);
+            if (s->bufs[s0 + HIP_REQ_QACT].bytes < ql.bytes) {
+                st = err_set(err, MOERT_EINTERNAL, "backend hip: the plan's act-q8 scratch is too small");
+                goto fail;
+            }
+            c->d_qa = dbuf(c, s0 + HIP_REQ_QACT);
+            c->d_qb = c->d_qa + ql.b_offset;
+        }
     }
     /* mapped: the arg-max kernel stores the greedy pick straight into host memory, so reading
      * it costs no copy, only the wait for the step */
@@ -893,6 +909,113 @@ static int launch_err(hipError_t e, const sched_op *op, moert_err *err)
                    sched_kind_name(op->kind), op->layer, hipGetErrorString(e));
 }
 
+/* One exact GEMV over the n consecutive segments seg[0..n) of one dtype (a decode row). */
+static int gemv_run(hip_ctx *c, const sched_op *op, const dev_tensor *const *seg, int n, const float *in,
+                    float *out, float *snap, long long *end_out, moert_err *err)
+{
+    hip_gemv_args a;
+    memset(&a, 0, sizeof a);
+    a.x = in;
+    long long end = 0;
+    for (int i = 0; i < 3; i++) {
+        if (i < n) {
+            a.w[i] = seg[i]->d;
+            end += seg[i]->rows;
+        }
+        a.seg_end[i] = end;
+    }
+    a.y = out;
+    a.y2 = snap;
+    a.n_total = end;
+    a.k = op->k;
+    *end_out = end;
+    return launch_err(hip_launch_gemv(seg[0]->dt, &a, gemv_grid(c, end), c->stream), op, err);
+}
+
+/* One exact GEMM of rows input rows against segment w (prefill). */
+static int gemm_seg(hip_ctx *c, const sched_op *op, const dev_tensor *w, const float *in, long long rows,
+                    float *out, long long ldo, moert_err *err)
+{
+    hip_gemm_args a;
+    memset(&a, 0, sizeof a);
+    a.a = in;
+    a.lda = op->k;
+    a.w = w->d;
+    a.c = out;
+    a.ldc = ldo;
+    a.m = (int)rows;
+    a.n = (int)w->rows;
+    a.k = (int)op->k;
+    return launch_err(hip_launch_gemm(w->dt, HIP_A_PLAIN, 64, &a, c->stream), op, err);
+}
+
+/* act-q8: rows rows of width k (ld floats apart) quantized into dst; *qb gets the row stride. */
+static int qact_rows(hip_ctx *c, const sched_op *op, const float *x, long long ld, long long rows, long long k,
+                     unsigned char *dst, long long *qb, moert_err *err)
+{
+    hip_qact_args q;
+    q.x = x;
+    q.ldx = ld;
+    q.q = dst;
+    q.qb = (long long)ops_qact_row_bytes(k);
+    q.k = k;
+    q.rows = (int)rows;
+    *qb = q.qb;
+    return launch_err(hip_launch_qact(&q, c->stream), op, err);
+}
+
+/* act-q8 matmul: the input rows quantized once (region A) for every block-typed run of
+ * segments; plain-float segments keep the exact kernels.  THE place where prefill rows
+ * (rows > 1) reach the quantized products: an int8 GEMM taking (quantized rows, row
+ * stride, m) plugs in at the hip_launch_qmatmul call below. */
+static int matmul_q8(hip_ctx *c, const sched_op *op, const dev_tensor *const *seg, int nseg, const float *in,
+                     long long rows, float *out, long long ldo, float *snap, moert_err *err)
+{
+    long long qb = 0;
+    int st = qact_rows(c, op, in, op->k, rows, op->k, c->d_qa, &qb, err);
+    if (st)
+        return st;
+    long long begin = 0;
+    for (int i0 = 0; i0 < nseg;) {
+        int i1 = i0 + 1;
+        while (i1 < nseg && seg[i1]->dt == seg[i0]->dt)
+            i1++;
+        long long end = 0;
+        if (hip_qact_takes(seg[i0]->dt)) {
+            hip_qgemv_args a;
+            memset(&a, 0, sizeof a);
+            a.xq = c->d_qa;
+            a.qb = qb;
+            for (int i = 0; i < 3; i++) {
+                if (i0 + i < i1) {
+                    a.w[i] = seg[i0 + i]->d;
+                    end += seg[i0 + i]->rows;
+                }
+                a.seg_end[i] = end;
+            }
+            a.y = out + begin;
+            a.ldy = ldo;
+            a.y2 = snap ? snap + begin : NULL;
+            a.n_total = end;
+            a.k = op->k;
+            a.m = (int)rows;
+            st = launch_err(hip_launch_qmatmul(seg[i0]->dt, &a, c->stream), op, err);
+        } else if (rows == 1) {
+            st = gemv_run(c, op, seg + i0, i1 - i0, in, out + begin, snap ? snap + begin : NULL, &end, err);
+        } else {
+            for (int i = i0; i < i1 && !st; i++) {
+                st = gemm_seg(c, op, seg[i], in, rows, out + begin + end, ldo, err);
+                end += seg[i]->rows;
+            }
+        }
+        if (st)
+            return st;
+        begin += end;
+        i0 = i1;
+    }
+    return MOERT_OK;
+}
+
 /* snap: NULL, or where a decode GEMV also writes its outputs (a traced row's snapshot) */
 static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long long rows,
                            float *out, long long ldo, float *snap, moert_err *err)
@@ -909,6 +1032,7 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
     if (nseg == 0)
         return err_set(err, MOERT_EINTERNAL, "backend hip: matmul without weights");
     long long total = 0;
+    bool any_block = false;
     for (int i = 0; i < nseg; i++) {
         if (seg[i]->cols != op->k || seg[i]->dt < 0)
             return err_set(err, MOERT_EINTERNAL,
@@ -916,10 +1040,14 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
                            "(expected %lld)",
                            i, op->layer, seg[i]->cols, seg[i]->dt, (long long)op->k);
         total += seg[i]->rows;
+        any_block = any_block || hip_qact_takes(seg[i]->dt);
     }
     if (total > ldo)
         return err_set(err, MOERT_EINTERNAL, "backend hip: matmul of layer %d: %lld outputs > %lld",
                        op->layer, total, ldo);
+    /* act-q8 as the CPU does it: inputs of whole 32-blocks, block-typed weights */
+    if (c->qact && any_block && op->k % 32 == 0)
+        return matmul_q8(c, op, seg, nseg, in, rows, out, ldo, snap, err);
     if (rows == 1) {
         /* one GEMV per run of consecutive segments of one dtype (a GGUF's fused qkv may mix
          * them: attn_q Q4_K, attn_k and attn_v Q8_0); each output is computed the same way
@@ -929,22 +1057,8 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
             int i1 = i0 + 1;
             while (i1 < nseg && seg[i1]->dt == seg[i0]->dt)
                 i1++;
-            hip_gemv_args a;
-            memset(&a, 0, sizeof a);
-            a.x = in;
             long long end = 0;
-            for (int i = 0; i < 3; i++) {
-                if (i0 + i < i1) {
-                    a.w[i] = seg[i0 + i]->d;
-                    end += seg[i0 + i]->rows;
-                }
-                a.seg_end[i] = end;
-            }
-            a.y = out + begin;
-            a.y2 = snap ? snap + begin : NULL;
-            a.n_total = end;
-            a.k = op->k;
-            int st = launch_err(hip_launch_gemv(seg[i0]->dt, &a, gemv_grid(c, end), c->stream), op, err);
+            int st = gemv_run(c, op, seg + i0, i1 - i0, in, out + begin, snap ? snap + begin : NULL, &end, err);
             if (st)
                 return st;
             begin += end;
@@ -954,22 +1068,41 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
     }
     long long begin = 0;
     for (int i = 0; i < nseg; i++) {
-        hip_gemm_args a;
-        memset(&a, 0, sizeof a);
-        a.a = in;
-        a.lda = op->k;
-        a.w = seg[i]->d;
-        a.c = out + begin;
-        a.ldc = ldo;
-        a.m = (int)rows;
-        a.n = (int)seg[i]->rows;
-        a.k = (int)op->k;
-        int st = launch_err(hip_launch_gemm(seg[i]->dt, HIP_A_PLAIN, 64, &a, c->stream), op, err);
+        int st = gemm_seg(c, op, seg[i], in, rows, out + begin, ldo, err);
         if (st)
             return st;
         begin += seg[i]->rows;
     }
     return MOERT_OK;
+}
+
+/* act-q8 expert FFN (MoE: ids and tw; the dense MLP: one slot, ids = tw = NULL): the token
+ * rows quantized once into region A for every slot's gate/up, h = silu(gate) * up quantized
+ * into region B, then down with the slots combined in slot order.  Decode and prefill run
+ * the same kernels (prefill: a grid row per (token, slot)); THE place where an int8
+ * grouped-expert GEMM plugs in for rows > 1 (taking the quantized rows A / B, their
+ * strides and a row-index table from hip_launch_moe_index). */
+static bool ffn_q8_takes(const hip_ctx *c, const dev_tensor *g, const dev_tensor *u, const dev_tensor *d,
+                         long long H, long long I)
+{
+    return c->qact && hip_qact_takes(g->dt) && u->dt == g->dt && hip_qact_takes(d->dt) && H % 32 == 0 &&
+           I % 32 == 0;
+}
+static int ffn_q8(hip_ctx *c, const sched_op *op, hip_qmoe_args *a, const float *xn, int gdt, int ddt,
+                  moert_err *err)
+{
+    int st = qact_rows(c, op, xn, a->H, a->tokens, a->H, c->d_qa, &a->qbx, err);
+    if (st)
+        return st;
+    a->xq = c->d_qa;
+    a->hq = c->d_qb;
+    a->qbh = (long long)ops_qact_row_bytes(a->I);
+    if ((st = launch_err(hip_launch_qmoe_gateup(gdt, a, c->stream), op, err)))
+        return st;
+    long long qbh = 0;
+    if ((st = qact_rows(c, op, a->h, a->I, (long long)a->tokens * a->K, a->I, c->d_qb, &qbh, err)))
+        return st;
+    return launch_err(hip_launch_qmoe_down(ddt, a, c->stream), op, err);
 }
 
 static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
@@ -985,6 +1118,27 @@ static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     float *g = fbuf(c, op->scratch[1]), *u = fbuf(c, op->scratch[2]), *dn = fbuf(c, op->scratch[3]);
     if (!L->sparse || !L->gate.d)
         return err_set(err, MOERT_EINTERNAL, "backend hip: MoE op on dense layer %d", op->layer);
+    if (ffn_q8_takes(c, &L->gate, &L->up, &L->down, H, I)) {
+        hip_qmoe_args q;
+        memset(&q, 0, sizeof q);
+        q.ids = ids;
+        q.tw = tw;
+        q.gate = L->gate.d;
+        q.up = L->up.d;
+        q.down = L->down.d;
+        q.estride_gu = L->estride_gu;
+        q.estride_d = L->estride_d;
+        q.E = E;
+        q.K = K;
+        q.tokens = rows;
+        q.I = I;
+        q.H = H;
+        q.h = g;
+        q.out = out;
+        q.out2 = rows == 1 ? snap_of(c, op_index(c, op), 0) : NULL;
+        q.err_flag = c->d_err;
+        return ffn_q8(c, op, &q, xn, L->gate.dt, L->down.dt, err);
+    }
     if (rows == 1) {
         hip_moe_dec_args a;
         memset(&a, 0, sizeof a);
@@ -1081,6 +1235,23 @@ static int run_mlp(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     float *g = fbuf(c, op->scratch[0]), *u = fbuf(c, op->scratch[1]);
     if (L->sparse || !L->mlp_gate.d)
         return err_set(err, MOERT_EINTERNAL, "backend hip: MLP op on sparse layer %d", op->layer);
+    if (ffn_q8_takes(c, &L->mlp_gate, &L->mlp_up, &L->mlp_down, H, I)) {
+        hip_qmoe_args q;
+        memset(&q, 0, sizeof q);
+        q.gate = L->mlp_gate.d;
+        q.up = L->mlp_up.d;
+        q.down = L->mlp_down.d;
+        q.E = 1;
+        q.K = 1;
+        q.tokens = rows;
+        q.I = I;
+        q.H = H;
+        q.h = g;
+        q.out = out;
+        q.out2 = rows == 1 ? snap_of(c, op_index(c, op), 0) : NULL;
+        q.err_flag = c->d_err;
+        return ffn_q8(c, op, &q, xn, L->mlp_gate.dt, L->mlp_down.dt, err);
+    }
     if (rows == 1) {
         hip_moe_dec_args a;
         memset(&a, 0, sizeof a);
