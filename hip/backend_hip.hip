@@ -42,6 +42,7 @@
 #include "hip_host.h"
 #include "hip_kernels.h"
 #include "hip_qact.h"
+#include "hip_gemm_qmma.h"
 
 extern "C" {
 #include "../arena/arena.h"
@@ -964,6 +965,34 @@ static int qact_rows(hip_ctx *c, const sched_op *op, const float *x, long long l
     return launch_err(hip_launch_qact(&q, c->stream), op, err);
 }
 
+/* act-q8 prefill on the int8 tensor-core GEMM (hip_gemm_qmma.h): its arguments for A rows
+ * of stride qb, and whether it takes segments seg[0 .. n) of one block type. */
+static hip_qgemm_args qgemm_args(const void *qa, long long qb, const void *w, long long w_estride, float *out,
+                                 long long ldo, int m, int n, int k)
+{
+    hip_qgemm_args a;
+    memset(&a, 0, sizeof a);
+    a.a = qa;
+    a.a_stride = qb;
+    a.w = w;
+    a.w_estride = w_estride;
+    a.c = out;
+    a.ldc = ldo;
+    a.m = m;
+    a.n = n;
+    a.k = k;
+    return a;
+}
+static bool qgemm_segs_take(const hip_ctx *c, const dev_tensor *const *seg, int n, long long qb, long long k)
+{
+    for (int i = 0; i < n; i++) {
+        hip_qgemm_args a = qgemm_args(c->d_qa, qb, seg[i]->d, 0, NULL, 0, 2, (int)seg[i]->rows, (int)k);
+        if (!hip_qgemm_takes(seg[i]->dt, &a))
+            return false;
+    }
+    return true;
+}
+
 /* act-q8 matmul: the input rows quantized once (region A) for every block-typed run of
  * segments; plain-float segments keep the exact kernels.  THE place where prefill rows
  * (rows > 1) reach the quantized products: an int8 GEMM taking (quantized rows, row
@@ -981,7 +1010,15 @@ static int matmul_q8(hip_ctx *c, const sched_op *op, const dev_tensor *const *se
         while (i1 < nseg && seg[i1]->dt == seg[i0]->dt)
             i1++;
         long long end = 0;
-        if (hip_qact_takes(seg[i0]->dt)) {
+        if (rows > 1 && !snap && qgemm_segs_take(c, seg + i0, i1 - i0, qb, op->k)) {
+            /* prefill: the int8 tensor-core GEMM, one per segment */
+            for (int i = i0; i < i1 && !st; i++) {
+                hip_qgemm_args a = qgemm_args(c->d_qa, qb, seg[i]->d, 0, out + begin + end, ldo, (int)rows,
+                                              (int)seg[i]->rows, (int)op->k);
+                st = launch_err(hip_launch_qgemm(seg[i]->dt, &a, c->stream), op, err);
+                end += seg[i]->rows;
+            }
+        } else if (hip_qact_takes(seg[i0]->dt)) {
             hip_qgemv_args a;
             memset(&a, 0, sizeof a);
             a.xq = c->d_qa;
@@ -1105,6 +1142,62 @@ static int ffn_q8(hip_ctx *c, const sched_op *op, hip_qmoe_args *a, const float 
     return launch_err(hip_launch_qmoe_down(ddt, a, c->stream), op, err);
 }
 
+/* act-q8 prefill of an expert FFN (MoE with the tile table and its row table; the dense MLP
+ * with tiles NULL) on the int8 tensor-core GEMM: gate and up over the token rows quantized
+ * into region A, h = silu(gate) * up (into g) quantized into region B in tile-row order, down
+ * over those rows into dn.  The MoE's caller then combines the slots as in exact mode. */
+typedef struct ffn_qmma_args {
+    const dev_tensor *G, *U, *D;
+    long long estride_gu, estride_d, H, I;
+    int tokens;              /* token rows */
+    long long prow;          /* rows of g, u and dn: tokens x top-k (MoE) or tokens */
+    const int32_t *gather;   /* MoE: the sorted order, gdiv = top-k; MLP: NULL */
+    int gdiv;
+    const int32_t *tiles;    /* MoE: the tile table; MLP: NULL */
+    int max_tiles;
+    float *g, *u, *dn;
+} ffn_qmma_args;
+
+static bool ffn_qmma_takes(const hip_ctx *c, const dev_tensor *G, const dev_tensor *U, const dev_tensor *D,
+                           long long esgu, long long esd, long long H, long long I, int rows)
+{
+    if (rows <= 1 || !ffn_q8_takes(c, G, U, D, H, I))
+        return false;
+    hip_qgemm_args a = qgemm_args(c->d_qa, (long long)ops_qact_row_bytes(H), G->d, esgu, NULL, I, rows, (int)I, (int)H);
+    if (!hip_qgemm_takes(G->dt, &a))
+        return false;
+    a = qgemm_args(c->d_qb, (long long)ops_qact_row_bytes(I), D->d, esd, NULL, H, rows, (int)H, (int)I);
+    return hip_qgemm_takes(D->dt, &a);
+}
+
+static int ffn_qmma(hip_ctx *c, const sched_op *op, const ffn_qmma_args *f, const float *xn, moert_err *err)
+{
+    long long qbx = 0, qbh = 0;
+    int st = qact_rows(c, op, xn, f->H, f->tokens, f->H, c->d_qa, &qbx, err);
+    if (st)
+        return st;
+    int m = f->tiles ? 0 : f->tokens;
+    hip_qgemm_args a = qgemm_args(c->d_qa, qbx, f->G->d, f->estride_gu, f->g, f->I, m, (int)f->I, (int)f->H);
+    a.gather = f->gather;
+    a.gdiv = f->gdiv;
+    a.tiles = f->tiles;
+    a.max_tiles = f->max_tiles;
+    if ((st = launch_err(hip_launch_qgemm(f->G->dt, &a, c->stream), op, err)))
+        return st;
+    a.w = f->U->d;
+    a.c = f->u;
+    if ((st = launch_err(hip_launch_qgemm(f->U->dt, &a, c->stream), op, err)))
+        return st;
+    if ((st = launch_err(hip_launch_qmma_swiglu(f->g, f->u, f->g, f->prow * f->I, c->stream), op, err)))
+        return st;
+    if ((st = qact_rows(c, op, f->g, f->I, f->prow, f->I, c->d_qb, &qbh, err)))
+        return st;
+    a = qgemm_args(c->d_qb, qbh, f->D->d, f->estride_d, f->dn, f->H, m, (int)f->H, (int)f->I);
+    a.tiles = f->tiles;
+    a.max_tiles = f->max_tiles;
+    return launch_err(hip_launch_qgemm(f->D->dt, &a, c->stream), op, err);
+}
+
 static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
 {
     const sched *s = c->s;
@@ -1118,7 +1211,8 @@ static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     float *g = fbuf(c, op->scratch[1]), *u = fbuf(c, op->scratch[2]), *dn = fbuf(c, op->scratch[3]);
     if (!L->sparse || !L->gate.d)
         return err_set(err, MOERT_EINTERNAL, "backend hip: MoE op on dense layer %d", op->layer);
-    if (ffn_q8_takes(c, &L->gate, &L->up, &L->down, H, I)) {
+    bool qmma = ffn_qmma_takes(c, &L->gate, &L->up, &L->down, L->estride_gu, L->estride_d, H, I, rows);
+    if (!qmma && ffn_q8_takes(c, &L->gate, &L->up, &L->down, H, I)) {
         hip_qmoe_args q;
         memset(&q, 0, sizeof q);
         q.ids = ids;
@@ -1188,6 +1282,29 @@ static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     if (st)
         return st;
     int tiles = (int)((ix.rk + HIP_MOE_BM - 1) / HIP_MOE_BM + E);
+    if (qmma) {
+        ffn_qmma_args f;
+        memset(&f, 0, sizeof f);
+        f.G = &L->gate;
+        f.U = &L->up;
+        f.D = &L->down;
+        f.estride_gu = L->estride_gu;
+        f.estride_d = L->estride_d;
+        f.H = H;
+        f.I = I;
+        f.tokens = rows;
+        f.prow = ix.rk;
+        f.gather = ix.order;
+        f.gdiv = K;
+        f.tiles = c->d_tiles;
+        f.max_tiles = tiles;
+        f.g = g;
+        f.u = u;
+        f.dn = dn;
+        if ((st = ffn_qmma(c, op, &f, xn, err)))
+            return st;
+        return launch_err(hip_launch_moe_combine(dn, ix.inv, tw, out, K, H, rows, c->stream), op, err);
+    }
     hip_gemm_args a;
     memset(&a, 0, sizeof a);
     a.a = xn;
@@ -1235,6 +1352,21 @@ static int run_mlp(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     float *g = fbuf(c, op->scratch[0]), *u = fbuf(c, op->scratch[1]);
     if (L->sparse || !L->mlp_gate.d)
         return err_set(err, MOERT_EINTERNAL, "backend hip: MLP op on sparse layer %d", op->layer);
+    if (ffn_qmma_takes(c, &L->mlp_gate, &L->mlp_up, &L->mlp_down, 0, 0, H, I, rows)) {
+        ffn_qmma_args f;
+        memset(&f, 0, sizeof f);
+        f.G = &L->mlp_gate;
+        f.U = &L->mlp_up;
+        f.D = &L->mlp_down;
+        f.H = H;
+        f.I = I;
+        f.tokens = rows;
+        f.prow = rows;
+        f.g = g;
+        f.u = u;
+        f.dn = out;
+        return ffn_qmma(c, op, &f, xn, err);
+    }
     if (ffn_q8_takes(c, &L->mlp_gate, &L->mlp_up, &L->mlp_down, H, I)) {
         hip_qmoe_args q;
         memset(&q, 0, sizeof q);

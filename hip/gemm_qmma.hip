@@ -18,6 +18,7 @@
 #include "hip_compat.h"
 #include "hip_kernels.h"
 #include "hip_wload.h"
+#include "hip_devmath.h"
 #include "hip_qunpack.h"
 #include "hip_gemm_qmma.h"
 extern "C" {
@@ -478,13 +479,14 @@ static bool qmma_enabled(void)
         const char *v = getenv("MOERT_HIP_GEMM");
         int dev = 0;
         on = 0;
-        if (hipGetDevice(&dev) == hipSuccess) {
+        if (v && strcmp(v, "fma") == 0) {
+            on = 0; /* act-q8 prefill then takes the quantized GEMVs row by row (hip_qact.h) */
+        } else if (hipGetDevice(&dev) == hipSuccess) {
 #if defined(MOERT_HIP_AMD)
             hipDeviceProp_t p;
             if (v && strcmp(v, "mma") == 0 && hipGetDeviceProperties(&p, dev) == hipSuccess)
                 on = strncmp(p.gcnArchName, "gfx90a", 6) == 0 || strncmp(p.gcnArchName, "gfx94", 5) == 0;
 #else
-            (void)v;
             int major = 0;
             if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess)
                 on = major >= 8;
@@ -548,6 +550,24 @@ hipError_t hip_launch_qgemm(int dt, const hip_qgemm_args *a, hipStream_t s)
     case HIP_DT_Q6_K: launch_dt<HIP_DT_Q6_K>(&P, s); break;
     default: return hipErrorInvalidValue;
     }
+    return hipGetLastError();
+}
+
+/* ---- h = silu(g) * u, the grouped down's input before it is quantized ---------------- */
+
+__global__ void k_qmma_swiglu(const float *g, const float *u, float *h, long long n)
+{
+    moert_pdl_wait();
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        h[i] = silu_mul(g[i], u[i]);
+}
+
+hipError_t hip_launch_qmma_swiglu(const float *g, const float *u, float *h, long long n, hipStream_t s)
+{
+    if (n <= 0)
+        return hipSuccess;
+    long long blocks = (n + 255) / 256;
+    MOERT_LAUNCH(k_qmma_swiglu, (unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, s, g, u, h, n);
     return hipGetLastError();
 }
 

@@ -21,6 +21,7 @@
  * Where: NVIDIA sm_80 and later (mma.sync m16n8k32 / m16n8k16 s8 -> s32); AMD CDNA gfx90a
  * (MFMA i32 16x16x16 i8) and gfx94x (16x16x32 i8) only when MOERT_HIP_GEMM=mma asks for it
  * (compiled, never run on an AMD GPU); nowhere else (hip_qgemm_takes says false).
+ * MOERT_HIP_GEMM=fma turns it off (act-q8 prefill then runs hip_qact.h's GEMVs per row).
  */
 #ifndef MOERT_HIP_GEMM_QMMA_H
 #define MOERT_HIP_GEMM_QMMA_H
@@ -46,5 +47,8 @@ typedef struct hip_qgemm_args {
 bool hip_qgemm_takes(int dt, const hip_qgemm_args *a);
 /* Enqueues the GEMM; only for one hip_qgemm_takes accepted. */
 hipError_t hip_launch_qgemm(int dt, const hip_qgemm_args *a, hipStream_t s);
+/* h[i] = silu(g[i]) * u[i] (hip_devmath.h's silu_mul, the CPU's formula) for i < n: the
+ * grouped down's input, quantized next; h may be g. */
+hipError_t hip_launch_qmma_swiglu(const float *g, const float *u, float *h, long long n, hipStream_t s);
 
 #endif
