@@ -41,9 +41,12 @@
 #include "hip_compat.h"
 #include "hip_host.h"
 #include "hip_kernels.h"
+#include "hip_qact.h"
+#include "hip_gemm_qmma.h"
 
 extern "C" {
 #include "../arena/arena.h"
+#include "../ops/ops.h"
 #include "../runtime/backend.h"
 #include "../runtime/err.h"
 #include "../runtime/trace/trace.h"
@@ -105,6 +108,10 @@ typedef struct hip_ctx {
     unsigned long long *d_shadow;
     float *d_attn_part;
     int32_t *d_tiles;
+    /* numerics act-q8 (hip_scratch.h's HIP_REQ_QACT): region A (matmul inputs, token rows)
+     * and B (MoE / MLP hidden rows), quantized in ops_qact_row's layout */
+    bool qact;
+    unsigned char *d_qa, *d_qb;
     int max_splits, max_tiles, n_trace;
 
     hip_step_params *h_params; /* pinned */
@@ -595,6 +602,16 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
         c->d_shadow = (unsigned long long *)dbuf(c, s0 + HIP_REQ_SHADOW);
         c->d_attn_part = (float *)dbuf(c, s0 + HIP_REQ_ATTN_PART);
         c->d_tiles = (int32_t *)dbuf(c, s0 + HIP_REQ_MOE_TILES);
+        c->qact = s->act_q8;
+        if (c->qact) {
+            hip_qact_layout ql = hip_scratch_qact_layout(s);
+            if (s->bufs[s0 + HIP_REQ_QACT].bytes < ql.bytes) {
+                st = err_set(err, MOERT_EINTERNAL, "backend hip: the plan's act-q8 scratch is too small");
+                goto fail;
+            }
+            c->d_qa = dbuf(c, s0 + HIP_REQ_QACT);
+            c->d_qb = c->d_qa + ql.b_offset;
+        }
     }
     /* mapped: the arg-max kernel stores the greedy pick straight into host memory, so reading
      * it costs no copy, only the wait for the step */
@@ -893,6 +910,149 @@ static int launch_err(hipError_t e, const sched_op *op, moert_err *err)
                    sched_kind_name(op->kind), op->layer, hipGetErrorString(e));
 }
 
+/* One exact GEMV over the n consecutive segments seg[0..n) of one dtype (a decode row). */
+static int gemv_run(hip_ctx *c, const sched_op *op, const dev_tensor *const *seg, int n, const float *in,
+                    float *out, float *snap, long long *end_out, moert_err *err)
+{
+    hip_gemv_args a;
+    memset(&a, 0, sizeof a);
+    a.x = in;
+    long long end = 0;
+    for (int i = 0; i < 3; i++) {
+        if (i < n) {
+            a.w[i] = seg[i]->d;
+            end += seg[i]->rows;
+        }
+        a.seg_end[i] = end;
+    }
+    a.y = out;
+    a.y2 = snap;
+    a.n_total = end;
+    a.k = op->k;
+    *end_out = end;
+    return launch_err(hip_launch_gemv(seg[0]->dt, &a, gemv_grid(c, end), c->stream), op, err);
+}
+
+/* One exact GEMM of rows input rows against segment w (prefill). */
+static int gemm_seg(hip_ctx *c, const sched_op *op, const dev_tensor *w, const float *in, long long rows,
+                    float *out, long long ldo, moert_err *err)
+{
+    hip_gemm_args a;
+    memset(&a, 0, sizeof a);
+    a.a = in;
+    a.lda = op->k;
+    a.w = w->d;
+    a.c = out;
+    a.ldc = ldo;
+    a.m = (int)rows;
+    a.n = (int)w->rows;
+    a.k = (int)op->k;
+    return launch_err(hip_launch_gemm(w->dt, HIP_A_PLAIN, 64, &a, c->stream), op, err);
+}
+
+/* act-q8: rows rows of width k (ld floats apart) quantized into dst; *qb gets the row stride. */
+static int qact_rows(hip_ctx *c, const sched_op *op, const float *x, long long ld, long long rows, long long k,
+                     unsigned char *dst, long long *qb, moert_err *err)
+{
+    hip_qact_args q;
+    q.x = x;
+    q.ldx = ld;
+    q.q = dst;
+    q.qb = (long long)ops_qact_row_bytes(k);
+    q.k = k;
+    q.rows = (int)rows;
+    *qb = q.qb;
+    return launch_err(hip_launch_qact(&q, c->stream), op, err);
+}
+
+/* act-q8 prefill on the int8 tensor-core GEMM (hip_gemm_qmma.h): its arguments for A rows
+ * of stride qb, and whether it takes segments seg[0 .. n) of one block type. */
+static hip_qgemm_args qgemm_args(const void *qa, long long qb, const void *w, long long w_estride, float *out,
+                                 long long ldo, int m, int n, int k)
+{
+    hip_qgemm_args a;
+    memset(&a, 0, sizeof a);
+    a.a = qa;
+    a.a_stride = qb;
+    a.w = w;
+    a.w_estride = w_estride;
+    a.c = out;
+    a.ldc = ldo;
+    a.m = m;
+    a.n = n;
+    a.k = k;
+    return a;
+}
+static bool qgemm_segs_take(const hip_ctx *c, const dev_tensor *const *seg, int n, long long qb, long long k)
+{
+    for (int i = 0; i < n; i++) {
+        hip_qgemm_args a = qgemm_args(c->d_qa, qb, seg[i]->d, 0, NULL, 0, 2, (int)seg[i]->rows, (int)k);
+        if (!hip_qgemm_takes(seg[i]->dt, &a))
+            return false;
+    }
+    return true;
+}
+
+/* act-q8 matmul: the input rows quantized once (region A) for every block-typed run of
+ * segments; plain-float segments keep the exact kernels.  THE place where prefill rows
+ * (rows > 1) reach the quantized products: an int8 GEMM taking (quantized rows, row
+ * stride, m) plugs in at the hip_launch_qmatmul call below. */
+static int matmul_q8(hip_ctx *c, const sched_op *op, const dev_tensor *const *seg, int nseg, const float *in,
+                     long long rows, float *out, long long ldo, float *snap, moert_err *err)
+{
+    long long qb = 0;
+    int st = qact_rows(c, op, in, op->k, rows, op->k, c->d_qa, &qb, err);
+    if (st)
+        return st;
+    long long begin = 0;
+    for (int i0 = 0; i0 < nseg;) {
+        int i1 = i0 + 1;
+        while (i1 < nseg && seg[i1]->dt == seg[i0]->dt)
+            i1++;
+        long long end = 0;
+        if (rows > 1 && !snap && qgemm_segs_take(c, seg + i0, i1 - i0, qb, op->k)) {
+            /* prefill: the int8 tensor-core GEMM, one per segment */
+            for (int i = i0; i < i1 && !st; i++) {
+                hip_qgemm_args a = qgemm_args(c->d_qa, qb, seg[i]->d, 0, out + begin + end, ldo, (int)rows,
+                                              (int)seg[i]->rows, (int)op->k);
+                st = launch_err(hip_launch_qgemm(seg[i]->dt, &a, c->stream), op, err);
+                end += seg[i]->rows;
+            }
+        } else if (hip_qact_takes(seg[i0]->dt)) {
+            hip_qgemv_args a;
+            memset(&a, 0, sizeof a);
+            a.xq = c->d_qa;
+            a.qb = qb;
+            for (int i = 0; i < 3; i++) {
+                if (i0 + i < i1) {
+                    a.w[i] = seg[i0 + i]->d;
+                    end += seg[i0 + i]->rows;
+                }
+                a.seg_end[i] = end;
+            }
+            a.y = out + begin;
+            a.ldy = ldo;
+            a.y2 = snap ? snap + begin : NULL;
+            a.n_total = end;
+            a.k = op->k;
+            a.m = (int)rows;
+            st = launch_err(hip_launch_qmatmul(seg[i0]->dt, &a, c->stream), op, err);
+        } else if (rows == 1) {
+            st = gemv_run(c, op, seg + i0, i1 - i0, in, out + begin, snap ? snap + begin : NULL, &end, err);
+        } else {
+            for (int i = i0; i < i1 && !st; i++) {
+                st = gemm_seg(c, op, seg[i], in, rows, out + begin + end, ldo, err);
+                end += seg[i]->rows;
+            }
+        }
+        if (st)
+            return st;
+        begin += end;
+        i0 = i1;
+    }
+    return MOERT_OK;
+}
+
 /* snap: NULL, or where a decode GEMV also writes its outputs (a traced row's snapshot) */
 static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long long rows,
                            float *out, long long ldo, float *snap, moert_err *err)
@@ -909,6 +1069,7 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
     if (nseg == 0)
         return err_set(err, MOERT_EINTERNAL, "backend hip: matmul without weights");
     long long total = 0;
+    bool any_block = false;
     for (int i = 0; i < nseg; i++) {
         if (seg[i]->cols != op->k || seg[i]->dt < 0)
             return err_set(err, MOERT_EINTERNAL,
@@ -916,10 +1077,14 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
                            "(expected %lld)",
                            i, op->layer, seg[i]->cols, seg[i]->dt, (long long)op->k);
         total += seg[i]->rows;
+        any_block = any_block || hip_qact_takes(seg[i]->dt);
     }
     if (total > ldo)
         return err_set(err, MOERT_EINTERNAL, "backend hip: matmul of layer %d: %lld outputs > %lld",
                        op->layer, total, ldo);
+    /* act-q8 as the CPU does it: inputs of whole 32-blocks, block-typed weights */
+    if (c->qact && any_block && op->k % 32 == 0)
+        return matmul_q8(c, op, seg, nseg, in, rows, out, ldo, snap, err);
     if (rows == 1) {
         /* one GEMV per run of consecutive segments of one dtype (a GGUF's fused qkv may mix
          * them: attn_q Q4_K, attn_k and attn_v Q8_0); each output is computed the same way
@@ -929,22 +1094,8 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
             int i1 = i0 + 1;
             while (i1 < nseg && seg[i1]->dt == seg[i0]->dt)
                 i1++;
-            hip_gemv_args a;
-            memset(&a, 0, sizeof a);
-            a.x = in;
             long long end = 0;
-            for (int i = 0; i < 3; i++) {
-                if (i0 + i < i1) {
-                    a.w[i] = seg[i0 + i]->d;
-                    end += seg[i0 + i]->rows;
-                }
-                a.seg_end[i] = end;
-            }
-            a.y = out + begin;
-            a.y2 = snap ? snap + begin : NULL;
-            a.n_total = end;
-            a.k = op->k;
-            int st = launch_err(hip_launch_gemv(seg[i0]->dt, &a, gemv_grid(c, end), c->stream), op, err);
+            int st = gemv_run(c, op, seg + i0, i1 - i0, in, out + begin, snap ? snap + begin : NULL, &end, err);
             if (st)
                 return st;
             begin += end;
@@ -954,22 +1105,97 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
     }
     long long begin = 0;
     for (int i = 0; i < nseg; i++) {
-        hip_gemm_args a;
-        memset(&a, 0, sizeof a);
-        a.a = in;
-        a.lda = op->k;
-        a.w = seg[i]->d;
-        a.c = out + begin;
-        a.ldc = ldo;
-        a.m = (int)rows;
-        a.n = (int)seg[i]->rows;
-        a.k = (int)op->k;
-        int st = launch_err(hip_launch_gemm(seg[i]->dt, HIP_A_PLAIN, 64, &a, c->stream), op, err);
+        int st = gemm_seg(c, op, seg[i], in, rows, out + begin, ldo, err);
         if (st)
             return st;
         begin += seg[i]->rows;
     }
     return MOERT_OK;
+}
+
+/* act-q8 expert FFN (MoE: ids and tw; the dense MLP: one slot, ids = tw = NULL): the token
+ * rows quantized once into region A for every slot's gate/up, h = silu(gate) * up quantized
+ * into region B, then down with the slots combined in slot order.  Decode and prefill run
+ * the same kernels (prefill: a grid row per (token, slot)); THE place where an int8
+ * grouped-expert GEMM plugs in for rows > 1 (taking the quantized rows A / B, their
+ * strides and a row-index table from hip_launch_moe_index). */
+static bool ffn_q8_takes(const hip_ctx *c, const dev_tensor *g, const dev_tensor *u, const dev_tensor *d,
+                         long long H, long long I)
+{
+    return c->qact && hip_qact_takes(g->dt) && u->dt == g->dt && hip_qact_takes(d->dt) && H % 32 == 0 &&
+           I % 32 == 0;
+}
+static int ffn_q8(hip_ctx *c, const sched_op *op, hip_qmoe_args *a, const float *xn, int gdt, int ddt,
+                  moert_err *err)
+{
+    int st = qact_rows(c, op, xn, a->H, a->tokens, a->H, c->d_qa, &a->qbx, err);
+    if (st)
+        return st;
+    a->xq = c->d_qa;
+    a->hq = c->d_qb;
+    a->qbh = (long long)ops_qact_row_bytes(a->I);
+    if ((st = launch_err(hip_launch_qmoe_gateup(gdt, a, c->stream), op, err)))
+        return st;
+    long long qbh = 0;
+    if ((st = qact_rows(c, op, a->h, a->I, (long long)a->tokens * a->K, a->I, c->d_qb, &qbh, err)))
+        return st;
+    return launch_err(hip_launch_qmoe_down(ddt, a, c->stream), op, err);
+}
+
+/* act-q8 prefill of an expert FFN (MoE with the tile table and its row table; the dense MLP
+ * with tiles NULL) on the int8 tensor-core GEMM: gate and up over the token rows quantized
+ * into region A, h = silu(gate) * up (into g) quantized into region B in tile-row order, down
+ * over those rows into dn.  The MoE's caller then combines the slots as in exact mode. */
+typedef struct ffn_qmma_args {
+    const dev_tensor *G, *U, *D;
+    long long estride_gu, estride_d, H, I;
+    int tokens;              /* token rows */
+    long long prow;          /* rows of g, u and dn: tokens x top-k (MoE) or tokens */
+    const int32_t *gather;   /* MoE: the sorted order, gdiv = top-k; MLP: NULL */
+    int gdiv;
+    const int32_t *tiles;    /* MoE: the tile table; MLP: NULL */
+    int max_tiles;
+    float *g, *u, *dn;
+} ffn_qmma_args;
+
+static bool ffn_qmma_takes(const hip_ctx *c, const dev_tensor *G, const dev_tensor *U, const dev_tensor *D,
+                           long long esgu, long long esd, long long H, long long I, int rows)
+{
+    if (rows <= 1 || !ffn_q8_takes(c, G, U, D, H, I))
+        return false;
+    hip_qgemm_args a = qgemm_args(c->d_qa, (long long)ops_qact_row_bytes(H), G->d, esgu, NULL, I, rows, (int)I, (int)H);
+    if (!hip_qgemm_takes(G->dt, &a))
+        return false;
+    a = qgemm_args(c->d_qb, (long long)ops_qact_row_bytes(I), D->d, esd, NULL, H, rows, (int)H, (int)I);
+    return hip_qgemm_takes(D->dt, &a);
+}
+
+static int ffn_qmma(hip_ctx *c, const sched_op *op, const ffn_qmma_args *f, const float *xn, moert_err *err)
+{
+    long long qbx = 0, qbh = 0;
+    int st = qact_rows(c, op, xn, f->H, f->tokens, f->H, c->d_qa, &qbx, err);
+    if (st)
+        return st;
+    int m = f->tiles ? 0 : f->tokens;
+    hip_qgemm_args a = qgemm_args(c->d_qa, qbx, f->G->d, f->estride_gu, f->g, f->I, m, (int)f->I, (int)f->H);
+    a.gather = f->gather;
+    a.gdiv = f->gdiv;
+    a.tiles = f->tiles;
+    a.max_tiles = f->max_tiles;
+    if ((st = launch_err(hip_launch_qgemm(f->G->dt, &a, c->stream), op, err)))
+        return st;
+    a.w = f->U->d;
+    a.c = f->u;
+    if ((st = launch_err(hip_launch_qgemm(f->U->dt, &a, c->stream), op, err)))
+        return st;
+    if ((st = launch_err(hip_launch_qmma_swiglu(f->g, f->u, f->g, f->prow * f->I, c->stream), op, err)))
+        return st;
+    if ((st = qact_rows(c, op, f->g, f->I, f->prow, f->I, c->d_qb, &qbh, err)))
+        return st;
+    a = qgemm_args(c->d_qb, qbh, f->D->d, f->estride_d, f->dn, f->H, m, (int)f->H, (int)f->I);
+    a.tiles = f->tiles;
+    a.max_tiles = f->max_tiles;
+    return launch_err(hip_launch_qgemm(f->D->dt, &a, c->stream), op, err);
 }
 
 static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
@@ -985,6 +1211,28 @@ static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     float *g = fbuf(c, op->scratch[1]), *u = fbuf(c, op->scratch[2]), *dn = fbuf(c, op->scratch[3]);
     if (!L->sparse || !L->gate.d)
         return err_set(err, MOERT_EINTERNAL, "backend hip: MoE op on dense layer %d", op->layer);
+    bool qmma = ffn_qmma_takes(c, &L->gate, &L->up, &L->down, L->estride_gu, L->estride_d, H, I, rows);
+    if (!qmma && ffn_q8_takes(c, &L->gate, &L->up, &L->down, H, I)) {
+        hip_qmoe_args q;
+        memset(&q, 0, sizeof q);
+        q.ids = ids;
+        q.tw = tw;
+        q.gate = L->gate.d;
+        q.up = L->up.d;
+        q.down = L->down.d;
+        q.estride_gu = L->estride_gu;
+        q.estride_d = L->estride_d;
+        q.E = E;
+        q.K = K;
+        q.tokens = rows;
+        q.I = I;
+        q.H = H;
+        q.h = g;
+        q.out = out;
+        q.out2 = rows == 1 ? snap_of(c, op_index(c, op), 0) : NULL;
+        q.err_flag = c->d_err;
+        return ffn_q8(c, op, &q, xn, L->gate.dt, L->down.dt, err);
+    }
     if (rows == 1) {
         hip_moe_dec_args a;
         memset(&a, 0, sizeof a);
@@ -1034,6 +1282,29 @@ static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     if (st)
         return st;
     int tiles = (int)((ix.rk + HIP_MOE_BM - 1) / HIP_MOE_BM + E);
+    if (qmma) {
+        ffn_qmma_args f;
+        memset(&f, 0, sizeof f);
+        f.G = &L->gate;
+        f.U = &L->up;
+        f.D = &L->down;
+        f.estride_gu = L->estride_gu;
+        f.estride_d = L->estride_d;
+        f.H = H;
+        f.I = I;
+        f.tokens = rows;
+        f.prow = ix.rk;
+        f.gather = ix.order;
+        f.gdiv = K;
+        f.tiles = c->d_tiles;
+        f.max_tiles = tiles;
+        f.g = g;
+        f.u = u;
+        f.dn = dn;
+        if ((st = ffn_qmma(c, op, &f, xn, err)))
+            return st;
+        return launch_err(hip_launch_moe_combine(dn, ix.inv, tw, out, K, H, rows, c->stream), op, err);
+    }
     hip_gemm_args a;
     memset(&a, 0, sizeof a);
     a.a = xn;
@@ -1081,6 +1352,38 @@ static int run_mlp(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
     float *g = fbuf(c, op->scratch[0]), *u = fbuf(c, op->scratch[1]);
     if (L->sparse || !L->mlp_gate.d)
         return err_set(err, MOERT_EINTERNAL, "backend hip: MLP op on sparse layer %d", op->layer);
+    if (ffn_qmma_takes(c, &L->mlp_gate, &L->mlp_up, &L->mlp_down, 0, 0, H, I, rows)) {
+        ffn_qmma_args f;
+        memset(&f, 0, sizeof f);
+        f.G = &L->mlp_gate;
+        f.U = &L->mlp_up;
+        f.D = &L->mlp_down;
+        f.H = H;
+        f.I = I;
+        f.tokens = rows;
+        f.prow = rows;
+        f.g = g;
+        f.u = u;
+        f.dn = out;
+        return ffn_qmma(c, op, &f, xn, err);
+    }
+    if (ffn_q8_takes(c, &L->mlp_gate, &L->mlp_up, &L->mlp_down, H, I)) {
+        hip_qmoe_args q;
+        memset(&q, 0, sizeof q);
+        q.gate = L->mlp_gate.d;
+        q.up = L->mlp_up.d;
+        q.down = L->mlp_down.d;
+        q.E = 1;
+        q.K = 1;
+        q.tokens = rows;
+        q.I = I;
+        q.H = H;
+        q.h = g;
+        q.out = out;
+        q.out2 = rows == 1 ? snap_of(c, op_index(c, op), 0) : NULL;
+        q.err_flag = c->d_err;
+        return ffn_q8(c, op, &q, xn, L->mlp_gate.dt, L->mlp_down.dt, err);
+    }
     if (rows == 1) {
         hip_moe_dec_args a;
         memset(&a, 0, sizeof a);

@@ -183,4 +183,21 @@ static __device__ __forceinline__ void moert_pdl_wait(void)
 #error "hip_compat.h: compile with hipcc (AMD) or nvcc -x cu (NVIDIA)"
 #endif
 
+/* c + the dot product of the four signed bytes of a and of b, exact in int32 (act-q8's
+ * integer products): dp4a on NVIDIA (sm_61+), v_dot4_i32_i8 on AMD (gfx906, gfx908,
+ * gfx90a: `dot1-insts`), the plain sum on the host (the self-tests run it there). */
+static __host__ __device__ __forceinline__ int moert_dp4a(int a, int b, int c)
+{
+#if defined(__CUDA_ARCH__)
+    return __dp4a(a, b, c);
+#elif defined(__HIP_DEVICE_COMPILE__)
+    return __builtin_amdgcn_sdot4(a, b, c, false);
+#else
+    for (int i = 0; i < 4; i++)
+        c += (int)(signed char)(unsigned char)((unsigned)a >> (8 * i)) *
+             (int)(signed char)(unsigned char)((unsigned)b >> (8 * i));
+    return c;
+#endif
+}
+
 #endif

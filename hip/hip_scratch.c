@@ -2,6 +2,7 @@
  * build's library (Makefile LIB_SRC), not only the HIP ones. */
 #include "hip_scratch.h"
 
+#include "../ops/ops.h"
 #include "../runtime/backend.h"
 #include "../runtime/trace/record.h"
 
@@ -71,6 +72,33 @@ hip_trace_layout hip_scratch_trace_layout(const sched *s, int64_t snap_floats)
     return L;
 }
 
+/* bytes of one quantized row of width up to k (k rounded up to whole 32-blocks) */
+static uint64_t qact_row(int64_t k)
+{
+    return k > 0 ? (uint64_t)ops_qact_row_bytes((k + 31) / 32 * 32) : 0;
+}
+
+hip_qact_layout hip_scratch_qact_layout(const sched *s)
+{
+    hip_qact_layout L = {0};
+    if (!s->act_q8)
+        return L;
+    const cfg_topology *t = &s->topo;
+    int64_t ka = t->hidden_size;
+    if (s->q_dim > ka)
+        ka = s->q_dim;
+    if (t->intermediate_size > ka)
+        ka = t->intermediate_size;
+    uint64_t rows = (uint64_t)s->max_rows, K = t->num_experts_per_tok > 1 ? (uint64_t)t->num_experts_per_tok : 1;
+    L.a_row_bytes = qact_row(ka);
+    L.b_row_bytes = qact_row(t->moe_intermediate_size > t->intermediate_size ? t->moe_intermediate_size
+                                                                              : t->intermediate_size);
+    L.b_rows = sat_mul(rows, K);
+    L.b_offset = round_up(sat_mul(rows, L.a_row_bytes), HIP_SCRATCH_ALIGN);
+    L.bytes = sat_add(L.b_offset, sat_mul(L.b_rows, L.b_row_bytes));
+    return L;
+}
+
 int hip_scratch_requests(const sched *s, backend_request *reqs)
 {
     const cfg_topology *t = &s->topo;
@@ -87,12 +115,14 @@ int hip_scratch_requests(const sched *s, backend_request *reqs)
         [HIP_REQ_MOE_TILES] = tiles,
         [HIP_REQ_ARGMAX_PART] = 2 * sizeof(float) * HIP_ARGMAX_BLOCKS,
         [HIP_REQ_TRACE_BATCH] = hip_scratch_traced(s) ? hip_scratch_trace_layout(s, -1).bytes : 0,
+        [HIP_REQ_QACT] = hip_scratch_qact_layout(s).bytes,
     };
     static const char *const names[HIP_REQ_COUNT] = {
         [HIP_REQ_PARAMS] = "hip.params", [HIP_REQ_FLAGS] = "hip.flags",
         [HIP_REQ_SHADOW] = "hip.trace_shadow", [HIP_REQ_ATTN_PART] = "hip.attn_part",
         [HIP_REQ_ATTN_TICKETS] = "hip.attn_tickets", [HIP_REQ_MOE_TILES] = "hip.moe_tiles",
         [HIP_REQ_ARGMAX_PART] = "hip.argmax_part", [HIP_REQ_TRACE_BATCH] = "hip.trace_batch",
+        [HIP_REQ_QACT] = "hip.act_q8",
     };
     for (int i = 0; i < HIP_REQ_COUNT; i++) {
         /* whole alignment units: a small piece never moves the activation buffers placed

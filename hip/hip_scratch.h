@@ -48,6 +48,7 @@ enum {
     HIP_REQ_MOE_TILES,    /* MoE tile table: 1 + 3 x max tiles int32 */
     HIP_REQ_ARGMAX_PART,  /* the greedy pick's per-block partials: value f32, index int */
     HIP_REQ_TRACE_BATCH,  /* end-of-step trace capture (hip_scratch_trace_layout) */
+    HIP_REQ_QACT,         /* numerics act-q8: quantized activation rows (hip_scratch_qact_layout) */
     HIP_REQ_COUNT
 };
 #define HIP_FLAGS_ARGMAX_OFFSET 128
@@ -62,9 +63,22 @@ typedef struct hip_trace_layout {
     uint64_t snap_bytes_max, tab_offset, part_offset, bytes;
 } hip_trace_layout;
 
+/* numerics act-q8: rows quantized in ops_qact_row's layout.  Region A holds max_rows rows of
+ * the widest dense matmul input (hidden, q_dim, the dense MLP's intermediate: the inputs of
+ * qkv, o, the dense MLP, the LM head and the MoE's token rows); region B (at b_offset) the
+ * MoE hidden rows after SwiGLU, max_rows x top-k of moe_intermediate (and the dense MLP's
+ * max_rows hidden rows).  A row of width k sits at a multiple of ops_qact_row_bytes(k) (the
+ * row stride a kernel uses); the bounds below hold for every width up to the widest. */
+typedef struct hip_qact_layout {
+    uint64_t a_row_bytes, b_offset, b_row_bytes, b_rows, bytes;
+} hip_qact_layout;
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The act-q8 region of schedule s (bytes 0 when s->act_q8 is off). */
+hip_qact_layout hip_scratch_qact_layout(const struct sched *s);
 
 /* Fills reqs[0..HIP_REQ_COUNT) for schedule s; returns HIP_REQ_COUNT. */
 int hip_scratch_requests(const struct sched *s, struct backend_request *reqs);

@@ -68,7 +68,7 @@ typedef struct ops_qact_view {
 
 static inline ops_qact_view ops_qact_at(const void *row, int64_t k)
 {
-    const uint8_t *p = row;
+    const uint8_t *p = (const uint8_t *)row; /* cast: the HIP launchers include this as C++ */
     ops_qact_view v;
     v.q32 = (const int8_t *)p;
     v.q256 = (const int8_t *)(p + k);

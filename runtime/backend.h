@@ -114,6 +114,23 @@ int backend_hip_dequant_selftest(char *why, size_t cap);
  * first failure (described in why), -1 in a
  * build without the HIP backend.  Needs no GPU. */
 int backend_hip_mma_split_selftest(char *why, size_t cap);
+/* Runs the act-q8 tensor-core GEMM (hip/gemm_qmma.hip) once on the GPU over host data, for
+ * the GPU test: qa holds n_arows quantized rows (ops_qact_row's layout for k, row r at
+ * qa + r * ops_qact_row_bytes(k)); w holds n_exp matrices of [n, k] in type dt's blocks, one
+ * after the other.  tiles NULL: dense, out[r * n + j] for the m rows; else the MoE tile table
+ * (hip_gemm_qmma.h) of n_tiles entries with the row table gather (tile row p reads A row
+ * gather[p] / gdiv), out[p * n + j] for the m tile rows p.  0 when it ran; 1 on a device
+ * error (described in why); -1 in a build without the HIP backend; -2 when there is no GPU
+ * or the kernel does not run on it (why says which). */
+int backend_hip_qgemm_run(int dt, const void *qa, int n_arows, const void *w, int n_exp, int n, int k,
+                          const int32_t *tiles, int n_tiles, const int32_t *gather, int gdiv, int m, float *out,
+                          char *why, size_t cap);
+/* Runs the act-q8 kernels' formulas (hip/qact.hip, __host__ __device__) on the host: rows
+ * quantized by them (ties, NaN/Inf, tiny and ordinary blocks, k with and without whole
+ * 256-blocks) must equal ops_qact_row byte for byte, and their integer dot products of every
+ * block type agree with ops_matmul_qact within float rounding (1e-5 of the sum of the
+ * terms' magnitudes).  0 ok, 1 on the first failure (why), -1 without the HIP backend. */
+int backend_hip_qact_selftest(char *why, size_t cap);
 
 /* The bound tensor a schedule weight role names for `layer`.  SCHED_W_EXPERTS: index =
  * expert * 3 + part; SCHED_W_MLP: index = part; part 0 gate, 1 up, 2 down.  NULL when the

@@ -21,6 +21,24 @@ int backend_hip_mma_split_selftest(char *why, size_t cap)
     return -1;
 }
 
+int backend_hip_qgemm_run(int dt, const void *qa, int n_arows, const void *w, int n_exp, int n, int k,
+                          const int32_t *tiles, int n_tiles, const int32_t *gather, int gdiv, int m, float *out,
+                          char *why, size_t cap)
+{
+    (void)dt, (void)qa, (void)n_arows, (void)w, (void)n_exp, (void)n, (void)k, (void)tiles, (void)n_tiles;
+    (void)gather, (void)gdiv, (void)m, (void)out;
+    if (why && cap)
+        why[0] = 0;
+    return -1;
+}
+
+int backend_hip_qact_selftest(char *why, size_t cap)
+{
+    if (why && cap)
+        why[0] = 0;
+    return -1;
+}
+
 const char *backend_hip_target(void)
 {
     return NULL;

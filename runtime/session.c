@@ -112,14 +112,11 @@ int sess_bind(sess *s, plan_run *p, unsigned flags, moert_err *err)
     if (((flags & SESS_CHECK_WEIGHTS) || s->cfg.contract_path[0]) &&
         (st = model_check_finite(&s->weights, err)))
         goto fail;
-    /* Routing replay and precision simulation change the CPU's arithmetic; a device runs its own. */
-    if ((s->cfg.rt.route_from[0] || s->cfg.rt.sim_precision != CFG_SIM_NONE ||
-         s->cfg.rt.numerics != CFG_NUMERICS_EXACT) &&
-        s->cfg.rt.backend != CFG_BACKEND_CPU) {
+    /* Routing replay and precision simulation change the CPU's arithmetic; a device runs its own
+     * (numerics act-q8 it runs: hip/qact.hip). */
+    if ((s->cfg.rt.route_from[0] || s->cfg.rt.sim_precision != CFG_SIM_NONE) && s->cfg.rt.backend != CFG_BACKEND_CPU) {
         st = err_set(err, MOERT_EUSAGE, "%s: the hip backend does not implement it; run it with --backend cpu",
-                     s->cfg.rt.route_from[0]                     ? "--route-from (routing replay)"
-                     : s->cfg.rt.sim_precision != CFG_SIM_NONE ? "--sim-precision"
-                                                               : "numerics act-q8 (--numerics)");
+                     s->cfg.rt.route_from[0] ? "--route-from (routing replay)" : "--sim-precision");
         goto fail;
     }
     if (s->cfg.rt.route_from[0] &&

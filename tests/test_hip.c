@@ -14,6 +14,7 @@
  * Without a GPU: the device's weight loaders, run on the host, equal ops_to_f32 bit for bit
  * for every weight type. */
 #include <CUnit/CUnit.h>
+#include <jansson.h>
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
@@ -22,6 +23,8 @@
 
 #include "../runtime/session.h"
 #include "../runtime/trace/trace.h"
+#include "../hip/hip_qunpack.h"
+#include "../ops/ops.h"
 #include "util.h"
 
 #define N_PROMPT 13
@@ -55,6 +58,9 @@ static void free_result(run_result *r)
 
 typedef enum { TR_NONE, TR_TENSOR_ALL, TR_STATS_LAST_SMALL } trace_kind;
 
+/* runtime.numerics of every run_model (the act-q8 tests set it, then reset it) */
+static cfg_numerics g_numerics = CFG_NUMERICS_EXACT;
+
 /* Prompt of N_PROMPT ids in chunks of 5, then N_DECODE decode steps feeding `feed` (or the
  * greedy choice when feed is NULL).  Returns MOERT_ENODEV when there is no GPU. */
 static int run_model(const char *dir, cfg_backend be, trace_kind tk, const int32_t *feed,
@@ -69,6 +75,7 @@ static int run_model(const char *dir, cfg_backend be, trace_kind tk, const int32
         return st;
     }
     cfg.rt.backend = be;
+    cfg.rt.numerics = g_numerics;
     cfg.rt.threads = 2;
     cfg.rt.max_seq_len = N_PROMPT + N_DECODE + 4;
     cfg.rt.prefill_chunk = 5;
@@ -194,7 +201,7 @@ static int64_t argmax(const float *x, int64_t n)
     return b;
 }
 
-static void logits_vs_cpu(char dirs[][512], int n)
+static void logits_vs_cpu_tol(char dirs[][512], int n, double tol)
 {
     for (int c = 0; c < n; c++) {
         run_result cpu, gpu;
@@ -204,15 +211,20 @@ static void logits_vs_cpu(char dirs[][512], int n)
             const float *a = gpu.logits + (size_t)step * (size_t)cpu.V;
             const float *b = cpu.logits + (size_t)step * (size_t)cpu.V;
             double rel = rel_l2(a, b, cpu.V);
-            if (!(rel <= 1e-4) || argmax(a, cpu.V) != argmax(b, cpu.V))
+            if (!(rel <= tol) || argmax(a, cpu.V) != argmax(b, cpu.V))
                 fprintf(stderr, "\n    %s step %d: logits rel err %.3e, argmax gpu %lld cpu %lld\n",
                         dirs[c], step, rel, (long long)argmax(a, cpu.V), (long long)argmax(b, cpu.V));
-            CU_ASSERT(rel <= 1e-4);
+            CU_ASSERT(rel <= tol);
             CU_ASSERT_EQUAL(argmax(a, cpu.V), argmax(b, cpu.V));
         }
         free_result(&cpu);
         free_result(&gpu);
     }
+}
+
+static void logits_vs_cpu(char dirs[][512], int n)
+{
+    logits_vs_cpu_tol(dirs, n, 1e-4);
 }
 
 static void test_logits_vs_cpu(void)
@@ -310,6 +322,95 @@ static void test_gguf_determinism(void)
     determinism(paths, n);
 }
 
+/* ---- numerics act-q8 on the GPU --------------------------------------------------------
+ * Against the CPU's act-q8: each op is within 1e-4 of the CPU kernels on identical inputs
+ * (MOERT_HIP_CHECK=all, tools/gpu_check.sh); a whole model is held to 1e-3, because a
+ * rounding-level difference in a quantized row's input (the MoE hidden rows come from each
+ * side's own gate/up) can move one int8 quant by one step, which shifts that op's output
+ * by ~1e-4 relative and is carried on through the layers. */
+static void test_gguf_act_q8_vs_cpu(void)
+{
+    char paths[MAX_CASES][512];
+    int n = gguf_cases(paths);
+    CU_ASSERT_FATAL(n > 0);
+    if (!hip_ready(__func__, paths[0]))
+        return;
+    g_numerics = CFG_NUMERICS_ACT_Q8;
+    logits_vs_cpu_tol(paths, n, 1e-3);
+    g_numerics = CFG_NUMERICS_EXACT;
+}
+
+static void test_gguf_act_q8_determinism(void)
+{
+    char paths[MAX_CASES][512];
+    int n = gguf_cases(paths);
+    CU_ASSERT_FATAL(n > 0);
+    if (!hip_ready(__func__, paths[0]))
+        return;
+    g_numerics = CFG_NUMERICS_ACT_Q8;
+    determinism(paths, n);
+    g_numerics = CFG_NUMERICS_EXACT;
+}
+
+/* GPU act-q8 greedy tokens on llama.cpp's gguf-tiny files (whole prompt, then one token at
+ * a time) against llama.cpp's own greedy ids (reference.json: its CPU kernels quantize the
+ * activations too). */
+static void test_gguf_act_q8_llamacpp(void)
+{
+    const char *shared = test_shared_parts("gguf-tiny");
+    if (!shared) {
+        TEST_SKIP("../shared/reference (gguf-tiny) is absent: act-q8 greedy tokens not compared with llama.cpp's");
+        return;
+    }
+    static const char *const types[] = {"q8_0", "q4_k_m", "q5_k_m", "q6_k"};
+    char path[600], ref[600];
+    snprintf(path, sizeof path, "%s/gguf-tiny/model-%s.gguf", shared, types[0]);
+    if (!hip_ready(__func__, path))
+        return;
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
+        snprintf(path, sizeof path, "%s/gguf-tiny/model-%s.gguf", shared, types[t]);
+        snprintf(ref, sizeof ref, "%s/gguf-tiny/ref-%s/reference.json", shared, types[t]);
+        json_error_t je;
+        json_t *r = json_load_file(ref, 0, &je);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+        json_t *pj = json_object_get(r, "prompt_ids"), *gj = json_object_get(r, "llamacpp_greedy_ids");
+        size_t np = json_array_size(pj), ng = json_array_size(gj);
+        CU_ASSERT_FATAL(np > 0 && np <= 64 && ng > 0 && ng <= 64);
+        int32_t prompt[64];
+        for (size_t i = 0; i < np; i++)
+            prompt[i] = (int32_t)json_integer_value(json_array_get(pj, i));
+        cfg_config cfg;
+        moert_err err = {0};
+        CU_ASSERT_EQUAL_FATAL(cfg_load(path, &cfg, &err), MOERT_OK);
+        cfg.rt.backend = CFG_BACKEND_HIP;
+        cfg.rt.numerics = CFG_NUMERICS_ACT_Q8;
+        cfg.rt.max_seq_len = (int64_t)(np + ng + 4);
+        cfg.sampling.temperature = 0;
+        sess *s = calloc(1, sizeof *s);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+        int st = sess_open(s, &cfg, 0, &err);
+        if (!st)
+            st = sess_prefill(s, prompt, (int64_t)np, &err);
+        int first_diff = -1;
+        for (size_t i = 0; i < ng && !st; i++) {
+            int32_t id = sess_sample(s);
+            if (id != (int32_t)json_integer_value(json_array_get(gj, i)) && first_diff < 0)
+                first_diff = (int)i;
+            st = sess_decode(s, id, &err);
+        }
+        if (st)
+            fprintf(stderr, "\n    %s: %s\n", path, err.msg);
+        if (first_diff >= 0)
+            fprintf(stderr, "\n    %s act-q8 on the GPU: greedy token %d differs from llama.cpp's\n", types[t],
+                    first_diff);
+        CU_ASSERT_EQUAL(st, MOERT_OK);
+        CU_ASSERT_EQUAL(first_diff, -1);
+        sess_close(s);
+        free(s);
+        json_decref(r);
+    }
+}
+
 /* A host self-test of the HIP build (no GPU needed); < 0: built without the backend. */
 static void host_selftest(const char *test, int (*selftest)(char *why, size_t cap))
 {
@@ -331,6 +432,13 @@ static void test_dequant_host(void)
 }
 
 /* The tensor-core GEMM's activation split (hip/gemm_mma.hip) runs on the host: exact. */
+/* The act-q8 quantizer and integer dots (hip/qact.hip) on the host vs ops_qact_row /
+ * ops_matmul_qact. */
+static void test_qact_host(void)
+{
+    host_selftest(__func__, backend_hip_qact_selftest);
+}
+
 static void test_mma_split_host(void)
 {
     host_selftest(__func__, backend_hip_mma_split_selftest);
@@ -417,6 +525,246 @@ static void test_trace_rings(void)
     }
 }
 
+/* ---- act-q8 tensor-core GEMM (hip/gemm_qmma.hip, hip/hip_qunpack.h) ------------------- */
+
+static const ops_dtype qmma_types[] = {OPS_Q8_0, OPS_Q4_0, OPS_Q5_0, OPS_Q4_K, OPS_Q5_K, OPS_Q6_K};
+#define QMMA_NTYPES (int)(sizeof qmma_types / sizeof qmma_types[0])
+
+static uint64_t qmma_rng(uint64_t *z)
+{
+    *z ^= *z << 13;
+    *z ^= *z >> 7;
+    *z ^= *z << 17;
+    return *z;
+}
+/* uniform in [-1, 1) */
+static float qmma_unit(uint64_t *z)
+{
+    return (float)((double)(qmma_rng(z) >> 11) * 0x1p-52 - 1.0);
+}
+/* a random finite, normal f16 with |v| in [2^-14, 2^2) */
+static uint16_t qmma_f16(uint64_t *z)
+{
+    uint64_t r = qmma_rng(z);
+    unsigned ex = 1 + (unsigned)(r >> 20) % 16;
+    return (uint16_t)((r & 0x83ffu) | ex << 10);
+}
+
+/* The operands and scales of hip_qunpack.h put back together with ops' own formulas and
+ * order (ops_quant.c) give exactly ops_to_f32's values, for blocks from the quantizer and
+ * for random quant bytes.  Runs on the host, in every build. */
+static void test_qmma_unpack_host(void)
+{
+    uint64_t z = 0x51ed2701f3a5c7b9ull;
+    for (int ti = 0; ti < QMMA_NTYPES; ti++) {
+        ops_dtype t = qmma_types[ti];
+        int be = (int)ops_dtype_block_elems(t), bb = (int)ops_dtype_block_bytes(t);
+        uint8_t blk[256];
+        float x[256], y[256];
+        long bad = 0;
+        for (int it = 0; it < 400; it++) {
+            if (it % 2 == 0) {
+                for (int i = 0; i < be; i++)
+                    x[i] = qmma_unit(&z) * (it % 7 == 0 ? 100.0f : 1.0f);
+                CU_ASSERT_EQUAL_FATAL(ops_quantize_row(blk, x, t, be), (size_t)bb);
+            } else { /* any quant bytes, finite scales */
+                for (int i = 0; i < bb; i++)
+                    blk[i] = (uint8_t)qmma_rng(&z);
+                uint16_t d = qmma_f16(&z), dm = qmma_f16(&z);
+                int off = HIP_QU_D_OFF(t);
+                blk[off] = (uint8_t)d, blk[off + 1] = (uint8_t)(d >> 8);
+                if (t == OPS_Q4_K || t == OPS_Q5_K)
+                    blk[2] = (uint8_t)dm, blk[3] = (uint8_t)(dm >> 8);
+            }
+            ops_to_f32(y, blk, t, be);
+            float d = ops_f16_to_f32((uint16_t)(blk[HIP_QU_D_OFF(t)] | blk[HIP_QU_D_OFF(t) + 1] << 8));
+            float dmin = ops_f16_to_f32((uint16_t)(blk[2] | blk[3] << 8));
+            for (int e = 0; e < be; e += 4) {
+                uint32_t w4 = hip_qu_pack4(blk, t, e);
+                for (int i = 0; i < 4; i++) {
+                    int q = (int8_t)(uint8_t)(w4 >> 8 * i), el = e + i;
+                    float v;
+                    if (t == OPS_Q8_0) {
+                        v = (float)q * d;
+                    } else if (t == OPS_Q4_0 || t == OPS_Q5_0) {
+                        v = d * (float)q;
+                    } else if (t == OPS_Q6_K) {
+                        v = (d * (float)hip_qu_q6scale(blk, el / 16)) * (float)q;
+                    } else {
+                        int sc, mn;
+                        hip_qu_kscale(blk, el / 32, &sc, &mn);
+                        float ds = d * (float)sc, dmm = dmin * (float)mn;
+                        v = ds * (float)q - dmm;
+                    }
+                    if (memcmp(&v, &y[el], sizeof v) != 0 && bad++ == 0)
+                        fprintf(stderr, "\n    %s block %d element %d: operand %d gives %.9g, ops_to_f32 %.9g\n",
+                                ops_dtype_name(t), it, el, q, (double)v, (double)y[el]);
+                    /* the operand ranges the MMA relies on */
+                    int lo = t == OPS_Q8_0 ? -128 : t == OPS_Q4_0 ? -8 : t == OPS_Q5_0 ? -16 : t == OPS_Q6_K ? -32 : 0;
+                    int hi = t == OPS_Q8_0 ? 127 : t == OPS_Q4_0 ? 7 : t == OPS_Q5_0 ? 15 : t == OPS_Q6_K ? 31
+                           : t == OPS_Q4_K ? 15 : 31;
+                    if ((q < lo || q > hi) && bad++ == 0)
+                        fprintf(stderr, "\n    %s: operand %d outside [%d, %d]\n", ops_dtype_name(t), q, lo, hi);
+                }
+            }
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+    }
+}
+
+/* Random weights [n_exp][n][k] of type t (from the quantizer) and n_arows activation rows
+ * quantized on the host with ops_qact_row; NULL on no memory. */
+static uint8_t *qmma_weights(ops_dtype t, int n_exp, int n, int k, uint64_t *z)
+{
+    size_t rb = ops_row_bytes(t, k);
+    uint8_t *w = malloc(rb * (size_t)n * (size_t)n_exp);
+    float *x = malloc(sizeof(float) * (size_t)k);
+    if (w && x)
+        for (size_t r = 0; r < (size_t)n * (size_t)n_exp; r++) {
+            float sc = 0.02f * (1.0f + (float)(r % 5));
+            for (int i = 0; i < k; i++)
+                x[i] = qmma_unit(z) * sc;
+            ops_quantize_row(w + r * rb, x, t, k);
+        }
+    free(x);
+    return w;
+}
+static uint8_t *qmma_acts(int rows, int k, uint64_t *z)
+{
+    size_t ab = ops_qact_row_bytes(k);
+    uint8_t *a = aligned_alloc(64, ab * (size_t)rows);
+    float *x = malloc(sizeof(float) * (size_t)k);
+    if (a && x)
+        for (int r = 0; r < rows; r++) {
+            float sc = 1.0f + (float)(r % 9);
+            for (int i = 0; i < k; i++) /* a few outliers per row, as real activations have */
+                x[i] = qmma_unit(z) * sc * (i % 97 == 13 ? 20.0f : 1.0f);
+            ops_qact_row(a + (size_t)r * ab, x, k);
+        }
+    free(x);
+    return a;
+}
+
+typedef struct qmma_stat {
+    double worst;
+    long exact, total, cases;
+} qmma_stat;
+
+/* GPU (twice: bit-identical) vs ops_matmul_qact over the rows qrows; false to skip. */
+static bool qmma_case(ops_dtype t, const uint8_t *acts, int n_arows, const uint8_t *w, int n_exp, int n, int k,
+                      const int32_t *tiles, int n_tiles, const int32_t *gather, int gdiv, int m, qmma_stat *st)
+{
+    float *g = malloc(sizeof(float) * (size_t)m * (size_t)n), *g2 = malloc(sizeof(float) * (size_t)m * (size_t)n);
+    float *c = malloc(sizeof(float) * (size_t)m * (size_t)n);
+    const void **rows = malloc(sizeof(void *) * (size_t)m);
+    CU_ASSERT_FATAL(g && g2 && c && rows);
+    char why[512] = "";
+    int r = backend_hip_qgemm_run(t, acts, n_arows, w, n_exp, n, k, tiles, n_tiles, gather, gdiv, m, g, why, sizeof why);
+    bool ran = r == 0;
+    if (r < 0) {
+        test_skip("test_qmma_gpu", r == -1 ? "built without the HIP backend (make hip-nvidia / make hip)" : why);
+        goto out;
+    }
+    if (r > 0)
+        fprintf(stderr, "\n    %s: %s\n", ops_dtype_name(t), why);
+    CU_ASSERT_EQUAL_FATAL(r, 0);
+    CU_ASSERT_EQUAL_FATAL(backend_hip_qgemm_run(t, acts, n_arows, w, n_exp, n, k, tiles, n_tiles, gather, gdiv, m, g2,
+                                                why, sizeof why), 0);
+    CU_ASSERT(memcmp(g, g2, sizeof(float) * (size_t)m * (size_t)n) == 0);
+    size_t ab = ops_qact_row_bytes(k), mat = ops_row_bytes(t, k) * (size_t)n;
+    if (!tiles) {
+        for (int p = 0; p < m; p++)
+            rows[p] = acts + (size_t)p * ab;
+        ops_matmul_qact(c, n, rows, m, w, t, k, 0, n);
+    } else {
+        for (int i = 0; i < tiles[0]; i++) {
+            int e = tiles[1 + 3 * i], p0 = tiles[2 + 3 * i], p1 = tiles[3 + 3 * i];
+            for (int p = p0; p < p1; p++)
+                rows[p - p0] = acts + (size_t)(gather[p] / gdiv) * ab;
+            ops_matmul_qact(c + (size_t)p0 * n, n, rows, p1 - p0, w + (size_t)e * mat, t, k, 0, n);
+        }
+    }
+    double rel = rel_l2(g, c, (int64_t)m * n);
+    long ex = 0;
+    for (size_t i = 0; i < (size_t)m * (size_t)n; i++)
+        ex += memcmp(&g[i], &c[i], sizeof(float)) == 0;
+    if (!(rel <= 1e-6))
+        fprintf(stderr, "\n    %s m %d n %d k %d%s: rel L2 %.3e vs ops_matmul_qact\n", ops_dtype_name(t), m, n, k,
+                tiles ? " (grouped)" : "", rel);
+    CU_ASSERT(rel <= 1e-6);
+    if (!(rel <= st->worst))
+        st->worst = rel;
+    st->exact += ex;
+    st->total += (long)m * n;
+    st->cases++;
+out:
+    free(g);
+    free(g2);
+    free(c);
+    free(rows);
+    return ran;
+}
+
+/* The act-q8 tensor-core GEMM on the GPU against ops_matmul_qact, every block type: dense
+ * for m = 1, 5, 64, 200 at the bench model's shapes (k 2048 and 768, n 768 .. 5120; a
+ * ragged k and n for the 32-blocks), and grouped-expert GEMMs through a tile table and a
+ * row table; relative L2 <= 1e-6, and bit-identical run to run. */
+static void test_qmma_gpu(void)
+{
+    static const int dense[][3] = {{1, 5120, 2048}, {5, 768, 2048}, {64, 2048, 768}, {200, 768, 2048}, {5, 100, 416}};
+    uint64_t z = 0x2545f4914f6cdd1dull;
+    for (int ti = 0; ti < QMMA_NTYPES; ti++) {
+        ops_dtype t = qmma_types[ti];
+        qmma_stat st = {0, 0, 0, 0};
+        for (size_t c = 0; c < sizeof dense / sizeof dense[0]; c++) {
+            int m = dense[c][0], n = dense[c][1], k = dense[c][2];
+            if (k % ops_dtype_block_elems(t))
+                continue;
+            uint8_t *w = qmma_weights(t, 1, n, k, &z), *a = qmma_acts(m, k, &z);
+            CU_ASSERT_FATAL(w && a);
+            bool ran = qmma_case(t, a, m, w, 1, n, k, NULL, 0, NULL, 1, m, &st);
+            free(w);
+            free(a);
+            if (!ran)
+                return;
+        }
+        /* grouped: 48 tokens, each routed to 2 of 5 experts (row table entry token * 2 + slot),
+         * tiles of at most 32 rows; gate/up-like and down-like shapes */
+        static const int grouped[][2] = {{768, 2048}, {2048, 768}};
+        enum { T = 48, E = 5, TOPK = 2 };
+        int32_t gather[T * TOPK], tiles[1 + 3 * (T * TOPK)];
+        int p = 0, nt = 0;
+        for (int e = 0; e < E; e++) {
+            int p0 = p;
+            for (int tok = 0; tok < T; tok++) {
+                int e1 = (tok * 7 + tok / 5) % E, e2 = (e1 + 1 + tok % (E - 1)) % E; /* distinct */
+                if (e1 == e)
+                    gather[p++] = tok * TOPK;
+                if (e2 == e)
+                    gather[p++] = tok * TOPK + 1;
+            }
+            for (int q = p0; q < p; q += 32) {
+                tiles[1 + 3 * nt] = e;
+                tiles[2 + 3 * nt] = q;
+                tiles[3 + 3 * nt] = q + 32 < p ? q + 32 : p;
+                nt++;
+            }
+        }
+        tiles[0] = nt;
+        for (size_t c = 0; c < sizeof grouped / sizeof grouped[0]; c++) {
+            int n = grouped[c][0], k = grouped[c][1];
+            uint8_t *w = qmma_weights(t, E, n, k, &z), *a = qmma_acts(T, k, &z);
+            CU_ASSERT_FATAL(w && a);
+            qmma_case(t, a, T, w, E, n, k, tiles, nt, gather, TOPK, p, &st);
+            free(w);
+            free(a);
+        }
+        fprintf(stderr, "\n    act-q8 GEMM %s: %ld cases, worst rel L2 %.3e vs ops_matmul_qact, %ld of %ld outputs "
+                        "bit-equal",
+                ops_dtype_name(t), st.cases, st.worst, st.exact, st.total);
+    }
+}
+
 void suite_hip(void)
 {
     CU_pSuite s = CU_add_suite("hip", NULL, NULL);
@@ -427,4 +775,11 @@ void suite_hip(void)
     CU_add_test(s, "tensor-core GEMM's activation split (on the host): hi + lo + lo2 == a", test_mma_split_host);
     CU_add_test(s, "GPU logits vs CPU, GGUF models (weights quantized on the device)", test_gguf_logits_vs_cpu);
     CU_add_test(s, "GPU bit-identical run to run, graph == eager, GGUF models", test_gguf_determinism);
+    CU_add_test(s, "act-q8 quantizer and integer dots (on the host) == ops_qact_row, ~ops_matmul_qact", test_qact_host);
+    CU_add_test(s, "GPU act-q8 logits vs CPU act-q8, GGUF models", test_gguf_act_q8_vs_cpu);
+    CU_add_test(s, "GPU act-q8 bit-identical run to run, graph == eager, GGUF models", test_gguf_act_q8_determinism);
+    CU_add_test(s, "GPU act-q8 greedy tokens == llama.cpp's on gguf-tiny", test_gguf_act_q8_llamacpp);
+    CU_add_test(s, "act-q8 GEMM's weight operands (on the host) == ops_to_f32, every block type",
+                test_qmma_unpack_host);
+    CU_add_test(s, "act-q8 tensor-core GEMM vs ops_matmul_qact, dense and grouped, every block type", test_qmma_gpu);
 }

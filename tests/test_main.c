@@ -1,7 +1,10 @@
 /* CUnit runner: every tests/test_<name>.c defines `void suite_<name>(void)` that adds its
- * suite; the Makefile lists them in suites.inc.  `test_runner [SUITE ...]` runs a subset. */
+ * suite; the Makefile lists them in suites.inc.  `test_runner [SUITE ...]` runs a subset;
+ * MOERT_TEST_ONLY=TEXT keeps only the tests whose description contains TEXT (one GPU test
+ * on a lent device without the rest of its suite). */
 #include <CUnit/Basic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "util.h"
@@ -43,6 +46,14 @@ int main(int argc, char **argv)
                 wanted = 1;
         if (wanted)
             all_suites[i].add();
+    }
+    const char *only = getenv("MOERT_TEST_ONLY");
+    if (only && *only) {
+        for (CU_pSuite su = CU_get_registry()->pSuite; su; su = su->pNext)
+            for (CU_pTest t = su->pTest; t; t = t->pNext)
+                if (!strstr(t->pName, only))
+                    CU_set_test_active(t, CU_FALSE);
+        CU_set_fail_on_inactive(CU_FALSE);
     }
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();

@@ -111,6 +111,7 @@ static void test_hip_requests(void)
          false},
         {"hip.argmax_part", 2 * 4 * 128, false},
         {"hip.trace_batch", batch, true},
+        {"hip.act_q8", 1, false}, /* numerics exact: nothing (one alignment unit) */
     };
     CU_ASSERT_EQUAL_FATAL(sizeof want / sizeof want[0], HIP_REQ_COUNT);
     for (int i = 0; i < HIP_REQ_COUNT; i++) {
@@ -126,6 +127,30 @@ static void test_hip_requests(void)
     CU_ASSERT_EQUAL(find_buf(s, "cpu.rowptrs"), SCHED_NO_BUF);
     CU_ASSERT_EQUAL(find_buf(s, "cpu.scores"), SCHED_NO_BUF);
     plan_free(&p);
+
+    /* numerics act-q8: max_rows quantized rows of the widest dense input (ops_qact_row_bytes:
+     * 2k + k/4 + k/64 + k/8 rounded up to 64), then max_rows x top-k MoE hidden rows */
+    cfg.rt.numerics = CFG_NUMERICS_ACT_Q8;
+    CU_ASSERT_EQUAL_FATAL(plan_build(&cfg, 0, &p, &err), MOERT_OK);
+    check_plan(&p);
+    {
+        const sched *q = &p.schedule;
+        const cfg_topology *u = &q->topo;
+        int64_t ka = u->hidden_size > q->q_dim ? u->hidden_size : q->q_dim;
+        if (u->intermediate_size > ka)
+            ka = u->intermediate_size;
+        int64_t kb = u->moe_intermediate_size > u->intermediate_size ? u->moe_intermediate_size : u->intermediate_size;
+        uint64_t ra = ceil_div((uint64_t)(2 * ka + ka / 4 + ka / 64 + ka / 8), 64) * 64;
+        uint64_t rb = ceil_div((uint64_t)(2 * kb + kb / 4 + kb / 64 + kb / 8), 64) * 64;
+        uint64_t qa = ceil_div((uint64_t)q->max_rows * ra, 256) * 256 +
+                      (uint64_t)(q->max_rows * u->num_experts_per_tok) * rb;
+        int32_t b = find_buf(q, "hip.act_q8");
+        CU_ASSERT_EQUAL(b, p.scratch0 + HIP_REQ_QACT);
+        CU_ASSERT_EQUAL(q->bufs[b].bytes, ceil_div(qa, 256) * 256);
+        CU_ASSERT(q->bufs[b].bytes > 256);
+    }
+    plan_free(&p);
+    cfg.rt.numerics = CFG_NUMERICS_EXACT;
 
     /* MOERT_HIP_CHECK runs the CPU kernels alongside: their scratch follows the HIP's */
     setenv("MOERT_HIP_CHECK", "1", 1);
@@ -306,6 +331,21 @@ static void test_cli_device_bytes(void)
     /* the text form says the same */
     CU_ASSERT_EQUAL(test_run_cmd("./moert plan configs/bench-gpu.yaml --backend hip", out, cap, errb, sizeof errb), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "unplanned device bytes 0"));
+    /* numerics act-q8: the quantized rows are one more planned request, nothing unplanned */
+    CU_ASSERT_EQUAL_FATAL(test_run_cmd("./moert plan configs/bench-gpu.yaml --backend hip --numerics act-q8 --json", out,
+                                       cap, errb, sizeof errb),
+                          0);
+    o = json_loads(out, 0, &je);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(o);
+    dv = json_object_get(o, "device");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(dv, "unplanned_device_bytes")), 0);
+    json_int_t qbytes = 0;
+    json_array_foreach(json_object_get(o, "buffers"), i, b) {
+        if (!strcmp(json_string_value(json_object_get(b, "name")), "hip.act_q8"))
+            qbytes = json_integer_value(json_object_get(b, "bytes"));
+    }
+    CU_ASSERT(qbytes > 256); /* bench-gpu: 2048 wide, 4096-wide q rows */
+    json_decref(o);
     free(out);
 }
 

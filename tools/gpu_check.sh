@@ -9,7 +9,8 @@
 #                 every block type (gqa4-hd24's shape synthesized as q4_0, q5_0, q4_k_m, q6_k;
 #                 llama.cpp's gguf-tiny and gguf-vocab when $MOERT_SHARED_REFERENCE or
 #                 ../shared/reference holds them): each op's GPU output against the CPU kernels
-#                 on identical inputs (names the first bad op)
+#                 on identical inputs (names the first bad op); then the GGUF models again
+#                 with --numerics act-q8, against the CPU's act-q8 kernels (row check-q8)
 #   3. tests      the CUnit suites `hip` and `forward` (MOERT_TEST_BACKEND=hip)
 #   4. check-big  MOERT_HIP_CHECK=all on configs/bench-gpu.yaml's shapes (synth weights,
 #                 100-token prompt in chunks of 64, 3 decode steps)
@@ -92,6 +93,22 @@ if want check-fix; then
         row check-fix ok "every op of every fixture and GGUF model within 1e-4 of the CPU kernels"
     else
         row check-fix FAIL "$bad runs failed, $mism op mismatches; first: $(grep -m1 ' -> \|error\|backend hip' "$LOG/check-fixtures.log" | cut -c1-200)"
+    fi
+    # numerics act-q8 on the GGUF models: each op against the CPU's act-q8 kernels
+    q8log=${TMPDIR:-/tmp}/moert-gpu-check-actq8.log
+    : >"$q8log"
+    qbad=0
+    for d in $models; do
+        echo "== $d (act-q8)" >>"$q8log"
+        MOERT_HIP_CHECK=all timeout 120 "$BIN" run "$d" --backend hip --numerics act-q8 --tokens "$IDS13" -n 4 \
+            --prefill-chunk 5 >>"$q8log" 2>&1 || qbad=$((qbad + 1))
+    done
+    qmism=$(grep -c ' -> ' "$q8log")
+    cat "$q8log" >>"$LOG/check-fixtures.log"
+    if [ "$qbad" -eq 0 ] && [ "$qmism" -eq 0 ]; then
+        row check-q8 ok "act-q8: every op of every GGUF model within 1e-4 of the CPU's act-q8 kernels"
+    else
+        row check-q8 FAIL "act-q8: $qbad runs failed, $qmism op mismatches; first: $(grep -m1 ' -> \|error\|backend hip' "$q8log" | cut -c1-200)"
     fi
 fi
 

@@ -32,7 +32,7 @@ static const char run_usage[] =
     "                        trace recorded with --trace-positions all), not the router's (cpu)\n"
     "  --numerics exact|act-q8  products with block-quantized weights: exact (default), or the\n"
     "                        activations quantized to int8 and integer dot products, as llama.cpp\n"
-    "                        does (deterministic too; named in the trace manifest; cpu)\n"
+    "                        does (deterministic too; named in the trace manifest; cpu, hip)\n"
     "  --sim-precision bf16|f16  round every op's output activations to that format, weights\n"
     "                        unchanged: the precision noise floor of a reduced-precision device (cpu)\n"
     "  SIGINT / SIGTERM stop after the step in progress: the trace of what ran is written\n"
