@@ -55,7 +55,7 @@ hip-nvidia: pdl-check moert-nvidia $(NV_DIR)/test_runner
 
 .PHONY: pdl-check
 pdl-check:
-	sh tools/check-pdl.sh hip/kernels.hip hip/gemm_mma.hip hip/gemm_qmma.hip hip/qact.hip
+	sh tools/check-pdl.sh hip/kernels.hip hip/gemm_mma.hip hip/gemm_qmma.hip hip/qact.hip hip/attn_prefill.hip
 
 # The C objects are the top Makefile's business; ask it every time (it is incremental).
 c-parts:

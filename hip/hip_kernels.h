@@ -116,7 +116,9 @@ typedef struct hip_attn_args {
     int *err_flag;
 } hip_attn_args;
 size_t hip_attn_smem_bytes(int nh, int nkv, int hd);
-/* Prefill: one block per (row, kv head).  Decode (rows == 1): split over keys + combine. */
+/* Prefill: query tiles (hip_attn_prefill.h) where the shape allows and MOERT_HIP_ATTN is
+ * not "row", else one block per (row, kv head).  Decode (rows == 1): split over keys +
+ * combine. */
 hipError_t hip_launch_attention(const hip_attn_args *a, int rows, bool split, hipStream_t s);
 
 hipError_t hip_launch_route(const float *logits, float *w, int32_t *ids, float *w2, int32_t *ids2, int E,

@@ -17,6 +17,7 @@
 #include "hip_wload.h"
 #include "hip_devmath.h"
 #include "hip_gemm_mma.h"
+#include "hip_attn_prefill.h"
 #include "../runtime/trace/record.h"
 
 /* Tuning switches (chosen by measurement on an H200; see hip/NOTES.md) */
@@ -2282,6 +2283,8 @@ hipError_t hip_launch_attention(const hip_attn_args *a, int rows, bool split, hi
             return e;
         MOERT_LAUNCH(k_attn_combine, a->nh, 128, 0, s, *a);
 #endif
+    } else if (hip_attn_prefill_takes(a, rows)) {
+        return hip_launch_attn_prefill(a, rows, s); /* query tiles; the same bits */
     } else {
         dim3 grid((unsigned)rows, (unsigned)a->nkv);
         MOERT_LAUNCH((k_attn<false>), grid, HIP_ATTN_THREADS, sm, s, *a);

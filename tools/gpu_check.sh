@@ -14,6 +14,9 @@
 #   3. tests      the CUnit suites `hip` and `forward` (MOERT_TEST_BACKEND=hip)
 #   4. check-big  MOERT_HIP_CHECK=all on configs/bench-gpu.yaml's shapes (synth weights,
 #                 100-token prompt in chunks of 64, 3 decode steps)
+#   4b. attn      prefill attention on query tiles == the row kernel (MOERT_HIP_ATTN=row), bit
+#                 for bit: tensor traces of every position of each fixture (100 tokens in one
+#                 chunk and in chunks of 37), stats traces of a 512-token prefill at bench shapes
 #   5. trace      decode steps' trace captures (at the step end) against inline captures
 #                 (MOERT_HIP_TRACE_INLINE=1): the trace files are identical, stats and tensor
 #                 mode, every stage of every layer; with BASE_BIN=another moert-nvidia (say the
@@ -32,7 +35,7 @@ set -u
 BIN=${BIN:-./moert-nvidia}
 RUNNER=${RUNNER:-build/nvidia/test_runner}
 LOG=${OUT:-build/gpu-check}
-STEPS=${GPU_CHECK_STEPS:-"smoke check-fix tests check-big trace bench bench48 bench-q"}
+STEPS=${GPU_CHECK_STEPS:-"smoke check-fix tests check-big attn trace bench bench48 bench-q"}
 mkdir -p "$LOG"
 SUMMARY="$LOG/summary.txt"
 : >"$SUMMARY"
@@ -147,6 +150,36 @@ if want check-big; then
         row check-big ok "$(grep -c 'hip check: step' "$LOG/check-big.log") steps, every op within 1e-4"
     else
         row check-big FAIL "rc=$rc, $mism mismatches; first: $(grep -m1 ' -> \|error\|backend hip' "$LOG/check-big.log" | cut -c1-200)"
+    fi
+fi
+
+# 4b. prefill attention: query tiles == the row kernel, bit for bit
+if want attn; then
+    TA=${TMPDIR:-/tmp}/moert-gpu-check-attn
+    mkdir -p "$TA"
+    ok=1
+    n=0
+    for d in tests/fixtures/hf/*/; do
+        for ch in 100 37; do
+            for v in tile row; do
+                MOERT_HIP_ATTN=$v timeout 60 "$BIN" run "$d" --backend hip --tokens "$IDS100" -n 2 --prefill-chunk $ch \
+                    --trace "$TA/$v.trace" --trace-mode tensor --trace-positions all >>"$LOG/runs.log" 2>&1 || ok=0
+            done
+            cmp "$TA/tile.trace" "$TA/row.trace" >>"$LOG/runs.log" 2>&1 || ok=0
+            n=$((n + 1))
+        done
+    done
+    IDS512=$(seq -s, 1 512)
+    for v in tile row; do
+        MOERT_HIP_ATTN=$v timeout 120 "$BIN" run "$BENCH_CFG" --backend hip --tokens "$IDS512" -n 2 \
+            --trace "$TA/$v.trace" --trace-positions all >>"$LOG/runs.log" 2>&1 || ok=0
+    done
+    cmp "$TA/tile.trace" "$TA/row.trace" >>"$LOG/runs.log" 2>&1 || ok=0
+    rm -rf "$TA"
+    if [ $ok -eq 1 ]; then
+        row attn ok "prefill attention on query tiles == row kernel, bit for bit ($n fixture runs, tensor; bench shapes, 512 tokens, stats)"
+    else
+        row attn FAIL "see runs.log: $(tail -c 200 "$LOG/runs.log" | tr '\n' ' ')"
     fi
 fi
 
