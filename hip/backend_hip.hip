@@ -30,6 +30,7 @@
  * decode step (MOERT_HIP_CHECK=all: every step), printing each op beyond 1e-4 relative L2
  * error; MOERT_HIP_NOGRAPH=1 runs decode steps eagerly.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,7 @@
 
 #include "hip_compat.h"
 #include "hip_host.h"
+#include "hip_gemm_mma.h"
 #include "hip_kernels.h"
 #include "hip_qact.h"
 #include "hip_gemm_qmma.h"
@@ -112,6 +114,8 @@ typedef struct hip_ctx {
      * and B (MoE / MLP hidden rows), quantized in ops_qact_row's layout */
     bool qact;
     unsigned char *d_qa, *d_qb;
+    uint16_t *d_planes;          /* the GEMMs' activation planes (hip_scratch_planes) */
+    hip_planes_layout planes;
     int max_splits, max_tiles, n_trace;
 
     hip_step_params *h_params; /* pinned */
@@ -612,6 +616,8 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
             c->d_qa = dbuf(c, s0 + HIP_REQ_QACT);
             c->d_qb = c->d_qa + ql.b_offset;
         }
+        c->d_planes = (uint16_t *)dbuf(c, s0 + HIP_REQ_A_PLANES);
+        c->planes = hip_scratch_planes(s);
     }
     /* mapped: the arg-max kernel stores the greedy pick straight into host memory, so reading
      * it costs no copy, only the wait for the step */
@@ -1103,6 +1109,30 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
         }
         return MOERT_OK;
     }
+    /* BF16 segments on the planes path: A split once, one GEMM over every segment */
+    bool planes = ((uintptr_t)in & 15u) == 0 && rows * op->k * HIP_PLANE_BYTES <= (long long)c->planes.x_bytes &&
+                  hip_mma_planes_takes((int)total, (int)op->k);
+    for (int i = 0; i < nseg; i++)
+        planes = planes && seg[i]->dt == HIP_DT_BF16 && ((uintptr_t)seg[i]->d & 15u) == 0;
+    if (planes) {
+        hip_mma_args a;
+        memset(&a, 0, sizeof a);
+        a.ap = c->d_planes;
+        a.ps = rows * op->k;
+        long long end = 0;
+        for (int i = 0; i < 3; i++) {
+            a.w[i] = i < nseg ? seg[i]->d : NULL;
+            end += i < nseg ? seg[i]->rows : 0;
+            a.seg_end[i] = i < nseg ? end : LLONG_MAX;
+        }
+        a.c = out;
+        a.ldc = ldo;
+        a.m = (int)rows;
+        a.n = (int)total;
+        a.k = (int)op->k;
+        int st = launch_err(hip_mma_split(in, NULL, op->k, (int)rows, (int)op->k, c->d_planes, c->stream), op, err);
+        return st ? st : launch_err(hip_mma_dense(&a, c->stream), op, err);
+    }
     long long begin = 0;
     for (int i = 0; i < nseg; i++) {
         int st = gemm_seg(c, op, seg[i], in, rows, out + begin, ldo, err);
@@ -1196,6 +1226,52 @@ static int ffn_qmma(hip_ctx *c, const sched_op *op, const ffn_qmma_args *f, cons
     a.tiles = f->tiles;
     a.max_tiles = f->max_tiles;
     return launch_err(hip_launch_qgemm(f->D->dt, &a, c->stream), op, err);
+}
+
+/* The MoE's expert GEMMs on the planes path: x split once, gate and up in one GEMM whose
+ * epilogue writes SwiGLU(gate, up) as the down GEMM's planes (the g and u scratch rest). */
+static int run_moe_planes(hip_ctx *c, const sched_op *op, int rows, const hip_moe_index_args *ix, int tiles,
+                          moert_err *err)
+{
+    const cfg_topology *t = &c->s->topo;
+    const dev_layer *L = &c->layers[op->layer];
+    long long H = t->hidden_size, I = t->moe_intermediate_size;
+    uint16_t *hp = c->d_planes + c->planes.h_offset / sizeof(uint16_t);
+    hip_mma_args a;
+    memset(&a, 0, sizeof a);
+    a.ap = c->d_planes;
+    a.ps = rows * H;
+    a.gather = ix->order;
+    a.gdiv = (int)t->num_experts_per_tok;
+    a.w[0] = L->gate.d;
+    a.w[1] = L->up.d;
+    a.w_estride = L->estride_gu;
+    a.hp = hp;
+    a.hps = ix->rk * I;
+    a.n = (int)I;
+    a.k = (int)H;
+    a.tiles = c->d_tiles;
+    a.max_tiles = tiles;
+    int st = launch_err(hip_mma_split(fbuf(c, op->in[0]), NULL, H, rows, (int)H, c->d_planes, c->stream), op, err);
+    if (st || (st = launch_err(hip_mma_gateup(&a, c->stream), op, err)))
+        return st;
+    memset(&a, 0, sizeof a);
+    a.ap = hp;
+    a.ps = ix->rk * I;
+    a.w[0] = L->down.d;
+    a.w_estride = L->estride_d;
+    float *dn = fbuf(c, op->scratch[3]);
+    a.c = dn;
+    a.ldc = H;
+    a.n = (int)H;
+    a.k = (int)I;
+    a.tiles = c->d_tiles;
+    a.max_tiles = tiles;
+    if ((st = launch_err(hip_mma_grouped(&a, c->stream), op, err)))
+        return st;
+    return launch_err(hip_launch_moe_combine(dn, ix->inv, fbuf(c, op->in[1]), fbuf(c, op->out[0]),
+                                             (int)t->num_experts_per_tok, H, rows, c->stream),
+                      op, err);
 }
 
 static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
@@ -1305,6 +1381,12 @@ static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
             return st;
         return launch_err(hip_launch_moe_combine(dn, ix.inv, tw, out, K, H, rows, c->stream), op, err);
     }
+    if (L->gate.dt == HIP_DT_BF16 && L->up.dt == HIP_DT_BF16 && L->down.dt == HIP_DT_BF16 &&
+        ((uintptr_t)xn & 15u) == 0 && L->estride_gu % 16 == 0 && L->estride_d % 16 == 0 &&
+        rows * H * HIP_PLANE_BYTES <= (long long)c->planes.x_bytes &&
+        ix.rk * I * HIP_PLANE_BYTES <= (long long)c->planes.h_bytes && hip_mma_planes_takes((int)I, (int)H) &&
+        hip_mma_planes_takes((int)H, (int)I))
+        return run_moe_planes(c, op, rows, &ix, tiles, err);
     hip_gemm_args a;
     memset(&a, 0, sizeof a);
     a.a = xn;

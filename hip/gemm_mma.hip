@@ -373,6 +373,234 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * MMA_WARP) k_gemm_mma(h
 #endif
 }
 
+/* ---- the planes path: A split once per GEMM (hip_gemm_mma.h) -------------------------- */
+
+/* Four values per thread: SwiGLU when a2 is given, the split, three 8-byte plane stores. */
+template <bool SWIGLU>
+__global__ void __launch_bounds__(256) k_mma_split(const float *a, const float *a2, long long lda, long long rows,
+                                                   int k, uint16_t *pl)
+{
+    moert_pdl_wait();
+    const long long q4 = k / 4, i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * q4)
+        return;
+    const long long r = i / q4, c = (i % q4) * 4;
+    float4 v = *(const float4 *)(a + r * lda + c);
+    if (SWIGLU) {
+        float4 u = *(const float4 *)(a2 + r * lda + c);
+        v.x = silu_mul(v.x, u.x);
+        v.y = silu_mul(v.y, u.y);
+        v.z = silu_mul(v.z, u.z);
+        v.w = silu_mul(v.w, u.w);
+    }
+    float x[4] = {v.x, v.y, v.z, v.w};
+    uint32_t h[4], l[4], l2[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        split3(x[j], &h[j], &l[j], &l2[j]);
+    const long long ps = rows * k, o = r * k + c;
+    *(uint2 *)(pl + o) = make_uint2(pack_hi(h[0], h[1]), pack_hi(h[2], h[3]));
+    *(uint2 *)(pl + ps + o) = make_uint2(pack_hi(l[0], l[1]), pack_hi(l[2], l[3]));
+    *(uint2 *)(pl + 2 * ps + o) = make_uint2(pack_hi(l2[0], l2[1]), pack_hi(l2[2], l2[3]));
+}
+
+enum { PL_DENSE, PL_GROUPED, PL_GATEUP };
+
+/* dynamic shared memory of k_gemm_pl<., BM, BN, ., S>: S stages of 3 A planes and one W tile */
+#define PL_SMEM_BYTES(BM, BN, S) ((S) * (MMA_TERMS * (BM) + (BN)) * MMA_LDS * 2)
+
+/* Block tile BM x BN (BN columns of W: gate-up holds BN / 2 of gate and the same BN / 2 of up,
+ * each warp's WTN columns split half and half, so that a thread owns both halves of its h),
+ * warps of 32 x WTN, an S-stage cp.async ring carrying both operands, one barrier per k tile.
+ * Per output fragment the MMAs run in the per-tile kernel's order (k16 step, then term), the
+ * first from zero, and each k tile's partial joins the result by one fp32 addition. */
+template <int MODE, int BM, int BN, int WTN, int S, int MINB>
+__global__ void __launch_bounds__((BM / 32) * (BN / WTN) * 32, MINB) k_gemm_pl(hip_mma_args a)
+{
+    moert_pdl_wait();
+#if defined(MMA_NV)
+    constexpr int BK = MMA_BK, LDS = MMA_LDS, NJ = WTN / 8, ACC = 2 * NJ * 4;
+    constexpr int WN = BN / WTN, NT = (BM / 32) * WN * 32;
+    constexpr int ACH = MMA_TERMS * BM * 4 / NT, BCH = BN * 4 / NT;
+    static_assert(ACH >= 1 && ACH * NT == MMA_TERMS * BM * 4 && BCH >= 1 && BCH * NT == BN * 4,
+                  "k_gemm_pl: tile / thread split");
+    extern __shared__ __align__(16) unsigned char mma_smem[];
+    typedef uint16_t a_tile[MMA_TERMS][BM][LDS];
+    typedef uint16_t b_tile[BN][LDS];
+    typedef struct {
+        a_tile A;
+        b_tile B;
+    } stage;
+    stage *sm = (stage *)mma_smem;
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int wm = warp / WN, wn = warp % WN;
+    const int n0 = blockIdx.x * (MODE == PL_GATEUP ? BN / 2 : BN);
+    long long e = 0;
+    int m0, m_end;
+    if (MODE != PL_DENSE) {
+        int t = blockIdx.y;
+        if (t >= a.tiles[0])
+            return;
+        e = a.tiles[1 + 3 * t];
+        m0 = a.tiles[2 + 3 * t];
+        m_end = a.tiles[3 + 3 * t];
+    } else {
+        m0 = blockIdx.y * BM;
+        m_end = min(m0 + BM, a.m);
+    }
+    const int K = a.k;
+
+    /* A chunk i: term c / (4 BM), row (c / 4) % BM, 8 bf16 at (c % 4) * 8 of the k tile */
+    const uint16_t *asrc[ACH];
+    bool a_ok[ACH];
+#pragma unroll
+    for (int i = 0; i < ACH; i++) {
+        int c = tid + i * NT, q = c / (4 * BM), r = (c / 4) % BM, p = m0 + r;
+        a_ok[i] = p < m_end;
+        long long row = 0;
+        if (a_ok[i])
+            row = MODE != PL_DENSE && a.gather ? a.gather[p] / a.gdiv : p;
+        asrc[i] = a.ap + q * a.ps + row * K + (c % 4) * 8;
+    }
+    /* W chunk i: smem row c / 4, 8 bf16 at (c % 4) * 8 of the k tile */
+    const uint16_t *wsrc[BCH];
+    bool w_ok[BCH];
+#pragma unroll
+    for (int i = 0; i < BCH; i++) {
+        int c = tid + i * NT, r = c / 4, n, mat = 0;
+        if (MODE == PL_GATEUP) {
+            n = n0 + (r / WTN) * (WTN / 2) + r % (WTN / 2);
+            mat = (r % WTN) / (WTN / 2);
+        } else {
+            n = n0 + r;
+        }
+        w_ok[i] = n < a.n;
+        if (!w_ok[i])
+            n = 0;
+        const unsigned char *base;
+        long long row = n;
+        if (MODE == PL_DENSE) {
+            int sg = n < a.seg_end[0] ? 0 : n < a.seg_end[1] ? 1 : 2;
+            base = (const unsigned char *)a.w[sg];
+            row = n - (sg ? a.seg_end[sg - 1] : 0);
+        } else {
+            base = (const unsigned char *)a.w[mat] + e * a.w_estride;
+        }
+        wsrc[i] = (const uint16_t *)base + row * K + (c % 4) * 8;
+    }
+
+    auto load = [&](int t) {
+        const int k0 = t * BK;
+        stage &dst = sm[t % S];
+#pragma unroll
+        for (int i = 0; i < ACH; i++) {
+            int c = tid + i * NT;
+            bool ok = a_ok[i] && k0 + (c % 4) * 8 < K;
+            copy16(&dst.A[c / (4 * BM)][(c / 4) % BM][(c % 4) * 8], ok ? (const void *)(asrc[i] + k0) : (const void *)a.ap,
+                   ok);
+        }
+#pragma unroll
+        for (int i = 0; i < BCH; i++) {
+            int c = tid + i * NT;
+            bool ok = w_ok[i] && k0 + (c % 4) * 8 < K;
+            copy16(&dst.B[c / 4][(c % 4) * 8], ok ? (const void *)(wsrc[i] + k0) : (const void *)a.ap, ok);
+        }
+    };
+
+    float acc[ACC], part[ACC];
+#pragma unroll
+    for (int i = 0; i < ACC; i++)
+        acc[i] = part[i] = 0.0f;
+    const bool mb_on[2] = {m0 + wm * 32 < m_end, m0 + wm * 32 + 16 < m_end};
+
+    const int ntiles = (K + BK - 1) / BK;
+#pragma unroll
+    for (int t = 0; t < S - 1; t++) {
+        if (t < ntiles)
+            load(t);
+        copy_commit();
+    }
+    for (int t = 0; t < ntiles; t++) {
+        /* tile t has landed (every group is committed, empty ones too); after the barrier no
+         * warp still reads the stage of tile t - 1, which tile t + S - 1 refills */
+        copy_wait<S - 2>();
+        __syncthreads();
+        if (t + S - 1 < ntiles)
+            load(t + S - 1);
+        copy_commit();
+        const stage &cur = sm[t % S];
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ks++) {
+            uint32_t b[NJ][2];
+#pragma unroll
+            for (int nb = 0; nb < NJ / 2; nb++) {
+                uint32_t r[4];
+                ldsm_x4(r, &cur.B[wn * WTN + nb * 16 + (lane & 7) + ((lane >> 4) << 3)][ks * 16 + ((lane >> 3) & 1) * 8]);
+                b[2 * nb][0] = r[0];
+                b[2 * nb][1] = r[1];
+                b[2 * nb + 1][0] = r[2];
+                b[2 * nb + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int q = 0; q < MMA_TERMS; q++)
+#pragma unroll
+                for (int mb = 0; mb < 2; mb++) {
+                    if (!mb_on[mb])
+                        continue;
+                    uint32_t af[4];
+                    ldsm_x4(af, &cur.A[q][wm * 32 + mb * 16 + (lane & 15)][ks * 16 + (lane >> 4) * 8]);
+#pragma unroll
+                    for (int j = 0; j < NJ; j++) {
+                        if (ks == 0 && q == 0)
+                            mma_16816_z(&part[(mb * NJ + j) * 4], af, b[j][0], b[j][1]);
+                        else
+                            mma_16816(&part[(mb * NJ + j) * 4], af, b[j][0], b[j][1]);
+                    }
+                }
+        }
+#pragma unroll
+        for (int i = 0; i < ACC; i++)
+            acc[i] += part[i];
+    }
+
+    if (MODE == PL_GATEUP) {
+        /* gate fragment j pairs with up fragment j + NJ / 2: the same rows and columns */
+#pragma unroll
+        for (int mb = 0; mb < 2; mb++)
+#pragma unroll
+            for (int j = 0; j < NJ / 2; j++)
+#pragma unroll
+                for (int hr = 0; hr < 2; hr++) {
+                    int p = m0 + wm * 32 + mb * 16 + (lane >> 2) + hr * 8;
+                    int n = n0 + wn * (WTN / 2) + j * 8 + (lane & 3) * 2;
+                    if (p >= m_end || n >= a.n)
+                        continue;
+                    const float *g = &acc[(mb * NJ + j) * 4 + hr * 2], *u = &acc[(mb * NJ + j + NJ / 2) * 4 + hr * 2];
+                    uint32_t h[2], l[2], l2[2];
+#pragma unroll
+                    for (int x = 0; x < 2; x++)
+                        split3(silu_mul(g[x], u[x]), &h[x], &l[x], &l2[x]);
+                    uint16_t *o = a.hp + (long long)p * a.n + n;
+                    *(uint32_t *)o = pack_hi(h[0], h[1]);
+                    *(uint32_t *)(o + a.hps) = pack_hi(l[0], l[1]);
+                    *(uint32_t *)(o + 2 * a.hps) = pack_hi(l2[0], l2[1]);
+                }
+    } else {
+#pragma unroll
+        for (int i = 0; i < ACC; i++) {
+            /* fragment f = mb * NJ + j, element q: row g (+ 8 for q >= 2), columns 2 tig + (q & 1) */
+            int f = i / 4, q = i % 4, mb = f / NJ, j = f % NJ;
+            int p = m0 + wm * 32 + mb * 16 + (lane >> 2) + (q >> 1) * 8;
+            int n = n0 + wn * WTN + j * 8 + (lane & 3) * 2 + (q & 1);
+            if (p < m_end && n < a.n)
+                a.c[(long long)p * a.ldc + n] = acc[i];
+        }
+    }
+#else
+    (void)a;
+#endif
+}
+
 /* ---- host side ----------------------------------------------------------------------- */
 
 static bool aligned16(const void *p)
@@ -509,4 +737,108 @@ extern "C" int backend_hip_mma_split_selftest(char *why, size_t cap)
         return 1;
     }
     return 0;
+}
+
+/* ---- host side of the planes path --------------------------------------------------- */
+
+/* Tile shapes: dense GEMMs wide enough for two waves of 64 x 128 tiles take them (warps of
+ * 32 x 64 read a third fewer shared-memory bytes per MMA than 32 x 32), narrower ones
+ * (o projection, router) 64 x 64 tiles at 3 blocks per SM; the MoE GEMMs take 32-row tiles
+ * (about one expert's rows) of 256 columns.  MOERT_HIP_MMA_DENSE=64|128 forces a dense shape. */
+#define PL_DS_BM 64
+#define PL_DS_BN 64
+#define PL_DS_S 3
+#define PL_DB_BM 64
+#define PL_DB_BN 128
+#define PL_DB_S 4
+#define PL_MOE_BN 256
+#define PL_MOE_S 4
+
+#define PL_DS PL_DENSE, PL_DS_BM, PL_DS_BN, 32, PL_DS_S, 3
+#define PL_DB PL_DENSE, PL_DB_BM, PL_DB_BN, 64, PL_DB_S, 2
+#define PL_GR PL_GROUPED, HIP_MOE_BM, PL_MOE_BN, 64, PL_MOE_S, 2
+#define PL_GU PL_GATEUP, HIP_MOE_BM, PL_MOE_BN, 64, PL_MOE_S, 2
+
+template <int MODE, int BM, int BN, int WTN, int S, int MINB>
+static bool pl_attr(void)
+{
+    return hipFuncSetAttribute((const void *)(k_gemm_pl<MODE, BM, BN, WTN, S, MINB>),
+                               hipFuncAttributeMaxDynamicSharedMemorySize, PL_SMEM_BYTES(BM, BN, S)) == hipSuccess;
+}
+
+static int pl_sms = 0, pl_dense_bn = 0; /* 0: by shape */
+
+static bool planes_enabled(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("MOERT_HIP_GEMM");
+        on = 0;
+#if defined(MOERT_HIP_NVIDIA)
+        int dev = 0;
+        if (!(v && strcmp(v, "tile") == 0) && mma_enabled() && hipGetDevice(&dev) == hipSuccess &&
+            cudaDeviceGetAttribute(&pl_sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
+            on = pl_attr<PL_DS>() && pl_attr<PL_DB>() && pl_attr<PL_GR>() && pl_attr<PL_GU>();
+        const char *d = getenv("MOERT_HIP_MMA_DENSE");
+        if (d && (strcmp(d, "64") == 0 || strcmp(d, "128") == 0))
+            pl_dense_bn = atoi(d);
+#else
+        (void)v;
+#endif
+    }
+    return on == 1;
+}
+
+bool hip_mma_planes_takes(int n, int k)
+{
+    return n > 0 && k > 0 && k % 8 == 0 && n % 8 == 0 && planes_enabled();
+}
+
+hipError_t hip_mma_split(const float *a, const float *a2, long long lda, int rows, int k, uint16_t *planes,
+                         hipStream_t s)
+{
+    long long n4 = (long long)rows * (k / 4);
+    if (n4 <= 0)
+        return hipSuccess;
+    unsigned grid = (unsigned)((n4 + 255) / 256);
+    if (a2)
+        MOERT_LAUNCH((k_mma_split<true>), grid, 256, 0, s, a, a2, lda, (long long)rows, k, planes);
+    else
+        MOERT_LAUNCH((k_mma_split<false>), grid, 256, 0, s, a, a2, lda, (long long)rows, k, planes);
+    return hipGetLastError();
+}
+
+template <int MODE, int BM, int BN, int WTN, int S, int MINB>
+static hipError_t launch_pl(const hip_mma_args *a, unsigned gx, unsigned gy, hipStream_t s)
+{
+    MOERT_LAUNCH((k_gemm_pl<MODE, BM, BN, WTN, S, MINB>), dim3(gx, gy), (BM / 32) * (BN / WTN) * 32,
+                 PL_SMEM_BYTES(BM, BN, S), s, *a);
+    return hipGetLastError();
+}
+
+hipError_t hip_mma_dense(const hip_mma_args *a, hipStream_t s)
+{
+    if (a->m <= 0 || a->n <= 0)
+        return hipSuccess;
+    long long big = (long long)((a->m + PL_DB_BM - 1) / PL_DB_BM) * ((a->n + PL_DB_BN - 1) / PL_DB_BN);
+    bool wide = pl_dense_bn ? pl_dense_bn == 128 : big >= 2LL * 2 * pl_sms; /* two waves of 2 per SM */
+    if (wide)
+        return launch_pl<PL_DB>(a, (unsigned)((a->n + PL_DB_BN - 1) / PL_DB_BN),
+                                (unsigned)((a->m + PL_DB_BM - 1) / PL_DB_BM), s);
+    return launch_pl<PL_DS>(a, (unsigned)((a->n + PL_DS_BN - 1) / PL_DS_BN),
+                            (unsigned)((a->m + PL_DS_BM - 1) / PL_DS_BM), s);
+}
+
+hipError_t hip_mma_grouped(const hip_mma_args *a, hipStream_t s)
+{
+    if (a->n <= 0 || a->max_tiles <= 0)
+        return hipSuccess;
+    return launch_pl<PL_GR>(a, (unsigned)((a->n + PL_MOE_BN - 1) / PL_MOE_BN), (unsigned)a->max_tiles, s);
+}
+
+hipError_t hip_mma_gateup(const hip_mma_args *a, hipStream_t s)
+{
+    if (a->n <= 0 || a->max_tiles <= 0)
+        return hipSuccess;
+    return launch_pl<PL_GU>(a, (unsigned)((a->n + PL_MOE_BN / 2 - 1) / (PL_MOE_BN / 2)), (unsigned)a->max_tiles, s);
 }

@@ -17,6 +17,8 @@
 #ifndef MOERT_HIP_GEMM_MMA_H
 #define MOERT_HIP_GEMM_MMA_H
 
+#include <stdint.h>
+
 #include "hip_kernels.h"
 
 /* True when hip_launch_gemm_mma runs this GEMM (dtype, A mode, rows per tile as for
@@ -24,5 +26,41 @@
 bool hip_gemm_mma_takes(int dtype, int amode, int bm, const hip_gemm_args *a);
 /* Enqueues C = A . W^T on tensor cores; only for a GEMM hip_gemm_mma_takes accepted. */
 hipError_t hip_launch_gemm_mma(int amode, int bm, const hip_gemm_args *a, hipStream_t s);
+
+/* ---- the planes path (NVIDIA): A split once per GEMM, both operands by cp.async ---------
+ * hip_mma_split writes A (SwiGLU(a, a2) when a2 is non-NULL) as three bf16 planes
+ * [3][rows][k] (hi, lo, lo2 of the split above, plane q at q * rows * k); the GEMMs below read
+ * them, so a k tile's terms are the same bits as the per-tile split's and every output the
+ * same sum in the same order: results are bit-identical to hip_launch_gemm_mma's. */
+typedef struct hip_mma_args {
+    const uint16_t *ap;    /* A planes: row r of plane q at ap + q * ps + r * k */
+    long long ps;          /* elements between planes */
+    const int32_t *gather; /* grouped: NULL (tile row p is planes row p), or planes row gather[p] / gdiv */
+    int gdiv;
+    const void *w[3];      /* bf16 [n, k] each.  Dense: segments of the output columns (w[i] holds
+                            * columns [seg_end[i-1], seg_end[i])); grouped: w[0] expert 0's;
+                            * gate-up: w[0] gate, w[1] up (expert 0's) */
+    long long seg_end[3];
+    long long w_estride;   /* grouped: BYTES between consecutive experts' matrices */
+    float *c;              /* dense, grouped: C [m, n] (row stride ldc) */
+    long long ldc;
+    uint16_t *hp;          /* gate-up: SwiGLU(gate, up) as planes [3][hrows][n], plane stride hps */
+    long long hps;
+    int m, n, k;           /* gate-up: n = columns of gate (= of up, = of h) */
+    const int32_t *tiles;  /* grouped, gate-up: the MoE tile table (hip_kernels.h) */
+    int max_tiles;
+} hip_mma_args;
+
+/* True when the planes path runs on this device (MOERT_HIP_GEMM unset or "mma"; "tile" keeps
+ * the per-tile split kernel, "fma" the FMA kernel) for BF16 weights of k columns, n outputs. */
+bool hip_mma_planes_takes(int n, int k);
+hipError_t hip_mma_split(const float *a, const float *a2, long long lda, int rows, int k, uint16_t *planes,
+                         hipStream_t s);
+/* C = A . W^T, A from planes of a->m rows */
+hipError_t hip_mma_dense(const hip_mma_args *a, hipStream_t s);
+/* the down GEMM of the MoE: tiles of gathered (or, gather NULL, sorted) rows */
+hipError_t hip_mma_grouped(const hip_mma_args *a, hipStream_t s);
+/* gate and up in one GEMM: h = SwiGLU(A . gate^T, A . up^T) as planes (the down GEMM's A) */
+hipError_t hip_mma_gateup(const hip_mma_args *a, hipStream_t s);
 
 #endif

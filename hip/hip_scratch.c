@@ -99,6 +99,33 @@ hip_qact_layout hip_scratch_qact_layout(const sched *s)
     return L;
 }
 
+hip_planes_layout hip_scratch_planes(const sched *s)
+{
+    hip_planes_layout L = {0};
+    if (s->max_rows <= 1)
+        return L; /* one-row steps run GEMVs */
+    const cfg_topology *t = &s->topo;
+    uint64_t kmax = 0, hcols = 0;
+    for (int32_t i = 0; i < s->n_ops; i++) {
+        const sched_op *op = &s->ops[i];
+        uint64_t k = 0;
+        if (op->kind == SCHED_MATMUL || op->kind == SCHED_LOGITS)
+            k = (uint64_t)op->k;
+        else if (op->kind == SCHED_MOE) {
+            k = (uint64_t)t->hidden_size;
+            hcols = (uint64_t)t->moe_intermediate_size;
+        }
+        kmax = k > kmax ? k : kmax;
+    }
+    uint64_t rows = (uint64_t)s->max_rows;
+    L.x_bytes = round_up(sat_mul(sat_mul(rows, kmax), HIP_PLANE_BYTES), HIP_SCRATCH_ALIGN);
+    L.h_offset = L.x_bytes;
+    L.h_bytes = round_up(sat_mul(sat_mul(sat_mul(rows, (uint64_t)t->num_experts_per_tok), hcols), HIP_PLANE_BYTES),
+                         HIP_SCRATCH_ALIGN);
+    L.bytes = sat_add(L.x_bytes, L.h_bytes);
+    return L;
+}
+
 int hip_scratch_requests(const sched *s, backend_request *reqs)
 {
     const cfg_topology *t = &s->topo;
@@ -116,6 +143,7 @@ int hip_scratch_requests(const sched *s, backend_request *reqs)
         [HIP_REQ_ARGMAX_PART] = 2 * sizeof(float) * HIP_ARGMAX_BLOCKS,
         [HIP_REQ_TRACE_BATCH] = hip_scratch_traced(s) ? hip_scratch_trace_layout(s, -1).bytes : 0,
         [HIP_REQ_QACT] = hip_scratch_qact_layout(s).bytes,
+        [HIP_REQ_A_PLANES] = hip_scratch_planes(s).bytes,
     };
     static const char *const names[HIP_REQ_COUNT] = {
         [HIP_REQ_PARAMS] = "hip.params", [HIP_REQ_FLAGS] = "hip.flags",
@@ -123,6 +151,7 @@ int hip_scratch_requests(const sched *s, backend_request *reqs)
         [HIP_REQ_ATTN_TICKETS] = "hip.attn_tickets", [HIP_REQ_MOE_TILES] = "hip.moe_tiles",
         [HIP_REQ_ARGMAX_PART] = "hip.argmax_part", [HIP_REQ_TRACE_BATCH] = "hip.trace_batch",
         [HIP_REQ_QACT] = "hip.act_q8",
+        [HIP_REQ_A_PLANES] = "hip.a_planes",
     };
     for (int i = 0; i < HIP_REQ_COUNT; i++) {
         /* whole alignment units: a small piece never moves the activation buffers placed

@@ -49,6 +49,7 @@ enum {
     HIP_REQ_ARGMAX_PART,  /* the greedy pick's per-block partials: value f32, index int */
     HIP_REQ_TRACE_BATCH,  /* end-of-step trace capture (hip_scratch_trace_layout) */
     HIP_REQ_QACT,         /* numerics act-q8: quantized activation rows (hip_scratch_qact_layout) */
+    HIP_REQ_A_PLANES,     /* prefill GEMM activations split into bf16 planes (hip_scratch_planes) */
     HIP_REQ_COUNT
 };
 #define HIP_FLAGS_ARGMAX_OFFSET 128
@@ -73,6 +74,15 @@ typedef struct hip_qact_layout {
     uint64_t a_row_bytes, b_offset, b_row_bytes, b_rows, bytes;
 } hip_qact_layout;
 
+/* The tensor-core prefill GEMMs' activation planes (hip/hip_gemm_mma.h): each fp32 input
+ * value as three bf16 terms, 6 bytes.  x: the A of any dense GEMM or the MoE input (max_rows
+ * rows of the widest k), at offset 0; h: the MoE's SwiGLU output (max_rows x experts per
+ * token rows of moe_intermediate_size), at h_offset, written while x is read. */
+#define HIP_PLANE_BYTES 6
+typedef struct hip_planes_layout {
+    uint64_t x_bytes, h_offset, h_bytes, bytes;
+} hip_planes_layout;
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -88,6 +98,8 @@ int64_t hip_scratch_max_tiles(const struct sched *s);
 /* The trace-batch region for snapshots of snap_floats floats (the bound when
  * snap_floats < 0): offsets of the table and the wide partials, total bytes. */
 hip_trace_layout hip_scratch_trace_layout(const struct sched *s, int64_t snap_floats);
+/* The activation planes' region for schedule s (0 bytes when no step has several rows). */
+hip_planes_layout hip_scratch_planes(const struct sched *s);
 /* Traced rings: the TRACE ops of s. */
 int64_t hip_scratch_traced(const struct sched *s);
 /* MOERT_HIP_CHECK: 0 off, 1 the first prefill and decode step, 2 ("all") every step.  In

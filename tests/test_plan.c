@@ -94,6 +94,10 @@ static void test_hip_requests(void)
             if (s->ops[i].kind == SCHED_TRACE && s->ops[i].in[q] >= 0)
                 snap += ceil_div((uint64_t)s->bufs[s->ops[i].in[q]].cols, 64) * 64 * 4;
     uint64_t batch = ceil_div(ceil_div(snap, 256) * 256 + 128 * (uint64_t)rings, 256) * 256 + 2304 * (uint64_t)rings;
+    uint64_t kmax = (uint64_t)t->hidden_size, qdim = (uint64_t)(t->num_attention_heads * t->head_dim);
+    kmax = qdim > kmax ? qdim : kmax;
+    uint64_t planes = ceil_div(6 * (uint64_t)s->max_rows * kmax, 256) * 256 +
+                      ceil_div(6 * (uint64_t)(s->max_rows * t->num_experts_per_tok * t->moe_intermediate_size), 256) * 256;
     struct {
         const char *name;
         uint64_t bytes;
@@ -112,6 +116,8 @@ static void test_hip_requests(void)
         {"hip.argmax_part", 2 * 4 * 128, false},
         {"hip.trace_batch", batch, true},
         {"hip.act_q8", 1, false}, /* numerics exact: nothing (one alignment unit) */
+        /* 3 bf16 planes: the widest dense GEMM input or the MoE input, then the MoE's SwiGLU rows */
+        {"hip.a_planes", planes, false},
     };
     CU_ASSERT_EQUAL_FATAL(sizeof want / sizeof want[0], HIP_REQ_COUNT);
     for (int i = 0; i < HIP_REQ_COUNT; i++) {
