@@ -27,6 +27,8 @@
 #   8. bench-q    bench-gpu's shapes as Q8_0 and Q4_K_M GGUF files (synthesized): decode and
 #                 prefill in each numerics mode (exact, act-q8; a mode the binary refuses is a
 #                 named skip) against issue 13's targets: decode >= 2x, prefill >= 1x llama.cpp's
+#                 (BENCHQ_MODES= picks modes; BENCHQ_GGUF_DIR= takes q8_0.gguf and q4_k_m.gguf
+#                 made earlier by `synth configs/bench-gpu.yaml --format gguf` instead)
 # and prints a summary table last (figures against the targets of issue 13).  Logs go to
 # $OUT when set (8 files: the device tool returns no more), else to build/gpu-check.
 # GPU_CHECK_STEPS="smoke tests" runs a subset.
@@ -273,12 +275,17 @@ if want bench-q; then
     for q in "q8_0 904 35967" "q4_k_m 923 33310"; do
         set -- $q
         t=$1 lc_tg=$2 lc_pp=$3
-        if ! timeout 300 "$BIN" synth "$BENCH_CFG" --format gguf --dtype "$t" --out "$QG/$t.gguf" \
+        if [ -n "${BENCHQ_GGUF_DIR:-}" ]; then
+            cp "$BENCHQ_GGUF_DIR/$t.gguf" "$QG/$t.gguf" 2>>"$LOG/bench.err" || {
+                row "q-$t" FAIL "no $BENCHQ_GGUF_DIR/$t.gguf"
+                continue
+            }
+        elif ! timeout 300 "$BIN" synth "$BENCH_CFG" --format gguf --dtype "$t" --out "$QG/$t.gguf" \
             >>"$LOG/bench.err" 2>&1; then
             row "q-$t" FAIL "synth: $(tail -c 200 "$LOG/bench.err" | tr '\n' ' ')"
             continue
         fi
-        for mode in exact act-q8; do
+        for mode in ${BENCHQ_MODES:-exact act-q8}; do
             : >"$LOG/bench-q.err"
             if timeout 300 "$BIN" bench "$BENCH_CFG" --weights "$QG/$t.gguf" --numerics $mode --json \
                 >"$QG/bench.json" 2>"$LOG/bench-q.err"; then
