@@ -302,24 +302,27 @@ static int gguf_cases(char paths[MAX_CASES][512])
     return n;
 }
 
-static void test_gguf_logits_vs_cpu(void)
+/* The GGUF cases on the GPU, in numerics nm: body(paths, n), or a named skip. */
+static void gguf_run(const char *test, cfg_numerics nm, void (*body)(char dirs[][512], int n))
 {
     char paths[MAX_CASES][512];
     int n = gguf_cases(paths);
     CU_ASSERT_FATAL(n > 0);
-    if (!hip_ready(__func__, paths[0]))
+    if (!hip_ready(test, paths[0]))
         return;
-    logits_vs_cpu(paths, n);
+    g_numerics = nm;
+    body(paths, n);
+    g_numerics = CFG_NUMERICS_EXACT;
+}
+
+static void test_gguf_logits_vs_cpu(void)
+{
+    gguf_run(__func__, CFG_NUMERICS_EXACT, logits_vs_cpu);
 }
 
 static void test_gguf_determinism(void)
 {
-    char paths[MAX_CASES][512];
-    int n = gguf_cases(paths);
-    CU_ASSERT_FATAL(n > 0);
-    if (!hip_ready(__func__, paths[0]))
-        return;
-    determinism(paths, n);
+    gguf_run(__func__, CFG_NUMERICS_EXACT, determinism);
 }
 
 /* ---- numerics act-q8 on the GPU --------------------------------------------------------
@@ -328,28 +331,19 @@ static void test_gguf_determinism(void)
  * rounding-level difference in a quantized row's input (the MoE hidden rows come from each
  * side's own gate/up) can move one int8 quant by one step, which shifts that op's output
  * by ~1e-4 relative and is carried on through the layers. */
+static void logits_vs_cpu_q8(char dirs[][512], int n)
+{
+    logits_vs_cpu_tol(dirs, n, 1e-3);
+}
+
 static void test_gguf_act_q8_vs_cpu(void)
 {
-    char paths[MAX_CASES][512];
-    int n = gguf_cases(paths);
-    CU_ASSERT_FATAL(n > 0);
-    if (!hip_ready(__func__, paths[0]))
-        return;
-    g_numerics = CFG_NUMERICS_ACT_Q8;
-    logits_vs_cpu_tol(paths, n, 1e-3);
-    g_numerics = CFG_NUMERICS_EXACT;
+    gguf_run(__func__, CFG_NUMERICS_ACT_Q8, logits_vs_cpu_q8);
 }
 
 static void test_gguf_act_q8_determinism(void)
 {
-    char paths[MAX_CASES][512];
-    int n = gguf_cases(paths);
-    CU_ASSERT_FATAL(n > 0);
-    if (!hip_ready(__func__, paths[0]))
-        return;
-    g_numerics = CFG_NUMERICS_ACT_Q8;
-    determinism(paths, n);
-    g_numerics = CFG_NUMERICS_EXACT;
+    gguf_run(__func__, CFG_NUMERICS_ACT_Q8, determinism);
 }
 
 /* GPU act-q8 greedy tokens on llama.cpp's gguf-tiny files (whole prompt, then one token at
