@@ -615,18 +615,14 @@ static bool smem_attr(void)
                                MMA_SMEM_BYTES(BM, BN)) == hipSuccess;
 }
 
-/* Once per process: the MOERT_HIP_GEMM choice, whether the device has the instructions,
- * and the kernels' shared-memory allowance (above the default 48 KB). */
-static bool mma_enabled(void)
+bool hip_mma_device(void)
 {
     static int on = -1;
     if (on < 0) {
         const char *v = getenv("MOERT_HIP_GEMM");
         int dev = 0;
         on = 0;
-        if (v && strcmp(v, "fma") == 0) {
-            on = 0;
-        } else if (hipGetDevice(&dev) == hipSuccess) {
+        if (!(v && strcmp(v, "fma") == 0) && hipGetDevice(&dev) == hipSuccess) {
 #if defined(MOERT_HIP_AMD)
             hipDeviceProp_t p;
             if (v && strcmp(v, "mma") == 0 && hipGetDeviceProperties(&p, dev) == hipSuccess)
@@ -637,11 +633,19 @@ static bool mma_enabled(void)
                 on = major >= 8;
 #endif
         }
-        if (on == 1)
-            on = smem_attr<HIP_A_PLAIN, 64, MMA_DENSE_BN>() && smem_attr<HIP_A_SWIGLU, 64, MMA_DENSE_BN>() &&
-                 smem_attr<HIP_A_GATHER, HIP_MOE_BM, MMA_MOE_BN>() &&
-                 smem_attr<HIP_A_SWIGLU, HIP_MOE_BM, MMA_MOE_BN>();
     }
+    return on == 1;
+}
+
+/* Once per process: the device's matrix instructions (hip_mma_device) and the kernels'
+ * shared-memory allowance (above the default 48 KB). */
+static bool mma_enabled(void)
+{
+    static int on = -1;
+    if (on < 0)
+        on = hip_mma_device() && smem_attr<HIP_A_PLAIN, 64, MMA_DENSE_BN>() &&
+             smem_attr<HIP_A_SWIGLU, 64, MMA_DENSE_BN>() && smem_attr<HIP_A_GATHER, HIP_MOE_BM, MMA_MOE_BN>() &&
+             smem_attr<HIP_A_SWIGLU, HIP_MOE_BM, MMA_MOE_BN>();
     return on == 1;
 }
 

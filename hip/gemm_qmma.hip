@@ -19,6 +19,7 @@
 #include "hip_kernels.h"
 #include "hip_wload.h"
 #include "hip_devmath.h"
+#include "hip_gemm_mma.h"
 #include "hip_qunpack.h"
 #include "hip_gemm_qmma.h"
 extern "C" {
@@ -470,32 +471,16 @@ static bool smem_attr_dt(void)
     return smem_attr<DT, 64, QM_DENSE_BN>() && smem_attr<DT, HIP_MOE_BM, QM_MOE_BN>();
 }
 
-/* Once per process: whether the device has the instructions (and, on AMD, whether
- * MOERT_HIP_GEMM=mma asks for them), and the kernels' shared-memory allowance. */
+/* Once per process: the device's matrix instructions (hip_mma_device: MOERT_HIP_GEMM=fma
+ * sends act-q8 prefill to the quantized GEMVs row by row, hip_qact.h) and the kernels'
+ * shared-memory allowance. */
 static bool qmma_enabled(void)
 {
     static int on = -1;
-    if (on < 0) {
-        const char *v = getenv("MOERT_HIP_GEMM");
-        int dev = 0;
-        on = 0;
-        if (v && strcmp(v, "fma") == 0) {
-            on = 0; /* act-q8 prefill then takes the quantized GEMVs row by row (hip_qact.h) */
-        } else if (hipGetDevice(&dev) == hipSuccess) {
-#if defined(MOERT_HIP_AMD)
-            hipDeviceProp_t p;
-            if (v && strcmp(v, "mma") == 0 && hipGetDeviceProperties(&p, dev) == hipSuccess)
-                on = strncmp(p.gcnArchName, "gfx90a", 6) == 0 || strncmp(p.gcnArchName, "gfx94", 5) == 0;
-#else
-            int major = 0;
-            if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess)
-                on = major >= 8;
-#endif
-        }
-        if (on == 1)
-            on = smem_attr_dt<HIP_DT_Q4_0>() && smem_attr_dt<HIP_DT_Q5_0>() && smem_attr_dt<HIP_DT_Q8_0>() &&
-                 smem_attr_dt<HIP_DT_Q4_K>() && smem_attr_dt<HIP_DT_Q5_K>() && smem_attr_dt<HIP_DT_Q6_K>();
-    }
+    if (on < 0)
+        on = hip_mma_device() && smem_attr_dt<HIP_DT_Q4_0>() && smem_attr_dt<HIP_DT_Q5_0>() &&
+             smem_attr_dt<HIP_DT_Q8_0>() && smem_attr_dt<HIP_DT_Q4_K>() && smem_attr_dt<HIP_DT_Q5_K>() &&
+             smem_attr_dt<HIP_DT_Q6_K>();
     return on == 1;
 }
 

@@ -21,6 +21,10 @@
 
 #include "hip_kernels.h"
 
+/* Once per process: whether the device's matrix instructions may run (MOERT_HIP_GEMM is not
+ * "fma"; NVIDIA sm_80 or later; AMD gfx90a / gfx94x only with MOERT_HIP_GEMM=mma).  The
+ * BF16 and the act-q8 int8 tensor-core GEMMs both ask it. */
+bool hip_mma_device(void);
 /* True when hip_launch_gemm_mma runs this GEMM (dtype, A mode, rows per tile as for
  * hip_launch_gemm) on this device. */
 bool hip_gemm_mma_takes(int dtype, int amode, int bm, const hip_gemm_args *a);

@@ -72,26 +72,15 @@ hip_trace_layout hip_scratch_trace_layout(const sched *s, int64_t snap_floats)
     return L;
 }
 
-/* bytes of one quantized row of width up to k (k rounded up to whole 32-blocks) */
-static uint64_t qact_row(int64_t k)
-{
-    return k > 0 ? (uint64_t)ops_qact_row_bytes((k + 31) / 32 * 32) : 0;
-}
-
 hip_qact_layout hip_scratch_qact_layout(const sched *s)
 {
     hip_qact_layout L = {0};
     if (!s->act_q8)
         return L;
     const cfg_topology *t = &s->topo;
-    int64_t ka = t->hidden_size;
-    if (s->q_dim > ka)
-        ka = s->q_dim;
-    if (t->intermediate_size > ka)
-        ka = t->intermediate_size;
     uint64_t rows = (uint64_t)s->max_rows, K = t->num_experts_per_tok > 1 ? (uint64_t)t->num_experts_per_tok : 1;
-    L.a_row_bytes = qact_row(ka);
-    L.b_row_bytes = qact_row(t->moe_intermediate_size > t->intermediate_size ? t->moe_intermediate_size
+    L.a_row_bytes = ops_qact_bound_bytes(sched_dense_kmax(s));
+    L.b_row_bytes = ops_qact_bound_bytes(t->moe_intermediate_size > t->intermediate_size ? t->moe_intermediate_size
                                                                               : t->intermediate_size);
     L.b_rows = sat_mul(rows, K);
     L.b_offset = round_up(sat_mul(rows, L.a_row_bytes), HIP_SCRATCH_ALIGN);

@@ -129,6 +129,8 @@ size_t ops_matmul_panel_floats(int64_t k);
  *     t = (d * da) * (float)i; then acc = acc + t in super-block order from 0.
  * Each product, difference and sum above is one float32 rounding (never fused). */
 size_t ops_qact_row_bytes(int64_t k); /* bytes of one quantized row (a 64-multiple); 0 if k % 32 */
+/* Room for one quantized row of any width up to k (k rounded up to whole 32-blocks); 0 if k <= 0. */
+size_t ops_qact_bound_bytes(int64_t k);
 void ops_qact_row(void *dst, const float *x, int64_t k);
 void ops_matmul_qact(float *out, int64_t ldo, const void *const *qrows, int64_t m, const void *w,
                      ops_dtype wt, int64_t k, int64_t n0, int64_t n1);

@@ -16,6 +16,11 @@ size_t ops_qact_row_bytes(int64_t k)
     return (b + 63) / 64 * 64;
 }
 
+size_t ops_qact_bound_bytes(int64_t k)
+{
+    return k > 0 ? ops_qact_row_bytes((k + 31) / 32 * 32) : 0;
+}
+
 static inline uint16_t rd16(const uint8_t *p)
 {
     return (uint16_t)(p[0] | (uint16_t)p[1] << 8);

@@ -115,19 +115,9 @@ static uint64_t sat_mul(uint64_t a, uint64_t b)
 
 /* Floats of one thread's matmul panel (a 64-byte multiple) for the widest k of s. */
 /* The widest input of a matmul other than the MoE's hidden rows. */
-static int64_t dense_kmax(const sched *s)
-{
-    int64_t k = s->topo.hidden_size;
-    if (s->q_dim > k)
-        k = s->q_dim;
-    if (s->topo.intermediate_size > k)
-        k = s->topo.intermediate_size;
-    return k;
-}
-
 static int64_t panel_floats(const sched *s)
 {
-    int64_t kmax = dense_kmax(s);
+    int64_t kmax = sched_dense_kmax(s);
     if (s->topo.moe_intermediate_size > kmax)
         kmax = s->topo.moe_intermediate_size;
     return ((int64_t)ops_matmul_panel_floats(kmax) + 15) / 16 * 16;
@@ -138,20 +128,13 @@ static int64_t topk_slots(const sched *s)
     return s->topo.num_experts_per_tok > 1 ? s->topo.num_experts_per_tok : 1;
 }
 
-/* act-q8: bytes of one quantized row of width up to k */
-static uint64_t qact_bytes(int64_t k)
-{
-    return ops_qact_row_bytes((k + 31) / 32 * 32);
-}
-
-
 /* act-q8 scratch: two pointer arrays of max_rows * top-k, then max_rows input rows and
  * max_rows * top-k MoE hidden rows, quantized (ops_qact_row). */
 static uint64_t qact_scratch(const sched *s)
 {
     uint64_t rk = sat_mul((uint64_t)s->max_rows, (uint64_t)topk_slots(s));
-    uint64_t p = sat_mul(2 * rk, sizeof(void *)), a = sat_mul((uint64_t)s->max_rows, qact_bytes(dense_kmax(s)));
-    uint64_t b = sat_mul(rk, qact_bytes(s->topo.moe_intermediate_size));
+    uint64_t p = sat_mul(2 * rk, sizeof(void *)), a = sat_mul((uint64_t)s->max_rows, ops_qact_bound_bytes(sched_dense_kmax(s)));
+    uint64_t b = sat_mul(rk, ops_qact_bound_bytes(s->topo.moe_intermediate_size));
     return p + a < p || p + a + b < p + a ? UINT64_MAX : p + a + b;
 }
 
@@ -275,7 +258,7 @@ static int cpu_init(backend *b, const backend_init *in, moert_err *err)
         c->qptr_a = (const void **)c->ptr[in->scratch0 + CPU_REQ_QACT];
         c->qptr_b = c->qptr_a + rk;
         c->qrows_a = (uint8_t *)(c->qptr_b + rk);
-        c->qrows_b = c->qrows_a + (size_t)in->s->max_rows * qact_bytes(dense_kmax(in->s));
+        c->qrows_b = c->qrows_a + (size_t)in->s->max_rows * ops_qact_bound_bytes(sched_dense_kmax(in->s));
     }
     omp_set_dynamic(0);
     /* Start the worker team now so that its creation is part of init, not of token 1, and

@@ -160,6 +160,16 @@ static void trace_op(builder *b, cfg_stage stage, int32_t layer, int32_t src, in
     op->trace_index = b->n_traced++;
 }
 
+int64_t sched_dense_kmax(const sched *s)
+{
+    int64_t k = s->topo.hidden_size;
+    if (s->q_dim > k)
+        k = s->q_dim;
+    if (s->topo.intermediate_size > k)
+        k = s->topo.intermediate_size;
+    return k;
+}
+
 int64_t sched_stage_width(const sched *s, cfg_stage stage)
 {
     switch (stage) {

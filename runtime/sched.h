@@ -138,4 +138,8 @@ const char *sched_weight_name(sched_weight w);
  * ids companion has the same width). */
 int64_t sched_stage_width(const sched *s, cfg_stage stage);
 
+/* The widest input row of a dense matmul: hidden, q_dim (o's input) or a dense MLP's
+ * intermediate (its down's input).  Backends size per-row scratch from it. */
+int64_t sched_dense_kmax(const sched *s);
+
 #endif

@@ -345,6 +345,32 @@ static void test_mix_types(void)
     gguf_close(g);
 }
 
+/* A run of the same prompt in another execution shape: threads, prefill chunk, SIMD kernels
+ * or the scalar level, simulated ranks. */
+typedef struct run_shape {
+    int threads;
+    int64_t chunk;
+    bool simd;
+    int gpus;
+} run_shape;
+
+/* Each shape's logits equal base bit for bit (other: scratch of the vocabulary's width). */
+static void logits_same_in_shapes(const char *what, const cfg_config *cfg, const float *base, float *other,
+                                  const run_shape *v, size_t n)
+{
+    size_t V = (size_t)cfg->topo.vocab_size;
+    for (size_t i = 0; i < n; i++) {
+        cfg_config c = *cfg;
+        c.rt.gpus = v[i].gpus;
+        CU_ASSERT_FATAL(run_logits(&c, v[i].threads, v[i].chunk, v[i].simd, other));
+        bool same = memcmp(base, other, V * sizeof *base) == 0;
+        if (!same)
+            fprintf(stderr, "\n    %s logits differ: threads %d chunk %lld simd %d gpus %d\n", what, v[i].threads,
+                    (long long)v[i].chunk, v[i].simd, v[i].gpus);
+        CU_ASSERT(same);
+    }
+}
+
 static void test_q4km_threads_chunks(void)
 {
     const char *gguf = test_synth_gguf("q4_k_m");
@@ -355,21 +381,8 @@ static void test_q4km_threads_chunks(void)
     size_t V = (size_t)cfg.topo.vocab_size;
     float *base = malloc(V * sizeof *base), *other = malloc(V * sizeof *other);
     CU_ASSERT_FATAL(run_logits(&cfg, 1, 13, true, base));
-    const struct {
-        int threads;
-        int64_t chunk;
-        bool simd;
-    } v[] = {{2, 13, true}, {2, 1, true}, {3, 4, true}, {1, 7, false}, {2, 5, false}};
-    for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
-        if (!v[i].simd && !ops_simd_available())
-            continue;
-        CU_ASSERT_FATAL(run_logits(&cfg, v[i].threads, v[i].chunk, v[i].simd, other));
-        bool same = memcmp(base, other, V * sizeof *base) == 0;
-        if (!same)
-            fprintf(stderr, "\n    q4_k_m logits differ: threads %d chunk %lld simd %d\n", v[i].threads,
-                    (long long)v[i].chunk, v[i].simd);
-        CU_ASSERT(same);
-    }
+    static const run_shape v[] = {{2, 13, true, 1}, {2, 1, true, 1}, {3, 4, true, 1}, {1, 7, false, 1}, {2, 5, false, 1}};
+    logits_same_in_shapes("q4_k_m", &cfg, base, other, v, sizeof v / sizeof *v);
     free(base);
     free(other);
 }
@@ -391,22 +404,10 @@ static void test_act_q8_threads_chunks(void)
         cfg_config q = cfg;
         q.rt.numerics = CFG_NUMERICS_ACT_Q8;
         CU_ASSERT_FATAL(run_logits(&q, 1, 13, true, base));
-        const struct {
-            int threads;
-            int64_t chunk;
-            bool simd;
-            int gpus;
-        } v[] = {{2, 13, true, 1}, {2, 1, true, 1}, {3, 4, true, 1}, {1, 7, false, 1}, {2, 5, true, 2}};
-        for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
-            cfg_config c = q;
-            c.rt.gpus = v[i].gpus;
-            CU_ASSERT_FATAL(run_logits(&c, v[i].threads, v[i].chunk, v[i].simd, other));
-            bool same = memcmp(base, other, V * sizeof *base) == 0;
-            if (!same)
-                fprintf(stderr, "\n    %s act-q8 logits differ: threads %d chunk %lld simd %d gpus %d\n", mixes[m],
-                        v[i].threads, (long long)v[i].chunk, v[i].simd, v[i].gpus);
-            CU_ASSERT(same);
-        }
+        static const run_shape v[] = {{2, 13, true, 1}, {2, 1, true, 1}, {3, 4, true, 1}, {1, 7, false, 1}, {2, 5, true, 2}};
+        char what[64];
+        snprintf(what, sizeof what, "%s act-q8", mixes[m]);
+        logits_same_in_shapes(what, &q, base, other, v, sizeof v / sizeof *v);
         CU_ASSERT_FATAL(run_logits_n(&q, 2, 5, true, base, 0));
         CU_ASSERT_FATAL(run_logits_n(&cfg, 2, 5, true, other, 0));
         double num = 0, den = 0;
