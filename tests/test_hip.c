@@ -379,6 +379,8 @@ static void test_gguf_act_q8_llamacpp(void)
         cfg.rt.backend = CFG_BACKEND_HIP;
         cfg.rt.numerics = CFG_NUMERICS_ACT_Q8;
         cfg.rt.max_seq_len = (int64_t)(np + ng + 4);
+        if (cfg.rt.prefill_chunk > cfg.rt.max_seq_len)
+            cfg.rt.prefill_chunk = cfg.rt.max_seq_len;
         cfg.sampling.temperature = 0;
         sess *s = calloc(1, sizeof *s);
         CU_ASSERT_PTR_NOT_NULL_FATAL(s);
