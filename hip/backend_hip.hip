@@ -113,6 +113,9 @@ typedef struct hip_ctx {
     /* numerics act-q8 (hip_scratch.h's HIP_REQ_QACT): region A (matmul inputs, token rows)
      * and B (MoE / MLP hidden rows), quantized in ops_qact_row's layout */
     bool qact;
+    /* runtime.batch_invariant: one-row steps (decode) take the multi-row (prefill) kernels, so
+     * a token's bits do not depend on whether it came in a prompt or as a decode step */
+    bool batch_inv;
     unsigned char *d_qa, *d_qb;
     uint16_t *d_planes;          /* the GEMMs' activation planes (hip_scratch_planes) */
     hip_planes_layout planes;
@@ -215,6 +218,13 @@ static int32_t op_index(hip_ctx *c, const sched_op *op)
 static float *snap_of(hip_ctx *c, int32_t oi, int o)
 {
     return c->tr_batch_step && c->tr_snap ? c->tr_snap[2 * oi + o] : NULL;
+}
+
+/* Whether a step of `rows` rows takes the one-row (decode) kernels: GEMVs, the split
+ * attention, the fused expert FFNs.  Never in batch-invariant mode. */
+static bool one_row(const hip_ctx *c, long long rows)
+{
+    return rows == 1 && !c->batch_inv;
 }
 
 /* ---- weights ------------------------------------------------------------------------ */
@@ -607,6 +617,7 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
         c->d_attn_part = (float *)dbuf(c, s0 + HIP_REQ_ATTN_PART);
         c->d_tiles = (int32_t *)dbuf(c, s0 + HIP_REQ_MOE_TILES);
         c->qact = s->act_q8;
+        c->batch_inv = s->batch_invariant;
         if (c->qact) {
             hip_qact_layout ql = hip_scratch_qact_layout(s);
             if (s->bufs[s0 + HIP_REQ_QACT].bytes < ql.bytes) {
@@ -1016,7 +1027,7 @@ static int matmul_q8(hip_ctx *c, const sched_op *op, const dev_tensor *const *se
         while (i1 < nseg && seg[i1]->dt == seg[i0]->dt)
             i1++;
         long long end = 0;
-        if (rows > 1 && !snap && qgemm_segs_take(c, seg + i0, i1 - i0, qb, op->k)) {
+        if (!one_row(c, rows) && !snap && qgemm_segs_take(c, seg + i0, i1 - i0, qb, op->k)) {
             /* prefill: the int8 tensor-core GEMM, one per segment */
             for (int i = i0; i < i1 && !st; i++) {
                 hip_qgemm_args a = qgemm_args(c->d_qa, qb, seg[i]->d, 0, out + begin + end, ldo, (int)rows,
@@ -1043,7 +1054,7 @@ static int matmul_q8(hip_ctx *c, const sched_op *op, const dev_tensor *const *se
             a.k = op->k;
             a.m = (int)rows;
             st = launch_err(hip_launch_qmatmul(seg[i0]->dt, &a, c->stream), op, err);
-        } else if (rows == 1) {
+        } else if (one_row(c, rows)) {
             st = gemv_run(c, op, seg + i0, i1 - i0, in, out + begin, snap ? snap + begin : NULL, &end, err);
         } else {
             for (int i = i0; i < i1 && !st; i++) {
@@ -1091,7 +1102,7 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
     /* act-q8 as the CPU does it: inputs of whole 32-blocks, block-typed weights */
     if (c->qact && any_block && op->k % 32 == 0)
         return matmul_q8(c, op, seg, nseg, in, rows, out, ldo, snap, err);
-    if (rows == 1) {
+    if (one_row(c, rows)) {
         /* one GEMV per run of consecutive segments of one dtype (a GGUF's fused qkv may mix
          * them: attn_q Q4_K, attn_k and attn_v Q8_0); each output is computed the same way
          * either way */
@@ -1191,7 +1202,7 @@ typedef struct ffn_qmma_args {
 static bool ffn_qmma_takes(const hip_ctx *c, const dev_tensor *G, const dev_tensor *U, const dev_tensor *D,
                            long long esgu, long long esd, long long H, long long I, int rows)
 {
-    if (rows <= 1 || !ffn_q8_takes(c, G, U, D, H, I))
+    if (rows < 1 || one_row(c, rows) || !ffn_q8_takes(c, G, U, D, H, I))
         return false;
     hip_qgemm_args a = qgemm_args(c->d_qa, (long long)ops_qact_row_bytes(H), G->d, esgu, NULL, I, rows, (int)I, (int)H);
     if (!hip_qgemm_takes(G->dt, &a))
@@ -1309,7 +1320,7 @@ static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
         q.err_flag = c->d_err;
         return ffn_q8(c, op, &q, xn, L->gate.dt, L->down.dt, err);
     }
-    if (rows == 1) {
+    if (one_row(c, rows)) {
         hip_moe_dec_args a;
         memset(&a, 0, sizeof a);
         a.x = xn;
@@ -1466,7 +1477,7 @@ static int run_mlp(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
         q.err_flag = c->d_err;
         return ffn_q8(c, op, &q, xn, L->mlp_gate.dt, L->mlp_down.dt, err);
     }
-    if (rows == 1) {
+    if (one_row(c, rows)) {
         hip_moe_dec_args a;
         memset(&a, 0, sizeof a);
         a.x = xn;
@@ -1637,7 +1648,7 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
         a.max_splits = c->max_splits;
         a.tickets = c->d_attn_tickets;
         a.err_flag = c->d_err;
-        return launch_err(hip_launch_attention(&a, rows, rows == 1, c->stream), op, err);
+        return launch_err(hip_launch_attention(&a, rows, one_row(c, rows), c->stream), op, err);
     }
     case SCHED_ADD:
         if (f & OPF_FUSE_NEXT) {
@@ -2065,7 +2076,7 @@ static int hip_begin_step(backend *b, const exec_step *st, bool *ops_done, moert
         HIP_TRY(hipEventRecord(c->prof_ev[2 * c->s->n_ops], c->stream), "profile");
     }
     c->checking_step = false;
-    c->tr_batch_step = c->tr_batch && st->n_rows == 1;
+    c->tr_batch_step = c->tr_batch && one_row(c, st->n_rows);
     c->tr_forked[0] = c->tr_forked[1] = false;
     if (c->check) {
         bool first = st->decode ? !c->checked_decode : !c->checked_prefill;

@@ -848,13 +848,15 @@ static int parse_runtime(load_ctx *c, yaml_node_t *r, moert_err *err)
     yamldoc *d = c->d;
     cfg_runtime *rt = &c->out->rt;
     const cfg_topology *t = &c->out->topo;
-    static const char *const keys[] = {"max_seq_len", "prefill_chunk", "threads", "backend", "gpus", "numerics", NULL};
+    static const char *const keys[] = {"max_seq_len", "prefill_chunk", "threads",         "backend",
+                                       "gpus",        "numerics",      "batch_invariant", NULL};
     int rc;
     if (r && (rc = yamldoc_check_map(d, r, "runtime", keys, err)))
         return rc;
     yaml_node_t *msl = yamldoc_get(d, r, "max_seq_len"), *pc = yamldoc_get(d, r, "prefill_chunk");
     yaml_node_t *th = yamldoc_get(d, r, "threads"), *be = yamldoc_get(d, r, "backend");
     yaml_node_t *gp = yamldoc_get(d, r, "gpus"), *nu = yamldoc_get(d, r, "numerics");
+    yaml_node_t *bi = yamldoc_get(d, r, "batch_invariant");
     if (msl) {
         if ((rc = yamldoc_int(d, msl, "runtime.max_seq_len", &rt->max_seq_len, err)))
             return rc;
@@ -911,6 +913,8 @@ static int parse_runtime(load_ctx *c, yaml_node_t *r, moert_err *err)
             return rc;
         rt->numerics = (cfg_numerics)which;
     }
+    if (bi && (rc = yamldoc_bool(d, bi, "runtime.batch_invariant", &rt->batch_invariant, err)))
+        return rc;
     return MOERT_OK;
 }
 

@@ -25,7 +25,8 @@
  *   weights:   a path (file or directory), or {synth: {seed: N, dtype: f32|bf16|f16}}
  *              (seed 0 and bf16 by default).
  *   tokenizer, contract: paths, "" = none.  runtime: {max_seq_len, prefill_chunk, threads,
- *   backend: cpu|hip, gpus: 1|2|4|8 (default 1), numerics: exact|act-q8 (default exact)}.  sampling: {temperature, top_k, top_p, seed}.  trace: {enabled, out,
+ *   backend: cpu|hip, gpus: 1|2|4|8 (default 1), numerics: exact|act-q8 (default exact),
+ *   batch_invariant: bool (default false)}.  sampling: {temperature, top_k, top_p, seed}.  trace: {enabled, out,
  *   mode: stats|tensor, positions: last|all, stages: all|[names], layers: all|[indices],
  *   capacity, on_full: overwrite|stop}.
  * Relative paths resolve against the YAML file's directory, lexically (base/rel, no
@@ -114,6 +115,10 @@ typedef struct cfg_runtime {
                                    (cfg_gpus_valid); > 1 runs on the CPU through the in-process
                                    loopback (comm.h); the hip backend runs 1 */
     cfg_numerics numerics;      /* runtime.numerics / --numerics (default exact) */
+    bool batch_invariant;       /* runtime.batch_invariant / --batch-invariant on|off: a prompt
+                                   row's bits equal the same token's as a decode step.  The CPU
+                                   backend always is; the hip backend then runs decode steps
+                                   through its prefill kernels (slower) */
     cfg_sim_precision sim_precision; /* --sim-precision (command line only) */
     char route_from[CFG_PATH_MAX];   /* --route-from: a trace whose recorded routing replaces
                                         the router's choice (routing replay), or "" */

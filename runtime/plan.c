@@ -100,6 +100,7 @@ int plan_build(const cfg_config *cfg, unsigned flags, plan_run *p, moert_err *er
         goto fail_config;
     p->schedule.gpus = cfg->rt.gpus > 1 ? cfg->rt.gpus : 1;
     p->schedule.act_q8 = cfg->rt.numerics == CFG_NUMERICS_ACT_Q8;
+    p->schedule.batch_invariant = cfg->rt.batch_invariant;
     if (p->trace && ((st = trace_rt_bind(p->trace, &p->schedule, err)) || (st = check_trace_contract(p, err))))
         goto fail;
     if ((st = add_backend_scratch(p, err)) || (st = place(p, err)))

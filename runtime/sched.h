@@ -95,6 +95,8 @@ typedef struct sched {
                                   gather buffer): set by plan_build, 0 or 1 = one */
     bool act_q8;               /* runtime.numerics act-q8 (sizes the CPU backend's quantized
                                   activations): set by plan_build */
+    bool batch_invariant;      /* runtime.batch_invariant: a backend runs one-row steps (decode)
+                                  through its multi-row kernels: set by plan_build */
     int64_t q_dim, kv_dim, qkv_dim;
     sched_op *ops;
     int32_t n_ops;

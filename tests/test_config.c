@@ -251,6 +251,8 @@ static const struct {
      ":66:65: lists and mappings nest more than 64 deep here, expected at most 64 levels"},
     {"80-bad-numerics.yaml",
      ":13:21: runtime.numerics: got the string \"q4\", expected one of: exact, act-q8"},
+    {"81-bad-batch-invariant.yaml",
+     ":13:28: runtime.batch_invariant: got the string \"sometimes\", expected true or false"},
 };
 
 #define N_BAD (sizeof bad_configs / sizeof bad_configs[0])
@@ -686,6 +688,7 @@ static void test_defaults(void)
     CU_ASSERT_EQUAL(cfg.rt.prefill_chunk, 256);
     CU_ASSERT_EQUAL(cfg.rt.threads, 0);
     CU_ASSERT_EQUAL(cfg.rt.backend, CFG_BACKEND_CPU);
+    CU_ASSERT_FALSE(cfg.rt.batch_invariant);
     CU_ASSERT_DOUBLE_EQUAL(cfg.sampling.temperature, 0, 0);
     CU_ASSERT_EQUAL(cfg.sampling.top_k, 0);
     CU_ASSERT_DOUBLE_EQUAL(cfg.sampling.top_p, 1, 0);
@@ -723,6 +726,10 @@ static void test_defaults(void)
     CU_ASSERT_TRUE(t->norm_topk_prob);
     CU_ASSERT_FALSE(t->tie_word_embeddings);
     CU_ASSERT_EQUAL(t->max_position_embeddings, 0);
+
+    CU_ASSERT_EQUAL_FATAL(cfg_load_string(MIN_MODEL "weights: {synth: {}}\nruntime: {batch_invariant: true}\n",
+                                          "bi.yaml", NULL, &cfg2, &e), MOERT_OK);
+    CU_ASSERT_TRUE(cfg2.rt.batch_invariant);
 
     /* max_seq_len defaults to min(4096, max_position_embeddings); prefill_chunk to
      * min(256, max_seq_len). */

@@ -10,7 +10,10 @@
  *   - GGUF models (moert's own in every type mix, a tied Q4_K_M one, and
  *     llama.cpp's gguf-tiny / gguf-vocab files when ../shared is present), whose weights stay
  *     quantized on the device: logits within 1e-4 of the CPU, the same greedy tokens,
- *     bit-identical run to run and graph == eager.
+ *     bit-identical run to run and graph == eager;
+ *   - batch invariance (runtime.batch_invariant): the prompt's last token run as a decode
+ *     step, or the prompt in chunks that end in a one-row chunk, gives the bits of the whole
+ *     prompt in one go, after the prompt and at every later decode step.
  * Without a GPU: the device's weight loaders, run on the host, equal ops_to_f32 bit for bit
  * for every weight type. */
 #include <CUnit/CUnit.h>
@@ -60,9 +63,14 @@ typedef enum { TR_NONE, TR_TENSOR_ALL, TR_STATS_LAST_SMALL } trace_kind;
 
 /* runtime.numerics of every run_model (the act-q8 tests set it, then reset it) */
 static cfg_numerics g_numerics = CFG_NUMERICS_EXACT;
+/* The batch-invariance test's knobs (it resets them): runtime.batch_invariant, the prefill
+ * chunk, and how many of the prompt's tokens are prefilled (the rest run as decode steps). */
+static bool g_batch_inv;
+static int g_chunk = 5, g_prefilled = N_PROMPT;
 
-/* Prompt of N_PROMPT ids in chunks of 5, then N_DECODE decode steps feeding `feed` (or the
- * greedy choice when feed is NULL).  Returns MOERT_ENODEV when there is no GPU. */
+/* Prompt of N_PROMPT ids in chunks of g_chunk (its first g_prefilled ids; the rest as decode
+ * steps), then N_DECODE decode steps feeding `feed` (or the greedy choice when feed is NULL).
+ * Returns MOERT_ENODEV when there is no GPU. */
 static int run_model(const char *dir, cfg_backend be, trace_kind tk, const int32_t *feed,
                      run_result *out)
 {
@@ -78,7 +86,8 @@ static int run_model(const char *dir, cfg_backend be, trace_kind tk, const int32
     cfg.rt.numerics = g_numerics;
     cfg.rt.threads = 2;
     cfg.rt.max_seq_len = N_PROMPT + N_DECODE + 4;
-    cfg.rt.prefill_chunk = 5;
+    cfg.rt.prefill_chunk = g_chunk;
+    cfg.rt.batch_invariant = g_batch_inv;
     cfg.sampling.temperature = 0;
     cfg.trace.enabled = tk != TR_NONE;
     if (tk == TR_TENSOR_ALL) {
@@ -112,7 +121,9 @@ static int run_model(const char *dir, cfg_backend be, trace_kind tk, const int32
         free(s);
         return st;
     }
-    st = sess_prefill(s, prompt, N_PROMPT, &err);
+    st = sess_prefill(s, prompt, g_prefilled, &err);
+    for (int i = g_prefilled; i < N_PROMPT && !st; i++)
+        st = sess_decode(s, prompt[i], &err);
     if (!st)
         memcpy(out->logits, sess_logits(s), (size_t)V * sizeof(float));
     for (int i = 0; i < N_DECODE && !st; i++) {
@@ -344,6 +355,75 @@ static void test_gguf_act_q8_vs_cpu(void)
 static void test_gguf_act_q8_determinism(void)
 {
     gguf_run(__func__, CFG_NUMERICS_ACT_Q8, determinism);
+}
+
+/* ---- batch invariance (runtime.batch_invariant) ---------------------------------------
+ * The whole prompt in chunks of 5 (5, 5, 3) is the reference.  With batch invariance on, the
+ * same prompt with its last token as a decode step, and in chunks of 4 (4, 4, 4, 1: a one-row
+ * prefill chunk), must give the same logits bit for bit, after the prompt and at each of the
+ * N_DECODE decode steps that follow (fed the reference's tokens).  Without it, the last
+ * token as a decode step takes the decode kernels: the difference is printed, not asserted. */
+static void batch_invariance(char dirs[][512], int n)
+{
+    for (int c = 0; c < n; c++) {
+        run_result ref, as_decode, one_row, off_ref, off_decode;
+        g_batch_inv = true;
+        int st = run_model(dirs[c], CFG_BACKEND_HIP, TR_NONE, NULL, &ref);
+        g_prefilled = N_PROMPT - 1;
+        if (!st)
+            st = run_model(dirs[c], CFG_BACKEND_HIP, TR_NONE, ref.tokens, &as_decode);
+        g_prefilled = N_PROMPT;
+        g_chunk = 4;
+        if (!st)
+            st = run_model(dirs[c], CFG_BACKEND_HIP, TR_NONE, ref.tokens, &one_row);
+        g_chunk = 5;
+        g_batch_inv = false;
+        if (!st)
+            st = run_model(dirs[c], CFG_BACKEND_HIP, TR_NONE, ref.tokens, &off_ref);
+        g_prefilled = N_PROMPT - 1;
+        if (!st)
+            st = run_model(dirs[c], CFG_BACKEND_HIP, TR_NONE, ref.tokens, &off_decode);
+        g_prefilled = N_PROMPT;
+        CU_ASSERT_EQUAL_FATAL(st, MOERT_OK);
+        size_t bytes = (size_t)(1 + N_DECODE) * (size_t)ref.V * sizeof(float);
+        bool dec_same = memcmp(ref.logits, as_decode.logits, bytes) == 0;
+        bool row_same = memcmp(ref.logits, one_row.logits, bytes) == 0;
+        if (!dec_same || !row_same)
+            fprintf(stderr, "\n    %s batch-invariant: last prompt token as a decode step identical %d, "
+                            "a one-row prefill chunk identical %d\n",
+                    dirs[c], dec_same, row_same);
+        CU_ASSERT(dec_same);
+        CU_ASSERT(row_same);
+        bool off_same = memcmp(off_ref.logits, off_decode.logits, bytes) == 0;
+        fprintf(stderr, "\n    %s without batch invariance: last prompt token as a decode step %s "
+                        "(logits after the prompt: rel L2 %.2e)",
+                dirs[c], off_same ? "identical" : "differs", rel_l2(off_decode.logits, off_ref.logits, ref.V));
+        free_result(&ref);
+        free_result(&as_decode);
+        free_result(&one_row);
+        free_result(&off_ref);
+        free_result(&off_decode);
+    }
+}
+
+static void test_batch_invariance(void)
+{
+    char dirs[MAX_CASES][512];
+    int n = fixture_dirs(dirs);
+    CU_ASSERT_FATAL(n > 0);
+    if (!hip_ready(__func__, dirs[0]))
+        return;
+    batch_invariance(dirs, n);
+}
+
+static void test_gguf_batch_invariance(void)
+{
+    gguf_run(__func__, CFG_NUMERICS_EXACT, batch_invariance);
+}
+
+static void test_gguf_act_q8_batch_invariance(void)
+{
+    gguf_run(__func__, CFG_NUMERICS_ACT_Q8, batch_invariance);
 }
 
 /* GPU act-q8 greedy tokens on llama.cpp's gguf-tiny files (whole prompt, then one token at
@@ -778,4 +858,7 @@ void suite_hip(void)
     CU_add_test(s, "act-q8 GEMM's weight operands (on the host) == ops_to_f32, every block type",
                 test_qmma_unpack_host);
     CU_add_test(s, "act-q8 tensor-core GEMM vs ops_matmul_qact, dense and grouped, every block type", test_qmma_gpu);
+    CU_add_test(s, "GPU batch invariance: a prompt row == the same token as a decode step", test_batch_invariance);
+    CU_add_test(s, "GPU batch invariance, GGUF models", test_gguf_batch_invariance);
+    CU_add_test(s, "GPU batch invariance, GGUF models, act-q8", test_gguf_act_q8_batch_invariance);
 }

@@ -705,6 +705,8 @@ static const struct {
      "moert replay: {T}: manifest: \"numerics\" is \"int8\", expected one of: exact, act-q8\n"},
     {"numerics", "7", "diff {T} {T}",
      "moert diff: {T}: manifest: \"numerics\" is 7, expected one of: exact, act-q8\n"},
+    {"batch_invariant", "1", "replay {T}",
+     "moert replay: {T}: manifest: \"batch_invariant\" is 1, expected true or false\n"},
     {"weights/source", "\"s3\"", "replay {T}",
      "moert replay: {T}: manifest weights: \"source\" is \"s3\", expected one of: synth, path\n"},
     {"weights/dtype", "\"int4\"", "replay {T}",

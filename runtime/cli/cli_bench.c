@@ -18,7 +18,7 @@ static const char bench_usage[] =
     "usage: moert bench CONFIG|MODEL_DIR [--json] [--prompt-tokens N] [--gen N] [--repeat R]\n"
     "                   [--trace-overhead] [--profile] [--threads N] [--backend cpu|hip]\n"
     "                   [--weights PATH] [--check-weights] [--gpus N (cpu loopback; hip: 1)]\n"
-    "                   [--numerics exact|act-q8]\n"
+    "                   [--numerics exact|act-q8] [--batch-invariant on|off]\n"
     "  prefill tok/s for an N-token prompt (default 512), decode tok/s over --gen tokens\n"
     "  (default 128, greedy), each the median of R measured runs (default 3) after a warm-up,\n"
     "  weight bytes read per decoded token, the memory-bandwidth\n"
@@ -305,6 +305,7 @@ int cli_bench(int argc, char **argv, moert_err *err)
         json_object_set_new(o, "device", json_string(device));
         json_object_set_new(o, "threads", json_integer(threads));
         json_object_set_new(o, "numerics", json_string(cfg_numerics_names[cfg->rt.numerics]));
+        json_object_set_new(o, "batch_invariant", json_boolean(cfg->rt.batch_invariant));
         json_object_set_new(o, "prompt_tokens", json_integer(n_prompt));
         json_object_set_new(o, "decode_tokens", json_integer(plain.decode_steps));
         json_object_set_new(o, "repeat", json_integer(repeat));

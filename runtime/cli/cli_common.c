@@ -200,6 +200,7 @@ int cli_take_override(int argc, char **argv, int *i, cli_overrides *o, moert_err
         {"--backend", offsetof(cli_overrides, backend)},
         {"--gpus", offsetof(cli_overrides, gpus)},
         {"--numerics", offsetof(cli_overrides, numerics)},
+        {"--batch-invariant", offsetof(cli_overrides, batch_invariant)},
         {"--weights", offsetof(cli_overrides, weights)},
         {"--seed", offsetof(cli_overrides, seed)},
         {"--temp", offsetof(cli_overrides, temp)},
@@ -289,6 +290,13 @@ int cli_apply_runtime(const cli_overrides *o, unsigned cfg_flags, cfg_config *cf
         if ((st = parse_name("--numerics", cfg_numerics_names, o->numerics, &n, err)))
             return st;
         cfg->rt.numerics = (cfg_numerics)n;
+    }
+    if (o->batch_invariant) {
+        static const char *const off_on[] = {"off", "on", NULL};
+        int n;
+        if ((st = parse_name("--batch-invariant", off_on, o->batch_invariant, &n, err)))
+            return st;
+        cfg->rt.batch_invariant = n == 1;
     }
     if (o->weights) {
         if (!path_exists(o->weights))

@@ -14,7 +14,7 @@
 #include "../err.h"
 
 typedef struct cli_overrides {
-    const char *threads, *prefill_chunk, *max_seq_len, *backend, *weights, *gpus, *numerics;
+    const char *threads, *prefill_chunk, *max_seq_len, *backend, *weights, *gpus, *numerics, *batch_invariant;
     const char *seed, *temp, *top_k, *top_p;
     const char *trace_file, *trace_mode, *trace_positions, *contract;
 } cli_overrides;
@@ -25,7 +25,7 @@ typedef struct cli_overrides {
 int cli_take_override(int argc, char **argv, int *i, cli_overrides *o, moert_err *err);
 
 /* Applies the runtime overrides (threads, prefill chunk, max_seq_len, backend, gpus,
- * numerics, weights) to a loaded config, checking each value: what run and replay share. */
+ * numerics, batch invariance, weights) to a loaded config, checking each value: what run and replay share. */
 int cli_apply_runtime(const cli_overrides *o, unsigned cfg_flags, cfg_config *cfg, moert_err *err);
 
 /* Loads path (YAML or model directory) and applies the overrides, checking each value. */

@@ -33,6 +33,8 @@ static const char run_usage[] =
     "  --numerics exact|act-q8  products with block-quantized weights: exact (default), or the\n"
     "                        activations quantized to int8 and integer dot products, as llama.cpp\n"
     "                        does (deterministic too; named in the trace manifest; cpu, hip)\n"
+    "  --batch-invariant on|off  a prompt row bit-identical to the same token as a decode\n"
+    "                        step (the cpu always is; hip: decode on the prefill kernels, slower)\n"
     "  --sim-precision bf16|f16  round every op's output activations to that format, weights\n"
     "                        unchanged: the precision noise floor of a reduced-precision device (cpu)\n"
     "  SIGINT / SIGTERM stop after the step in progress: the trace of what ran is written\n"

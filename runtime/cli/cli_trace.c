@@ -225,8 +225,8 @@ int cli_replay(int argc, char **argv, moert_err *err)
     if (!path)
         return err_set(err, MOERT_EUSAGE, "usage: moert replay TRACE [--tolerance X] [--backend B] [--threads N] [--gpus N]");
     if (ov.trace_file || ov.trace_mode || ov.trace_positions || ov.seed || ov.temp || ov.top_k || ov.top_p ||
-        ov.contract || ov.numerics)
-        return err_set(err, MOERT_EUSAGE, "replay takes the trace plan, contract, numerics and sampling from the recording");
+        ov.contract || ov.numerics || ov.batch_invariant)
+        return err_set(err, MOERT_EUSAGE, "replay takes the trace plan, contract, numerics, batch invariance and sampling from the recording");
     trace_replay r;
     int st = trace_replay_open(path, &r, err);
     if (st)

@@ -73,6 +73,7 @@ static json_t *manifest_json(sess *s, const trace_run_info *info, uint64_t finge
     json_object_set_new(m, "backend", json_string(s->be.vt->name));
     json_object_set_new(m, "threads", json_integer(s->threads));
     json_object_set_new(m, "numerics", json_string(cfg_numerics_names[c->rt.numerics]));
+    json_object_set_new(m, "batch_invariant", json_boolean(c->rt.batch_invariant));
     json_object_set_new(m, "sim_precision", json_string(cfg_sim_precision_name(c->rt.sim_precision)));
     if (s->route) {
         snprintf(hex, sizeof hex, "%016" PRIx64, trace_route_fingerprint(s->route));
@@ -664,10 +665,14 @@ static int manifest_config(const json_t *m, const char *path, cfg_config *cfg, m
         return st;
     cfg->rt.threads = (int32_t)v;
     cfg->rt.backend = (cfg_backend)which;
-    /* numerics, precision simulation and routing replay: absent from older traces (= the
-     * defaults: exact, off, off) */
+    /* numerics, batch invariance, precision simulation and routing replay: absent from older
+     * traces (= the defaults: exact, off, off, off) */
     if ((st = want_numerics(m, &cfg->rt.numerics, path, err)))
         return st;
+    const json_t *bi = json_object_get(m, "batch_invariant"); /* absent in older traces: off */
+    if (bi && !json_is_boolean(bi))
+        return bad_field(err, path, "", "batch_invariant", bi, "true or false");
+    cfg->rt.batch_invariant = json_is_true(bi);
     if (json_object_get(m, "sim_precision")) {
         const char *const sims[] = {cfg_sim_precision_name(CFG_SIM_NONE), cfg_sim_precision_name(CFG_SIM_BF16),
                                     cfg_sim_precision_name(CFG_SIM_F16), NULL};

@@ -12,7 +12,7 @@
  * __metadata__: "format" = "moert-trace", "moert_version", and "manifest": a JSON document
  * with the resolved topology, weights source and fingerprint, backend, threads, sampling,
  * prompt and generated ids, trace plan, contract name/version and per-ring drop counts; the
- * build (version.h), numerics (exact | act-q8), sim_precision, route_from ({path, fingerprint} or null) and
+ * build (version.h), numerics (exact | act-q8), batch_invariant, sim_precision, route_from ({path, fingerprint} or null) and
  * "interrupted" (the session stopped early on a signal).
  * Written atomically (temp file, fsync, rename).
  */
