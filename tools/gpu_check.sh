@@ -23,6 +23,9 @@
 #                 last commit's), also its records against this binary's (in the modes of
 #                 BASE_MODES, default stats): identical but for the manifest's build facts
 #   6. bench      moert bench configs/bench-gpu.yaml --json --trace-overhead
+#   6b. bench-bi  bench-gpu decode and prefill with --batch-invariant on against off, alternated
+#                 (64 generated tokens, one run each; the bit-identity itself is suite hip's
+#                 batch-invariance tests, in step 3)
 #   7. bench48    the same on configs/bench-gpu-48.yaml (Qwen3-30B-A3B's 48 layers, 61 GB)
 #   8. bench-q    bench-gpu's shapes as Q8_0 and Q4_K_M GGUF files (synthesized): decode and
 #                 prefill in each numerics mode (exact, act-q8; a mode the binary refuses is a
@@ -37,7 +40,7 @@ set -u
 BIN=${BIN:-./moert-nvidia}
 RUNNER=${RUNNER:-build/nvidia/test_runner}
 LOG=${OUT:-build/gpu-check}
-STEPS=${GPU_CHECK_STEPS:-"smoke check-fix tests check-big attn trace bench bench48 bench-q"}
+STEPS=${GPU_CHECK_STEPS:-"smoke check-fix tests check-big attn trace bench bench-bi bench48 bench-q"}
 mkdir -p "$LOG"
 SUMMARY="$LOG/summary.txt"
 : >"$SUMMARY"
@@ -265,6 +268,38 @@ for b in bench bench48; do
         row $b FAIL "rc=$rc $(tail -c 300 "$LOG/bench.err" | tr '\n' ' ')"
     fi
 done
+
+# 6b. what batch invariance costs: decode steps on the prefill kernels
+if want bench-bi; then
+    : >"$LOG/bench-bi.json"
+    ok=1
+    for bi in off on off on; do
+        if timeout 200 "$BIN" bench "$BENCH_CFG" --gen 64 --repeat 1 --batch-invariant $bi --json \
+            >"$LOG/bench-bi.tmp" 2>>"$LOG/bench.err"; then
+            { echo "== batch-invariant $bi"; cat "$LOG/bench-bi.tmp"; } >>"$LOG/bench-bi.json"
+        else
+            ok=0
+        fi
+    done
+    rm -f "$LOG/bench-bi.tmp"
+    sum=$(python3 - "$LOG/bench-bi.json" <<'EOF' 2>/dev/null
+import json, re, sys
+runs = {"off": [], "on": []}
+for part in re.split(r"^== batch-invariant ", open(sys.argv[1]).read(), flags=re.M)[1:]:
+    mode, body = part.split("\n", 1)
+    j = json.loads(body)
+    runs[mode].append((j["decode_tokens_per_s"], j["prefill_tokens_per_s"]))
+best = {m: (max(r[0] for r in v), max(r[1] for r in v)) for m, v in runs.items()}
+print("decode %.0f tok/s on vs %.0f off (%.0f%% slower) | prefill %.0f vs %.0f"
+      % (best["on"][0], best["off"][0], 100 * (1 - best["on"][0] / best["off"][0]), best["on"][1], best["off"][1]))
+EOF
+)
+    if [ $ok = 1 ] && [ -n "$sum" ]; then
+        row bench-bi ok "$sum"
+    else
+        row bench-bi FAIL "$(tail -c 300 "$LOG/bench.err" | tr '\n' ' ')"
+    fi
+fi
 
 # 8. quantized weights at speed.  llama.cpp b10573 on an H200 (issue 13's table, 2026-12-01,
 # `llama-bench -ngl 99 -fa 1 -p 512 -n 128` on the same weights): decode / prefill tok/s.
