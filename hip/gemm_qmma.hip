@@ -4,8 +4,9 @@
  * Block tile BM x BN, k tiles of 256 (one K-quant super-block, eight 32-blocks); warps own
  * 32 x 32 outputs.  Per k tile: the activation quants (int8, 256 bytes a row) and scales
  * are copied into shared memory; the weight rows' block bytes of the tile (contiguous in
- * every type, only 2-byte aligned for Q8_0 / Q6_K / Q4_0 / Q5_0) are copied as aligned
- * words, then unpacked into int8 operand rows (hip_qunpack.h) and their scales; then the
+ * every type, only 2-byte aligned for Q8_0 / Q6_K / Q4_0 / Q5_0) are copied as the aligned
+ * 16-byte chunks that cover them, then unpacked by word operations into int8 operand rows
+ * (hip_qunpack.h) and their scales; then the
  * MMA products of each 32 (Q6_K: 16) and the float combine of hip_gemm_qmma.h.
  * Dense: 64 x 64 tiles; grouped (MoE): HIP_MOE_BM x 128 tiles, one per tile-table entry.
  */
@@ -55,15 +56,16 @@ static_assert((int)HIP_DT_Q4_0 == (int)OPS_Q4_0 && (int)HIP_DT_Q5_0 == (int)OPS_
 
 #define DEV static __device__ __forceinline__
 
-/* Per block type: elements and bytes of a block, bytes of a row's k tile, the u32 words
- * that hold those bytes from any 2-byte offset (odd: conflict-free rows). */
+/* Per block type: elements and bytes of a block, bytes of a row's k tile, the 16-byte
+ * chunks that hold those bytes from any even offset within a chunk, and the u32 words of a
+ * raw row (the chunks; cp.async 16 wants 16-byte aligned rows). */
 template <int DT> struct qm_t {
     static constexpr int be = DT >= HIP_DT_Q4_K ? 256 : 32;
     static constexpr int bb = DT == HIP_DT_Q4_0 ? 18 : DT == HIP_DT_Q5_0 ? 22 : DT == HIP_DT_Q8_0 ? 34
                             : DT == HIP_DT_Q4_K ? 144 : DT == HIP_DT_Q5_K ? 176 : 210;
     static constexpr int tb = QM_BK / be * bb;
-    static constexpr int rw0 = (tb + 2 + 3) / 4;
-    static constexpr int rw = rw0 % 2 ? rw0 : rw0 + 1;
+    static constexpr int rc = (tb + 14 + 15) / 16;
+    static constexpr int rw = 4 * rc;
     static constexpr bool kq = DT >= HIP_DT_Q4_K;
 };
 
@@ -76,21 +78,22 @@ template <int DT, int BM, int BN> struct qm_smem {
     static constexpr size_t wq = (size_t)BN * QM_LDQ;
     static constexpr size_t raw = (size_t)BN * qm_t<DT>::rw * 4;
     static constexpr size_t wd = (size_t)BN * 8 * 4, wsc = (size_t)BN * 16 * 4;
-    static constexpr size_t bytes = 2 * astage + wq + raw + wd + wsc;
+    /* + 16: hip_qu_ld32 reads one word past the last row's bytes */
+    static constexpr size_t bytes = 2 * astage + wq + raw + wd + wsc + 16;
 };
 
-/* Global -> shared without registers: cp.async on NVIDIA (4 bytes of which src_bytes are
- * read, the rest zero; 16 bytes or zeros), a plain load and store elsewhere. */
+/* Global -> shared without registers: cp.async on NVIDIA (4 or 16 bytes of which src_bytes
+ * are read, the rest zero), a plain load and store elsewhere. */
 #if defined(QM_NV)
 DEV void cp4(void *sdst, const void *gsrc, int src_bytes)
 {
     unsigned sa = (unsigned)__cvta_generic_to_shared(sdst);
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(sa), "l"(gsrc), "r"(src_bytes) : "memory");
 }
-DEV void cp16(void *sdst, const void *gsrc, bool valid)
+DEV void cp16(void *sdst, const void *gsrc, int src_bytes)
 {
     unsigned sa = (unsigned)__cvta_generic_to_shared(sdst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sa), "l"(gsrc), "r"(valid ? 16 : 0)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sa), "l"(gsrc), "r"(src_bytes)
                  : "memory");
 }
 DEV void cp_wait_all(void)
@@ -104,9 +107,14 @@ DEV void cp4(void *sdst, const void *gsrc, int src_bytes)
                         : src_bytes == 2 ? (uint32_t) * (const uint16_t *)gsrc
                                          : 0u;
 }
-DEV void cp16(void *sdst, const void *gsrc, bool valid)
+DEV void cp16(void *sdst, const void *gsrc, int src_bytes)
 {
-    *(uint4 *)sdst = valid ? *(const uint4 *)gsrc : make_uint4(0u, 0u, 0u, 0u);
+    if (src_bytes == 16) {
+        *(uint4 *)sdst = *(const uint4 *)gsrc;
+        return;
+    }
+    for (int i = 0; i < 16; i++)
+        ((uint8_t *)sdst)[i] = i < src_bytes ? ((const uint8_t *)gsrc)[i] : 0;
 }
 DEV void cp_wait_all(void) {}
 #endif
@@ -133,24 +141,25 @@ DEV int acc_col(int i, int lane)
 {
     return (i / 4 % 4) * 8 + (lane & 3) * 2 + (i & 1);
 }
-DEV void mma_k32(int c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1)
+DEV void mma_k32(int c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1, int c0)
 {
     asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
                  "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
                  : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(c0));
 }
-DEV void mma_k16(int c[4], uint32_t a0, uint32_t a1, uint32_t b0)
+DEV void mma_k16(int c[4], uint32_t a0, uint32_t a1, uint32_t b0, int c0)
 {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 "
                  "{%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};"
                  : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-                 : "r"(a0), "r"(a1), "r"(b0), "r"(0));
+                 : "r"(a0), "r"(a1), "r"(b0), "r"(c0));
 }
-/* s = the integer products of the warp's 32 x 32 tile over k [ks, ks + KS), KS 32 or 16 */
+/* s = c0 + the integer products of the warp's 32 x 32 tile over k [ks, ks + KS), KS 32 or 16
+ * (an empty m16 half: c0 alone) */
 template <int KS>
 DEV void warp_products(int s[QM_ACC], const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane,
-                       const bool mb_on[2])
+                       const bool mb_on[2], int c0)
 {
     const int g = lane >> 2, t4 = (lane & 3) * 4;
     uint32_t b[4][2];
@@ -165,7 +174,7 @@ DEV void warp_products(int s[QM_ACC], const uint8_t *Aq, const uint8_t *Wq, int 
         if (!mb_on[mb]) {
 #pragma unroll
             for (int i = 0; i < 16; i++)
-                s[mb * 16 + i] = 0;
+                s[mb * 16 + i] = c0;
             continue;
         }
         const uint8_t *r0 = Aq + (size_t)(wm * 32 + mb * 16 + g) * QM_LDQ + ks + t4, *r1 = r0 + 8 * QM_LDQ;
@@ -174,9 +183,9 @@ DEV void warp_products(int s[QM_ACC], const uint8_t *Aq, const uint8_t *Wq, int 
         for (int nb = 0; nb < 4; nb++) {
             if (KS == 32)
                 mma_k32(&s[(mb * 4 + nb) * 4], a0, a1, *(const uint32_t *)(r0 + 16), *(const uint32_t *)(r1 + 16),
-                        b[nb][0], b[nb][1]);
+                        b[nb][0], b[nb][1], c0);
             else
-                mma_k16(&s[(mb * 4 + nb) * 4], a0, a1, b[nb][0]);
+                mma_k16(&s[(mb * 4 + nb) * 4], a0, a1, b[nb][0], c0);
         }
     }
 }
@@ -195,14 +204,14 @@ DEV int acc_col(int i, int lane)
 }
 template <int KS>
 DEV void warp_products(int s[QM_ACC], const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane,
-                       const bool mb_on[2])
+                       const bool mb_on[2], int c0)
 {
 #pragma unroll
     for (int mb = 0; mb < 2; mb++)
 #pragma unroll
         for (int nb = 0; nb < 2; nb++) {
             int *pp = &s[(mb * 2 + nb) * 4];
-            qm_i4 cv = {0, 0, 0, 0};
+            qm_i4 cv = {c0, c0, c0, c0};
             if (mb_on[mb]) {
                 const uint8_t *ar = Aq + (size_t)(wm * 32 + mb * 16 + (lane & 15)) * QM_LDQ + ks;
                 const uint8_t *br = Wq + (size_t)(wn * 32 + nb * 16 + (lane & 15)) * QM_LDQ + ks;
@@ -243,6 +252,15 @@ DEV float qm_add(float a, float b)
     MOERT_NO_CONTRACT
     return a + b;
 #endif
+}
+/* The 32-blocks' products start from QM_MAGIC (1.5 * 2^23 as a float's bits): the MMA then
+ * leaves the bits of the float 1.5 * 2^23 + i for the block's integer sum i (|i| <= 32 * 128
+ * * 127 < 2^22, so it stays in the binade where floats are the integers), and one exact
+ * subtraction gives (float)i: an FP32 add where I2F runs at a quarter of its rate. */
+#define QM_MAGIC 0x4B400000
+DEV float qm_i2f(int bits)
+{
+    return wl_sub(__int_as_float(bits), 12582912.0f);
 }
 #endif
 
@@ -293,9 +311,10 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
     const bool mb_on[2] = {m0 + wm * 32 < m_end, m0 + wm * 32 + 16 < m_end};
     const int ntiles = (K + QM_BK - 1) / QM_BK;
     auto tile_blocks = [&](int t) { return min(QM_BK / L::be, nblk - t * (QM_BK / L::be)); };
-    /* the k tile's first byte of weight row r of the block tile, from a 4-byte boundary */
+    /* the k tile's first byte of weight row r of the block tile, from a 16-byte boundary
+     * (w is 16-byte aligned; mod 16 survives the 32-bit wrap) */
     auto w_shift = [&](int r, int t) {
-        return (int)(((uintptr_t)wbase + (long long)(n0 + r) * P.wrb + (long long)t * L::tb) & 3u);
+        return (int)(((unsigned)(n0 + r) * (unsigned)P.wrb + (unsigned)t * (unsigned)L::tb) & 15u);
     };
 
     /* A side of tile t into stage t % 2: quants and scales */
@@ -308,7 +327,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
             int c = tid + i * NT, r = c / 16, j = c % 16;
             const uint8_t *ar = a_row[i];
             bool ok = ar && k0 + 16 * j < K;
-            cp16(Aq + (size_t)r * QM_LDQ + 16 * j, ok ? ar + P.off.q + k0 + 16 * j : a.a, ok);
+            cp16(Aq + (size_t)r * QM_LDQ + 16 * j, ok ? ar + P.off.q + k0 + 16 * j : a.a, ok ? 16 : 0);
             const uint8_t *src = NULL;
             if (ar && !L::kq && j < tblk)
                 src = ar + P.off.d + 4 * (t * 8 + j);
@@ -319,16 +338,18 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
             cp4(asc + c, src ? src : a.a, src ? 4 : 0);
         }
     };
-    /* W block bytes of tile t: aligned words; the last one of a row may hold 2 bytes */
+    /* W block bytes of tile t: the aligned 16-byte chunks that cover them, the last one of a
+     * row cut at the row's tile end (nothing past it is read; the rest zero-filled) */
     auto copy_w = [&](int t) {
         const int tbytes = tile_blocks(t) * L::bb;
-        for (int c = tid; c < BN * L::rw; c += NT) {
-            int r = c / L::rw, wi = c % L::rw, n = n0 + r;
+#pragma unroll 2
+        for (int c = tid; c < BN * L::rc; c += NT) {
+            int r = c / L::rc, ci = c % L::rc, n = n0 + r;
             int sh = w_shift(r, t), nb = 0;
-            const uint8_t *al = wbase + (long long)n * P.wrb + (long long)t * L::tb - sh + 4 * wi;
-            if (n < a.n && 4 * wi < sh + tbytes)
-                nb = 4 * wi + 4 <= sh + tbytes ? 4 : 2;
-            cp4(raw + c, nb ? (const void *)al : a.w, nb);
+            const uint8_t *al = wbase + (long long)n * P.wrb + (long long)t * L::tb - sh + 16 * ci;
+            if (n < a.n)
+                nb = max(0, min(16, sh + tbytes - 16 * ci));
+            cp16(raw + 4 * c, nb ? (const void *)al : a.w, nb);
         }
     };
 
@@ -351,15 +372,18 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
         const float *asf = (const float *)(Aq + S::aq);
         const int16_t *asb = (const int16_t *)(Aq + S::aq);
         /* ---- unpack: int8 operand rows and the weight scales */
-        for (int c = tid; c < BN * (QM_BK / 4); c += NT) {
-            int r = c / (QM_BK / 4), el = (c % (QM_BK / 4)) * 4, n = n0 + r;
-            uint32_t v = 0u;
-            int bi = el / L::be;
-            if (n < a.n && bi < tblk) {
-                const uint8_t *blk = (const uint8_t *)(raw + (size_t)r * L::rw) + w_shift(r, t) + bi * L::bb;
-                v = hip_qu_pack4(blk, DT, el % L::be);
+        {
+            /* a thread keeps its word of the row (elements el .. el + 3) over rows */
+            static_assert(NT % (QM_BK / 4) == 0, "k_qgemm: unpack split");
+            const int el = (tid % (QM_BK / 4)) * 4, bi = el / L::be, ee = el % L::be;
+            const bool bok = bi < tblk;
+#pragma unroll 4
+            for (int r = tid / (QM_BK / 4); r < BN; r += NT / (QM_BK / 4)) {
+                uint32_t v = 0u;
+                if (bok && n0 + r < a.n)
+                    v = hip_qu_pack4(raw + (size_t)r * L::rw, w_shift(r, t) + bi * L::bb, DT, ee);
+                *(uint32_t *)(Wq + (size_t)r * QM_LDQ + el) = v;
             }
-            *(uint32_t *)(Wq + (size_t)r * QM_LDQ + el) = v;
         }
         constexpr int NSC = DT == HIP_DT_Q6_K ? 16 : 8;
         for (int c = tid; c < BN * NSC; c += NT) {
@@ -396,11 +420,11 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
         const int *wscw = wsc + (size_t)wn * 32 * 16;
         if (!L::kq) {
             for (int j = 0; j < tblk; j++) {
-                warp_products<32>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on);
+                warp_products<32>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on, QM_MAGIC);
 #pragma unroll
                 for (int i = 0; i < QM_ACC; i++) {
                     float sc = wl_mul(wdw[acc_col(i, lane) * 8 + j], adw[acc_row(i, lane) * 16 + j]);
-                    acc[i] = fmaf((float)s[i], sc, acc[i]);
+                    acc[i] = fmaf(qm_i2f(s[i]), sc, acc[i]);
                 }
             }
         } else {
@@ -410,7 +434,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
             if (DT == HIP_DT_Q6_K) {
 #pragma unroll 2
                 for (int j = 0; j < 16; j++) {
-                    warp_products<16>(s, Aq, Wq, wm, wn, 16 * j, lane, mb_on);
+                    warp_products<16>(s, Aq, Wq, wm, wn, 16 * j, lane, mb_on, 0);
 #pragma unroll
                     for (int i = 0; i < QM_ACC; i++)
                         isum[i] += wscw[acc_col(i, lane) * 16 + j] * s[i];
@@ -423,7 +447,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
             } else {
 #pragma unroll 2
                 for (int j = 0; j < 8; j++) {
-                    warp_products<32>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on);
+                    warp_products<32>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on, 0);
 #pragma unroll
                     for (int i = 0; i < QM_ACC; i++)
                         isum[i] += wscw[acc_col(i, lane) * 16 + j] * s[i];
@@ -489,8 +513,8 @@ bool hip_qgemm_takes(int dt, const hip_qgemm_args *a)
     if (dt < HIP_DT_Q4_0 || dt >= HIP_DT_COUNT || a->k <= 0)
         return false;
     int64_t be = dt >= HIP_DT_Q4_K ? 256 : 32;
-    if (a->k % be != 0 || a->a_stride % 16 != 0 || ((uintptr_t)a->a & 15u) != 0 || ((uintptr_t)a->w & 3u) != 0 ||
-        a->w_estride % 4 != 0 || (long long)ops_qact_row_bytes(a->k) > a->a_stride)
+    if (a->k % be != 0 || a->a_stride % 16 != 0 || ((uintptr_t)a->a & 15u) != 0 || ((uintptr_t)a->w & 15u) != 0 ||
+        (a->tiles && a->w_estride % 16 != 0) || (long long)ops_qact_row_bytes(a->k) > a->a_stride)
         return false;
     return qmma_enabled();
 }
