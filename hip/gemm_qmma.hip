@@ -2,7 +2,7 @@
  * promises).
  *
  * Block tile BM x BN, k tiles of 256 (one K-quant super-block, eight 32-blocks); warps own
- * 32 x 32 outputs.  Per k tile: the activation quants (int8, 256 bytes a row) and scales
+ * 32 x QM_WT outputs.  Per k tile: the activation quants (int8, 256 bytes a row) and scales
  * are copied into shared memory; the weight rows' block bytes of the tile (contiguous in
  * every type, only 2-byte aligned for Q8_0 / Q6_K / Q4_0 / Q5_0) are copied as the aligned
  * 16-byte chunks that cover them, then unpacked by word operations into int8 operand rows
@@ -53,6 +53,10 @@ static_assert((int)HIP_DT_Q4_0 == (int)OPS_Q4_0 && (int)HIP_DT_Q5_0 == (int)OPS_
 #define QM_LDQ (QM_BK + 16)   /* bytes per int8 operand row: 68 words, conflict-free reads */
 #define QM_DENSE_BN 64
 #define QM_MOE_BN 128
+/* warps own 32 x QM_WT outputs: 8 warps a block, and registers cut so that QM_MINB blocks fit
+ * an SM (16 warps: the products' dependent chains need them to keep the SM issuing) */
+#define QM_WT 16
+#define QM_MINB 2
 
 #define DEV static __device__ __forceinline__
 
@@ -131,15 +135,17 @@ struct qm_params {
 };
 
 #if defined(QM_NV)
-/* warp tile 32 x 32: 2 m16 x 4 n8 fragments of 4 int32 */
-#define QM_ACC 32
-DEV int acc_row(int i, int lane)
+/* warp tile 32 x WT: 2 m16 x WT / 8 n8 fragments of 4 int32; fragment f = mb * nb + n8 */
+template <int WT> struct qm_acc {
+    static constexpr int nb = WT / 8, n = 2 * nb * 4;
+};
+template <int WT> DEV int acc_row(int i, int lane)
 {
-    return (i / 16) * 16 + (lane >> 2) + ((i % 4) >> 1) * 8;
+    return (i / (4 * qm_acc<WT>::nb)) * 16 + (lane >> 2) + ((i % 4) >> 1) * 8;
 }
-DEV int acc_col(int i, int lane)
+template <int WT> DEV int acc_col(int i, int lane)
 {
-    return (i / 4 % 4) * 8 + (lane & 3) * 2 + (i & 1);
+    return (i / 4 % qm_acc<WT>::nb) * 8 + (lane & 3) * 2 + (i & 1);
 }
 DEV void mma_k32(int c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1, int c0)
 {
@@ -155,17 +161,18 @@ DEV void mma_k16(int c[4], uint32_t a0, uint32_t a1, uint32_t b0, int c0)
                  : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
                  : "r"(a0), "r"(a1), "r"(b0), "r"(c0));
 }
-/* s = c0 + the integer products of the warp's 32 x 32 tile over k [ks, ks + KS), KS 32 or 16
+/* s = c0 + the integer products of the warp's 32 x WT tile over k [ks, ks + KS), KS 32 or 16
  * (an empty m16 half: c0 alone) */
-template <int KS>
-DEV void warp_products(int s[QM_ACC], const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane,
+template <int KS, int WT>
+DEV void warp_products(int *s, const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane,
                        const bool mb_on[2], int c0)
 {
+    constexpr int NB = qm_acc<WT>::nb;
     const int g = lane >> 2, t4 = (lane & 3) * 4;
-    uint32_t b[4][2];
+    uint32_t b[NB][2];
 #pragma unroll
-    for (int nb = 0; nb < 4; nb++) {
-        const uint8_t *r = Wq + (size_t)(wn * 32 + nb * 8 + g) * QM_LDQ + ks + t4;
+    for (int nb = 0; nb < NB; nb++) {
+        const uint8_t *r = Wq + (size_t)(wn * WT + nb * 8 + g) * QM_LDQ + ks + t4;
         b[nb][0] = *(const uint32_t *)r;
         b[nb][1] = KS == 32 ? *(const uint32_t *)(r + 16) : 0u;
     }
@@ -173,48 +180,51 @@ DEV void warp_products(int s[QM_ACC], const uint8_t *Aq, const uint8_t *Wq, int 
     for (int mb = 0; mb < 2; mb++) {
         if (!mb_on[mb]) {
 #pragma unroll
-            for (int i = 0; i < 16; i++)
-                s[mb * 16 + i] = c0;
+            for (int i = 0; i < 4 * NB; i++)
+                s[mb * 4 * NB + i] = c0;
             continue;
         }
         const uint8_t *r0 = Aq + (size_t)(wm * 32 + mb * 16 + g) * QM_LDQ + ks + t4, *r1 = r0 + 8 * QM_LDQ;
         uint32_t a0 = *(const uint32_t *)r0, a1 = *(const uint32_t *)r1;
 #pragma unroll
-        for (int nb = 0; nb < 4; nb++) {
+        for (int nb = 0; nb < NB; nb++) {
             if (KS == 32)
-                mma_k32(&s[(mb * 4 + nb) * 4], a0, a1, *(const uint32_t *)(r0 + 16), *(const uint32_t *)(r1 + 16),
+                mma_k32(&s[(mb * NB + nb) * 4], a0, a1, *(const uint32_t *)(r0 + 16), *(const uint32_t *)(r1 + 16),
                         b[nb][0], b[nb][1], c0);
             else
-                mma_k16(&s[(mb * 4 + nb) * 4], a0, a1, b[nb][0], c0);
+                mma_k16(&s[(mb * NB + nb) * 4], a0, a1, b[nb][0], c0);
         }
     }
 }
 #elif defined(QM_AMD)
-/* wave tile 32 x 32: 2 x 2 16 x 16 fragments of 4 int32; fragment f = mb * 2 + nb, element q:
- * row 4 (lane / 16) + q, column lane % 16 */
-#define QM_ACC 16
+/* wave tile 32 x WT: 2 x WT / 16 16 x 16 fragments of 4 int32; fragment f = mb * nb + n16,
+ * element q: row 4 (lane / 16) + q, column lane % 16 */
 typedef int qm_i4 __attribute__((ext_vector_type(4)));
-DEV int acc_row(int i, int lane)
+template <int WT> struct qm_acc {
+    static constexpr int nb = WT / 16, n = 2 * nb * 4;
+};
+template <int WT> DEV int acc_row(int i, int lane)
 {
-    return (i / 8) * 16 + (lane >> 4) * 4 + (i % 4);
+    return (i / (4 * qm_acc<WT>::nb)) * 16 + (lane >> 4) * 4 + (i % 4);
 }
-DEV int acc_col(int i, int lane)
+template <int WT> DEV int acc_col(int i, int lane)
 {
-    return (i / 4 % 2) * 16 + (lane & 15);
+    return (i / 4 % qm_acc<WT>::nb) * 16 + (lane & 15);
 }
-template <int KS>
-DEV void warp_products(int s[QM_ACC], const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane,
+template <int KS, int WT>
+DEV void warp_products(int *s, const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane,
                        const bool mb_on[2], int c0)
 {
+    constexpr int NB = qm_acc<WT>::nb;
 #pragma unroll
     for (int mb = 0; mb < 2; mb++)
 #pragma unroll
-        for (int nb = 0; nb < 2; nb++) {
-            int *pp = &s[(mb * 2 + nb) * 4];
+        for (int nb = 0; nb < NB; nb++) {
+            int *pp = &s[(mb * NB + nb) * 4];
             qm_i4 cv = {c0, c0, c0, c0};
             if (mb_on[mb]) {
                 const uint8_t *ar = Aq + (size_t)(wm * 32 + mb * 16 + (lane & 15)) * QM_LDQ + ks;
-                const uint8_t *br = Wq + (size_t)(wn * 32 + nb * 16 + (lane & 15)) * QM_LDQ + ks;
+                const uint8_t *br = Wq + (size_t)(wn * WT + nb * 16 + (lane & 15)) * QM_LDQ + ks;
 #if defined(QM_AMD_K32)
                 /* lane holds k (lane / 16) * 8 .. + 7 of 32; a k16 step leaves the upper half zero */
                 int kk = (lane >> 4) * 8;
@@ -264,14 +274,14 @@ DEV float qm_i2f(int bits)
 }
 #endif
 
-template <int DT, int BM, int BN>
-__global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_params P)
+template <int DT, int BM, int BN, int WT>
+__global__ void __launch_bounds__((BM / 32) * (BN / WT) * QM_WARP, QM_MINB) k_qgemm(qm_params P)
 {
     moert_pdl_wait();
 #if defined(QM_NV) || defined(QM_AMD)
     typedef qm_t<DT> L;
     typedef qm_smem<DT, BM, BN> S;
-    constexpr int WN = BN / 32, NT = (BM / 32) * WN * QM_WARP;
+    constexpr int WN = BN / WT, NT = (BM / 32) * WN * QM_WARP, NACC = qm_acc<WT>::n;
     constexpr int ACH = BM * 16 / NT; /* A items per thread per k tile */
     static_assert(ACH >= 1 && ACH * NT == BM * 16, "k_qgemm: tile / thread split");
     extern __shared__ __align__(16) unsigned char qm_smem_buf[];
@@ -353,10 +363,10 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
         }
     };
 
-    float acc[QM_ACC];
-    int isum[QM_ACC], s[QM_ACC];
+    float acc[NACC];
+    int isum[NACC], s[NACC];
 #pragma unroll
-    for (int i = 0; i < QM_ACC; i++)
+    for (int i = 0; i < NACC; i++)
         acc[i] = 0.0f;
 
     /* Iteration t: W bytes of t unpacked, barrier, A of t + 1 and W bytes of t + 1 on their
@@ -416,52 +426,52 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
         /* ---- products and the float combine (hip_gemm_qmma.h's order) */
         const float *adw = asf + (size_t)wm * 32 * 16;
         const int16_t *absw = asb + (size_t)wm * 32 * 32 + 16; /* the bs16 words 8-15 of a row */
-        const float *wdw = wd + (size_t)wn * 32 * 8;
-        const int *wscw = wsc + (size_t)wn * 32 * 16;
+        const float *wdw = wd + (size_t)wn * WT * 8;
+        const int *wscw = wsc + (size_t)wn * WT * 16;
         if (!L::kq) {
             for (int j = 0; j < tblk; j++) {
-                warp_products<32>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on, QM_MAGIC);
+                warp_products<32, WT>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on, QM_MAGIC);
 #pragma unroll
-                for (int i = 0; i < QM_ACC; i++) {
-                    float sc = wl_mul(wdw[acc_col(i, lane) * 8 + j], adw[acc_row(i, lane) * 16 + j]);
+                for (int i = 0; i < NACC; i++) {
+                    float sc = wl_mul(wdw[acc_col<WT>(i, lane) * 8 + j], adw[acc_row<WT>(i, lane) * 16 + j]);
                     acc[i] = fmaf(qm_i2f(s[i]), sc, acc[i]);
                 }
             }
         } else {
 #pragma unroll
-            for (int i = 0; i < QM_ACC; i++)
+            for (int i = 0; i < NACC; i++)
                 isum[i] = 0;
             if (DT == HIP_DT_Q6_K) {
 #pragma unroll 2
                 for (int j = 0; j < 16; j++) {
-                    warp_products<16>(s, Aq, Wq, wm, wn, 16 * j, lane, mb_on, 0);
+                    warp_products<16, WT>(s, Aq, Wq, wm, wn, 16 * j, lane, mb_on, 0);
 #pragma unroll
-                    for (int i = 0; i < QM_ACC; i++)
-                        isum[i] += wscw[acc_col(i, lane) * 16 + j] * s[i];
+                    for (int i = 0; i < NACC; i++)
+                        isum[i] += wscw[acc_col<WT>(i, lane) * 16 + j] * s[i];
                 }
 #pragma unroll
-                for (int i = 0; i < QM_ACC; i++) {
-                    float ds = wl_mul(wdw[acc_col(i, lane) * 8], adw[acc_row(i, lane) * 16]);
+                for (int i = 0; i < NACC; i++) {
+                    float ds = wl_mul(wdw[acc_col<WT>(i, lane) * 8], adw[acc_row<WT>(i, lane) * 16]);
                     acc[i] = qm_add(acc[i], wl_mul(ds, (float)isum[i]));
                 }
             } else {
 #pragma unroll 2
                 for (int j = 0; j < 8; j++) {
-                    warp_products<32>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on, 0);
+                    warp_products<32, WT>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on, 0);
 #pragma unroll
-                    for (int i = 0; i < QM_ACC; i++)
-                        isum[i] += wscw[acc_col(i, lane) * 16 + j] * s[i];
+                    for (int i = 0; i < NACC; i++)
+                        isum[i] += wscw[acc_col<WT>(i, lane) * 16 + j] * s[i];
                 }
 #pragma unroll
-                for (int i = 0; i < QM_ACC; i++) {
-                    const int *mn = wscw + acc_col(i, lane) * 16 + 8;
-                    const int16_t *bs = absw + acc_row(i, lane) * 32;
+                for (int i = 0; i < NACC; i++) {
+                    const int *mn = wscw + acc_col<WT>(i, lane) * 16 + 8;
+                    const int16_t *bs = absw + acc_row<WT>(i, lane) * 32;
                     int imin = 0;
 #pragma unroll
                     for (int j = 0; j < 8; j++)
                         imin += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
-                    float da = adw[acc_row(i, lane) * 16];
-                    float ds = wl_mul(wdw[acc_col(i, lane) * 8], da), dm = wl_mul(wdw[acc_col(i, lane) * 8 + 1], da);
+                    float da = adw[acc_row<WT>(i, lane) * 16];
+                    float ds = wl_mul(wdw[acc_col<WT>(i, lane) * 8], da), dm = wl_mul(wdw[acc_col<WT>(i, lane) * 8 + 1], da);
                     acc[i] = qm_add(acc[i], wl_sub(wl_mul(ds, (float)isum[i]), wl_mul(dm, (float)imin)));
                 }
             }
@@ -471,8 +481,8 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
     }
 
 #pragma unroll
-    for (int i = 0; i < QM_ACC; i++) {
-        int p = m0 + wm * 32 + acc_row(i, lane), n = n0 + wn * 32 + acc_col(i, lane);
+    for (int i = 0; i < NACC; i++) {
+        int p = m0 + wm * 32 + acc_row<WT>(i, lane), n = n0 + wn * WT + acc_col<WT>(i, lane);
         if (p < m_end && n < a.n)
             a.c[(long long)p * a.ldc + n] = acc[i];
     }
@@ -486,7 +496,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
 template <int DT, int BM, int BN>
 static bool smem_attr(void)
 {
-    return hipFuncSetAttribute((const void *)(k_qgemm<DT, BM, BN>), hipFuncAttributeMaxDynamicSharedMemorySize,
+    return hipFuncSetAttribute((const void *)(k_qgemm<DT, BM, BN, QM_WT>), hipFuncAttributeMaxDynamicSharedMemorySize,
                                (int)(qm_smem<DT, BM, BN>::bytes)) == hipSuccess;
 }
 template <int DT>
@@ -524,7 +534,7 @@ static void launch_q(const qm_params *P, hipStream_t s)
 {
     const hip_qgemm_args *a = &P->a;
     dim3 grid((unsigned)((a->n + BN - 1) / BN), (unsigned)(a->tiles ? a->max_tiles : (a->m + BM - 1) / BM));
-    MOERT_LAUNCH((k_qgemm<DT, BM, BN>), grid, (BM / 32) * (BN / 32) * QM_WARP, (qm_smem<DT, BM, BN>::bytes), s,
+    MOERT_LAUNCH((k_qgemm<DT, BM, BN, QM_WT>), grid, (BM / 32) * (BN / QM_WT) * QM_WARP, (qm_smem<DT, BM, BN>::bytes), s,
                  *P);
 }
 template <int DT>
