@@ -2,10 +2,11 @@
  * promises).
  *
  * Block tile BM x BN, k tiles of 256 (one K-quant super-block, eight 32-blocks); warps own
- * 32 x 32 outputs.  Per k tile: the activation quants (int8, 256 bytes a row) and scales
+ * 32 x QM_WT outputs.  Per k tile: the activation quants (int8, 256 bytes a row) and scales
  * are copied into shared memory; the weight rows' block bytes of the tile (contiguous in
- * every type, only 2-byte aligned for Q8_0 / Q6_K / Q4_0 / Q5_0) are copied as aligned
- * words, then unpacked into int8 operand rows (hip_qunpack.h) and their scales; then the
+ * every type, only 2-byte aligned for Q8_0 / Q6_K / Q4_0 / Q5_0) are copied as the aligned
+ * 16-byte chunks that cover them, then unpacked by word operations into int8 operand rows
+ * (hip_qunpack.h) and their scales; then the
  * MMA products of each 32 (Q6_K: 16) and the float combine of hip_gemm_qmma.h.
  * Dense: 64 x 64 tiles; grouped (MoE): HIP_MOE_BM x 128 tiles, one per tile-table entry.
  */
@@ -52,18 +53,23 @@ static_assert((int)HIP_DT_Q4_0 == (int)OPS_Q4_0 && (int)HIP_DT_Q5_0 == (int)OPS_
 #define QM_LDQ (QM_BK + 16)   /* bytes per int8 operand row: 68 words, conflict-free reads */
 #define QM_DENSE_BN 64
 #define QM_MOE_BN 128
+/* warps own 32 x QM_WT outputs: 8 warps a block, and registers cut so that QM_MINB blocks fit
+ * an SM (16 warps: the products' dependent chains need them to keep the SM issuing) */
+#define QM_WT 16
+#define QM_MINB 2
 
 #define DEV static __device__ __forceinline__
 
-/* Per block type: elements and bytes of a block, bytes of a row's k tile, the u32 words
- * that hold those bytes from any 2-byte offset (odd: conflict-free rows). */
+/* Per block type: elements and bytes of a block, bytes of a row's k tile, the 16-byte
+ * chunks that hold those bytes from any even offset within a chunk, and the u32 words of a
+ * raw row (the chunks; cp.async 16 wants 16-byte aligned rows). */
 template <int DT> struct qm_t {
     static constexpr int be = DT >= HIP_DT_Q4_K ? 256 : 32;
     static constexpr int bb = DT == HIP_DT_Q4_0 ? 18 : DT == HIP_DT_Q5_0 ? 22 : DT == HIP_DT_Q8_0 ? 34
                             : DT == HIP_DT_Q4_K ? 144 : DT == HIP_DT_Q5_K ? 176 : 210;
     static constexpr int tb = QM_BK / be * bb;
-    static constexpr int rw0 = (tb + 2 + 3) / 4;
-    static constexpr int rw = rw0 % 2 ? rw0 : rw0 + 1;
+    static constexpr int rc = (tb + 14 + 15) / 16;
+    static constexpr int rw = 4 * rc;
     static constexpr bool kq = DT >= HIP_DT_Q4_K;
 };
 
@@ -76,21 +82,22 @@ template <int DT, int BM, int BN> struct qm_smem {
     static constexpr size_t wq = (size_t)BN * QM_LDQ;
     static constexpr size_t raw = (size_t)BN * qm_t<DT>::rw * 4;
     static constexpr size_t wd = (size_t)BN * 8 * 4, wsc = (size_t)BN * 16 * 4;
-    static constexpr size_t bytes = 2 * astage + wq + raw + wd + wsc;
+    /* + 16: hip_qu_ld32 reads one word past the last row's bytes */
+    static constexpr size_t bytes = 2 * astage + wq + raw + wd + wsc + 16;
 };
 
-/* Global -> shared without registers: cp.async on NVIDIA (4 bytes of which src_bytes are
- * read, the rest zero; 16 bytes or zeros), a plain load and store elsewhere. */
+/* Global -> shared without registers: cp.async on NVIDIA (4 or 16 bytes of which src_bytes
+ * are read, the rest zero), a plain load and store elsewhere. */
 #if defined(QM_NV)
 DEV void cp4(void *sdst, const void *gsrc, int src_bytes)
 {
     unsigned sa = (unsigned)__cvta_generic_to_shared(sdst);
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(sa), "l"(gsrc), "r"(src_bytes) : "memory");
 }
-DEV void cp16(void *sdst, const void *gsrc, bool valid)
+DEV void cp16(void *sdst, const void *gsrc, int src_bytes)
 {
     unsigned sa = (unsigned)__cvta_generic_to_shared(sdst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sa), "l"(gsrc), "r"(valid ? 16 : 0)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sa), "l"(gsrc), "r"(src_bytes)
                  : "memory");
 }
 DEV void cp_wait_all(void)
@@ -104,9 +111,14 @@ DEV void cp4(void *sdst, const void *gsrc, int src_bytes)
                         : src_bytes == 2 ? (uint32_t) * (const uint16_t *)gsrc
                                          : 0u;
 }
-DEV void cp16(void *sdst, const void *gsrc, bool valid)
+DEV void cp16(void *sdst, const void *gsrc, int src_bytes)
 {
-    *(uint4 *)sdst = valid ? *(const uint4 *)gsrc : make_uint4(0u, 0u, 0u, 0u);
+    if (src_bytes == 16) {
+        *(uint4 *)sdst = *(const uint4 *)gsrc;
+        return;
+    }
+    for (int i = 0; i < 16; i++)
+        ((uint8_t *)sdst)[i] = i < src_bytes ? ((const uint8_t *)gsrc)[i] : 0;
 }
 DEV void cp_wait_all(void) {}
 #endif
@@ -123,40 +135,44 @@ struct qm_params {
 };
 
 #if defined(QM_NV)
-/* warp tile 32 x 32: 2 m16 x 4 n8 fragments of 4 int32 */
-#define QM_ACC 32
-DEV int acc_row(int i, int lane)
+/* warp tile 32 x WT: 2 m16 x WT / 8 n8 fragments of 4 int32; fragment f = mb * nb + n8 */
+template <int WT> struct qm_acc {
+    static constexpr int nb = WT / 8, n = 2 * nb * 4;
+};
+template <int WT> DEV int acc_row(int i, int lane)
 {
-    return (i / 16) * 16 + (lane >> 2) + ((i % 4) >> 1) * 8;
+    return (i / (4 * qm_acc<WT>::nb)) * 16 + (lane >> 2) + ((i % 4) >> 1) * 8;
 }
-DEV int acc_col(int i, int lane)
+template <int WT> DEV int acc_col(int i, int lane)
 {
-    return (i / 4 % 4) * 8 + (lane & 3) * 2 + (i & 1);
+    return (i / 4 % qm_acc<WT>::nb) * 8 + (lane & 3) * 2 + (i & 1);
 }
-DEV void mma_k32(int c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1)
+DEV void mma_k32(int c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1, int c0)
 {
     asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
                  "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
                  : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(c0));
 }
-DEV void mma_k16(int c[4], uint32_t a0, uint32_t a1, uint32_t b0)
+DEV void mma_k16(int c[4], uint32_t a0, uint32_t a1, uint32_t b0, int c0)
 {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 "
                  "{%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};"
                  : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-                 : "r"(a0), "r"(a1), "r"(b0), "r"(0));
+                 : "r"(a0), "r"(a1), "r"(b0), "r"(c0));
 }
-/* s = the integer products of the warp's 32 x 32 tile over k [ks, ks + KS), KS 32 or 16 */
-template <int KS>
-DEV void warp_products(int s[QM_ACC], const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane,
-                       const bool mb_on[2])
+/* s = c0 + the integer products of the warp's 32 x WT tile over k [ks, ks + KS), KS 32 or 16
+ * (an empty m16 half: c0 alone) */
+template <int KS, int WT>
+DEV void warp_products(int *s, const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane,
+                       const bool mb_on[2], int c0)
 {
+    constexpr int NB = qm_acc<WT>::nb;
     const int g = lane >> 2, t4 = (lane & 3) * 4;
-    uint32_t b[4][2];
+    uint32_t b[NB][2];
 #pragma unroll
-    for (int nb = 0; nb < 4; nb++) {
-        const uint8_t *r = Wq + (size_t)(wn * 32 + nb * 8 + g) * QM_LDQ + ks + t4;
+    for (int nb = 0; nb < NB; nb++) {
+        const uint8_t *r = Wq + (size_t)(wn * WT + nb * 8 + g) * QM_LDQ + ks + t4;
         b[nb][0] = *(const uint32_t *)r;
         b[nb][1] = KS == 32 ? *(const uint32_t *)(r + 16) : 0u;
     }
@@ -164,48 +180,51 @@ DEV void warp_products(int s[QM_ACC], const uint8_t *Aq, const uint8_t *Wq, int 
     for (int mb = 0; mb < 2; mb++) {
         if (!mb_on[mb]) {
 #pragma unroll
-            for (int i = 0; i < 16; i++)
-                s[mb * 16 + i] = 0;
+            for (int i = 0; i < 4 * NB; i++)
+                s[mb * 4 * NB + i] = c0;
             continue;
         }
         const uint8_t *r0 = Aq + (size_t)(wm * 32 + mb * 16 + g) * QM_LDQ + ks + t4, *r1 = r0 + 8 * QM_LDQ;
         uint32_t a0 = *(const uint32_t *)r0, a1 = *(const uint32_t *)r1;
 #pragma unroll
-        for (int nb = 0; nb < 4; nb++) {
+        for (int nb = 0; nb < NB; nb++) {
             if (KS == 32)
-                mma_k32(&s[(mb * 4 + nb) * 4], a0, a1, *(const uint32_t *)(r0 + 16), *(const uint32_t *)(r1 + 16),
-                        b[nb][0], b[nb][1]);
+                mma_k32(&s[(mb * NB + nb) * 4], a0, a1, *(const uint32_t *)(r0 + 16), *(const uint32_t *)(r1 + 16),
+                        b[nb][0], b[nb][1], c0);
             else
-                mma_k16(&s[(mb * 4 + nb) * 4], a0, a1, b[nb][0]);
+                mma_k16(&s[(mb * NB + nb) * 4], a0, a1, b[nb][0], c0);
         }
     }
 }
 #elif defined(QM_AMD)
-/* wave tile 32 x 32: 2 x 2 16 x 16 fragments of 4 int32; fragment f = mb * 2 + nb, element q:
- * row 4 (lane / 16) + q, column lane % 16 */
-#define QM_ACC 16
+/* wave tile 32 x WT: 2 x WT / 16 16 x 16 fragments of 4 int32; fragment f = mb * nb + n16,
+ * element q: row 4 (lane / 16) + q, column lane % 16 */
 typedef int qm_i4 __attribute__((ext_vector_type(4)));
-DEV int acc_row(int i, int lane)
+template <int WT> struct qm_acc {
+    static constexpr int nb = WT / 16, n = 2 * nb * 4;
+};
+template <int WT> DEV int acc_row(int i, int lane)
 {
-    return (i / 8) * 16 + (lane >> 4) * 4 + (i % 4);
+    return (i / (4 * qm_acc<WT>::nb)) * 16 + (lane >> 4) * 4 + (i % 4);
 }
-DEV int acc_col(int i, int lane)
+template <int WT> DEV int acc_col(int i, int lane)
 {
-    return (i / 4 % 2) * 16 + (lane & 15);
+    return (i / 4 % qm_acc<WT>::nb) * 16 + (lane & 15);
 }
-template <int KS>
-DEV void warp_products(int s[QM_ACC], const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane,
-                       const bool mb_on[2])
+template <int KS, int WT>
+DEV void warp_products(int *s, const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane,
+                       const bool mb_on[2], int c0)
 {
+    constexpr int NB = qm_acc<WT>::nb;
 #pragma unroll
     for (int mb = 0; mb < 2; mb++)
 #pragma unroll
-        for (int nb = 0; nb < 2; nb++) {
-            int *pp = &s[(mb * 2 + nb) * 4];
-            qm_i4 cv = {0, 0, 0, 0};
+        for (int nb = 0; nb < NB; nb++) {
+            int *pp = &s[(mb * NB + nb) * 4];
+            qm_i4 cv = {c0, c0, c0, c0};
             if (mb_on[mb]) {
                 const uint8_t *ar = Aq + (size_t)(wm * 32 + mb * 16 + (lane & 15)) * QM_LDQ + ks;
-                const uint8_t *br = Wq + (size_t)(wn * 32 + nb * 16 + (lane & 15)) * QM_LDQ + ks;
+                const uint8_t *br = Wq + (size_t)(wn * WT + nb * 16 + (lane & 15)) * QM_LDQ + ks;
 #if defined(QM_AMD_K32)
                 /* lane holds k (lane / 16) * 8 .. + 7 of 32; a k16 step leaves the upper half zero */
                 int kk = (lane >> 4) * 8;
@@ -244,16 +263,25 @@ DEV float qm_add(float a, float b)
     return a + b;
 #endif
 }
+/* The 32-blocks' products start from QM_MAGIC (1.5 * 2^23 as a float's bits): the MMA then
+ * leaves the bits of the float 1.5 * 2^23 + i for the block's integer sum i (|i| <= 32 * 128
+ * * 127 < 2^22, so it stays in the binade where floats are the integers), and one exact
+ * subtraction gives (float)i: an FP32 add where I2F runs at a quarter of its rate. */
+#define QM_MAGIC 0x4B400000
+DEV float qm_i2f(int bits)
+{
+    return wl_sub(__int_as_float(bits), 12582912.0f);
+}
 #endif
 
-template <int DT, int BM, int BN>
-__global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_params P)
+template <int DT, int BM, int BN, int WT>
+__global__ void __launch_bounds__((BM / 32) * (BN / WT) * QM_WARP, QM_MINB) k_qgemm(qm_params P)
 {
     moert_pdl_wait();
 #if defined(QM_NV) || defined(QM_AMD)
     typedef qm_t<DT> L;
     typedef qm_smem<DT, BM, BN> S;
-    constexpr int WN = BN / 32, NT = (BM / 32) * WN * QM_WARP;
+    constexpr int WN = BN / WT, NT = (BM / 32) * WN * QM_WARP, NACC = qm_acc<WT>::n;
     constexpr int ACH = BM * 16 / NT; /* A items per thread per k tile */
     static_assert(ACH >= 1 && ACH * NT == BM * 16, "k_qgemm: tile / thread split");
     extern __shared__ __align__(16) unsigned char qm_smem_buf[];
@@ -293,9 +321,10 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
     const bool mb_on[2] = {m0 + wm * 32 < m_end, m0 + wm * 32 + 16 < m_end};
     const int ntiles = (K + QM_BK - 1) / QM_BK;
     auto tile_blocks = [&](int t) { return min(QM_BK / L::be, nblk - t * (QM_BK / L::be)); };
-    /* the k tile's first byte of weight row r of the block tile, from a 4-byte boundary */
+    /* the k tile's first byte of weight row r of the block tile, from a 16-byte boundary
+     * (w is 16-byte aligned; mod 16 survives the 32-bit wrap) */
     auto w_shift = [&](int r, int t) {
-        return (int)(((uintptr_t)wbase + (long long)(n0 + r) * P.wrb + (long long)t * L::tb) & 3u);
+        return (int)(((unsigned)(n0 + r) * (unsigned)P.wrb + (unsigned)t * (unsigned)L::tb) & 15u);
     };
 
     /* A side of tile t into stage t % 2: quants and scales */
@@ -308,7 +337,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
             int c = tid + i * NT, r = c / 16, j = c % 16;
             const uint8_t *ar = a_row[i];
             bool ok = ar && k0 + 16 * j < K;
-            cp16(Aq + (size_t)r * QM_LDQ + 16 * j, ok ? ar + P.off.q + k0 + 16 * j : a.a, ok);
+            cp16(Aq + (size_t)r * QM_LDQ + 16 * j, ok ? ar + P.off.q + k0 + 16 * j : a.a, ok ? 16 : 0);
             const uint8_t *src = NULL;
             if (ar && !L::kq && j < tblk)
                 src = ar + P.off.d + 4 * (t * 8 + j);
@@ -319,23 +348,25 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
             cp4(asc + c, src ? src : a.a, src ? 4 : 0);
         }
     };
-    /* W block bytes of tile t: aligned words; the last one of a row may hold 2 bytes */
+    /* W block bytes of tile t: the aligned 16-byte chunks that cover them, the last one of a
+     * row cut at the row's tile end (nothing past it is read; the rest zero-filled) */
     auto copy_w = [&](int t) {
         const int tbytes = tile_blocks(t) * L::bb;
-        for (int c = tid; c < BN * L::rw; c += NT) {
-            int r = c / L::rw, wi = c % L::rw, n = n0 + r;
+#pragma unroll 2
+        for (int c = tid; c < BN * L::rc; c += NT) {
+            int r = c / L::rc, ci = c % L::rc, n = n0 + r;
             int sh = w_shift(r, t), nb = 0;
-            const uint8_t *al = wbase + (long long)n * P.wrb + (long long)t * L::tb - sh + 4 * wi;
-            if (n < a.n && 4 * wi < sh + tbytes)
-                nb = 4 * wi + 4 <= sh + tbytes ? 4 : 2;
-            cp4(raw + c, nb ? (const void *)al : a.w, nb);
+            const uint8_t *al = wbase + (long long)n * P.wrb + (long long)t * L::tb - sh + 16 * ci;
+            if (n < a.n)
+                nb = max(0, min(16, sh + tbytes - 16 * ci));
+            cp16(raw + 4 * c, nb ? (const void *)al : a.w, nb);
         }
     };
 
-    float acc[QM_ACC];
-    int isum[QM_ACC], s[QM_ACC];
+    float acc[NACC];
+    int isum[NACC], s[NACC];
 #pragma unroll
-    for (int i = 0; i < QM_ACC; i++)
+    for (int i = 0; i < NACC; i++)
         acc[i] = 0.0f;
 
     /* Iteration t: W bytes of t unpacked, barrier, A of t + 1 and W bytes of t + 1 on their
@@ -351,15 +382,18 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
         const float *asf = (const float *)(Aq + S::aq);
         const int16_t *asb = (const int16_t *)(Aq + S::aq);
         /* ---- unpack: int8 operand rows and the weight scales */
-        for (int c = tid; c < BN * (QM_BK / 4); c += NT) {
-            int r = c / (QM_BK / 4), el = (c % (QM_BK / 4)) * 4, n = n0 + r;
-            uint32_t v = 0u;
-            int bi = el / L::be;
-            if (n < a.n && bi < tblk) {
-                const uint8_t *blk = (const uint8_t *)(raw + (size_t)r * L::rw) + w_shift(r, t) + bi * L::bb;
-                v = hip_qu_pack4(blk, DT, el % L::be);
+        {
+            /* a thread keeps its word of the row (elements el .. el + 3) over rows */
+            static_assert(NT % (QM_BK / 4) == 0, "k_qgemm: unpack split");
+            const int el = (tid % (QM_BK / 4)) * 4, bi = el / L::be, ee = el % L::be;
+            const bool bok = bi < tblk;
+#pragma unroll 4
+            for (int r = tid / (QM_BK / 4); r < BN; r += NT / (QM_BK / 4)) {
+                uint32_t v = 0u;
+                if (bok && n0 + r < a.n)
+                    v = hip_qu_pack4(raw + (size_t)r * L::rw, w_shift(r, t) + bi * L::bb, DT, ee);
+                *(uint32_t *)(Wq + (size_t)r * QM_LDQ + el) = v;
             }
-            *(uint32_t *)(Wq + (size_t)r * QM_LDQ + el) = v;
         }
         constexpr int NSC = DT == HIP_DT_Q6_K ? 16 : 8;
         for (int c = tid; c < BN * NSC; c += NT) {
@@ -392,52 +426,52 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
         /* ---- products and the float combine (hip_gemm_qmma.h's order) */
         const float *adw = asf + (size_t)wm * 32 * 16;
         const int16_t *absw = asb + (size_t)wm * 32 * 32 + 16; /* the bs16 words 8-15 of a row */
-        const float *wdw = wd + (size_t)wn * 32 * 8;
-        const int *wscw = wsc + (size_t)wn * 32 * 16;
+        const float *wdw = wd + (size_t)wn * WT * 8;
+        const int *wscw = wsc + (size_t)wn * WT * 16;
         if (!L::kq) {
             for (int j = 0; j < tblk; j++) {
-                warp_products<32>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on);
+                warp_products<32, WT>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on, QM_MAGIC);
 #pragma unroll
-                for (int i = 0; i < QM_ACC; i++) {
-                    float sc = wl_mul(wdw[acc_col(i, lane) * 8 + j], adw[acc_row(i, lane) * 16 + j]);
-                    acc[i] = fmaf((float)s[i], sc, acc[i]);
+                for (int i = 0; i < NACC; i++) {
+                    float sc = wl_mul(wdw[acc_col<WT>(i, lane) * 8 + j], adw[acc_row<WT>(i, lane) * 16 + j]);
+                    acc[i] = fmaf(qm_i2f(s[i]), sc, acc[i]);
                 }
             }
         } else {
 #pragma unroll
-            for (int i = 0; i < QM_ACC; i++)
+            for (int i = 0; i < NACC; i++)
                 isum[i] = 0;
             if (DT == HIP_DT_Q6_K) {
 #pragma unroll 2
                 for (int j = 0; j < 16; j++) {
-                    warp_products<16>(s, Aq, Wq, wm, wn, 16 * j, lane, mb_on);
+                    warp_products<16, WT>(s, Aq, Wq, wm, wn, 16 * j, lane, mb_on, 0);
 #pragma unroll
-                    for (int i = 0; i < QM_ACC; i++)
-                        isum[i] += wscw[acc_col(i, lane) * 16 + j] * s[i];
+                    for (int i = 0; i < NACC; i++)
+                        isum[i] += wscw[acc_col<WT>(i, lane) * 16 + j] * s[i];
                 }
 #pragma unroll
-                for (int i = 0; i < QM_ACC; i++) {
-                    float ds = wl_mul(wdw[acc_col(i, lane) * 8], adw[acc_row(i, lane) * 16]);
+                for (int i = 0; i < NACC; i++) {
+                    float ds = wl_mul(wdw[acc_col<WT>(i, lane) * 8], adw[acc_row<WT>(i, lane) * 16]);
                     acc[i] = qm_add(acc[i], wl_mul(ds, (float)isum[i]));
                 }
             } else {
 #pragma unroll 2
                 for (int j = 0; j < 8; j++) {
-                    warp_products<32>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on);
+                    warp_products<32, WT>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on, 0);
 #pragma unroll
-                    for (int i = 0; i < QM_ACC; i++)
-                        isum[i] += wscw[acc_col(i, lane) * 16 + j] * s[i];
+                    for (int i = 0; i < NACC; i++)
+                        isum[i] += wscw[acc_col<WT>(i, lane) * 16 + j] * s[i];
                 }
 #pragma unroll
-                for (int i = 0; i < QM_ACC; i++) {
-                    const int *mn = wscw + acc_col(i, lane) * 16 + 8;
-                    const int16_t *bs = absw + acc_row(i, lane) * 32;
+                for (int i = 0; i < NACC; i++) {
+                    const int *mn = wscw + acc_col<WT>(i, lane) * 16 + 8;
+                    const int16_t *bs = absw + acc_row<WT>(i, lane) * 32;
                     int imin = 0;
 #pragma unroll
                     for (int j = 0; j < 8; j++)
                         imin += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
-                    float da = adw[acc_row(i, lane) * 16];
-                    float ds = wl_mul(wdw[acc_col(i, lane) * 8], da), dm = wl_mul(wdw[acc_col(i, lane) * 8 + 1], da);
+                    float da = adw[acc_row<WT>(i, lane) * 16];
+                    float ds = wl_mul(wdw[acc_col<WT>(i, lane) * 8], da), dm = wl_mul(wdw[acc_col<WT>(i, lane) * 8 + 1], da);
                     acc[i] = qm_add(acc[i], wl_sub(wl_mul(ds, (float)isum[i]), wl_mul(dm, (float)imin)));
                 }
             }
@@ -447,8 +481,8 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
     }
 
 #pragma unroll
-    for (int i = 0; i < QM_ACC; i++) {
-        int p = m0 + wm * 32 + acc_row(i, lane), n = n0 + wn * 32 + acc_col(i, lane);
+    for (int i = 0; i < NACC; i++) {
+        int p = m0 + wm * 32 + acc_row<WT>(i, lane), n = n0 + wn * WT + acc_col<WT>(i, lane);
         if (p < m_end && n < a.n)
             a.c[(long long)p * a.ldc + n] = acc[i];
     }
@@ -462,7 +496,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / 32) * QM_WARP) k_qgemm(qm_pa
 template <int DT, int BM, int BN>
 static bool smem_attr(void)
 {
-    return hipFuncSetAttribute((const void *)(k_qgemm<DT, BM, BN>), hipFuncAttributeMaxDynamicSharedMemorySize,
+    return hipFuncSetAttribute((const void *)(k_qgemm<DT, BM, BN, QM_WT>), hipFuncAttributeMaxDynamicSharedMemorySize,
                                (int)(qm_smem<DT, BM, BN>::bytes)) == hipSuccess;
 }
 template <int DT>
@@ -489,8 +523,8 @@ bool hip_qgemm_takes(int dt, const hip_qgemm_args *a)
     if (dt < HIP_DT_Q4_0 || dt >= HIP_DT_COUNT || a->k <= 0)
         return false;
     int64_t be = dt >= HIP_DT_Q4_K ? 256 : 32;
-    if (a->k % be != 0 || a->a_stride % 16 != 0 || ((uintptr_t)a->a & 15u) != 0 || ((uintptr_t)a->w & 3u) != 0 ||
-        a->w_estride % 4 != 0 || (long long)ops_qact_row_bytes(a->k) > a->a_stride)
+    if (a->k % be != 0 || a->a_stride % 16 != 0 || ((uintptr_t)a->a & 15u) != 0 || ((uintptr_t)a->w & 15u) != 0 ||
+        (a->tiles && a->w_estride % 16 != 0) || (long long)ops_qact_row_bytes(a->k) > a->a_stride)
         return false;
     return qmma_enabled();
 }
@@ -500,7 +534,7 @@ static void launch_q(const qm_params *P, hipStream_t s)
 {
     const hip_qgemm_args *a = &P->a;
     dim3 grid((unsigned)((a->n + BN - 1) / BN), (unsigned)(a->tiles ? a->max_tiles : (a->m + BM - 1) / BM));
-    MOERT_LAUNCH((k_qgemm<DT, BM, BN>), grid, (BM / 32) * (BN / 32) * QM_WARP, (qm_smem<DT, BM, BN>::bytes), s,
+    MOERT_LAUNCH((k_qgemm<DT, BM, BN, QM_WT>), grid, (BM / 32) * (BN / QM_WT) * QM_WARP, (qm_smem<DT, BM, BN>::bytes), s,
                  *P);
 }
 template <int DT>

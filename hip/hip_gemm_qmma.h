@@ -43,7 +43,8 @@ typedef struct hip_qgemm_args {
 } hip_qgemm_args;
 
 /* True when hip_launch_qgemm runs this GEMM (dt an HIP_DT_* block type) on this device:
- * k whole blocks, a and a_stride 16-byte aligned, w and w_estride 4-byte aligned. */
+ * k whole blocks, a, a_stride, w (grouped: and w_estride) 16-byte aligned (the weight region's tensors
+ * and experts are: WLAYOUT_ALIGN). */
 bool hip_qgemm_takes(int dt, const hip_qgemm_args *a);
 /* Enqueues the GEMM; only for one hip_qgemm_takes accepted. */
 hipError_t hip_launch_qgemm(int dt, const hip_qgemm_args *a, hipStream_t s);

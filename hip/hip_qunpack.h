@@ -26,40 +26,59 @@
 #define HIP_QU_D_OFF(dt) ((dt) == 8 /* Q6_K */ ? 208 : 0)
 #define HIP_QU_DMIN_OFF 2
 
-/* Elements e .. e + 3 (e % 4 == 0, e < the block's elements) of block b as 4 int8
- * operands, element e in the low byte. */
-QUHD uint32_t hip_qu_pack4(const uint8_t *b, int dt, int e)
+/* The 4 bytes at byte offset o (even) of little-endian words w, as one word (byte o in the
+ * low byte).  Reads w[o / 4 + 1] whatever o is (no branch: a warp's offsets differ in
+ * alignment), so one word past the bytes must be readable. */
+QUHD uint32_t hip_qu_ld32(const uint32_t *w, int o)
 {
-    uint32_t out = 0;
-    for (int i = 0; i < 4; i++) {
-        int x = e + i, q;
-        switch (dt) {
-        case 5: /* Q8_0 */
-            q = (int8_t)b[2 + x];
-            break;
-        case 3: /* Q4_0: elements 0-15 low nibbles, 16-31 high nibbles */
-            q = ((b[2 + x % 16] >> (4 * (x / 16))) & 15) - 8;
-            break;
-        case 4: /* Q5_0: the 32 high bits at bytes 2-5, nibbles from byte 6 */
-            q = (((b[6 + x % 16] >> (4 * (x / 16))) & 15) | ((b[2 + x / 8] >> (x % 8)) & 1) << 4) - 16;
-            break;
-        case 6: /* Q4_K: sub-block s = x / 32 in nibble s % 2 of bytes 16 + 32 (s / 2) .. */
-            q = (b[16 + 32 * (x / 64) + x % 32] >> (4 * (x / 32 % 2))) & 15;
-            break;
-        case 7: /* Q5_K: nibbles from byte 48, bit s of qh[x % 32] (bytes 16-47) */
-            q = ((b[48 + 32 * (x / 64) + x % 32] >> (4 * (x / 32 % 2))) & 15) | ((b[16 + x % 32] >> (x / 32)) & 1) << 4;
-            break;
-        default: { /* Q6_K: half h = x / 128 of ql (bytes 0-127), qh (128-191) */
-            int h = x / 128, tq = x % 128 / 32, l = x % 32;
-            int lo = (b[64 * h + 32 * (tq & 1) + l] >> (4 * (tq >> 1))) & 15;
-            int hi = (b[128 + 32 * h + l] >> (2 * tq)) & 3;
-            q = (lo | hi << 4) - 32;
-            break;
-        }
-        }
-        out |= (uint32_t)(uint8_t)(int8_t)q << (8 * i);
+    int i = o >> 2;
+    return (uint32_t)((((uint64_t)w[i + 1] << 32) | w[i]) >> (8 * (o & 3)));
+}
+
+/* the nibbles (hi: the high ones) of the 4 bytes of v, one per byte */
+QUHD uint32_t hip_qu_nib(uint32_t v, int hi)
+{
+    return (v >> (4 * hi)) & 0x0f0f0f0fu;
+}
+
+/* per byte b - o (two's complement) for bytes b <= 127 + o: b + 128 - o cannot carry into
+ * the next byte, and ^ 0x80 takes 128 back off mod 256 */
+QUHD uint32_t hip_qu_sub(uint32_t v, uint32_t o)
+{
+    return (v + 0x01010101u * (128u - o)) ^ 0x80808080u;
+}
+
+/* Elements e .. e + 3 (e % 4 == 0, e < the block's elements) of the block at byte offset
+ * boff (even) of the words w (hip_qu_ld32), as 4 int8 operands, element e in the low byte.
+ * Word operations only: 1 to 3 word reads per 4 operands. */
+QUHD uint32_t hip_qu_pack4(const uint32_t *w, int boff, int dt, int e)
+{
+    switch (dt) {
+    case 5: /* Q8_0: the quants from byte 2 */
+        return hip_qu_ld32(w, boff + 2 + e);
+    case 3: /* Q4_0: elements 0-15 low nibbles, 16-31 high nibbles of bytes 2-17 */
+        return hip_qu_sub(hip_qu_nib(hip_qu_ld32(w, boff + 2 + e % 16), e / 16), 8);
+    case 4: { /* Q5_0: the 32 high bits at bytes 2-5 (element x: bit x), nibbles from byte 6;
+               * bits e .. e + 3 spread to bit 4 of each byte by one multiply (no carries:
+               * the four copies of the 4 bits do not overlap) */
+        uint32_t h = (hip_qu_ld32(w, boff + 2) >> e) & 15u;
+        uint32_t hb = ((h * 0x00204081u) & 0x01010101u) << 4;
+        return hip_qu_sub(hip_qu_nib(hip_qu_ld32(w, boff + 6 + e % 16), e / 16) | hb, 16);
     }
-    return out;
+    case 6: /* Q4_K: sub-block s = e / 32 in nibble s % 2 of bytes 16 + 32 (s / 2) .. */
+        return hip_qu_nib(hip_qu_ld32(w, boff + 16 + 32 * (e / 64) + e % 32), e / 32 % 2);
+    case 7: { /* Q5_K: nibbles from byte 48, bit s = e / 32 of qh[e % 32] (bytes 16-47) */
+        uint32_t hb = ((hip_qu_ld32(w, boff + 16 + e % 32) >> (e / 32)) & 0x01010101u) << 4;
+        return hip_qu_nib(hip_qu_ld32(w, boff + 48 + 32 * (e / 64) + e % 32), e / 32 % 2) | hb;
+    }
+    default: { /* Q6_K: half h = e / 128: 4 low bits from ql (bytes 0-127), 2 high from qh
+                * (128-191), minus 32 */
+        int h = e / 128, tq = e % 128 / 32, l = e % 32;
+        uint32_t lo = hip_qu_nib(hip_qu_ld32(w, boff + 64 * h + 32 * (tq & 1) + l), tq >> 1);
+        uint32_t hi = ((hip_qu_ld32(w, boff + 128 + 32 * h + l) >> (2 * tq)) & 0x03030303u) << 4;
+        return hip_qu_sub(lo | hi, 32);
+    }
+    }
 }
 
 /* Q4_K / Q5_K: the 6-bit scale (*sc) and min (*mn) of sub-block j (0..7), from the 12 bytes at

@@ -517,6 +517,73 @@ __global__ void __launch_bounds__(BM * 4) k_gemm(hip_gemm_args a)
     }
 }
 
+/* ---- narrow GEMM: F32 weights with few outputs a row (the MoE router of a GGUF model) ----
+ * k_gemm's 64 x 128 tiles give a 512 x 128 router 8 blocks; here a block owns 16 rows x 32
+ * columns (a thread 2 x 2 outputs), the next k tile held in registers while this one is
+ * multiplied.  Each output is the same serial fmaf chain over k, in increasing order from
+ * 0, as k_gemm's, so the values are the same (k_gemm's zero padding of a ragged k tile aside). */
+#define GN_BM 16
+#define GN_BN 32
+#define GN_BK 64
+#define GN_NT 128
+__global__ void __launch_bounds__(GN_NT) k_gemm_narrow(hip_gemm_args a)
+{
+    moert_pdl_wait();
+    __shared__ float As[GN_BM][GN_BK + 1];
+    __shared__ float Ws[GN_BN][GN_BK + 1];
+    constexpr int AL = GN_BM * GN_BK / GN_NT, WL = GN_BN * GN_BK / GN_NT;
+    const int tid = threadIdx.x, tr = tid / 16, tc = tid % 16;
+    const int m0 = blockIdx.y * GN_BM, n0 = blockIdx.x * GN_BN;
+    const long long K = a.k;
+    const float *w = (const float *)a.w;
+    float ra[AL], rw[WL];
+    /* element i of a thread's share: row (tid + i NT) / BK, k (tid + i NT) % BK */
+    auto load = [&](long long k0) {
+#pragma unroll
+        for (int i = 0; i < AL; i++) {
+            int c = tid + i * GN_NT, r = c / GN_BK;
+            long long kk = k0 + c % GN_BK;
+            ra[i] = m0 + r < a.m && kk < K ? a.a[(long long)(m0 + r) * a.lda + kk] : 0.0f;
+        }
+#pragma unroll
+        for (int i = 0; i < WL; i++) {
+            int c = tid + i * GN_NT, r = c / GN_BK;
+            long long kk = k0 + c % GN_BK;
+            rw[i] = n0 + r < a.n && kk < K ? w[(long long)(n0 + r) * K + kk] : 0.0f;
+        }
+    };
+    float acc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+    load(0);
+    for (long long k0 = 0; k0 < K; k0 += GN_BK) {
+#pragma unroll
+        for (int i = 0; i < AL; i++)
+            As[(tid + i * GN_NT) / GN_BK][(tid + i * GN_NT) % GN_BK] = ra[i];
+#pragma unroll
+        for (int i = 0; i < WL; i++)
+            Ws[(tid + i * GN_NT) / GN_BK][(tid + i * GN_NT) % GN_BK] = rw[i];
+        __syncthreads();
+        if (k0 + GN_BK < K)
+            load(k0 + GN_BK);
+        const int kn = (int)(K - k0 < GN_BK ? K - k0 : GN_BK);
+        for (int kk = 0; kk < kn; kk++) {
+            float a0 = As[2 * tr][kk], a1 = As[2 * tr + 1][kk], w0 = Ws[tc][kk], w1 = Ws[tc + 16][kk];
+            acc[0][0] = fmaf(a0, w0, acc[0][0]);
+            acc[0][1] = fmaf(a0, w1, acc[0][1]);
+            acc[1][0] = fmaf(a1, w0, acc[1][0]);
+            acc[1][1] = fmaf(a1, w1, acc[1][1]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            int p = m0 + 2 * tr + i, n = n0 + tc + 16 * j;
+            if (p < a.m && n < a.n)
+                a.c[(long long)p * a.ldc + n] = acc[i][j];
+        }
+}
+
 /* ---- embed, norms, add -------------------------------------------------------------- */
 
 template <int DT>
@@ -2211,6 +2278,11 @@ hipError_t hip_launch_gemm(int dtype, int amode, int bm, const hip_gemm_args *a,
         return hipErrorInvalidValue;
     if (hip_gemm_mma_takes(dtype, amode, bm, a))
         return hip_launch_gemm_mma(amode, bm, a, s);
+    if (dtype == HIP_DT_F32 && amode == HIP_A_PLAIN && a->n <= HIP_GEMM_BN) {
+        dim3 g((unsigned)((a->n + GN_BN - 1) / GN_BN), (unsigned)((a->m + GN_BM - 1) / GN_BM));
+        MOERT_LAUNCH(k_gemm_narrow, g, GN_NT, 0, s, *a);
+        return hipGetLastError();
+    }
     bool vec = a->k % 8 == 0 && a->lda % 4 == 0 && aligned16(a->a) && aligned16(a->w) &&
                (amode != HIP_A_SWIGLU || aligned16(a->a2));
     dim3 grid((unsigned)((a->n + HIP_GEMM_BN - 1) / HIP_GEMM_BN),

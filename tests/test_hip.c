@@ -655,8 +655,14 @@ static void test_qmma_unpack_host(void)
             ops_to_f32(y, blk, t, be);
             float d = ops_f16_to_f32((uint16_t)(blk[HIP_QU_D_OFF(t)] | blk[HIP_QU_D_OFF(t) + 1] << 8));
             float dmin = ops_f16_to_f32((uint16_t)(blk[2] | blk[3] << 8));
+            /* the block as the GEMM's shared memory holds it: little-endian words, from a
+             * 4-byte boundary or 2 bytes past one (the 2-byte-aligned types' odd blocks) */
+            uint32_t wb[256 / 4 + 2] = {0};
+            int o = (it / 2) % 2 ? 2 : 0;
+            for (int i = 0; i < bb; i++)
+                wb[(o + i) / 4] |= (uint32_t)blk[i] << 8 * ((o + i) % 4);
             for (int e = 0; e < be; e += 4) {
-                uint32_t w4 = hip_qu_pack4(blk, t, e);
+                uint32_t w4 = hip_qu_pack4(wb, o, t, e);
                 for (int i = 0; i < 4; i++) {
                     int q = (int8_t)(uint8_t)(w4 >> 8 * i), el = e + i;
                     float v;
