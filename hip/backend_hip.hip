@@ -119,6 +119,7 @@ typedef struct hip_ctx {
     unsigned char *d_qa, *d_qb;
     uint16_t *d_planes;          /* the GEMMs' activation planes (hip_scratch_planes) */
     hip_planes_layout planes;
+    bool no_splitk;              /* MOERT_HIP_SPLITK=0: dense GEMMs never split k */
     int max_splits, max_tiles, n_trace;
 
     hip_step_params *h_params; /* pinned */
@@ -519,6 +520,7 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
     c->trace = (trace_rt *)in->trace;
     c->threads = in->threads;
     c->debug = env_on("MOERT_HIP_DEBUG");
+    c->no_splitk = getenv("MOERT_HIP_SPLITK") && !env_on("MOERT_HIP_SPLITK");
     c->check = hip_check_mode(); /* its CPU scratch is planned after ours (backend_requests) */
     /* programmatic dependent launch: Hopper and newer; MOERT_HIP_NOPDL=1 turns it off */
     const char *prof = getenv("MOERT_HIP_PROFILE");
@@ -1070,6 +1072,17 @@ static int matmul_q8(hip_ctx *c, const sched_op *op, const dev_tensor *const *se
     return MOERT_OK;
 }
 
+/* Split-k parts of a dense tensor-core GEMM (hip_splitk_parts; MOERT_HIP_SPLITK=0 turns it
+ * off for A/B runs): 1 when the planned partials would not hold them. */
+static int splitk_parts(const hip_ctx *c, long long n, long long k, long long rows)
+{
+    int p = c->no_splitk ? 1 : hip_splitk_parts(n, k);
+    if (p > 1 && (unsigned long long)p * (unsigned long long)rows * (unsigned long long)n * sizeof(float) >
+                     c->planes.part_bytes)
+        p = 1;
+    return p;
+}
+
 /* snap: NULL, or where a decode GEMV also writes its outputs (a traced row's snapshot) */
 static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long long rows,
                            float *out, long long ldo, float *snap, moert_err *err)
@@ -1141,6 +1154,8 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
         a.m = (int)rows;
         a.n = (int)total;
         a.k = (int)op->k;
+        a.kparts = splitk_parts(c, total, op->k, rows);
+        a.part = (float *)(c->d_planes + c->planes.part_offset / sizeof(uint16_t));
         int st = launch_err(hip_mma_split(in, NULL, op->k, (int)rows, (int)op->k, c->d_planes, c->stream), op, err);
         return st ? st : launch_err(hip_mma_dense(&a, c->stream), op, err);
     }

@@ -6,6 +6,7 @@
  * split into hi / lo / lo2 and stored as three bf16 tiles.  W (bf16) is copied as is.
  * Dense: 64 x 64 tiles; grouped (MoE): HIP_MOE_BM x 128 tiles, one per tile-table entry.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -405,6 +406,9 @@ __global__ void __launch_bounds__(256) k_mma_split(const float *a, const float *
 }
 
 enum { PL_DENSE, PL_GROUPED, PL_GATEUP };
+template <int N> struct nmb_c {
+    static constexpr int value = N;
+};
 
 /* dynamic shared memory of k_gemm_pl<., BM, BN, ., S>: S stages of 3 A planes and one W tile */
 #define PL_SMEM_BYTES(BM, BN, S) ((S) * (MMA_TERMS * (BM) + (BN)) * MMA_LDS * 2)
@@ -449,6 +453,14 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WTN) * 32, MINB) k_gemm_pl(h
         m_end = min(m0 + BM, a.m);
     }
     const int K = a.k;
+    /* dense split-k: part blockIdx.z of kparts takes k tiles [t_begin, t_end) */
+    const int ktiles = (K + BK - 1) / BK;
+    int t_begin = 0, t_end = ktiles;
+    if (MODE == PL_DENSE && a.kparts > 1) {
+        const int per = (ktiles + a.kparts - 1) / a.kparts;
+        t_begin = min((int)blockIdx.z * per, ktiles);
+        t_end = min(t_begin + per, ktiles);
+    }
 
     /* A chunk i: term c / (4 BM), row (c / 4) % BM, 8 bf16 at (c % 4) * 8 of the k tile */
     const uint16_t *asrc[ACH];
@@ -490,7 +502,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WTN) * 32, MINB) k_gemm_pl(h
     }
 
     auto load = [&](int t) {
-        const int k0 = t * BK;
+        const int k0 = (t_begin + t) * BK;
         stage &dst = sm[t % S];
 #pragma unroll
         for (int i = 0; i < ACH; i++) {
@@ -513,22 +525,10 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WTN) * 32, MINB) k_gemm_pl(h
         acc[i] = part[i] = 0.0f;
     const bool mb_on[2] = {m0 + wm * 32 < m_end, m0 + wm * 32 + 16 < m_end};
 
-    const int ntiles = (K + BK - 1) / BK;
-#pragma unroll
-    for (int t = 0; t < S - 1; t++) {
-        if (t < ntiles)
-            load(t);
-        copy_commit();
-    }
-    for (int t = 0; t < ntiles; t++) {
-        /* tile t has landed (every group is committed, empty ones too); after the barrier no
-         * warp still reads the stage of tile t - 1, which tile t + S - 1 refills */
-        copy_wait<S - 2>();
-        __syncthreads();
-        if (t + S - 1 < ntiles)
-            load(t + S - 1);
-        copy_commit();
-        const stage &cur = sm[t % S];
+    /* one k tile's MMAs for the warp's first NMB m16 fragments (k16 step, then term; the
+     * first from zero) */
+    auto tile_mma = [&](const stage &cur, auto nmb) {
+        constexpr int NMB = decltype(nmb)::value;
 #pragma unroll
         for (int ks = 0; ks < BK / 16; ks++) {
             uint32_t b[NJ][2];
@@ -544,9 +544,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WTN) * 32, MINB) k_gemm_pl(h
 #pragma unroll
             for (int q = 0; q < MMA_TERMS; q++)
 #pragma unroll
-                for (int mb = 0; mb < 2; mb++) {
-                    if (!mb_on[mb])
-                        continue;
+                for (int mb = 0; mb < NMB; mb++) {
                     uint32_t af[4];
                     ldsm_x4(af, &cur.A[q][wm * 32 + mb * 16 + (lane & 15)][ks * 16 + (lane >> 4) * 8]);
 #pragma unroll
@@ -558,6 +556,30 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WTN) * 32, MINB) k_gemm_pl(h
                     }
                 }
         }
+    };
+
+    const int ntiles = t_end - t_begin;
+#pragma unroll
+    for (int t = 0; t < S - 1; t++) {
+        if (t < ntiles)
+            load(t);
+        copy_commit();
+    }
+    for (int t = 0; t < ntiles; t++) {
+        /* tile t has landed (every group is committed, empty ones too); after the barrier no
+         * warp still reads the stage of tile t - 1, which tile t + S - 1 refills */
+        copy_wait<S - 2>();
+        __syncthreads();
+        if (t + S - 1 < ntiles)
+            load(t + S - 1);
+        copy_commit();
+        const stage &cur = sm[t % S];
+        /* the live m16 fragments are known per block: branch once per k tile, not around
+         * every ldmatrix / MMA, so the unrolled tile is straight-line code */
+        if (mb_on[1])
+            tile_mma(cur, nmb_c<2>{});
+        else if (mb_on[0])
+            tile_mma(cur, nmb_c<1>{});
 #pragma unroll
         for (int i = 0; i < ACC; i++)
             acc[i] += part[i];
@@ -586,6 +608,10 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WTN) * 32, MINB) k_gemm_pl(h
                     *(uint32_t *)(o + 2 * a.hps) = pack_hi(l2[0], l2[1]);
                 }
     } else {
+        /* a split-k part goes to its own [m, n] slice of the partials */
+        const bool split = MODE == PL_DENSE && a.kparts > 1;
+        float *cb = split ? a.part + (long long)blockIdx.z * a.m * a.n : a.c;
+        const long long ldc = split ? a.n : a.ldc;
 #pragma unroll
         for (int i = 0; i < ACC; i++) {
             /* fragment f = mb * NJ + j, element q: row g (+ 8 for q >= 2), columns 2 tig + (q & 1) */
@@ -593,12 +619,26 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WTN) * 32, MINB) k_gemm_pl(h
             int p = m0 + wm * 32 + mb * 16 + (lane >> 2) + (q >> 1) * 8;
             int n = n0 + wn * WTN + j * 8 + (lane & 3) * 2 + (q & 1);
             if (p < m_end && n < a.n)
-                a.c[(long long)p * a.ldc + n] = acc[i];
+                cb[(long long)p * ldc + n] = acc[i];
         }
     }
 #else
     (void)a;
 #endif
+}
+
+/* C = the split-k parts added in part order (part 0 first), one output per thread */
+__global__ void __launch_bounds__(256) k_splitk_sum(const float *part, int parts, int m, int n, float *c,
+                                                    long long ldc)
+{
+    moert_pdl_wait();
+    const long long mn = (long long)m * n, i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= mn)
+        return;
+    float v = part[i];
+    for (int q = 1; q < parts; q++)
+        v += part[q * mn + i];
+    c[(i / n) * ldc + i % n] = v;
 }
 
 /* ---- host side ----------------------------------------------------------------------- */
@@ -813,9 +853,9 @@ hipError_t hip_mma_split(const float *a, const float *a2, long long lda, int row
 }
 
 template <int MODE, int BM, int BN, int WTN, int S, int MINB>
-static hipError_t launch_pl(const hip_mma_args *a, unsigned gx, unsigned gy, hipStream_t s)
+static hipError_t launch_pl(const hip_mma_args *a, unsigned gx, unsigned gy, unsigned gz, hipStream_t s)
 {
-    MOERT_LAUNCH((k_gemm_pl<MODE, BM, BN, WTN, S, MINB>), dim3(gx, gy), (BM / 32) * (BN / WTN) * 32,
+    MOERT_LAUNCH((k_gemm_pl<MODE, BM, BN, WTN, S, MINB>), dim3(gx, gy, gz), (BM / 32) * (BN / WTN) * 32,
                  PL_SMEM_BYTES(BM, BN, S), s, *a);
     return hipGetLastError();
 }
@@ -824,25 +864,100 @@ hipError_t hip_mma_dense(const hip_mma_args *a, hipStream_t s)
 {
     if (a->m <= 0 || a->n <= 0)
         return hipSuccess;
-    long long big = (long long)((a->m + PL_DB_BM - 1) / PL_DB_BM) * ((a->n + PL_DB_BN - 1) / PL_DB_BN);
+    const unsigned parts = a->kparts > 1 ? (unsigned)a->kparts : 1u;
+    long long big = (long long)((a->m + PL_DB_BM - 1) / PL_DB_BM) * ((a->n + PL_DB_BN - 1) / PL_DB_BN) * parts;
     bool wide = pl_dense_bn ? pl_dense_bn == 128 : big >= 2LL * 2 * pl_sms; /* two waves of 2 per SM */
+    hipError_t e;
     if (wide)
-        return launch_pl<PL_DB>(a, (unsigned)((a->n + PL_DB_BN - 1) / PL_DB_BN),
-                                (unsigned)((a->m + PL_DB_BM - 1) / PL_DB_BM), s);
-    return launch_pl<PL_DS>(a, (unsigned)((a->n + PL_DS_BN - 1) / PL_DS_BN),
-                            (unsigned)((a->m + PL_DS_BM - 1) / PL_DS_BM), s);
+        e = launch_pl<PL_DB>(a, (unsigned)((a->n + PL_DB_BN - 1) / PL_DB_BN),
+                             (unsigned)((a->m + PL_DB_BM - 1) / PL_DB_BM), parts, s);
+    else
+        e = launch_pl<PL_DS>(a, (unsigned)((a->n + PL_DS_BN - 1) / PL_DS_BN),
+                             (unsigned)((a->m + PL_DS_BM - 1) / PL_DS_BM), parts, s);
+    if (e != hipSuccess || parts == 1)
+        return e;
+    const long long mn = (long long)a->m * a->n;
+    MOERT_LAUNCH(k_splitk_sum, (unsigned)((mn + 255) / 256), 256, 0, s, a->part, (int)parts, a->m, a->n, a->c,
+                 a->ldc);
+    return hipGetLastError();
 }
 
 hipError_t hip_mma_grouped(const hip_mma_args *a, hipStream_t s)
 {
     if (a->n <= 0 || a->max_tiles <= 0)
         return hipSuccess;
-    return launch_pl<PL_GR>(a, (unsigned)((a->n + PL_MOE_BN - 1) / PL_MOE_BN), (unsigned)a->max_tiles, s);
+    return launch_pl<PL_GR>(a, (unsigned)((a->n + PL_MOE_BN - 1) / PL_MOE_BN), (unsigned)a->max_tiles, 1u, s);
 }
 
 hipError_t hip_mma_gateup(const hip_mma_args *a, hipStream_t s)
 {
     if (a->n <= 0 || a->max_tiles <= 0)
         return hipSuccess;
-    return launch_pl<PL_GU>(a, (unsigned)((a->n + PL_MOE_BN / 2 - 1) / (PL_MOE_BN / 2)), (unsigned)a->max_tiles, s);
+    return launch_pl<PL_GU>(a, (unsigned)((a->n + PL_MOE_BN / 2 - 1) / (PL_MOE_BN / 2)), (unsigned)a->max_tiles, 1u, s);
+}
+
+/* ---- the GPU test's entry: one dense planes GEMM over host data (backend.h) ----------- */
+
+extern "C" int backend_hip_mma_dense_run(int m, int n, int k, const float *a, const uint16_t *w, int kparts,
+                                         float *out, char *why, size_t cap)
+{
+    if (why && cap)
+        why[0] = 0;
+    int count = 0;
+    if (hipGetDeviceCount(&count) != hipSuccess || count == 0) {
+        snprintf(why, cap, "no GPU");
+        return -2;
+    }
+    if (!hip_mma_planes_takes(n, k)) {
+        snprintf(why, cap, "the tensor-core planes GEMM does not run on this device (or n %d, k %d)", n, k);
+        return -2;
+    }
+    const size_t a_bytes = sizeof(float) * (size_t)m * (size_t)k, w_bytes = sizeof(uint16_t) * (size_t)n * (size_t)k;
+    const size_t c_bytes = sizeof(float) * (size_t)m * (size_t)n, pl_bytes = HIP_PLANE_BYTES * (size_t)m * (size_t)k;
+    const size_t part_bytes = c_bytes * (size_t)(kparts > 1 ? kparts : 1);
+    void *d_a = NULL, *d_w = NULL, *d_c = NULL, *d_pl = NULL, *d_part = NULL;
+    int rc = 1;
+    hipError_t e = hipSuccess;
+    hip_mma_args g;
+    memset(&g, 0, sizeof g);
+#define MD_TRY(x)                                                                                                  \
+    do {                                                                                                           \
+        if ((e = (x)) != hipSuccess)                                                                               \
+            goto out;                                                                                              \
+    } while (0)
+    MD_TRY(hipMalloc(&d_a, a_bytes));
+    MD_TRY(hipMalloc(&d_w, w_bytes));
+    MD_TRY(hipMalloc(&d_c, c_bytes));
+    MD_TRY(hipMalloc(&d_pl, pl_bytes));
+    MD_TRY(hipMalloc(&d_part, part_bytes));
+    MD_TRY(hipMemcpy(d_a, a, a_bytes, hipMemcpyHostToDevice));
+    MD_TRY(hipMemcpy(d_w, w, w_bytes, hipMemcpyHostToDevice));
+    MD_TRY(hipMemset(d_c, 0xff, c_bytes)); /* NaN: an output never written shows */
+    MD_TRY(hipMemset(d_part, 0xff, part_bytes));
+    g.ap = (const uint16_t *)d_pl;
+    g.ps = (long long)m * k;
+    g.w[0] = d_w;
+    g.seg_end[0] = n;
+    g.seg_end[1] = g.seg_end[2] = LLONG_MAX;
+    g.c = (float *)d_c;
+    g.ldc = n;
+    g.m = m;
+    g.n = n;
+    g.k = k;
+    g.kparts = kparts;
+    g.part = (float *)d_part;
+    MD_TRY(hip_mma_split((const float *)d_a, NULL, k, m, k, (uint16_t *)d_pl, 0));
+    MD_TRY(hip_mma_dense(&g, 0));
+    MD_TRY(hipDeviceSynchronize());
+    MD_TRY(hipMemcpy(out, d_c, c_bytes, hipMemcpyDeviceToHost));
+    rc = 0;
+out:
+#undef MD_TRY
+    if (e != hipSuccess)
+        snprintf(why, cap, "planes GEMM on the GPU: %s", hipGetErrorString(e));
+    void *bufs[] = {d_a, d_w, d_c, d_pl, d_part};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i] && hipFree(bufs[i]) != hipSuccess && rc == 0)
+            rc = 1;
+    return rc;
 }

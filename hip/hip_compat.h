@@ -28,6 +28,7 @@
 
 #define moert_shfl_xor(v, m) __shfl_xor((v), (m))
 #define moert_shfl(v, src) __shfl((v), (src))
+#define moert_shfl_up(v, d) __shfl_up((v), (d))
 static __device__ __forceinline__ uint64_t moert_ballot(int pred)
 {
     return (uint64_t)__ballot(pred);
@@ -126,6 +127,7 @@ typedef cudaDeviceProp hipDeviceProp_t;
 
 #define moert_shfl_xor(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
 #define moert_shfl(v, src) __shfl_sync(0xffffffffu, (v), (src))
+#define moert_shfl_up(v, d) __shfl_up_sync(0xffffffffu, (v), (d))
 static __device__ __forceinline__ uint64_t moert_ballot(int pred)
 {
     return (uint64_t)__ballot_sync(0xffffffffu, pred);

@@ -53,6 +53,8 @@ typedef struct hip_mma_args {
     int m, n, k;           /* gate-up: n = columns of gate (= of up, = of h) */
     const int32_t *tiles;  /* grouped, gate-up: the MoE tile table (hip_kernels.h) */
     int max_tiles;
+    int kparts;            /* dense: > 1 splits k into that many parts of whole k tiles */
+    float *part;           /* dense, kparts > 1: kparts x [m, n] partials (hip_scratch_planes) */
 } hip_mma_args;
 
 /* True when the planes path runs on this device (MOERT_HIP_GEMM unset or "mma"; "tile" keeps
@@ -60,7 +62,10 @@ typedef struct hip_mma_args {
 bool hip_mma_planes_takes(int n, int k);
 hipError_t hip_mma_split(const float *a, const float *a2, long long lda, int rows, int k, uint16_t *planes,
                          hipStream_t s);
-/* C = A . W^T, A from planes of a->m rows */
+/* C = A . W^T, A from planes of a->m rows.  With kparts > 1 (hip_splitk_parts: a narrow
+ * GEMM that would fill less than a wave) each part sums its k tiles as above into a->part,
+ * then the parts are added in part order: a fixed order that depends on n and k only, never
+ * on the rows, so a row's bits are the same in a prompt and in a one-row step. */
 hipError_t hip_mma_dense(const hip_mma_args *a, hipStream_t s);
 /* the down GEMM of the MoE: tiles of gathered (or, gather NULL, sorted) rows */
 hipError_t hip_mma_grouped(const hip_mma_args *a, hipStream_t s);

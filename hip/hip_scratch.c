@@ -111,8 +111,28 @@ hip_planes_layout hip_scratch_planes(const sched *s)
     L.h_offset = L.x_bytes;
     L.h_bytes = round_up(sat_mul(sat_mul(sat_mul(rows, (uint64_t)t->num_experts_per_tok), hcols), HIP_PLANE_BYTES),
                          HIP_SCRATCH_ALIGN);
-    L.bytes = sat_add(L.x_bytes, L.h_bytes);
+    for (int32_t i = 0; i < s->n_ops; i++) {
+        const sched_op *op = &s->ops[i];
+        if (op->kind != SCHED_MATMUL && op->kind != SCHED_LOGITS)
+            continue;
+        int parts = hip_splitk_parts(op->n, op->k);
+        uint64_t b = parts > 1 ? sat_mul(sat_mul(sat_mul(rows, (uint64_t)op->n), (uint64_t)parts), sizeof(float)) : 0;
+        L.part_bytes = b > L.part_bytes ? b : L.part_bytes;
+    }
+    L.part_offset = L.h_offset;
+    L.part_bytes = round_up(L.part_bytes, HIP_SCRATCH_ALIGN);
+    L.bytes = sat_add(L.x_bytes, L.h_bytes > L.part_bytes ? L.h_bytes : L.part_bytes);
     return L;
+}
+
+int hip_splitk_parts(int64_t n, int64_t k)
+{
+    if (n <= 0 || k <= 0)
+        return 1;
+    int64_t p = (HIP_SPLITK_COLS + n / 2) / n, by_k = (k + 31) / 32 / HIP_SPLITK_MIN_TILES;
+    p = p < HIP_SPLITK_MAX ? p : HIP_SPLITK_MAX;
+    p = p < by_k ? p : by_k;
+    return p > 1 ? (int)p : 1;
 }
 
 int hip_scratch_requests(const sched *s, backend_request *reqs)

@@ -81,7 +81,19 @@ typedef struct hip_qact_layout {
 #define HIP_PLANE_BYTES 6
 typedef struct hip_planes_layout {
     uint64_t x_bytes, h_offset, h_bytes, bytes;
+    /* the split-k partials of a dense GEMM (hip_splitk_parts), at part_offset: they share
+     * h's bytes (a MATMUL op and the MoE op never overlap), the region holds the larger */
+    uint64_t part_offset, part_bytes;
 } hip_planes_layout;
+
+/* Split-k of the tensor-core dense GEMMs: a GEMM of n outputs gets parts so that about
+ * HIP_SPLITK_COLS columns of 64-wide tiles are in flight (the o projection's 2048 -> 3, a
+ * 128-expert router -> 8), at most HIP_SPLITK_MAX and at least HIP_SPLITK_MIN_TILES k tiles of
+ * 32 a part.  A function of n and k alone (never of the rows): the planner sizes the partials
+ * by it and the backend launches by it. */
+#define HIP_SPLITK_COLS 6144
+#define HIP_SPLITK_MAX 8
+#define HIP_SPLITK_MIN_TILES 8
 
 #ifdef __cplusplus
 extern "C" {
@@ -100,6 +112,8 @@ int64_t hip_scratch_max_tiles(const struct sched *s);
 hip_trace_layout hip_scratch_trace_layout(const struct sched *s, int64_t snap_floats);
 /* The activation planes' region for schedule s (0 bytes when no step has several rows). */
 hip_planes_layout hip_scratch_planes(const struct sched *s);
+/* Parts of the split-k rule above for a dense GEMM of n outputs and k inputs (1: no split). */
+int hip_splitk_parts(int64_t n, int64_t k);
 /* Traced rings: the TRACE ops of s. */
 int64_t hip_scratch_traced(const struct sched *s);
 /* MOERT_HIP_CHECK: 0 off, 1 the first prefill and decode step, 2 ("all") every step.  In

@@ -1374,8 +1374,9 @@ __global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int
 /* ---- MoE grouping (prefill) ------------------------------------------------------------
  * k_moe_rank: block e finds the assignments routed to expert e in assignment order with a
  * ballot/popcount scan (the stable rank of each within its expert) and their count.
- * k_moe_place: one block scans the counts into offsets, writes the GEMM tile table, and
- * places each assignment at offs[e] + rank.  No atomics; identical every run. */
+ * k_moe_place: one block scans the counts into offsets (in parallel: a serial walk over
+ * the experts was a chain of dependent loads, tens of microseconds a layer), writes the GEMM
+ * tile table, and places each assignment at offs[e] + rank.  No atomics; identical every run. */
 DEV int safe_expert(int32_t id, int E, int *err)
 {
     if (id < 0 || id >= E) {
@@ -1416,22 +1417,66 @@ __global__ void __launch_bounds__(256) k_moe_rank(hip_moe_index_args a)
         a.counts[e] = running;
 }
 
+/* Exclusive prefix sums of (v0, v1) over the block's threads (blockDim.x a multiple of the
+ * warp, at most 1024): each warp scans by shuffles, then the warp totals are scanned once.
+ * *t0, *t1 receive the block's totals. */
+DEV void block_scan2(int v0, int v1, int *x0, int *x1, int *t0, int *t1)
+{
+    __shared__ int ws[2][MAX_WARPS];
+    const int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP, nw = blockDim.x / MOERT_WARP;
+    int s0 = v0, s1 = v1;
+    for (int d = 1; d < MOERT_WARP; d *= 2) {
+        int u0 = moert_shfl_up(s0, d), u1 = moert_shfl_up(s1, d);
+        if (lane >= d) {
+            s0 += u0;
+            s1 += u1;
+        }
+    }
+    if (lane == MOERT_WARP - 1) {
+        ws[0][w] = s0;
+        ws[1][w] = s1;
+    }
+    __syncthreads();
+    int b0 = 0, b1 = 0, a0 = 0, a1 = 0;
+    for (int q = 0; q < nw; q++) {
+        b0 += q < w ? ws[0][q] : 0;
+        b1 += q < w ? ws[1][q] : 0;
+        a0 += ws[0][q];
+        a1 += ws[1][q];
+    }
+    *x0 = b0 + s0 - v0;
+    *x1 = b1 + s1 - v1;
+    *t0 = a0;
+    *t1 = a1;
+    __syncthreads(); /* ws is reused by the next call */
+}
+
+/* The counts scanned into offsets and tile counts into tile-table positions, blockDim.x
+ * experts at a time (the table equals a serial walk over experts 0 .. E-1); each expert's
+ * thread writes its own tiles. */
 __global__ void __launch_bounds__(256) k_moe_place(hip_moe_index_args a)
 {
     moert_pdl_wait();
-    if (threadIdx.x == 0) {
-        int off = 0, nt = 0;
-        for (int e = 0; e < a.E; e++) {
-            a.offs[e] = off;
-            int c = a.counts[e];
-            for (int p = 0; p < c; p += a.bm) {
-                a.tiles[1 + 3 * nt] = e;
-                a.tiles[2 + 3 * nt] = off + p;
-                a.tiles[3 + 3 * nt] = off + min(p + a.bm, c);
-                nt++;
+    int off = 0, nt = 0;
+    for (int e0 = 0; e0 < a.E; e0 += blockDim.x) {
+        const int e = e0 + threadIdx.x;
+        const int c = e < a.E ? a.counts[e] : 0, tc = (c + a.bm - 1) / a.bm;
+        int xo, xt, to, tt;
+        block_scan2(c, tc, &xo, &xt, &to, &tt);
+        if (e < a.E) {
+            const int o = off + xo;
+            a.offs[e] = o;
+            for (int q = 0; q < tc; q++) {
+                int t = nt + xt + q;
+                a.tiles[1 + 3 * t] = e;
+                a.tiles[2 + 3 * t] = o + q * a.bm;
+                a.tiles[3 + 3 * t] = o + min((q + 1) * a.bm, c);
             }
-            off += c;
         }
+        off += to;
+        nt += tt;
+    }
+    if (threadIdx.x == 0) {
         a.offs[a.E] = off;
         a.tiles[0] = nt;
     }

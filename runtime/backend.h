@@ -125,6 +125,13 @@ int backend_hip_mma_split_selftest(char *why, size_t cap);
 int backend_hip_qgemm_run(int dt, const void *qa, int n_arows, const void *w, int n_exp, int n, int k,
                           const int32_t *tiles, int n_tiles, const int32_t *gather, int gdiv, int m, float *out,
                           char *why, size_t cap);
+/* Runs one dense tensor-core GEMM of the planes path (hip/gemm_mma.hip) on the GPU over host
+ * data, for the GPU test: a [m, k] fp32, w [n, k] bf16 bits, out [m, n]; kparts > 1 splits k
+ * into that many parts (hip_splitk_parts' shape of it).  0 when it ran; 1 on a device error
+ * (why); -1 in a build without the HIP backend; -2 without a GPU or where the kernel does
+ * not run. */
+int backend_hip_mma_dense_run(int m, int n, int k, const float *a, const uint16_t *w, int kparts, float *out,
+                              char *why, size_t cap);
 /* Runs the act-q8 kernels' formulas (hip/qact.hip, __host__ __device__) on the host: rows
  * quantized by them (ties, NaN/Inf, tiny and ordinary blocks, k with and without whole
  * 256-blocks) must equal ops_qact_row byte for byte, and their integer dot products of every

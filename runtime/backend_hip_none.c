@@ -32,6 +32,15 @@ int backend_hip_qgemm_run(int dt, const void *qa, int n_arows, const void *w, in
     return -1;
 }
 
+int backend_hip_mma_dense_run(int m, int n, int k, const float *a, const uint16_t *w, int kparts, float *out,
+                              char *why, size_t cap)
+{
+    (void)m, (void)n, (void)k, (void)a, (void)w, (void)kparts, (void)out;
+    if (why && cap)
+        why[0] = 0;
+    return -1;
+}
+
 int backend_hip_qact_selftest(char *why, size_t cap)
 {
     if (why && cap)

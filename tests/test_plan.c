@@ -68,6 +68,40 @@ static uint64_t ceil_div(uint64_t a, uint64_t b)
     return (a + b - 1) / b;
 }
 
+/* The split-k rule (hip_scratch.h) on hand-worked shapes, and the partials' bytes on
+ * bench-gpu (Qwen3-30B-A3B's layer): the o projection (2048 outputs of 4096) splits in 3,
+ * the router (128 of 2048) in 8, qkv (5120 of 2048) and the LM head not at all; the largest
+ * partials, o's 3 x 512 x 2048 floats, share the MoE h planes' bytes. */
+static void test_hip_splitk(void)
+{
+    CU_ASSERT_EQUAL(hip_splitk_parts(2048, 4096), 3);  /* (6144 + 1024) / 2048 */
+    CU_ASSERT_EQUAL(hip_splitk_parts(128, 2048), 8);   /* 48, capped at 8; 64 k tiles / 8 = 8 */
+    CU_ASSERT_EQUAL(hip_splitk_parts(128, 1024), 4);   /* 32 k tiles: at most 4 parts of 8 */
+    CU_ASSERT_EQUAL(hip_splitk_parts(5120, 2048), 1);  /* (6144 + 2560) / 5120 */
+    CU_ASSERT_EQUAL(hip_splitk_parts(151936, 2048), 1);
+    CU_ASSERT_EQUAL(hip_splitk_parts(16, 128), 1);     /* 4 k tiles: too short to split */
+    CU_ASSERT_EQUAL(hip_splitk_parts(0, 4096), 1);
+    cfg_config cfg;
+    load("configs/bench-gpu.yaml", &cfg);
+    plan_run p;
+    moert_err err = {0};
+    CU_ASSERT_EQUAL_FATAL(plan_build(&cfg, 0, &p, &err), MOERT_OK);
+    check_plan(&p);
+    const sched *s = &p.schedule;
+    hip_planes_layout L = hip_scratch_planes(s);
+    uint64_t rows = 512, x = rows * 4096 * 6, h = rows * 8 * 768 * 6, part = 3 * rows * 2048 * 4;
+    CU_ASSERT_EQUAL(s->max_rows, 512);
+    CU_ASSERT_EQUAL(L.x_bytes, x);
+    CU_ASSERT_EQUAL(L.h_offset, x);
+    CU_ASSERT_EQUAL(L.part_offset, x);
+    CU_ASSERT_EQUAL(L.part_bytes, part);
+    CU_ASSERT_EQUAL(L.bytes, x + (h > part ? h : part));
+    int32_t b = find_buf(s, "hip.a_planes");
+    CU_ASSERT_FATAL(b >= 0);
+    CU_ASSERT_EQUAL(s->bufs[b].bytes, L.bytes);
+    plan_free(&p);
+}
+
 /* The HIP backend's requests against sizes worked out from the kernels' layouts
  * (hip/kernels.hip: attention partials [head][split][head_dim + 2], the tile table
  * 1 + 3 x tiles, two shadow parities of 4 words per ring). */
@@ -373,6 +407,7 @@ void suite_plan(void)
 {
     CU_pSuite s = CU_add_suite("plan", NULL, NULL);
     CU_add_test(s, "HIP scratch requests: sizes from the kernels' layouts, placed and proven", test_hip_requests);
+    CU_add_test(s, "HIP split-k parts and their partials in hip.a_planes", test_hip_splitk);
     CU_add_test(s, "CPU scratch requests scale with the threads", test_cpu_requests);
     CU_add_test(s, "run executes the plan that plan prints", test_run_executes_the_plan);
     CU_add_test(s, "run reports the arena plan printed, traced or not", test_cli_run_matches_plan);
