@@ -134,6 +134,10 @@ struct qm_params {
     long long wrb; /* bytes of a weight row */
 };
 
+/* the count of a warp's live m16 fragments (0, 1, 2) as a type */
+template <int N> struct qm_nmb {
+    static constexpr int value = N;
+};
 #if defined(QM_NV)
 /* warp tile 32 x WT: 2 m16 x WT / 8 n8 fragments of 4 int32; fragment f = mb * nb + n8 */
 template <int WT> struct qm_acc {
@@ -163,9 +167,8 @@ DEV void mma_k16(int c[4], uint32_t a0, uint32_t a1, uint32_t b0, int c0)
 }
 /* s = c0 + the integer products of the warp's 32 x WT tile over k [ks, ks + KS), KS 32 or 16
  * (an empty m16 half: c0 alone) */
-template <int KS, int WT>
-DEV void warp_products(int *s, const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane,
-                       const bool mb_on[2], int c0)
+template <int KS, int WT, int NMB>
+DEV void warp_products(int *s, const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane, int c0)
 {
     constexpr int NB = qm_acc<WT>::nb;
     const int g = lane >> 2, t4 = (lane & 3) * 4;
@@ -178,7 +181,7 @@ DEV void warp_products(int *s, const uint8_t *Aq, const uint8_t *Wq, int wm, int
     }
 #pragma unroll
     for (int mb = 0; mb < 2; mb++) {
-        if (!mb_on[mb]) {
+        if (mb >= NMB) {
 #pragma unroll
             for (int i = 0; i < 4 * NB; i++)
                 s[mb * 4 * NB + i] = c0;
@@ -211,9 +214,8 @@ template <int WT> DEV int acc_col(int i, int lane)
 {
     return (i / 4 % qm_acc<WT>::nb) * 16 + (lane & 15);
 }
-template <int KS, int WT>
-DEV void warp_products(int *s, const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane,
-                       const bool mb_on[2], int c0)
+template <int KS, int WT, int NMB>
+DEV void warp_products(int *s, const uint8_t *Aq, const uint8_t *Wq, int wm, int wn, int ks, int lane, int c0)
 {
     constexpr int NB = qm_acc<WT>::nb;
 #pragma unroll
@@ -222,7 +224,7 @@ DEV void warp_products(int *s, const uint8_t *Aq, const uint8_t *Wq, int wm, int
         for (int nb = 0; nb < NB; nb++) {
             int *pp = &s[(mb * NB + nb) * 4];
             qm_i4 cv = {c0, c0, c0, c0};
-            if (mb_on[mb]) {
+            if (mb < NMB) {
                 const uint8_t *ar = Aq + (size_t)(wm * 32 + mb * 16 + (lane & 15)) * QM_LDQ + ks;
                 const uint8_t *br = Wq + (size_t)(wn * WT + nb * 16 + (lane & 15)) * QM_LDQ + ks;
 #if defined(QM_AMD_K32)
@@ -428,54 +430,65 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WT) * QM_WARP, QM_MINB) k_qg
         const int16_t *absw = asb + (size_t)wm * 32 * 32 + 16; /* the bs16 words 8-15 of a row */
         const float *wdw = wd + (size_t)wn * WT * 8;
         const int *wscw = wsc + (size_t)wn * WT * 16;
-        if (!L::kq) {
-            for (int j = 0; j < tblk; j++) {
-                warp_products<32, WT>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on, QM_MAGIC);
+        /* the warp's live m16 fragments are a per-block fact: one branch here, straight-line
+         * products below */
+        auto products = [&](auto nmb) {
+            constexpr int NMB = decltype(nmb)::value;
+            if (!L::kq) {
+                for (int j = 0; j < tblk; j++) {
+                    warp_products<32, WT, NMB>(s, Aq, Wq, wm, wn, 32 * j, lane, QM_MAGIC);
 #pragma unroll
-                for (int i = 0; i < NACC; i++) {
-                    float sc = wl_mul(wdw[acc_col<WT>(i, lane) * 8 + j], adw[acc_row<WT>(i, lane) * 16 + j]);
-                    acc[i] = fmaf(qm_i2f(s[i]), sc, acc[i]);
-                }
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < NACC; i++)
-                isum[i] = 0;
-            if (DT == HIP_DT_Q6_K) {
-#pragma unroll 2
-                for (int j = 0; j < 16; j++) {
-                    warp_products<16, WT>(s, Aq, Wq, wm, wn, 16 * j, lane, mb_on, 0);
-#pragma unroll
-                    for (int i = 0; i < NACC; i++)
-                        isum[i] += wscw[acc_col<WT>(i, lane) * 16 + j] * s[i];
-                }
-#pragma unroll
-                for (int i = 0; i < NACC; i++) {
-                    float ds = wl_mul(wdw[acc_col<WT>(i, lane) * 8], adw[acc_row<WT>(i, lane) * 16]);
-                    acc[i] = qm_add(acc[i], wl_mul(ds, (float)isum[i]));
+                    for (int i = 0; i < NACC; i++) {
+                        float sc = wl_mul(wdw[acc_col<WT>(i, lane) * 8 + j], adw[acc_row<WT>(i, lane) * 16 + j]);
+                        acc[i] = fmaf(qm_i2f(s[i]), sc, acc[i]);
+                    }
                 }
             } else {
+#pragma unroll
+                for (int i = 0; i < NACC; i++)
+                    isum[i] = 0;
+                if (DT == HIP_DT_Q6_K) {
 #pragma unroll 2
-                for (int j = 0; j < 8; j++) {
-                    warp_products<32, WT>(s, Aq, Wq, wm, wn, 32 * j, lane, mb_on, 0);
+                    for (int j = 0; j < 16; j++) {
+                        warp_products<16, WT, NMB>(s, Aq, Wq, wm, wn, 16 * j, lane, 0);
 #pragma unroll
-                    for (int i = 0; i < NACC; i++)
-                        isum[i] += wscw[acc_col<WT>(i, lane) * 16 + j] * s[i];
-                }
+                        for (int i = 0; i < NACC; i++)
+                            isum[i] += wscw[acc_col<WT>(i, lane) * 16 + j] * s[i];
+                    }
 #pragma unroll
-                for (int i = 0; i < NACC; i++) {
-                    const int *mn = wscw + acc_col<WT>(i, lane) * 16 + 8;
-                    const int16_t *bs = absw + acc_row<WT>(i, lane) * 32;
-                    int imin = 0;
+                    for (int i = 0; i < NACC; i++) {
+                        float ds = wl_mul(wdw[acc_col<WT>(i, lane) * 8], adw[acc_row<WT>(i, lane) * 16]);
+                        acc[i] = qm_add(acc[i], wl_mul(ds, (float)isum[i]));
+                    }
+                } else {
+#pragma unroll 2
+                    for (int j = 0; j < 8; j++) {
+                        warp_products<32, WT, NMB>(s, Aq, Wq, wm, wn, 32 * j, lane, 0);
 #pragma unroll
-                    for (int j = 0; j < 8; j++)
-                        imin += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
-                    float da = adw[acc_row<WT>(i, lane) * 16];
-                    float ds = wl_mul(wdw[acc_col<WT>(i, lane) * 8], da), dm = wl_mul(wdw[acc_col<WT>(i, lane) * 8 + 1], da);
-                    acc[i] = qm_add(acc[i], wl_sub(wl_mul(ds, (float)isum[i]), wl_mul(dm, (float)imin)));
+                        for (int i = 0; i < NACC; i++)
+                            isum[i] += wscw[acc_col<WT>(i, lane) * 16 + j] * s[i];
+                    }
+#pragma unroll
+                    for (int i = 0; i < NACC; i++) {
+                        const int *mn = wscw + acc_col<WT>(i, lane) * 16 + 8;
+                        const int16_t *bs = absw + acc_row<WT>(i, lane) * 32;
+                        int imin = 0;
+#pragma unroll
+                        for (int j = 0; j < 8; j++)
+                            imin += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+                        float da = adw[acc_row<WT>(i, lane) * 16];
+                        float ds = wl_mul(wdw[acc_col<WT>(i, lane) * 8], da), dm = wl_mul(wdw[acc_col<WT>(i, lane) * 8 + 1], da);
+                        acc[i] = qm_add(acc[i], wl_sub(wl_mul(ds, (float)isum[i]), wl_mul(dm, (float)imin)));
+                    }
                 }
             }
-        }
+        };
+        if (mb_on[1])
+            products(qm_nmb<2>{});
+        else if (mb_on[0])
+            products(qm_nmb<1>{});
+        else
+            products(qm_nmb<0>{});
         cp_wait_all();
         __syncthreads();
     }
