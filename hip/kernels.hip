@@ -1711,11 +1711,129 @@ DEV float sg_total(const float *red_row)
     return s;
 }
 
-template <int DT, int R, int CU>
+/* ---- staged block-type loads (MOERT_HIP_QSTAGE) ------------------------------------------
+ * Rows of Q8_0 / Q6_K / Q4_0 / Q5_0 start at any 2-byte offset, so W8 reads them in 1- and
+ * 2-byte pieces: about ten load instructions per 8 weights, each asking L2 again for the
+ * sectors its neighbours asked for (the Q6_K LM head streamed at 0.92 TB/s, bf16 at 4.6).
+ * Staged, a warp copies the bytes of the 8 * WARP elements its lanes take next from one row
+ * (a "piece": one Q6_K block, 8 Q8_0 blocks; it starts at a multiple of 256 elements, so at
+ * a block boundary) into its own shared memory, one 16-byte load per lane over the span
+ * rounded out to 16 bytes, at the same offset mod 16; the lanes then run the same W8 fetch
+ * and get() on that copy: the same bytes in the same registers, the same products in the
+ * same FMA order, so the outputs are the unstaged kernels' bits.  Warp-private buffers: no
+ * block barrier; the loops that use them run warp-uniformly (a partial __syncwarp would
+ * hang). */
+template <int DT> struct qst {
+    static const int pe = 8 * MOERT_WARP;                             /* elements of a piece */
+    static const int pb = pe / dt_layout<DT>::be * dt_layout<DT>::bb; /* its bytes */
+    static const int n16 = (14 + pb + 15) / 16; /* 16-byte words over it at any even offset */
+    static_assert(dt_layout<DT>::be == 1 || (pe % dt_layout<DT>::be == 0 && n16 <= MOERT_WARP),
+                  "a piece is whole blocks, one word a lane (plain types are never staged)");
+};
+
+/* 0: off; 1: the 2-byte aligned types (default); 2: every block type (A/B for Q4_K, Q5_K). */
+static int g_qstage = 1;
+
+void hip_kernels_qstage_from_env(void)
+{
+    const char *v = getenv("MOERT_HIP_QSTAGE");
+    g_qstage = v && (v[0] == '0' || v[0] == '2') && !v[1] ? v[0] - '0' : 1;
+}
+
+static bool qstage_for(int dt)
+{
+    if (dt == HIP_DT_Q8_0 || dt == HIP_DT_Q6_K || dt == HIP_DT_Q4_0 || dt == HIP_DT_Q5_0)
+        return g_qstage >= 1;
+    return (dt == HIP_DT_Q4_K || dt == HIP_DT_Q5_K) && g_qstage == 2;
+}
+
+DEV void qst_syncwarp()
+{
+#if defined(MOERT_HIP_AMD)
+    __builtin_amdgcn_fence(__ATOMIC_SEQ_CST, "wavefront"); /* a wave runs in lockstep: order LDS only */
+    __builtin_amdgcn_wave_barrier();
+#else
+    __syncwarp();
+#endif
+}
+
+/* The bytes of the piece of row elements e0 .. (e0 % pe == 0), where it starts */
+template <int DT> DEV const unsigned char *qst_at(const unsigned char *row, long long e0)
+{
+    return row + e0 / dt_layout<DT>::be * dt_layout<DT>::bb;
+}
+
+/* This lane's 16-byte word of the piece at e0 of a row of k elements (zero past its span). */
+template <int DT> DEV uint4 qst_word(const unsigned char *row, long long e0, long long k)
+{
+    const int lane = threadIdx.x % MOERT_WARP;
+    const unsigned char *p = qst_at<DT>(row, e0);
+    const long long e1 = e0 + qst<DT>::pe < k ? e0 + qst<DT>::pe : k;
+    const long long nb = (e1 - e0) / dt_layout<DT>::be * dt_layout<DT>::bb;
+    const unsigned off = (unsigned)((uintptr_t)p & 15u);
+    const unsigned char *p16 = p - off;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (lane < (int)((off + nb + 15) / 16))
+        v = ld_u128<true>(p16 + 16 * lane);
+    return v;
+}
+
+/* Issues the global loads of a round: for the lane's chunks c0 + u * ST (u < CU), the
+ * warp's piece of each row starts at chunk c0 - lane + u * ST. */
+template <int DT, int R, int CU, int ST>
+DEV void qst_load(uint4 (&pv)[CU][R], const unsigned char *const (&wr)[R], long long c0, long long nc, long long k)
+{
+    const int lane = threadIdx.x % MOERT_WARP;
+#pragma unroll
+    for (int u = 0; u < CU; u++) {
+        const long long cw = c0 - lane + (long long)u * ST;
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            pv[u][i] = wr[i] && cw < nc ? qst_word<DT>(wr[i], cw * 8, k) : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+/* Stores a round's words into the warp's buffers sm[CU][R][n16] (the caller syncs the warp
+ * before, so no lane still reads the last round, and after). */
+template <int DT, int R, int CU> DEV void qst_put(const uint4 (&pv)[CU][R], uint4 *sm)
+{
+    const int lane = threadIdx.x % MOERT_WARP;
+    if (lane < qst<DT>::n16)
+#pragma unroll
+        for (int u = 0; u < CU; u++)
+#pragma unroll
+            for (int i = 0; i < R; i++)
+                sm[(u * R + i) * qst<DT>::n16 + lane] = pv[u][i];
+}
+
+/* sg_load's chunks, fetched by W8 from the staged copy instead of global memory. */
+template <int DT, int R, int CU, int ST>
+DEV void qst_fetch(W8<DT> (&wv)[CU][R], const unsigned char *const (&wr)[R], const uint4 *sm, long long c0,
+                   long long nc)
+{
+    const int lane = threadIdx.x % MOERT_WARP;
+#pragma unroll
+    for (int u = 0; u < CU; u++) {
+        const long long c = c0 + (long long)u * ST;
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            if (wr[i] && c < nc) {
+                const unsigned off = (unsigned)((uintptr_t)qst_at<DT>(wr[i], (c - lane) * 8) & 15u);
+                wv[u][i].load((const unsigned char *)(sm + (u * R + i) * qst<DT>::n16) + off, 8ll * lane);
+            } else {
+                wv[u][i].zero();
+            }
+        }
+    }
+}
+
+/* QS: the weights staged through shared memory (qst), else loaded by W8 directly. */
+template <int DT, int R, int CU, bool QS>
 __global__ void __launch_bounds__(SG_T) k_sgemv(hip_gemv_args a)
 {
     PDL_EARLY_READS;
     __shared__ float red[R][MAX_WARPS];
+    __shared__ uint4 qsm[QS ? SG_T / MOERT_WARP * CU * R * qst<DT>::n16 : 1];
     const long long nc = a.k / 8, r0 = (long long)blockIdx.x * R;
     const unsigned char *wr[R];
 #pragma unroll
@@ -1727,14 +1845,34 @@ __global__ void __launch_bounds__(SG_T) k_sgemv(hip_gemv_args a)
         acc[i] = 0.0f;
     W8<DT> wv[CU][R];
     long long c0 = threadIdx.x;
-    sg_load<DT, R, CU>(wv, wr, c0, nc);
-    moert_pdl_wait();
-    for (;;) {
-        sg_fma<DT, R, CU>(wv, a.x, c0, nc, acc);
-        c0 += (long long)CU * SG_T;
-        if (c0 >= nc)
-            break;
+    if (QS) {
+        uint4 *sm = qsm + threadIdx.x / MOERT_WARP * (CU * R * qst<DT>::n16);
+        uint4 pv[CU][R];
+        qst_load<DT, R, CU, SG_T>(pv, wr, c0, nc, a.k);
+        moert_pdl_wait();
+        for (;;) { /* warp-uniform: the round's first chunk c0 - threadIdx.x is the block's */
+            qst_put<DT, R, CU>(pv, sm);
+            qst_syncwarp();
+            qst_fetch<DT, R, CU, SG_T>(wv, wr, sm, c0, nc);
+            const long long c1 = c0 + (long long)CU * SG_T;
+            if (c1 - threadIdx.x < nc) /* the next round's loads in flight during this one's FMAs */
+                qst_load<DT, R, CU, SG_T>(pv, wr, c1, nc, a.k);
+            sg_fma<DT, R, CU>(wv, a.x, c0, nc, acc);
+            c0 = c1;
+            if (c0 - threadIdx.x >= nc)
+                break;
+            qst_syncwarp();
+        }
+    } else {
         sg_load<DT, R, CU>(wv, wr, c0, nc);
+        moert_pdl_wait();
+        for (;;) {
+            sg_fma<DT, R, CU>(wv, a.x, c0, nc, acc);
+            c0 += (long long)CU * SG_T;
+            if (c0 >= nc)
+                break;
+            sg_load<DT, R, CU>(wv, wr, c0, nc);
+        }
     }
     sg_reduce<R>(acc, red);
     if (threadIdx.x < R && r0 + threadIdx.x < a.n_total) {
@@ -1748,11 +1886,12 @@ __global__ void __launch_bounds__(SG_T) k_sgemv(hip_gemv_args a)
 /* MoE gate/up for one token: block = (slot j, rows n0 .. n0 + R - 1 of its expert's gate
  * and up); h[j, n] = silu(gate . x) * (up . x).  The expert id comes from the previous
  * kernel, so every load waits. */
-template <int DT, int R, int CU>
+template <int DT, int R, int CU, bool QS>
 __global__ void __launch_bounds__(SG_T) k_smoe_gateup(hip_moe_dec_args a)
 {
     moert_pdl_wait();
     __shared__ float red[2 * R][MAX_WARPS];
+    __shared__ uint4 qsm[QS ? SG_T / MOERT_WARP * CU * 2 * R * qst<DT>::n16 : 1];
     const long long blocks_per_slot = (a.I + R - 1) / R;
     const int j = (int)(blockIdx.x / blocks_per_slot);
     const long long n0 = (blockIdx.x % blocks_per_slot) * R, nc = a.H / 8;
@@ -1770,9 +1909,22 @@ __global__ void __launch_bounds__(SG_T) k_smoe_gateup(hip_moe_dec_args a)
     for (int i = 0; i < 2 * R; i++)
         acc[i] = 0.0f;
     W8<DT> wv[CU][2 * R];
-    for (long long c0 = threadIdx.x; c0 < nc; c0 += (long long)CU * SG_T) {
-        sg_load<DT, 2 * R, CU>(wv, wr, c0, nc);
-        sg_fma<DT, 2 * R, CU>(wv, a.x, c0, nc, acc);
+    if (QS) {
+        uint4 *sm = qsm + threadIdx.x / MOERT_WARP * (CU * 2 * R * qst<DT>::n16);
+        uint4 pv[CU][2 * R];
+        for (long long c0 = threadIdx.x; c0 - threadIdx.x < nc; c0 += (long long)CU * SG_T) { /* warp-uniform */
+            qst_load<DT, 2 * R, CU, SG_T>(pv, wr, c0, nc, a.H);
+            qst_syncwarp();
+            qst_put<DT, 2 * R, CU>(pv, sm);
+            qst_syncwarp();
+            qst_fetch<DT, 2 * R, CU, SG_T>(wv, wr, sm, c0, nc);
+            sg_fma<DT, 2 * R, CU>(wv, a.x, c0, nc, acc);
+        }
+    } else {
+        for (long long c0 = threadIdx.x; c0 < nc; c0 += (long long)CU * SG_T) {
+            sg_load<DT, 2 * R, CU>(wv, wr, c0, nc);
+            sg_fma<DT, 2 * R, CU>(wv, a.x, c0, nc, acc);
+        }
     }
     sg_reduce<2 * R>(acc, red);
     if (threadIdx.x < R && n0 + threadIdx.x < a.I)
@@ -1785,12 +1937,13 @@ __global__ void __launch_bounds__(SG_T) k_smoe_gateup(hip_moe_dec_args a)
  * butterfly; thread i < R then combines the slots in slot order as the CPU does. */
 #define SD_SPW 2
 #define SD_CPL 3
-template <int DT, int R>
+template <int DT, int R, bool QS>
 __global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
 {
     pdl_prefetch_moe_down<DT>(a);
     moert_pdl_wait();
     float *dots = (float *)dyn_smem4; /* [R][kslots] */
+    __shared__ uint4 qsm[QS ? SG_T / MOERT_WARP * SD_SPW * SD_CPL * R * qst<DT>::n16 : 1];
     const int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP;
     const int nw = blockDim.x / MOERT_WARP;
     const long long i0 = (long long)blockIdx.x * R, nc = a.I / 8, rb = row_bytes_t<DT>(a.I);
@@ -1811,20 +1964,37 @@ __global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
                 acc[s][i] = 0.0f;
             }
         }
-        for (long long c0 = lane; c0 < nc; c0 += (long long)SD_CPL * MOERT_WARP) {
+        /* QS: warp-uniform rounds (a lane past nc takes no chunk: the same sums) */
+        for (long long c0 = lane; QS ? c0 - lane < nc : c0 < nc; c0 += (long long)SD_CPL * MOERT_WARP) {
             W8<DT> wv[SD_SPW][SD_CPL][R];
+            if (QS) {
+                uint4 *sm = qsm + w * (SD_SPW * SD_CPL * R * qst<DT>::n16);
+                uint4 pv[SD_SPW][SD_CPL][R];
 #pragma unroll
-            for (int s = 0; s < SD_SPW; s++)
+                for (int s = 0; s < SD_SPW; s++)
+                    qst_load<DT, R, SD_CPL, MOERT_WARP>(pv[s], wr[s], c0, nc, a.I);
+                qst_syncwarp();
 #pragma unroll
-                for (int m = 0; m < SD_CPL; m++)
+                for (int s = 0; s < SD_SPW; s++)
+                    qst_put<DT, R, SD_CPL>(pv[s], sm + s * (SD_CPL * R * qst<DT>::n16));
+                qst_syncwarp();
 #pragma unroll
-                    for (int i = 0; i < R; i++) {
-                        const long long c = c0 + (long long)m * MOERT_WARP;
-                        if (wr[s][i] && c < nc)
-                            wv[s][m][i].load_cs(wr[s][i], c * 8);
-                        else
-                            wv[s][m][i].zero();
-                    }
+                for (int s = 0; s < SD_SPW; s++)
+                    qst_fetch<DT, R, SD_CPL, MOERT_WARP>(wv[s], wr[s], sm + s * (SD_CPL * R * qst<DT>::n16), c0, nc);
+            } else {
+#pragma unroll
+                for (int s = 0; s < SD_SPW; s++)
+#pragma unroll
+                    for (int m = 0; m < SD_CPL; m++)
+#pragma unroll
+                        for (int i = 0; i < R; i++) {
+                            const long long c = c0 + (long long)m * MOERT_WARP;
+                            if (wr[s][i] && c < nc)
+                                wv[s][m][i].load_cs(wr[s][i], c * 8);
+                            else
+                                wv[s][m][i].zero();
+                        }
+            }
 #pragma unroll
             for (int s = 0; s < SD_SPW; s++)
 #pragma unroll
@@ -2255,18 +2425,31 @@ template <typename F> static bool with_dt(int dt, F &&f)
     }
 }
 
+template <int DT, bool QS> static void launch_sgemv_t(const hip_gemv_args *a, hipStream_t s)
+{
+    const long long nc = a->k / 8; /* about 8 weight loads in flight per thread */
+    if (nc <= SG_T)
+        MOERT_LAUNCH((k_sgemv<DT, 8 * MOERT_SG_WIDE, 1, QS>), blocks_for(a->n_total, 8 * MOERT_SG_WIDE), SG_T, 0, s, *a);
+    else if (nc <= 2 * SG_T)
+        MOERT_LAUNCH((k_sgemv<DT, 4 * MOERT_SG_WIDE, 2, QS>), blocks_for(a->n_total, 4 * MOERT_SG_WIDE), SG_T, 0, s, *a);
+    else
+        MOERT_LAUNCH((k_sgemv<DT, 2 * MOERT_SG_WIDE, 4, QS>), blocks_for(a->n_total, 2 * MOERT_SG_WIDE), SG_T, 0, s, *a);
+}
+
+/* Block types only: plain types never instantiate a staged kernel. */
+template <int DT> struct qst_ok {
+    static const bool v = dt_layout<DT>::be > 1;
+};
+
 template <int DT>
 static void launch_gemv_t(const hip_gemv_args *a, int grid, hipStream_t s, bool vec)
 {
     size_t sm = (size_t)a->k * sizeof(float);
-    if (MOERT_SGEMV && vec) { /* about 8 weight loads in flight per thread */
-        const long long nc = a->k / 8;
-        if (nc <= SG_T)
-            MOERT_LAUNCH((k_sgemv<DT, 8 * MOERT_SG_WIDE, 1>), blocks_for(a->n_total, 8 * MOERT_SG_WIDE), SG_T, 0, s, *a);
-        else if (nc <= 2 * SG_T)
-            MOERT_LAUNCH((k_sgemv<DT, 4 * MOERT_SG_WIDE, 2>), blocks_for(a->n_total, 4 * MOERT_SG_WIDE), SG_T, 0, s, *a);
+    if (MOERT_SGEMV && vec) {
+        if (qstage_for(DT))
+            launch_sgemv_t<DT, qst_ok<DT>::v>(a, s);
         else
-            MOERT_LAUNCH((k_sgemv<DT, 2 * MOERT_SG_WIDE, 4>), blocks_for(a->n_total, 2 * MOERT_SG_WIDE), SG_T, 0, s, *a);
+            launch_sgemv_t<DT, false>(a, s);
     } else if (vec)
         MOERT_LAUNCH((k_gemv<DT, true>), resident_grid(k_gemv<DT, true>, HIP_GEMV_THREADS, sm, grid),
                      HIP_GEMV_THREADS, sm, s, *a);
@@ -2435,23 +2618,31 @@ hipError_t hip_launch_moe_combine(const float *down, const int32_t *inv, const f
     return hipGetLastError();
 }
 
+template <int DT, bool QS> static void launch_smoe_t(bool down, const hip_moe_dec_args *a, hipStream_t s)
+{
+    if (!down) {
+        const long long nc = a->H / 8;
+        if (nc <= SG_T)
+            MOERT_LAUNCH((k_smoe_gateup<DT, 4, 1, QS>), (unsigned)a->kslots * blocks_for(a->I, 4), SG_T, 0, s, *a);
+        else if (nc <= 2 * SG_T)
+            MOERT_LAUNCH((k_smoe_gateup<DT, 2, 2, QS>), (unsigned)a->kslots * blocks_for(a->I, 2), SG_T, 0, s, *a);
+        else
+            MOERT_LAUNCH((k_smoe_gateup<DT, 1, 4, QS>), (unsigned)a->kslots * blocks_for(a->I, 1), SG_T, 0, s, *a);
+    } else {
+        MOERT_LAUNCH((k_smoe_down<DT, MOERT_SD_R, QS>), blocks_for(a->H, MOERT_SD_R), SG_T,
+                     (size_t)MOERT_SD_R * (size_t)a->kslots * sizeof(float), s, *a);
+    }
+}
+
 template <int DT>
 static void launch_moe_dec_t(bool down, const hip_moe_dec_args *a, int grid, hipStream_t s,
                              bool vec)
 {
     if (MOERT_SGEMV && vec) {
-        if (!down) {
-            const long long nc = a->H / 8;
-            if (nc <= SG_T)
-                MOERT_LAUNCH((k_smoe_gateup<DT, 4, 1>), (unsigned)a->kslots * blocks_for(a->I, 4), SG_T, 0, s, *a);
-            else if (nc <= 2 * SG_T)
-                MOERT_LAUNCH((k_smoe_gateup<DT, 2, 2>), (unsigned)a->kslots * blocks_for(a->I, 2), SG_T, 0, s, *a);
-            else
-                MOERT_LAUNCH((k_smoe_gateup<DT, 1, 4>), (unsigned)a->kslots * blocks_for(a->I, 1), SG_T, 0, s, *a);
-        } else {
-            MOERT_LAUNCH((k_smoe_down<DT, MOERT_SD_R>), blocks_for(a->H, MOERT_SD_R), SG_T,
-                         (size_t)MOERT_SD_R * (size_t)a->kslots * sizeof(float), s, *a);
-        }
+        if (qstage_for(DT))
+            launch_smoe_t<DT, qst_ok<DT>::v>(down, a, s);
+        else
+            launch_smoe_t<DT, false>(down, a, s);
         return;
     }
     if (!down) {
