@@ -1731,20 +1731,24 @@ template <int DT> struct qst {
                   "a piece is whole blocks, one word a lane (plain types are never staged)");
 };
 
-/* 0: off; 1: the 2-byte aligned types (default); 2: every block type (A/B for Q4_K, Q5_K). */
+/* 0: off; 1 (default): Q6_K only, the one type measured faster staged (bench-gpu Q4_K_M
+ * decode 858 -> 872-884 tok/s, its Q6_K tensors; Q8_0 staged was slower, 1078 -> 926);
+ * 2: the four 2-byte aligned types; 3: every block type (A/B for Q4_K, Q5_K). */
 static int g_qstage = 1;
 
 void hip_kernels_qstage_from_env(void)
 {
     const char *v = getenv("MOERT_HIP_QSTAGE");
-    g_qstage = v && (v[0] == '0' || v[0] == '2') && !v[1] ? v[0] - '0' : 1;
+    g_qstage = v && v[0] >= '0' && v[0] <= '3' && !v[1] ? v[0] - '0' : 1;
 }
 
 static bool qstage_for(int dt)
 {
-    if (dt == HIP_DT_Q8_0 || dt == HIP_DT_Q6_K || dt == HIP_DT_Q4_0 || dt == HIP_DT_Q5_0)
+    if (dt == HIP_DT_Q6_K)
         return g_qstage >= 1;
-    return (dt == HIP_DT_Q4_K || dt == HIP_DT_Q5_K) && g_qstage == 2;
+    if (dt == HIP_DT_Q8_0 || dt == HIP_DT_Q4_0 || dt == HIP_DT_Q5_0)
+        return g_qstage >= 2;
+    return (dt == HIP_DT_Q4_K || dt == HIP_DT_Q5_K) && g_qstage == 3;
 }
 
 DEV void qst_syncwarp()

@@ -337,14 +337,14 @@ static void test_gguf_determinism(void)
     gguf_run(__func__, CFG_NUMERICS_EXACT, determinism);
 }
 
-/* Decode GEMVs with the block-type rows staged through shared memory (MOERT_HIP_QSTAGE=1,
- * =2 for the K-quants too) give the bits of the direct W8 loads (=0); the backend reads the
- * variable at each init. */
+/* Decode GEMVs with the block-type rows staged through shared memory (MOERT_HIP_QSTAGE=1:
+ * Q6_K, =2 the four 2-byte aligned types, =3 the K-quants too) give the bits of the direct W8
+ * loads (=0); the backend reads the variable at each init. */
 static void qstage_bits(char dirs[][512], int n)
 {
     for (int c = 0; c < n; c++) {
-        run_result r[3];
-        for (int m = 0; m < 3; m++) {
+        run_result r[4];
+        for (int m = 0; m < 4; m++) {
             char v[2] = {(char)('0' + m), 0};
             setenv("MOERT_HIP_QSTAGE", v, 1);
             int st = run_model(dirs[c], CFG_BACKEND_HIP, TR_NONE, NULL, &r[m]);
@@ -352,14 +352,14 @@ static void qstage_bits(char dirs[][512], int n)
             CU_ASSERT_EQUAL_FATAL(st, MOERT_OK);
         }
         size_t bytes = (size_t)(1 + N_DECODE) * (size_t)r[0].V * sizeof(float);
-        for (int m = 1; m < 3; m++) {
+        for (int m = 1; m < 4; m++) {
             bool same = memcmp(r[0].logits, r[m].logits, bytes) == 0 &&
                         memcmp(r[0].tokens, r[m].tokens, sizeof r[0].tokens) == 0;
             if (!same)
                 fprintf(stderr, "\n    %s: MOERT_HIP_QSTAGE=%d logits differ from =0\n", dirs[c], m);
             CU_ASSERT(same);
         }
-        for (int m = 0; m < 3; m++)
+        for (int m = 0; m < 4; m++)
             free_result(&r[m]);
     }
 }
@@ -957,7 +957,7 @@ void suite_hip(void)
     CU_add_test(s, "tensor-core GEMM's activation split (on the host): hi + lo + lo2 == a", test_mma_split_host);
     CU_add_test(s, "GPU logits vs CPU, GGUF models (weights quantized on the device)", test_gguf_logits_vs_cpu);
     CU_add_test(s, "GPU bit-identical run to run, graph == eager, GGUF models", test_gguf_determinism);
-    CU_add_test(s, "GPU staged quantized decode loads (MOERT_HIP_QSTAGE=1, 2) == unstaged (=0), GGUF models",
+    CU_add_test(s, "GPU staged quantized decode loads (MOERT_HIP_QSTAGE=1, 2, 3) == unstaged (=0), GGUF models",
                 test_gguf_qstage_bits);
     CU_add_test(s, "act-q8 quantizer and integer dots (on the host) == ops_qact_row, ~ops_matmul_qact", test_qact_host);
     CU_add_test(s, "GPU act-q8 logits vs CPU act-q8, GGUF models", test_gguf_act_q8_vs_cpu);
