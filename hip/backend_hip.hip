@@ -1074,13 +1074,15 @@ static int matmul_q8(hip_ctx *c, const sched_op *op, const dev_tensor *const *se
 }
 
 /* Split-k parts of a dense tensor-core GEMM (hip_splitk_parts; MOERT_HIP_SPLITK=0 turns it
- * off for A/B runs): 1 when the planned partials would not hold them. */
+ * off for A/B runs), 0 when the planned partials do not hold them: the plan sized them for
+ * every MATMUL at max_rows, and falling back to 1 part for some row counts would change a
+ * row's bits with the batch size. */
 static int splitk_parts(const hip_ctx *c, long long n, long long k, long long rows)
 {
     int p = c->no_splitk ? 1 : hip_splitk_parts(n, k);
     if (p > 1 && (unsigned long long)p * (unsigned long long)rows * (unsigned long long)n * sizeof(float) >
                      c->planes.part_bytes)
-        p = 1;
+        return 0;
     return p;
 }
 
@@ -1156,6 +1158,11 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
         a.n = (int)total;
         a.k = (int)op->k;
         a.kparts = splitk_parts(c, total, op->k, rows);
+        if (a.kparts == 0)
+            return err_set(err, MOERT_EINTERNAL,
+                           "backend hip: matmul of layer %d: split-k partials of %lld rows x %lld outputs exceed "
+                           "the planned %llu bytes",
+                           op->layer, rows, total, (unsigned long long)c->planes.part_bytes);
         a.part = (float *)(c->d_planes + c->planes.part_offset / sizeof(uint16_t));
         int st = launch_err(hip_mma_split(in, NULL, op->k, (int)rows, (int)op->k, c->d_planes, c->stream), op, err);
         return st ? st : launch_err(hip_mma_dense(&a, c->stream), op, err);

@@ -35,7 +35,7 @@ extern "C" {
 #define MMA_AMD 1
 #endif
 
-#define MMA_BK 32            /* k per tile */
+#define MMA_BK HIP_MMA_BK    /* k per tile */
 #define MMA_LDS (MMA_BK + 8) /* bf16 per shared-memory row */
 #define MMA_TERMS 3          /* activation terms: hi, lo, lo2 */
 #define MMA_DENSE_BN 64
@@ -406,9 +406,6 @@ __global__ void __launch_bounds__(256) k_mma_split(const float *a, const float *
 }
 
 enum { PL_DENSE, PL_GROUPED, PL_GATEUP };
-template <int N> struct nmb_c {
-    static constexpr int value = N;
-};
 
 /* dynamic shared memory of k_gemm_pl<., BM, BN, ., S>: S stages of 3 A planes and one W tile */
 #define PL_SMEM_BYTES(BM, BN, S) ((S) * (MMA_TERMS * (BM) + (BN)) * MMA_LDS * 2)
@@ -577,9 +574,9 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WTN) * 32, MINB) k_gemm_pl(h
         /* the live m16 fragments are known per block: branch once per k tile, not around
          * every ldmatrix / MMA, so the unrolled tile is straight-line code */
         if (mb_on[1])
-            tile_mma(cur, nmb_c<2>{});
+            tile_mma(cur, hip_mma_nmb<2>{});
         else if (mb_on[0])
-            tile_mma(cur, nmb_c<1>{});
+            tile_mma(cur, hip_mma_nmb<1>{});
 #pragma unroll
         for (int i = 0; i < ACC; i++)
             acc[i] += part[i];

@@ -134,10 +134,6 @@ struct qm_params {
     long long wrb; /* bytes of a weight row */
 };
 
-/* the count of a warp's live m16 fragments (0, 1, 2) as a type */
-template <int N> struct qm_nmb {
-    static constexpr int value = N;
-};
 #if defined(QM_NV)
 /* warp tile 32 x WT: 2 m16 x WT / 8 n8 fragments of 4 int32; fragment f = mb * nb + n8 */
 template <int WT> struct qm_acc {
@@ -484,11 +480,11 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WT) * QM_WARP, QM_MINB) k_qg
             }
         };
         if (mb_on[1])
-            products(qm_nmb<2>{});
+            products(hip_mma_nmb<2>{});
         else if (mb_on[0])
-            products(qm_nmb<1>{});
+            products(hip_mma_nmb<1>{});
         else
-            products(qm_nmb<0>{});
+            products(hip_mma_nmb<0>{});
         cp_wait_all();
         __syncthreads();
     }

@@ -25,6 +25,11 @@
  * "fma"; NVIDIA sm_80 or later; AMD gfx90a / gfx94x only with MOERT_HIP_GEMM=mma).  The
  * BF16 and the act-q8 int8 tensor-core GEMMs both ask it. */
 bool hip_mma_device(void);
+/* The count of a warp's live m16 fragments (0, 1, 2) as a type: both tensor-core GEMMs branch
+ * on it once per k tile, so the unrolled MMA code inside carries no per-fragment branch. */
+template <int N> struct hip_mma_nmb {
+    static constexpr int value = N;
+};
 /* True when hip_launch_gemm_mma runs this GEMM (dtype, A mode, rows per tile as for
  * hip_launch_gemm) on this device. */
 bool hip_gemm_mma_takes(int dtype, int amode, int bm, const hip_gemm_args *a);

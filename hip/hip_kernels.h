@@ -188,8 +188,8 @@ hipError_t hip_launch_trace_wide(const hip_trace_args *a, hipStream_t s);
  * model (GEMV x rows, attention); returns the first failure. */
 hipError_t hip_kernels_set_smem(size_t gemv_bytes, size_t moe_down_bytes, size_t attn_bytes);
 /* Reads MOERT_HIP_QSTAGE for the decode GEMVs launched from now on (each backend init):
- * 0 W8 loads straight from global memory, 1 (default) Q8_0 / Q6_K / Q4_0 / Q5_0 rows staged
- * through shared memory with 16-byte loads, 2 Q4_K / Q5_K as well.  The same bits each way. */
+ * 0 W8 loads straight from global memory, 1 (default) Q6_K rows staged through shared memory
+ * with 16-byte loads, 2 Q8_0 / Q4_0 / Q5_0 as well, 3 Q4_K / Q5_K too.  The same bits each way. */
 void hip_kernels_qstage_from_env(void);
 
 #endif

@@ -129,7 +129,7 @@ int hip_splitk_parts(int64_t n, int64_t k)
 {
     if (n <= 0 || k <= 0)
         return 1;
-    int64_t p = (HIP_SPLITK_COLS + n / 2) / n, by_k = (k + 31) / 32 / HIP_SPLITK_MIN_TILES;
+    int64_t p = (HIP_SPLITK_COLS + n / 2) / n, by_k = (k + HIP_MMA_BK - 1) / HIP_MMA_BK / HIP_SPLITK_MIN_TILES;
     p = p < HIP_SPLITK_MAX ? p : HIP_SPLITK_MAX;
     p = p < by_k ? p : by_k;
     return p > 1 ? (int)p : 1;

@@ -35,6 +35,7 @@ typedef struct hip_step_params {
 #define HIP_ATTN_SPLIT 32      /* keys per decode split (at most one tile, or a multiple of it) */
 #endif
 #define HIP_MOE_BM 32          /* rows per grouped-GEMM tile (MoE) */
+#define HIP_MMA_BK 32          /* k per tile of the bf16 tensor-core GEMMs (split-k cuts whole tiles) */
 #define HIP_ARGMAX_BLOCKS 128  /* partials of the greedy pick */
 #define HIP_SCRATCH_ALIGN 256  /* every piece starts on a 256-byte boundary */
 
