@@ -191,5 +191,10 @@ hipError_t hip_kernels_set_smem(size_t gemv_bytes, size_t moe_down_bytes, size_t
  * 0 W8 loads straight from global memory, 1 (default) Q6_K rows staged through shared memory
  * with 16-byte loads, 2 Q8_0 / Q4_0 / Q5_0 as well, 3 Q4_K / Q5_K too.  The same bits each way. */
 void hip_kernels_qstage_from_env(void);
+/* Reads MOERT_HIP_SGPIPE likewise: 1 (default) staged GEMVs of many row groups (the Q6_K LM
+ * head) on a resident grid whose blocks load their next rows while they multiply, 0 never, 2
+ * every block-typed GEMV, on a grid of a few blocks (tests), 3 as 1 for every type (A/B).  The
+ * same bits each way. */
+void hip_kernels_sgpipe_from_env(void);
 
 #endif

@@ -513,4 +513,87 @@ template <> struct W8<HIP_DT_Q6_K> {
     }
 };
 
+/* ---- a chunk's dot product (the decode GEMVs) ------------------------------------------
+ * w8_dot(w, x0, x1, sx, s) = s + x . (w's 8 weights), x = x0 (elements 0-3), x1 (4-7), sx
+ * their sum x0.x + x0.y + ... + x1.w in that order (read by the K-quants only).  By default
+ * the widened weights in one FMA chain.  Q4_K, Q5_K and Q6_K factor the chunk's scale out:
+ * s + ds * (x . q) - dm * sx for ds * q - dm, s + dsc * (x . (q - 32)) for Q6_K: per weight a
+ * permute, a subtraction and the FMA instead of two more products and a subtraction, with the
+ * quants exact in fp32 and every step one fp32 rounding.  Not get()'s values term by term, so
+ * not the FMA chain's bits: both are fp32 sums of the same exact products up to rounding (the
+ * host self-test holds w8_dot to a double dot of the exact weights).  Measured on bench-gpu:
+ * Q4_K_M decode +2.6%; the same factoring for Q8_0 was 4% slower (its GEMVs are bound by the
+ * narrow loads, and the shorter arithmetic changed their schedule), so the 32-blocks keep the
+ * chain. */
+#define W8_DOT_CHAIN(f, x0, x1, s)                                                                  \
+    do {                                                                                           \
+        s = fmaf(x0.x, f[0], s); s = fmaf(x0.y, f[1], s); s = fmaf(x0.z, f[2], s);                 \
+        s = fmaf(x0.w, f[3], s); s = fmaf(x1.x, f[4], s); s = fmaf(x1.y, f[5], s);                 \
+        s = fmaf(x1.z, f[6], s); s = fmaf(x1.w, f[7], s);                                          \
+    } while (0)
+
+/* The 8 quants of a chunk as exact floats, q - off, from the bytes of w[0] (0-3), w[1] (4-7). */
+WHD void w8_quants(const unsigned (&w)[2], float off, float q[8])
+{
+    MOERT_WL_UNROLL
+    for (int t = 0; t < 8; t++)
+        q[t] = byte_magic(w[t >> 2], t & 3) - (WL_MAGIC + off);
+}
+WHD float w8_qdot(const unsigned (&w)[2], float off, float4 x0, float4 x1)
+{
+    float q[8], d = 0.0f;
+    w8_quants(w, off, q);
+    W8_DOT_CHAIN(q, x0, x1, d);
+    return d;
+}
+
+template <int DT> WHD float w8_dot(const W8<DT> &wv, float4 x0, float4 x1, float sx, float s)
+{
+    (void)sx;
+    float f[8];
+    wv.get(f);
+    W8_DOT_CHAIN(f, x0, x1, s);
+    return s;
+}
+template <int DT> WHD float w8k_dot(const W8K<DT> &wv, float4 x0, float4 x1, float sx, float s)
+{
+    MOERT_NO_CONTRACT
+    unsigned sc, mn;
+    kq_scale(wv.hdr.y, wv.hdr.z, wv.hdr.w, wv.s, sc, mn);
+    const float ds = wl_mul(scale_f16(wv.hdr.x & 0xffffu), (float)sc);
+    const float dm = wl_mul(scale_f16(wv.hdr.x >> 16), (float)mn);
+    const int sh = 4 * (wv.s & 1);
+    unsigned w[2] = {(wv.q.x >> sh) & 0x0f0f0f0fu, (wv.q.y >> sh) & 0x0f0f0f0fu};
+    if (DT == HIP_DT_Q5_K) {
+        w[0] |= ((wv.qh.x >> wv.s) & 0x01010101u) << 4;
+        w[1] |= ((wv.qh.y >> wv.s) & 0x01010101u) << 4;
+    }
+    return fmaf(-dm, sx, fmaf(ds, w8_qdot(w, 0.0f, x0, x1), s));
+}
+template <> WMHD float w8_dot<HIP_DT_Q4_K>(const W8<HIP_DT_Q4_K> &wv, float4 x0, float4 x1, float sx, float s)
+{
+    return w8k_dot<HIP_DT_Q4_K>(wv, x0, x1, sx, s);
+}
+template <> WMHD float w8_dot<HIP_DT_Q5_K>(const W8<HIP_DT_Q5_K> &wv, float4 x0, float4 x1, float sx, float s)
+{
+    return w8k_dot<HIP_DT_Q5_K>(wv, x0, x1, sx, s);
+}
+template <> WMHD float w8_dot<HIP_DT_Q6_K>(const W8<HIP_DT_Q6_K> &wv, float4 x0, float4 x1, float sx, float s)
+{
+    MOERT_NO_CONTRACT
+    (void)sx;
+    const float dsc = wl_mul(scale_f16(wv.d), (float)wv.sc);
+    const int shl = 4 * (wv.tq >> 1), shh = 2 * wv.tq;
+    const unsigned w[2] = {q6_word(wv.ql.x, wv.qh.x, shl, shh), q6_word(wv.ql.y, wv.qh.y, shl, shh)};
+    return fmaf(dsc, w8_qdot(w, 32.0f, x0, x1), s);
+}
+/* x0.x + x0.y + ... + x1.w in order: w8_dot's sx */
+WHD float w8_xsum(float4 x0, float4 x1)
+{
+    return ((((((x0.x + x0.y) + x0.z) + x0.w) + x1.x) + x1.y) + x1.z) + x1.w;
+}
+template <int DT> struct w8_wants_xsum {
+    static const bool v = DT == HIP_DT_Q4_K || DT == HIP_DT_Q5_K;
+};
+
 #endif

@@ -8,6 +8,7 @@
  */
 #include <float.h>
 #include <math.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1638,11 +1639,12 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS, MOERT_MOE_MINB) k_moe_down_d
  * chunks (thread t: chunks t, t + SG_T, ...; CU of them per row in flight), so all of a
  * block's weight loads are issued at once, and the first ones before the PDL wait (weights
  * are never written by a kernel).  No shared-memory staging: each thread reads the x
- * elements of its own chunks.  Per row: a serial FMA chain per thread over its chunks in
- * increasing k, the warp butterfly, then the warps' sums added in warp order.  One fixed
- * order per output; the grid never changes it.  Many short blocks instead of a persistent
- * grid: the block scheduler keeps HBM busy across waves without a tail of double-duty
- * warps. */
+ * elements of its own chunks.  Per row: a serial chain per thread over its chunks in
+ * increasing k (w8_dot: the FMA chain of the widened weights, for block types the chunk's
+ * scale factored out), the warp butterfly, then the warps' sums added in warp order.  One
+ * fixed order per output; the grid never changes it.  Many short blocks: the block scheduler
+ * keeps HBM busy across waves without a tail of double-duty warps (k_sgemv_p below is the
+ * persistent form for GEMVs whose blocks are long, block types with many rows). */
 #define SG_T 128
 
 template <int DT, int R, int CU>
@@ -1661,7 +1663,7 @@ DEV void sg_load(W8<DT> (&wv)[CU][R], const unsigned char *const (&wr)[R], long 
     }
 }
 
-/* acc[i] += x[c*8 .. c*8+8) . chunk, for the CU chunks of this round. */
+/* acc[i] = w8_dot(chunk, x[c*8 .. c*8+8), acc[i]), for the CU chunks of this round. */
 template <int DT, int R, int CU>
 DEV void sg_fma(const W8<DT> (&wv)[CU][R], const float *x, long long c0, long long nc, float (&acc)[R])
 {
@@ -1670,21 +1672,10 @@ DEV void sg_fma(const W8<DT> (&wv)[CU][R], const float *x, long long c0, long lo
         const long long c = c0 + (long long)u * SG_T;
         if (c < nc) {
             const float4 x0 = *(const float4 *)(x + c * 8), x1 = *(const float4 *)(x + c * 8 + 4);
+            const float sx = w8_wants_xsum<DT>::v ? w8_xsum(x0, x1) : 0.0f; /* once for the R rows */
 #pragma unroll
-            for (int i = 0; i < R; i++) {
-                float f[8];
-                wv[u][i].get(f);
-                float s = acc[i];
-                s = fmaf(x0.x, f[0], s);
-                s = fmaf(x0.y, f[1], s);
-                s = fmaf(x0.z, f[2], s);
-                s = fmaf(x0.w, f[3], s);
-                s = fmaf(x1.x, f[4], s);
-                s = fmaf(x1.y, f[5], s);
-                s = fmaf(x1.z, f[6], s);
-                s = fmaf(x1.w, f[7], s);
-                acc[i] = s;
-            }
+            for (int i = 0; i < R; i++)
+                acc[i] = w8_dot<DT>(wv[u][i], x0, x1, sx, acc[i]);
         }
     }
 }
@@ -1887,6 +1878,85 @@ __global__ void __launch_bounds__(SG_T) k_sgemv(hip_gemv_args a)
     }
 }
 
+/* ---- persistent streaming GEMV (GEMVs of many row groups: the LM head) ------------------
+ * k_sgemv's blocks each load R rows, wait, then multiply: for block types the multiply (the
+ * widening) is long, few blocks are resident (the staged Q6_K kernel holds 128 registers), and
+ * HBM idles while they compute (the Q6_K LM head read 0.94 TB/s).  Here a resident grid walks
+ * the row groups g = blockIdx.x, + gridDim.x, ...; the loads of the block's next group are in
+ * flight while it multiplies the current one.  One round per group (k <= CU * SG_T * 8).  Each
+ * output has k_sgemv's order (the same chunks per thread, FMA chain, butterfly and warp order),
+ * so the bits are k_sgemv's whatever the grid.  QS: the next group's raw words wait in
+ * registers and are staged after the multiply; else the next group's W8 loads do. */
+template <int DT, int R> DEV void sgp_rows(const hip_gemv_args &a, long long g, const unsigned char *(&wr)[R])
+{
+#pragma unroll
+    for (int i = 0; i < R; i++)
+        wr[i] = g * R + i < a.n_total ? gemv_row<DT>(a, g * R + i) : nullptr;
+}
+
+template <int DT, int R, int CU, bool QS>
+__global__ void __launch_bounds__(SG_T) k_sgemv_p(hip_gemv_args a)
+{
+    PDL_EARLY_READS;
+    __shared__ float red[2][R][MAX_WARPS]; /* by group parity: a reader of the last group's sums
+                                              is past the next reduce's barrier before a write */
+    __shared__ uint4 qsm[QS ? SG_T / MOERT_WARP * CU * R * qst<DT>::n16 : 1];
+    const long long nc = a.k / 8, ng = (a.n_total + R - 1) / R, c0 = threadIdx.x;
+    long long g = blockIdx.x;
+    const unsigned char *wr[R];
+    sgp_rows<DT, R>(a, g, wr);
+    W8<DT> wv[CU][R];
+    uint4 pv[QS ? CU : 1][QS ? R : 1];
+    uint4 *sm = qsm + (QS ? threadIdx.x / MOERT_WARP * (CU * R * qst<DT>::n16) : 0);
+    if constexpr (QS)
+        qst_load<DT, R, CU, SG_T>(pv, wr, c0, nc, a.k);
+    else
+        sg_load<DT, R, CU>(wv, wr, c0, nc);
+    moert_pdl_wait();
+    for (int par = 0; g < ng; par ^= 1) { /* block-uniform: the staged copies stay warp-uniform */
+        if constexpr (QS) {
+            qst_put<DT, R, CU>(pv, sm);
+            qst_syncwarp();
+            qst_fetch<DT, R, CU, SG_T>(wv, wr, sm, c0, nc);
+        }
+        const long long gn = g + gridDim.x;
+        const unsigned char *wn[R];
+        sgp_rows<DT, R>(a, gn, wn);
+        W8<DT> wnext[QS ? 1 : CU][QS ? 1 : R];
+        if (gn < ng) {
+            if constexpr (QS)
+                qst_load<DT, R, CU, SG_T>(pv, wn, c0, nc, a.k);
+            else
+                sg_load<DT, R, CU>(wnext, wn, c0, nc);
+        }
+        float acc[R];
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            acc[i] = 0.0f;
+        sg_fma<DT, R, CU>(wv, a.x, c0, nc, acc);
+        sg_reduce<R>(acc, red[par]);
+        const long long r0 = g * R;
+        if (threadIdx.x < R && r0 + threadIdx.x < a.n_total) {
+            const float v = sg_total(red[par][threadIdx.x]);
+            a.y[r0 + threadIdx.x] = v;
+            if (a.y2)
+                a.y2[r0 + threadIdx.x] = v;
+        }
+        g = gn;
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            wr[i] = wn[i];
+        if constexpr (QS)
+            qst_syncwarp(); /* every lane has read its copy before the next put */
+        else
+#pragma unroll
+            for (int u = 0; u < CU; u++)
+#pragma unroll
+                for (int i = 0; i < R; i++)
+                    wv[u][i] = wnext[u][i];
+    }
+}
+
 /* MoE gate/up for one token: block = (slot j, rows n0 .. n0 + R - 1 of its expert's gate
  * and up); h[j, n] = silu(gate . x) * (up . x).  The expert id comes from the previous
  * kernel, so every load waits. */
@@ -2007,21 +2077,10 @@ __global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
                     if (c >= nc)
                         continue;
                     const float4 x0 = *(const float4 *)(hr[s] + c * 8), x1 = *(const float4 *)(hr[s] + c * 8 + 4);
+                    const float sx = w8_wants_xsum<DT>::v ? w8_xsum(x0, x1) : 0.0f;
 #pragma unroll
-                    for (int i = 0; i < R; i++) {
-                        float f[8];
-                        wv[s][m][i].get(f);
-                        float v = acc[s][i];
-                        v = fmaf(x0.x, f[0], v);
-                        v = fmaf(x0.y, f[1], v);
-                        v = fmaf(x0.z, f[2], v);
-                        v = fmaf(x0.w, f[3], v);
-                        v = fmaf(x1.x, f[4], v);
-                        v = fmaf(x1.y, f[5], v);
-                        v = fmaf(x1.z, f[6], v);
-                        v = fmaf(x1.w, f[7], v);
-                        acc[s][i] = v;
-                    }
+                    for (int i = 0; i < R; i++)
+                        acc[s][i] = w8_dot<DT>(wv[s][m][i], x0, x1, sx, acc[s][i]);
                 }
         }
 #pragma unroll
@@ -2429,14 +2488,51 @@ template <typename F> static bool with_dt(int dt, F &&f)
     }
 }
 
+/* MOERT_HIP_SGPIPE (read at each backend init): 1 (default) staged GEMVs (qstage_for: Q6_K
+ * by default) of at least SGP_WAVES resident grids of row groups (the LM head) on k_sgemv_p
+ * (measured: the Q6_K LM head 271 -> 240 us, Q4_K_M decode +2.4%; Q8_0's unstaged one 160 ->
+ * 203 us, so not there); 0 never; 2 every block-typed GEMV it takes, staged or not, on a grid
+ * of at most SGP_TEST_GRID blocks, so that each block walks several groups (the bit test's
+ * setting); 3 as 1, unstaged and plain types too (A/B: bf16 -0.8%, Q8_0 -4%). */
+#define SGP_WAVES 8
+#define SGP_TEST_GRID 3
+static int g_sgpipe = 1;
+
+void hip_kernels_sgpipe_from_env(void)
+{
+    const char *v = getenv("MOERT_HIP_SGPIPE");
+    g_sgpipe = v && v[0] >= '0' && v[0] <= '3' && !v[1] ? v[0] - '0' : 1;
+}
+
+/* k_sgemv_p for a GEMV it suits; false: the caller launches k_sgemv. */
+template <int DT, int R, int CU, bool QS> static bool launch_sgemv_p(const hip_gemv_args *a, hipStream_t s)
+{
+    if ((dt_layout<DT>::be == 1 && g_sgpipe != 3) || g_sgpipe == 0 || (g_sgpipe == 1 && !QS))
+        return false;
+    const long long groups = (a->n_total + R - 1) / R;
+    const int want = groups < INT_MAX ? (int)groups : INT_MAX;
+    const int cap = resident_grid(k_sgemv_p<DT, R, CU, QS>, SG_T, 0, want);
+    int grid = cap;
+    if (g_sgpipe == 2)
+        grid = want < SGP_TEST_GRID ? want : SGP_TEST_GRID;
+    else if (groups < (long long)SGP_WAVES * cap)
+        return false;
+    MOERT_LAUNCH((k_sgemv_p<DT, R, CU, QS>), (unsigned)grid, SG_T, 0, s, *a);
+    return true;
+}
+
 template <int DT, bool QS> static void launch_sgemv_t(const hip_gemv_args *a, hipStream_t s)
 {
     const long long nc = a->k / 8; /* about 8 weight loads in flight per thread */
-    if (nc <= SG_T)
-        MOERT_LAUNCH((k_sgemv<DT, 8 * MOERT_SG_WIDE, 1, QS>), blocks_for(a->n_total, 8 * MOERT_SG_WIDE), SG_T, 0, s, *a);
-    else if (nc <= 2 * SG_T)
-        MOERT_LAUNCH((k_sgemv<DT, 4 * MOERT_SG_WIDE, 2, QS>), blocks_for(a->n_total, 4 * MOERT_SG_WIDE), SG_T, 0, s, *a);
-    else
+    if (nc <= SG_T) {
+        if (!launch_sgemv_p<DT, 8 * MOERT_SG_WIDE, 1, QS>(a, s))
+            MOERT_LAUNCH((k_sgemv<DT, 8 * MOERT_SG_WIDE, 1, QS>), blocks_for(a->n_total, 8 * MOERT_SG_WIDE), SG_T, 0,
+                         s, *a);
+    } else if (nc <= 2 * SG_T) {
+        if (!launch_sgemv_p<DT, 4 * MOERT_SG_WIDE, 2, QS>(a, s))
+            MOERT_LAUNCH((k_sgemv<DT, 4 * MOERT_SG_WIDE, 2, QS>), blocks_for(a->n_total, 4 * MOERT_SG_WIDE), SG_T, 0,
+                         s, *a);
+    } else
         MOERT_LAUNCH((k_sgemv<DT, 2 * MOERT_SG_WIDE, 4, QS>), blocks_for(a->n_total, 2 * MOERT_SG_WIDE), SG_T, 0, s, *a);
 }
 
@@ -2833,10 +2929,43 @@ template <int DT> static int selftest_dt(unsigned long long seed, char *why, siz
                     }
                 }
             }
+            /* w8_dot against the double dot of the exact weights (x pseudo-random in [-1, 1)):
+             * within 1e-6 of the terms' magnitudes, the factored scale and offset terms counted
+             * at up to 64 times the chunk's largest weight (a wrong scale, offset or quant is far off) */
+            if (!bad) {
+                W8<DT> w;
+                w.load(row, k);
+                float xs[8];
+                for (int t = 0; t < 8; t++) {
+                    z = z * 6364136223846793005ull + 1442695040888963407ull;
+                    xs[t] = (float)((double)(z >> 40) / 8388608.0 - 1.0);
+                }
+                const float4 x0 = make_float4(xs[0], xs[1], xs[2], xs[3]), x1 = make_float4(xs[4], xs[5], xs[6], xs[7]);
+                double exact = 0.0, mag = 0.0, xabs = 0.0, wmax = 0.0;
+                for (int t = 0; t < 8; t++) {
+                    const double c = ref[r * K + k + t];
+                    exact += (double)xs[t] * c;
+                    mag += fabs((double)xs[t] * c);
+                    xabs += fabs((double)xs[t]);
+                    wmax = fabs(c) > wmax ? fabs(c) : wmax;
+                }
+                const float got = w8_dot<DT>(w, x0, x1, w8_xsum(x0, x1), 0.0f);
+                const double tol = 1e-6 * (mag + 64.0 * xabs * wmax);
+                /* random bits: chunks near fp32 overflow, Inf or NaN say nothing */
+                if (mag + 64.0 * xabs * wmax < 1e37 && !(fabs((double)got - exact) <= tol)) {
+                    snprintf(why, cap, "%s row %lld chunk at %lld: w8_dot %.9g vs exact %.9g (tolerance %.3g)",
+                             ops_dtype_name((ops_dtype)DT), r, k, (double)got, exact, tol);
+                    bad = 1;
+                }
+            }
             W8<DT> zw;
             zw.zero();
             float f[8];
             zw.get(f);
+            if (!bad && w8_dot<DT>(zw, make_float4(1.f, 2.f, 3.f, 4.f), make_float4(5.f, 6.f, 7.f, 8.f), 36.0f, 0.5f) != 0.5f) {
+                snprintf(why, cap, "%s: a zeroed W8's w8_dot adds to its sum", ops_dtype_name((ops_dtype)DT));
+                bad = 1;
+            }
             for (int t = 0; t < 8 && !bad; t++)
                 if (f[t] != 0.0f) {
                     snprintf(why, cap, "%s: a zeroed W8 gives %.9g", ops_dtype_name((ops_dtype)DT), (double)f[t]);

@@ -338,28 +338,36 @@ static void test_gguf_determinism(void)
 }
 
 /* Decode GEMVs with the block-type rows staged through shared memory (MOERT_HIP_QSTAGE=1:
- * Q6_K, =2 the four 2-byte aligned types, =3 the K-quants too) give the bits of the direct W8
- * loads (=0); the backend reads the variable at each init. */
+ * Q6_K, =2 the four 2-byte aligned types, =3 the K-quants too) and on the persistent grid
+ * (MOERT_HIP_SGPIPE=1: the staged GEMVs of many row groups, =2 every block-typed one, on 3
+ * blocks that each walk several row groups) give the bits of the direct W8 loads on one-shot
+ * blocks (both 0); the backend reads the variables at each init. */
 static void qstage_bits(char dirs[][512], int n)
 {
+    static const char *const var[2] = {"MOERT_HIP_QSTAGE", "MOERT_HIP_SGPIPE"};
+    static const char *const set[][2] = {{"0", "0"}, {"1", "0"}, {"2", "0"}, {"3", "0"},
+                                         {"0", "2"}, {"3", "2"}, {"1", "1"}};
+    enum { NSET = sizeof set / sizeof set[0] };
     for (int c = 0; c < n; c++) {
-        run_result r[4];
-        for (int m = 0; m < 4; m++) {
-            char v[2] = {(char)('0' + m), 0};
-            setenv("MOERT_HIP_QSTAGE", v, 1);
+        run_result r[NSET];
+        for (int m = 0; m < NSET; m++) {
+            for (int v = 0; v < 2; v++)
+                setenv(var[v], set[m][v], 1);
             int st = run_model(dirs[c], CFG_BACKEND_HIP, TR_NONE, NULL, &r[m]);
-            unsetenv("MOERT_HIP_QSTAGE");
+            for (int v = 0; v < 2; v++)
+                unsetenv(var[v]);
             CU_ASSERT_EQUAL_FATAL(st, MOERT_OK);
         }
         size_t bytes = (size_t)(1 + N_DECODE) * (size_t)r[0].V * sizeof(float);
-        for (int m = 1; m < 4; m++) {
+        for (int m = 1; m < NSET; m++) {
             bool same = memcmp(r[0].logits, r[m].logits, bytes) == 0 &&
                         memcmp(r[0].tokens, r[m].tokens, sizeof r[0].tokens) == 0;
             if (!same)
-                fprintf(stderr, "\n    %s: MOERT_HIP_QSTAGE=%d logits differ from =0\n", dirs[c], m);
+                fprintf(stderr, "\n    %s: %s=%s %s=%s logits differ from both 0\n", dirs[c], var[0], set[m][0],
+                        var[1], set[m][1]);
             CU_ASSERT(same);
         }
-        for (int m = 0; m < 4; m++)
+        for (int m = 0; m < NSET; m++)
             free_result(&r[m]);
     }
 }
@@ -957,7 +965,7 @@ void suite_hip(void)
     CU_add_test(s, "tensor-core GEMM's activation split (on the host): hi + lo + lo2 == a", test_mma_split_host);
     CU_add_test(s, "GPU logits vs CPU, GGUF models (weights quantized on the device)", test_gguf_logits_vs_cpu);
     CU_add_test(s, "GPU bit-identical run to run, graph == eager, GGUF models", test_gguf_determinism);
-    CU_add_test(s, "GPU staged quantized decode loads (MOERT_HIP_QSTAGE=1, 2, 3) == unstaged (=0), GGUF models",
+    CU_add_test(s, "GPU staged and persistent decode GEMVs (MOERT_HIP_QSTAGE, _SGPIPE) == plain, GGUF models",
                 test_gguf_qstage_bits);
     CU_add_test(s, "act-q8 quantizer and integer dots (on the host) == ops_qact_row, ~ops_matmul_qact", test_qact_host);
     CU_add_test(s, "GPU act-q8 logits vs CPU act-q8, GGUF models", test_gguf_act_q8_vs_cpu);
