@@ -31,6 +31,8 @@
 
 #include <string.h>
 
+#include <type_traits>
+
 #include "hip_compat.h"
 #include "hip_kernels.h"
 
@@ -460,19 +462,29 @@ template <int DT> struct W8K {
     WMHD void load(const unsigned char *row, long long k) { fetch<false>(row, k); }
     WMHD void load_cs(const unsigned char *row, long long k) { fetch<true>(row, k); }
     WMHD void zero() { hdr.x = hdr.y = hdr.z = hdr.w = 0u; q.x = q.y = qh.x = qh.y = 0u; s = 0; }
-    WMHD void get(float f[8]) const
+    /* The chunk's scale ds, offset dm and quants (one per byte of w[0], w[1]): weight t is
+     * ds * q_t - dm. */
+    WMHD void parts(float &ds, float &dm, unsigned (&w)[2]) const
     {
         MOERT_NO_CONTRACT
         unsigned sc, mn;
         kq_scale(hdr.y, hdr.z, hdr.w, s, sc, mn);
-        const float ds = wl_mul(scale_f16(hdr.x & 0xffffu), (float)sc);
-        const float dm = wl_mul(scale_f16(hdr.x >> 16), (float)mn);
+        ds = wl_mul(scale_f16(hdr.x & 0xffffu), (float)sc);
+        dm = wl_mul(scale_f16(hdr.x >> 16), (float)mn);
         const int sh = 4 * (s & 1);
-        unsigned w[2] = {(q.x >> sh) & 0x0f0f0f0fu, (q.y >> sh) & 0x0f0f0f0fu};
+        w[0] = (q.x >> sh) & 0x0f0f0f0fu;
+        w[1] = (q.y >> sh) & 0x0f0f0f0fu;
         if (DT == HIP_DT_Q5_K) {
             w[0] |= ((qh.x >> s) & 0x01010101u) << 4;
             w[1] |= ((qh.y >> s) & 0x01010101u) << 4;
         }
+    }
+    WMHD void get(float f[8]) const
+    {
+        MOERT_NO_CONTRACT
+        float ds, dm;
+        unsigned w[2];
+        parts(ds, dm, w);
         MOERT_WL_UNROLL
         for (int t = 0; t < 8; t++)
             f[t] = wl_sub(wl_mul(ds, byte_magic(w[t >> 2], t & 3) - WL_MAGIC), dm);
@@ -501,12 +513,22 @@ template <> struct W8<HIP_DT_Q6_K> {
     WMHD void load(const unsigned char *row, long long k) { fetch<false>(row, k); }
     WMHD void load_cs(const unsigned char *row, long long k) { fetch<true>(row, k); }
     WMHD void zero() { ql.x = ql.y = qh.x = qh.y = 0u; d = 0u; sc = 0; tq = 0; }
+    /* The chunk's scale dsc and 6-bit quants (one per byte of w[0], w[1]): weight t is
+     * dsc * (q_t - 32). */
+    WMHD void parts(float &dsc, unsigned (&w)[2]) const
+    {
+        MOERT_NO_CONTRACT
+        dsc = wl_mul(scale_f16(d), (float)sc);
+        const int shl = 4 * (tq >> 1), shh = 2 * tq;
+        w[0] = q6_word(ql.x, qh.x, shl, shh);
+        w[1] = q6_word(ql.y, qh.y, shl, shh);
+    }
     WMHD void get(float f[8]) const
     {
         MOERT_NO_CONTRACT
-        const float dsc = wl_mul(scale_f16(d), (float)sc);
-        const int shl = 4 * (tq >> 1), shh = 2 * tq;
-        const unsigned w[2] = {q6_word(ql.x, qh.x, shl, shh), q6_word(ql.y, qh.y, shl, shh)};
+        float dsc;
+        unsigned w[2];
+        parts(dsc, w);
         MOERT_WL_UNROLL
         for (int t = 0; t < 8; t++)
             f[t] = wl_mul(dsc, byte_magic(w[t >> 2], t & 3) - (WL_MAGIC + 32.0f));
@@ -557,17 +579,9 @@ template <int DT> WHD float w8_dot(const W8<DT> &wv, float4 x0, float4 x1, float
 }
 template <int DT> WHD float w8k_dot(const W8K<DT> &wv, float4 x0, float4 x1, float sx, float s)
 {
-    MOERT_NO_CONTRACT
-    unsigned sc, mn;
-    kq_scale(wv.hdr.y, wv.hdr.z, wv.hdr.w, wv.s, sc, mn);
-    const float ds = wl_mul(scale_f16(wv.hdr.x & 0xffffu), (float)sc);
-    const float dm = wl_mul(scale_f16(wv.hdr.x >> 16), (float)mn);
-    const int sh = 4 * (wv.s & 1);
-    unsigned w[2] = {(wv.q.x >> sh) & 0x0f0f0f0fu, (wv.q.y >> sh) & 0x0f0f0f0fu};
-    if (DT == HIP_DT_Q5_K) {
-        w[0] |= ((wv.qh.x >> wv.s) & 0x01010101u) << 4;
-        w[1] |= ((wv.qh.y >> wv.s) & 0x01010101u) << 4;
-    }
+    float ds, dm;
+    unsigned w[2];
+    wv.parts(ds, dm, w);
     return fmaf(-dm, sx, fmaf(ds, w8_qdot(w, 0.0f, x0, x1), s));
 }
 template <> WMHD float w8_dot<HIP_DT_Q4_K>(const W8<HIP_DT_Q4_K> &wv, float4 x0, float4 x1, float sx, float s)
@@ -580,11 +594,10 @@ template <> WMHD float w8_dot<HIP_DT_Q5_K>(const W8<HIP_DT_Q5_K> &wv, float4 x0,
 }
 template <> WMHD float w8_dot<HIP_DT_Q6_K>(const W8<HIP_DT_Q6_K> &wv, float4 x0, float4 x1, float sx, float s)
 {
-    MOERT_NO_CONTRACT
     (void)sx;
-    const float dsc = wl_mul(scale_f16(wv.d), (float)wv.sc);
-    const int shl = 4 * (wv.tq >> 1), shh = 2 * wv.tq;
-    const unsigned w[2] = {q6_word(wv.ql.x, wv.qh.x, shl, shh), q6_word(wv.ql.y, wv.qh.y, shl, shh)};
+    float dsc;
+    unsigned w[2];
+    wv.parts(dsc, w);
     return fmaf(dsc, w8_qdot(w, 32.0f, x0, x1), s);
 }
 /* x0.x + x0.y + ... + x1.w in order: w8_dot's sx */
@@ -592,8 +605,9 @@ WHD float w8_xsum(float4 x0, float4 x1)
 {
     return ((((((x0.x + x0.y) + x0.z) + x0.w) + x1.x) + x1.y) + x1.z) + x1.w;
 }
+/* Whether w8_dot<DT> reads sx: the K-quants (W8K), whose weights carry an offset. */
 template <int DT> struct w8_wants_xsum {
-    static const bool v = DT == HIP_DT_Q4_K || DT == HIP_DT_Q5_K;
+    static const bool v = std::is_base_of<W8K<DT>, W8<DT>>::value;
 };
 
 #endif
