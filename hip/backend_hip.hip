@@ -120,6 +120,7 @@ typedef struct hip_ctx {
     uint16_t *d_planes;          /* the GEMMs' activation planes (hip_scratch_planes) */
     hip_planes_layout planes;
     bool no_splitk;              /* MOERT_HIP_SPLITK=0: dense GEMMs never split k */
+    bool no_x4;                  /* MOERT_HIP_X4=0: Q8_0 / Q6_K keep their file layout */
     int max_splits, max_tiles, n_trace;
 
     hip_step_params *h_params; /* pinned */
@@ -235,13 +236,21 @@ static bool one_row(const hip_ctx *c, long long rows)
 static int dt_of(st_dtype t)
 {
     int o = st_dtype_ops(t);
-    return o >= 0 && o < HIP_DT_COUNT ? o : -1;
+    return o >= 0 && o < HIP_DT_OPS_COUNT ? o : -1;
+}
+
+/* The kernel type of a weight on the device: its own, or the X4 regrouping of its rows
+ * (hip_kernels.h) that the upload writes, unless MOERT_HIP_X4=0 (A/B: the same bits). */
+static int dev_dt(const hip_ctx *c, const model_tensor *t)
+{
+    int dt = dt_of(t->dtype);
+    return c->no_x4 || dt < 0 ? dt : hip_dt_device(dt, t->cols);
 }
 
 static void set_dev(hip_ctx *c, dev_tensor *d, const model_tensor *t, uint64_t off)
 {
     d->d = c->dev_weights + off;
-    d->dt = dt_of(t->dtype);
+    d->dt = dev_dt(c, t);
     d->rows = t->rows;
     d->cols = t->cols;
 }
@@ -366,16 +375,29 @@ static int upload_weights(hip_ctx *c, moert_err *err)
             const wlayout_seg *sg = &p.segs[i];
             uint64_t pos = sg->off, left = sg->t->nbytes;
             const unsigned char *src = (const unsigned char *)sg->t->data;
+            /* an X4 tensor is regrouped on its way into the window, whole groups at a time */
+            const int ddt = dev_dt(c, sg->t), gb = hip_dt_x4_group_bytes(ddt);
+            if (gb && left % (uint64_t)gb) {
+                e = hipErrorInvalidValue; /* hip_dt_device promised whole groups */
+                break;
+            }
             while (left > 0 && e == hipSuccess) {
-                if (pos >= win + sbytes || pos < win + used) {
-                    /* the segment starts past this window: flush and open one at pos */
+                if (pos >= win + sbytes || pos < win + used || win + sbytes - pos < (uint64_t)gb) {
+                    /* the segment starts past this window (or a group would not fit): flush
+                     * and open one at pos */
                     if ((e = flush()) != hipSuccess)
                         break;
                     win = pos;
                     used = 0;
                 }
                 uint64_t room = win + sbytes - pos, n = left < room ? left : room;
-                hip_host_memcpy(stage[cur] + (pos - win), src, (size_t)n);
+                if (gb) {
+                    n -= n % (uint64_t)gb;
+                    hip_host_x4_pack(stage[cur] + (pos - win), src, (size_t)(n / (uint64_t)gb), gb / 4,
+                                     hip_dt_x4_d_off(ddt));
+                } else {
+                    hip_host_memcpy(stage[cur] + (pos - win), src, (size_t)n);
+                }
                 used = pos - win + n;
                 pos += n;
                 src += n;
@@ -521,6 +543,7 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
     c->threads = in->threads;
     c->debug = env_on("MOERT_HIP_DEBUG");
     c->no_splitk = getenv("MOERT_HIP_SPLITK") && !env_on("MOERT_HIP_SPLITK");
+    c->no_x4 = getenv("MOERT_HIP_X4") && !env_on("MOERT_HIP_X4");
     c->check = hip_check_mode(); /* its CPU scratch is planned after ours (backend_requests) */
     hip_kernels_qstage_from_env();
     hip_kernels_sgpipe_from_env();

@@ -22,6 +22,7 @@
 #include "hip_devmath.h"
 #include "hip_gemm_mma.h"
 #include "hip_qunpack.h"
+#include "hip_host.h"
 #include "hip_gemm_qmma.h"
 extern "C" {
 #include "../ops/ops.h"
@@ -60,17 +61,30 @@ static_assert((int)HIP_DT_Q4_0 == (int)OPS_Q4_0 && (int)HIP_DT_Q5_0 == (int)OPS_
 
 #define DEV static __device__ __forceinline__
 
-/* Per block type: elements and bytes of a block, bytes of a row's k tile, the 16-byte
- * chunks that hold those bytes from any even offset within a chunk, and the u32 words of a
- * raw row (the chunks; cp.async 16 wants 16-byte aligned rows). */
+/* Per block type: elements and bytes of a block (Q6_KX4: of a block's bytes but its scale,
+ * which the group holds apart), bytes of a row's k tile, the 16-byte chunks that hold those
+ * bytes from any even offset within a chunk, and the u32 words of a raw row (the chunks;
+ * cp.async 16 wants 16-byte aligned rows).  A tile of Q8_0X4 is two whole groups (k % 128 ==
+ * 0), unpacked a group (ue elements, ub bytes) at a time; one of Q6_KX4 is one block. */
 template <int DT> struct qm_t {
-    static constexpr int be = DT >= HIP_DT_Q4_K ? 256 : 32;
-    static constexpr int bb = DT == HIP_DT_Q4_0 ? 18 : DT == HIP_DT_Q5_0 ? 22 : DT == HIP_DT_Q8_0 ? 34
-                            : DT == HIP_DT_Q4_K ? 144 : DT == HIP_DT_Q5_K ? 176 : 210;
+    static constexpr int base = dt_base<DT>::v;
+    static constexpr int be = base >= HIP_DT_Q4_K ? 256 : 32;
+    static constexpr int bb = base == HIP_DT_Q4_0 ? 18 : base == HIP_DT_Q5_0 ? 22 : base == HIP_DT_Q8_0 ? 34
+                            : base == HIP_DT_Q4_K ? 144 : base == HIP_DT_Q5_K ? 176 : DT == HIP_DT_Q6_KX4 ? 208 : 210;
     static constexpr int tb = QM_BK / be * bb;
+    static constexpr int ue = DT == HIP_DT_Q8_0X4 ? 128 : be, ub = DT == HIP_DT_Q8_0X4 ? 136 : bb;
     static constexpr int rc = (tb + 14 + 15) / 16;
     static constexpr int rw = 4 * rc;
-    static constexpr bool kq = DT >= HIP_DT_Q4_K;
+    static constexpr bool kq = base >= HIP_DT_Q4_K;
+    /* the unpack's type (hip_qunpack.h): a Q6_KX4 tile's bytes are a Q6_K block's but d */
+    static constexpr int ut = DT == HIP_DT_Q6_KX4 ? HIP_DT_Q6_K : DT;
+    /* where k tile t's bytes start in a row */
+    static __host__ __device__ long long tile_off(int t)
+    {
+        return DT == HIP_DT_Q6_KX4 ? (long long)(t / 4) * 840 + 8 + (t % 4) * 208 : (long long)t * tb;
+    }
+    /* the f16 scale of 32-block j of a tile, from the tile's first byte (32-block types) */
+    static __device__ int d32_off(int j) { return DT == HIP_DT_Q8_0X4 ? (j >> 2) * 136 + 2 * (j & 3) : j * bb; }
 };
 
 /* dynamic shared memory of k_qgemm<DT, BM, BN>: two stages of the A side (quants, and per
@@ -322,7 +336,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WT) * QM_WARP, QM_MINB) k_qg
     /* the k tile's first byte of weight row r of the block tile, from a 16-byte boundary
      * (w is 16-byte aligned; mod 16 survives the 32-bit wrap) */
     auto w_shift = [&](int r, int t) {
-        return (int)(((unsigned)(n0 + r) * (unsigned)P.wrb + (unsigned)t * (unsigned)L::tb) & 15u);
+        return (int)(((unsigned)(n0 + r) * (unsigned)P.wrb + (unsigned)L::tile_off(t)) & 15u);
     };
 
     /* A side of tile t into stage t % 2: quants and scales */
@@ -354,7 +368,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WT) * QM_WARP, QM_MINB) k_qg
         for (int c = tid; c < BN * L::rc; c += NT) {
             int r = c / L::rc, ci = c % L::rc, n = n0 + r;
             int sh = w_shift(r, t), nb = 0;
-            const uint8_t *al = wbase + (long long)n * P.wrb + (long long)t * L::tb - sh + 16 * ci;
+            const uint8_t *al = wbase + (long long)n * P.wrb + L::tile_off(t) - sh + 16 * ci;
             if (n < a.n)
                 nb = max(0, min(16, sh + tbytes - 16 * ci));
             cp16(raw + 4 * c, nb ? (const void *)al : a.w, nb);
@@ -383,27 +397,30 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WT) * QM_WARP, QM_MINB) k_qg
         {
             /* a thread keeps its word of the row (elements el .. el + 3) over rows */
             static_assert(NT % (QM_BK / 4) == 0, "k_qgemm: unpack split");
-            const int el = (tid % (QM_BK / 4)) * 4, bi = el / L::be, ee = el % L::be;
-            const bool bok = bi < tblk;
+            const int el = (tid % (QM_BK / 4)) * 4, bi = el / L::ue, ee = el % L::ue;
+            const bool bok = el / L::be < tblk;
 #pragma unroll 4
             for (int r = tid / (QM_BK / 4); r < BN; r += NT / (QM_BK / 4)) {
                 uint32_t v = 0u;
                 if (bok && n0 + r < a.n)
-                    v = hip_qu_pack4(raw + (size_t)r * L::rw, w_shift(r, t) + bi * L::bb, DT, ee);
+                    v = hip_qu_pack4(raw + (size_t)r * L::rw, w_shift(r, t) + bi * L::ub, L::ut, ee);
                 *(uint32_t *)(Wq + (size_t)r * QM_LDQ + el) = v;
             }
         }
-        constexpr int NSC = DT == HIP_DT_Q6_K ? 16 : 8;
+        constexpr int NSC = L::base == HIP_DT_Q6_K ? 16 : 8;
         for (int c = tid; c < BN * NSC; c += NT) {
             int r = c / NSC, j = c % NSC, n = n0 + r;
             const uint8_t *rb = (const uint8_t *)(raw + (size_t)r * L::rw) + w_shift(r, t);
             bool ok = n < a.n;
             if (!L::kq) {
-                wd[r * 8 + j] = ok && j < tblk ? scale_f16(rd16(rb + j * L::bb)) : 0.0f;
-            } else if (DT == HIP_DT_Q6_K) {
+                wd[r * 8 + j] = ok && j < tblk ? scale_f16(rd16(rb + L::d32_off(j))) : 0.0f;
+            } else if (L::base == HIP_DT_Q6_K) {
                 wsc[r * 16 + j] = ok ? hip_qu_q6scale(rb, j) : 0;
+                /* Q6_KX4: d from the group's head in global memory (outside the tile's bytes) */
+                const uint8_t *dp = DT == HIP_DT_Q6_KX4 ? wbase + (long long)n * P.wrb + (long long)(t / 4) * 840 + 2 * (t % 4)
+                                                         : rb + HIP_QU_D_OFF(DT);
                 if (j == 0)
-                    wd[r * 8] = ok ? scale_f16(rd16(rb + HIP_QU_D_OFF(DT))) : 0.0f;
+                    wd[r * 8] = ok ? scale_f16(rd16(dp)) : 0.0f;
             } else {
                 int sc = 0, mn = 0;
                 if (ok)
@@ -443,7 +460,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WT) * QM_WARP, QM_MINB) k_qg
 #pragma unroll
                 for (int i = 0; i < NACC; i++)
                     isum[i] = 0;
-                if (DT == HIP_DT_Q6_K) {
+                if (L::base == HIP_DT_Q6_K) {
 #pragma unroll 2
                     for (int j = 0; j < 16; j++) {
                         warp_products<16, WT, NMB>(s, Aq, Wq, wm, wn, 16 * j, lane, 0);
@@ -523,7 +540,7 @@ static bool qmma_enabled(void)
     if (on < 0)
         on = hip_mma_device() && smem_attr_dt<HIP_DT_Q4_0>() && smem_attr_dt<HIP_DT_Q5_0>() &&
              smem_attr_dt<HIP_DT_Q8_0>() && smem_attr_dt<HIP_DT_Q4_K>() && smem_attr_dt<HIP_DT_Q5_K>() &&
-             smem_attr_dt<HIP_DT_Q6_K>();
+             smem_attr_dt<HIP_DT_Q6_K>() && smem_attr_dt<HIP_DT_Q8_0X4>() && smem_attr_dt<HIP_DT_Q6_KX4>();
     return on == 1;
 }
 
@@ -531,8 +548,8 @@ bool hip_qgemm_takes(int dt, const hip_qgemm_args *a)
 {
     if (dt < HIP_DT_Q4_0 || dt >= HIP_DT_COUNT || a->k <= 0)
         return false;
-    int64_t be = dt >= HIP_DT_Q4_K ? 256 : 32;
-    if (a->k % be != 0 || a->a_stride % 16 != 0 || ((uintptr_t)a->a & 15u) != 0 || ((uintptr_t)a->w & 15u) != 0 ||
+    int64_t be = hip_dt_base(dt) >= HIP_DT_Q4_K ? 256 : 32;
+    if (a->k % be != 0 || (dt != hip_dt_base(dt) && hip_dt_device(hip_dt_base(dt), a->k) != dt) || a->a_stride % 16 != 0 || ((uintptr_t)a->a & 15u) != 0 || ((uintptr_t)a->w & 15u) != 0 ||
         (a->tiles && a->w_estride % 16 != 0) || (long long)ops_qact_row_bytes(a->k) > a->a_stride)
         return false;
     return qmma_enabled();
@@ -564,11 +581,11 @@ hipError_t hip_launch_qgemm(int dt, const hip_qgemm_args *a, hipStream_t s)
     /* the row layout from its one definition; a is a device address, only offsets are taken */
     ops_qact_view v = ops_qact_at(a->a, a->k);
     const uint8_t *base = (const uint8_t *)a->a;
-    bool kq = dt >= HIP_DT_Q4_K;
+    bool kq = hip_dt_base(dt) >= HIP_DT_Q4_K;
     P.off.q = (const uint8_t *)(kq ? v.q256 : v.q32) - base;
     P.off.d = (const uint8_t *)(kq ? v.d256 : v.d32) - base;
     P.off.bs = (const uint8_t *)v.bs16 - base;
-    P.wrb = (long long)ops_row_bytes((ops_dtype)dt, a->k);
+    P.wrb = (long long)ops_row_bytes((ops_dtype)hip_dt_base(dt), a->k);
     switch (dt) {
     case HIP_DT_Q4_0: launch_dt<HIP_DT_Q4_0>(&P, s); break;
     case HIP_DT_Q5_0: launch_dt<HIP_DT_Q5_0>(&P, s); break;
@@ -576,6 +593,8 @@ hipError_t hip_launch_qgemm(int dt, const hip_qgemm_args *a, hipStream_t s)
     case HIP_DT_Q4_K: launch_dt<HIP_DT_Q4_K>(&P, s); break;
     case HIP_DT_Q5_K: launch_dt<HIP_DT_Q5_K>(&P, s); break;
     case HIP_DT_Q6_K: launch_dt<HIP_DT_Q6_K>(&P, s); break;
+    case HIP_DT_Q8_0X4: launch_dt<HIP_DT_Q8_0X4>(&P, s); break;
+    case HIP_DT_Q6_KX4: launch_dt<HIP_DT_Q6_KX4>(&P, s); break;
     default: return hipErrorInvalidValue;
     }
     return hipGetLastError();
@@ -621,6 +640,17 @@ extern "C" int backend_hip_qgemm_run(int dt, const void *qa, int n_arows, const 
     hipError_t e = hipSuccess;
     hip_qgemm_args a;
     memset(&a, 0, sizeof a);
+    /* the device layout the backend's upload gives such rows (an X4 regrouping where k allows) */
+    const int ddt = hip_dt_device(dt, k), gb = hip_dt_x4_group_bytes(ddt);
+    unsigned char *wx = NULL;
+    if (gb) {
+        if (!(wx = (unsigned char *)malloc(w_bytes))) {
+            snprintf(why, cap, "out of memory");
+            return 1;
+        }
+        hip_host_x4_pack(wx, (const unsigned char *)w, w_bytes / (size_t)gb, gb / 4, hip_dt_x4_d_off(ddt));
+        w = wx;
+    }
 #define QM_TRY(x)                                                                                                  \
     do {                                                                                                           \
         if ((e = (x)) != hipSuccess)                                                                               \
@@ -651,12 +681,12 @@ extern "C" int backend_hip_qgemm_run(int dt, const void *qa, int n_arows, const 
     a.k = k;
     a.tiles = (const int32_t *)d_t;
     a.max_tiles = n_tiles + 2; /* grid rows past the table's count exit at once */
-    if (!hip_qgemm_takes(dt, &a)) {
+    if (!hip_qgemm_takes(ddt, &a)) {
         snprintf(why, cap, "the act-q8 tensor-core GEMM does not run on this device (or these arguments)");
         rc = -2;
         goto out;
     }
-    QM_TRY(hip_launch_qgemm(dt, &a, 0));
+    QM_TRY(hip_launch_qgemm(ddt, &a, 0));
     QM_TRY(hipDeviceSynchronize());
     QM_TRY(hipMemcpy(out, d_c, c_bytes, hipMemcpyDeviceToHost));
     rc = 0;
@@ -668,5 +698,6 @@ out:
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i] && hipFree(bufs[i]) != hipSuccess && rc == 0)
             rc = 1;
+    free(wx);
     return rc;
 }

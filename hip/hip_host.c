@@ -21,6 +21,30 @@ void hip_host_memcpy(void *dst, const void *src, size_t n)
     }
 }
 
+static void x4_group(unsigned char *dst, const unsigned char *src, int bb, int d_off)
+{
+    unsigned char *body = dst + 8;
+    for (int b = 0; b < 4; b++, src += bb) {
+        memcpy(dst + 2 * b, src + d_off, 2);
+        memcpy(body, src, (size_t)d_off);
+        body += d_off;
+        memcpy(body, src + d_off + 2, (size_t)(bb - d_off - 2));
+        body += bb - d_off - 2;
+    }
+}
+
+void hip_host_x4_pack(unsigned char *dst, const unsigned char *src, size_t groups, int block_bytes, int d_off)
+{
+    const size_t gb = 4 * (size_t)block_bytes, per = ((size_t)1 << 20) / gb + 1;
+    const size_t pieces = (groups + per - 1) / per;
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (size_t i = 0; i < pieces; i++) {
+        size_t g1 = (i + 1) * per < groups ? (i + 1) * per : groups;
+        for (size_t g = i * per; g < g1; g++)
+            x4_group(dst + g * gb, src + g * gb, block_bytes, d_off);
+    }
+}
+
 void hip_host_progress(uint64_t done, uint64_t total, double seconds)
 {
     static int last_pct = -1;

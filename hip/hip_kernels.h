@@ -16,15 +16,47 @@
 #include "hip_compat.h"
 #include "hip_scratch.h"
 
-/* Weight element types: the values of ops_dtype.  The block types (ggml's layouts, ops.h)
- * stay quantized in device memory; the kernels dequantize them in registers exactly as
- * ops_to_f32 does (hip_wload.h).  Rows are addressed in bytes (k / block * block bytes). */
+/* Weight element types: the values of ops_dtype up to HIP_DT_Q6_K.  The block types (ggml's
+ * layouts, ops.h) stay quantized in device memory; the kernels dequantize them in registers
+ * exactly as ops_to_f32 does (hip_wload.h).  Rows are addressed in bytes (k / block * block
+ * bytes).  The X4 types are device layouts of Q8_0 and Q6_K made at upload: groups of four
+ * blocks whose f16 scales come first and whose remaining bytes follow block by block, so that
+ * a row of whole groups keeps every quant 8-byte aligned (Q8_0's 34- and Q6_K's 210-byte
+ * blocks are only 2-byte aligned); the same bytes per row, the same values. */
 enum {
     HIP_DT_F32 = 0, HIP_DT_BF16 = 1, HIP_DT_F16 = 2,
     HIP_DT_Q4_0 = 3, HIP_DT_Q5_0 = 4, HIP_DT_Q8_0 = 5, /* blocks of 32 */
     HIP_DT_Q4_K = 6, HIP_DT_Q5_K = 7, HIP_DT_Q6_K = 8, /* blocks of 256 */
+    HIP_DT_Q8_0X4 = 9, HIP_DT_Q6_KX4 = 10,            /* groups of 128 and 1024 elements */
     HIP_DT_COUNT
 };
+#define HIP_DT_OPS_COUNT (HIP_DT_Q6_K + 1) /* the types that are ops_dtype values */
+
+/* The ops_dtype whose values and row bytes a kernel type has (itself but for the X4 types). */
+static inline int hip_dt_base(int dt)
+{
+    return dt == HIP_DT_Q8_0X4 ? HIP_DT_Q8_0 : dt == HIP_DT_Q6_KX4 ? HIP_DT_Q6_K : dt;
+}
+/* Bytes of a group of four blocks of an X4 type's base, 0 for the other types. */
+static inline int hip_dt_x4_group_bytes(int dt)
+{
+    return dt == HIP_DT_Q8_0X4 ? 4 * 34 : dt == HIP_DT_Q6_KX4 ? 4 * 210 : 0;
+}
+/* The X4 type of a row of k elements of ops type dt where one applies (rows of whole groups:
+ * k % 128 == 0 for Q8_0, k % 1024 == 0 for Q6_K), else dt. */
+static inline int hip_dt_device(int dt, long long k)
+{
+    if (dt == HIP_DT_Q8_0 && k > 0 && k % 128 == 0)
+        return HIP_DT_Q8_0X4;
+    if (dt == HIP_DT_Q6_K && k > 0 && k % 1024 == 0)
+        return HIP_DT_Q6_KX4;
+    return dt;
+}
+/* Byte offset of the f16 scale d in a block of an X4 type's base (hip_host_x4_pack's d_off). */
+static inline int hip_dt_x4_d_off(int dt)
+{
+    return dt == HIP_DT_Q6_KX4 ? 208 : 0;
+}
 
 /* Block sizes (fixed: results never depend on the device). */
 #define HIP_GEMV_THREADS 128

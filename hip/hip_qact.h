@@ -87,10 +87,10 @@ typedef struct hip_qmoe_args {
 hipError_t hip_launch_qmoe_gateup(int dtype, const hip_qmoe_args *a, hipStream_t s);
 hipError_t hip_launch_qmoe_down(int dtype, const hip_qmoe_args *a, hipStream_t s);
 
-/* True for the weight types the act-q8 kernels take (the block types). */
+/* True for the weight types the act-q8 kernels take (the block types, X4 included). */
 static inline bool hip_qact_takes(int dtype)
 {
-    return dtype >= HIP_DT_Q4_0 && dtype <= HIP_DT_Q6_K;
+    return dtype >= HIP_DT_Q4_0 && dtype < HIP_DT_COUNT;
 }
 
 #endif

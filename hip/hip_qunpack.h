@@ -10,7 +10,9 @@
  *   Q4_K the nibble (0..15); Q5_K nibble | high bit << 4 (0..31); Q6_K (4 low | 2 high
  *   bits) - 32 (-32..31).  The K-quants' mins are applied apart, from the activations'
  *   sums (ops.h's act-q8 definition), so their operands stay unsigned.
- * Block types are ops.h's ops_dtype values (equal to hip_kernels.h's HIP_DT_*). */
+ * Block types are ops.h's ops_dtype values (equal to hip_kernels.h's HIP_DT_*), and 9 for
+ * a group of hip_kernels.h's Q8_0X4 (the four blocks' quants from byte 8; a Q6_KX4 block's
+ * bytes but its scale are a Q6_K block's, so it unpacks as type 8). */
 #ifndef MOERT_HIP_QUNPACK_H
 #define MOERT_HIP_QUNPACK_H
 
@@ -56,6 +58,8 @@ QUHD uint32_t hip_qu_pack4(const uint32_t *w, int boff, int dt, int e)
     switch (dt) {
     case 5: /* Q8_0: the quants from byte 2 */
         return hip_qu_ld32(w, boff + 2 + e);
+    case 9: /* Q8_0X4 (e < 128): the quants from byte 8 */
+        return hip_qu_ld32(w, boff + 8 + e);
     case 3: /* Q4_0: elements 0-15 low nibbles, 16-31 high nibbles of bytes 2-17 */
         return hip_qu_sub(hip_qu_nib(hip_qu_ld32(w, boff + 2 + e % 16), e / 16), 8);
     case 4: { /* Q5_0: the 32 high bits at bytes 2-5 (element x: bit x), nibbles from byte 6;

@@ -1,5 +1,6 @@
 /* hip_wload: weight loaders of the HIP kernels, one per weight type (hip_kernels.h's
- * HIP_DT_*: F32, BF16, F16 and ggml's block types Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K):
+ * HIP_DT_*: F32, BF16, F16, ggml's block types Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K and the
+ * device regroupings Q8_0X4, Q6_KX4 of two of them):
  *
  *   dt_layout<DT>   block elements and bytes (1 and the element size for plain types): the
  *                   layouts of ops.c's table; a row of k elements is k / be * bb bytes
@@ -24,7 +25,8 @@
  * Alignment: W8's loads need the row start aligned as its type's block allows: F32, BF16,
  * F16, Q4_K and Q5_K rows 16-byte aligned (the vector path's check; 144- and 176-byte blocks
  * keep it), Q4_0, Q5_0, Q8_0 and Q6_K blocks are read in 1- and 2-byte pieces (their
- * 18/22/34/210-byte blocks are only 2-byte aligned).
+ * 18/22/34/210-byte blocks are only 2-byte aligned), Q8_0X4 and Q6_KX4 rows 8-byte aligned
+ * (136- and 840-byte groups keep it): one 8-byte load per 8 quants.
  */
 #ifndef MOERT_HIP_WLOAD_H
 #define MOERT_HIP_WLOAD_H
@@ -137,6 +139,14 @@ template <> struct dt_layout<HIP_DT_Q8_0> { static const int be = 32, bb = 34; }
 template <> struct dt_layout<HIP_DT_Q4_K> { static const int be = 256, bb = 144; };
 template <> struct dt_layout<HIP_DT_Q5_K> { static const int be = 256, bb = 176; };
 template <> struct dt_layout<HIP_DT_Q6_K> { static const int be = 256, bb = 210; };
+/* X4: a group of four blocks (hip_kernels.h; written by hip_host_x4_pack) */
+template <> struct dt_layout<HIP_DT_Q8_0X4> { static const int be = 128, bb = 136; };
+template <> struct dt_layout<HIP_DT_Q6_KX4> { static const int be = 1024, bb = 840; };
+
+/* The ops type whose values a kernel type holds (hip_dt_base as a constant). */
+template <int DT> struct dt_base {
+    static const int v = DT == HIP_DT_Q8_0X4 ? HIP_DT_Q8_0 : DT == HIP_DT_Q6_KX4 ? HIP_DT_Q6_K : DT;
+};
 
 /* Bytes of a row of k elements (k a multiple of the block: model_bind guarantees it). */
 template <int DT> WHD long long row_bytes_t(long long k)
@@ -244,12 +254,29 @@ WHD unsigned rd32(const unsigned char *p)
     return rd16(p) | rd16(p + 2) << 16;
 }
 
-/* Element e of block b of type DT (a block type), exactly as ops_q_dequant_block. */
+/* Q6_K element e (0..255) of a block whose bytes but the scale are at q (ql, qh, the int8
+ * scales) and whose f16 scale is d. */
+WHD float q6_elem(const unsigned char *q, unsigned d, int e)
+{
+    MOERT_NO_CONTRACT
+    const int h = e / 128, tq = e % 128 / 32, l = e % 32;
+    const int lo = (q[64 * h + 32 * (tq & 1) + l] >> (4 * (tq >> 1))) & 15;
+    const int hi = (q[128 + 32 * h + l] >> (2 * tq)) & 3;
+    const float dsc = wl_mul(f16_to_f32(d), (float)(signed char)q[192 + e / 16]);
+    return wl_mul(dsc, (float)((lo | hi << 4) - 32));
+}
+
+/* Element e of block b of type DT (a block type; X4: of group b), exactly as
+ * ops_q_dequant_block. */
 template <int DT> WHD float q_elem(const unsigned char *b, int e)
 {
     MOERT_NO_CONTRACT
     if (DT == HIP_DT_Q8_0)
         return wl_mul((float)(signed char)b[2 + e], f16_to_f32(rd16(b)));
+    if (DT == HIP_DT_Q8_0X4)
+        return wl_mul((float)(signed char)b[8 + e], f16_to_f32(rd16(b + 2 * (e / 32))));
+    if (DT == HIP_DT_Q6_KX4)
+        return q6_elem(b + 8 + 208 * (e / 256), rd16(b + 2 * (e / 256)), e % 256);
     if (DT == HIP_DT_Q4_0)
         return wl_mul(f16_to_f32(rd16(b)), (float)((int)((b[2 + e % 16] >> (4 * (e / 16))) & 15u) - 8));
     if (DT == HIP_DT_Q5_0) {
@@ -267,12 +294,7 @@ template <int DT> WHD float q_elem(const unsigned char *b, int e)
             q |= (int)((b[16 + l] >> s) & 1u) << 4;
         return wl_sub(wl_mul(ds, (float)q), dm);
     }
-    /* Q6_K */
-    const int h = e / 128, tq = e % 128 / 32, l = e % 32;
-    const int lo = (b[64 * h + 32 * (tq & 1) + l] >> (4 * (tq >> 1))) & 15;
-    const int hi = (b[128 + 32 * h + l] >> (2 * tq)) & 3;
-    const float dsc = wl_mul(f16_to_f32(rd16(b + 208)), (float)(signed char)b[192 + e / 16]);
-    return wl_mul(dsc, (float)((lo | hi << 4) - 32));
+    return q6_elem(b, rd16(b + 208), e); /* Q6_K */
 }
 
 /* Element i of a row of type DT (any alignment of the row for the block types; plain types
@@ -355,16 +377,23 @@ template <> struct W8<HIP_DT_F32> {
     }
 };
 
-/* Q8_0: d (f16), 32 int8; chunk j of a block = bytes 2 + 8j .. */
-template <> struct W8<HIP_DT_Q8_0> {
+/* Q8_0: d (f16), 32 int8; chunk j of a block = bytes 2 + 8j ..  Q8_0X4: d_0 .. d_3, then
+ * 4 x 32 int8; chunk j of a group takes d_(j / 4) and bytes 8 + 8j .. (one aligned load). */
+template <int DT> struct W8Q8 {
     uint2 q;
     unsigned d;
     template <bool CS> WMHD void fetch(const unsigned char *row, long long k)
     {
-        const unsigned char *b = block_of<HIP_DT_Q8_0>(row, k);
-        const int j = (int)(k % 32) / 8;
-        d = ld_u16<CS>(b);
-        q = ld_u64_a2<CS>(b + 2 + 8 * j);
+        const unsigned char *b = block_of<DT>(row, k);
+        if (DT == HIP_DT_Q8_0X4) {
+            const int j = (int)(k % 128) / 8;
+            d = ld_u16<CS>(b + 2 * (j >> 2));
+            q = ld_u64<CS>(b + 8 + 8 * j);
+        } else {
+            const int j = (int)(k % 32) / 8;
+            d = ld_u16<CS>(b);
+            q = ld_u64_a2<CS>(b + 2 + 8 * j);
+        }
     }
     WMHD void load(const unsigned char *row, long long k) { fetch<false>(row, k); }
     WMHD void load_cs(const unsigned char *row, long long k) { fetch<true>(row, k); }
@@ -379,6 +408,8 @@ template <> struct W8<HIP_DT_Q8_0> {
             f[t] = wl_mul(byte_magic(w[t >> 2], t & 3) - (WL_MAGIC + 128.0f), df);
     }
 };
+template <> struct W8<HIP_DT_Q8_0> : W8Q8<HIP_DT_Q8_0> {};
+template <> struct W8<HIP_DT_Q8_0X4> : W8Q8<HIP_DT_Q8_0X4> {};
 
 /* Q4_0: d, 16 nibble bytes (elements 0-15 low nibbles, 16-31 high); chunk j = bytes
  * 8 (j & 1) .. + 7, nibble (j >> 1). */
@@ -495,20 +526,29 @@ template <> struct W8<HIP_DT_Q5_K> : W8K<HIP_DT_Q5_K> {};
 
 /* Q6_K: 128 low-nibble bytes, 64 high-bit-pair bytes, 16 int8 scales, d.  Element e: half
  * h = e / 128, quarter tq = e % 128 / 32, l = e % 32: low nibble (tq >> 1) of byte
- * 64 h + 32 (tq & 1) + l, bits 2 tq of byte 128 + 32 h + l, scale e / 16. */
-template <> struct W8<HIP_DT_Q6_K> {
+ * 64 h + 32 (tq & 1) + l, bits 2 tq of byte 128 + 32 h + l, scale e / 16.  Q6_KX4: d_0 ..
+ * d_3, then the four blocks' other 208 bytes (each 8-byte aligned: two aligned loads). */
+template <int DT> struct W8Q6 {
     uint2 ql, qh;
     unsigned d;
     int sc, tq;
     template <bool CS> WMHD void fetch(const unsigned char *row, long long k)
     {
-        const unsigned char *b = block_of<HIP_DT_Q6_K>(row, k);
+        const bool x4 = DT == HIP_DT_Q6_KX4;
+        const unsigned char *g = block_of<DT>(row, k);
+        const int blk = x4 ? (int)(k % 1024) / 256 : 0;
+        const unsigned char *b = x4 ? g + 8 + 208 * blk : g;
         const int j = (int)(k % 256) / 8, h = j >> 4, l0 = 8 * (j & 3);
         tq = (j & 15) >> 2;
-        ql = ld_u64_a2<CS>(b + 64 * h + 32 * (tq & 1) + l0);
-        qh = ld_u64_a2<CS>(b + 128 + 32 * h + l0);
+        if (x4) {
+            ql = ld_u64<CS>(b + 64 * h + 32 * (tq & 1) + l0);
+            qh = ld_u64<CS>(b + 128 + 32 * h + l0);
+        } else {
+            ql = ld_u64_a2<CS>(b + 64 * h + 32 * (tq & 1) + l0);
+            qh = ld_u64_a2<CS>(b + 128 + 32 * h + l0);
+        }
         sc = (int)(signed char)ld_u8<CS>(b + 192 + (j >> 1));
-        d = ld_u16<CS>(b + 208);
+        d = ld_u16<CS>(x4 ? g + 2 * blk : b + 208);
     }
     WMHD void load(const unsigned char *row, long long k) { fetch<false>(row, k); }
     WMHD void load_cs(const unsigned char *row, long long k) { fetch<true>(row, k); }
@@ -534,6 +574,8 @@ template <> struct W8<HIP_DT_Q6_K> {
             f[t] = wl_mul(dsc, byte_magic(w[t >> 2], t & 3) - (WL_MAGIC + 32.0f));
     }
 };
+template <> struct W8<HIP_DT_Q6_K> : W8Q6<HIP_DT_Q6_K> {};
+template <> struct W8<HIP_DT_Q6_KX4> : W8Q6<HIP_DT_Q6_KX4> {};
 
 /* ---- a chunk's dot product (the decode GEMVs) ------------------------------------------
  * w8_dot(w, x0, x1, sx, s) = s + x . (w's 8 weights), x = x0 (elements 0-3), x1 (4-7), sx
@@ -592,13 +634,22 @@ template <> WMHD float w8_dot<HIP_DT_Q5_K>(const W8<HIP_DT_Q5_K> &wv, float4 x0,
 {
     return w8k_dot<HIP_DT_Q5_K>(wv, x0, x1, sx, s);
 }
-template <> WMHD float w8_dot<HIP_DT_Q6_K>(const W8<HIP_DT_Q6_K> &wv, float4 x0, float4 x1, float sx, float s)
+template <int DT> WHD float w8q6_dot(const W8Q6<DT> &wv, float4 x0, float4 x1, float s)
 {
-    (void)sx;
     float dsc;
     unsigned w[2];
     wv.parts(dsc, w);
     return fmaf(dsc, w8_qdot(w, 32.0f, x0, x1), s);
+}
+template <> WMHD float w8_dot<HIP_DT_Q6_K>(const W8<HIP_DT_Q6_K> &wv, float4 x0, float4 x1, float sx, float s)
+{
+    (void)sx;
+    return w8q6_dot<HIP_DT_Q6_K>(wv, x0, x1, s);
+}
+template <> WMHD float w8_dot<HIP_DT_Q6_KX4>(const W8<HIP_DT_Q6_KX4> &wv, float4 x0, float4 x1, float sx, float s)
+{
+    (void)sx;
+    return w8q6_dot<HIP_DT_Q6_KX4>(wv, x0, x1, s);
 }
 /* x0.x + x0.y + ... + x1.w in order: w8_dot's sx */
 WHD float w8_xsum(float4 x0, float4 x1)

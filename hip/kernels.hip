@@ -19,6 +19,7 @@
 #include "hip_devmath.h"
 #include "hip_gemm_mma.h"
 #include "hip_attn_prefill.h"
+#include "hip_host.h"
 #include "../runtime/trace/record.h"
 
 /* Tuning switches (chosen by measurement on an H200; see hip/NOTES.md) */
@@ -1718,8 +1719,8 @@ template <int DT> struct qst {
     static const int pe = 8 * MOERT_WARP;                             /* elements of a piece */
     static const int pb = pe / dt_layout<DT>::be * dt_layout<DT>::bb; /* its bytes */
     static const int n16 = (14 + pb + 15) / 16; /* 16-byte words over it at any even offset */
-    static_assert(dt_layout<DT>::be == 1 || (pe % dt_layout<DT>::be == 0 && n16 <= MOERT_WARP),
-                  "a piece is whole blocks, one word a lane (plain types are never staged)");
+    static_assert(dt_layout<DT>::be == 1 || dt_base<DT>::v != DT || (pe % dt_layout<DT>::be == 0 && n16 <= MOERT_WARP),
+                  "a piece is whole blocks, one word a lane (plain and X4 types are never staged)");
 };
 
 /* 0: off; 1 (default): Q6_K only, the one type measured faster staged (bench-gpu Q4_K_M
@@ -2484,6 +2485,8 @@ template <typename F> static bool with_dt(int dt, F &&f)
     case HIP_DT_Q4_K: f(dt_tag<HIP_DT_Q4_K>()); return true;
     case HIP_DT_Q5_K: f(dt_tag<HIP_DT_Q5_K>()); return true;
     case HIP_DT_Q6_K: f(dt_tag<HIP_DT_Q6_K>()); return true;
+    case HIP_DT_Q8_0X4: f(dt_tag<HIP_DT_Q8_0X4>()); return true;
+    case HIP_DT_Q6_KX4: f(dt_tag<HIP_DT_Q6_KX4>()); return true;
     default: return false;
     }
 }
@@ -2536,9 +2539,10 @@ template <int DT, bool QS> static void launch_sgemv_t(const hip_gemv_args *a, hi
         MOERT_LAUNCH((k_sgemv<DT, 2 * MOERT_SG_WIDE, 4, QS>), blocks_for(a->n_total, 2 * MOERT_SG_WIDE), SG_T, 0, s, *a);
 }
 
-/* Block types only: plain types never instantiate a staged kernel. */
+/* The 2-byte aligned block types only: plain and X4 types (aligned loads) never instantiate
+ * a staged kernel. */
 template <int DT> struct qst_ok {
-    static const bool v = dt_layout<DT>::be > 1;
+    static const bool v = dt_layout<DT>::be > 1 && dt_base<DT>::v == DT;
 };
 
 template <int DT>
@@ -2862,9 +2866,14 @@ extern "C" {
 static_assert(SAME_DT(HIP_DT_F32, OPS_F32) && SAME_DT(HIP_DT_BF16, OPS_BF16) && SAME_DT(HIP_DT_F16, OPS_F16) &&
                   SAME_DT(HIP_DT_Q4_0, OPS_Q4_0) && SAME_DT(HIP_DT_Q5_0, OPS_Q5_0) && SAME_DT(HIP_DT_Q8_0, OPS_Q8_0) &&
                   SAME_DT(HIP_DT_Q4_K, OPS_Q4_K) && SAME_DT(HIP_DT_Q5_K, OPS_Q5_K) && SAME_DT(HIP_DT_Q6_K, OPS_Q6_K) &&
-                  SAME_DT(HIP_DT_COUNT, OPS_DTYPE_COUNT),
+                  SAME_DT(HIP_DT_OPS_COUNT, OPS_DTYPE_COUNT),
               "HIP_DT_* must be the ops_dtype values (the backend maps st_dtype_ops onto them)");
 #undef SAME_DT
+
+static const char *selftest_name(int dt)
+{
+    return dt == HIP_DT_Q8_0X4 ? "Q8_0X4" : dt == HIP_DT_Q6_KX4 ? "Q6_KX4" : ops_dtype_name((ops_dtype)dt);
+}
 
 /* f16 field at b: made finite (an exponent of 31 loses its top bit), so that a random block
  * decodes to finite values whose bits must match exactly. */
@@ -2874,19 +2883,25 @@ static void finite_f16(unsigned char *b)
         b[1] &= (unsigned char)~0x40u;
 }
 
+/* The loaders of DT on random blocks of its ops type (an X4 type: regrouped by
+ * hip_host_x4_pack, as at upload) against ops_to_f32 of the original bytes. */
 template <int DT> static int selftest_dt(unsigned long long seed, char *why, size_t cap)
 {
-    const long long K = 512, rows = 3;
-    const size_t rb = ops_row_bytes((ops_dtype)DT, K);
-    if (rb == 0 || (long long)rb != row_bytes_t<DT>(K)) {
-        snprintf(why, cap, "%s: row bytes %zu (ops) vs %lld (device)", ops_dtype_name((ops_dtype)DT), rb,
-                 row_bytes_t<DT>(K));
+    const int BASE = dt_base<DT>::v, x4 = hip_dt_x4_group_bytes(DT);
+    const long long K = DT == HIP_DT_Q6_KX4 ? 1024 : 512, rows = 3;
+    const size_t rb = ops_row_bytes((ops_dtype)BASE, K);
+    if (rb == 0 || (long long)rb != row_bytes_t<DT>(K) || (x4 && hip_dt_device(BASE, K) != DT)) {
+        snprintf(why, cap, "%s (device type %d): row bytes %zu (ops) vs %lld (device)", selftest_name(DT),
+                 DT, rb, row_bytes_t<DT>(K));
         return 1;
     }
-    unsigned char *buf = (unsigned char *)malloc(rb * rows); /* 16-byte aligned (glibc) */
+    unsigned char *raw = (unsigned char *)malloc(rb * rows); /* 16-byte aligned (glibc) */
+    unsigned char *buf = x4 ? (unsigned char *)malloc(rb * rows) : raw;
     float *ref = (float *)malloc(sizeof(float) * (size_t)(K * rows));
-    if (!buf || !ref) {
-        free(buf);
+    if (!raw || !buf || !ref) {
+        free(raw);
+        if (x4)
+            free(buf);
         free(ref);
         snprintf(why, cap, "out of memory");
         return 1;
@@ -2894,19 +2909,21 @@ template <int DT> static int selftest_dt(unsigned long long seed, char *why, siz
     unsigned long long z = seed;
     for (size_t i = 0; i < rb * rows; i++) {
         z = z * 6364136223846793005ull + 1442695040888963407ull;
-        buf[i] = (unsigned char)(z >> 56);
+        raw[i] = (unsigned char)(z >> 56);
     }
-    const int be = dt_layout<DT>::be, bb = dt_layout<DT>::bb;
-    for (size_t o = 0; be > 1 && o < rb * rows; o += (size_t)bb) {
-        if (DT == HIP_DT_Q6_K) {
-            finite_f16(buf + o + 208);
+    const size_t bb = ops_row_bytes((ops_dtype)BASE, dt_layout<BASE>::be);
+    for (size_t o = 0; dt_layout<BASE>::be > 1 && o < rb * rows; o += bb) {
+        if (BASE == HIP_DT_Q6_K) {
+            finite_f16(raw + o + 208);
         } else {
-            finite_f16(buf + o);
-            if (DT == HIP_DT_Q4_K || DT == HIP_DT_Q5_K)
-                finite_f16(buf + o + 2);
+            finite_f16(raw + o);
+            if (BASE == HIP_DT_Q4_K || BASE == HIP_DT_Q5_K)
+                finite_f16(raw + o + 2);
         }
     }
-    ops_to_f32(ref, buf, (ops_dtype)DT, K * rows);
+    ops_to_f32(ref, raw, (ops_dtype)BASE, K * rows);
+    if (x4)
+        hip_host_x4_pack(buf, raw, rb * rows / (size_t)x4, x4 / 4, hip_dt_x4_d_off(DT));
     int bad = 0;
     for (long long r = 0; r < rows && !bad; r++) {
         const unsigned char *row = buf + (size_t)r * rb;
@@ -2923,7 +2940,7 @@ template <int DT> static int selftest_dt(unsigned long long seed, char *why, siz
                     const float g = f[t], c = ref[r * K + k + t];
                     if (memcmp(&g, &c, sizeof g) != 0) {
                         snprintf(why, cap, "%s row %lld element %lld: W8%s %.9g vs ops %.9g",
-                                 ops_dtype_name((ops_dtype)DT), r, k + t, cs ? " (streaming)" : "", (double)g,
+                                 selftest_name(DT), r, k + t, cs ? " (streaming)" : "", (double)g,
                                  (double)c);
                         bad = 1;
                     }
@@ -2954,7 +2971,7 @@ template <int DT> static int selftest_dt(unsigned long long seed, char *why, siz
                 /* random bits: chunks near fp32 overflow, Inf or NaN say nothing */
                 if (mag + 64.0 * xabs * wmax < 1e37 && !(fabs((double)got - exact) <= tol)) {
                     snprintf(why, cap, "%s row %lld chunk at %lld: w8_dot %.9g vs exact %.9g (tolerance %.3g)",
-                             ops_dtype_name((ops_dtype)DT), r, k, (double)got, exact, tol);
+                             selftest_name(DT), r, k, (double)got, exact, tol);
                     bad = 1;
                 }
             }
@@ -2963,12 +2980,12 @@ template <int DT> static int selftest_dt(unsigned long long seed, char *why, siz
             float f[8];
             zw.get(f);
             if (!bad && w8_dot<DT>(zw, make_float4(1.f, 2.f, 3.f, 4.f), make_float4(5.f, 6.f, 7.f, 8.f), 36.0f, 0.5f) != 0.5f) {
-                snprintf(why, cap, "%s: a zeroed W8's w8_dot adds to its sum", ops_dtype_name((ops_dtype)DT));
+                snprintf(why, cap, "%s: a zeroed W8's w8_dot adds to its sum", selftest_name(DT));
                 bad = 1;
             }
             for (int t = 0; t < 8 && !bad; t++)
                 if (f[t] != 0.0f) {
-                    snprintf(why, cap, "%s: a zeroed W8 gives %.9g", ops_dtype_name((ops_dtype)DT), (double)f[t]);
+                    snprintf(why, cap, "%s: a zeroed W8 gives %.9g", selftest_name(DT), (double)f[t]);
                     bad = 1;
                 }
         }
@@ -2976,7 +2993,7 @@ template <int DT> static int selftest_dt(unsigned long long seed, char *why, siz
             const float g = load_t<DT>(row, i), c = ref[r * K + i];
             if (memcmp(&g, &c, sizeof g) != 0) {
                 snprintf(why, cap, "%s row %lld element %lld: load_t %.9g vs ops %.9g",
-                         ops_dtype_name((ops_dtype)DT), r, i, (double)g, (double)c);
+                         selftest_name(DT), r, i, (double)g, (double)c);
                 bad = 1;
             }
         }
@@ -2985,12 +3002,14 @@ template <int DT> static int selftest_dt(unsigned long long seed, char *why, siz
     for (long long i = 0; i < K * rows && !bad; i += 7) {
         const float g = load_t<DT>(buf, i), c = ref[i];
         if (memcmp(&g, &c, sizeof g) != 0) {
-            snprintf(why, cap, "%s flat element %lld: load_t %.9g vs ops %.9g", ops_dtype_name((ops_dtype)DT), i,
+            snprintf(why, cap, "%s flat element %lld: load_t %.9g vs ops %.9g", selftest_name(DT), i,
                      (double)g, (double)c);
             bad = 1;
         }
     }
-    free(buf);
+    free(raw);
+    if (x4)
+        free(buf);
     free(ref);
     return bad;
 }

@@ -16,6 +16,7 @@
 #include "hip_wload.h"
 #include "hip_devmath.h"
 #include "hip_qact.h"
+#include "hip_host.h"
 
 /* Kernels that read, before their PDL wait, only what no kernel of the step writes (here:
  * weights) begin with this marker instead of the wait (tools/check-pdl.sh). */
@@ -54,7 +55,8 @@ WHD int qa_quant(float x, float amax, bool bad)
  * ((q + 128 - o) ^ 0x80) for the offset o of the type (8, 16, 32), no carries across bytes. */
 template <int DT> WHD float qa_dot8(const W8<DT> &w, unsigned x0, unsigned x1, float da, float acc)
 {
-    if constexpr (DT == HIP_DT_Q8_0) {
+    constexpr int BASE = dt_base<DT>::v; /* an X4 type has its base's registers */
+    if constexpr (BASE == HIP_DT_Q8_0) {
         int s = moert_dp4a((int)w.q.x, (int)x0, 0);
         s = moert_dp4a((int)w.q.y, (int)x1, s);
         return fmaf((float)s, wl_mul(scale_f16(w.d), da), acc);
@@ -69,7 +71,7 @@ template <int DT> WHD float qa_dot8(const W8<DT> &w, unsigned x0, unsigned x1, f
         int s = moert_dp4a((int)((a + off) ^ 0x80808080u), (int)x0, 0);
         s = moert_dp4a((int)((b + off) ^ 0x80808080u), (int)x1, s);
         return fmaf((float)s, wl_mul(scale_f16(w.d), da), acc);
-    } else if constexpr (DT == HIP_DT_Q6_K) {
+    } else if constexpr (BASE == HIP_DT_Q6_K) {
         const int shl = 4 * (w.tq >> 1), shh = 2 * w.tq;
         const unsigned a = q6_word(w.ql.x, w.qh.x, shl, shh), b = q6_word(w.ql.y, w.qh.y, shl, shh);
         int s = moert_dp4a((int)((a + 0x60606060u) ^ 0x80808080u), (int)x0, 0);
@@ -95,7 +97,7 @@ template <int DT> WHD float qa_dot8(const W8<DT> &w, unsigned x0, unsigned x1, f
 
 /* K-quants take the 256-blocks of a quantized row, the others the 32-blocks. */
 template <int DT> struct qa_form {
-    static const bool kq = DT == HIP_DT_Q4_K || DT == HIP_DT_Q5_K || DT == HIP_DT_Q6_K;
+    static const bool kq = DT == HIP_DT_Q4_K || DT == HIP_DT_Q5_K || dt_base<DT>::v == HIP_DT_Q6_K;
 };
 /* The chunk c's 8 quants and its block's scale in quantized row xq of k. */
 template <int DT> WHD void qa_chunk(const unsigned char *xq, long long k, long long c, unsigned &x0, unsigned &x1,
@@ -411,6 +413,8 @@ template <typename F> static bool with_qdt(int dt, F &&f)
     case HIP_DT_Q4_K: f(qdt_tag<HIP_DT_Q4_K>()); return true;
     case HIP_DT_Q5_K: f(qdt_tag<HIP_DT_Q5_K>()); return true;
     case HIP_DT_Q6_K: f(qdt_tag<HIP_DT_Q6_K>()); return true;
+    case HIP_DT_Q8_0X4: f(qdt_tag<HIP_DT_Q8_0X4>()); return true;
+    case HIP_DT_Q6_KX4: f(qdt_tag<HIP_DT_Q6_KX4>()); return true;
     default: return false;
     }
 }
@@ -561,14 +565,20 @@ static void fill_row(float *x, long long k, unsigned long long *z, int kind)
     }
 }
 
+/* The device dot of DT on random rows of its ops type (an X4 type: regrouped by
+ * hip_host_x4_pack, as at upload) against ops_matmul_qact on the original bytes. */
 template <int DT> static int qdot_selftest_dt(unsigned long long seed, char *why, size_t cap)
 {
-    const long long K = 512, rows = 5;
-    const size_t rb = ops_row_bytes((ops_dtype)DT, K), qb = ops_qact_row_bytes(K);
+    const int BASE = dt_base<DT>::v, x4 = hip_dt_x4_group_bytes(DT);
+    const long long K = DT == HIP_DT_Q6_KX4 ? 1024 : 512, rows = 5;
+    const size_t rb = ops_row_bytes((ops_dtype)BASE, K), qb = ops_qact_row_bytes(K);
     unsigned char *w = (unsigned char *)malloc(rb * rows), *xq = (unsigned char *)malloc(qb);
+    unsigned char *wd = x4 ? (unsigned char *)malloc(rb * rows) : w;
     float *x = (float *)malloc(sizeof(float) * K), ref[5];
-    if (!w || !xq || !x) {
+    if (!w || !wd || !xq || !x) {
         free(w);
+        if (x4)
+            free(wd);
         free(xq);
         free(x);
         snprintf(why, cap, "out of memory");
@@ -577,18 +587,19 @@ template <int DT> static int qdot_selftest_dt(unsigned long long seed, char *why
     unsigned long long z = seed;
     for (size_t i = 0; i < rb * rows; i++)
         w[i] = (unsigned char)(qlcg(&z) >> 20);
-    const int be = dt_layout<DT>::be, bb = dt_layout<DT>::bb;
-    for (size_t o = 0; o < rb * rows; o += (size_t)bb) { /* small finite scales */
-        unsigned char *hs = w + o + (DT == HIP_DT_Q6_K ? 208 : 0);
+    const size_t bb = ops_row_bytes((ops_dtype)BASE, dt_layout<BASE>::be);
+    for (size_t o = 0; o < rb * rows; o += bb) { /* small finite scales */
+        unsigned char *hs = w + o + (BASE == HIP_DT_Q6_K ? 208 : 0);
         hs[1] = (unsigned char)(0x20 | (hs[1] & 0x83));
-        if (DT == HIP_DT_Q4_K || DT == HIP_DT_Q5_K)
+        if (BASE == HIP_DT_Q4_K || BASE == HIP_DT_Q5_K)
             w[o + 3] = (unsigned char)(0x20 | (w[o + 3] & 0x83));
     }
-    (void)be;
     fill_row(x, K, &z, 0);
     ops_qact_row(xq, x, K);
     const void *qrows[1] = {xq};
-    ops_matmul_qact(ref, rows, qrows, 1, w, (ops_dtype)DT, K, 0, rows);
+    ops_matmul_qact(ref, rows, qrows, 1, w, (ops_dtype)BASE, K, 0, rows);
+    if (x4)
+        hip_host_x4_pack(wd, w, rb * rows / (size_t)x4, x4 / 4, hip_dt_x4_d_off(DT));
     int bad = 0;
     for (long long r = 0; r < rows && !bad; r++) {
         /* the kernel's per-thread chain over chunks, taken here in one chain: the integer
@@ -597,7 +608,7 @@ template <int DT> static int qdot_selftest_dt(unsigned long long seed, char *why
         double mag = 0.0;
         for (long long c = 0; c < K / 8; c++) {
             W8<DT> wv;
-            wv.load_cs(w + (size_t)r * rb, c * 8);
+            wv.load_cs(wd + (size_t)r * rb, c * 8);
             unsigned x0, x1;
             float da;
             qa_chunk<DT>(xq, K, c, x0, x1, da);
@@ -607,12 +618,14 @@ template <int DT> static int qdot_selftest_dt(unsigned long long seed, char *why
         }
         const double err = fabs((double)acc - (double)ref[r]);
         if (!(err <= 1e-5 * (mag + 1e-30))) {
-            snprintf(why, cap, "%s row %lld: device dot %.9g vs ops_matmul_qact %.9g (sum of |terms| %.3g)",
-                     ops_dtype_name((ops_dtype)DT), r, (double)acc, (double)ref[r], mag);
+            snprintf(why, cap, "%s (device type %d) row %lld: device dot %.9g vs ops_matmul_qact %.9g (sum of |terms| %.3g)",
+                     ops_dtype_name((ops_dtype)BASE), DT, r, (double)acc, (double)ref[r], mag);
             bad = 1;
         }
     }
     free(w);
+    if (x4)
+        free(wd);
     free(xq);
     free(x);
     return bad;
@@ -652,7 +665,7 @@ extern "C" int backend_hip_qact_selftest(char *why, size_t cap)
         free(b);
         free(x);
     }
-    for (int dt = HIP_DT_Q4_0; dt <= HIP_DT_Q6_K && !bad; dt++)
+    for (int dt = HIP_DT_Q4_0; dt < HIP_DT_COUNT && !bad; dt++)
         for (unsigned long long seed = 1; seed <= 3 && !bad; seed++)
             with_qdt(dt, [&](auto t) { bad = qdot_selftest_dt<decltype(t)::v>(seed * 0x9e3779b97f4a7c15ull + (unsigned)dt, why, cap); });
     return bad;

@@ -117,7 +117,8 @@ int backend_hip_mma_split_selftest(char *why, size_t cap);
 /* Runs the act-q8 tensor-core GEMM (hip/gemm_qmma.hip) once on the GPU over host data, for
  * the GPU test: qa holds n_arows quantized rows (ops_qact_row's layout for k, row r at
  * qa + r * ops_qact_row_bytes(k)); w holds n_exp matrices of [n, k] in type dt's blocks, one
- * after the other.  tiles NULL: dense, out[r * n + j] for the m rows; else the MoE tile table
+ * after the other, uploaded in the layout the backend gives such rows (regrouped where k
+ * allows: hip/hip_kernels.h's X4 types).  tiles NULL: dense, out[r * n + j] for the m rows; else the MoE tile table
  * (hip_gemm_qmma.h) of n_tiles entries with the row table gather (tile row p reads A row
  * gather[p] / gdiv), out[p * n + j] for the m tile rows p.  0 when it ran; 1 on a device
  * error (described in why); -1 in a build without the HIP backend; -2 when there is no GPU

@@ -31,7 +31,8 @@
 #                 prefill in each numerics mode (exact, act-q8; a mode the binary refuses is a
 #                 named skip) against issue 13's targets: decode >= 2x, prefill >= 1x llama.cpp's
 #                 (BENCHQ_MODES= picks modes; BENCHQ_GGUF_DIR= takes q8_0.gguf and q4_k_m.gguf
-#                 made earlier by `synth configs/bench-gpu.yaml --format gguf` instead)
+#                 made earlier by `synth configs/bench-gpu.yaml --format gguf` instead); first
+#                 the X4 row regrouping against the file layout (MOERT_HIP_X4=0), bit for bit
 # and prints a summary table last (figures against the targets of issue 13).  Logs go to
 # $OUT when set (8 files: the device tool returns no more), else to build/gpu-check.
 # GPU_CHECK_STEPS="smoke tests" runs a subset.
@@ -319,6 +320,23 @@ if want bench-q; then
             >>"$LOG/bench.err" 2>&1; then
             row "q-$t" FAIL "synth: $(tail -c 200 "$LOG/bench.err" | tr '\n' ' ')"
             continue
+        fi
+        # the X4 regrouping (hip_kernels.h) against the file layout: every stage of every layer
+        # of a prompt and 3 decode steps, bit for bit, in each numerics mode
+        x4ok=1
+        for mode in exact act-q8; do
+            for x4 in 0 1; do
+                MOERT_HIP_X4=$x4 timeout 120 "$BIN" run "$BENCH_CFG" --weights "$QG/$t.gguf" --backend hip --numerics $mode \
+                    --tokens "$IDS13" -n 4 --ignore-eos --trace "$QG/x4-$x4.trace" --trace-mode tensor \
+                    >>"$LOG/runs.log" 2>&1 || x4ok=0
+            done
+            cmp "$QG/x4-0.trace" "$QG/x4-1.trace" >>"$LOG/runs.log" 2>&1 || x4ok=0
+        done
+        rm -f "$QG"/x4-*.trace
+        if [ $x4ok = 1 ]; then
+            row "x4-$t" ok "regrouped rows (MOERT_HIP_X4=1) == file layout (=0), bit for bit: tensor traces, exact and act-q8"
+        else
+            row "x4-$t" FAIL "see runs.log: $(tail -c 200 "$LOG/runs.log" | tr '\n' ' ')"
         fi
         for mode in ${BENCHQ_MODES:-exact act-q8}; do
             : >"$LOG/bench-q.err"
