@@ -228,5 +228,8 @@ void hip_kernels_qstage_from_env(void);
  * every block-typed GEMV, on a grid of a few blocks (tests), 3 as 1 for every type (A/B).  The
  * same bits each way. */
 void hip_kernels_sgpipe_from_env(void);
+/* Reads MOERT_HIP_X4ROWS likewise: Q8_0X4's decode kernels take 2 (default) or 1 times the
+ * rows per block of the others'.  The same bits each way. */
+void hip_kernels_x4rows_from_env(void);
 
 #endif

@@ -2494,7 +2494,8 @@ template <typename F> static bool with_dt(int dt, F &&f)
 /* MOERT_HIP_SGPIPE (read at each backend init): 1 (default) staged GEMVs (qstage_for: Q6_K
  * by default) of at least SGP_WAVES resident grids of row groups (the LM head) on k_sgemv_p
  * (measured: the Q6_K LM head 271 -> 240 us, Q4_K_M decode +2.4%; Q8_0's unstaged one 160 ->
- * 203 us, so not there); 0 never; 2 every block-typed GEMV it takes, staged or not, on a grid
+ * 203 us, so not there; nor the X4 heads: Q8_0 decode 1219 -> 1181-1200, Q4_K_M 1005-1017 ->
+ * 991-995 with them on it); 0 never; 2 every block-typed GEMV it takes, staged or not, on a grid
  * of at most SGP_TEST_GRID blocks, so that each block walks several groups (the bit test's
  * setting); 3 as 1, unstaged and plain types too (A/B: bf16 -0.8%, Q8_0 -4%). */
 #define SGP_WAVES 8
@@ -2524,19 +2525,48 @@ template <int DT, int R, int CU, bool QS> static bool launch_sgemv_p(const hip_g
     return true;
 }
 
-template <int DT, bool QS> static void launch_sgemv_t(const hip_gemv_args *a, hipStream_t s)
+/* MOERT_HIP_X4ROWS (read at each backend init): the rows per block of Q8_0X4's decode kernels,
+ * as a multiple (1 or 2) of the other types' (a chunk of Q8_0X4 is 10 bytes in two loads,
+ * bf16's 16 in one: more rows keep as many bytes in flight; measured on bench-gpu Q8_0: decode
+ * 1173 -> 1220 tok/s; the same for Q6_KX4, whose chunks hold 7 registers, took Q4_K_M from
+ * 1005 to 634).  A thread's chunks of a row do not depend on the rows per block: the same bits
+ * each way. */
+static int g_x4rows = 2;
+
+void hip_kernels_x4rows_from_env(void)
+{
+    const char *v = getenv("MOERT_HIP_X4ROWS");
+    g_x4rows = v && (v[0] == '1' || v[0] == '2') && !v[1] ? v[0] - '0' : 2;
+}
+
+/* f(W) with W the rows-per-block multiple of type DT's decode kernels */
+template <int DT, typename F> static void with_rows(F &&f)
+{
+    if constexpr (DT == HIP_DT_Q8_0X4) {
+        if (g_x4rows == 2) {
+            f(std::integral_constant<int, 2>());
+            return;
+        }
+    }
+    f(std::integral_constant<int, 1>());
+}
+
+template <int DT, bool QS, int W> static void launch_sgemv_w(const hip_gemv_args *a, hipStream_t s)
 {
     const long long nc = a->k / 8; /* about 8 weight loads in flight per thread */
+    constexpr int RW = MOERT_SG_WIDE * W;
     if (nc <= SG_T) {
-        if (!launch_sgemv_p<DT, 8 * MOERT_SG_WIDE, 1, QS>(a, s))
-            MOERT_LAUNCH((k_sgemv<DT, 8 * MOERT_SG_WIDE, 1, QS>), blocks_for(a->n_total, 8 * MOERT_SG_WIDE), SG_T, 0,
-                         s, *a);
+        if (!launch_sgemv_p<DT, 8 * RW, 1, QS>(a, s))
+            MOERT_LAUNCH((k_sgemv<DT, 8 * RW, 1, QS>), blocks_for(a->n_total, 8 * RW), SG_T, 0, s, *a);
     } else if (nc <= 2 * SG_T) {
-        if (!launch_sgemv_p<DT, 4 * MOERT_SG_WIDE, 2, QS>(a, s))
-            MOERT_LAUNCH((k_sgemv<DT, 4 * MOERT_SG_WIDE, 2, QS>), blocks_for(a->n_total, 4 * MOERT_SG_WIDE), SG_T, 0,
-                         s, *a);
+        if (!launch_sgemv_p<DT, 4 * RW, 2, QS>(a, s))
+            MOERT_LAUNCH((k_sgemv<DT, 4 * RW, 2, QS>), blocks_for(a->n_total, 4 * RW), SG_T, 0, s, *a);
     } else
-        MOERT_LAUNCH((k_sgemv<DT, 2 * MOERT_SG_WIDE, 4, QS>), blocks_for(a->n_total, 2 * MOERT_SG_WIDE), SG_T, 0, s, *a);
+        MOERT_LAUNCH((k_sgemv<DT, 2 * RW, 4, QS>), blocks_for(a->n_total, 2 * RW), SG_T, 0, s, *a);
+}
+template <int DT, bool QS> static void launch_sgemv_t(const hip_gemv_args *a, hipStream_t s)
+{
+    with_rows<DT>([&](auto w) { launch_sgemv_w<DT, QS, decltype(w)::value>(a, s); });
 }
 
 /* The 2-byte aligned block types only: plain and X4 types (aligned loads) never instantiate
@@ -2722,20 +2752,25 @@ hipError_t hip_launch_moe_combine(const float *down, const int32_t *inv, const f
     return hipGetLastError();
 }
 
-template <int DT, bool QS> static void launch_smoe_t(bool down, const hip_moe_dec_args *a, hipStream_t s)
+template <int DT, bool QS, int W> static void launch_smoe_w(bool down, const hip_moe_dec_args *a, hipStream_t s)
 {
     if (!down) {
         const long long nc = a->H / 8;
         if (nc <= SG_T)
-            MOERT_LAUNCH((k_smoe_gateup<DT, 4, 1, QS>), (unsigned)a->kslots * blocks_for(a->I, 4), SG_T, 0, s, *a);
+            MOERT_LAUNCH((k_smoe_gateup<DT, 4 * W, 1, QS>), (unsigned)a->kslots * blocks_for(a->I, 4 * W), SG_T, 0, s, *a);
         else if (nc <= 2 * SG_T)
-            MOERT_LAUNCH((k_smoe_gateup<DT, 2, 2, QS>), (unsigned)a->kslots * blocks_for(a->I, 2), SG_T, 0, s, *a);
+            MOERT_LAUNCH((k_smoe_gateup<DT, 2 * W, 2, QS>), (unsigned)a->kslots * blocks_for(a->I, 2 * W), SG_T, 0, s, *a);
         else
-            MOERT_LAUNCH((k_smoe_gateup<DT, 1, 4, QS>), (unsigned)a->kslots * blocks_for(a->I, 1), SG_T, 0, s, *a);
+            MOERT_LAUNCH((k_smoe_gateup<DT, W, 4, QS>), (unsigned)a->kslots * blocks_for(a->I, W), SG_T, 0, s, *a);
     } else {
-        MOERT_LAUNCH((k_smoe_down<DT, MOERT_SD_R, QS>), blocks_for(a->H, MOERT_SD_R), SG_T,
-                     (size_t)MOERT_SD_R * (size_t)a->kslots * sizeof(float), s, *a);
+        constexpr int R = MOERT_SD_R * W;
+        MOERT_LAUNCH((k_smoe_down<DT, R, QS>), blocks_for(a->H, R), SG_T, (size_t)R * (size_t)a->kslots * sizeof(float),
+                     s, *a);
     }
+}
+template <int DT, bool QS> static void launch_smoe_t(bool down, const hip_moe_dec_args *a, hipStream_t s)
+{
+    with_rows<DT>([&](auto w) { launch_smoe_w<DT, QS, decltype(w)::value>(down, a, s); });
 }
 
 template <int DT>
