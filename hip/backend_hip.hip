@@ -393,8 +393,7 @@ static int upload_weights(hip_ctx *c, moert_err *err)
                 uint64_t room = win + sbytes - pos, n = left < room ? left : room;
                 if (gb) {
                     n -= n % (uint64_t)gb;
-                    hip_host_x4_pack(stage[cur] + (pos - win), src, (size_t)(n / (uint64_t)gb), gb / 4,
-                                     hip_dt_x4_d_off(ddt));
+                    hip_dt_x4_pack(ddt, stage[cur] + (pos - win), src, (size_t)n);
                 } else {
                     hip_host_memcpy(stage[cur] + (pos - win), src, (size_t)n);
                 }

@@ -22,7 +22,6 @@
 #include "hip_devmath.h"
 #include "hip_gemm_mma.h"
 #include "hip_qunpack.h"
-#include "hip_host.h"
 #include "hip_gemm_qmma.h"
 extern "C" {
 #include "../ops/ops.h"
@@ -72,7 +71,7 @@ template <int DT> struct qm_t {
     static constexpr int bb = base == HIP_DT_Q4_0 ? 18 : base == HIP_DT_Q5_0 ? 22 : base == HIP_DT_Q8_0 ? 34
                             : base == HIP_DT_Q4_K ? 144 : base == HIP_DT_Q5_K ? 176 : DT == HIP_DT_Q6_KX4 ? 208 : 210;
     static constexpr int tb = QM_BK / be * bb;
-    static constexpr int ue = DT == HIP_DT_Q8_0X4 ? 128 : be, ub = DT == HIP_DT_Q8_0X4 ? 136 : bb;
+    static constexpr int ue = DT == HIP_DT_Q8_0X4 ? 128 : be, ub = DT == HIP_DT_Q8_0X4 ? dt_layout<DT>::bb : bb;
     static constexpr int rc = (tb + 14 + 15) / 16;
     static constexpr int rw = 4 * rc;
     static constexpr bool kq = base >= HIP_DT_Q4_K;
@@ -81,10 +80,10 @@ template <int DT> struct qm_t {
     /* where k tile t's bytes start in a row */
     static __host__ __device__ long long tile_off(int t)
     {
-        return DT == HIP_DT_Q6_KX4 ? (long long)(t / 4) * 840 + 8 + (t % 4) * 208 : (long long)t * tb;
+        return DT == HIP_DT_Q6_KX4 ? (long long)(t / 4) * dt_layout<DT>::bb + 8 + (t % 4) * bb : (long long)t * tb;
     }
     /* the f16 scale of 32-block j of a tile, from the tile's first byte (32-block types) */
-    static __device__ int d32_off(int j) { return DT == HIP_DT_Q8_0X4 ? (j >> 2) * 136 + 2 * (j & 3) : j * bb; }
+    static __device__ int d32_off(int j) { return DT == HIP_DT_Q8_0X4 ? (j >> 2) * dt_layout<DT>::bb + 2 * (j & 3) : j * bb; }
 };
 
 /* dynamic shared memory of k_qgemm<DT, BM, BN>: two stages of the A side (quants, and per
@@ -417,7 +416,7 @@ __global__ void __launch_bounds__((BM / 32) * (BN / WT) * QM_WARP, QM_MINB) k_qg
             } else if (L::base == HIP_DT_Q6_K) {
                 wsc[r * 16 + j] = ok ? hip_qu_q6scale(rb, j) : 0;
                 /* Q6_KX4: d from the group's head in global memory (outside the tile's bytes) */
-                const uint8_t *dp = DT == HIP_DT_Q6_KX4 ? wbase + (long long)n * P.wrb + (long long)(t / 4) * 840 + 2 * (t % 4)
+                const uint8_t *dp = DT == HIP_DT_Q6_KX4 ? wbase + (long long)n * P.wrb + (long long)(t / 4) * dt_layout<DT>::bb + 2 * (t % 4)
                                                          : rb + HIP_QU_D_OFF(DT);
                 if (j == 0)
                     wd[r * 8] = ok ? scale_f16(rd16(dp)) : 0.0f;
@@ -648,7 +647,7 @@ extern "C" int backend_hip_qgemm_run(int dt, const void *qa, int n_arows, const 
             snprintf(why, cap, "out of memory");
             return 1;
         }
-        hip_host_x4_pack(wx, (const unsigned char *)w, w_bytes / (size_t)gb, gb / 4, hip_dt_x4_d_off(ddt));
+        hip_dt_x4_pack(ddt, wx, (const unsigned char *)w, w_bytes);
         w = wx;
     }
 #define QM_TRY(x)                                                                                                  \

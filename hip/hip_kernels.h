@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "hip_compat.h"
+#include "hip_host.h"
 #include "hip_scratch.h"
 
 /* Weight element types: the values of ops_dtype up to HIP_DT_Q6_K.  The block types (ggml's
@@ -37,10 +38,12 @@ static inline int hip_dt_base(int dt)
 {
     return dt == HIP_DT_Q8_0X4 ? HIP_DT_Q8_0 : dt == HIP_DT_Q6_KX4 ? HIP_DT_Q6_K : dt;
 }
+#define HIP_X4_Q8_0_GROUP (4 * 34)  /* bytes of a group of four Q8_0 blocks */
+#define HIP_X4_Q6_K_GROUP (4 * 210) /* and of four Q6_K blocks */
 /* Bytes of a group of four blocks of an X4 type's base, 0 for the other types. */
 static inline int hip_dt_x4_group_bytes(int dt)
 {
-    return dt == HIP_DT_Q8_0X4 ? 4 * 34 : dt == HIP_DT_Q6_KX4 ? 4 * 210 : 0;
+    return dt == HIP_DT_Q8_0X4 ? HIP_X4_Q8_0_GROUP : dt == HIP_DT_Q6_KX4 ? HIP_X4_Q6_K_GROUP : 0;
 }
 /* The X4 type of a row of k elements of ops type dt where one applies (rows of whole groups:
  * k % 128 == 0 for Q8_0, k % 1024 == 0 for Q6_K), else dt. */
@@ -56,6 +59,12 @@ static inline int hip_dt_device(int dt, long long k)
 static inline int hip_dt_x4_d_off(int dt)
 {
     return dt == HIP_DT_Q6_KX4 ? 208 : 0;
+}
+/* bytes (whole groups) of X4 type dt's base blocks at src written at dst in dt's layout */
+static inline void hip_dt_x4_pack(int dt, unsigned char *dst, const unsigned char *src, size_t bytes)
+{
+    const int gb = hip_dt_x4_group_bytes(dt);
+    hip_host_x4_pack(dst, src, bytes / (size_t)gb, gb / 4, hip_dt_x4_d_off(dt));
 }
 
 /* Block sizes (fixed: results never depend on the device). */

@@ -140,8 +140,8 @@ template <> struct dt_layout<HIP_DT_Q4_K> { static const int be = 256, bb = 144;
 template <> struct dt_layout<HIP_DT_Q5_K> { static const int be = 256, bb = 176; };
 template <> struct dt_layout<HIP_DT_Q6_K> { static const int be = 256, bb = 210; };
 /* X4: a group of four blocks (hip_kernels.h; written by hip_host_x4_pack) */
-template <> struct dt_layout<HIP_DT_Q8_0X4> { static const int be = 128, bb = 136; };
-template <> struct dt_layout<HIP_DT_Q6_KX4> { static const int be = 1024, bb = 840; };
+template <> struct dt_layout<HIP_DT_Q8_0X4> { static const int be = 128, bb = HIP_X4_Q8_0_GROUP; };
+template <> struct dt_layout<HIP_DT_Q6_KX4> { static const int be = 1024, bb = HIP_X4_Q6_K_GROUP; };
 
 /* The ops type whose values a kernel type holds (hip_dt_base as a constant). */
 template <int DT> struct dt_base {

@@ -19,7 +19,6 @@
 #include "hip_devmath.h"
 #include "hip_gemm_mma.h"
 #include "hip_attn_prefill.h"
-#include "hip_host.h"
 #include "../runtime/trace/record.h"
 
 /* Tuning switches (chosen by measurement on an H200; see hip/NOTES.md) */
@@ -2958,7 +2957,7 @@ template <int DT> static int selftest_dt(unsigned long long seed, char *why, siz
     }
     ops_to_f32(ref, raw, (ops_dtype)BASE, K * rows);
     if (x4)
-        hip_host_x4_pack(buf, raw, rb * rows / (size_t)x4, x4 / 4, hip_dt_x4_d_off(DT));
+        hip_dt_x4_pack(DT, buf, raw, rb * rows);
     int bad = 0;
     for (long long r = 0; r < rows && !bad; r++) {
         const unsigned char *row = buf + (size_t)r * rb;

@@ -16,7 +16,6 @@
 #include "hip_wload.h"
 #include "hip_devmath.h"
 #include "hip_qact.h"
-#include "hip_host.h"
 
 /* Kernels that read, before their PDL wait, only what no kernel of the step writes (here:
  * weights) begin with this marker instead of the wait (tools/check-pdl.sh). */
@@ -599,7 +598,7 @@ template <int DT> static int qdot_selftest_dt(unsigned long long seed, char *why
     const void *qrows[1] = {xq};
     ops_matmul_qact(ref, rows, qrows, 1, w, (ops_dtype)BASE, K, 0, rows);
     if (x4)
-        hip_host_x4_pack(wd, w, rb * rows / (size_t)x4, x4 / 4, hip_dt_x4_d_off(DT));
+        hip_dt_x4_pack(DT, wd, w, rb * rows);
     int bad = 0;
     for (long long r = 0; r < rows && !bad; r++) {
         /* the kernel's per-thread chain over chunks, taken here in one chain: the integer
