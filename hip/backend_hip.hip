@@ -72,7 +72,8 @@ typedef struct dev_layer {
     long long estride_gu, estride_d;   /* bytes */
 } dev_layer;
 
-enum { OPF_SKIP = 1, OPF_FUSE_NEXT = 2 };
+/* OPF_DEC_*: one-row steps only (plan_dec_fusions). */
+enum { OPF_SKIP = 1, OPF_FUSE_NEXT = 2, OPF_DEC_EPI = 4, OPF_DEC_NORM = 8, OPF_DEC_SKIP = 16 };
 
 typedef struct hip_ctx {
     const sched *s;
@@ -129,6 +130,7 @@ typedef struct hip_ctx {
     unsigned char *h_write;    /* pinned staging of small writes */
 
     uint8_t *opf;              /* per op: OPF_* */
+    int32_t *dec_with;         /* per op: [2 op] the RMSNORM (OPF_DEC_NORM), [2 op + 1] the ADD (OPF_DEC_EPI) it does */
     float eps, attn_scale;
 
     /* trace plan */
@@ -497,6 +499,101 @@ static void plan_fusions(hip_ctx *c)
     }
 }
 
+/* ---- decode fusions ------------------------------------------------------------------
+ * In a one-row step the RMSNorm before a GEMV is computed by the GEMV's blocks (each holds
+ * the whole row; hip_gemv_args), and the residual ADD before that norm by the op whose
+ * output it adds (the o GEMV, the MoE or the dense MLP: their epilogues).  The norm and the
+ * ADD then launch nothing: two latency-bound kernels fewer per layer, with the unfused
+ * kernels' bits.  Prefill keeps the kernels apart.  Only TRACE ops may sit between the
+ * partners (a one-row step captures them at its end, from the same rows or snapshots), none
+ * the point where the capture forks beside the chain; check mode (each op against the CPU),
+ * per-op profiling, inline captures and MOERT_HIP_DECFUSE=0 keep them apart. */
+static bool plain_gemv_takes(const hip_ctx *c, const sched_op *op, bool norm)
+{
+    if (op->kind != SCHED_MATMUL)
+        return false;
+    for (int i = 0; i < 3 && op->w[i] != SCHED_W_NONE; i++) {
+        const dev_tensor *d = dev_weight((hip_ctx *)c, op->w[i], op->layer);
+        if (!d || !d->d || ((uintptr_t)d->d & 15u) || (c->qact && hip_qact_takes(d->dt) && op->k % 32 == 0))
+            return false;
+        if (norm && !hip_gemv_norm_takes(d->dt, op->k))
+            return false;
+    }
+    return op->w[0] != SCHED_W_NONE;
+}
+
+static bool ffn_q8_takes(const hip_ctx *c, const dev_tensor *g, const dev_tensor *u, const dev_tensor *d,
+                         long long H, long long I);
+
+/* Whether op p (a MATMUL, MoE or MLP) can add its decode output into the residual. */
+static bool epi_takes(const hip_ctx *c, const sched_op *p)
+{
+    if (p->kind == SCHED_MATMUL)
+        return plain_gemv_takes(c, p, false);
+    if (p->kind != SCHED_MOE && p->kind != SCHED_MLP)
+        return false;
+    const dev_layer *L = &c->layers[p->layer];
+    long long H = c->s->topo.hidden_size;
+    if (p->kind == SCHED_MOE)
+        return L->sparse && L->gate.d && !ffn_q8_takes(c, &L->gate, &L->up, &L->down, H, c->s->topo.moe_intermediate_size);
+    return !L->sparse && L->mlp_gate.d && !ffn_q8_takes(c, &L->mlp_gate, &L->mlp_up, &L->mlp_down, H, c->s->topo.intermediate_size);
+}
+
+/* The non-TRACE op before op i (-1: none, or the capture's fork point lies between). */
+static int32_t dec_prev(const hip_ctx *c, int32_t i)
+{
+    for (int32_t j = i - 1; j >= 0; j--) {
+        if (c->s->ops[j].kind != SCHED_TRACE)
+            return j;
+        if (j == c->tr_fork_op[0] || j == c->tr_fork_op[1])
+            return -1;
+    }
+    return -1;
+}
+
+static int plan_dec_fusions(hip_ctx *c, moert_err *err)
+{
+    const sched *s = c->s;
+    /* inline captures (MOERT_HIP_TRACE_INLINE=1) would read a fused norm's row before its GEMV */
+    if (c->check || c->profile == 2 || (c->trace && c->n_trace > 0 && !c->tr_batch) ||
+        (getenv("MOERT_HIP_DECFUSE") && !env_on("MOERT_HIP_DECFUSE")))
+        return MOERT_OK;
+    c->dec_with = (int32_t *)malloc((size_t)(s->n_ops > 0 ? s->n_ops : 1) * 2 * sizeof *c->dec_with);
+    if (!c->dec_with)
+        return err_set(err, MOERT_ENOMEM, "backend hip: out of memory");
+    for (int32_t i = 0; i < 2 * s->n_ops; i++)
+        c->dec_with[i] = -1;
+    for (int32_t m = 0; m < s->n_ops; m++) {
+        const sched_op *mm = &s->ops[m];
+        if (mm->kind != SCHED_MATMUL || (c->opf[m] & OPF_SKIP) || !plain_gemv_takes(c, mm, true))
+            continue;
+        const int32_t j = dec_prev(c, m);
+        if (j < 0)
+            continue;
+        const sched_op *nj = &s->ops[j];
+        if (nj->kind != SCHED_RMSNORM || nj->out[0] != mm->in[0] || nj->n != mm->k)
+            continue;
+        if (c->opf[j] & OPF_SKIP) {
+            /* the second half of an ADD + RMSNORM: the ADD moves into its y's producer */
+            const int32_t i = dec_prev(c, j);
+            if (i < 0 || s->ops[i].kind != SCHED_ADD || !(c->opf[i] & OPF_FUSE_NEXT) || fuse_partner(s, i) != j)
+                continue;
+            const int32_t p = dec_prev(c, i);
+            if (p < 0 || s->ops[p].out[0] != s->ops[i].in[0] || (c->opf[p] & (OPF_SKIP | OPF_DEC_EPI)) ||
+                !epi_takes(c, &s->ops[p]))
+                continue;
+            c->opf[p] |= OPF_DEC_EPI;
+            c->dec_with[2 * p + 1] = i;
+            c->opf[i] |= OPF_DEC_SKIP;
+        } else {
+            c->opf[j] |= OPF_DEC_SKIP;
+        }
+        c->opf[m] |= OPF_DEC_NORM;
+        c->dec_with[2 * m] = j;
+    }
+    return MOERT_OK;
+}
+
 static int init_check(hip_ctx *c, const backend_init *in, moert_err *err)
 {
     c->cpu.vt = &backend_cpu_vtable;
@@ -764,6 +861,8 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
 
     if ((st = upload_weights(c, err)))
         goto fail;
+    if ((st = plan_dec_fusions(c, err)))
+        goto fail;
     INIT_TRY(hipStreamSynchronize(c->stream), "init");
     if (c->check && (st = init_check(c, in, err)))
         goto fail;
@@ -856,6 +955,7 @@ static void hip_shutdown(backend *b)
     free(c->tr_wide);
     free(c->layers);
     free(c->opf);
+    free(c->dec_with);
     free(c);
     b->ctx = NULL;
 }
@@ -956,10 +1056,12 @@ static int launch_err(hipError_t e, const sched_op *op, moert_err *err)
 
 /* One exact GEMV over the n consecutive segments seg[0..n) of one dtype (a decode row). */
 static int gemv_run(hip_ctx *c, const sched_op *op, const dev_tensor *const *seg, int n, const float *in,
-                    float *out, float *snap, long long *end_out, moert_err *err)
+                    float *out, float *snap, const hip_gemv_args *fx, long long *end_out, moert_err *err)
 {
     hip_gemv_args a;
     memset(&a, 0, sizeof a);
+    if (fx) /* the decode fusions' fields (plan_dec_fusions) */
+        a = *fx;
     a.x = in;
     long long end = 0;
     for (int i = 0; i < 3; i++) {
@@ -1082,7 +1184,7 @@ static int matmul_q8(hip_ctx *c, const sched_op *op, const dev_tensor *const *se
             a.m = (int)rows;
             st = launch_err(hip_launch_qmatmul(seg[i0]->dt, &a, c->stream), op, err);
         } else if (one_row(c, rows)) {
-            st = gemv_run(c, op, seg + i0, i1 - i0, in, out + begin, snap ? snap + begin : NULL, &end, err);
+            st = gemv_run(c, op, seg + i0, i1 - i0, in, out + begin, snap ? snap + begin : NULL, NULL, &end, err);
         } else {
             for (int i = i0; i < i1 && !st; i++) {
                 st = gemm_seg(c, op, seg[i], in, rows, out + begin + end, ldo, err);
@@ -1111,6 +1213,42 @@ static int splitk_parts(const hip_ctx *c, long long n, long long k, long long ro
 }
 
 /* snap: NULL, or where a decode GEMV also writes its outputs (a traced row's snapshot) */
+/* The residual (and its snapshot) op oi adds its output into (OPF_DEC_EPI), else NULL. */
+static void dec_epi_args(hip_ctx *c, int32_t oi, float **xadd, float **xadd2)
+{
+    *xadd = *xadd2 = NULL;
+    if (oi < 0 || oi >= c->s->n_ops || !(c->opf[oi] & OPF_DEC_EPI))
+        return;
+    const int32_t i = c->dec_with[2 * oi + 1];
+    *xadd = fbuf(c, c->s->ops[i].out[0]);
+    *xadd2 = snap_of(c, i, 0);
+}
+
+/* The decode-fusion fields of op's GEMVs (false: none); with a norm prologue *in becomes the
+ * un-normed row. */
+static bool dec_fusion_args(hip_ctx *c, const sched_op *op, hip_gemv_args *fx, const float **in)
+{
+    memset(fx, 0, sizeof *fx);
+    const int32_t oi = op_index(c, op);
+    const uint8_t f = oi >= 0 && oi < c->s->n_ops ? c->opf[oi] : 0;
+    if (!(f & (OPF_DEC_NORM | OPF_DEC_EPI)))
+        return false;
+    if (f & OPF_DEC_NORM) {
+        const int32_t j = c->dec_with[2 * oi];
+        const sched_op *nj = &c->s->ops[j];
+        const dev_tensor *w = dev_weight(c, nj->w[0], nj->layer);
+        fx->nw = w->d;
+        fx->nw_dt = w->dt;
+        fx->eps = c->eps;
+        fx->xn = fbuf(c, nj->out[0]);
+        fx->xn2 = snap_of(c, j, 0);
+        *in = fbuf(c, nj->in[0]);
+    }
+    if (f & OPF_DEC_EPI)
+        dec_epi_args(c, oi, &fx->xadd, &fx->xadd2);
+    return true;
+}
+
 static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long long rows,
                            float *out, long long ldo, float *snap, moert_err *err)
 {
@@ -1147,12 +1285,21 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
          * them: attn_q Q4_K, attn_k and attn_v Q8_0); each output is computed the same way
          * either way */
         long long begin = 0;
+        hip_gemv_args fx;
+        const bool fused = dec_fusion_args(c, op, &fx, &in);
         for (int i0 = 0; i0 < nseg;) {
             int i1 = i0 + 1;
             while (i1 < nseg && seg[i1]->dt == seg[i0]->dt)
                 i1++;
             long long end = 0;
-            int st = gemv_run(c, op, seg + i0, i1 - i0, in, out + begin, snap ? snap + begin : NULL, &end, err);
+            int st = gemv_run(c, op, seg + i0, i1 - i0, in, out + begin, snap ? snap + begin : NULL,
+                              fused ? &fx : NULL, &end, err);
+            /* one run writes the normed row; each adds its rows into the residual */
+            fx.xn = fx.xn2 = NULL;
+            if (fx.xadd)
+                fx.xadd += end;
+            if (fx.xadd2)
+                fx.xadd2 += end;
             if (st)
                 return st;
             begin += end;
@@ -1385,6 +1532,7 @@ static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
         a.h = g;
         a.out = out;
         a.out2 = snap_of(c, op_index(c, op), 0);
+        dec_epi_args(c, op_index(c, op), &a.xadd, &a.xadd2);
         a.err_flag = c->d_err;
         int st = launch_err(hip_launch_moe_gateup_dec(L->gate.dt, &a, gemv_grid(c, 2LL * K * I),
                                                       c->stream),
@@ -1538,6 +1686,7 @@ static int run_mlp(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
         a.h = g;
         a.out = out;
         a.out2 = snap_of(c, op_index(c, op), 0);
+        dec_epi_args(c, op_index(c, op), &a.xadd, &a.xadd2);
         a.err_flag = c->d_err;
         int st = launch_err(hip_launch_moe_gateup_dec(L->mlp_gate.dt, &a, gemv_grid(c, 2 * I), c->stream),
                             op, err);
@@ -1646,7 +1795,7 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
     int rows = (int)st->n_rows;
     int32_t oi = op_index(c, op);
     uint8_t f = (oi >= 0 && oi < s->n_ops) ? c->opf[oi] : 0;
-    if (f & OPF_SKIP)
+    if ((f & OPF_SKIP) || ((f & OPF_DEC_SKIP) && one_row(c, rows)))
         return MOERT_OK;
     switch (op->kind) {
     case SCHED_EMBED:

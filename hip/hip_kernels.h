@@ -87,8 +87,20 @@ typedef struct hip_gemv_args {
     float *y2;             /* NULL, or a second copy of y (a traced row's snapshot) */
     long long n_total;
     long long k;
+    /* Decode fusions (NULL when unused).  Norm prologue: x is the un-normed row; every block
+     * computes RMSNorm(x) * nw in registers with k_rmsnorm's bits (its 1024-thread tree) and
+     * block 0 writes the normed row to xn (and xn2).  Residual epilogue: xadd[r] += y[r] (and
+     * the sum to xadd2), the ADD that follows the GEMV. */
+    const void *nw;
+    int nw_dt;
+    float eps;
+    float *xn, *xn2;
+    float *xadd, *xadd2;
 } hip_gemv_args;
 hipError_t hip_launch_gemv(int dtype, const hip_gemv_args *a, int grid, hipStream_t s);
+/* Whether hip_launch_gemv takes a norm prologue for this dtype and k (the streaming GEMV
+ * in one round, k <= 4096, rows not staged); it refuses one it does not take. */
+bool hip_gemv_norm_takes(int dtype, long long k);
 /* pv, pi: HIP_ARGMAX_BLOCKS partials (device scratch); the pick goes to out and, when not
  * NULL, to host_out (mapped host memory) */
 hipError_t hip_launch_argmax(const float *logits, long long V, int all_rows, const hip_step_params *sp,
@@ -192,6 +204,7 @@ typedef struct hip_moe_dec_args {
     float *h;              /* [kslots, I] silu(gate) * up */
     float *out;            /* [H] */
     float *out2;           /* NULL, or a copy of out */
+    float *xadd, *xadd2;   /* NULL, or the residual: xadd[i] += out[i] (and the sum to xadd2) */
     int *err_flag;
 } hip_moe_dec_args;
 hipError_t hip_launch_moe_gateup_dec(int dtype, const hip_moe_dec_args *a, int grid, hipStream_t s);

@@ -68,6 +68,21 @@ DEV float load_elem(const void *p, int dt, long long i)
     return ((const float *)p)[i];
 }
 
+/* An output row element: y[r] (and its copy y2); with a residual epilogue also
+ * xadd[r] += y[r] (and the sum to xadd2): the ADD after the op, with its bits. */
+DEV void put_out(float *y, float *y2, float *xadd, float *xadd2, long long r, float v)
+{
+    y[r] = v;
+    if (y2)
+        y2[r] = v;
+    if (xadd) {
+        const float t = xadd[r] + v;
+        xadd[r] = t;
+        if (xadd2)
+            xadd2[r] = t;
+    }
+}
+
 DEV unsigned long long mix64(unsigned long long z)
 {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -335,11 +350,8 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS) k_gemv(hip_gemv_args a)
         if (lane == 0) {
 #pragma unroll
             for (int i = 0; i < HIP_GEMV_RW; i++)
-                if (valid[i]) {
-                    a.y[rows[i]] = acc[i];
-                    if (a.y2)
-                        a.y2[rows[i]] = acc[i];
-                }
+                if (valid[i])
+                    put_out(a.y, a.y2, a.xadd, a.xadd2, rows[i], acc[i]);
         }
     }
 }
@@ -1626,11 +1638,8 @@ __global__ void __launch_bounds__(HIP_GEMV_THREADS, MOERT_MOE_MINB) k_moe_down_d
                     res = j == 0 ? a.tw[0] * acc[q] : fmaf(a.tw[j], acc[q], res);
             }
         }
-        if (lane == 0) {
-            a.out[i] = res;
-            if (a.out2)
-                a.out2[i] = res;
-        }
+        if (lane == 0)
+            put_out(a.out, a.out2, a.xadd, a.xadd2, i, res);
     }
 }
 
@@ -1663,6 +1672,16 @@ DEV void sg_load(W8<DT> (&wv)[CU][R], const unsigned char *const (&wr)[R], long 
     }
 }
 
+/* acc[i] = w8_dot(chunk i, x0 x1, acc[i]) for one chunk of R rows. */
+template <int DT, int R>
+DEV void sg_fma1(const W8<DT> (&wv)[R], float4 x0, float4 x1, float (&acc)[R])
+{
+    const float sx = w8_wants_xsum<DT>::v ? w8_xsum(x0, x1) : 0.0f; /* once for the R rows */
+#pragma unroll
+    for (int i = 0; i < R; i++)
+        acc[i] = w8_dot<DT>(wv[i], x0, x1, sx, acc[i]);
+}
+
 /* acc[i] = w8_dot(chunk, x[c*8 .. c*8+8), acc[i]), for the CU chunks of this round. */
 template <int DT, int R, int CU>
 DEV void sg_fma(const W8<DT> (&wv)[CU][R], const float *x, long long c0, long long nc, float (&acc)[R])
@@ -1670,12 +1689,80 @@ DEV void sg_fma(const W8<DT> (&wv)[CU][R], const float *x, long long c0, long lo
 #pragma unroll
     for (int u = 0; u < CU; u++) {
         const long long c = c0 + (long long)u * SG_T;
-        if (c < nc) {
-            const float4 x0 = *(const float4 *)(x + c * 8), x1 = *(const float4 *)(x + c * 8 + 4);
-            const float sx = w8_wants_xsum<DT>::v ? w8_xsum(x0, x1) : 0.0f; /* once for the R rows */
+        if (c < nc)
+            sg_fma1<DT, R>(wv[u], *(const float4 *)(x + c * 8), *(const float4 *)(x + c * 8 + 4), acc);
+    }
+}
+
+/* ---- RMSNorm as a GEMV prologue (decode) -------------------------------------------------
+ * A one-round GEMV block holds every element of its row: thread t the chunks t + SG_T u, so
+ * elements 8t + j + 1024 u.  Those are exactly the elements thread 8t + j of k_rmsnorm's
+ * 1024 holds (i + 1024 u), so the block recomputes that kernel's per-thread sums, its warp
+ * butterflies (virtual lanes 8 (t % (WARP / 8)) + j: the first three levels inside a thread,
+ * the others across lanes) and its warp-order total: the normed row has k_rmsnorm's bits,
+ * and so does every product of the GEMV. */
+static_assert(SG_T * 8 == NORM_THREADS, "a GEMV block's chunks are k_rmsnorm's threads");
+
+template <int CU>
+DEV void sg_norm(const hip_gemv_args &a, long long c0, long long nc, const float (&nwv)[CU][8], float4 (&xo)[CU][2])
+{
+    __shared__ float sm[NORM_THREADS / MOERT_WARP];
+    float v[CU][8];
 #pragma unroll
-            for (int i = 0; i < R; i++)
-                acc[i] = w8_dot<DT>(wv[u][i], x0, x1, sx, acc[i]);
+    for (int u = 0; u < CU; u++) {
+        const long long c = c0 + (long long)u * SG_T;
+        float4 p0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), p1 = p0;
+        if (c < nc) {
+            p0 = *(const float4 *)(a.x + c * 8);
+            p1 = *(const float4 *)(a.x + c * 8 + 4);
+        }
+        v[u][0] = p0.x, v[u][1] = p0.y, v[u][2] = p0.z, v[u][3] = p0.w;
+        v[u][4] = p1.x, v[u][5] = p1.y, v[u][6] = p1.z, v[u][7] = p1.w;
+    }
+    float s[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        s[j] = 0.0f;
+#pragma unroll
+        for (int u = 0; u < CU; u++)
+            s[j] = fmaf(v[u][j], v[u][j], s[j]);
+    }
+#pragma unroll
+    for (int m = 1; m < 8; m <<= 1) {
+        float t[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            t[j] = s[j] + s[j ^ m];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            s[j] = t[j];
+    }
+    float w = s[0];
+#pragma unroll
+    for (int m = 1; m < MOERT_WARP / 8; m <<= 1)
+        w += moert_shfl_xor(w, m);
+    if (threadIdx.x % (MOERT_WARP / 8) == 0)
+        sm[threadIdx.x / (MOERT_WARP / 8)] = w;
+    __syncthreads();
+    const int lane = threadIdx.x % MOERT_WARP;
+    const float tot = warp_sum(lane < NORM_THREADS / MOERT_WARP ? sm[lane] : 0.0f);
+    const float r = 1.0f / sqrtf(tot / (float)a.k + a.eps);
+#pragma unroll
+    for (int u = 0; u < CU; u++) {
+        float o[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            o[j] = nwv[u][j] * (v[u][j] * r);
+        xo[u][0] = make_float4(o[0], o[1], o[2], o[3]);
+        xo[u][1] = make_float4(o[4], o[5], o[6], o[7]);
+        const long long c = c0 + (long long)u * SG_T;
+        if (blockIdx.x == 0 && a.xn && c < nc) {
+            *(float4 *)(a.xn + c * 8) = xo[u][0];
+            *(float4 *)(a.xn + c * 8 + 4) = xo[u][1];
+            if (a.xn2) {
+                *(float4 *)(a.xn2 + c * 8) = xo[u][0];
+                *(float4 *)(a.xn2 + c * 8 + 4) = xo[u][1];
+            }
         }
     }
 }
@@ -1823,7 +1910,8 @@ DEV void qst_fetch(W8<DT> (&wv)[CU][R], const unsigned char *const (&wr)[R], con
 }
 
 /* QS: the weights staged through shared memory (qst), else loaded by W8 directly. */
-template <int DT, int R, int CU, bool QS>
+/* NI: the norm prologue (sg_norm; one round, no staging). */
+template <int DT, int R, int CU, bool QS, bool NI = false>
 __global__ void __launch_bounds__(SG_T) k_sgemv(hip_gemv_args a)
 {
     PDL_EARLY_READS;
@@ -1858,6 +1946,24 @@ __global__ void __launch_bounds__(SG_T) k_sgemv(hip_gemv_args a)
                 break;
             qst_syncwarp();
         }
+    } else if constexpr (NI) {
+        static_assert(!QS, "the norm prologue takes unstaged rows");
+        float nwv[CU][8]; /* the norm weights, loaded while the previous kernel drains */
+#pragma unroll
+        for (int u = 0; u < CU; u++)
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const long long c = c0 + (long long)u * SG_T;
+                nwv[u][j] = c < nc ? load_elem(a.nw, a.nw_dt, c * 8 + j) : 0.0f;
+            }
+        sg_load<DT, R, CU>(wv, wr, c0, nc);
+        moert_pdl_wait();
+        float4 xn[CU][2];
+        sg_norm<CU>(a, c0, nc, nwv, xn);
+#pragma unroll
+        for (int u = 0; u < CU; u++)
+            if (c0 + (long long)u * SG_T < nc)
+                sg_fma1<DT, R>(wv[u], xn[u][0], xn[u][1], acc);
     } else {
         sg_load<DT, R, CU>(wv, wr, c0, nc);
         moert_pdl_wait();
@@ -1870,12 +1976,8 @@ __global__ void __launch_bounds__(SG_T) k_sgemv(hip_gemv_args a)
         }
     }
     sg_reduce<R>(acc, red);
-    if (threadIdx.x < R && r0 + threadIdx.x < a.n_total) {
-        const float v = sg_total(red[threadIdx.x]);
-        a.y[r0 + threadIdx.x] = v;
-        if (a.y2)
-            a.y2[r0 + threadIdx.x] = v;
-    }
+    if (threadIdx.x < R && r0 + threadIdx.x < a.n_total)
+        put_out(a.y, a.y2, a.xadd, a.xadd2, r0 + threadIdx.x, sg_total(red[threadIdx.x]));
 }
 
 /* ---- persistent streaming GEMV (GEMVs of many row groups: the LM head) ------------------
@@ -1936,12 +2038,8 @@ __global__ void __launch_bounds__(SG_T) k_sgemv_p(hip_gemv_args a)
         sg_fma<DT, R, CU>(wv, a.x, c0, nc, acc);
         sg_reduce<R>(acc, red[par]);
         const long long r0 = g * R;
-        if (threadIdx.x < R && r0 + threadIdx.x < a.n_total) {
-            const float v = sg_total(red[par][threadIdx.x]);
-            a.y[r0 + threadIdx.x] = v;
-            if (a.y2)
-                a.y2[r0 + threadIdx.x] = v;
-        }
+        if (threadIdx.x < R && r0 + threadIdx.x < a.n_total)
+            put_out(a.y, a.y2, a.xadd, a.xadd2, r0 + threadIdx.x, sg_total(red[par][threadIdx.x]));
         g = gn;
 #pragma unroll
         for (int i = 0; i < R; i++)
@@ -2104,9 +2202,7 @@ __global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
             else
                 res = j == 0 ? a.tw[0] * d[0] : fmaf(a.tw[j], d[j], res);
         }
-        a.out[i0 + threadIdx.x] = res;
-        if (a.out2)
-            a.out2[i0 + threadIdx.x] = res;
+        put_out(a.out, a.out2, a.xadd, a.xadd2, i0 + threadIdx.x, res);
     }
 }
 
@@ -2554,6 +2650,17 @@ template <int DT, bool QS, int W> static void launch_sgemv_w(const hip_gemv_args
 {
     const long long nc = a->k / 8; /* about 8 weight loads in flight per thread */
     constexpr int RW = MOERT_SG_WIDE * W;
+    if constexpr (!QS) {
+        if (a->nw) { /* hip_gemv_norm_takes: one round */
+            if (nc <= SG_T)
+                MOERT_LAUNCH((k_sgemv<DT, 8 * RW, 1, false, true>), blocks_for(a->n_total, 8 * RW), SG_T, 0, s, *a);
+            else if (nc <= 2 * SG_T)
+                MOERT_LAUNCH((k_sgemv<DT, 4 * RW, 2, false, true>), blocks_for(a->n_total, 4 * RW), SG_T, 0, s, *a);
+            else
+                MOERT_LAUNCH((k_sgemv<DT, 2 * RW, 4, false, true>), blocks_for(a->n_total, 2 * RW), SG_T, 0, s, *a);
+            return;
+        }
+    }
     if (nc <= SG_T) {
         if (!launch_sgemv_p<DT, 8 * RW, 1, QS>(a, s))
             MOERT_LAUNCH((k_sgemv<DT, 8 * RW, 1, QS>), blocks_for(a->n_total, 8 * RW), SG_T, 0, s, *a);
@@ -2591,11 +2698,22 @@ static void launch_gemv_t(const hip_gemv_args *a, int grid, hipStream_t s, bool 
                      HIP_GEMV_THREADS, sm, s, *a);
 }
 
+bool hip_gemv_norm_takes(int dtype, long long k)
+{
+    bool staged = true;
+    if (!with_dt(dtype, [&](auto t) { staged = qstage_for(decltype(t)::v) && qst_ok<decltype(t)::v>::v; }))
+        return false;
+    return MOERT_SGEMV && !staged && k > 0 && k % 8 == 0 && k <= 4LL * SG_T * 8;
+}
+
 hipError_t hip_launch_gemv(int dtype, const hip_gemv_args *a, int grid, hipStream_t s)
 {
     bool vec = a->k % 8 == 0 && aligned16(a->x);
     for (int i = 0; i < 3; i++)
         vec = vec && aligned16(a->w[i]);
+    if (a->nw && (!vec || !hip_gemv_norm_takes(dtype, a->k) || !aligned16(a->xn) ||
+                  (a->xn2 && !aligned16(a->xn2))))
+        return hipErrorInvalidValue; /* the backend asks hip_gemv_norm_takes first */
     if (grid < 1)
         grid = 1;
     if (!with_dt(dtype, [&](auto t) { launch_gemv_t<decltype(t)::v>(a, grid, s, vec); }))

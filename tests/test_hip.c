@@ -193,6 +193,17 @@ static bool hip_ready(const char *test, const char *dir)
     return true;
 }
 
+/* The HF fixtures on the GPU: body(dirs, n), or a named skip. */
+static void fixture_run(const char *test, void (*body)(char dirs[][512], int n))
+{
+    char dirs[MAX_CASES][512];
+    int n = fixture_dirs(dirs);
+    CU_ASSERT_FATAL(n > 0);
+    if (!hip_ready(test, dirs[0]))
+        return;
+    body(dirs, n);
+}
+
 static double rel_l2(const float *a, const float *b, int64_t n)
 {
     double num = 0, den = 0;
@@ -241,12 +252,7 @@ static void logits_vs_cpu(char dirs[][512], int n)
 
 static void test_logits_vs_cpu(void)
 {
-    char dirs[MAX_CASES][512];
-    int n = fixture_dirs(dirs);
-    CU_ASSERT_FATAL(n > 0);
-    if (!hip_ready(__func__, dirs[0]))
-        return;
-    logits_vs_cpu(dirs, n);
+    fixture_run(__func__, logits_vs_cpu);
 }
 
 static void determinism(char dirs[][512], int n)
@@ -275,12 +281,7 @@ static void determinism(char dirs[][512], int n)
 
 static void test_determinism(void)
 {
-    char dirs[MAX_CASES][512];
-    int n = fixture_dirs(dirs);
-    CU_ASSERT_FATAL(n > 0);
-    if (!hip_ready(__func__, dirs[0]))
-        return;
-    determinism(dirs, n);
+    fixture_run(__func__, determinism);
 }
 
 /* ---- GGUF models: weights quantized on the device ------------------------------------ */
@@ -377,6 +378,47 @@ static void test_gguf_qstage_bits(void)
     gguf_run(__func__, CFG_NUMERICS_EXACT, qstage_bits);
 }
 
+/* The decode fusions (the RMSNorm in the next GEMV's prologue, the residual ADD in its
+ * producer's epilogue) give the bits of the kernels apart (MOERT_HIP_DECFUSE=0): logits,
+ * greedy tokens and, traced, every record of every stage of every layer. */
+static void decfuse_bits(char dirs[][512], int n)
+{
+    static const trace_kind tks[2] = {TR_NONE, TR_TENSOR_ALL};
+    for (int c = 0; c < n; c++)
+        for (int t = 0; t < 2; t++) {
+            run_result on, off;
+            int st = run_model(dirs[c], CFG_BACKEND_HIP, tks[t], NULL, &on);
+            CU_ASSERT_EQUAL_FATAL(st, MOERT_OK);
+            setenv("MOERT_HIP_DECFUSE", "0", 1);
+            st = run_model(dirs[c], CFG_BACKEND_HIP, tks[t], NULL, &off);
+            unsetenv("MOERT_HIP_DECFUSE");
+            CU_ASSERT_EQUAL_FATAL(st, MOERT_OK);
+            size_t bytes = (size_t)(1 + N_DECODE) * (size_t)on.V * sizeof(float);
+            bool same = memcmp(on.logits, off.logits, bytes) == 0 &&
+                        memcmp(on.tokens, off.tokens, sizeof on.tokens) == 0 && on.n_rings == off.n_rings;
+            for (size_t i = 0; same && i < on.n_rings; i++)
+                same = on.ring_bytes[i] == off.ring_bytes[i] &&
+                       memcmp(on.rings[i], off.rings[i], on.ring_bytes[i]) == 0;
+            if (!same)
+                fprintf(stderr, "\n    %s%s: decode fusions differ from the kernels apart\n", dirs[c],
+                        t ? " (tensor traces)" : "");
+            CU_ASSERT(same);
+            free_result(&on);
+            free_result(&off);
+        }
+}
+
+static void test_decfuse_bits(void)
+{
+    fixture_run(__func__, decfuse_bits);
+}
+
+static void test_gguf_decfuse_bits(void)
+{
+    gguf_run(__func__, CFG_NUMERICS_EXACT, decfuse_bits);
+    gguf_run(__func__, CFG_NUMERICS_ACT_Q8, decfuse_bits);
+}
+
 /* ---- numerics act-q8 on the GPU --------------------------------------------------------
  * Against the CPU's act-q8: each op is within 1e-4 of the CPU kernels on identical inputs
  * (MOERT_HIP_CHECK=all, tools/gpu_check.sh); a whole model is held to 1e-3, because a
@@ -449,12 +491,7 @@ static void batch_invariance(char dirs[][512], int n)
 
 static void test_batch_invariance(void)
 {
-    char dirs[MAX_CASES][512];
-    int n = fixture_dirs(dirs);
-    CU_ASSERT_FATAL(n > 0);
-    if (!hip_ready(__func__, dirs[0]))
-        return;
-    batch_invariance(dirs, n);
+    fixture_run(__func__, batch_invariance);
 }
 
 static void test_gguf_batch_invariance(void)
@@ -967,6 +1004,9 @@ void suite_hip(void)
     CU_add_test(s, "GPU bit-identical run to run, graph == eager, GGUF models", test_gguf_determinism);
     CU_add_test(s, "GPU staged and persistent decode GEMVs (MOERT_HIP_QSTAGE, _SGPIPE) == plain, GGUF models",
                 test_gguf_qstage_bits);
+    CU_add_test(s, "GPU decode fusions (norm prologue, residual epilogue) == kernels apart, bit for bit",
+                test_decfuse_bits);
+    CU_add_test(s, "GPU decode fusions == kernels apart, GGUF models, exact and act-q8", test_gguf_decfuse_bits);
     CU_add_test(s, "act-q8 quantizer and integer dots (on the host) == ops_qact_row, ~ops_matmul_qact", test_qact_host);
     CU_add_test(s, "GPU act-q8 logits vs CPU act-q8, GGUF models", test_gguf_act_q8_vs_cpu);
     CU_add_test(s, "GPU act-q8 bit-identical run to run, graph == eager, GGUF models", test_gguf_act_q8_determinism);
