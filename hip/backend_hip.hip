@@ -508,18 +508,24 @@ static void plan_fusions(hip_ctx *c)
  * partners (a one-row step captures them at its end, from the same rows or snapshots), none
  * the point where the capture forks beside the chain; check mode (each op against the CPU),
  * per-op profiling, inline captures and MOERT_HIP_DECFUSE=0 keep them apart. */
+/* Whether a matmul whose segments include a block type (any_block) takes act-q8's path. */
+static bool matmul_q8_takes(const hip_ctx *c, const sched_op *op, bool any_block)
+{
+    return c->qact && any_block && op->k % 32 == 0; /* inputs of whole 32-blocks */
+}
+
 static bool plain_gemv_takes(const hip_ctx *c, const sched_op *op, bool norm)
 {
-    if (op->kind != SCHED_MATMUL)
+    if (op->kind != SCHED_MATMUL || op->w[0] == SCHED_W_NONE)
         return false;
+    bool any_block = false;
     for (int i = 0; i < 3 && op->w[i] != SCHED_W_NONE; i++) {
         const dev_tensor *d = dev_weight((hip_ctx *)c, op->w[i], op->layer);
-        if (!d || !d->d || ((uintptr_t)d->d & 15u) || (c->qact && hip_qact_takes(d->dt) && op->k % 32 == 0))
+        if (!d || !d->d || ((uintptr_t)d->d & 15u) || (norm && !hip_gemv_norm_takes(d->dt, op->k)))
             return false;
-        if (norm && !hip_gemv_norm_takes(d->dt, op->k))
-            return false;
+        any_block = any_block || hip_qact_takes(d->dt);
     }
-    return op->w[0] != SCHED_W_NONE;
+    return !matmul_q8_takes(c, op, any_block);
 }
 
 static bool ffn_q8_takes(const hip_ctx *c, const dev_tensor *g, const dev_tensor *u, const dev_tensor *d,
@@ -1278,7 +1284,7 @@ static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long
         return err_set(err, MOERT_EINTERNAL, "backend hip: matmul of layer %d: %lld outputs > %lld",
                        op->layer, total, ldo);
     /* act-q8 as the CPU does it: inputs of whole 32-blocks, block-typed weights */
-    if (c->qact && any_block && op->k % 32 == 0)
+    if (matmul_q8_takes(c, op, any_block))
         return matmul_q8(c, op, seg, nseg, in, rows, out, ldo, snap, err);
     if (one_row(c, rows)) {
         /* one GEMV per run of consecutive segments of one dtype (a GGUF's fused qkv may mix
