@@ -19,7 +19,9 @@
 #                 chunk and in chunks of 37), stats traces of a 512-token prefill at bench shapes
 #   5. trace      decode steps' trace captures (at the step end) against inline captures
 #                 (MOERT_HIP_TRACE_INLINE=1): the trace files are identical, stats and tensor
-#                 mode, every stage of every layer; with BASE_BIN=another moert-nvidia (say the
+#                 mode, every stage of every layer (inline captures also keep the decode
+#                 fusions apart, so this holds the fused step to the kernels apart at bench
+#                 shapes); with BASE_BIN=another moert-nvidia (say the
 #                 last commit's), also its records against this binary's (in the modes of
 #                 BASE_MODES, default stats): identical but for the manifest's build facts
 #   6. bench      moert bench configs/bench-gpu.yaml --json --trace-overhead
