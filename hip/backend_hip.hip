@@ -425,7 +425,7 @@ out:
     return st;
 }
 
-static const dev_tensor *dev_weight(hip_ctx *c, sched_weight role, int32_t layer)
+static const dev_tensor *dev_weight(const hip_ctx *c, sched_weight role, int32_t layer)
 {
     switch (role) {
     case SCHED_W_EMBED: return &c->embed;
@@ -435,7 +435,7 @@ static const dev_tensor *dev_weight(hip_ctx *c, sched_weight role, int32_t layer
     }
     if (layer < 0 || layer >= c->s->topo.num_hidden_layers)
         return NULL;
-    dev_layer *L = &c->layers[layer];
+    const dev_layer *L = &c->layers[layer];
     switch (role) {
     case SCHED_W_ATTN_NORM: return &L->attn_norm;
     case SCHED_W_Q: return &L->q;
@@ -507,7 +507,9 @@ static void plan_fusions(hip_ctx *c)
  * kernels' bits.  Prefill keeps the kernels apart.  Only TRACE ops may sit between the
  * partners (a one-row step captures them at its end, from the same rows or snapshots), none
  * the point where the capture forks beside the chain; check mode (each op against the CPU),
- * per-op profiling, inline captures and MOERT_HIP_DECFUSE=0 keep them apart. */
+ * per-op profiling, inline captures and MOERT_HIP_DECFUSE=0 keep them apart; so does
+ * act-q8's quantizing path (block-typed weights), which takes neither prologue nor epilogue. */
+
 /* Whether a matmul whose segments include a block type (any_block) takes act-q8's path. */
 static bool matmul_q8_takes(const hip_ctx *c, const sched_op *op, bool any_block)
 {
@@ -520,7 +522,7 @@ static bool plain_gemv_takes(const hip_ctx *c, const sched_op *op, bool norm)
         return false;
     bool any_block = false;
     for (int i = 0; i < 3 && op->w[i] != SCHED_W_NONE; i++) {
-        const dev_tensor *d = dev_weight((hip_ctx *)c, op->w[i], op->layer);
+        const dev_tensor *d = dev_weight(c, op->w[i], op->layer);
         if (!d || !d->d || ((uintptr_t)d->d & 15u) || (norm && !hip_gemv_norm_takes(d->dt, op->k)))
             return false;
         any_block = any_block || hip_qact_takes(d->dt);
@@ -557,9 +559,18 @@ static int32_t dec_prev(const hip_ctx *c, int32_t i)
     return -1;
 }
 
+/* Ops the last init moved into a neighbour (backend_hip_decfusions). */
+static int g_dec_fused;
+
+extern "C" int backend_hip_decfusions(void)
+{
+    return g_dec_fused;
+}
+
 static int plan_dec_fusions(hip_ctx *c, moert_err *err)
 {
     const sched *s = c->s;
+    g_dec_fused = 0;
     /* inline captures (MOERT_HIP_TRACE_INLINE=1) would read a fused norm's row before its GEMV */
     if (c->check || c->profile == 2 || (c->trace && c->n_trace > 0 && !c->tr_batch) ||
         (getenv("MOERT_HIP_DECFUSE") && !env_on("MOERT_HIP_DECFUSE")))
@@ -591,11 +602,13 @@ static int plan_dec_fusions(hip_ctx *c, moert_err *err)
             c->opf[p] |= OPF_DEC_EPI;
             c->dec_with[2 * p + 1] = i;
             c->opf[i] |= OPF_DEC_SKIP;
+            g_dec_fused++;
         } else {
             c->opf[j] |= OPF_DEC_SKIP;
         }
         c->opf[m] |= OPF_DEC_NORM;
         c->dec_with[2 * m] = j;
+        g_dec_fused++;
     }
     return MOERT_OK;
 }
@@ -1218,7 +1231,6 @@ static int splitk_parts(const hip_ctx *c, long long n, long long k, long long ro
     return p;
 }
 
-/* snap: NULL, or where a decode GEMV also writes its outputs (a traced row's snapshot) */
 /* The residual (and its snapshot) op oi adds its output into (OPF_DEC_EPI), else NULL. */
 static void dec_epi_args(hip_ctx *c, int32_t oi, float **xadd, float **xadd2)
 {
@@ -1255,6 +1267,7 @@ static bool dec_fusion_args(hip_ctx *c, const sched_op *op, hip_gemv_args *fx, c
     return true;
 }
 
+/* snap: NULL, or where a decode GEMV also writes its outputs (a traced row's snapshot) */
 static int run_matmul_rows(hip_ctx *c, const sched_op *op, const float *in, long long rows,
                            float *out, long long ldo, float *snap, moert_err *err)
 {

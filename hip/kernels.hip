@@ -2646,29 +2646,31 @@ template <int DT, typename F> static void with_rows(F &&f)
     f(std::integral_constant<int, 1>());
 }
 
+/* One streaming GEMV of R rows a block, CU chunks a thread per round: with the norm prologue
+ * (a->nw; hip_gemv_norm_takes: unstaged, one round), else on the persistent grid where it
+ * takes the GEMV (PIPE: the one-round shapes), else on k_sgemv. */
+template <int DT, int R, int CU, bool QS, bool PIPE> static void launch_sgemv_rc(const hip_gemv_args *a, hipStream_t s)
+{
+    if constexpr (!QS)
+        if (a->nw) {
+            MOERT_LAUNCH((k_sgemv<DT, R, CU, false, true>), blocks_for(a->n_total, R), SG_T, 0, s, *a);
+            return;
+        }
+    if (PIPE && launch_sgemv_p<DT, R, CU, QS>(a, s))
+        return;
+    MOERT_LAUNCH((k_sgemv<DT, R, CU, QS>), blocks_for(a->n_total, R), SG_T, 0, s, *a);
+}
+
 template <int DT, bool QS, int W> static void launch_sgemv_w(const hip_gemv_args *a, hipStream_t s)
 {
     const long long nc = a->k / 8; /* about 8 weight loads in flight per thread */
     constexpr int RW = MOERT_SG_WIDE * W;
-    if constexpr (!QS) {
-        if (a->nw) { /* hip_gemv_norm_takes: one round */
-            if (nc <= SG_T)
-                MOERT_LAUNCH((k_sgemv<DT, 8 * RW, 1, false, true>), blocks_for(a->n_total, 8 * RW), SG_T, 0, s, *a);
-            else if (nc <= 2 * SG_T)
-                MOERT_LAUNCH((k_sgemv<DT, 4 * RW, 2, false, true>), blocks_for(a->n_total, 4 * RW), SG_T, 0, s, *a);
-            else
-                MOERT_LAUNCH((k_sgemv<DT, 2 * RW, 4, false, true>), blocks_for(a->n_total, 2 * RW), SG_T, 0, s, *a);
-            return;
-        }
-    }
-    if (nc <= SG_T) {
-        if (!launch_sgemv_p<DT, 8 * RW, 1, QS>(a, s))
-            MOERT_LAUNCH((k_sgemv<DT, 8 * RW, 1, QS>), blocks_for(a->n_total, 8 * RW), SG_T, 0, s, *a);
-    } else if (nc <= 2 * SG_T) {
-        if (!launch_sgemv_p<DT, 4 * RW, 2, QS>(a, s))
-            MOERT_LAUNCH((k_sgemv<DT, 4 * RW, 2, QS>), blocks_for(a->n_total, 4 * RW), SG_T, 0, s, *a);
-    } else
-        MOERT_LAUNCH((k_sgemv<DT, 2 * RW, 4, QS>), blocks_for(a->n_total, 2 * RW), SG_T, 0, s, *a);
+    if (nc <= SG_T)
+        launch_sgemv_rc<DT, 8 * RW, 1, QS, true>(a, s);
+    else if (nc <= 2 * SG_T)
+        launch_sgemv_rc<DT, 4 * RW, 2, QS, true>(a, s);
+    else
+        launch_sgemv_rc<DT, 2 * RW, 4, QS, false>(a, s);
 }
 template <int DT, bool QS> static void launch_sgemv_t(const hip_gemv_args *a, hipStream_t s)
 {
@@ -2680,13 +2682,18 @@ template <int DT, bool QS> static void launch_sgemv_t(const hip_gemv_args *a, hi
 template <int DT> struct qst_ok {
     static const bool v = dt_layout<DT>::be > 1 && dt_base<DT>::v == DT;
 };
+/* Whether type DT's decode GEMVs and MoE kernels stage their rows (MOERT_HIP_QSTAGE). */
+template <int DT> static bool staged_for()
+{
+    return qstage_for(DT) && qst_ok<DT>::v;
+}
 
 template <int DT>
 static void launch_gemv_t(const hip_gemv_args *a, int grid, hipStream_t s, bool vec)
 {
     size_t sm = (size_t)a->k * sizeof(float);
     if (MOERT_SGEMV && vec) {
-        if (qstage_for(DT))
+        if (staged_for<DT>())
             launch_sgemv_t<DT, qst_ok<DT>::v>(a, s);
         else
             launch_sgemv_t<DT, false>(a, s);
@@ -2701,7 +2708,7 @@ static void launch_gemv_t(const hip_gemv_args *a, int grid, hipStream_t s, bool 
 bool hip_gemv_norm_takes(int dtype, long long k)
 {
     bool staged = true;
-    if (!with_dt(dtype, [&](auto t) { staged = qstage_for(decltype(t)::v) && qst_ok<decltype(t)::v>::v; }))
+    if (!with_dt(dtype, [&](auto t) { staged = staged_for<decltype(t)::v>(); }))
         return false;
     return MOERT_SGEMV && !staged && k > 0 && k % 8 == 0 && k <= 4LL * SG_T * 8;
 }
@@ -2895,7 +2902,7 @@ static void launch_moe_dec_t(bool down, const hip_moe_dec_args *a, int grid, hip
                              bool vec)
 {
     if (MOERT_SGEMV && vec) {
-        if (qstage_for(DT))
+        if (staged_for<DT>())
             launch_smoe_t<DT, qst_ok<DT>::v>(down, a, s);
         else
             launch_smoe_t<DT, false>(down, a, s);

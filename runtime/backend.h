@@ -139,6 +139,9 @@ int backend_hip_mma_dense_run(int m, int n, int k, const float *a, const uint16_
  * block type agree with ops_matmul_qact within float rounding (1e-5 of the sum of the
  * terms' magnitudes).  0 ok, 1 on the first failure (why), -1 without the HIP backend. */
 int backend_hip_qact_selftest(char *why, size_t cap);
+/* How many ops (norms and residual adds) the last HIP backend init moved into a neighbouring
+ * kernel for one-row steps (hip/backend_hip.hip, "decode fusions"); -1 without the backend. */
+int backend_hip_decfusions(void);
 
 /* The bound tensor a schedule weight role names for `layer`.  SCHED_W_EXPERTS: index =
  * expert * 3 + part; SCHED_W_MLP: index = part; part 0 gate, 1 up, 2 down.  NULL when the

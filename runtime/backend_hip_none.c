@@ -52,3 +52,8 @@ const char *backend_hip_target(void)
 {
     return NULL;
 }
+
+int backend_hip_decfusions(void)
+{
+    return -1;
+}
