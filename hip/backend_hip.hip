@@ -662,7 +662,7 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
     c->check = hip_check_mode(); /* its CPU scratch is planned after ours (backend_requests) */
     hip_kernels_qstage_from_env();
     hip_kernels_sgpipe_from_env();
-    hip_kernels_x4rows_from_env();
+    hip_kernels_rows_from_env();
     /* programmatic dependent launch: Hopper and newer; MOERT_HIP_NOPDL=1 turns it off */
     const char *prof = getenv("MOERT_HIP_PROFILE");
     c->profile = !prof || !*prof || !strcmp(prof, "0") ? 0 : !strcmp(prof, "ops") ? 2 : 1;

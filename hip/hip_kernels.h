@@ -251,7 +251,8 @@ void hip_kernels_qstage_from_env(void);
  * same bits each way. */
 void hip_kernels_sgpipe_from_env(void);
 /* Reads MOERT_HIP_X4ROWS likewise: Q8_0X4's decode kernels take 2 (default) or 1 times the
- * rows per block of the others'.  The same bits each way. */
-void hip_kernels_x4rows_from_env(void);
+ * rows per block of the others'; and MOERT_HIP_DOWNR: the MoE down's rows per block, 1, 2 or
+ * 4 (unset: by type).  The same bits each way. */
+void hip_kernels_rows_from_env(void);
 
 #endif

@@ -41,9 +41,6 @@
 #ifndef MOERT_SG_WIDE
 #define MOERT_SG_WIDE 1 /* 2: twice the rows per streaming-GEMV block (16 loads in flight) */
 #endif
-#ifndef MOERT_SD_R
-#define MOERT_SD_R 1 /* output rows per block of the streaming MoE down kernel */
-#endif
 
 /* Kernels that read, before their PDL wait, only what no kernel of the current step writes
  * (weights, the step parameters the host copied in before the step, RoPE tables, KV-cache
@@ -2627,11 +2624,28 @@ template <int DT, int R, int CU, bool QS> static bool launch_sgemv_p(const hip_g
  * 1005 to 634).  A thread's chunks of a row do not depend on the rows per block: the same bits
  * each way. */
 static int g_x4rows = 2;
+/* Output rows per block of the streaming MoE down, times W (MOERT_HIP_DOWNR; 0: by type).
+ * Every block reads all slots' h (8 x 768 floats), so more rows a block read h fewer times
+ * but hold more loads in registers.  Measured (BENCHMARKS.md, 2026-12-03): bf16 best at 1
+ * (2: -0.5%, 4: -0.8%), Q8_0X4 at 4 (+3.1% and +3.5% decode over 1), Q4_K_M's Q4_K and
+ * Q6_K at 2 (+1.5%; 4: -1%).  A row's sums do not depend on it: warp w still takes slots w,
+ * w + 4 and lane l chunks l, l + 32, l + 64 of each, whatever the rows a block. */
+static int g_downr = 0;
 
-void hip_kernels_x4rows_from_env(void)
+void hip_kernels_rows_from_env(void)
 {
     const char *v = getenv("MOERT_HIP_X4ROWS");
     g_x4rows = v && (v[0] == '1' || v[0] == '2') && !v[1] ? v[0] - '0' : 2;
+    v = getenv("MOERT_HIP_DOWNR");
+    g_downr = v && (v[0] == '1' || v[0] == '2' || v[0] == '4') && !v[1] ? v[0] - '0' : 0;
+}
+
+/* The MoE down's rows per block (before W) for weight type DT. */
+template <int DT> static int downr_for()
+{
+    if (g_downr)
+        return g_downr;
+    return DT == HIP_DT_Q8_0X4 ? 4 : (DT == HIP_DT_Q4_K || DT == HIP_DT_Q6_K) ? 2 : 1;
 }
 
 /* f(W) with W the rows-per-block multiple of type DT's decode kernels */
@@ -2887,9 +2901,18 @@ template <int DT, bool QS, int W> static void launch_smoe_w(bool down, const hip
         else
             MOERT_LAUNCH((k_smoe_gateup<DT, W, 4, QS>), (unsigned)a->kslots * blocks_for(a->I, W), SG_T, 0, s, *a);
     } else {
-        constexpr int R = MOERT_SD_R * W;
-        MOERT_LAUNCH((k_smoe_down<DT, R, QS>), blocks_for(a->H, R), SG_T, (size_t)R * (size_t)a->kslots * sizeof(float),
-                     s, *a);
+        auto go = [&](auto r) {
+            constexpr int R = decltype(r)::value * W;
+            MOERT_LAUNCH((k_smoe_down<DT, R, QS>), blocks_for(a->H, R), SG_T,
+                         (size_t)R * (size_t)a->kslots * sizeof(float), s, *a);
+        };
+        const int dr = downr_for<DT>();
+        if (dr == 4)
+            go(std::integral_constant<int, 4>());
+        else if (dr == 2)
+            go(std::integral_constant<int, 2>());
+        else
+            go(std::integral_constant<int, 1>());
     }
 }
 template <int DT, bool QS> static void launch_smoe_t(bool down, const hip_moe_dec_args *a, hipStream_t s)

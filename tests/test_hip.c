@@ -339,23 +339,26 @@ static void test_gguf_determinism(void)
 }
 
 /* Decode GEMVs with the block-type rows staged through shared memory (MOERT_HIP_QSTAGE=1:
- * Q6_K, =2 the four 2-byte aligned types, =3 the K-quants too) and on the persistent grid
+ * Q6_K, =2 the four 2-byte aligned types, =3 the K-quants too), on the persistent grid
  * (MOERT_HIP_SGPIPE=1: the staged GEMVs of many row groups, =2 every block-typed one, on 3
- * blocks that each walk several row groups) give the bits of the direct W8 loads on one-shot
- * blocks (both 0); the backend reads the variables at each init. */
+ * blocks that each walk several row groups) and the MoE down with 2 or 4 rows a block
+ * (MOERT_HIP_DOWNR; 0: the rows by type) give the bits of the direct W8 loads on one-shot
+ * blocks of one down row (0, 0, 1); the backend reads the variables at each init. */
 static void qstage_bits(char dirs[][512], int n)
 {
-    static const char *const var[2] = {"MOERT_HIP_QSTAGE", "MOERT_HIP_SGPIPE"};
-    static const char *const set[][2] = {{"0", "0"}, {"1", "0"}, {"2", "0"}, {"3", "0"},
-                                         {"0", "2"}, {"3", "2"}, {"1", "1"}};
+    enum { NVAR = 3 };
+    static const char *const var[NVAR] = {"MOERT_HIP_QSTAGE", "MOERT_HIP_SGPIPE", "MOERT_HIP_DOWNR"};
+    static const char *const set[][NVAR] = {{"0", "0", "1"}, {"1", "0", "1"}, {"2", "0", "1"}, {"3", "0", "1"},
+                                            {"0", "2", "1"}, {"3", "2", "1"}, {"1", "1", "1"}, {"0", "0", "2"},
+                                            {"0", "0", "4"}, {"3", "2", "4"}, {"0", "0", "0"}};
     enum { NSET = sizeof set / sizeof set[0] };
     for (int c = 0; c < n; c++) {
         run_result r[NSET];
         for (int m = 0; m < NSET; m++) {
-            for (int v = 0; v < 2; v++)
+            for (int v = 0; v < NVAR; v++)
                 setenv(var[v], set[m][v], 1);
             int st = run_model(dirs[c], CFG_BACKEND_HIP, TR_NONE, NULL, &r[m]);
-            for (int v = 0; v < 2; v++)
+            for (int v = 0; v < NVAR; v++)
                 unsetenv(var[v]);
             CU_ASSERT_EQUAL_FATAL(st, MOERT_OK);
         }
@@ -364,8 +367,8 @@ static void qstage_bits(char dirs[][512], int n)
             bool same = memcmp(r[0].logits, r[m].logits, bytes) == 0 &&
                         memcmp(r[0].tokens, r[m].tokens, sizeof r[0].tokens) == 0;
             if (!same)
-                fprintf(stderr, "\n    %s: %s=%s %s=%s logits differ from both 0\n", dirs[c], var[0], set[m][0],
-                        var[1], set[m][1]);
+                fprintf(stderr, "\n    %s: %s=%s %s=%s %s=%s logits differ from (0, 0, 1)\n", dirs[c], var[0],
+                        set[m][0], var[1], set[m][1], var[2], set[m][2]);
             CU_ASSERT(same);
         }
         for (int m = 0; m < NSET; m++)
