@@ -458,6 +458,12 @@ static bool env_on(const char *name)
     return v && *v && strcmp(v, "0") != 0;
 }
 
+/* Set and not on: a default-on switch turned off ("0" or empty). */
+static bool env_off(const char *name)
+{
+    return getenv(name) && !env_on(name);
+}
+
 static void hip_shutdown(backend *b);
 static bool plan_trace_batch(hip_ctx *c, size_t *snap_floats);
 static_assert(sizeof(hip_trace_args) <= HIP_TRACE_ARGS_MAX_BYTES, "hip_scratch.h's bound on a capture table entry");
@@ -573,7 +579,7 @@ static int plan_dec_fusions(hip_ctx *c, moert_err *err)
     g_dec_fused = 0;
     /* inline captures (MOERT_HIP_TRACE_INLINE=1) would read a fused norm's row before its GEMV */
     if (c->check || c->profile == 2 || (c->trace && c->n_trace > 0 && !c->tr_batch) ||
-        (getenv("MOERT_HIP_DECFUSE") && !env_on("MOERT_HIP_DECFUSE")))
+        env_off("MOERT_HIP_DECFUSE"))
         return MOERT_OK;
     c->dec_with = (int32_t *)malloc((size_t)(s->n_ops > 0 ? s->n_ops : 1) * 2 * sizeof *c->dec_with);
     if (!c->dec_with)
@@ -657,8 +663,8 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
     c->trace = (trace_rt *)in->trace;
     c->threads = in->threads;
     c->debug = env_on("MOERT_HIP_DEBUG");
-    c->no_splitk = getenv("MOERT_HIP_SPLITK") && !env_on("MOERT_HIP_SPLITK");
-    c->no_x4 = getenv("MOERT_HIP_X4") && !env_on("MOERT_HIP_X4");
+    c->no_splitk = env_off("MOERT_HIP_SPLITK");
+    c->no_x4 = env_off("MOERT_HIP_X4");
     c->check = hip_check_mode(); /* its CPU scratch is planned after ours (backend_requests) */
     hip_kernels_qstage_from_env();
     hip_kernels_sgpipe_from_env();

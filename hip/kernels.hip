@@ -1811,10 +1811,17 @@ template <int DT> struct qst {
  * 2: the four 2-byte aligned types; 3: every block type (A/B for Q4_K, Q5_K). */
 static int g_qstage = 1;
 
+/* A one-digit setting: the digit d of variable `name` when bit d of `allowed` is set, else
+ * `dflt` (unset, empty, longer or not allowed). */
+static int env_digit(const char *name, unsigned allowed, int dflt)
+{
+    const char *v = getenv(name);
+    return v && v[0] >= '0' && v[0] <= '9' && !v[1] && (allowed >> (v[0] - '0') & 1u) ? v[0] - '0' : dflt;
+}
+
 void hip_kernels_qstage_from_env(void)
 {
-    const char *v = getenv("MOERT_HIP_QSTAGE");
-    g_qstage = v && v[0] >= '0' && v[0] <= '3' && !v[1] ? v[0] - '0' : 1;
+    g_qstage = env_digit("MOERT_HIP_QSTAGE", 0xfu, 1); /* 0 .. 3 */
 }
 
 static bool qstage_for(int dt)
@@ -2596,8 +2603,7 @@ static int g_sgpipe = 1;
 
 void hip_kernels_sgpipe_from_env(void)
 {
-    const char *v = getenv("MOERT_HIP_SGPIPE");
-    g_sgpipe = v && v[0] >= '0' && v[0] <= '3' && !v[1] ? v[0] - '0' : 1;
+    g_sgpipe = env_digit("MOERT_HIP_SGPIPE", 0xfu, 1); /* 0 .. 3 */
 }
 
 /* k_sgemv_p for a GEMV it suits; false: the caller launches k_sgemv. */
@@ -2634,10 +2640,8 @@ static int g_downr = 0;
 
 void hip_kernels_rows_from_env(void)
 {
-    const char *v = getenv("MOERT_HIP_X4ROWS");
-    g_x4rows = v && (v[0] == '1' || v[0] == '2') && !v[1] ? v[0] - '0' : 2;
-    v = getenv("MOERT_HIP_DOWNR");
-    g_downr = v && (v[0] == '1' || v[0] == '2' || v[0] == '4') && !v[1] ? v[0] - '0' : 0;
+    g_x4rows = env_digit("MOERT_HIP_X4ROWS", 1u << 1 | 1u << 2, 2);
+    g_downr = env_digit("MOERT_HIP_DOWNR", 1u << 1 | 1u << 2 | 1u << 4, 0);
 }
 
 /* The MoE down's rows per block (before W) for weight type DT. */
