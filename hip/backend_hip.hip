@@ -909,8 +909,32 @@ static void destroy_graph(hip_ctx *c)
     c->graph_ready = false;
 }
 
+#if MOERT_HIP_TIMELINE
+/* The timeline build (hip/NOTES.md "Profiling"): per stamp of a graph step, the gap to the next
+ * stamp and the offset from the first, summed over the steps. */
+static unsigned tl_line[MOERT_TL_MAX], tl_nk;
+static double tl_gap[MOERT_TL_MAX], tl_off[MOERT_TL_MAX];
+static long long tl_steps;
+static void timeline_print(void)
+{
+    if (!tl_steps)
+        return;
+    double tot = 0;
+    for (unsigned i = 0; i + 1 < tl_nk; i++)
+        tot += tl_gap[i];
+    fprintf(stderr, "timeline: %u stamps, %lld graph steps, first..last %.2f us\n", tl_nk, tl_steps,
+            tot / (double)tl_steps);
+    for (unsigned i = 0; i + 1 < tl_nk; i++)
+        fprintf(stderr, "tl %4u line %5u gap %8.3f us at %9.3f\n", i, tl_line[i], tl_gap[i] / (double)tl_steps,
+                tl_off[i] / (double)tl_steps);
+}
+#endif
+
 static void print_profile(const hip_ctx *c)
 {
+#if MOERT_HIP_TIMELINE
+    timeline_print();
+#endif
     for (int ph = 0; ph < 2; ph++) {
         if (!c->prof_steps[ph])
             continue;
@@ -1559,6 +1583,7 @@ static int run_moe(hip_ctx *c, const sched_op *op, int rows, moert_err *err)
         a.out2 = snap_of(c, op_index(c, op), 0);
         dec_epi_args(c, op_index(c, op), &a.xadd, &a.xadd2);
         a.err_flag = c->d_err;
+        a.release_late = hip_moe_dec_early(L->gate.dt, L->down.dt, &a);
         int st = launch_err(hip_launch_moe_gateup_dec(L->gate.dt, &a, gemv_grid(c, 2LL * K * I),
                                                       c->stream),
                             op, err);
@@ -2356,6 +2381,7 @@ static int hip_run(backend *b, const sched_op *op, const exec_step *st, moert_er
     return MOERT_OK;
 }
 
+
 static int profile_step(hip_ctx *c, const exec_step *st, moert_err *err)
 {
     int32_t n = c->s->n_ops;
@@ -2367,6 +2393,30 @@ static int profile_step(hip_ctx *c, const exec_step *st, moert_err *err)
     c->prof_step_ms[ph] += ms;
     c->prof_host_ms[ph] += 1e3 * (now_s() - c->prof_t0);
     c->prof_steps[ph]++;
+#if MOERT_HIP_TIMELINE
+    {
+        unsigned tn = 0;
+        static unsigned long long t[MOERT_TL_MAX];
+        static unsigned ln[MOERT_TL_MAX];
+        HIP_TRY(hip_timeline_take(t, ln, &tn, MOERT_TL_MAX), "timeline");
+        if (tn > MOERT_TL_MAX)
+            tn = MOERT_TL_MAX;
+        static int tl_seen; /* the first graph steps are left out: their stamps include the capture */
+        if (st->decode && c->graph_ready && tn > 1 && ++tl_seen > 2) {
+            if (!tl_nk) {
+                tl_nk = tn;
+                memcpy(tl_line, ln, tn * sizeof *ln);
+            }
+            if (tn == tl_nk) {
+                for (unsigned i = 0; i + 1 < tn; i++) {
+                    tl_gap[i] += (double)(long long)(t[i + 1] - t[i]) * 1e-3;
+                    tl_off[i] += (double)(long long)(t[i] - t[0]) * 1e-3;
+                }
+                tl_steps++;
+            }
+        }
+    }
+#endif
     for (int32_t i = 0; c->profile == 2 && i < n; i++) {
         if (c->opf[i] & OPF_SKIP)
             continue;

@@ -37,10 +37,13 @@ CWARN  := -Wall -Wextra -Werror -Wno-format-truncation -Wshadow -Wstrict-prototy
 CFLAGS_HIP := -std=c11 -D_GNU_SOURCE -fopenmp -ffp-contract=off $(CWARN) -O2 -g -MMD -MP
 
 # ---- NVIDIA ------------------------------------------------------------------------
-NV_DIR   := build/nvidia
+# NV_EXTRA=-DMOERT_HIP_TIMELINE=1 NV_DIR=build/nvtl: the measurement build of hip/NOTES.md
+# "Profiling" (its stamps live outside the plan; never a release binary)
+NV_EXTRA ?=
+NV_DIR   ?= build/nvidia
 NV_OBJ   := $(HIP_SRC:hip/%.hip=$(NV_DIR)/hip/%.o) $(HIP_CSRC:hip/%.c=$(NV_DIR)/hip/%.o)
 NVFLAGS  := -x cu -arch=$(NV_ARCH) -O3 -std=c++17 --Werror all-warnings \
-            -Xcompiler -Wall,-Wextra,-Wshadow,-Werror -DMOERT_HIP_TARGET='"$(NV_ARCH)"'
+            -Xcompiler -Wall,-Wextra,-Wshadow,-Werror -DMOERT_HIP_TARGET='"$(NV_ARCH)"' $(NV_EXTRA)
 NVLINK   := -arch=$(NV_ARCH) --cudart=static
 
 # ---- AMD ---------------------------------------------------------------------------

@@ -44,7 +44,13 @@ static __device__ __forceinline__ int moert_popc64(uint64_t x)
 #define MOERT_LAUNCH(kernel, grid, block, smem, stream, ...)                                     \
     hipLaunchKernelGGL(kernel, dim3(grid), dim3(block), (smem), (stream), __VA_ARGS__)
 static __device__ __forceinline__ void moert_pdl_wait(void) {}
+static __device__ __forceinline__ void moert_pdl_wait_release(bool late) { (void)late; }
 static __device__ __forceinline__ void moert_prefetch_l2(const void *p) { (void)p; }
+/* A load that bypasses the SM's L1 (no PDL on AMD: every kernel starts after its predecessors) */
+template <typename T> static __device__ __forceinline__ T moert_ldcg(const T *p)
+{
+    return *p;
+}
 static inline void moert_set_pdl(bool on) { (void)on; }
 
 #elif defined(__CUDACC__)
@@ -94,6 +100,9 @@ typedef cudaDeviceProp hipDeviceProp_t;
 #define hipMemcpyHostToDevice cudaMemcpyHostToDevice
 #define hipMemcpyDeviceToHost cudaMemcpyDeviceToHost
 #define hipMemcpyDeviceToDevice cudaMemcpyDeviceToDevice
+#define hipMemcpyFromSymbol cudaMemcpyFromSymbol
+#define hipMemcpyToSymbol cudaMemcpyToSymbol
+#define HIP_SYMBOL(x) x
 
 #define hipStreamCreateWithFlags cudaStreamCreateWithFlags
 #define hipStreamNonBlocking cudaStreamNonBlocking
@@ -172,6 +181,11 @@ static inline cudaError_t moert_launch(void (*kernel)(KArgs...), dim3 grid, dim3
 }
 #define MOERT_LAUNCH(kernel, grid, block, smem, stream, ...)                                     \
     moert_launch(kernel, dim3(grid), dim3(block), (smem), (stream), __VA_ARGS__)
+/* A load through L2 only (ld.global.cg): not a line an earlier grid left in this SM's L1 */
+template <typename T> static __device__ __forceinline__ T moert_ldcg(const T *p)
+{
+    return __ldcg(p);
+}
 /* A hint: fetch the 128-byte line holding p into L2.  Never changes a result. */
 static __device__ __forceinline__ void moert_prefetch_l2(const void *p)
 {
@@ -187,6 +201,46 @@ static __device__ __forceinline__ void moert_pdl_wait(void)
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
+/* As moert_pdl_wait(), but with `late` the dependents launch only after the wait returned:
+ * a dependent that starts then knows that every grid before this one has completed. */
+static __device__ __forceinline__ void moert_pdl_wait_release(bool late)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (!late)
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (late)
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#else
+    (void)late;
+#endif
+}
+#if MOERT_HIP_TIMELINE
+/* Measurement build only (-DMOERT_HIP_TIMELINE=1): block 0 of every kernel stamps the
+ * global timer when its wait returns, with the source line of the wait, so the gaps
+ * between consecutive stamps are each kernel's cost on the step's critical path. */
+#define MOERT_TL_MAX 4096
+static __device__ unsigned long long moert_tl_t[MOERT_TL_MAX];
+static __device__ unsigned moert_tl_line[MOERT_TL_MAX];
+static __device__ unsigned moert_tl_n;
+static __device__ __forceinline__ void moert_tl_rec(unsigned line)
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    unsigned i = atomicAdd(&moert_tl_n, 1u);
+    if (i < MOERT_TL_MAX) {
+        moert_tl_t[i] = t;
+        moert_tl_line[i] = line;
+    }
+}
+static __device__ __forceinline__ void moert_tl_mark(unsigned line)
+{
+    if ((blockIdx.x | blockIdx.y | blockIdx.z | threadIdx.x | threadIdx.y | threadIdx.z) == 0)
+        moert_tl_rec(line);
+}
+#define moert_pdl_wait() (moert_pdl_wait(), moert_tl_mark(__LINE__))
+#define moert_pdl_wait_release(l) (moert_pdl_wait_release(l), moert_tl_mark(__LINE__))
+#endif
 
 #else
 #error "hip_compat.h: compile with hipcc (AMD) or nvcc -x cu (NVIDIA)"

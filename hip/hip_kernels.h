@@ -206,9 +206,15 @@ typedef struct hip_moe_dec_args {
     float *out2;           /* NULL, or a copy of out */
     float *xadd, *xadd2;   /* NULL, or the residual: xadd[i] += out[i] (and the sum to xadd2) */
     int *err_flag;
+    int release_late;      /* hip_moe_dec_early: the gate/up lets the down launch only after its
+                            * wait, and the down loads its routed weights before its own */
 } hip_moe_dec_args;
 hipError_t hip_launch_moe_gateup_dec(int dtype, const hip_moe_dec_args *a, int grid, hipStream_t s);
 hipError_t hip_launch_moe_down_dec(int dtype, const hip_moe_dec_args *a, int grid, hipStream_t s);
+/* Whether a decode MoE of gate/up type dt_gu and down type dt_down takes the down that loads
+ * its weights before its wait (MOERT_HIP_DOWNEARLY, default on): both of its kernels must
+ * then be launched with release_late set. */
+bool hip_moe_dec_early(int dt_gu, int dt_down, const hip_moe_dec_args *a);
 
 /* ---- trace ------------------------------------------------------------------------- */
 typedef struct hip_trace_args {
@@ -254,5 +260,10 @@ void hip_kernels_sgpipe_from_env(void);
  * rows per block of the others'; and MOERT_HIP_DOWNR: the MoE down's rows per block, 1, 2 or
  * 4 (unset: by type).  The same bits each way. */
 void hip_kernels_rows_from_env(void);
+#if MOERT_HIP_TIMELINE
+/* The timeline build (hip/NOTES.md "Profiling"): the stamps since the last call (at most max),
+ * their count in n, then the count reset. */
+hipError_t hip_timeline_take(unsigned long long *t, unsigned *line, unsigned *n, unsigned max);
+#endif
 
 #endif

@@ -1381,6 +1381,79 @@ __global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int
         }
 }
 
+/* The same choice as k_route with the k arg-max rounds replaced by ranks: warp 0 computes
+ * the softmax exactly as route_warp, then each of the block's threads ranks its experts
+ * under better() (a strict total order on probabilities that are not NaN), and rank j < K
+ * is slot j: the expert round j of route_warp picks.  A row with a NaN probability is
+ * routed by route_warp itself. */
+#define ROUTE_RANK_THREADS 128
+#define HIP_ROUTE_MAX_K 32 /* slots a row (Qwen3-30B-A3B: 8); more take k_route */
+__global__ void __launch_bounds__(ROUTE_RANK_THREADS) k_route_rank(const float *logits, float *w, int32_t *ids,
+                                                                   float *w2, int32_t *ids2, int E, int K,
+                                                                   int norm)
+{
+    moert_pdl_wait();
+    const int r = blockIdx.x, lane = threadIdx.x % MOERT_WARP;
+    const bool w0 = threadIdx.x < MOERT_WARP;
+    float *probs = (float *)dyn_smem4;
+    float *sel = probs + E + E; /* route_warp's layout: probs, taken, sel */
+    __shared__ int sel_id[HIP_ROUTE_MAX_K];
+    float *wr = w + (long long)r * K;
+    int32_t *ir = ids + (long long)r * K;
+    if (w0) {
+        stage_lane_owned(probs, logits + (long long)r * E, E, lane);
+        float mx = -INFINITY;
+        for (int i = lane; i < E; i += MOERT_WARP)
+            mx = fmaxf(mx, probs[i]);
+        mx = warp_max(mx);
+        float sm = 0.0f;
+        for (int i = lane; i < E; i += MOERT_WARP) {
+            float p = expf(probs[i] - mx);
+            probs[i] = p;
+            sm += p;
+        }
+        sm = warp_sum(sm);
+        for (int i = lane; i < E; i += MOERT_WARP)
+            probs[i] = probs[i] / sm;
+    }
+    __syncthreads();
+    int nan_seen = 0;
+    for (int i = threadIdx.x; i < E; i += blockDim.x) {
+        const float p = probs[i];
+        nan_seen |= p != p;
+        int rank = 0;
+#pragma unroll 8
+        for (int j = 0; j < E; j++)
+            rank += better(probs[j], j, p, i) ? 1 : 0;
+        if (rank < K) {
+            sel_id[rank] = i;
+            sel[rank] = p;
+        }
+    }
+    if (__syncthreads_or(nan_seen)) {
+        if (w0) {
+            stage_lane_owned(probs, logits + (long long)r * E, E, lane);
+            route_warp(wr, ir, E, K, norm, dyn_smem4);
+        }
+    } else if (threadIdx.x == 0) {
+        float sum = 0.0f;
+        if (norm)
+            for (int j = 0; j < K; j++)
+                sum += sel[j];
+        for (int j = 0; j < K; j++) {
+            ir[j] = sel_id[j];
+            wr[j] = norm ? sel[j] / sum : sel[j];
+        }
+    }
+    if (threadIdx.x == 0)
+        for (int j = 0; j < K; j++) {
+            if (w2)
+                w2[(long long)r * K + j] = wr[j];
+            if (ids2)
+                ids2[(long long)r * K + j] = ir[j];
+        }
+}
+
 /* ---- MoE grouping (prefill) ------------------------------------------------------------
  * k_moe_rank: block e finds the assignments routed to expert e in assignment order with a
  * ballot/popcount scan (the stable rank of each within its expert) and their count.
@@ -2065,7 +2138,7 @@ __global__ void __launch_bounds__(SG_T) k_sgemv_p(hip_gemv_args a)
 template <int DT, int R, int CU, bool QS>
 __global__ void __launch_bounds__(SG_T) k_smoe_gateup(hip_moe_dec_args a)
 {
-    moert_pdl_wait();
+    moert_pdl_wait_release(a.release_late); /* late: k_smoe_down_early follows */
     __shared__ float red[2 * R][MAX_WARPS];
     __shared__ uint4 qsm[QS ? SG_T / MOERT_WARP * CU * 2 * R * qst<DT>::n16 : 1];
     const long long blocks_per_slot = (a.I + R - 1) / R;
@@ -2113,6 +2186,96 @@ __global__ void __launch_bounds__(SG_T) k_smoe_gateup(hip_moe_dec_args a)
  * butterfly; thread i < R then combines the slots in slot order as the CPU does. */
 #define SD_SPW 2
 #define SD_CPL 3
+/* Slot j0 + s * (warps)'s row pointers and h rows (ids read through L2, moert_ldcg, when EARLY: the
+ * ids were written in this step, see k_smoe_down_early) */
+template <int DT, int R, bool EARLY>
+DEV void sd_rows(const hip_moe_dec_args &a, int j0, int nw, long long i0, long long rb,
+                 const unsigned char *(&wr)[SD_SPW][R], const float *(&hr)[SD_SPW])
+{
+#pragma unroll
+    for (int s = 0; s < SD_SPW; s++) {
+        const int j = j0 + s * nw;
+        const bool okj = j < a.kslots;
+        const long long e =
+            okj && a.ids ? safe_expert(EARLY ? moert_ldcg(a.ids + j) : a.ids[j], a.E, a.err_flag) : 0;
+        hr[s] = a.h + (long long)(okj ? j : 0) * a.I;
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            wr[s][i] = okj && i0 + i < a.H ? (const unsigned char *)a.down + e * a.estride_d + (i0 + i) * rb
+                                           : nullptr;
+    }
+}
+
+/* The round's weight chunks c0 + m * WARP, loaded directly (unstaged types) */
+template <int DT, int R>
+DEV void sd_load(W8<DT> (&wv)[SD_SPW][SD_CPL][R], const unsigned char *const (&wr)[SD_SPW][R], long long c0,
+                 long long nc)
+{
+#pragma unroll
+    for (int s = 0; s < SD_SPW; s++)
+#pragma unroll
+        for (int m = 0; m < SD_CPL; m++)
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+                const long long c = c0 + (long long)m * MOERT_WARP;
+                if (wr[s][i] && c < nc)
+                    wv[s][m][i].load_cs(wr[s][i], c * 8);
+                else
+                    wv[s][m][i].zero();
+            }
+}
+
+template <int DT, int R>
+DEV void sd_dots(const W8<DT> (&wv)[SD_SPW][SD_CPL][R], const float *const (&hr)[SD_SPW], long long c0,
+                 long long nc, float (&acc)[SD_SPW][R])
+{
+#pragma unroll
+    for (int s = 0; s < SD_SPW; s++)
+#pragma unroll
+        for (int m = 0; m < SD_CPL; m++) {
+            const long long c = c0 + (long long)m * MOERT_WARP;
+            if (c >= nc)
+                continue;
+            const float4 x0 = *(const float4 *)(hr[s] + c * 8), x1 = *(const float4 *)(hr[s] + c * 8 + 4);
+            const float sx = w8_wants_xsum<DT>::v ? w8_xsum(x0, x1) : 0.0f;
+#pragma unroll
+            for (int i = 0; i < R; i++)
+                acc[s][i] = w8_dot<DT>(wv[s][m][i], x0, x1, sx, acc[s][i]);
+        }
+}
+
+/* Each slot's dot reduced by its warp into dots[i][j] */
+template <int R>
+DEV void sd_store(float (&acc)[SD_SPW][R], float *dots, int j0, int nw, int kslots, int lane)
+{
+#pragma unroll
+    for (int s = 0; s < SD_SPW; s++) {
+        const int j = j0 + s * nw;
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            float v = warp_sum(acc[s][i]);
+            if (lane == 0 && j < kslots)
+                dots[i * kslots + j] = v;
+        }
+    }
+}
+
+/* Thread i < R: the slots in slot order, times their routing weights (after a barrier) */
+template <int R> DEV void sd_combine(const hip_moe_dec_args &a, const float *dots, long long i0)
+{
+    if (threadIdx.x < R && i0 + threadIdx.x < a.H) {
+        const float *d = dots + threadIdx.x * a.kslots;
+        float res = 0.0f;
+        for (int j = 0; j < a.kslots; j++) {
+            if (!a.tw)
+                res = d[j];
+            else
+                res = j == 0 ? a.tw[0] * d[0] : fmaf(a.tw[j], d[j], res);
+        }
+        put_out(a.out, a.out2, a.xadd, a.xadd2, i0 + threadIdx.x, res);
+    }
+}
+
 template <int DT, int R, bool QS>
 __global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
 {
@@ -2127,19 +2290,12 @@ __global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
         const unsigned char *wr[SD_SPW][R];
         const float *hr[SD_SPW];
         float acc[SD_SPW][R];
+        sd_rows<DT, R, false>(a, j0, nw, i0, rb, wr, hr);
 #pragma unroll
-        for (int s = 0; s < SD_SPW; s++) {
-            const int j = j0 + s * nw;
-            const bool okj = j < a.kslots;
-            const long long e = okj && a.ids ? safe_expert(a.ids[j], a.E, a.err_flag) : 0;
-            hr[s] = a.h + (long long)(okj ? j : 0) * a.I;
+        for (int s = 0; s < SD_SPW; s++)
 #pragma unroll
-            for (int i = 0; i < R; i++) {
-                wr[s][i] = okj && i0 + i < a.H ? (const unsigned char *)a.down + e * a.estride_d + (i0 + i) * rb
-                                               : nullptr;
+            for (int i = 0; i < R; i++)
                 acc[s][i] = 0.0f;
-            }
-        }
         /* QS: warp-uniform rounds (a lane past nc takes no chunk: the same sums) */
         for (long long c0 = lane; QS ? c0 - lane < nc : c0 < nc; c0 += (long long)SD_CPL * MOERT_WARP) {
             W8<DT> wv[SD_SPW][SD_CPL][R];
@@ -2158,56 +2314,45 @@ __global__ void __launch_bounds__(SG_T) k_smoe_down(hip_moe_dec_args a)
                 for (int s = 0; s < SD_SPW; s++)
                     qst_fetch<DT, R, SD_CPL, MOERT_WARP>(wv[s], wr[s], sm + s * (SD_CPL * R * qst<DT>::n16), c0, nc);
             } else {
-#pragma unroll
-                for (int s = 0; s < SD_SPW; s++)
-#pragma unroll
-                    for (int m = 0; m < SD_CPL; m++)
-#pragma unroll
-                        for (int i = 0; i < R; i++) {
-                            const long long c = c0 + (long long)m * MOERT_WARP;
-                            if (wr[s][i] && c < nc)
-                                wv[s][m][i].load_cs(wr[s][i], c * 8);
-                            else
-                                wv[s][m][i].zero();
-                        }
+                sd_load<DT, R>(wv, wr, c0, nc);
             }
-#pragma unroll
-            for (int s = 0; s < SD_SPW; s++)
-#pragma unroll
-                for (int m = 0; m < SD_CPL; m++) {
-                    const long long c = c0 + (long long)m * MOERT_WARP;
-                    if (c >= nc)
-                        continue;
-                    const float4 x0 = *(const float4 *)(hr[s] + c * 8), x1 = *(const float4 *)(hr[s] + c * 8 + 4);
-                    const float sx = w8_wants_xsum<DT>::v ? w8_xsum(x0, x1) : 0.0f;
-#pragma unroll
-                    for (int i = 0; i < R; i++)
-                        acc[s][i] = w8_dot<DT>(wv[s][m][i], x0, x1, sx, acc[s][i]);
-                }
+            sd_dots<DT, R>(wv, hr, c0, nc, acc);
         }
-#pragma unroll
-        for (int s = 0; s < SD_SPW; s++) {
-            const int j = j0 + s * nw;
-#pragma unroll
-            for (int i = 0; i < R; i++) {
-                float v = warp_sum(acc[s][i]);
-                if (lane == 0 && j < a.kslots)
-                    dots[i * a.kslots + j] = v;
-            }
-        }
+        sd_store<R>(acc, dots, j0, nw, a.kslots, lane);
     }
     __syncthreads();
-    if (threadIdx.x < R && i0 + threadIdx.x < a.H) {
-        const float *d = dots + threadIdx.x * a.kslots;
-        float res = 0.0f;
-        for (int j = 0; j < a.kslots; j++) {
-            if (!a.tw)
-                res = d[j];
-            else
-                res = j == 0 ? a.tw[0] * d[0] : fmaf(a.tw[j], d[j], res);
-        }
-        put_out(a.out, a.out2, a.xadd, a.xadd2, i0 + threadIdx.x, res);
-    }
+    sd_combine<R>(a, dots, i0);
+}
+
+/* The MoE down of one round (every slot in one warp pass, every chunk in one lane pass:
+ * sd_early_takes) with its weights loaded before the wait: the expert ids are this step's,
+ * but the launcher takes this kernel only after a k_smoe_gateup that lets its dependents
+ * launch after its own wait, so the route that wrote them has completed before this grid
+ * starts (read through L2: moert_ldcg).  The same products in the same order as k_smoe_down. */
+template <int DT, int R>
+__global__ void __launch_bounds__(SG_T) k_smoe_down_early(hip_moe_dec_args a)
+{
+    PDL_EARLY_READS;
+    float *dots = (float *)dyn_smem4; /* [R][kslots] */
+    const int lane = threadIdx.x % MOERT_WARP, w = threadIdx.x / MOERT_WARP;
+    const int nw = blockDim.x / MOERT_WARP;
+    const long long i0 = (long long)blockIdx.x * R, nc = a.I / 8, rb = row_bytes_t<DT>(a.I);
+    const unsigned char *wr[SD_SPW][R];
+    const float *hr[SD_SPW];
+    float acc[SD_SPW][R];
+    W8<DT> wv[SD_SPW][SD_CPL][R];
+    sd_rows<DT, R, true>(a, w, nw, i0, rb, wr, hr);
+    sd_load<DT, R>(wv, wr, lane, nc);
+    moert_pdl_wait();
+#pragma unroll
+    for (int s = 0; s < SD_SPW; s++)
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            acc[s][i] = 0.0f;
+    sd_dots<DT, R>(wv, hr, lane, nc, acc);
+    sd_store<R>(acc, dots, w, nw, a.kslots, lane);
+    __syncthreads();
+    sd_combine<R>(a, dots, i0);
 }
 
 /* ---- trace capture -----------------------------------------------------------------
@@ -2637,11 +2782,19 @@ static int g_x4rows = 2;
  * Q6_K at 2 (+1.5%; 4: -1%).  A row's sums do not depend on it: warp w still takes slots w,
  * w + 4 and lane l chunks l, l + 32, l + 64 of each, whatever the rows a block. */
 static int g_downr = 0;
+/* MOERT_HIP_DOWNEARLY (default 1): the routed MoE down loads its weights before its wait
+ * (k_smoe_down_early; 0: k_smoe_down).  The same products in the same order. */
+static bool g_down_early = true;
+/* MOERT_HIP_ROUTERANK (default 1): the decode and prefill top-k by ranks (k_route_rank; 0:
+ * k_route's arg-max rounds).  The same experts, slots and weights. */
+static bool g_route_rank = true;
 
 void hip_kernels_rows_from_env(void)
 {
     g_x4rows = env_digit("MOERT_HIP_X4ROWS", 1u << 1 | 1u << 2, 2);
     g_downr = env_digit("MOERT_HIP_DOWNR", 1u << 1 | 1u << 2 | 1u << 4, 0);
+    g_down_early = env_digit("MOERT_HIP_DOWNEARLY", 1u << 0 | 1u << 1, 1) != 0;
+    g_route_rank = env_digit("MOERT_HIP_ROUTERANK", 1u << 0 | 1u << 1, 1) != 0;
 }
 
 /* The MoE down's rows per block (before W) for weight type DT. */
@@ -2868,12 +3021,64 @@ hipError_t hip_launch_attention(const hip_attn_args *a, int rows, bool split, hi
     return hipGetLastError();
 }
 
+static hipError_t launch_route(bool rank, const float *logits, float *w, int32_t *ids, float *w2, int32_t *ids2,
+                               int E, int K, int norm, int rows, hipStream_t s);
 hipError_t hip_launch_route(const float *logits, float *w, int32_t *ids, float *w2, int32_t *ids2, int E,
                             int K, int norm, int rows, hipStream_t s)
 {
+    return launch_route(g_route_rank, logits, w, ids, w2, ids2, E, K, norm, rows, s);
+}
+
+static hipError_t launch_route(bool rank, const float *logits, float *w, int32_t *ids, float *w2, int32_t *ids2,
+                               int E, int K, int norm, int rows, hipStream_t s)
+{
     size_t sm = (size_t)E * (sizeof(float) + sizeof(int)) + (size_t)K * sizeof(float);
-    MOERT_LAUNCH(k_route, rows, 64, sm, s, logits, w, ids, w2, ids2, E, K, norm);
+    if (rank && K <= HIP_ROUTE_MAX_K)
+        MOERT_LAUNCH(k_route_rank, rows, ROUTE_RANK_THREADS, sm, s, logits, w, ids, w2, ids2, E, K, norm);
+    else
+        MOERT_LAUNCH(k_route, rows, 64, sm, s, logits, w, ids, w2, ids2, E, K, norm);
     return hipGetLastError();
+}
+
+extern "C" int backend_hip_route_run(int rows, int E, int K, int norm, const float *logits, int rank, float *w,
+                                     int32_t *ids, char *why, size_t cap)
+{
+    if (why && cap)
+        why[0] = 0;
+    int count = 0;
+    if (hipGetDeviceCount(&count) != hipSuccess || count == 0) {
+        snprintf(why, cap, "no GPU");
+        return -2;
+    }
+    const size_t lb = sizeof(float) * (size_t)rows * (size_t)E, ob = sizeof(float) * (size_t)rows * (size_t)K;
+    void *d_l = NULL, *d_w = NULL, *d_i = NULL;
+    hipError_t e = hipMalloc(&d_l, lb);
+    if (e == hipSuccess)
+        e = hipMalloc(&d_w, ob);
+    if (e == hipSuccess)
+        e = hipMalloc(&d_i, ob);
+    if (e == hipSuccess)
+        e = hipMemcpy(d_l, logits, lb, hipMemcpyHostToDevice);
+    if (e == hipSuccess)
+        e = hipMemset(d_w, 0xff, ob);
+    if (e == hipSuccess)
+        e = hipMemset(d_i, 0xff, ob);
+    if (e == hipSuccess)
+        e = launch_route(rank != 0, (const float *)d_l, (float *)d_w, (int32_t *)d_i, NULL, NULL, E, K, norm, rows, 0);
+    if (e == hipSuccess)
+        e = hipDeviceSynchronize();
+    if (e == hipSuccess)
+        e = hipMemcpy(w, d_w, ob, hipMemcpyDeviceToHost);
+    if (e == hipSuccess)
+        e = hipMemcpy(ids, d_i, ob, hipMemcpyDeviceToHost);
+    (void)hipFree(d_l);
+    (void)hipFree(d_w);
+    (void)hipFree(d_i);
+    if (e != hipSuccess) {
+        snprintf(why, cap, "route test: %s", hipGetErrorString(e));
+        return 1;
+    }
+    return 0;
 }
 
 hipError_t hip_launch_moe_index(const hip_moe_index_args *a, hipStream_t s)
@@ -2894,8 +3099,16 @@ hipError_t hip_launch_moe_combine(const float *down, const int32_t *inv, const f
     return hipGetLastError();
 }
 
+/* The down's shape for k_smoe_down_early: one round of slots and of chunks (Qwen3-30B-A3B:
+ * 8 slots, 96 chunks). */
+static bool sd_one_round(const hip_moe_dec_args *a)
+{
+    return a->kslots <= (SG_T / MOERT_WARP) * SD_SPW && a->I / 8 <= (long long)SD_CPL * MOERT_WARP;
+}
+
 template <int DT, bool QS, int W> static void launch_smoe_w(bool down, const hip_moe_dec_args *a, hipStream_t s)
 {
+    const bool early = a->release_late && !QS && sd_one_round(a); /* hip_moe_dec_early */
     if (!down) {
         const long long nc = a->H / 8;
         if (nc <= SG_T)
@@ -2907,8 +3120,12 @@ template <int DT, bool QS, int W> static void launch_smoe_w(bool down, const hip
     } else {
         auto go = [&](auto r) {
             constexpr int R = decltype(r)::value * W;
-            MOERT_LAUNCH((k_smoe_down<DT, R, QS>), blocks_for(a->H, R), SG_T,
-                         (size_t)R * (size_t)a->kslots * sizeof(float), s, *a);
+            if (early)
+                MOERT_LAUNCH((k_smoe_down_early<DT, R>), blocks_for(a->H, R), SG_T,
+                             (size_t)R * (size_t)a->kslots * sizeof(float), s, *a);
+            else
+                MOERT_LAUNCH((k_smoe_down<DT, R, QS>), blocks_for(a->H, R), SG_T,
+                             (size_t)R * (size_t)a->kslots * sizeof(float), s, *a);
         };
         const int dr = downr_for<DT>();
         if (dr == 4)
@@ -2958,14 +3175,33 @@ static void launch_moe_dec_t(bool down, const hip_moe_dec_args *a, int grid, hip
     }
 }
 
+/* 16-byte chunks need k % 8 == 0 for every row and slot (h rows are I apart), and
+ * 16-byte aligned experts (strides in bytes). */
+static bool moe_dec_vec(const hip_moe_dec_args *a, bool down)
+{
+    return (down ? a->I % 8 == 0 : a->H % 8 == 0) && aligned16(a->gate) && aligned16(a->up) &&
+           aligned16(a->down) && a->estride_gu % 16 == 0 && a->estride_d % 16 == 0;
+}
+
+template <int DT> static bool moe_dec_staged()
+{
+    return staged_for<DT>() && qst_ok<DT>::v;
+}
+
+bool hip_moe_dec_early(int dt_gu, int dt_down, const hip_moe_dec_args *a)
+{
+    if (!MOERT_SGEMV || !g_down_early || !a->ids || !moe_dec_vec(a, false) || !moe_dec_vec(a, true) ||
+        !sd_one_round(a))
+        return false;
+    bool staged = true;
+    return with_dt(dt_gu, [](auto) {}) &&
+           with_dt(dt_down, [&](auto t) { staged = moe_dec_staged<decltype(t)::v>(); }) && !staged;
+}
+
 static hipError_t launch_moe_dec(int dtype, bool down, const hip_moe_dec_args *a, int grid,
                                  hipStream_t s)
 {
-    /* 16-byte chunks need k % 8 == 0 for every row and slot (h rows are I apart), and
-     * 16-byte aligned experts (strides in bytes). */
-    bool vec = down ? a->I % 8 == 0 : a->H % 8 == 0;
-    vec = vec && aligned16(a->gate) && aligned16(a->up) && aligned16(a->down) &&
-          a->estride_gu % 16 == 0 && a->estride_d % 16 == 0;
+    const bool vec = moe_dec_vec(a, down);
     if (grid < 1)
         grid = 1;
     if (!with_dt(dtype, [&](auto t) { launch_moe_dec_t<decltype(t)::v>(down, a, grid, s, vec); }))
@@ -3211,3 +3447,18 @@ extern "C" int backend_hip_dequant_selftest(char *why, size_t cap)
             }
     return bad;
 }
+
+#if MOERT_HIP_TIMELINE
+hipError_t hip_timeline_take(unsigned long long *t, unsigned *line, unsigned *n, unsigned max)
+{
+    hipError_t e = hipMemcpyFromSymbol(n, HIP_SYMBOL(moert_tl_n), sizeof *n);
+    if (e != hipSuccess)
+        return e;
+    unsigned m = *n < max ? *n : max;
+    if (m && ((e = hipMemcpyFromSymbol(t, HIP_SYMBOL(moert_tl_t), m * sizeof *t)) != hipSuccess ||
+              (e = hipMemcpyFromSymbol(line, HIP_SYMBOL(moert_tl_line), m * sizeof *line)) != hipSuccess))
+        return e;
+    unsigned z = 0;
+    return hipMemcpyToSymbol(HIP_SYMBOL(moert_tl_n), &z, sizeof z);
+}
+#endif

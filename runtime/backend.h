@@ -133,6 +133,11 @@ int backend_hip_qgemm_run(int dt, const void *qa, int n_arows, const void *w, in
  * not run. */
 int backend_hip_mma_dense_run(int m, int n, int k, const float *a, const uint16_t *w, int kparts, float *out,
                               char *why, size_t cap);
+/* Runs the decode top-k (hip/kernels.hip) on the GPU over host logits [rows, E]: with rank,
+ * the ranking kernel, else the arg-max rounds; w and ids [rows, K].  0 when it ran; 1 on a
+ * device error (why); -1 in a build without the HIP backend; -2 without a GPU. */
+int backend_hip_route_run(int rows, int E, int K, int norm, const float *logits, int rank, float *w, int32_t *ids,
+                          char *why, size_t cap);
 /* Runs the act-q8 kernels' formulas (hip/qact.hip, __host__ __device__) on the host: rows
  * quantized by them (ties, NaN/Inf, tiny and ordinary blocks, k with and without whole
  * 256-blocks) must equal ops_qact_row byte for byte, and their integer dot products of every

@@ -57,3 +57,12 @@ int backend_hip_decfusions(void)
 {
     return -1;
 }
+
+int backend_hip_route_run(int rows, int E, int K, int norm, const float *logits, int rank, float *w, int32_t *ids,
+                          char *why, size_t cap)
+{
+    (void)rows, (void)E, (void)K, (void)norm, (void)logits, (void)rank, (void)w, (void)ids;
+    if (why && cap)
+        why[0] = 0;
+    return -1;
+}

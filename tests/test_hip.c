@@ -342,15 +342,20 @@ static void test_gguf_determinism(void)
  * Q6_K, =2 the four 2-byte aligned types, =3 the K-quants too), on the persistent grid
  * (MOERT_HIP_SGPIPE=1: the staged GEMVs of many row groups, =2 every block-typed one, on 3
  * blocks that each walk several row groups) and the MoE down with 2 or 4 rows a block
- * (MOERT_HIP_DOWNR; 0: the rows by type) give the bits of the direct W8 loads on one-shot
- * blocks of one down row (0, 0, 1); the backend reads the variables at each init. */
+ * (MOERT_HIP_DOWNR; 0: the rows by type), the MoE down that loads its routed weights before
+ * its wait (MOERT_HIP_DOWNEARLY, which must agree with the gate/up before it on every type
+ * mix: a race shows here) and the top-k by ranks (MOERT_HIP_ROUTERANK) give the bits of the
+ * direct W8 loads on one-shot blocks of one down row with neither (0, 0, 1, 0, 0); the
+ * backend reads the variables at each init. */
 static void qstage_bits(char dirs[][512], int n)
 {
-    enum { NVAR = 3 };
-    static const char *const var[NVAR] = {"MOERT_HIP_QSTAGE", "MOERT_HIP_SGPIPE", "MOERT_HIP_DOWNR"};
-    static const char *const set[][NVAR] = {{"0", "0", "1"}, {"1", "0", "1"}, {"2", "0", "1"}, {"3", "0", "1"},
-                                            {"0", "2", "1"}, {"3", "2", "1"}, {"1", "1", "1"}, {"0", "0", "2"},
-                                            {"0", "0", "4"}, {"3", "2", "4"}, {"0", "0", "0"}};
+    enum { NVAR = 5 };
+    static const char *const var[NVAR] = {"MOERT_HIP_QSTAGE", "MOERT_HIP_SGPIPE", "MOERT_HIP_DOWNR",
+                                          "MOERT_HIP_DOWNEARLY", "MOERT_HIP_ROUTERANK"};
+    static const char *const set[][NVAR] = {
+        {"0", "0", "1", "0", "0"}, {"1", "0", "1", "1", "1"}, {"2", "0", "1", "1", "1"}, {"3", "0", "1", "1", "1"},
+        {"0", "2", "1", "1", "1"}, {"3", "2", "1", "0", "1"}, {"1", "1", "1", "1", "0"}, {"0", "0", "2", "1", "1"},
+        {"0", "0", "4", "1", "1"}, {"3", "2", "4", "1", "1"}, {"0", "0", "0", "1", "1"}, {"1", "1", "0", "1", "1"}};
     enum { NSET = sizeof set / sizeof set[0] };
     for (int c = 0; c < n; c++) {
         run_result r[NSET];
@@ -367,8 +372,9 @@ static void qstage_bits(char dirs[][512], int n)
             bool same = memcmp(r[0].logits, r[m].logits, bytes) == 0 &&
                         memcmp(r[0].tokens, r[m].tokens, sizeof r[0].tokens) == 0;
             if (!same)
-                fprintf(stderr, "\n    %s: %s=%s %s=%s %s=%s logits differ from (0, 0, 1)\n", dirs[c], var[0],
-                        set[m][0], var[1], set[m][1], var[2], set[m][2]);
+                fprintf(stderr, "\n    %s: %s=%s %s=%s %s=%s %s=%s %s=%s logits differ from (0, 0, 1, 0, 0)\n",
+                        dirs[c], var[0], set[m][0], var[1], set[m][1], var[2], set[m][2], var[3], set[m][3], var[4],
+                        set[m][4]);
             CU_ASSERT(same);
         }
         for (int m = 0; m < NSET; m++)
@@ -936,6 +942,81 @@ static void test_qmma_gpu(void)
     }
 }
 
+/* The decode top-k by ranks (k_route_rank) chooses what the arg-max rounds (k_route) choose,
+ * bit for bit: rows of random logits, of a few repeated values (exact ties), with -inf
+ * entries (probabilities 0, tied), all equal, with a NaN and with +inf (both routed by the
+ * rounds themselves), at E 128 / K 8 (Qwen3-30B-A3B), E 60 / K 4 and E 8 / K 2.  And the
+ * choice is the right one: for finite logits the slots hold the experts in the order of
+ * (logit descending, index ascending), which exp keeps (logits are distinct by >= 1/64 or
+ * equal), and normalised weights sum to 1. */
+static void test_route_rank_gpu(void)
+{
+    static const int shapes[][3] = {{128, 8, 1}, {60, 4, 0}, {8, 2, 1}};
+    enum { ROWS = 40 };
+    uint64_t z = 0x243f6a8885a308d3ull;
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        const int E = shapes[c][0], K = shapes[c][1], norm = shapes[c][2];
+        float *lg = malloc(sizeof(float) * ROWS * (size_t)E);
+        float *w0 = malloc(sizeof(float) * ROWS * (size_t)K), *w1 = malloc(sizeof(float) * ROWS * (size_t)K);
+        int32_t *i0 = malloc(sizeof(int32_t) * ROWS * (size_t)K), *i1 = malloc(sizeof(int32_t) * ROWS * (size_t)K);
+        CU_ASSERT_FATAL(lg && w0 && w1 && i0 && i1);
+        for (int r = 0; r < ROWS; r++)
+            for (int e = 0; e < E; e++) {
+                float u = qmma_unit(&z); /* in [-1, 1) */
+                float v = (float)(int)(u * 512.0f) / 64.0f; /* multiples of 1/64 */
+                if (r % 5 == 1)
+                    v = (float)((int)(u * 3.0f)); /* -2 .. 2: many exact ties */
+                else if (r % 5 == 2 && e % 3 != 0)
+                    v = -INFINITY;
+                else if (r % 5 == 3)
+                    v = 0.25f;
+                lg[(size_t)r * E + e] = v;
+            }
+        lg[(size_t)7 * E + E / 2] = NAN;
+        lg[(size_t)13 * E + 1] = INFINITY;
+        char why[512] = "";
+        int rc = backend_hip_route_run(ROWS, E, K, norm, lg, 0, w0, i0, why, sizeof why);
+        if (rc < 0) {
+            test_skip("test_route_rank_gpu", rc == -1 ? "built without the HIP backend (make hip-nvidia / make hip)" : why);
+        } else {
+            if (rc)
+                fprintf(stderr, "\n    %s\n", why);
+            CU_ASSERT_EQUAL_FATAL(rc, 0);
+            CU_ASSERT_EQUAL_FATAL(backend_hip_route_run(ROWS, E, K, norm, lg, 1, w1, i1, why, sizeof why), 0);
+            bool same = memcmp(i0, i1, sizeof(int32_t) * ROWS * (size_t)K) == 0 &&
+                        memcmp(w0, w1, sizeof(float) * ROWS * (size_t)K) == 0;
+            if (!same)
+                fprintf(stderr, "\n    E %d K %d: the ranking top-k differs from the arg-max rounds\n", E, K);
+            CU_ASSERT(same);
+            for (int r = 0; r < ROWS; r++) {
+                const float *l = lg + (size_t)r * E;
+                if (r == 7 || r == 13)
+                    continue;
+                bool taken[128] = {false};
+                double sum = 0;
+                for (int j = 0; j < K; j++) {
+                    int best = -1;
+                    for (int e = 0; e < E; e++)
+                        if (!taken[e] && (best < 0 || l[e] > l[best]))
+                            best = e;
+                    taken[best] = true;
+                    CU_ASSERT_EQUAL(i1[(size_t)r * K + j], best);
+                    sum += w1[(size_t)r * K + j];
+                }
+                if (norm)
+                    CU_ASSERT(fabs(sum - 1.0) < 1e-6);
+            }
+        }
+        free(lg);
+        free(w0);
+        free(w1);
+        free(i0);
+        free(i1);
+        if (rc < 0)
+            return;
+    }
+}
+
 /* The dense tensor-core GEMM split along k (hip_splitk_parts) against a double-precision
  * product of the same bf16 weights and fp32 activations: relative L2 <= 1e-6 with and
  * without the split, bit-identical run to run, and each row's bits independent of how many
@@ -1013,11 +1094,13 @@ void suite_hip(void)
     CU_add_test(s, "tensor-core GEMM's activation split (on the host): hi + lo + lo2 == a", test_mma_split_host);
     CU_add_test(s, "GPU logits vs CPU, GGUF models (weights quantized on the device)", test_gguf_logits_vs_cpu);
     CU_add_test(s, "GPU bit-identical run to run, graph == eager, GGUF models", test_gguf_determinism);
-    CU_add_test(s, "GPU staged and persistent decode GEMVs (MOERT_HIP_QSTAGE, _SGPIPE) == plain, GGUF models",
+    CU_add_test(s,
+                "GPU decode variants (MOERT_HIP_QSTAGE, _SGPIPE, _DOWNR, _DOWNEARLY, _ROUTERANK) == plain, GGUF models",
                 test_gguf_qstage_bits);
     CU_add_test(s, "GPU decode fusions (norm prologue, residual epilogue) == kernels apart, bit for bit",
                 test_decfuse_bits);
     CU_add_test(s, "GPU decode fusions == kernels apart, GGUF models", test_gguf_decfuse_bits);
+    CU_add_test(s, "GPU top-k by ranks == by arg-max rounds, ties, -inf, NaN", test_route_rank_gpu);
     CU_add_test(s, "act-q8 quantizer and integer dots (on the host) == ops_qact_row, ~ops_matmul_qact", test_qact_host);
     CU_add_test(s, "GPU act-q8 logits vs CPU act-q8, GGUF models", test_gguf_act_q8_vs_cpu);
     CU_add_test(s, "GPU act-q8 bit-identical run to run, graph == eager, GGUF models", test_gguf_act_q8_determinism);
