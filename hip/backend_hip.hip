@@ -2381,7 +2381,6 @@ static int hip_run(backend *b, const sched_op *op, const exec_step *st, moert_er
     return MOERT_OK;
 }
 
-
 static int profile_step(hip_ctx *c, const exec_step *st, moert_err *err)
 {
     int32_t n = c->s->n_ops;
