@@ -86,7 +86,8 @@ typedef struct hip_ctx {
     int sms;
     size_t smem_optin;
     hipStream_t stream;
-    hipEvent_t ev_params, ev_write;
+    hipEvent_t ev_params[2], ev_write; /* per step parity: its parameter copy */
+    hipEvent_t ev_pick[2];             /* per step parity: the step has ended (its pick is home) */
     bool ev_ok;
 
     unsigned char *dev_arena;
@@ -106,7 +107,7 @@ typedef struct hip_ctx {
     float *d_amax_v;           /* its per-block partials */
     int *d_attn_tickets;       /* per kv head: decode attention splits done */
     int *d_amax_i;
-    int32_t *h_argmax;         /* pinned */
+    int32_t *h_argmax;         /* pinned; mapped: one slot per step parity */
     int32_t *m_argmax;         /* h_argmax as the device sees it (mapped), or NULL */
     unsigned long long *d_shadow;
     float *d_attn_part;
@@ -124,7 +125,8 @@ typedef struct hip_ctx {
     bool no_x4;                  /* MOERT_HIP_X4=0: Q8_0 / Q6_K keep their file layout */
     int max_splits, max_tiles, n_trace;
 
-    hip_step_params *h_params; /* pinned */
+    hip_step_params *h_params; /* pinned, one per step parity (the host begins step N + 1
+                                * while step N's copy may still be queued) */
     int32_t pend_tok[HIP_PARAM_TOKENS]; /* input ids written since the last step (hip_write) */
     int n_pend_tok;
     unsigned char *h_write;    /* pinned staging of small writes */
@@ -703,7 +705,10 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
         c->smem_optin = (size_t)optin;
     }
     INIT_TRY(hipStreamCreateWithFlags(&c->stream, hipStreamNonBlocking), "hipStreamCreate");
-    INIT_TRY(hipEventCreateWithFlags(&c->ev_params, hipEventDisableTiming), "hipEventCreate");
+    for (int i = 0; i < 2; i++) {
+        INIT_TRY(hipEventCreateWithFlags(&c->ev_params[i], hipEventDisableTiming), "hipEventCreate");
+        INIT_TRY(hipEventCreateWithFlags(&c->ev_pick[i], hipEventDisableTiming), "hipEventCreate");
+    }
     if (c->profile) {
         int32_t nev = 2 * (c->s->n_ops + 1);
         c->prof_ev = (hipEvent_t *)calloc((size_t)nev, sizeof *c->prof_ev);
@@ -781,19 +786,19 @@ static int hip_init(backend *b, const backend_init *in, moert_err *err)
     }
     /* mapped: the arg-max kernel stores the greedy pick straight into host memory, so reading
      * it costs no copy, only the wait for the step */
-    if (hipHostMalloc((void **)&c->h_argmax, sizeof(int32_t), hipHostMallocMapped) == hipSuccess) {
+    if (hipHostMalloc((void **)&c->h_argmax, 2 * sizeof(int32_t), hipHostMallocMapped) == hipSuccess) {
         if (hipHostGetDevicePointer((void **)&c->m_argmax, c->h_argmax, 0) != hipSuccess) {
             c->m_argmax = NULL;
             (void)hipGetLastError();
         }
     } else {
         (void)hipGetLastError();
-        INIT_TRY(hipHostMalloc((void **)&c->h_argmax, sizeof(int32_t), hipHostMallocDefault),
+        INIT_TRY(hipHostMalloc((void **)&c->h_argmax, 2 * sizeof(int32_t), hipHostMallocDefault),
                  "allocating pinned memory");
     }
-    INIT_TRY(hipHostMalloc((void **)&c->h_params, sizeof(hip_step_params), hipHostMallocDefault),
+    INIT_TRY(hipHostMalloc((void **)&c->h_params, 2 * sizeof(hip_step_params), hipHostMallocDefault),
              "allocating pinned memory");
-    memset(c->h_params, 0, sizeof *c->h_params);
+    memset(c->h_params, 0, 2 * sizeof *c->h_params);
     INIT_TRY(hipHostMalloc((void **)&c->h_write, WRITE_STAGE_BYTES, hipHostMallocDefault),
              "allocating pinned memory");
 
@@ -985,7 +990,10 @@ static void hip_shutdown(backend *b)
     if (c->h_write)
         (void)hipHostFree(c->h_write);
     if (c->ev_ok) {
-        (void)hipEventDestroy(c->ev_params);
+        for (int i = 0; i < 2; i++) {
+            (void)hipEventDestroy(c->ev_params[i]);
+            (void)hipEventDestroy(c->ev_pick[i]);
+        }
         (void)hipEventDestroy(c->ev_write);
     }
     if (c->stream)
@@ -1849,7 +1857,8 @@ static int launch_op(hip_ctx *c, const sched_op *op, const exec_step *st, moert_
         return MOERT_OK;
     switch (op->kind) {
     case SCHED_EMBED:
-        return launch_err(hip_launch_embed((int32_t *)dbuf(c, op->in[0]), c->d_params, c->embed.d, c->embed.dt,
+        return launch_err(hip_launch_embed((int32_t *)dbuf(c, op->in[0]), c->d_params, c->d_argmax, c->embed.d,
+                                           c->embed.dt,
                                            fbuf(c, op->out[0]), snap_of(c, oi, 0), op->n, t->vocab_size, rows,
                                            c->d_err,
                                            c->stream),
@@ -2298,13 +2307,15 @@ static int hip_begin_step(backend *b, const exec_step *st, bool *ops_done, moert
     hip_ctx *c = (hip_ctx *)b->ctx;
     *ops_done = false;
     c->graph_launched = false;
-    /* the previous parameter copy may still be reading the pinned block */
-    HIP_TRY(hipEventSynchronize(c->ev_params), "begin_step");
-    hip_step_params *p = c->h_params;
+    /* the copy of two steps ago may still be reading this parity's pinned block */
+    const int par = (int)(st->index & 1);
+    HIP_TRY(hipEventSynchronize(c->ev_params[par]), "begin_step");
+    hip_step_params *p = &c->h_params[par];
     memset(p, 0, sizeof *p);
     p->pos0 = st->pos0;
     p->n_rows = st->n_rows;
-    p->parity = (int)(st->index & 1);
+    p->parity = par;
+    p->fed = st->fed;
     p->trace_row0 = st->n_rows;
     p->n_tok = c->n_pend_tok;
     memcpy(p->tok, c->pend_tok, sizeof p->tok);
@@ -2316,7 +2327,7 @@ static int hip_begin_step(backend *b, const exec_step *st, bool *ops_done, moert
         p->gen_step = trace_rt_gen_step(c->trace);
     }
     HIP_TRY(hipMemcpyAsync(c->d_params, p, sizeof *p, hipMemcpyHostToDevice, c->stream), "begin_step");
-    HIP_TRY(hipEventRecord(c->ev_params, c->stream), "begin_step");
+    HIP_TRY(hipEventRecord(c->ev_params[par], c->stream), "begin_step");
     if (c->profile) {
         c->prof_t0 = now_s();
         HIP_TRY(hipEventRecord(c->prof_ev[2 * c->s->n_ops], c->stream), "profile");
@@ -2426,9 +2437,8 @@ static int profile_step(hip_ctx *c, const exec_step *st, moert_err *err)
     return MOERT_OK;
 }
 
-static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
+static int end_step_ops(hip_ctx *c, const exec_step *st, moert_err *err)
 {
-    hip_ctx *c = (hip_ctx *)b->ctx;
     if (c->tr_batch_step && !c->graph_launched) {
         int rb = trace_end_launch(c, err);
         if (rb) {
@@ -2489,6 +2499,15 @@ static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
     return c->tr_batch_step ? trace_end_launch(c, err) : MOERT_OK;
 }
 
+static int hip_end_step(backend *b, const exec_step *st, moert_err *err)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    int rc = end_step_ops(c, st, err);
+    if (!rc) /* greedy_token waits for this, not for the steps begun after it */
+        HIP_TRY(hipEventRecord(c->ev_pick[st->index & 1], c->stream), "end_step");
+    return rc;
+}
+
 static int hip_sync(backend *b, moert_err *err)
 {
     hip_ctx *c = (hip_ctx *)b->ctx;
@@ -2496,15 +2515,28 @@ static int hip_sync(backend *b, moert_err *err)
     return MOERT_OK;
 }
 
-static int hip_greedy_token(backend *b, int32_t *id, moert_err *err)
+static int hip_greedy_token(backend *b, int64_t step, int32_t *id, moert_err *err)
 {
     hip_ctx *c = (hip_ctx *)b->ctx;
-    if (!c->m_argmax)
-        HIP_TRY(hipMemcpyAsync(c->h_argmax, c->d_argmax, sizeof(int32_t), hipMemcpyDeviceToHost, c->stream),
+    const int par = (int)(step & 1);
+    if (!c->m_argmax) { /* not mapped: the last step's pick only (hip_feeds says no) */
+        HIP_TRY(hipMemcpyAsync(&c->h_argmax[par], c->d_argmax, sizeof(int32_t), hipMemcpyDeviceToHost,
+                               c->stream),
                 "reading the greedy token");
-    HIP_TRY(hipStreamSynchronize(c->stream), "reading the greedy token");
-    *id = *(volatile int32_t *)c->h_argmax;
+        HIP_TRY(hipStreamSynchronize(c->stream), "reading the greedy token");
+    } else {
+        HIP_TRY(hipEventSynchronize(c->ev_pick[par]), "reading the greedy token");
+    }
+    *id = ((volatile int32_t *)c->h_argmax)[par];
     return MOERT_OK;
+}
+
+/* Fed steps need the picks of two steps apart in host memory (mapped) and no per-op work on
+ * the host between steps (check mode runs the CPU twin on the same inputs). */
+static bool hip_feeds(backend *b)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    return c->m_argmax && !c->check && !c->debug && !env_off("MOERT_HIP_FEED");
 }
 
 /* ---- bench hooks ------------------------------------------------------------------------ */
@@ -2579,6 +2611,7 @@ static backend_vtable make_vtable(void)
     v.run = hip_run;
     v.end_step = hip_end_step;
     v.greedy_token = hip_greedy_token;
+    v.feeds = hip_feeds;
     v.sync = hip_sync;
     v.read = hip_read;
     v.host_ptr = hip_host_ptr;

@@ -102,7 +102,7 @@ hipError_t hip_launch_gemv(int dtype, const hip_gemv_args *a, int grid, hipStrea
  * in one round, k <= 4096, rows not staged); it refuses one it does not take. */
 bool hip_gemv_norm_takes(int dtype, long long k);
 /* pv, pi: HIP_ARGMAX_BLOCKS partials (device scratch); the pick goes to out and, when not
- * NULL, to host_out (mapped host memory) */
+ * NULL, to host_out[sp->parity] (mapped host memory, two slots) */
 hipError_t hip_launch_argmax(const float *logits, long long V, int all_rows, const hip_step_params *sp,
                              float *pv, int *pi, int32_t *out, int32_t *host_out, hipStream_t s);
 
@@ -126,12 +126,13 @@ typedef struct hip_gemm_args {
 hipError_t hip_launch_gemm(int dtype, int amode, int bm, const hip_gemm_args *a, hipStream_t s);
 
 /* ---- element-wise and row kernels --------------------------------------------------- */
-/* tok: the tokens buffer (written from sp->tok first when sp->n_tok > 0) */
+/* tok: the tokens buffer (written from sp->tok first when sp->n_tok > 0, or from *pick, the
+ * last greedy pick, when sp->fed) */
 /* emb: [V, H] of any weight type (rows dequantized exactly) */
 /* x2, out2, w2, ids2 (here and below): NULL, or a second copy of what the kernel writes to x,
  * out, w, ids (the snapshot of a traced row, read by the step's trace capture at its end) */
-hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt, float *x,
-                            float *x2, long long H, long long V, int rows, int *err_flag, hipStream_t s);
+hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const int32_t *pick, const void *emb, int dt,
+                            float *x, float *x2, long long H, long long V, int rows, int *err_flag, hipStream_t s);
 hipError_t hip_launch_rmsnorm(const float *x, const void *w, int dt, float *out, float *out2, long long n,
                               float eps, int rows, hipStream_t s);
 /* x += y, then out = rmsnorm(x): the residual add fused with the next layer norm. */

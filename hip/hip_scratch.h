@@ -28,7 +28,9 @@ typedef struct hip_step_params {
                            * step instead of two); the embed kernel stores them in the tokens
                            * buffer as well */
     int32_t tok[HIP_PARAM_TOKENS];
-    int pad[2];
+    int fed;              /* 1: the input id is the last greedy pick (exec_step.fed), read by
+                           * the embed kernel from the device */
+    int pad;
 } hip_step_params;
 
 #ifndef HIP_ATTN_SPLIT

@@ -597,14 +597,15 @@ __global__ void __launch_bounds__(GN_NT) k_gemm_narrow(hip_gemm_args a)
 /* ---- embed, norms, add -------------------------------------------------------------- */
 
 template <int DT>
-__global__ void __launch_bounds__(256) k_embed(int32_t *tok, const hip_step_params *sp, const void *emb,
-                                               float *x, float *x2, long long H, long long V, int *err)
+__global__ void __launch_bounds__(256) k_embed(int32_t *tok, const hip_step_params *sp, const int32_t *pick,
+                                               const void *emb, float *x, float *x2, long long H, long long V,
+                                               int *err)
 {
     moert_pdl_wait();
     int r = blockIdx.x;
-    const bool inl = r < sp->n_tok;
-    long long t = inl ? sp->tok[r] : tok[r];
-    if (inl && threadIdx.x == 0)
+    const bool fed = sp->fed && r == 0, inl = !fed && r < sp->n_tok;
+    long long t = fed ? *pick : inl ? sp->tok[r] : tok[r];
+    if ((inl || fed) && threadIdx.x == 0)
         tok[r] = (int32_t)t; /* the tokens buffer holds the step's ids either way */
     if (t < 0 || t >= V) {
         if (threadIdx.x == 0)
@@ -1189,7 +1190,7 @@ __global__ void __launch_bounds__(256) k_argmax_part(const float *logits, long l
 }
 
 __global__ void __launch_bounds__(256) k_argmax_final(const float *pv, const int *pi, int n, int32_t *out,
-                                                      int32_t *host_out)
+                                                      int32_t *host_out, const hip_step_params *sp)
 {
     moert_pdl_wait();
     __shared__ float smv[32];
@@ -1204,8 +1205,8 @@ __global__ void __launch_bounds__(256) k_argmax_final(const float *pv, const int
     block_argmax(bv, bi, smv, smi);
     if (threadIdx.x == 0) {
         *out = bi == 0x7fffffff ? 0 : bi;
-        if (host_out)
-            *host_out = *out;
+        if (host_out) /* one slot per parity: the host may read a step's pick after the next began */
+            host_out[sp->parity] = *out;
     }
 }
 
@@ -1217,7 +1218,7 @@ hipError_t hip_launch_argmax(const float *logits, long long V, int all_rows, con
     if (e != hipSuccess)
         return e;
     MOERT_LAUNCH(k_argmax_final, 1, 256, 0, s, (const float *)pv, (const int *)pi, HIP_ARGMAX_BLOCKS, out,
-                 host_out);
+                 host_out, sp);
     return hipGetLastError();
 }
 
@@ -2949,11 +2950,11 @@ hipError_t hip_launch_gemm(int dtype, int amode, int bm, const hip_gemm_args *a,
     return hipGetLastError();
 }
 
-hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const void *emb, int dt, float *x,
-                            float *x2, long long H, long long V, int rows, int *err_flag, hipStream_t s)
+hipError_t hip_launch_embed(int32_t *tok, const hip_step_params *sp, const int32_t *pick, const void *emb, int dt,
+                            float *x, float *x2, long long H, long long V, int rows, int *err_flag, hipStream_t s)
 {
     if (!with_dt(dt, [&](auto t) {
-            MOERT_LAUNCH((k_embed<decltype(t)::v>), rows, 256, 0, s, tok, sp, emb, x, x2, H, V, err_flag);
+            MOERT_LAUNCH((k_embed<decltype(t)::v>), rows, 256, 0, s, tok, sp, pick, emb, x, x2, H, V, err_flag);
         }))
         return hipErrorInvalidValue;
     return hipGetLastError();

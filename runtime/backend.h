@@ -24,6 +24,8 @@ typedef struct exec_step {
     int64_t pos0;       /* position of the first row */
     int64_t n_rows;     /* 1 .. sched.max_rows */
     bool decode;        /* a single-token generation step */
+    bool fed;           /* decode: the input id is the backend's own greedy pick of the previous
+                         * step, still on the device (see feeds); nothing was written */
 } exec_step;
 
 /* A backend's own scratch (matmul panels, attention partials, ...), stated before init as a
@@ -86,9 +88,13 @@ typedef struct backend_vtable {
      * device-to-device copy bandwidth in GB/s counting bytes read plus written. */
     const char *(*device_name)(backend *b);
     double (*copy_bandwidth_gbs)(backend *b, moert_err *err);
-    /* Optional: the arg-max of the last logits row, computed by the device within the
-     * step (ties -> lower index, as ops_argmax), so greedy decoding reads back 4 bytes. */
-    int (*greedy_token)(backend *b, int32_t *id, moert_err *err);
+    /* Optional: the arg-max of the last logits row of step `step` (exec_step.index), computed
+     * by the device within the step (ties -> lower index, as ops_argmax), so greedy decoding
+     * reads back 4 bytes.  Valid for the last two steps begun; waits for that step only. */
+    int (*greedy_token)(backend *b, int64_t step, int32_t *id, moert_err *err);
+    /* Optional: whether a decode step may be fed (exec_step.fed), so that the host can begin
+     * step N + 1 before it reads step N's pick and the device never waits for the host. */
+    bool (*feeds)(backend *b);
 } backend_vtable;
 
 struct backend {

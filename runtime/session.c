@@ -186,6 +186,7 @@ void sess_reset(sess *s)
     s->pos = 0;
     s->gen_step = 0;
     s->interrupted = false;
+    s->logits_lost = false;
     sample_seed(&s->rng, s->cfg.sampling.seed);
     double init = s->stats.init_seconds;
     memset(&s->stats, 0, sizeof s->stats);
@@ -194,13 +195,14 @@ void sess_reset(sess *s)
 
 /* ---- steps --------------------------------------------------------------------------- */
 
+/* ids == NULL: a fed decode step (exec_step.fed), its input the device's last greedy pick. */
 static int run_step(sess *s, const int32_t *ids, int64_t n, bool decode, bool holds_last,
                     moert_err *err)
 {
     const sched *sc = &s->schedule;
     backend *be = &s->be;
-    exec_step st = {.index = s->step_index, .pos0 = s->pos, .n_rows = n, .decode = decode};
-    int rc = be->vt->write(be, sc->known.tokens, 0, ids, (uint64_t)n * sizeof *ids, err);
+    exec_step st = {.index = s->step_index, .pos0 = s->pos, .n_rows = n, .decode = decode, .fed = !ids};
+    int rc = ids ? be->vt->write(be, sc->known.tokens, 0, ids, (uint64_t)n * sizeof *ids, err) : MOERT_OK;
     if (rc)
         return rc;
     if (s->trace)
@@ -225,6 +227,7 @@ static int run_step(sess *s, const int32_t *ids, int64_t n, bool decode, bool ho
      * only when asked for (a device's greedy pick needs no copy). */
     s->last_logit_row = sc->logit_rows > 1 ? n - 1 : 0;
     s->logits_on_host = false;
+    s->logits_lost = false;
     s->pos += n;
     s->step_index++;
     return rc;
@@ -289,6 +292,11 @@ const float *sess_logits(sess *s)
     uint64_t lbytes = (uint64_t)s->schedule.topo.vocab_size * sizeof(float);
     uint64_t off = (uint64_t)s->last_logit_row * lbytes;
     uint8_t *host = (uint8_t *)be->vt->host_ptr(be, buf) + off;
+    if (s->logits_lost) {
+        err_set(&s->read_err, MOERT_EUSAGE,
+                "the last token's logits were overwritten by a decode step begun ahead and taken back");
+        return NULL;
+    }
     if (!s->logits_on_host) {
         if (be->vt->read(be, buf, off, host, lbytes, &s->read_err))
             return NULL;
@@ -303,7 +311,7 @@ int32_t sess_sample(sess *s)
     backend *be = &s->be;
     if (s->cfg.sampling.temperature <= 0.0 && be->vt->greedy_token && !s->logits_on_host) {
         int32_t id;
-        return be->vt->greedy_token(be, &id, &s->read_err) ? -1 : id;
+        return be->vt->greedy_token(be, s->step_index - 1, &id, &s->read_err) ? -1 : id;
     }
     const float *logits = sess_logits(s);
     if (!logits)
@@ -314,6 +322,66 @@ int32_t sess_sample(sess *s)
                               be->vt->host_ptr(be, sc->known.sample_ids2),
                               be->vt->host_ptr(be, sc->known.sample_probs)};
     return sample_token(logits, s->cfg.topo.vocab_size, &s->cfg.sampling, &s->rng, &scratch);
+}
+
+/* Greedy, untraced, on a backend that feeds: step i + 1 is begun (its input the device's pick
+ * of step i) before the host reads step i's pick, so the device never idles on the host.  The
+ * tokens and the bits are those of the loop in sess_generate; a step begun past a stop is taken
+ * back (its position is the next one written, and nothing else of it is read). */
+static bool feeds(sess *s)
+{
+    backend *be = &s->be;
+    return s->cfg.sampling.temperature <= 0.0 && be->vt->greedy_token && be->vt->feeds && be->vt->feeds(be) &&
+           !s->trace && !s->route && !s->profile && !s->logits_on_host;
+}
+
+static void take_back_step(sess *s)
+{
+    s->pos--;
+    s->step_index--;
+    s->gen_step--;
+    s->logits_lost = true;
+}
+
+static int generate_fed(sess *s, int64_t n_new, int32_t *out_ids, int64_t *n_out, sess_token_fn on_token,
+                        void *ctx, moert_err *err)
+{
+    backend *be = &s->be;
+    double t0 = now_seconds();
+    int rc = MOERT_OK;
+    int64_t first = 0; /* the index of decode step 1 (step d makes token d; steps are consecutive) */
+    for (int64_t i = 0; i < n_new; i++) {
+        int32_t id = i == 0 ? sess_sample(s) : -1; /* token 0: the prompt's pick */
+        if (i > 0 && be->vt->greedy_token(be, first + i - 1, &id, &s->read_err))
+            id = -1;
+        if (id < 0) {
+            rc = err_set(err, s->read_err.code ? s->read_err.code : MOERT_EINTERNAL, "%s", s->read_err.msg);
+            break;
+        }
+        out_ids[(*n_out)++] = id;
+        s->stats.generated_tokens++;
+        const bool enough = on_token && !on_token(ctx, id);
+        const bool interrupt = !enough && i + 1 < n_new && s->stop && *s->stop;
+        if (enough || interrupt) {
+            s->interrupted = interrupt;
+            if (i > 0 && i + 1 < n_new)
+                take_back_step(s); /* step i + 1 was begun */
+            break;
+        }
+        if (i == 0) { /* step 1 takes token 0 from the host */
+            first = s->step_index;
+            s->gen_step++;
+            if ((rc = run_step(s, &id, 1, true, false, err)))
+                break;
+        }
+        if (i + 2 < n_new) { /* step i + 2, fed: queued behind step i + 1 */
+            s->gen_step++;
+            if ((rc = run_step(s, NULL, 1, true, false, err)))
+                break;
+        }
+    }
+    s->stats.decode_seconds += now_seconds() - t0;
+    return rc;
 }
 
 int sess_generate(sess *s, const int32_t *prompt, int64_t n_prompt, int64_t n_new,
@@ -332,6 +400,8 @@ int sess_generate(sess *s, const int32_t *prompt, int64_t n_prompt, int64_t n_ne
         return rc;
     if (s->interrupted)
         return MOERT_OK;
+    if (n_new > 1 && feeds(s))
+        return generate_fed(s, n_new, out_ids, n_out, on_token, ctx, err);
     double t0 = now_seconds();
     for (int64_t i = 0; i < n_new; i++) {
         int32_t id = sess_sample(s);

@@ -60,6 +60,8 @@ typedef struct sess {
     int64_t gen_step;         /* 0 during the prompt, then 1, 2, ... */
     int64_t last_logit_row;   /* row of the logits buffer holding the last token's logits */
     bool logits_on_host;      /* the host copy of that row is current */
+    bool logits_lost;         /* a step begun ahead and taken back (sess_generate, greedy on a
+                               * device that feeds) overwrote them: sess_logits refuses */
     moert_err read_err;       /* why the last logits read failed */
     sample_rng rng;
     sess_stats stats;
@@ -99,7 +101,8 @@ int sess_prefill(sess *s, const int32_t *ids, int64_t n, moert_err *err);
 int sess_decode(sess *s, int32_t id, moert_err *err);
 
 /* Logits of the last processed token (vocab_size floats, host memory, arena-backed),
- * copied from the device on first use after a step; NULL if that copy failed (read_err). */
+ * copied from the device on first use after a step; NULL if that copy failed or they were
+ * overwritten (logits_lost; read_err says which). */
 const float *sess_logits(sess *s);
 
 /* Picks the next token with the configured sampling (greedy when temperature is 0, on the
@@ -109,7 +112,9 @@ int32_t sess_sample(sess *s);
 
 /* Prompt + n_new generated tokens; calls on_token (may be NULL) after each new token; stops
  * early when on_token returns false, or after the step in progress when *stop is set
- * (`interrupted`, MOERT_OK).  Generated ids go to out_ids (cap >= n_new).  Replaying
+ * (`interrupted`, MOERT_OK).  Greedy and untraced on a backend that feeds (backend.h), the
+ * next step is begun before the host reads the current pick; an early stop takes that step
+ * back (pos and the step count as without it; its logits are lost, see sess_logits).  Generated ids go to out_ids (cap >= n_new).  Replaying
  * routing, a run longer than the recording is refused before the first step. */
 typedef bool (*sess_token_fn)(void *ctx, int32_t id);
 int sess_generate(sess *s, const int32_t *prompt, int64_t n_prompt, int64_t n_new,

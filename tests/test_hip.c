@@ -72,10 +72,8 @@ static int g_chunk = 5, g_prefilled = N_PROMPT;
 /* Prompt of N_PROMPT ids in chunks of g_chunk (its first g_prefilled ids; the rest as decode
  * steps), then N_DECODE decode steps feeding `feed` (or the greedy choice when feed is NULL).
  * Returns MOERT_ENODEV when there is no GPU. */
-static int run_model(const char *dir, cfg_backend be, trace_kind tk, const int32_t *feed,
-                     run_result *out)
+static int load_cfg(const char *dir, cfg_backend be, trace_kind tk, int64_t max_seq, cfg_config *out)
 {
-    memset(out, 0, sizeof *out);
     cfg_config cfg;
     moert_err err = {0};
     int st = cfg_load(dir, &cfg, &err);
@@ -86,7 +84,7 @@ static int run_model(const char *dir, cfg_backend be, trace_kind tk, const int32
     cfg.rt.backend = be;
     cfg.rt.numerics = g_numerics;
     cfg.rt.threads = 2;
-    cfg.rt.max_seq_len = N_PROMPT + N_DECODE + 4;
+    cfg.rt.max_seq_len = max_seq;
     cfg.rt.prefill_chunk = g_chunk;
     cfg.rt.batch_invariant = g_batch_inv;
     cfg.sampling.temperature = 0;
@@ -105,10 +103,28 @@ static int run_model(const char *dir, cfg_backend be, trace_kind tk, const int32
     cfg.trace.stages = (1u << CFG_STAGE_COUNT) - 1;
     cfg.trace.all_layers = true;
     cfg.trace.out_path[0] = 0;
-    int64_t V = cfg.topo.vocab_size;
-    int32_t prompt[N_PROMPT];
+    *out = cfg;
+    return MOERT_OK;
+}
+
+static void test_prompt(int64_t V, int32_t prompt[N_PROMPT])
+{
     for (int i = 0; i < N_PROMPT; i++)
         prompt[i] = (int32_t)((i * 37 + 11) % V);
+}
+
+static int run_model(const char *dir, cfg_backend be, trace_kind tk, const int32_t *feed,
+                     run_result *out)
+{
+    memset(out, 0, sizeof *out);
+    cfg_config cfg;
+    moert_err err = {0};
+    int st = load_cfg(dir, be, tk, N_PROMPT + N_DECODE + 4, &cfg);
+    if (st)
+        return st;
+    int64_t V = cfg.topo.vocab_size;
+    int32_t prompt[N_PROMPT];
+    test_prompt(V, prompt);
     sess *s = calloc(1, sizeof *s);
     out->V = V;
     out->logits = malloc((size_t)(1 + N_DECODE) * (size_t)V * sizeof(float));
@@ -282,6 +298,82 @@ static void determinism(char dirs[][512], int n)
 static void test_determinism(void)
 {
     fixture_run(__func__, determinism);
+}
+
+/* ---- greedy generation fed on the device ------------------------------------------- */
+#define N_FED 8
+
+static bool stop_after(void *ctx, int32_t id)
+{
+    (void)id;
+    return --*(int *)ctx > 0;
+}
+
+/* sess_generate on the GPU begins step N + 1 before it reads step N's pick (the embed reads
+ * the pick on the device).  Against the host-fed loop of the same GPU: the same tokens, all
+ * of them and when stopped early; after an early stop the step begun ahead is taken back, so
+ * the session continues at the host loop's position with the host loop's bits. */
+static void fed_generation(char dirs[][512], int n)
+{
+    for (int c = 0; c < n; c++) {
+        cfg_config cfg;
+        moert_err err = {0};
+        CU_ASSERT_EQUAL_FATAL(load_cfg(dirs[c], CFG_BACKEND_HIP, TR_NONE, N_PROMPT + N_FED + 4, &cfg), MOERT_OK);
+        const int64_t V = cfg.topo.vocab_size;
+        int32_t prompt[N_PROMPT], a[N_FED], b[N_FED];
+        test_prompt(V, prompt);
+        float *la = malloc((size_t)N_FED * (size_t)V * sizeof *la);
+        sess *s = calloc(1, sizeof *s);
+        CU_ASSERT_FATAL(la && s);
+        /* the host-fed loop: pick, then feed it */
+        int st = sess_open(s, &cfg, 0, &err);
+        if (!st)
+            st = sess_prefill(s, prompt, N_PROMPT, &err);
+        for (int i = 0; i < N_FED && !st; i++) {
+            a[i] = sess_sample(s);
+            if (!(st = sess_decode(s, a[i], &err)))
+                memcpy(la + (size_t)i * (size_t)V, sess_logits(s), (size_t)V * sizeof *la);
+        }
+        CU_ASSERT_EQUAL_FATAL(st, MOERT_OK);
+        CU_ASSERT_FATAL(s->be.vt->feeds && s->be.vt->feeds(&s->be));
+        int64_t nb = 0;
+        for (int round = 0; round < 2; round++) { /* fed, then MOERT_HIP_FEED=0 */
+            if (round)
+                setenv("MOERT_HIP_FEED", "0", 1);
+            CU_ASSERT_EQUAL(s->be.vt->feeds(&s->be), round == 0);
+            sess_reset(s);
+            st = sess_generate(s, prompt, N_PROMPT, N_FED, b, &nb, NULL, NULL, &err);
+            CU_ASSERT_EQUAL(st, MOERT_OK);
+            CU_ASSERT_EQUAL(nb, N_FED);
+            CU_ASSERT(memcmp(a, b, sizeof a) == 0);
+            CU_ASSERT_EQUAL(s->pos, N_PROMPT + N_FED - 1);
+            unsetenv("MOERT_HIP_FEED");
+        }
+        /* stopped after 3 tokens: step 3 was begun and is taken back */
+        sess_reset(s);
+        int left = 3;
+        st = sess_generate(s, prompt, N_PROMPT, N_FED, b, &nb, stop_after, &left, &err);
+        CU_ASSERT_EQUAL(st, MOERT_OK);
+        CU_ASSERT_EQUAL(nb, 3);
+        CU_ASSERT(memcmp(a, b, 3 * sizeof *a) == 0);
+        CU_ASSERT_EQUAL(s->pos, N_PROMPT + 2);
+        CU_ASSERT_PTR_NULL(sess_logits(s));
+        CU_ASSERT_EQUAL(sess_decode(s, b[2], &err), MOERT_OK);
+        const float *l = sess_logits(s);
+        CU_ASSERT_FATAL(l != NULL);
+        CU_ASSERT(memcmp(l, la + 2 * (size_t)V, (size_t)V * sizeof *la) == 0);
+        CU_ASSERT_EQUAL(sess_sample(s), a[3]);
+        if (memcmp(a, b, 3 * sizeof *a) || s->pos != N_PROMPT + 3)
+            fprintf(stderr, "\n    %s: fed generation parts from the host-fed loop\n", dirs[c]);
+        sess_close(s);
+        free(s);
+        free(la);
+    }
+}
+
+static void test_fed_generation(void)
+{
+    fixture_run(__func__, fed_generation);
 }
 
 /* ---- GGUF models: weights quantized on the device ------------------------------------ */
@@ -1101,6 +1193,8 @@ void suite_hip(void)
                 test_decfuse_bits);
     CU_add_test(s, "GPU decode fusions == kernels apart, GGUF models", test_gguf_decfuse_bits);
     CU_add_test(s, "GPU top-k by ranks == by arg-max rounds, ties, -inf, NaN", test_route_rank_gpu);
+    CU_add_test(s, "GPU greedy generation fed on the device == the host-fed loop, early stop taken back",
+                test_fed_generation);
     CU_add_test(s, "act-q8 quantizer and integer dots (on the host) == ops_qact_row, ~ops_matmul_qact", test_qact_host);
     CU_add_test(s, "GPU act-q8 logits vs CPU act-q8, GGUF models", test_gguf_act_q8_vs_cpu);
     CU_add_test(s, "GPU act-q8 bit-identical run to run, graph == eager, GGUF models", test_gguf_act_q8_determinism);
