@@ -1301,27 +1301,57 @@ DEV void stage_lane_owned(float *dst, const float *src, int E, int lane)
 
 /* One warp routes one row.  On entry smem holds the row's E logits (lane l wrote l,
  * l + WARP, ...: each lane reads only its own); smem = E floats + E ints + K floats. */
+/* The softmax of one warp's staged logits, in place (the top-k kernels' common first part). */
+DEV void route_softmax(float *probs, int E)
+{
+    const int lane = threadIdx.x % MOERT_WARP;
+    float mx = -INFINITY;
+    for (int i = lane; i < E; i += MOERT_WARP)
+        mx = fmaxf(mx, probs[i]);
+    mx = warp_max(mx);
+    float s = 0.0f;
+    for (int i = lane; i < E; i += MOERT_WARP) {
+        float p = expf(probs[i] - mx);
+        probs[i] = p;
+        s += p;
+    }
+    s = warp_sum(s);
+    for (int i = lane; i < E; i += MOERT_WARP)
+        probs[i] = probs[i] / s;
+}
+
+/* One thread: the routing weights of the K selected probabilities (renormalised with norm). */
+DEV void route_weights(float *wr, const float *sel, int K, int norm)
+{
+    float sum = 0.0f;
+    if (norm)
+        for (int j = 0; j < K; j++)
+            sum += sel[j];
+    for (int j = 0; j < K; j++)
+        wr[j] = norm ? sel[j] / sum : sel[j];
+}
+
+/* One thread: the snapshots of a traced row (each output on its own: either may be rewritten
+ * later in the step without the other). */
+DEV void route_snapshot(const float *wr, const int32_t *ir, float *w2, int32_t *ids2, long long r, int K)
+{
+    for (int j = 0; j < K; j++) {
+        if (w2)
+            w2[r * K + j] = wr[j];
+        if (ids2)
+            ids2[r * K + j] = ir[j];
+    }
+}
+
 DEV void route_warp(float *w_row, int32_t *id_row, int E, int K, int norm, void *smem)
 {
     float *probs = (float *)smem;
     int *taken = (int *)(probs + E);
     float *sel = (float *)(taken + E);
     const int lane = threadIdx.x % MOERT_WARP;
-    const float *l = probs;
-    float mx = -INFINITY;
+    route_softmax(probs, E);
     for (int i = lane; i < E; i += MOERT_WARP)
-        mx = fmaxf(mx, l[i]);
-    mx = warp_max(mx);
-    float s = 0.0f;
-    for (int i = lane; i < E; i += MOERT_WARP) {
-        float p = expf(l[i] - mx); /* l aliases probs: element i is read before it is replaced */
-        probs[i] = p;
         taken[i] = 0;
-        s += p;
-    }
-    s = warp_sum(s);
-    for (int i = lane; i < E; i += MOERT_WARP)
-        probs[i] = probs[i] / s;
     float *wr = w_row;
     int32_t *ir = id_row;
     for (int j = 0; j < K; j++) {
@@ -1351,14 +1381,8 @@ DEV void route_warp(float *w_row, int32_t *id_row, int E, int K, int norm, void 
             sel[j] = pw;
         }
     }
-    if (lane == 0) {
-        float sum = 0.0f;
-        if (norm)
-            for (int j = 0; j < K; j++)
-                sum += sel[j];
-        for (int j = 0; j < K; j++)
-            wr[j] = norm ? sel[j] / sum : sel[j];
-    }
+    if (lane == 0)
+        route_weights(wr, sel, K, norm);
 }
 
 __global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int32_t *ids, float *w2,
@@ -1371,19 +1395,12 @@ __global__ void __launch_bounds__(64) k_route(const float *logits, float *w, int
     float *probs = (float *)dyn_smem4;
     stage_lane_owned(probs, logits + (long long)r * E, E, lane);
     route_warp(w + (long long)r * K, ids + (long long)r * K, E, K, norm, dyn_smem4);
-    /* the snapshots of traced rows (each output on its own: either may be rewritten later
-     * in the step without the other); lane 0 wrote all of both */
-    if (lane == 0)
-        for (int j = 0; j < K; j++) {
-            if (w2)
-                w2[(long long)r * K + j] = w[(long long)r * K + j];
-            if (ids2)
-                ids2[(long long)r * K + j] = ids[(long long)r * K + j];
-        }
+    if (lane == 0) /* lane 0 wrote all of both */
+        route_snapshot(w + (long long)r * K, ids + (long long)r * K, w2, ids2, r, K);
 }
 
 /* The same choice as k_route with the k arg-max rounds replaced by ranks: warp 0 computes
- * the softmax exactly as route_warp, then each of the block's threads ranks its experts
+ * the softmax (route_softmax, as route_warp), then each of the block's threads ranks its experts
  * under better() (a strict total order on probabilities that are not NaN), and rank j < K
  * is slot j: the expert round j of route_warp picks.  A row with a NaN probability is
  * routed by route_warp itself. */
@@ -1403,19 +1420,7 @@ __global__ void __launch_bounds__(ROUTE_RANK_THREADS) k_route_rank(const float *
     int32_t *ir = ids + (long long)r * K;
     if (w0) {
         stage_lane_owned(probs, logits + (long long)r * E, E, lane);
-        float mx = -INFINITY;
-        for (int i = lane; i < E; i += MOERT_WARP)
-            mx = fmaxf(mx, probs[i]);
-        mx = warp_max(mx);
-        float sm = 0.0f;
-        for (int i = lane; i < E; i += MOERT_WARP) {
-            float p = expf(probs[i] - mx);
-            probs[i] = p;
-            sm += p;
-        }
-        sm = warp_sum(sm);
-        for (int i = lane; i < E; i += MOERT_WARP)
-            probs[i] = probs[i] / sm;
+        route_softmax(probs, E);
     }
     __syncthreads();
     int nan_seen = 0;
@@ -1437,22 +1442,12 @@ __global__ void __launch_bounds__(ROUTE_RANK_THREADS) k_route_rank(const float *
             route_warp(wr, ir, E, K, norm, dyn_smem4);
         }
     } else if (threadIdx.x == 0) {
-        float sum = 0.0f;
-        if (norm)
-            for (int j = 0; j < K; j++)
-                sum += sel[j];
-        for (int j = 0; j < K; j++) {
+        for (int j = 0; j < K; j++)
             ir[j] = sel_id[j];
-            wr[j] = norm ? sel[j] / sum : sel[j];
-        }
+        route_weights(wr, sel, K, norm);
     }
     if (threadIdx.x == 0)
-        for (int j = 0; j < K; j++) {
-            if (w2)
-                w2[(long long)r * K + j] = wr[j];
-            if (ids2)
-                ids2[(long long)r * K + j] = ir[j];
-        }
+        route_snapshot(wr, ir, w2, ids2, r, K);
 }
 
 /* ---- MoE grouping (prefill) ------------------------------------------------------------

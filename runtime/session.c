@@ -324,15 +324,12 @@ int32_t sess_sample(sess *s)
     return sample_token(logits, s->cfg.topo.vocab_size, &s->cfg.sampling, &s->rng, &scratch);
 }
 
-/* Greedy, untraced, on a backend that feeds: step i + 1 is begun (its input the device's pick
- * of step i) before the host reads step i's pick, so the device never idles on the host.  The
- * tokens and the bits are those of the loop in sess_generate; a step begun past a stop is taken
- * back (its position is the next one written, and nothing else of it is read). */
+/* Whether sess_generate feeds its decode steps: greedy, untraced, on a backend that feeds. */
 static bool feeds(sess *s)
 {
     backend *be = &s->be;
     return s->cfg.sampling.temperature <= 0.0 && be->vt->greedy_token && be->vt->feeds && be->vt->feeds(be) &&
-           !s->trace && !s->route && !s->profile && !s->logits_on_host;
+           !s->trace && !s->route && !s->profile;
 }
 
 static void take_back_step(sess *s)
@@ -343,6 +340,10 @@ static void take_back_step(sess *s)
     s->logits_lost = true;
 }
 
+/* Step i + 1 is begun (its input the device's pick of step i) before the host reads step i's
+ * pick, so the device never idles on the host.  The tokens and the bits are those of the loop
+ * in sess_generate; a step begun past a stop is taken back (its position is the next one
+ * written, and nothing else of it is read). */
 static int generate_fed(sess *s, int64_t n_new, int32_t *out_ids, int64_t *n_out, sess_token_fn on_token,
                         void *ctx, moert_err *err)
 {
