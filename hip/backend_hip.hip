@@ -2539,6 +2539,24 @@ static bool hip_feeds(backend *b)
     return c->m_argmax && !c->check && !c->debug && !env_off("MOERT_HIP_FEED");
 }
 
+/* A fed step begun past a stop and taken back: every ring's header as of that step's start
+ * (the shadow it read, by its parity; the next step, of the same parity, reads it again), so
+ * its records are unwritten.  The session feeds a traced run only while no step can
+ * overwrite a stored record, so the bytes it wrote lie in free slots. */
+static int hip_trace_take_back(backend *b, int64_t step, moert_err *err)
+{
+    hip_ctx *c = (hip_ctx *)b->ctx;
+    if (!c->trace)
+        return MOERT_OK;
+    const unsigned long long *sh = c->d_shadow + (size_t)(step & 1) * (size_t)c->n_trace * TRACE_HDR_WORDS;
+    for (int i = 0; i < c->n_trace; i++)
+        HIP_TRY(hipMemcpyAsync(dbuf(c, trace_rt_slot(c->trace, (size_t)i)->ring_buf), sh + (size_t)i * TRACE_HDR_WORDS,
+                               TRACE_HDR_WORDS * sizeof *sh, hipMemcpyDeviceToDevice, c->stream),
+                "taking a traced step back");
+    HIP_TRY(hipStreamSynchronize(c->stream), "taking a traced step back");
+    return MOERT_OK;
+}
+
 /* ---- bench hooks ------------------------------------------------------------------------ */
 
 static const char *hip_device_name(backend *b)
@@ -2612,6 +2630,7 @@ static backend_vtable make_vtable(void)
     v.end_step = hip_end_step;
     v.greedy_token = hip_greedy_token;
     v.feeds = hip_feeds;
+    v.trace_take_back = hip_trace_take_back;
     v.sync = hip_sync;
     v.read = hip_read;
     v.host_ptr = hip_host_ptr;

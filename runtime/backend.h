@@ -95,6 +95,11 @@ typedef struct backend_vtable {
     /* Optional: whether a decode step may be fed (exec_step.fed), so that the host can begin
      * step N + 1 before it reads step N's pick and the device never waits for the host. */
     bool (*feeds)(backend *b);
+    /* Optional: takes the trace records of step `step` (the last one begun, fed ahead and not
+     * wanted) back out of the rings: each ring's header as of that step's start.  Exact when
+     * the step overwrote no record, which the session ensures (trace_rt_room) before it feeds a
+     * traced generation.  Without it, traced generations are not fed. */
+    int (*trace_take_back)(backend *b, int64_t step, moert_err *err);
 } backend_vtable;
 
 struct backend {

@@ -222,6 +222,8 @@ static int run_step(sess *s, const int32_t *ids, int64_t n, bool decode, bool ho
     }
     if ((rc = be->vt->end_step(be, &st, err)))
         return rc;
+    if (s->trace)
+        trace_rt_step_done(s->trace, &st);
     /* The logits buffer holds the step's last row only, or every row when all positions'
      * logits are traced: the next token comes from the last one.  It is copied to the host
      * only when asked for (a device's greedy pick needs no copy). */
@@ -324,20 +326,29 @@ int32_t sess_sample(sess *s)
     return sample_token(logits, s->cfg.topo.vocab_size, &s->cfg.sampling, &s->rng, &scratch);
 }
 
-/* Whether sess_generate feeds its decode steps: greedy, untraced, on a backend that feeds. */
-static bool feeds(sess *s)
+/* Whether sess_generate feeds its n_new - 1 decode steps: greedy, on a backend that feeds,
+ * without a recorded routing or the per-op profile.  Traced, a step begun past a stop must
+ * leave no record behind: the backend takes its records back, which is exact while none of
+ * the steps can overwrite a stored record (a ring that fills in overwrite mode: host-fed). */
+static bool feeds(sess *s, int64_t n_new)
 {
     backend *be = &s->be;
-    return s->cfg.sampling.temperature <= 0.0 && be->vt->greedy_token && be->vt->feeds && be->vt->feeds(be) &&
-           !s->trace && !s->route && !s->profile;
+    if (s->cfg.sampling.temperature > 0.0 || !be->vt->greedy_token || !be->vt->feeds || !be->vt->feeds(be) ||
+        s->route || s->profile)
+        return false;
+    return !s->trace || (be->vt->trace_take_back && trace_rt_room(s->trace, n_new - 1));
 }
 
-static void take_back_step(sess *s)
+static int take_back_step(sess *s, moert_err *err)
 {
     s->pos--;
     s->step_index--;
     s->gen_step--;
     s->logits_lost = true;
+    if (!s->trace)
+        return MOERT_OK;
+    trace_rt_take_back_step(s->trace);
+    return s->be.vt->trace_take_back(&s->be, s->step_index, err);
 }
 
 /* Step i + 1 is begun (its input the device's pick of step i) before the host reads step i's
@@ -366,7 +377,7 @@ static int generate_fed(sess *s, int64_t n_new, int32_t *out_ids, int64_t *n_out
         if (enough || interrupt) {
             s->interrupted = interrupt;
             if (i > 0 && i + 1 < n_new)
-                take_back_step(s); /* step i + 1 was begun */
+                rc = take_back_step(s, err); /* step i + 1 was begun */
             break;
         }
         if (i == 0) { /* step 1 takes token 0 from the host */
@@ -379,6 +390,7 @@ static int generate_fed(sess *s, int64_t n_new, int32_t *out_ids, int64_t *n_out
             s->gen_step++;
             if ((rc = run_step(s, NULL, 1, true, false, err)))
                 break;
+            s->stats.fed_steps++;
         }
     }
     s->stats.decode_seconds += now_seconds() - t0;
@@ -401,7 +413,7 @@ int sess_generate(sess *s, const int32_t *prompt, int64_t n_prompt, int64_t n_ne
         return rc;
     if (s->interrupted)
         return MOERT_OK;
-    if (n_new > 1 && feeds(s))
+    if (n_new > 1 && feeds(s, n_new))
         return generate_fed(s, n_new, out_ids, n_out, on_token, ctx, err);
     double t0 = now_seconds();
     for (int64_t i = 0; i < n_new; i++) {

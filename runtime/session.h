@@ -30,6 +30,7 @@
 
 typedef struct sess_stats {
     int64_t prompt_tokens, generated_tokens;
+    int64_t fed_steps; /* decode steps begun before the host read their input (sess_generate) */
     double prefill_seconds, decode_seconds;
     double init_seconds;
 } sess_stats;
@@ -112,10 +113,12 @@ int32_t sess_sample(sess *s);
 
 /* Prompt + n_new generated tokens; calls on_token (may be NULL) after each new token; stops
  * early when on_token returns false, or after the step in progress when *stop is set
- * (`interrupted`, MOERT_OK).  Greedy and untraced on a backend that feeds (backend.h), the
- * next step is begun before the host reads the current pick; an early stop takes that step
- * back (pos and the step count as without it; its logits are lost, see sess_logits).  Generated ids go to out_ids (cap >= n_new).  Replaying
- * routing, a run longer than the recording is refused before the first step. */
+ * (`interrupted`, MOERT_OK).  Greedy on a backend that feeds (backend.h), the next step is
+ * begun before the host reads the current pick; an early stop takes that step back (pos and
+ * the step count as without it; its logits are lost, see sess_logits; its trace records are
+ * taken out of the rings, so traced generations feed only while no ring can overwrite a
+ * record: trace_rt_room).  Generated ids go to out_ids (cap >= n_new).  Replaying routing, a
+ * run longer than the recording is refused before the first step. */
 typedef bool (*sess_token_fn)(void *ctx, int32_t id);
 int sess_generate(sess *s, const int32_t *prompt, int64_t n_prompt, int64_t n_new,
                   int32_t *out_ids, int64_t *n_out, sess_token_fn on_token, void *ctx,

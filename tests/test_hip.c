@@ -376,6 +376,118 @@ static void test_fed_generation(void)
     fixture_run(__func__, fed_generation);
 }
 
+/* Every ring's header words and stored records, oldest first (free slots, which a step taken
+ * back may have written, are no part of a trace), appended into *buf of *len bytes. */
+static int ring_records(sess *s, unsigned char **buf, size_t *len, moert_err *err)
+{
+    const uint64_t cap = (uint64_t)trace_rt_plan(s->trace)->capacity;
+    *len = 0;
+    for (size_t i = 0; i < trace_rt_count(s->trace); i++) {
+        const trace_slot_info *si = trace_rt_slot(s->trace, i);
+        uint64_t bytes = TRACE_RING_HEADER + cap * si->record_bytes;
+        unsigned char *ring = s->be.vt->host_ptr(&s->be, si->ring_buf);
+        int st = s->be.vt->read(&s->be, si->ring_buf, 0, ring, bytes, err);
+        if (st)
+            return st;
+        trace_ring_header h;
+        memcpy(&h, ring, sizeof h);
+        unsigned char *nb = realloc(*buf, *len + sizeof h + h.stored * si->record_bytes);
+        if (!nb)
+            return MOERT_ENOMEM;
+        *buf = nb;
+        memcpy(*buf + *len, &h, sizeof h);
+        *len += sizeof h;
+        for (uint64_t j = 0; j < h.stored; j++) {
+            uint64_t slot = (h.next + cap - h.stored + j) % cap;
+            memcpy(*buf + *len, ring + TRACE_RING_HEADER + slot * si->record_bytes, si->record_bytes);
+            *len += si->record_bytes;
+        }
+    }
+    return MOERT_OK;
+}
+
+/* Traced generation fed on the device: a step begun past a stop is taken back out of the
+ * rings too.  Against MOERT_HIP_FEED=0 on the same GPU, the rings hold the same headers and
+ * records after a whole generation, after one stopped after 3 tokens, and after the decode
+ * step that follows the stop; in three ring setups: room for everything (fed), a ring that
+ * stops and drops (fed), a ring that would overwrite (host-fed: fed_steps 0). */
+static void fed_traced(char dirs[][512], int n)
+{
+    static const struct {
+        cfg_trace_mode mode;
+        cfg_trace_positions pos;
+        cfg_trace_on_full full;
+        int64_t cap;
+        bool fed;
+    } rings[3] = {{CFG_TRACE_TENSOR, CFG_TRACE_LAST, CFG_TRACE_OVERWRITE, 40, true},
+                  {CFG_TRACE_STATS, CFG_TRACE_ALL, CFG_TRACE_STOP, 3, true},
+                  {CFG_TRACE_STATS, CFG_TRACE_LAST, CFG_TRACE_OVERWRITE, 4, false}};
+    for (int c = 0; c < n; c++)
+        for (int k = 0; k < 3; k++) {
+            unsigned char *got[2][3] = {{NULL}};
+            size_t len[2][3] = {{0}};
+            int64_t fed[2] = {0, 0};
+            for (int round = 0; round < 2; round++) { /* fed, then MOERT_HIP_FEED=0 */
+                cfg_config cfg;
+                moert_err err = {0};
+                CU_ASSERT_EQUAL_FATAL(load_cfg(dirs[c], CFG_BACKEND_HIP, TR_NONE, N_PROMPT + N_FED + 4, &cfg), MOERT_OK);
+                cfg.trace.enabled = true;
+                cfg.trace.mode = rings[k].mode;
+                cfg.trace.positions = rings[k].pos;
+                cfg.trace.on_full = rings[k].full;
+                cfg.trace.capacity = rings[k].cap;
+                if (round)
+                    setenv("MOERT_HIP_FEED", "0", 1);
+                int32_t prompt[N_PROMPT], b[N_FED];
+                test_prompt(cfg.topo.vocab_size, prompt);
+                sess *s = calloc(1, sizeof *s);
+                CU_ASSERT_FATAL(s != NULL);
+                int64_t nb = 0;
+                int st = sess_open(s, &cfg, 0, &err);
+                if (!st)
+                    st = sess_generate(s, prompt, N_PROMPT, N_FED, b, &nb, NULL, NULL, &err);
+                fed[round] += s->stats.fed_steps;
+                if (!st)
+                    st = ring_records(s, &got[round][0], &len[round][0], &err);
+                int left = 3;
+                sess_reset(s);
+                if (!st)
+                    st = sess_generate(s, prompt, N_PROMPT, N_FED, b, &nb, stop_after, &left, &err);
+                fed[round] += s->stats.fed_steps;
+                if (!st)
+                    st = ring_records(s, &got[round][1], &len[round][1], &err);
+                if (!st)
+                    st = sess_decode(s, b[2], &err);
+                if (!st)
+                    st = ring_records(s, &got[round][2], &len[round][2], &err);
+                if (st)
+                    fprintf(stderr, "\n    %s: %s\n", dirs[c], err.msg);
+                CU_ASSERT_EQUAL(st, MOERT_OK);
+                CU_ASSERT_EQUAL(nb, 3);
+                CU_ASSERT_EQUAL(s->pos, N_PROMPT + 3);
+                sess_close(s);
+                free(s);
+                unsetenv("MOERT_HIP_FEED");
+            }
+            CU_ASSERT_EQUAL(fed[0] > 0, rings[k].fed);
+            CU_ASSERT_EQUAL(fed[1], 0);
+            for (int j = 0; j < 3; j++) {
+                bool same = len[0][j] == len[1][j] && len[0][j] > 0 && memcmp(got[0][j], got[1][j], len[0][j]) == 0;
+                if (!same)
+                    fprintf(stderr, "\n    %s ring setup %d: traced records after part %d differ fed vs host-fed "
+                            "(%zu vs %zu bytes)\n", dirs[c], k, j, len[0][j], len[1][j]);
+                CU_ASSERT(same);
+                free(got[0][j]);
+                free(got[1][j]);
+            }
+        }
+}
+
+static void test_fed_traced(void)
+{
+    fixture_run(__func__, fed_traced);
+}
+
 /* ---- GGUF models: weights quantized on the device ------------------------------------ */
 
 /* moert's own GGUFs of every type mix (test_gguf_topology: Q4_K/Q5_K/Q6_K with Q5_0/Q8_0
@@ -1195,6 +1307,8 @@ void suite_hip(void)
     CU_add_test(s, "GPU top-k by ranks == by arg-max rounds, ties, -inf, NaN", test_route_rank_gpu);
     CU_add_test(s, "GPU greedy generation fed on the device == the host-fed loop, early stop taken back",
                 test_fed_generation);
+    CU_add_test(s, "GPU traced generation fed == host-fed: the same records, a step taken back leaves none",
+                test_fed_traced);
     CU_add_test(s, "act-q8 quantizer and integer dots (on the host) == ops_qact_row, ~ops_matmul_qact", test_qact_host);
     CU_add_test(s, "GPU act-q8 logits vs CPU act-q8, GGUF models", test_gguf_act_q8_vs_cpu);
     CU_add_test(s, "GPU act-q8 bit-identical run to run, graph == eager, GGUF models", test_gguf_act_q8_determinism);

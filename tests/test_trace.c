@@ -449,6 +449,59 @@ static void test_ring_overflow(void)
     CU_ASSERT_EQUAL(first, 0); /* the oldest three */
 }
 
+/* The records the session counts as offered to each ring (trace_rt_room, which decides
+ * whether a traced generation may be fed on a device) against the rings' own headers on the
+ * CPU: every ring's `written` after a prompt in chunks and generations, and the room
+ * verdicts they imply, hand-computed, in both full modes. */
+static void test_ring_room(void)
+{
+    for (int mode = 0; mode < 2; mode++) {
+        cfg_config cfg;
+        moert_err err = {0};
+        CU_ASSERT_EQUAL_FATAL(cfg_load("configs/qwen3moe.yaml", &cfg, &err), MOERT_OK);
+        cfg.trace.enabled = true;
+        cfg.trace.mode = CFG_TRACE_STATS;
+        cfg.trace.positions = mode ? CFG_TRACE_ALL : CFG_TRACE_LAST;
+        cfg.trace.stages = (1u << CFG_STAGE_FINAL_NORM) | (1u << CFG_STAGE_LOGITS);
+        cfg.trace.capacity = 12;
+        cfg.trace.on_full = CFG_TRACE_OVERWRITE;
+        cfg.rt.prefill_chunk = 2;
+        sess s;
+        CU_ASSERT_EQUAL_FATAL(sess_open(&s, &cfg, 0, &err), MOERT_OK);
+        int32_t prompt[5] = {10, 20, 30, 40, 50}, gen[8];
+        int64_t n_gen = 0;
+        /* last: the prompt offers 1 (its last chunk), 4 tokens 3 decode steps: 4;
+         * all: 5 prompt rows + 3 */
+        const int64_t offered = mode ? 8 : 4;
+        CU_ASSERT_EQUAL(sess_generate(&s, prompt, 5, 4, gen, &n_gen, NULL, NULL, &err), MOERT_OK);
+        CU_ASSERT_EQUAL(n_gen, 4);
+        for (size_t i = 0; i < trace_rt_count(s.trace); i++) {
+            const trace_slot_info *si = trace_rt_slot(s.trace, i);
+            trace_ring_header h;
+            CU_ASSERT_EQUAL_FATAL(s.be.vt->read(&s.be, si->ring_buf, 0, &h, sizeof h, &err), MOERT_OK);
+            CU_ASSERT_EQUAL(h.written, (uint64_t)offered);
+        }
+        CU_ASSERT(trace_rt_room(s.trace, 12 - offered));
+        CU_ASSERT(!trace_rt_room(s.trace, 12 - offered + 1));
+        CU_ASSERT(!trace_rt_room(s.trace, -1));
+        /* a step taken back: only the last step's records (one decode row) come off */
+        trace_rt_take_back_step(s.trace);
+        CU_ASSERT(trace_rt_room(s.trace, 12 - offered + 1));
+        CU_ASSERT(!trace_rt_room(s.trace, 12 - offered + 2));
+        trace_rt_take_back_step(s.trace); /* nothing more to take back */
+        CU_ASSERT(!trace_rt_room(s.trace, 12 - offered + 2));
+        sess_close(&s);
+        /* a ring that stops when full never overwrites: room for any count */
+        cfg.trace.on_full = CFG_TRACE_STOP;
+        cfg.trace.capacity = 1;
+        CU_ASSERT_EQUAL_FATAL(sess_open(&s, &cfg, 0, &err), MOERT_OK);
+        CU_ASSERT_EQUAL(sess_generate(&s, prompt, 5, 4, gen, &n_gen, NULL, NULL, &err), MOERT_OK);
+        CU_ASSERT(trace_rt_room(s.trace, 1000));
+        CU_ASSERT(s.stats.fed_steps == 0); /* the CPU backend does not feed */
+        sess_close(&s);
+    }
+}
+
 static void test_contract_refuses_plan(void)
 {
     /* a contract whose attn_out width disagrees with the topology refuses to start */
@@ -1062,6 +1115,8 @@ void suite_trace(void)
     CU_add_test(s, "replay names the layer of a changed weight byte", test_replay_changed_weight);
     CU_add_test(s, "diff against HF reference files", test_diff_reference);
     CU_add_test(s, "ring overflow: overwrite and stop", test_ring_overflow);
+    CU_add_test(s, "records offered to the rings: counted as the headers count them, room, take-back",
+                test_ring_room);
     CU_add_test(s, "contract mismatch refuses to start", test_contract_refuses_plan);
     CU_add_test(s, "bad manifest catalogue: exit 2, the field named", test_bad_manifest_catalogue);
     CU_add_test(s, "a million ids in a row, a million rows: no quadratic work", test_wide_and_long_inputs);

@@ -85,12 +85,13 @@ static void cpu_model_name(char *buf, size_t cap)
 }
 
 #define BENCH_MAX_REPEAT 32
+#define BENCH_WARM_GEN 4 /* tokens the warm-up generates */
 
 typedef struct bench_run {
     double prefill_tps, decode_tps, prefill_s, decode_s, init_s; /* medians */
     double prefill_min, prefill_max, decode_min, decode_max;
     double bw_gbs, fraction, fraction_min, fraction_max; /* CPU: probed before each run */
-    int64_t decode_steps;
+    int64_t decode_steps, fed_steps; /* fed_steps: of the last measured run */
     uint64_t arena_bytes;
 } bench_run;
 
@@ -129,7 +130,7 @@ static int one_run(const cfg_config *cfg, const int32_t *prompt, int64_t n_promp
     int64_t n_out = 0;
     /* warm-up: a short prompt and a few decode steps (thread team, caches, device graphs) */
     int64_t warm = n_prompt < 16 ? n_prompt : 16;
-    if ((st = sess_generate(s, prompt, warm, 4, gen, &n_out, NULL, NULL, err)))
+    if ((st = sess_generate(s, prompt, warm, BENCH_WARM_GEN, gen, &n_out, NULL, NULL, err)))
         goto out;
     /* the measured run, `repeat` times: on a shared machine one sample says little */
     double pre[BENCH_MAX_REPEAT], dec[BENCH_MAX_REPEAT], pre_s[BENCH_MAX_REPEAT], dec_s[BENCH_MAX_REPEAT];
@@ -144,6 +145,7 @@ static int one_run(const cfg_config *cfg, const int32_t *prompt, int64_t n_promp
         if ((st = sess_generate(s, prompt, n_prompt, n_gen, gen, &n_out, NULL, NULL, err)))
             goto out;
         r->decode_steps = n_out > 1 ? n_out - 1 : 0;
+        r->fed_steps = s->stats.fed_steps;
         pre_s[rep] = s->stats.prefill_seconds;
         dec_s[rep] = s->stats.decode_seconds;
         pre[rep] = pre_s[rep] > 0 ? (double)n_prompt / pre_s[rep] : 0;
@@ -285,7 +287,10 @@ int cli_bench(int argc, char **argv, moert_err *err)
         cfg->trace.positions = CFG_TRACE_LAST;
         cfg->trace.stages = (1u << CFG_STAGE_COUNT) - 1;
         cfg->trace.all_layers = true;
-        cfg->trace.capacity = n_gen + 1;
+        /* rings that hold every record of the session (the warm-up's and each run's: one per
+         * ring for the prompt, one per decode step), as a user sizes them for a run; a ring
+         * that overwrites takes host-fed steps (sess_generate) */
+        cfg->trace.capacity = BENCH_WARM_GEN + repeat * n_gen;
         if ((st = one_run(cfg, prompt, n_prompt, n_gen, gen, s, &traced, false, (int)repeat, 0, err)))
             goto done;
         sess_close(s);
@@ -329,6 +334,7 @@ int cli_bench(int argc, char **argv, moert_err *err)
             json_object_set_new(o, "traced_decode_tokens_per_s", json_real(traced.decode_tps));
             json_object_set_new(o, "traced_prefill_tokens_per_s", json_real(traced.prefill_tps));
             json_object_set_new(o, "trace_decode_overhead", json_real(overhead));
+            json_object_set_new(o, "traced_fed_steps", json_integer((json_int_t)traced.fed_steps));
         }
         st = cli_print_json(o, JSON_INDENT(1), err);
     } else {

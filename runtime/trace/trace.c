@@ -29,6 +29,7 @@ struct trace_rt {
     size_t n_slots, cap_slots;
     int64_t gen_step;
     bool holds_last;
+    int64_t offered, last_offered; /* records offered to each ring, and by the last step */
 };
 
 static uint64_t record_bytes(const cfg_trace_plan *plan, cfg_stage stage, int64_t width)
@@ -143,6 +144,25 @@ void trace_rt_rows(const trace_rt *t, const exec_step *st, int64_t *row0, int64_
         *row0 = st->n_rows - 1;
     else
         *row0 = st->n_rows; /* a prefill chunk before the last: nothing */
+}
+
+void trace_rt_step_done(trace_rt *t, const exec_step *st)
+{
+    int64_t r0 = 0, r1 = 0;
+    trace_rt_rows(t, st, &r0, &r1);
+    t->last_offered = r1 > r0 ? r1 - r0 : 0;
+    t->offered += t->last_offered;
+}
+
+void trace_rt_take_back_step(trace_rt *t)
+{
+    t->offered -= t->last_offered;
+    t->last_offered = 0;
+}
+
+bool trace_rt_room(const trace_rt *t, int64_t records)
+{
+    return t->plan.on_full == CFG_TRACE_STOP || (records >= 0 && t->offered + records <= t->plan.capacity);
 }
 
 void trace_label(char *buf, size_t cap, cfg_stage stage, int32_t layer)

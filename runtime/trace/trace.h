@@ -85,6 +85,14 @@ int64_t trace_rt_gen_step(const trace_rt *t);
 /* Which rows [row0, row1) of a step a TRACE op captures ("last"/"all" rule above). */
 void trace_rt_rows(const trace_rt *t, const exec_step *st, int64_t *row0, int64_t *row1);
 
+/* Counting the records offered to every ring (the same number to each: trace_rt_rows):
+ * step_done after a step ran, take_back_step when the last one is taken back (a fed step
+ * begun ahead), and room: whether `records` more can be offered without overwriting a
+ * stored one (always, when a full ring drops records instead). */
+void trace_rt_step_done(trace_rt *t, const exec_step *st);
+void trace_rt_take_back_step(trace_rt *t);
+bool trace_rt_room(const trace_rt *t, int64_t records);
+
 /* Host capture (CPU backend): rows of src (and src2 ids) into the ring at `ring`. */
 int trace_capture_host(trace_rt *t, const sched_op *op, const exec_step *st, const void *src,
                        const void *src2, void *ring, moert_err *err);
