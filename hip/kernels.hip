@@ -1223,6 +1223,19 @@ hipError_t hip_launch_argmax(const float *logits, long long V, int all_rows, con
 }
 
 #if !MOERT_ATTN_FUSED_MERGE
+/* Output element d's l and o over splits [0, n) of rows pp0 (stride hd + 2: m, l, o[hd]) for
+ * the max m over all splits, in split order: both merge kernels, so the same bits. */
+DEV void merge_sums(const float *pp0, int n, int hd, int d, float m, float &l, float &o)
+{
+#pragma unroll 8
+    for (int s = 0; s < n; s++) {
+        const float *pp = pp0 + (long long)s * (hd + 2);
+        float f = expf(pp[0] - m);
+        l = fmaf(pp[1], f, l);
+        o = fmaf(pp[2 + d], f, o);
+    }
+}
+
 /* Merges the decode splits of one head, in split order. */
 __global__ void __launch_bounds__(128) k_attn_combine(hip_attn_args a)
 {
@@ -1240,14 +1253,98 @@ __global__ void __launch_bounds__(128) k_attn_combine(hip_attn_args a)
         m = fmaxf(m, base[(long long)s * (hd + 2)]);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float l = 0.0f, o = 0.0f;
-#pragma unroll 8
-        for (int s = 0; s < n; s++) {
-            const float *pp = base + (long long)s * (hd + 2);
-            float f = expf(pp[0] - m);
-            l = fmaf(pp[1], f, l);
-            o = fmaf(pp[2 + d], f, o);
-        }
+        merge_sums(base, n, hd, d, m, l, o);
         a.out[(long long)h * hd + d] = o / l;
+    }
+}
+
+/* MOERT_HIP_MERGESTAGE=1 (off by default: not yet measured): k_attn_combine_staged for heads
+ * it takes.  The row kernel's thread loads its splits' m, then l and o, in batches of 8:
+ * about six dependent L2 round trips (4.2 us a layer in the timeline).  This one copies the
+ * partials into shared memory with every load of a thread in flight, then runs the same
+ * arithmetic from there: the max over all splits (fmaxf: the same value in any order, and a
+ * zero's sign does not reach expf(pp[0] - m)) and merge_sums. */
+#define MERGE_THREADS 128
+#define MERGE_SMEM (46 * 1024) /* under the 48 KB a launch gets without opting in */
+#define MERGE_LOADS 16
+static __host__ __device__ int merge_tile(int hd)
+{
+    const int t = MERGE_SMEM / (int)(sizeof(float) * (size_t)(hd + 2));
+    return t < 64 ? t : 64;
+}
+static bool merge_stage_takes(int hd)
+{
+    return hd % 2 == 0 && hd <= 2 * MERGE_THREADS && merge_tile(hd) >= 1;
+}
+
+/* n floats (even) from src to dst, as float2, MERGE_LOADS a thread in flight before its stores */
+DEV void merge_stage(float *dst, const float *src, long long n)
+{
+    const long long n2 = n / 2;
+    for (long long i0 = threadIdx.x; i0 < n2; i0 += (long long)MERGE_LOADS * blockDim.x) {
+        float2 v[MERGE_LOADS];
+#pragma unroll
+        for (int u = 0; u < MERGE_LOADS; u++) {
+            const long long i = i0 + (long long)u * blockDim.x;
+            if (i < n2)
+                v[u] = ((const float2 *)src)[i];
+        }
+#pragma unroll
+        for (int u = 0; u < MERGE_LOADS; u++) {
+            const long long i = i0 + (long long)u * blockDim.x;
+            if (i < n2)
+                ((float2 *)dst)[i] = v[u];
+        }
+    }
+}
+
+__global__ void __launch_bounds__(MERGE_THREADS) k_attn_combine_staged(hip_attn_args a)
+{
+    PDL_EARLY_READS;
+    __shared__ float wmax[MERGE_THREADS / MOERT_WARP];
+    float *cs = (float *)dyn_smem4;
+    const int h = blockIdx.x, hd = a.hd, T = merge_tile(hd), lane = threadIdx.x % MOERT_WARP;
+    const long long pos = a.sp->pos0; /* step parameter */
+    if (pos < 0 || pos >= a.max_seq)
+        return;
+    moert_pdl_wait();
+    const int n = (int)((pos + 1 + HIP_ATTN_SPLIT - 1) / HIP_ATTN_SPLIT);
+    const float *base = a.part + (long long)h * a.max_splits * (hd + 2);
+    float m = -INFINITY;
+    if (n <= T) {
+        merge_stage(cs, base, (long long)n * (hd + 2));
+        __syncthreads();
+        for (int s = 0; s < n; s++)
+            m = fmaxf(m, cs[(long long)s * (hd + 2)]);
+    } else { /* the max first, over every split in parallel */
+        for (int s = threadIdx.x; s < n; s += blockDim.x)
+            m = fmaxf(m, base[(long long)s * (hd + 2)]);
+        for (int off = MOERT_WARP / 2; off > 0; off >>= 1)
+            m = fmaxf(m, moert_shfl_xor(m, off));
+        if (lane == 0)
+            wmax[threadIdx.x / MOERT_WARP] = m;
+        __syncthreads();
+        for (int w = 0; w < (int)blockDim.x / MOERT_WARP; w++)
+            m = fmaxf(m, wmax[w]);
+    }
+    float l[2] = {0.0f, 0.0f}, o[2] = {0.0f, 0.0f};
+    for (int t0 = 0; t0 < n; t0 += T) {
+        const int nt = min(T, n - t0);
+        if (n > T) {
+            __syncthreads(); /* the previous tile is read */
+            merge_stage(cs, base + (long long)t0 * (hd + 2), (long long)nt * (hd + 2));
+            __syncthreads();
+        }
+        for (int u = 0; u < 2; u++) {
+            const int d = threadIdx.x + u * blockDim.x;
+            if (d < hd)
+                merge_sums(cs, nt, hd, d, m, l[u], o[u]);
+        }
+    }
+    for (int u = 0; u < 2; u++) {
+        const int d = threadIdx.x + u * blockDim.x;
+        if (d < hd)
+            a.out[(long long)h * hd + d] = o[u] / l[u];
     }
 }
 #endif
@@ -2784,6 +2881,8 @@ static bool g_down_early = true;
 /* MOERT_HIP_ROUTERANK (default 1): the decode and prefill top-k by ranks (k_route_rank; 0:
  * k_route's arg-max rounds).  The same experts, slots and weights. */
 static bool g_route_rank = true;
+/* MOERT_HIP_MERGESTAGE (default 0): the decode split merge on k_attn_combine_staged. */
+static bool g_merge_stage = false;
 
 void hip_kernels_rows_from_env(void)
 {
@@ -2791,6 +2890,7 @@ void hip_kernels_rows_from_env(void)
     g_downr = env_digit("MOERT_HIP_DOWNR", 1u << 1 | 1u << 2 | 1u << 4, 0);
     g_down_early = env_digit("MOERT_HIP_DOWNEARLY", 1u << 0 | 1u << 1, 1) != 0;
     g_route_rank = env_digit("MOERT_HIP_ROUTERANK", 1u << 0 | 1u << 1, 1) != 0;
+    g_merge_stage = env_digit("MOERT_HIP_MERGESTAGE", 1u << 0 | 1u << 1, 0) != 0;
 }
 
 /* The MoE down's rows per block (before W) for weight type DT. */
@@ -3006,7 +3106,11 @@ hipError_t hip_launch_attention(const hip_attn_args *a, int rows, bool split, hi
         hipError_t e = hipGetLastError();
         if (e != hipSuccess)
             return e;
-        MOERT_LAUNCH(k_attn_combine, a->nh, 128, 0, s, *a);
+        if (g_merge_stage && merge_stage_takes(a->hd))
+            MOERT_LAUNCH(k_attn_combine_staged, a->nh, MERGE_THREADS,
+                         (size_t)merge_tile(a->hd) * (size_t)(a->hd + 2) * sizeof(float), s, *a);
+        else
+            MOERT_LAUNCH(k_attn_combine, a->nh, 128, 0, s, *a);
 #endif
     } else if (hip_attn_prefill_takes(a, rows)) {
         return hip_launch_attn_prefill(a, rows, s); /* query tiles; the same bits */

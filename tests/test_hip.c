@@ -488,6 +488,79 @@ static void test_fed_traced(void)
     fixture_run(__func__, fed_traced);
 }
 
+/* The decode split merge staged in shared memory (MOERT_HIP_MERGESTAGE=1) against the row
+ * merge, bit for bit: logits and picks of 4 decode steps after prompts of 100 tokens (4
+ * splits: one tile) and 2100 (66 splits: more than one tile of 64) on every fixture. */
+#define N_MERGE_STEPS 4
+static int merge_run(const char *dir, int64_t n_prompt, float *logits, int32_t *ids, int64_t *V)
+{
+    cfg_config cfg;
+    moert_err err = {0};
+    int st = load_cfg(dir, CFG_BACKEND_HIP, TR_NONE, n_prompt + N_MERGE_STEPS + 4, &cfg);
+    if (st)
+        return st;
+    cfg.rt.prefill_chunk = 512;
+    *V = cfg.topo.vocab_size;
+    if (!logits)
+        return MOERT_OK;
+    int32_t *prompt = malloc((size_t)n_prompt * sizeof *prompt);
+    sess *s = calloc(1, sizeof *s);
+    if (!prompt || !s) {
+        free(prompt);
+        free(s);
+        return MOERT_ENOMEM;
+    }
+    for (int64_t i = 0; i < n_prompt; i++)
+        prompt[i] = (int32_t)((i * 37 + 11) % *V);
+    st = sess_open(s, &cfg, 0, &err);
+    if (!st)
+        st = sess_prefill(s, prompt, n_prompt, &err);
+    for (int i = 0; i < N_MERGE_STEPS && !st; i++) {
+        ids[i] = sess_sample(s);
+        if (!(st = sess_decode(s, ids[i], &err)))
+            memcpy(logits + (size_t)i * (size_t)*V, sess_logits(s), (size_t)*V * sizeof *logits);
+    }
+    if (st)
+        fprintf(stderr, "\n    %s (%lld-token prompt): %s\n", dir, (long long)n_prompt, err.msg);
+    if (s->be.vt)
+        sess_close(s);
+    free(s);
+    free(prompt);
+    return st;
+}
+
+static void merge_stage_bits(char dirs[][512], int n)
+{
+    static const int64_t prompts[2] = {100, 2100};
+    for (int c = 0; c < n; c++)
+        for (int p = 0; p < 2; p++) {
+            int64_t V = 0;
+            CU_ASSERT_EQUAL_FATAL(merge_run(dirs[c], prompts[p], NULL, NULL, &V), MOERT_OK);
+            float *l[2];
+            int32_t ids[2][N_MERGE_STEPS];
+            for (int r = 0; r < 2; r++) {
+                l[r] = malloc((size_t)N_MERGE_STEPS * (size_t)V * sizeof(float));
+                CU_ASSERT_FATAL(l[r] != NULL);
+                setenv("MOERT_HIP_MERGESTAGE", r ? "1" : "0", 1);
+                CU_ASSERT_EQUAL(merge_run(dirs[c], prompts[p], l[r], ids[r], &V), MOERT_OK);
+            }
+            unsetenv("MOERT_HIP_MERGESTAGE");
+            bool same = memcmp(l[0], l[1], (size_t)N_MERGE_STEPS * (size_t)V * sizeof(float)) == 0 &&
+                        memcmp(ids[0], ids[1], sizeof ids[0]) == 0;
+            if (!same)
+                fprintf(stderr, "\n    %s (%lld-token prompt): staged merge != row merge\n", dirs[c],
+                        (long long)prompts[p]);
+            CU_ASSERT(same);
+            free(l[0]);
+            free(l[1]);
+        }
+}
+
+static void test_merge_stage_bits(void)
+{
+    fixture_run(__func__, merge_stage_bits);
+}
+
 /* ---- GGUF models: weights quantized on the device ------------------------------------ */
 
 /* moert's own GGUFs of every type mix (test_gguf_topology: Q4_K/Q5_K/Q6_K with Q5_0/Q8_0
@@ -1309,6 +1382,8 @@ void suite_hip(void)
                 test_fed_generation);
     CU_add_test(s, "GPU traced generation fed == host-fed: the same records, a step taken back leaves none",
                 test_fed_traced);
+    CU_add_test(s, "GPU decode split merge staged in shared memory == the row merge, bit for bit (1 and 2 tiles)",
+                test_merge_stage_bits);
     CU_add_test(s, "act-q8 quantizer and integer dots (on the host) == ops_qact_row, ~ops_matmul_qact", test_qact_host);
     CU_add_test(s, "GPU act-q8 logits vs CPU act-q8, GGUF models", test_gguf_act_q8_vs_cpu);
     CU_add_test(s, "GPU act-q8 bit-identical run to run, graph == eager, GGUF models", test_gguf_act_q8_determinism);
