@@ -1272,9 +1272,10 @@ static __host__ __device__ int merge_tile(int hd)
     const int t = MERGE_SMEM / (int)(sizeof(float) * (size_t)(hd + 2));
     return t < 64 ? t : 64;
 }
+/* float2 rows (hd + 2 even), at most two output elements a thread (merge_tile is then >= 44) */
 static bool merge_stage_takes(int hd)
 {
-    return hd % 2 == 0 && hd <= 2 * MERGE_THREADS && merge_tile(hd) >= 1;
+    return hd % 2 == 0 && hd <= 2 * MERGE_THREADS;
 }
 
 /* n floats (even) from src to dst, as float2, MERGE_LOADS a thread in flight before its stores */
